@@ -1,0 +1,150 @@
+"""Configuration as a value.
+
+Parsed once in ``main()`` (TOML file, then CLI overrides) into frozen structs and
+passed down; no module reads the environment at import time. Secrets are never
+stored here: only the *name* of the environment variable (or file) that holds them.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from iterrefine.errors import ConfigError
+from iterrefine.model import DEFAULT_MAX_ENVELOPE_BYTES, DEFAULT_MAX_RAW_BYTES
+
+
+class KafkaConfig(msgspec.Struct, frozen=True, kw_only=True):
+    #: ``None`` starts the embedded broker.
+    bootstrap_servers: str | None = None
+    client_id: str = "iterrefine"
+    topic_prefix: str = "iterrefine."
+    partitions: int = 8
+    replication_factor: int = 1
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    #: Name of the environment variable holding the SASL password.
+    sasl_password_env: str | None = None
+    #: Path of a file holding the SASL password (e.g. a mounted Kubernetes secret).
+    sasl_password_file: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    #: Static membership id for rolling restarts (``group.instance.id``).
+    group_instance_id: str | None = None
+
+
+class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True):
+    #: Messages being processed at once per stage process (across its partitions).
+    max_in_flight: int = 256
+    fetch_max_records: int = 500
+    fetch_timeout_ms: int = 100
+    commit_interval_ms: int = 1000
+    #: SIGTERM: how long to let in-flight work finish before committing and exiting.
+    drain_timeout_s: float = 30.0
+    #: Rebalance: how long revoked partitions may finish their in-flight work.
+    revoke_drain_timeout_s: float = 10.0
+    retry_max_attempts: int = 6
+    retry_base_s: float = 0.2
+    retry_max_s: float = 30.0
+    max_item_bytes: int = DEFAULT_MAX_RAW_BYTES
+    max_envelope_bytes: int = DEFAULT_MAX_ENVELOPE_BYTES
+    max_poll_interval_ms: int = 300_000
+    #: Tansu finishes a group join after about half the session timeout, and a dead
+    #: member's partitions move after a full one: keep it short (Kafka's minimum is 6 s).
+    session_timeout_ms: int = 6_000
+    heartbeat_interval_ms: int = 1_000
+    linger_ms: int = 5
+
+
+class LLMRoleConfig(msgspec.Struct, frozen=True, kw_only=True):
+    base_url: str
+    model: str
+    #: Name of the environment variable that holds the API key (never the key itself).
+    api_key_env: str | None = None
+    max_concurrency: int = 64
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    timeout_s: float = 60.0
+    max_retries: int = 6
+    #: Ask for JSON-schema structured output (vLLM, OpenAI support it; many servers don't).
+    structured_output: bool = False
+    temperature: float = 0.0
+    max_tokens: int = 1024
+
+    def api_key(self) -> str:
+        """The key from the named environment variable; servers without auth get a dummy."""
+        if self.api_key_env is None:
+            return "not-needed"
+        value = os.environ.get(self.api_key_env)
+        if not value:
+            raise ConfigError(
+                f"environment variable {self.api_key_env} is not set; export it with the API key "
+                "for this endpoint, or remove api_key_env for a server without authentication"
+            )
+        return value
+
+
+class PipelineConfig(msgspec.Struct, frozen=True, kw_only=True):
+    max_rounds: int = 3
+    #: What happens to an item that never converged within ``max_rounds``.
+    exhausted_policy: Literal["keep_original", "drop"] = "keep_original"
+    #: Review in both orders; B converges only if it wins or ties in both.
+    position_swap: bool = False
+    #: Extra calls when a model answer cannot be parsed.
+    parse_retries: int = 2
+    #: Threshold routing: an item is high if the judge says high and its mean score ≥ this.
+    high_min_mean_score: float = 7.0
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True):
+    kafka: KafkaConfig = KafkaConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    #: Roles: ``strong`` and ``backbone`` are required to run the LLM stages.
+    llm: dict[str, LLMRoleConfig] = {}
+    metrics_port: int | None = None
+    data_dir: str = ".iterrefine"
+
+    def role(self, name: str) -> LLMRoleConfig:
+        try:
+            return self.llm[name]
+        except KeyError:
+            raise ConfigError(
+                f"no LLM configured for role {name!r}: pass --llm sim for the built-in "
+                "simulator, or --llm-base-url/--strong-model/--backbone-model (or an [llm.{name}] "
+                "table in the config file) for real endpoints"
+            ) from None
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``override`` into ``base`` (TOML tables, then CLI flags)."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        elif value is not None:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a TOML file (optional) and apply overrides; raise ConfigError saying what is wrong."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    raw = merge(raw, overrides or {})
+    try:
+        return msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None

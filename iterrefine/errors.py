@@ -1,0 +1,92 @@
+"""One error root for iterrefine.
+
+Retry loops look at ``retriable`` instead of lists of exception types; the
+runtime dead-letters a message whose handler raised a non-retriable error.
+
+    IterrefineError (retriable=False)
+    ├── ConfigError               bad or missing configuration; the message says the fix
+    ├── ValidationError           an input record is not a usable item (reason = short code)
+    ├── BrokerError               the embedded broker cannot start / is not reachable
+    ├── TransientError (retriable=True)
+    │   ├── LLMTransientError     429 / 5xx / timeout / connection error from an LLM endpoint
+    │   └── DeliveryError         the broker did not acknowledge a produced message
+    ├── LLMError                  non-retriable LLM failure (401, 400, model not found, ...)
+    └── UnparseableOutput         the model's answer could not be read after all attempts
+"""
+
+from __future__ import annotations
+
+
+class IterrefineError(Exception):
+    """Base of every error raised on purpose by iterrefine."""
+
+    retriable: bool = False
+    #: Short machine-readable reason, used as the DLQ ``reason`` header and metric label.
+    reason: str = "error"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class ConfigError(IterrefineError):
+    """Configuration is missing or inconsistent; the message says how to fix it."""
+
+    reason = "config"
+
+
+class ValidationError(IterrefineError):
+    """A record is not a valid item (not JSON, wrong shape, too large, bad UTF-8, ...)."""
+
+    reason = "invalid_item"
+
+
+class BrokerError(IterrefineError):
+    """The Kafka broker could not be started or reached."""
+
+    reason = "broker"
+
+
+class TransientError(IterrefineError):
+    """A failure that is expected to go away; retried with jittered backoff."""
+
+    retriable = True
+    reason = "transient"
+
+    def __init__(
+        self, message: str, *, reason: str | None = None, retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(message, reason=reason)
+        #: Server-suggested wait (``Retry-After``), honoured by the backoff policy.
+        self.retry_after_s = retry_after_s
+
+
+class LLMTransientError(TransientError):
+    """429, 5xx, timeout or connection error from an LLM endpoint."""
+
+    reason = "llm_transient"
+
+
+class DeliveryError(TransientError):
+    """The broker did not acknowledge a produced record."""
+
+    reason = "delivery"
+
+
+class LLMError(IterrefineError):
+    """A non-retriable LLM failure (authentication, bad request, unknown model)."""
+
+    reason = "llm_error"
+
+
+class UnparseableOutput(IterrefineError):
+    """The model's answer could not be parsed, even after the configured re-asks."""
+
+    reason = "unparseable_judge_output"
+
+    def __init__(self, message: str, *, task: str, raw: str) -> None:
+        super().__init__(message)
+        self.task = task
+        #: The last raw answer, kept (truncated) for the DLQ and logs.
+        self.raw = raw[:2000]

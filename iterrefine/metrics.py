@@ -1,0 +1,61 @@
+"""All Prometheus metrics of iterrefine, in one place, bound to an injected registry.
+
+Dashboards (deploy/grafana) and alerts (deploy/prometheus) rely on exactly these
+names; tests pin them.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+PREFIX = "iterrefine"
+_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120)
+_SCORE_BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
+_ROUND_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10)
+
+
+class Metrics:
+    """The metric families; create one per process (or per test, with its own registry)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.items_total = Counter(
+            f"{PREFIX}_items_total", "Items leaving a stage, by outcome.",
+            ["stage", "outcome"], registry=r,
+        )
+        self.stage_seconds = Histogram(
+            f"{PREFIX}_stage_seconds", "Handler time per item.", ["stage"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.inflight = Gauge(
+            f"{PREFIX}_inflight", "Messages being processed.", ["stage"], registry=r
+        )
+        self.consumer_lag = Gauge(
+            f"{PREFIX}_consumer_lag", "End offset minus committed offset.",
+            ["stage", "partition"], registry=r,
+        )
+        self.refine_rounds = Histogram(
+            f"{PREFIX}_refine_rounds", "Rounds per item at the end of refinement.",
+            ["outcome"], buckets=_ROUND_BUCKETS, registry=r,
+        )
+        self.llm_requests_total = Counter(
+            f"{PREFIX}_llm_requests_total", "LLM requests by role and status.",
+            ["role", "status"], registry=r,
+        )
+        self.llm_seconds = Histogram(
+            f"{PREFIX}_llm_seconds", "LLM request latency.", ["role"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.llm_tokens_total = Counter(
+            f"{PREFIX}_llm_tokens_total", "LLM tokens by role and kind (prompt/completion).",
+            ["role", "kind"], registry=r,
+        )
+        self.dlq_total = Counter(
+            f"{PREFIX}_dlq_total", "Messages dead-lettered, by stage and reason.",
+            ["stage", "reason"], registry=r,
+        )
+        self.quality_score = Histogram(
+            f"{PREFIX}_quality_score", "Judge scores at scoring and after refinement.",
+            ["stage"], buckets=_SCORE_BUCKETS, registry=r,
+        )
