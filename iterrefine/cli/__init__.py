@@ -1,0 +1,53 @@
+"""The ``iterrefine`` command line.
+
+Each subcommand lives in its own module under ``iterrefine.cli`` and exposes
+``register(subparsers)``, which adds its parser with ``set_defaults(func=...)``;
+``func(args) -> int`` returns the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from iterrefine.errors import IterrefineError
+
+# Imported lazily by name so that `iterrefine --help` stays fast and one broken
+# subcommand cannot take the others down with it.
+_COMMAND_MODULES: tuple[str, ...] = (
+    "broker",
+    "sim",
+    "report",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="iterrefine",
+        description="Curate instruction-tuning data by iterative LLM refinement, on Kafka.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        module = importlib.import_module(f"iterrefine.cli.{name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except IterrefineError as exc:
+        # Our errors carry the fix in their message; a traceback would only hide it.
+        print(f"iterrefine: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
