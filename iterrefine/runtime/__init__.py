@@ -1,0 +1,23 @@
+"""The stage runtime: concurrent, at-least-once, contiguous-prefix commits."""
+
+from iterrefine.runtime.offsets import PartitionTracker
+from iterrefine.runtime.runner import StageRunner
+from iterrefine.runtime.stage import (
+    Handler,
+    Limits,
+    Output,
+    Stage,
+    decode_envelope,
+    decode_raw_record,
+)
+
+__all__ = [
+    "Handler",
+    "Limits",
+    "Output",
+    "PartitionTracker",
+    "Stage",
+    "StageRunner",
+    "decode_envelope",
+    "decode_raw_record",
+]
