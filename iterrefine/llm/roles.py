@@ -1,0 +1,75 @@
+"""All configured LLM roles of a process, one :class:`LLMClient` each."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from types import TracebackType
+
+import httpx2
+
+from iterrefine.config import Config
+from iterrefine.llm.client import LLMClient, LLMStats
+from iterrefine.metrics import Metrics
+from iterrefine.retry import Backoff
+
+
+class LLMRoles:
+    """``async with LLMRoles(config) as roles: await roles["strong"].chat(...)``.
+
+    Every role in ``config.llm`` gets its own client (endpoint, key, pool, limits).
+    Asking for a role that is not configured raises :class:`ConfigError` saying how
+    to configure it. A shared ``http_client`` (tests) stays owned by the caller.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        metrics: Metrics | None = None,
+        http_client: httpx2.AsyncClient | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._config = config
+        self._clients = {
+            role: LLMClient(
+                role, role_config, metrics=metrics, http_client=http_client, backoff=backoff
+            )
+            for role, role_config in config.llm.items()
+        }
+
+    async def start(self) -> None:
+        try:
+            for client in self._clients.values():
+                await client.start()
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(client.aclose() for client in self._clients.values()))
+
+    async def __aenter__(self) -> LLMRoles:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __getitem__(self, role: str) -> LLMClient:
+        self._config.role(role)  # raises ConfigError with the fix when missing
+        return self._clients[role]
+
+    def __contains__(self, role: object) -> bool:
+        return role in self._clients
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._clients)
+
+    def stats(self) -> dict[str, LLMStats]:
+        return {role: client.stats() for role, client in self._clients.items()}
