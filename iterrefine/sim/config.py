@@ -1,0 +1,93 @@
+"""Knobs of the LLM simulator, as one frozen value (built by ``iterrefine sim-llm``)."""
+
+from __future__ import annotations
+
+import msgspec
+
+from iterrefine.errors import ConfigError
+
+#: Models listed by ``GET /v1/models``; any requested name is accepted and answered as
+#: ``sim-<name>``.
+DEFAULT_SIM_MODELS: tuple[str, ...] = ("sim-strong", "sim-backbone")
+
+
+class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """How the simulator answers, how fast, and how it fails.
+
+    Answers are a pure function of the item text and round (see docs/llm-contract.md);
+    ``seed`` drives only latency jitter and fault injection.
+    """
+
+    #: Mean service time of one request once it is being served.
+    latency_ms: float = 0.0
+    #: Uniform jitter around the mean: the service time is ``latency_ms ± jitter_ms``.
+    jitter_ms: float = 0.0
+    #: Requests served at once (like a server's max batch); more wait in a FIFO queue.
+    #: ``0`` serves everything at once.
+    capacity: int = 64
+    #: Share of items the judge scores as low quality (sent to refinement).
+    low_share: float = 0.5
+    #: Share of items the judge calls unusable (``Usable: no``).
+    reject_share: float = 0.02
+    #: Probability that a revision loses its review in a given round.
+    lose_prob: float = 0.5
+    #: Share of the non-losing reviews answered ``Tie`` instead of the revised side.
+    tie_share: float = 0.1
+    #: Fault rates, each a probability per request (their sum is at most 1).
+    fault_429: float = 0.0
+    fault_500: float = 0.0
+    fault_hang: float = 0.0
+    fault_malformed: float = 0.0
+    #: How long a hanging request sleeps before it is served (past any client timeout).
+    hang_s: float = 120.0
+    #: Value of ``Retry-After`` on simulated 429s.
+    retry_after_s: float = 1.0
+    #: Seed of the latency and fault random streams.
+    seed: int = 0
+    #: How many recent requests ``GET /requests`` keeps (a ring buffer).
+    request_log_size: int = 1000
+    #: Interval and length of the concurrency time series in ``GET /stats``.
+    sample_interval_ms: float = 100.0
+    series_size: int = 6000
+    models: tuple[str, ...] = DEFAULT_SIM_MODELS
+
+    def __post_init__(self) -> None:
+        shares = {
+            "low_share": self.low_share,
+            "reject_share": self.reject_share,
+            "lose_prob": self.lose_prob,
+            "tie_share": self.tie_share,
+            "fault_429": self.fault_429,
+            "fault_500": self.fault_500,
+            "fault_hang": self.fault_hang,
+            "fault_malformed": self.fault_malformed,
+        }
+        for name, value in shares.items():
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"sim: {name} must be between 0 and 1, got {value}")
+        if self.fault_total > 1.0:
+            raise ConfigError(
+                f"sim: the fault rates add up to {self.fault_total:.3f}; they must be at most 1"
+            )
+        non_negative = {
+            "latency_ms": self.latency_ms,
+            "jitter_ms": self.jitter_ms,
+            "capacity": self.capacity,
+            "hang_s": self.hang_s,
+            "retry_after_s": self.retry_after_s,
+        }
+        for name, value in non_negative.items():
+            if value < 0:
+                raise ConfigError(f"sim: {name} must not be negative, got {value}")
+        if self.jitter_ms > self.latency_ms:
+            raise ConfigError(
+                f"sim: jitter_ms ({self.jitter_ms}) must not exceed latency_ms ({self.latency_ms})"
+            )
+        if self.request_log_size < 1 or self.series_size < 1:
+            raise ConfigError("sim: request_log_size and series_size must be at least 1")
+        if self.sample_interval_ms <= 0:
+            raise ConfigError("sim: sample_interval_ms must be positive")
+
+    @property
+    def fault_total(self) -> float:
+        return self.fault_429 + self.fault_500 + self.fault_hang + self.fault_malformed
