@@ -100,6 +100,9 @@ class PipelineConfig(msgspec.Struct, frozen=True, kw_only=True):
     parse_retries: int = 2
     #: Threshold routing: an item is high if the judge says high and its mean score ≥ this.
     high_min_mean_score: float = 7.0
+    #: Score refined items again after alignment (one more strong call per refined item),
+    #: so dashboards can show whether refinement lifted quality.
+    rescore_refined: bool = True
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):
@@ -126,9 +129,9 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """Deep-merge ``override`` into ``base`` (TOML tables, then CLI flags)."""
     out = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        elif value is not None:
+        if isinstance(value, dict):
+            out[key] = merge(out.get(key) or {}, value)
+        elif value is not None:  # an unset flag leaves the file's value alone
             out[key] = value
     return out
 

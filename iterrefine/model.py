@@ -127,6 +127,8 @@ class Item(msgspec.Struct, frozen=True, kw_only=True):
     input: str
     output: str
     judgement: Judgement | None = None
+    #: The judge's scores of the refined item (optional re-score after alignment).
+    final_judgement: Judgement | None = None
     quality: Literal["high", "low"] | None = None
     evaluation: Evaluation | None = None
     #: The backbone's answer to the original instruction: side A of every review.

@@ -1,0 +1,54 @@
+"""OA — Output Alignment.
+
+A converged item has a revised instruction/input but the original reference
+output. The strong model rewrites that output so it answers the revised
+instruction, anchored to the original output's key facts and keywords (no new
+facts, no drift). If the rewrite cannot be read, the original output is kept
+and the item is marked so. Optionally the judge scores the refined item again,
+so users can see whether refinement lifted quality.
+"""
+
+from __future__ import annotations
+
+from iterrefine.context import PipelineContext
+from iterrefine.errors import UnparseableOutput
+from iterrefine.llm.tasks import ask_aligned, ask_score
+from iterrefine.model import Item, Judgement
+from iterrefine.runtime import Output, Stage
+
+
+async def rescore(ctx: PipelineContext, item: Item) -> Item:
+    answer = await ask_score(ctx.strong, instruction=item.instruction, input=item.input,
+                             output=item.output, parse_retries=ctx.config.parse_retries)
+    if answer.scores is not None:
+        ctx.metrics.quality_score.labels("align").observe(answer.scores.mean)
+    return item.with_changes(final_judgement=Judgement(
+        usable=answer.usable, reason=answer.reason, scores=answer.scores,
+        verdict=answer.verdict, justification=answer.justification,
+    ))
+
+
+def stage(ctx: PipelineContext) -> Stage:
+    async def align(item: Item) -> list[Output]:
+        item = ctx.stamp(item)
+        try:
+            aligned = await ask_aligned(
+                ctx.strong,
+                original_instruction=item.original.instruction,
+                original_input=item.original.input,
+                original_output=item.original.output,
+                revised_instruction=item.instruction,
+                revised_input=item.input,
+                parse_retries=ctx.config.parse_retries,
+            )
+            item = item.with_changes(output=aligned.output, output_aligned=True,
+                                     status="refined")
+        except UnparseableOutput:
+            item = item.with_changes(output=item.original.output, output_aligned=False,
+                                     status="refined",
+                                     status_reason="align_unparseable: original output kept")
+        if ctx.config.rescore_refined:
+            item = await rescore(ctx, item)
+        return [Output("items.curated", item)]
+
+    return Stage("align", "items.align", align)

@@ -1,0 +1,43 @@
+"""IQD, step 1 — the LLM judge scores every item.
+
+The strong model judges each original item on five dimensions (correctness,
+completeness, clarity, instruction/format compliance, reasoning quality), says
+whether it is usable at all, and gives an overall high/low verdict. Unusable
+items leave the pipeline here, with the judge's reason; all others go on to
+routing carrying their judgement. An answer that cannot be read even after
+re-asking is an error of this stage (dead letter ``unparseable_judge_output``).
+"""
+
+from __future__ import annotations
+
+from iterrefine.context import PipelineContext
+from iterrefine.llm.tasks import ask_score
+from iterrefine.model import Item, Judgement
+from iterrefine.runtime import Output, Stage, decode_raw_record
+
+
+def stage(ctx: PipelineContext) -> Stage:
+    async def score(item: Item) -> list[Output]:
+        answer = await ask_score(
+            ctx.strong,
+            instruction=item.instruction,
+            input=item.input,
+            output=item.output,
+            parse_retries=ctx.config.parse_retries,
+        )
+        judgement = Judgement(
+            usable=answer.usable,
+            reason=answer.reason,
+            scores=answer.scores,
+            verdict=answer.verdict,
+            justification=answer.justification,
+        )
+        item = ctx.stamp(item).with_changes(judgement=judgement)
+        if judgement.scores is not None:
+            ctx.metrics.quality_score.labels("score").observe(judgement.scores.mean)
+        if not judgement.usable:
+            rejected = item.with_changes(status="rejected", status_reason=judgement.reason)
+            return [Output("items.rejected", rejected)]
+        return [Output("items.scored", item, outcome="scored")]
+
+    return Stage("score", "items.raw", score, decode=decode_raw_record)

@@ -1,0 +1,46 @@
+"""What a pipeline stage needs besides its item: LLM roles, policy, metrics, provenance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from iterrefine.config import PipelineConfig
+from iterrefine.llm.tasks import ChatClient
+from iterrefine.metrics import Metrics
+from iterrefine.model import Item, Provenance
+
+
+class Roles(Protocol):
+    """LLM clients by role name (``LLMRoles`` in production, a plain dict in tests)."""
+
+    def __getitem__(self, role: str, /) -> ChatClient: ...
+
+
+@dataclass(frozen=True)
+class PipelineContext:
+    config: PipelineConfig
+    #: ``strong`` (judge, refiner, aligner) and ``backbone`` (answers instructions).
+    llm: Roles
+    metrics: Metrics
+    #: Prompt version, model per role, and whether the models are simulated.
+    provenance: Provenance
+
+    @property
+    def strong(self) -> ChatClient:
+        return self.llm["strong"]
+
+    @property
+    def backbone(self) -> ChatClient:
+        return self.llm["backbone"]
+
+    def stamp(self, item: Item) -> Item:
+        """Record which prompts and models touched the item (merged over its history)."""
+        models = {**item.provenance.models, **self.provenance.models}
+        return item.with_changes(
+            provenance=Provenance(
+                prompt_version=self.provenance.prompt_version,
+                models=models,
+                simulated=item.provenance.simulated or self.provenance.simulated,
+            )
+        )
