@@ -20,6 +20,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "broker",
     "sim",
     "report",
+    "run",
 )
 
 

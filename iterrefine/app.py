@@ -1,0 +1,173 @@
+"""``iterrefine run``: the whole pipeline on one machine, from a file to curated files.
+
+Starts what is missing (embedded broker, LLM simulator), runs the five stages,
+ingests the input, follows the terminal topics until every ingested item has
+arrived, then exports and summarises. The stages are the same ones a deployment
+runs as separate ``iterrefine worker`` processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+from prometheus_client import start_http_server
+
+from consumers import build_stages
+from iterrefine.config import Config, LLMRoleConfig
+from iterrefine.context import PipelineContext
+from iterrefine.export import ExportPaths, write_export
+from iterrefine.ingest import Ingestor, IngestReport, read_records
+from iterrefine.kafka import make_producer
+from iterrefine.llm import LLMRoles
+from iterrefine.metrics import Metrics
+from iterrefine.model import Provenance
+from iterrefine.prompts import PROMPT_VERSION
+from iterrefine.sim import SimConfig, SimServer
+from iterrefine.summary import build_summary
+from iterrefine.topics import TopicNames, ensure_topics
+from iterrefine.watch import TerminalWatcher
+from iterrefine.worker import serve_stages
+
+log = structlog.get_logger("iterrefine.run")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    input: Path
+    output: Path
+    #: Start the built-in simulator with this config instead of calling real endpoints.
+    sim: SimConfig | None = None
+    metrics_port: int | None = None
+    #: Give up waiting after this long (None = wait as long as it takes).
+    timeout_s: float | None = None
+
+
+@dataclass
+class RunResult:
+    summary: dict[str, Any]
+    paths: ExportPaths
+    ingest: IngestReport
+    complete: bool
+
+
+def sim_roles(config: Config, base_url: str, sim: SimConfig) -> Config:
+    """Point ``strong`` and ``backbone`` at the simulator (keeping explicit role settings)."""
+    concurrency = max(64, sim.capacity * 2) if sim.capacity else 512
+    roles = {
+        name: LLMRoleConfig(base_url=base_url, model=f"sim-{name}", max_concurrency=concurrency,
+                            timeout_s=max(30.0, sim.latency_ms / 1000 * 20), max_retries=8)
+        for name in ("strong", "backbone")
+    }
+    return msgspec.structs.replace(config, llm={**roles, **config.llm})
+
+
+@contextlib.asynccontextmanager
+async def _bootstrap(config: Config) -> AsyncIterator[str]:
+    """The configured cluster, a running ``broker up`` broker, or a new embedded one."""
+    if config.kafka.bootstrap_servers:
+        yield config.kafka.bootstrap_servers
+        return
+    from iterrefine.cli.broker import ensure_broker  # the CLI owns the broker state files
+
+    bootstrap, broker = await asyncio.to_thread(ensure_broker, config.data_dir)
+    try:
+        yield bootstrap
+    finally:
+        if broker is not None:
+            await asyncio.to_thread(broker.stop)
+
+
+async def run_pipeline(
+    config: Config,
+    options: RunOptions,
+    *,
+    on_ingested: Callable[[int], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> RunResult:
+    """Run ``options.input`` through the pipeline and export the results."""
+    started = time.perf_counter()
+    stop = stop or asyncio.Event()
+    records = list(read_records(options.input))  # read first: a bad path fails before startup
+    async with contextlib.AsyncExitStack() as stack:
+        bootstrap = await stack.enter_async_context(_bootstrap(config))
+        if options.sim is not None:
+            sim = await stack.enter_async_context(SimServer(options.sim, port=0))
+            config = sim_roles(config, sim.base_url, options.sim)
+        metrics = Metrics()
+        if options.metrics_port is not None:
+            server, _thread = start_http_server(options.metrics_port, registry=metrics.registry)
+            stack.callback(server.shutdown)
+        roles = await stack.enter_async_context(LLMRoles(config, metrics=metrics))
+        provenance = Provenance(
+            prompt_version=PROMPT_VERSION,
+            models={role: config.role(role).model for role in ("strong", "backbone")},
+            simulated=options.sim is not None,
+        )
+        ctx = PipelineContext(config.pipeline, roles, metrics, provenance)
+        await ensure_topics(config.kafka, bootstrap)
+        watcher = TerminalWatcher(config.kafka, bootstrap)
+        await watcher.start()
+        stack.push_async_callback(watcher.stop)
+
+        pipeline_stop = asyncio.Event()
+        stages = asyncio.create_task(serve_stages(
+            build_stages(ctx), config=config, bootstrap_servers=bootstrap, metrics=metrics,
+            stop=pipeline_stop,
+        ))
+        try:
+            report = await _ingest(config, bootstrap, records)
+            if on_ingested is not None:
+                on_ingested(len(report.ids))
+            deadline = None if options.timeout_s is None else time.monotonic() + options.timeout_s
+            seen = await watcher.wait_for(
+                report.ids,
+                on_progress=on_progress,
+                should_stop=lambda: stop.is_set() or stages.done() or (
+                    deadline is not None and time.monotonic() > deadline),
+            )
+        finally:
+            pipeline_stop.set()
+            await stages  # drains in-flight work and commits; re-raises a stage crash
+        complete = seen >= len(report.ids)
+        if not complete:
+            log.warning("run_incomplete", expected=len(report.ids), arrived=seen)
+        paths = ExportPaths.beside(options.output)
+        chosen = [watcher.selection.by_id[i] for i in report.ids if i in watcher.selection.by_id]
+        write_export(chosen, paths)
+        summary = build_summary(
+            chosen,
+            items_in=report.records,
+            invalid_at_ingest=report.invalid,
+            wall_time_s=time.perf_counter() - started,
+            simulated=options.sim is not None,
+            llm_stats=roles.stats(),
+            metrics=metrics,
+            duplicates_removed=watcher.selection.duplicates,
+        )
+        summary["complete"] = complete
+        summary["pending"] = len(report.ids) - seen
+        return RunResult(summary=summary, paths=paths, ingest=report, complete=complete)
+
+
+async def _ingest(config: Config, bootstrap: str, records: list[Any]) -> IngestReport:
+    names = TopicNames(config.kafka.topic_prefix)
+    producer = make_producer(config.kafka, bootstrap, linger_ms=config.runtime.linger_ms)
+    await producer.start()
+    try:
+        ingestor = Ingestor(producer, names["items.raw"], names["items.dlq"],
+                            max_item_bytes=config.runtime.max_item_bytes)
+        for record in records:
+            await ingestor.send(record)
+        await ingestor.flush()
+        return ingestor.report
+    finally:
+        await producer.stop()

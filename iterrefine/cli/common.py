@@ -1,0 +1,96 @@
+"""Options shared by the commands that talk to Kafka and LLMs, parsed into one Config."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from iterrefine.config import Config, load_config
+from iterrefine.errors import ConfigError
+
+NO_LLM_MESSAGE = (
+    "no LLM configured. Either pass --llm sim to use the built-in simulator (for demos and "
+    "tests; results are marked simulated), or point at real OpenAI-compatible endpoints with "
+    "--llm-base-url URL --strong-model MODEL --backbone-model MODEL [--api-key-env VAR] "
+    "(or [llm.strong] and [llm.backbone] tables in a --config TOML file)"
+)
+
+
+def add_kafka_args(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--config", metavar="FILE", help="TOML config file (see examples/iterrefine.toml)")
+    add("--bootstrap", metavar="HOST:PORT",
+        help="Kafka bootstrap servers (default: the embedded broker)")
+    add("--topic-prefix", help="topic name prefix (default iterrefine.)")
+    add("--partitions", type=int, help="partitions per topic when creating them (default 8)")
+    add("--data-dir", help="where the embedded broker keeps its state (default .iterrefine)")
+    add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add("--log-json", action="store_true", default=None,
+        help="JSON log lines even on a terminal (default: JSON when not a terminal)")
+
+
+def add_llm_args(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--llm-base-url", metavar="URL",
+        help="OpenAI-compatible base URL for both roles (e.g. http://vllm:8000/v1)")
+    add("--strong-model", metavar="MODEL", help="judge/refiner/aligner model")
+    add("--backbone-model", metavar="MODEL", help="model that answers instructions")
+    add("--strong-base-url", metavar="URL", help="base URL for the strong role only")
+    add("--backbone-base-url", metavar="URL", help="base URL for the backbone role only")
+    add("--api-key-env", metavar="VAR",
+        help="environment variable holding the API key (never pass the key itself)")
+    add("--llm-concurrency", type=int, metavar="N", help="max concurrent requests per role")
+    add("--structured-output", action="store_true", default=None,
+        help="ask for JSON-schema structured output (vLLM and OpenAI support it)")
+    add("--max-rounds", type=int, help="refinement rounds before giving up (default 3)")
+    add("--exhausted-policy", choices=["keep_original", "drop"],
+        help="items that never converged: keep the original (default) or drop")
+    add("--position-swap", action="store_true", default=None,
+        help="review in both orders; a revision converges only if it wins both")
+
+
+def _llm_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    roles: dict[str, Any] = {}
+    for role in ("strong", "backbone"):
+        model = getattr(args, f"{role}_model", None)
+        base_url = getattr(args, f"{role}_base_url", None) or getattr(args, "llm_base_url", None)
+        if model is None and base_url is None:
+            continue
+        entry: dict[str, Any] = {"model": model, "base_url": base_url}
+        entry["api_key_env"] = getattr(args, "api_key_env", None)
+        entry["max_concurrency"] = getattr(args, "llm_concurrency", None)
+        entry["structured_output"] = getattr(args, "structured_output", None)
+        roles[role] = {k: v for k, v in entry.items() if v is not None}
+    return roles
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The TOML file (if any) with the command-line flags on top."""
+    overrides: dict[str, Any] = {
+        "kafka": {
+            "bootstrap_servers": getattr(args, "bootstrap", None),
+            "topic_prefix": getattr(args, "topic_prefix", None),
+            "partitions": getattr(args, "partitions", None),
+        },
+        "pipeline": {
+            "max_rounds": getattr(args, "max_rounds", None),
+            "exhausted_policy": getattr(args, "exhausted_policy", None),
+            "position_swap": getattr(args, "position_swap", None),
+        },
+        "data_dir": getattr(args, "data_dir", None),
+        "metrics_port": getattr(args, "metrics_port", None),
+    }
+    llm = _llm_overrides(args)
+    if llm:
+        overrides["llm"] = llm
+    config = load_config(getattr(args, "config", None), overrides)
+    for role, entry in config.llm.items():
+        if not entry.model or not entry.base_url:
+            raise ConfigError(f"LLM role {role!r} needs both a model and a base URL")
+    return config
+
+
+def require_llm(config: Config) -> None:
+    missing = [role for role in ("strong", "backbone") if role not in config.llm]
+    if missing:
+        raise ConfigError(NO_LLM_MESSAGE)

@@ -1,0 +1,137 @@
+"""``iterrefine run INPUT -o OUTPUT``: the main job, on embedded defaults."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from iterrefine.cli.common import add_kafka_args, add_llm_args, config_from_args, require_llm
+from iterrefine.errors import ConfigError
+from iterrefine.logging import configure_logging
+from iterrefine.sim import SimConfig
+
+
+def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is private
+    parser = subparsers.add_parser(
+        "run",
+        help="curate a dataset file end to end (embedded broker unless --bootstrap)",
+        description=(
+            "Ingest INPUT (JSON lines or a JSON array; Alpaca or Dolly records), score, route, "
+            "refine, review and align every item, wait until each reached a terminal topic, "
+            "and write curated items to OUTPUT, with rejected and dead-lettered items beside it."
+        ),
+    )
+    add = parser.add_argument
+    add("input", type=Path, metavar="INPUT")
+    add("-o", "--output", type=Path, required=True, metavar="OUTPUT",
+        help="curated items (JSON lines); OUTPUT.rejected.jsonl and OUTPUT.dlq.jsonl beside it")
+    add("--summary", type=Path, metavar="FILE", help="also write the summary as JSON")
+    add("--metrics-port", type=int, metavar="N", help="serve Prometheus /metrics while running")
+    add("--timeout-s", type=float, help="stop waiting after this many seconds")
+    add("--no-progress", action="store_true", help="no progress bar")
+    add("--llm", choices=["sim"], help="sim: start the built-in LLM simulator (not a model)")
+    add("--sim-latency-ms", type=float, default=100.0, help="simulator mean latency (100)")
+    add("--sim-jitter-ms", type=float, default=50.0, help="simulator latency jitter (50)")
+    add("--sim-capacity", type=int, default=64, help="simulator concurrent capacity (64)")
+    add("--sim-low-share", type=float, default=0.5, help="share judged low quality (0.5)")
+    add("--sim-lose-prob", type=float, default=0.5, help="chance a revision loses a round")
+    add("--sim-fault-429", type=float, default=0.0, help="share of 429 answers")
+    add("--sim-fault-500", type=float, default=0.0, help="share of 500 answers")
+    add("--sim-fault-malformed", type=float, default=0.0, help="share of unreadable answers")
+    add_kafka_args(parser)
+    add_llm_args(parser)
+    parser.set_defaults(func=cmd_run)
+
+
+def _sim_config(args: argparse.Namespace) -> SimConfig | None:
+    if args.llm != "sim":
+        return None
+    return SimConfig(
+        latency_ms=args.sim_latency_ms, jitter_ms=args.sim_jitter_ms, capacity=args.sim_capacity,
+        low_share=args.sim_low_share, lose_prob=args.sim_lose_prob,
+        fault_429=args.sim_fault_429, fault_500=args.sim_fault_500,
+        fault_malformed=args.sim_fault_malformed, retry_after_s=0.2,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from iterrefine.app import RunOptions, run_pipeline  # heavy imports only for this command
+
+    configure_logging(json=args.log_json, level=args.log_level)
+    config = config_from_args(args)
+    sim = _sim_config(args)
+    if sim is None:
+        require_llm(config)
+    if not args.input.exists():
+        raise ConfigError(f"input file {args.input} does not exist")
+    options = RunOptions(input=args.input, output=args.output, sim=sim,
+                         metrics_port=args.metrics_port, timeout_s=args.timeout_s)
+    console = Console(stderr=True)
+    show = not args.no_progress and console.is_terminal
+    with Progress(
+        TextColumn("[bold]curating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, disable=not show, transient=False,
+    ) as progress:
+        task = progress.add_task("items", total=None)
+
+        async def main() -> Any:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            import signal
+
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            return await run_pipeline(
+                config, options, stop=stop,
+                on_ingested=lambda n: progress.update(task, total=n),
+                on_progress=lambda n: progress.advance(task, n),
+            )
+
+        result = asyncio.run(main())
+    summary = result.summary
+    if args.summary:
+        args.summary.parent.mkdir(parents=True, exist_ok=True)
+        args.summary.write_text(json.dumps(summary, indent=2) + "\n")
+    print_summary(Console(), summary, result.paths)
+    for problem in result.ingest.problems[:10]:
+        print(f"  bad input: {problem}", file=sys.stderr)
+    if not result.complete:
+        print(f"iterrefine: {summary['pending']} items did not finish; their state is in Kafka "
+              "and a later run or worker picks them up", file=sys.stderr)
+        return 1
+    return 0
+
+
+def print_summary(console: Console, summary: dict[str, Any], paths: Any) -> None:
+    title = "iterrefine run" + (" — SIMULATED LLM (not a model)" if summary["simulated"] else "")
+    table = Table(title=title, show_header=False)
+    table.add_row("items in", str(summary["items_in"]))
+    table.add_row("curated", f"{summary['curated']}  → {paths.curated}")
+    table.add_row("rejected", f"{summary['rejected']}  → {paths.rejected}")
+    table.add_row("dlq", f"{summary['dlq']}  → {paths.dlq}")
+    outcomes = ", ".join(f"{k} {v}" for k, v in sorted(summary["outcomes"].items()))
+    table.add_row("outcomes", outcomes or "-")
+    for kind in ("converged", "exhausted"):
+        rounds = summary["rounds"][kind]
+        table.add_row(f"rounds ({kind})",
+                      ", ".join(f"{r}: {n}" for r, n in rounds.items()) or "-")
+    quality = summary["quality"]
+    table.add_row("judge score mean", f"before {quality['before']['mean']}, "
+                  f"after refinement {quality['after']['mean']}")
+    for role, stats in summary["llm"].items():
+        table.add_row(f"LLM {role}", f"{stats['requests']} calls, {stats['errors']} errors, "
+                      f"{stats['prompt_tokens']}+{stats['completion_tokens']} tokens, "
+                      f"p50 {stats['latency_s'].get('p50')} s")
+    if summary["dlq_reasons"]:
+        table.add_row("dlq reasons", ", ".join(f"{k} {v}" for k, v in
+                                               sorted(summary["dlq_reasons"].items())))
+    table.add_row("wall time", f"{summary['wall_time_s']} s")
+    console.print(table)
