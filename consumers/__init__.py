@@ -1,4 +1,4 @@
-"""The paper's method as pipeline stages, one module each (score → route → refine ⇄ review → align)."""
+"""The paper's method as pipeline stages, one module each: score, route, refine ⇄ review, align."""
 
 from __future__ import annotations
 

@@ -21,6 +21,9 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "sim",
     "report",
     "run",
+    "worker",
+    "ingest",
+    "export",
 )
 
 

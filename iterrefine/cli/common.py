@@ -16,6 +16,24 @@ NO_LLM_MESSAGE = (
 )
 
 
+NO_BROKER_MESSAGE = (
+    "no Kafka to connect to: pass --bootstrap HOST:PORT (or kafka.bootstrap_servers in the "
+    "config file), or start the embedded broker first with `iterrefine broker up`"
+)
+
+
+def resolve_bootstrap(config: Config) -> str:
+    """The configured cluster, else the running ``iterrefine broker up`` broker."""
+    if config.kafka.bootstrap_servers:
+        return config.kafka.bootstrap_servers
+    from iterrefine.cli.broker import find_running_broker
+
+    running = find_running_broker(config.data_dir)
+    if running is None:
+        raise ConfigError(NO_BROKER_MESSAGE)
+    return running.bootstrap_servers
+
+
 def add_kafka_args(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--config", metavar="FILE", help="TOML config file (see examples/iterrefine.toml)")

@@ -9,6 +9,11 @@ from iterrefine.model import Item, raw_id
 from iterrefine.runtime.stage import RecordLike
 
 _MAX_MESSAGE_CHARS = 1000
+#: Set by every dead letter; an earlier dead letter's values (a replayed DLQ record) give way.
+_OWN_HEADERS = frozenset(
+    f"iterrefine.{name}"
+    for name in ("stage", "reason", "error", "message", "attempts", "source", "revision")
+)
 
 
 def dlq_reason(exc: BaseException) -> str:
@@ -34,7 +39,7 @@ def dlq_headers(
     """
     reason = dlq_reason(exc)
     revision = item.revision if item is not None else record.timestamp
-    original = [(k, v) for k, v in (record.headers or ()) if not k.startswith("iterrefine.")]
+    original = [(k, v) for k, v in (record.headers or ()) if k not in _OWN_HEADERS]
     return [*original,
         ("iterrefine.stage", stage.encode()),
         ("iterrefine.reason", reason.encode()),
