@@ -18,8 +18,12 @@ from iterrefine.runtime import Output, Stage
 
 
 async def rescore(ctx: PipelineContext, item: Item) -> Item:
-    answer = await ask_score(ctx.strong, instruction=item.instruction, input=item.input,
-                             output=item.output, parse_retries=ctx.config.parse_retries)
+    """The judge's scores of the refined item; an unreadable answer just leaves none."""
+    try:
+        answer = await ask_score(ctx.strong, instruction=item.instruction, input=item.input,
+                                 output=item.output, parse_retries=ctx.config.parse_retries)
+    except UnparseableOutput:
+        return item
     if answer.scores is not None:
         ctx.metrics.quality_score.labels("align").observe(answer.scores.mean)
     return item.with_changes(final_judgement=Judgement(

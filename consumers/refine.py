@@ -8,7 +8,8 @@ later review.
 Refine (every round): the strong model rewrites the instruction and input from
 the evaluation — and, from round 2 on, from the reviewer's explanation of why
 the previous revision lost. The revision goes to review. A rewrite that cannot
-be read counts as a lost round (see :func:`consumers.review.lose_round`).
+be read (the backbone's answer, the grade or the rewrite) counts as a lost round
+(see :func:`consumers.review.lose_round`); the next round evaluates again if needed.
 """
 
 from __future__ import annotations
@@ -45,11 +46,11 @@ async def evaluate(ctx: PipelineContext, item: Item) -> Item:
 def stage(ctx: PipelineContext) -> Stage:
     async def refine(item: Item) -> list[Output]:
         item = ctx.stamp(item)
-        if item.evaluation is None:
-            item = await evaluate(ctx, item)
-        assert item.evaluation is not None
         number = item.round + 1
         try:
+            if item.evaluation is None:
+                item = await evaluate(ctx, item)
+            assert item.evaluation is not None
             revision = await ask_revision(
                 ctx.strong,
                 round=number,
@@ -65,7 +66,7 @@ def stage(ctx: PipelineContext) -> Stage:
         except UnparseableOutput as exc:
             failed = Round(number=number, instruction=item.instruction, input=item.input,
                            feedback=item.feedback, winner="none",
-                           explanation=f"the refiner's answer could not be read: {exc}")
+                           explanation=f"the {exc.task} answer could not be read: {exc}")
             lost = item.with_changes(round=number, rounds=(*item.rounds, failed))
             return [lose_round(ctx, lost, failed.explanation)]
         current = Round(number=number, instruction=revision.instruction, input=revision.input,

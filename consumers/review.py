@@ -64,18 +64,21 @@ def stage(ctx: PipelineContext) -> Stage:
     async def review(item: Item) -> list[Output]:
         item = ctx.stamp(item)
         current = item.rounds[-1]
-        revised_answer = await ask_answer(
-            ctx.backbone, instruction=current.instruction, input=current.input,
-            parse_retries=ctx.config.parse_retries,
-        )
-        original = ReviewSample(instruction=item.original.instruction,
-                                input=item.original.input, answer=item.original_answer or "")
-        revised = ReviewSample(instruction=current.instruction, input=current.input,
-                               answer=revised_answer)
+        revised_answer = ""
+        winner: Winner
         try:
+            revised_answer = await ask_answer(
+                ctx.backbone, instruction=current.instruction, input=current.input,
+                parse_retries=ctx.config.parse_retries,
+            )
+            original = ReviewSample(instruction=item.original.instruction,
+                                    input=item.original.input,
+                                    answer=item.original_answer or "")
+            revised = ReviewSample(instruction=current.instruction, input=current.input,
+                                   answer=revised_answer)
             winner, explanation = await judge(ctx, item.round, original, revised)
-        except UnparseableOutput as exc:
-            winner, explanation = "none", f"the reviewer's answer could not be read: {exc}"
+        except UnparseableOutput as exc:  # the policy: an unreadable review is a lost round
+            winner, explanation = "none", f"the {exc.task} answer could not be read: {exc}"
         judged = msgspec.structs.replace(current, backbone_answer=revised_answer, winner=winner,
                                          explanation=explanation)
         item = item.with_changes(rounds=(*item.rounds[:-1], judged))

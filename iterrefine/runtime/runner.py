@@ -174,10 +174,15 @@ class StageRunner:
             timeout_ms=self._rt.fetch_timeout_ms,
             max_records=min(free, self._rt.fetch_max_records),
         )
+        assignment = consumer.assignment()
         for tp, records in batch.items():
+            if tp not in assignment:
+                continue  # taken away meanwhile: its new owner reads from the committed offset
             tracker = self._trackers.get(tp)
             if tracker is None or tracker.revoked:
-                continue  # a record of a partition being taken away: its new owner reads it
+                # Never skip a record of a partition we own: the position has moved past it,
+                # so skipping would lose it until the next rebalance.
+                tracker = self._trackers[tp] = PartitionTracker()
             tasks = self._tasks.setdefault(tp, set())
             for record in records:
                 tracker.received(record.offset)

@@ -1,0 +1,266 @@
+"""Stage decisions (consumers/): the real LLMClient over an httpx2.MockTransport.
+
+The transport answers per task (read from the prompt's tag line), so each test
+states what the models say and checks where the item goes next.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import httpx2
+import pytest
+
+from consumers import build_stages
+from iterrefine.config import LLMRoleConfig, PipelineConfig
+from iterrefine.context import PipelineContext
+from iterrefine.errors import UnparseableOutput
+from iterrefine.llm import LLMClient
+from iterrefine.metrics import Metrics
+from iterrefine.model import (
+    Evaluation,
+    Item,
+    Judgement,
+    Original,
+    Provenance,
+    Round,
+    Scores,
+    new_item,
+)
+from iterrefine.runtime import Output
+
+Answers = dict[str, Callable[[dict[str, Any]], str]]
+
+HIGH = ("Usable: yes\nReason: fine\nCorrectness: 9\nCompleteness: 9\nClarity: 9\n"
+        "Compliance: 9\nReasoning: 9\nVerdict: high\nJustification: solid")
+LOW = HIGH.replace(": 9", ": 4").replace("Verdict: high", "Verdict: low")
+UNUSABLE = "Usable: no\nReason: the output is unrelated\nVerdict: low\nJustification: off topic"
+EVALUATION = "Score: 5\n\nEvaluation: partial.\n\nSuggestions:\n1. Be specific.\n2. Add units."
+REVISION = "instruction_new: Say hello politely.\ninput_new:"
+
+
+def task_of(request: httpx2.Request) -> tuple[str, dict[str, Any]]:
+    body = json.loads(request.content)
+    system = body["messages"][0]["content"]
+    task = re.search(r"\[iterrefine task=(\w+)", system)
+    assert task is not None
+    return task.group(1), body
+
+
+def completion(text: str) -> httpx2.Response:
+    return httpx2.Response(200, json={
+        "id": "c", "object": "chat.completion", "created": 0, "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    })
+
+
+class Scripted:
+    """Per-task answers; records each task's requests."""
+
+    def __init__(self, answers: Answers) -> None:
+        self.answers = answers
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        task, body = task_of(request)
+        self.calls.append((task, body))
+        return completion(self.answers[task](body))
+
+    def count(self, task: str) -> int:
+        return sum(1 for t, _ in self.calls if t == task)
+
+
+def always(text: str) -> Callable[[dict[str, Any]], str]:
+    return lambda _body: text
+
+
+@pytest.fixture
+async def make_ctx() -> AsyncIterator[Callable[..., Any]]:
+    async with AsyncExitStack() as stack:
+
+        async def build(answers: Answers, **pipeline: Any) -> tuple[PipelineContext, Scripted]:
+            script = Scripted(answers)
+            http = await stack.enter_async_context(
+                httpx2.AsyncClient(transport=httpx2.MockTransport(script)))
+            roles = {}
+            for role in ("strong", "backbone"):
+                config = LLMRoleConfig(base_url="http://llm.test/v1", model=f"{role}-m",
+                                       max_retries=0)
+                roles[role] = await stack.enter_async_context(
+                    LLMClient(role, config, http_client=http))
+            ctx = PipelineContext(PipelineConfig(**pipeline), roles, Metrics(),
+                                  Provenance(prompt_version="test", models={}))
+            return ctx, script
+
+        yield build
+
+
+def stage_handler(ctx: PipelineContext, name: str) -> Callable[[Item], Any]:
+    (stage,) = build_stages(ctx, (name,))
+    return stage.handler
+
+
+def an_item(**changes: Any) -> Item:
+    original = Original(instruction="Say hello", input="", output="Hello!")
+    return new_item(original).with_changes(**changes)
+
+
+def in_review(round_number: int = 1) -> Item:
+    evaluation = Evaluation(backbone_answer="hi", score=5, text="partial", suggestions=("x",))
+    current = Round(number=round_number, instruction="Say hello politely.", input="",
+                    feedback=None)
+    return an_item(quality="low", evaluation=evaluation, original_answer="hi",
+                   round=round_number, rounds=(current,))
+
+
+def only(outputs: list[Output]) -> Output:
+    assert len(outputs) == 1
+    return outputs[0]
+
+
+async def test_score_keeps_usable_items_with_their_judgement(make_ctx: Any) -> None:
+    """A usable item goes to items.scored with per-dimension scores and provenance."""
+    ctx, _ = await make_ctx({"score": always(HIGH)})
+    out = only(await stage_handler(ctx, "score")(an_item()))
+    assert out.topic == "items.scored"
+    assert out.item.judgement is not None and out.item.judgement.scores is not None
+    assert out.item.judgement.scores.mean == 9
+    assert out.item.provenance.prompt_version == "test"
+
+
+async def test_score_rejects_unusable_items_with_the_reason(make_ctx: Any) -> None:
+    """An unusable item goes to items.rejected carrying the judge's reason."""
+    ctx, _ = await make_ctx({"score": always(UNUSABLE)})
+    out = only(await stage_handler(ctx, "score")(an_item()))
+    assert out.topic == "items.rejected"
+    assert out.item.status == "rejected" and "unrelated" in out.item.status_reason
+
+
+async def test_score_unparseable_raises_for_the_dlq_after_reasks(make_ctx: Any) -> None:
+    """An unreadable judge answer is re-asked twice, then raised (DLQ reason set)."""
+    ctx, script = await make_ctx({"score": always("I cannot decide.")})
+    with pytest.raises(UnparseableOutput) as info:
+        await stage_handler(ctx, "score")(an_item())
+    assert info.value.reason == "unparseable_judge_output"
+    assert script.count("score") == 3
+
+
+@pytest.mark.parametrize(("mean", "verdict", "topic"), [
+    (9.0, "high", "items.curated"),
+    (6.0, "high", "items.refine"),
+    (9.0, "low", "items.refine"),
+])
+async def test_route_threshold_policy(make_ctx: Any, mean: float, verdict: str,
+                                      topic: str) -> None:
+    """High iff the judge says high and the mean score reaches the bar (7 by default)."""
+    ctx, _ = await make_ctx({})
+    scores = Scores(correctness=mean, completeness=mean, clarity=mean, compliance=mean,
+                    reasoning=mean)
+    judged = an_item(judgement=Judgement(usable=True, reason="", scores=scores,
+                                         verdict=verdict, justification=""))  # type: ignore[arg-type]
+    out = only(await stage_handler(ctx, "route")(judged))
+    assert out.topic == topic
+
+
+async def test_refine_evaluates_once_then_sends_the_revision_to_review(make_ctx: Any) -> None:
+    """First refine: backbone answer + grade, then the rewrite goes to review as round 1."""
+    ctx, script = await make_ctx({"answer": always("hello"), "evaluate": always(EVALUATION),
+                                  "refine": always(REVISION)})
+    out = only(await stage_handler(ctx, "refine")(an_item(quality="low")))
+    assert out.topic == "items.review"
+    assert out.item.round == 1 and out.item.rounds[0].instruction == "Say hello politely."
+    assert out.item.evaluation is not None and out.item.evaluation.score == 5
+    assert out.item.original_answer == "hello"
+    assert [t for t, _ in script.calls] == ["answer", "evaluate", "refine"]
+
+
+async def test_review_win_converges_to_align(make_ctx: Any) -> None:
+    """B wins: the revision becomes current and the item goes to align."""
+    ctx, _ = await make_ctx({"answer": always("Hello there!"),
+                             "review": always("Winner: B\nExplanation: clearer.")})
+    out = only(await stage_handler(ctx, "review")(in_review()))
+    assert out.topic == "items.align"
+    assert out.item.instruction == "Say hello politely."
+    assert out.item.rounds[-1].winner == "B" and out.item.rounds[-1].backbone_answer
+
+
+async def test_review_loss_requeues_with_the_explanation(make_ctx: Any) -> None:
+    """A wins before the limit: back to refine with the judge's explanation as feedback."""
+    ctx, _ = await make_ctx({"answer": always("hi"),
+                             "review": always("Winner: A\nExplanation: B lost the context.")})
+    out = only(await stage_handler(ctx, "review")(in_review(1)))
+    assert out.topic == "items.refine" and out.outcome == "requeued"
+    assert out.item.feedback == "B lost the context."
+
+
+async def test_round_two_refine_request_carries_the_feedback(make_ctx: Any) -> None:
+    """From round 2 on, the refine request includes the reviewer's feedback."""
+    ctx, script = await make_ctx({"refine": always(REVISION)})
+    lost = in_review(1).with_changes(feedback="B lost the context.")
+    await stage_handler(ctx, "refine")(lost)
+    (_, body), = [c for c in script.calls if c[0] == "refine"]
+    assert "B lost the context." in body["messages"][-1]["content"]
+    assert "Round: 2" in body["messages"][-1]["content"]
+
+
+@pytest.mark.parametrize(("policy", "topic", "status"), [
+    ("keep_original", "items.curated", "unrefined"),
+    ("drop", "items.rejected", "dropped"),
+])
+async def test_review_loss_at_the_limit_follows_the_policy(
+    make_ctx: Any, policy: str, topic: str, status: str
+) -> None:
+    """A loss in the last round: keep the original (curated) or drop (rejected)."""
+    ctx, _ = await make_ctx({"answer": always("hi"),
+                             "review": always("Winner: A\nExplanation: worse.")},
+                            max_rounds=3, exhausted_policy=policy)
+    out = only(await stage_handler(ctx, "review")(in_review(3)))
+    assert (out.topic, out.item.status, out.outcome) == (topic, status, "exhausted")
+    if policy == "keep_original":
+        assert out.item.instruction == "Say hello"
+
+
+async def test_unreadable_review_counts_as_a_lost_round(make_ctx: Any) -> None:
+    """An unparseable verdict is not a crash: the round is lost and the item requeued."""
+    ctx, _ = await make_ctx({"answer": always("hi"), "review": always("Both are nice.")})
+    out = only(await stage_handler(ctx, "review")(in_review(1)))
+    assert out.topic == "items.refine"
+    assert out.item.rounds[-1].winner == "none"
+
+
+async def test_position_swap_needs_the_revision_to_win_both_orders(make_ctx: Any) -> None:
+    """With position swap, B wins first but loses swapped: the round is lost."""
+    verdicts = iter(["Winner: B\nExplanation: first.", "Winner: B\nExplanation: swapped."])
+    ctx, script = await make_ctx({"answer": always("hi"),
+                                  "review": lambda _b: next(verdicts)}, position_swap=True)
+    out = only(await stage_handler(ctx, "review")(in_review(1)))
+    # Swapped order put the revision in position A; "B" there means the original won.
+    assert out.topic == "items.refine"
+    assert script.count("review") == 2
+
+
+async def test_align_rewrites_the_output_and_rescores(make_ctx: Any) -> None:
+    """Align: the output answers the revision; the judge re-scores the refined item."""
+    ctx, _ = await make_ctx({"align": always("Output:\nHello, nice to meet you!"),
+                             "score": always(HIGH)})
+    converged = in_review(1).with_changes(instruction="Say hello politely.")
+    out = only(await stage_handler(ctx, "align")(converged))
+    assert out.topic == "items.curated" and out.item.status == "refined"
+    assert out.item.output == "Hello, nice to meet you!" and out.item.output_aligned
+    assert out.item.final_judgement is not None
+
+
+async def test_align_unparseable_keeps_the_original_output(make_ctx: Any) -> None:
+    """An unreadable alignment keeps the original output and says so."""
+    ctx, _ = await make_ctx({"align": always(""), "score": always("???")})
+    out = only(await stage_handler(ctx, "align")(in_review(1)))
+    assert out.topic == "items.curated"
+    assert out.item.output == "Hello!" and not out.item.output_aligned
+    assert "align_unparseable" in out.item.status_reason
+    assert out.item.final_judgement is None  # the optional re-score failed quietly
