@@ -18,18 +18,19 @@ from typing import Any
 
 import msgspec
 import structlog
-from prometheus_client import start_http_server
 
 from consumers import build_stages
 from iterrefine.config import Config, LLMRoleConfig
 from iterrefine.context import PipelineContext
 from iterrefine.export import ExportPaths, write_export
+from iterrefine.http import MetricsServer
 from iterrefine.ingest import Ingestor, IngestReport, read_records
 from iterrefine.kafka import make_producer
 from iterrefine.llm import LLMRoles
 from iterrefine.metrics import Metrics
 from iterrefine.model import Provenance
 from iterrefine.prompts import PROMPT_VERSION
+from iterrefine.runtime import StageRunner
 from iterrefine.sim import SimConfig, SimServer
 from iterrefine.summary import build_summary
 from iterrefine.topics import TopicNames, ensure_topics
@@ -92,8 +93,14 @@ async def run_pipeline(
     on_ingested: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
     stop: asyncio.Event | None = None,
+    metrics: Metrics | None = None,
 ) -> RunResult:
-    """Run ``options.input`` through the pipeline and export the results."""
+    """Run ``options.input`` through the pipeline and export the results.
+
+    ``metrics`` lets a caller keep the registry (and serve it) beyond the run;
+    with ``options.metrics_port`` the run itself serves ``/metrics``, ``/healthz``
+    and ``/readyz`` while it lasts, like ``iterrefine worker`` does.
+    """
     started = time.perf_counter()
     stop = stop or asyncio.Event()
     records = list(read_records(options.input))  # read first: a bad path fails before startup
@@ -102,10 +109,13 @@ async def run_pipeline(
         if options.sim is not None:
             sim = await stack.enter_async_context(SimServer(options.sim, port=0))
             config = sim_roles(config, sim.base_url, options.sim)
-        metrics = Metrics()
+        metrics = metrics if metrics is not None else Metrics()
+        runners: list[StageRunner] = []
         if options.metrics_port is not None:
-            server, _thread = start_http_server(options.metrics_port, registry=metrics.registry)
-            stack.callback(server.shutdown)
+            await stack.enter_async_context(MetricsServer(
+                metrics.registry, options.metrics_port,
+                ready=lambda: bool(runners) and all(r.ready.is_set() for r in runners),
+            ))
         roles = await stack.enter_async_context(LLMRoles(config, metrics=metrics))
         provenance = Provenance(
             prompt_version=PROMPT_VERSION,
@@ -121,7 +131,7 @@ async def run_pipeline(
         pipeline_stop = asyncio.Event()
         stages = asyncio.create_task(serve_stages(
             build_stages(ctx), config=config, bootstrap_servers=bootstrap, metrics=metrics,
-            stop=pipeline_stop,
+            stop=pipeline_stop, runners_out=runners,
         ))
         try:
             report = await _ingest(config, bootstrap, records)

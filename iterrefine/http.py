@@ -50,6 +50,12 @@ class MetricsServer:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, self._host, self._port).start()
+        self._port = int(self._runner.addresses[0][1])  # the OS's pick when asked for 0
+
+    @property
+    def port(self) -> int:
+        """The port served on (the one the OS picked, after start(), when asked for 0)."""
+        return self._port
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -185,11 +186,28 @@ def test_latency_panel_shows_three_quantiles_per_role() -> None:
         assert any(e.startswith(f"histogram_quantile({q},") and "by (role, le)" in e for e in exprs)
 
 
-def test_quality_panel_compares_score_and_review_stage() -> None:
-    """Quality before/after uses stage="score" and stage="review" of quality_score."""
-    joined = " ".join(_panel_exprs("Quality score before / after refinement"))
+@pytest.mark.parametrize(
+    "title", ["Quality score before / after refinement", "Quality score distribution (range)"]
+)
+def test_quality_panels_compare_score_and_align_stage(title: str) -> None:
+    """Before = quality_score{stage="score"}, after = the align stage's re-score."""
+    joined = " ".join(_panel_exprs(title))
     assert 'stage="score"' in joined
-    assert 'stage="review"' in joined
+    assert 'stage="align"' in joined
+    assert 'stage="review"' not in joined  # review observes no quality score
+
+
+def test_quality_stage_labels_are_the_ones_consumers_observe() -> None:
+    """The stage labels the quality panels filter on are the ones consumers/ pass to labels()."""
+    observed = set()
+    for module in (ROOT / "consumers").glob("*.py"):
+        observed |= set(re.findall(r'quality_score\.labels\("(\w+)"\)', module.read_text()))
+    assert observed == {"score", "align"}
+    charted = set()
+    for title in ("Quality score before / after refinement", "Quality score distribution (range)"):
+        for expr in _panel_exprs(title):
+            charted |= set(re.findall(r'stage="(\w+)"', expr))
+    assert charted == observed
 
 
 def test_error_ratio_counts_every_non_ok_status() -> None:

@@ -34,7 +34,8 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     add("-o", "--output", type=Path, required=True, metavar="OUTPUT",
         help="curated items (JSON lines); OUTPUT.rejected.jsonl and OUTPUT.dlq.jsonl beside it")
     add("--summary", type=Path, metavar="FILE", help="also write the summary as JSON")
-    add("--metrics-port", type=int, metavar="N", help="serve Prometheus /metrics while running")
+    add("--metrics-port", type=int, metavar="N",
+        help="serve /metrics, /healthz and /readyz for all stages while running")
     add("--timeout-s", type=float, help="stop waiting after this many seconds")
     add("--no-progress", action="store_true", help="no progress bar")
     add("--llm", choices=["sim"], help="sim: start the built-in LLM simulator (not a model)")
@@ -73,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.input.exists():
         raise ConfigError(f"input file {args.input} does not exist")
     options = RunOptions(input=args.input, output=args.output, sim=sim,
-                         metrics_port=args.metrics_port, timeout_s=args.timeout_s)
+                         metrics_port=config.metrics_port, timeout_s=args.timeout_s)
     console = Console(stderr=True)
     show = not args.no_progress and console.is_terminal
     with Progress(

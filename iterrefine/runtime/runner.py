@@ -200,12 +200,18 @@ class StageRunner:
     # ------------------------------------------------------------------ processing
 
     async def _process(self, record: ConsumerRecord, tracker: PartitionTracker) -> None:
-        try:
-            outgoing = await self._handle(record)
-            await self._deliver(outgoing)
-        except asyncio.CancelledError:
-            tracker.abandoned()  # stays uncommitted: the next owner processes it again
-            raise
+        # Every event of this unit of work, dead letters and delivery retries included,
+        # says where its message came from; _handle adds the item id and round.
+        with structlog.contextvars.bound_contextvars(
+            stage=self.stage.name, topic=record.topic, partition=record.partition,
+            offset=record.offset,
+        ):
+            try:
+                outgoing = await self._handle(record)
+                await self._deliver(outgoing)
+            except asyncio.CancelledError:
+                tracker.abandoned()  # stays uncommitted: the next owner processes it again
+                raise
         tracker.finished(record.offset)
         for *_, outcome in outgoing:
             self._count(outcome)
@@ -215,7 +221,11 @@ class StageRunner:
         try:
             item = self.stage.decode(record, self._limits)
         except ValidationError as exc:
-            return [self._dead_letter(record, exc, attempts=1)]
+            # No item, but the DLQ row's id: the producer's key, else a hash of the bytes.
+            with structlog.contextvars.bound_contextvars(
+                item_id=dlq_key(record).decode("utf-8", "replace")
+            ):
+                return [self._dead_letter(record, exc, attempts=1)]
         attempts = 0
 
         async def attempt() -> Sequence[Output]:
@@ -224,10 +234,7 @@ class StageRunner:
             return await self.stage.handler(item)
 
         started = time.perf_counter()
-        with structlog.contextvars.bound_contextvars(
-            item_id=item.id, stage=self.stage.name, round=item.round,
-            topic=record.topic, partition=record.partition, offset=record.offset,
-        ):
+        with structlog.contextvars.bound_contextvars(item_id=item.id, round=item.round):
             try:
                 outputs = await retry_async(
                     attempt,
@@ -267,9 +274,8 @@ class StageRunner:
         reason = dlq_reason(exc)
         self.dead_lettered += 1
         self._metrics.dlq_total.labels(self.stage.name, reason).inc()
-        log.warning("dead_lettered", stage=self.stage.name, reason=reason,
-                    topic=record.topic, partition=record.partition, offset=record.offset,
-                    message=str(exc)[:300])
+        # item_id, stage, topic, partition and offset come bound from _process/_handle.
+        log.warning("dead_lettered", reason=reason, message=str(exc)[:300])
         headers = dlq_headers(record, stage=self.stage.name, exc=exc, attempts=attempts,
                               item=item)
         key = item.id.encode() if item is not None else dlq_key(record)
