@@ -24,6 +24,8 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "worker",
     "ingest",
     "export",
+    "replay",
+    "status",
 )
 
 
