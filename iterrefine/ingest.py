@@ -10,8 +10,10 @@ an item lands on the same partition) and to report bad lines early.
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 import sys
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,13 +38,20 @@ class RawRecord:
     data: bytes
     line: int
     origin: str
+    #: The full size when ``data`` holds only the head of an over-long stdin line.
+    size: int | None = None
+
+    @property
+    def length(self) -> int:
+        return len(self.data) if self.size is None else self.size
 
 
 @dataclass
 class IngestReport:
     records: int = 0
     invalid: int = 0
-    #: Ids in ingest order (duplicates kept once): what the run waits for.
+    #: Ids in ingest order (duplicates kept once): what the run waits for. Left empty
+    #: for an endless stream (``Ingestor(keep_ids=False)``), where it would only grow.
     ids: dict[str, None] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
@@ -81,16 +90,85 @@ def _lines(handle: Iterable[bytes], origin: str) -> Iterator[RawRecord]:
             yield RawRecord(stripped, number, origin)
 
 
-async def stdin_records() -> AsyncIterator[RawRecord]:
-    """Lines from stdin as they arrive (``tail -F file | iterrefine ingest -``)."""
+async def stdin_records(
+    stop: asyncio.Event | None = None, *, max_line_bytes: int = WIRE_LIMIT_BYTES + 1
+) -> AsyncIterator[RawRecord]:
+    """Lines from stdin as they arrive (``tail -F file | iterrefine ingest -``), until EOF.
+
+    A line longer than ``max_line_bytes`` keeps only that much (and its full size), so
+    it is dead-lettered as ``too_large`` instead of holding the whole line in memory.
+    ``stop`` ends the stream early (SIGTERM); a partial last line is then dropped, logged.
+    """
+    if stat.S_ISREG(os.fstat(sys.stdin.fileno()).st_mode):
+        # `ingest - < file`: the event loop has no pipe transport for regular files.
+        for record in _lines(sys.stdin.buffer, "stdin"):
+            yield record
+        return
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=16 * 1024 * 1024)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    number = 0
-    while line := await reader.readline():
-        number += 1
-        if line.strip():
-            yield RawRecord(line.strip(), number, "stdin")
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
+    )
+    try:
+        async for record in chunked_lines(_stoppable(reader, stop), "stdin",
+                                          max_line_bytes=max_line_bytes):
+            yield record
+    finally:
+        transport.close()
+
+
+async def _stoppable(reader: asyncio.StreamReader, stop: asyncio.Event | None,
+                     chunk_bytes: int = 64 * 1024) -> AsyncIterator[bytes]:
+    """Chunks of ``reader`` until EOF (then a final ``b""``) or until ``stop`` is set."""
+    while stop is None or not stop.is_set():
+        if stop is None:
+            chunk = await reader.read(chunk_bytes)
+        else:
+            read = asyncio.ensure_future(reader.read(chunk_bytes))
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({read, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not read.done():
+                read.cancel()
+                return  # stopped: no final b"", so a partial line is not taken for a whole one
+            chunk = read.result()
+        yield chunk
+        if not chunk:
+            return
+
+
+async def chunked_lines(
+    chunks: AsyncIterator[bytes], origin: str, *, max_line_bytes: int
+) -> AsyncIterator[RawRecord]:
+    """Non-blank lines of a byte stream (``b""`` marks its end); over-long lines are cut."""
+    number, line, size = 0, bytearray(), 0
+    async for chunk in chunks:
+        if not chunk:  # end of stream: the last line needs no newline
+            if line.strip():
+                yield _stream_record(line, size, number + 1, origin)
+            return
+        start = 0
+        while True:
+            end = chunk.find(b"\n", start)
+            piece = chunk[start:] if end < 0 else chunk[start:end]
+            room = max_line_bytes - len(line)
+            if room > 0:
+                line += piece[:room]
+            size += len(piece)
+            if end < 0:
+                break
+            number += 1
+            if line.strip():
+                yield _stream_record(line, size, number, origin)
+            line, size, start = bytearray(), 0, end + 1
+    if line.strip():
+        log.warning("partial_line_dropped", origin=origin, line=number + 1, bytes=size)
+
+
+def _stream_record(line: bytearray, size: int, number: int, origin: str) -> RawRecord:
+    truncated = size > len(line)
+    data = bytes(line) if truncated else bytes(line).strip()
+    return RawRecord(data, number, origin, size=size if truncated else None)
 
 
 def key_for(record: RawRecord, *, max_bytes: int) -> tuple[str, ValidationError | None]:
@@ -112,24 +190,31 @@ class Ingestor:
         *,
         max_item_bytes: int = DEFAULT_MAX_RAW_BYTES,
         batch_size: int = 500,
+        keep_ids: bool = True,
+        on_problem: Callable[[str], None] | None = None,
     ) -> None:
         self._producer = producer
         self._topic = topic
         self._dlq_topic = dlq_topic
         self._max_bytes = max_item_bytes
         self._batch_size = batch_size
+        self._keep_ids = keep_ids
+        self._on_problem = on_problem
         self._pending: list[asyncio.Future[object]] = []
         self.report = IngestReport()
 
     async def send(self, record: RawRecord) -> str:
         item_id, problem = key_for(record, max_bytes=self._max_bytes)
         self.report.records += 1
-        self.report.ids.setdefault(item_id, None)
+        if self._keep_ids:
+            self.report.ids.setdefault(item_id, None)
         if problem is not None:
             self.report.invalid += 1
             message = f"{record.origin}:{record.line}: {problem} (sent to the DLQ)"
             if len(self.report.problems) < 100:
                 self.report.problems.append(message)
+            if self._on_problem is not None:
+                self._on_problem(message)
             log.warning("invalid_record", origin=record.origin, line=record.line,
                         reason=problem.reason, item_id=item_id)
         headers = [
@@ -137,14 +222,14 @@ class Ingestor:
             ("iterrefine.ingest.line", str(record.line).encode()),
         ]
         topic, value = self._topic, record.data
-        if len(value) > WIRE_LIMIT_BYTES:
+        if record.length > WIRE_LIMIT_BYTES:
             # Too big for a Kafka message: dead-letter its head right away, with the reason.
             topic, value = self._dlq_topic, value[:_OVERSIZE_HEAD_BYTES]
             headers += [
                 ("iterrefine.stage", b"ingest"),
                 ("iterrefine.reason", b"too_large"),
                 ("iterrefine.error", b"ValidationError"),
-                ("iterrefine.message", f"record is {len(record.data)} bytes; only its first "
+                ("iterrefine.message", f"record is {record.length} bytes; only its first "
                  f"{_OVERSIZE_HEAD_BYTES} bytes are kept".encode()),
                 ("iterrefine.attempts", b"1"),
                 ("iterrefine.revision", b"0"),
@@ -156,7 +241,15 @@ class Ingestor:
         return item_id
 
     async def flush(self) -> None:
-        """Wait until the broker acknowledged everything sent so far."""
+        """Wait until the broker acknowledged everything sent so far; raise a delivery error."""
         pending, self._pending = self._pending, []
-        if pending:
-            await asyncio.gather(*pending)
+        if not pending:
+            return
+        try:
+            # Unlike gather, wait leaves the sends alone if this flush is cancelled.
+            await asyncio.wait(pending)
+        except asyncio.CancelledError:
+            self._pending = pending + self._pending  # still to be confirmed by the next flush
+            raise
+        for future in pending:
+            future.result()

@@ -7,6 +7,7 @@ arguments and works around one broker quirk (see :func:`true_end_offsets`).
 from __future__ import annotations
 
 import os
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -19,40 +20,89 @@ from iterrefine.config import KafkaConfig
 from iterrefine.errors import ConfigError
 
 
-def _sasl_password(config: KafkaConfig) -> str | None:
+def _sasl_password(config: KafkaConfig) -> str:
     if config.sasl_password_file:
         try:
             return Path(config.sasl_password_file).read_text().strip()
         except OSError as exc:
             raise ConfigError(
-                f"cannot read sasl_password_file {config.sasl_password_file}: {exc}"
+                f"cannot read sasl_password_file {config.sasl_password_file}: {exc.strerror}; "
+                "mount or create the file, or use sasl_password_env (--sasl-password-env VAR)"
             ) from None
     if config.sasl_password_env:
         value = os.environ.get(config.sasl_password_env)
         if not value:
             raise ConfigError(
-                f"environment variable {config.sasl_password_env} (sasl_password_env) is not set"
+                f"environment variable {config.sasl_password_env} (sasl_password_env) is not "
+                f"set; export {config.sasl_password_env} with the SASL password, or point "
+                "--sasl-password-file at a file holding it"
             )
         return value
-    return None
+    raise ConfigError(
+        f"security_protocol {config.security_protocol} needs a SASL password: pass "
+        "--sasl-password-env VAR (the name of an environment variable holding it) or "
+        "--sasl-password-file FILE; passwords are never accepted on the command line"
+    )
+
+
+def _misplaced_settings(config: KafkaConfig) -> list[str]:
+    """Security settings that the chosen protocol would silently ignore."""
+    ssl = ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+    sasl = ("sasl_mechanism", "sasl_username", "sasl_password_env", "sasl_password_file")
+    ignored = []
+    if config.security_protocol not in ("SSL", "SASL_SSL"):
+        ignored += [name for name in ssl if getattr(config, name)]
+    if not config.security_protocol.startswith("SASL"):
+        ignored += [name for name in sasl if getattr(config, name)]
+    return ignored
+
+
+def _ssl_context(config: KafkaConfig) -> ssl.SSLContext:
+    if config.ssl_keyfile and not config.ssl_certfile:
+        raise ConfigError("ssl_keyfile is set without ssl_certfile: pass the client certificate "
+                          "too (--ssl-certfile)")
+    try:
+        context: ssl.SSLContext = create_ssl_context(
+            cafile=config.ssl_cafile, certfile=config.ssl_certfile, keyfile=config.ssl_keyfile
+        )
+    except (OSError, ssl.SSLError) as exc:
+        files = ", ".join(
+            f"{name}={value}"
+            for name, value in (("ssl_cafile", config.ssl_cafile),
+                                ("ssl_certfile", config.ssl_certfile),
+                                ("ssl_keyfile", config.ssl_keyfile))
+            if value
+        ) or "the system CA store"
+        raise ConfigError(f"cannot build the TLS context from {files}: {exc}") from None
+    return context
 
 
 def client_kwargs(config: KafkaConfig, bootstrap_servers: str) -> dict[str, Any]:
-    """Connection and security keyword arguments shared by producer, consumer and admin."""
+    """Connection and security keyword arguments shared by producer, consumer and admin.
+
+    Raises :class:`ConfigError` (saying the fix) for an incomplete or inconsistent
+    security setup, before any connection is tried.
+    """
+    ignored = _misplaced_settings(config)
+    if ignored:
+        raise ConfigError(
+            f"{', '.join(ignored)} set, but security_protocol is {config.security_protocol}, "
+            "which would ignore them: pass --security-protocol SSL, SASL_PLAINTEXT or SASL_SSL "
+            "to match (or remove the settings)"
+        )
     kwargs: dict[str, Any] = {
         "bootstrap_servers": bootstrap_servers,
         "client_id": config.client_id,
         "security_protocol": config.security_protocol,
     }
     if config.security_protocol in ("SSL", "SASL_SSL"):
-        kwargs["ssl_context"] = create_ssl_context(
-            cafile=config.ssl_cafile, certfile=config.ssl_certfile, keyfile=config.ssl_keyfile
-        )
+        kwargs["ssl_context"] = _ssl_context(config)
     if config.security_protocol.startswith("SASL"):
         if not config.sasl_mechanism or not config.sasl_username:
             raise ConfigError(
-                f"security_protocol {config.security_protocol} needs sasl_mechanism and "
-                "sasl_username (and sasl_password_env or sasl_password_file)"
+                f"security_protocol {config.security_protocol} needs --sasl-mechanism "
+                "(PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512) and --sasl-username, plus "
+                "--sasl-password-env VAR or --sasl-password-file FILE"
             )
         kwargs["sasl_mechanism"] = config.sasl_mechanism
         kwargs["sasl_plain_username"] = config.sasl_username
@@ -89,6 +139,22 @@ def make_consumer(
 
 def make_admin(config: KafkaConfig, bootstrap_servers: str) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(**client_kwargs(config, bootstrap_servers))
+
+
+#: The cluster id the embedded broker (Tansu) reports unless told otherwise.
+TANSU_CLUSTER_ID_PREFIX = "tansu"
+
+
+async def cluster_id(config: KafkaConfig, bootstrap_servers: str) -> str | None:
+    """The id the cluster reports in its metadata (None if it reports none)."""
+    admin = make_admin(config, bootstrap_servers)
+    await admin.start()
+    try:
+        described: dict[str, Any] = await admin.describe_cluster()
+    finally:
+        await admin.close()
+    found = described.get("cluster_id")
+    return str(found) if found else None
 
 
 async def true_end_offsets(

@@ -6,10 +6,11 @@ import asyncio
 import signal
 from collections.abc import Sequence
 
+import msgspec
 import structlog
 
 from iterrefine.config import Config
-from iterrefine.kafka import make_producer
+from iterrefine.kafka import TANSU_CLUSTER_ID_PREFIX, cluster_id, make_producer
 from iterrefine.metrics import Metrics
 from iterrefine.runtime import Stage, StageRunner
 from iterrefine.topics import ensure_topics
@@ -22,6 +23,26 @@ def install_stop_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+
+async def _static_membership_checked(config: Config, bootstrap_servers: str) -> Config:
+    """``config`` without ``group_instance_id`` if the broker is the embedded Tansu.
+
+    With a static member id, Tansu answers a heartbeat every few seconds with
+    UNKNOWN_MEMBER_ID, so the group rebalances forever and the stage barely works.
+    Static membership only saves rebalances; dynamic membership is correct too.
+    """
+    instance = config.kafka.group_instance_id
+    if instance is None:
+        return config
+    found = await cluster_id(config.kafka, bootstrap_servers)
+    if found is None or not found.startswith(TANSU_CLUSTER_ID_PREFIX):
+        return config
+    log.warning("static_membership_unsupported", group_instance_id=instance, cluster_id=found,
+                action="joining as a dynamic member",
+                fix="drop --group-instance-id when using the embedded Tansu broker")
+    return msgspec.structs.replace(
+        config, kafka=msgspec.structs.replace(config.kafka, group_instance_id=None))
 
 
 async def serve_stages(
@@ -37,6 +58,7 @@ async def serve_stages(
     stop = stop or asyncio.Event()
     metrics = metrics or Metrics()
     await ensure_topics(config.kafka, bootstrap_servers)
+    config = await _static_membership_checked(config, bootstrap_servers)
     producer = make_producer(config.kafka, bootstrap_servers, linger_ms=config.runtime.linger_ms)
     await producer.start()
     runners = [

@@ -45,6 +45,22 @@ def add_kafka_args(parser: argparse.ArgumentParser) -> None:
     add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     add("--log-json", action="store_true", default=None,
         help="JSON log lines even on a terminal (default: JSON when not a terminal)")
+    add("--client-id", help="Kafka client id, as seen in broker logs and quotas (iterrefine)")
+    security = parser.add_argument_group(
+        "Kafka security", "SASL and TLS for real clusters. Secrets are read from an environment "
+        "variable or a file, never taken as a flag.")
+    sec = security.add_argument
+    sec("--security-protocol", choices=["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"],
+        help="default PLAINTEXT")
+    sec("--sasl-mechanism", choices=["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
+    sec("--sasl-username", metavar="USER")
+    sec("--sasl-password-env", metavar="VAR",
+        help="environment variable holding the SASL password")
+    sec("--sasl-password-file", metavar="FILE",
+        help="file holding the SASL password (e.g. a mounted Kubernetes secret)")
+    sec("--ssl-cafile", metavar="FILE", help="CA bundle that signed the brokers' certificates")
+    sec("--ssl-certfile", metavar="FILE", help="client certificate (mutual TLS)")
+    sec("--ssl-keyfile", metavar="FILE", help="client certificate's private key (mutual TLS)")
 
 
 def add_llm_args(parser: argparse.ArgumentParser) -> None:
@@ -82,6 +98,13 @@ def _llm_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return roles
 
 
+#: Flags that map one to one onto ``KafkaConfig`` fields of the same name.
+_KAFKA_FLAGS = (
+    "client_id", "group_instance_id", "security_protocol", "sasl_mechanism", "sasl_username",
+    "sasl_password_env", "sasl_password_file", "ssl_cafile", "ssl_certfile", "ssl_keyfile",
+)
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     """The TOML file (if any) with the command-line flags on top."""
     overrides: dict[str, Any] = {
@@ -89,6 +112,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             "bootstrap_servers": getattr(args, "bootstrap", None),
             "topic_prefix": getattr(args, "topic_prefix", None),
             "partitions": getattr(args, "partitions", None),
+            **{name: getattr(args, name, None) for name in _KAFKA_FLAGS},
         },
         "pipeline": {
             "max_rounds": getattr(args, "max_rounds", None),

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from iterrefine.ingest import Ingestor, IngestReport, RawRecord, read_records, s
 from iterrefine.kafka import make_producer
 from iterrefine.logging import configure_logging
 from iterrefine.topics import TopicNames, ensure_topics
+from iterrefine.worker import install_stop_signals
 
 
 def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is private
@@ -24,8 +26,9 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
         description=(
             "Send every record to the pipeline's raw topic. Bad records are reported with "
             "their line number and still sent, so the score stage dead-letters them with a "
-            "reason. With -, reads stdin until it closes (e.g. tail -F data.jsonl | "
-            "iterrefine ingest -)."
+            "reason. With -, reads stdin as it grows until it closes or SIGTERM/SIGINT "
+            "(e.g. tail -F data.jsonl | iterrefine ingest -), confirming each batch with the "
+            "broker before reading on, and at least every 0.5 s while the stream is idle."
         ),
     )
     parser.add_argument("source", metavar="FILE", help="JSON lines or JSON array file, or -")
@@ -38,37 +41,68 @@ async def _as_async(records: Iterable[RawRecord]) -> AsyncIterator[RawRecord]:
         yield record
 
 
-async def ingest(config: Config, bootstrap: str, records: AsyncIterator[RawRecord],
-                 *, flush_every_s: float = 0.5) -> IngestReport:
-    """Send ``records``; flush at least every ``flush_every_s`` so a slow stream still lands."""
+async def ingest(
+    config: Config,
+    bootstrap: str,
+    records: AsyncIterator[RawRecord],
+    *,
+    flush_every_s: float = 0.5,
+    keep_ids: bool = True,
+    on_problem: Callable[[str], None] | None = None,
+) -> IngestReport:
+    """Send ``records``, waiting for acks every 500 records (backpressure on the source).
+
+    A slow stream is also confirmed at least every ``flush_every_s`` while it is
+    idle, so a delivery error shows up even when no further line arrives.
+    """
     await ensure_topics(config.kafka, bootstrap)
     names = TopicNames(config.kafka.topic_prefix)
     producer = make_producer(config.kafka, bootstrap, linger_ms=config.runtime.linger_ms)
     await producer.start()
     try:
         ingestor = Ingestor(producer, names["items.raw"], names["items.dlq"],
-                            max_item_bytes=config.runtime.max_item_bytes)
-        loop = asyncio.get_running_loop()
-        last_flush = loop.time()
-        async for record in records:
-            await ingestor.send(record)
-            if loop.time() - last_flush > flush_every_s:
-                await ingestor.flush()
-                last_flush = loop.time()
+                            max_item_bytes=config.runtime.max_item_bytes, keep_ids=keep_ids,
+                            on_problem=on_problem)
+        flusher = asyncio.create_task(_flush_every(ingestor, flush_every_s))
+        try:
+            async for record in records:
+                await ingestor.send(record)
+                if flusher.done():
+                    flusher.result()  # a delivery error: stop here, with its message
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
         await ingestor.flush()
         return ingestor.report
     finally:
         await producer.stop()
 
 
+async def _flush_every(ingestor: Ingestor, interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        await ingestor.flush()
+
+
+async def _ingest_command(config: Config, bootstrap: str, source: str) -> IngestReport:
+    def problem(message: str) -> None:
+        print(f"bad record: {message}", file=sys.stderr, flush=True)
+
+    stop = asyncio.Event()
+    if source == "-":
+        install_stop_signals(stop)  # SIGTERM/SIGINT: stop reading, confirm what was sent
+        records = stdin_records(stop)
+    else:
+        records = _as_async(read_records(Path(source)))
+    return await ingest(config, bootstrap, records, keep_ids=False, on_problem=problem)
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     configure_logging(json=args.log_json, level=args.log_level)
     config = config_from_args(args)
     bootstrap = resolve_bootstrap(config)
-    source = stdin_records() if args.source == "-" else _as_async(read_records(Path(args.source)))
-    report = asyncio.run(ingest(config, bootstrap, source))
-    for problem in report.problems:
-        print(f"bad record: {problem}", file=sys.stderr)
+    report = asyncio.run(_ingest_command(config, bootstrap, args.source))
     print(f"ingested {report.records} records ({report.invalid} invalid, sent to be "
           f"dead-lettered) into {TopicNames(config.kafka.topic_prefix)['items.raw']}")
     return 0

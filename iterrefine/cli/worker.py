@@ -37,7 +37,10 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     parser.add_argument("--metrics-port", type=int, metavar="N",
                         help="serve /metrics, /healthz and /readyz on this port")
     parser.add_argument("--group-instance-id", metavar="ID",
-                        help="static group membership id (rolling restarts without rebalance)")
+                        help="static group membership id, unique per worker process: on Kafka "
+                        "a restart within the session timeout keeps its partitions without a "
+                        "rebalance (ignored, with a warning, on the embedded Tansu broker, whose "
+                        "groups never settle with static members)")
     add_kafka_args(parser)
     add_llm_args(parser)
     parser.set_defaults(func=cmd_worker)
@@ -46,11 +49,6 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
 def cmd_worker(args: argparse.Namespace) -> int:
     configure_logging(json=args.log_json, level=args.log_level)
     config = config_from_args(args)
-    if args.group_instance_id:
-        import msgspec
-
-        config = msgspec.structs.replace(config, kafka=msgspec.structs.replace(
-            config.kafka, group_instance_id=args.group_instance_id))
     stages = STAGES if "all" in args.stages else tuple(dict.fromkeys(args.stages))
     if set(stages) - {"route"}:
         require_llm(config)
