@@ -12,9 +12,9 @@ Contenders, from the full stack down to the floor:
 * ``openai_create``: bare ``AsyncOpenAI.chat.completions.create`` (pydantic models);
 * ``openai_post_raw``: ``AsyncOpenAI.post(cast_to=httpx2.Response)`` with a pre-encoded
   body, the response decoded with msgspec: the least work through openai;
-* ``*_aiohttp``: the same two on openai's own aiohttp transport
-  (``openai.DefaultAioHttpClient``) instead of httpx2's connection pool;
-* ``httpx2_raw`` / ``aiohttp_raw``: a POST with no SDK at all, decoded with msgspec.
+* ``httpx2_raw`` / ``aiohttp_raw``: a POST with no SDK at all, decoded with msgspec;
+* ``*_aiohttp``: the same on openai's own aiohttp transport
+  (``openai.DefaultAioHttpClient``, what LLMClient uses) instead of httpx2's pool.
 
 Run ``python benchmarks/llm_client_overhead.py [--requests 5000]``; prints one JSON object.
 """
@@ -46,7 +46,6 @@ from prometheus_client import CollectorRegistry
 
 from iterrefine.config import LLMRoleConfig
 from iterrefine.llm import LLMClient
-from iterrefine.llm.client import build_http_client
 from iterrefine.metrics import Metrics
 from iterrefine.prompts import build_messages
 
@@ -147,16 +146,20 @@ async def llm_client(config: LLMRoleConfig) -> AsyncIterator[Send]:
         yield send
 
 
-def _openai(config: LLMRoleConfig, *, aiohttp_transport: bool) -> openai.AsyncOpenAI:
+def _http_client(config: LLMRoleConfig, *, aiohttp_transport: bool) -> httpx2.AsyncClient:
     size = config.max_concurrency
     limits = httpx2.Limits(max_connections=size, max_keepalive_connections=size)
-    http_client = (
-        openai.DefaultAioHttpClient(limits=limits)
-        if aiohttp_transport
-        else httpx2.AsyncClient(limits=limits)
-    )
+    if aiohttp_transport:
+        return openai.DefaultAioHttpClient(limits=limits)
+    return httpx2.AsyncClient(limits=limits)
+
+
+def _openai(config: LLMRoleConfig, *, aiohttp_transport: bool) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(
-        api_key="not-needed", base_url=config.base_url, max_retries=0, http_client=http_client
+        api_key="not-needed",
+        base_url=config.base_url,
+        max_retries=0,
+        http_client=_http_client(config, aiohttp_transport=aiohttp_transport),
     )
 
 
@@ -201,18 +204,21 @@ async def _post_raw(api: openai.AsyncOpenAI, config: LLMRoleConfig, messages: Me
     assert _decode_completion(response.content).choices[0].message.content
 
 
-@asynccontextmanager
-async def httpx2_raw(config: LLMRoleConfig) -> AsyncIterator[Send]:
-    url = f"{config.base_url}/chat/completions"
-    headers = {"Authorization": "Bearer not-needed", "Content-Type": "application/json"}
-    async with build_http_client(config) as http:
+def _httpx2_raw(*, aiohttp_transport: bool) -> Contender:
+    @asynccontextmanager
+    async def contender(config: LLMRoleConfig) -> AsyncIterator[Send]:
+        url = f"{config.base_url}/chat/completions"
+        headers = {"Authorization": "Bearer not-needed", "Content-Type": "application/json"}
+        async with _http_client(config, aiohttp_transport=aiohttp_transport) as http:
 
-        async def send(messages: Messages) -> None:
-            response = await http.post(url, content=_body(messages, config), headers=headers)
-            response.raise_for_status()
-            assert _decode_completion(response.content).choices[0].message.content
+            async def send(messages: Messages) -> None:
+                response = await http.post(url, content=_body(messages, config), headers=headers)
+                response.raise_for_status()
+                assert _decode_completion(response.content).choices[0].message.content
 
-        yield send
+            yield send
+
+    return contender
 
 
 @asynccontextmanager
@@ -239,7 +245,8 @@ CONTENDERS: dict[str, Contender] = {
     "openai_create_aiohttp": _openai_create(aiohttp_transport=True),
     "openai_post_raw": _openai_post_raw(aiohttp_transport=False),
     "openai_post_raw_aiohttp": _openai_post_raw(aiohttp_transport=True),
-    "httpx2_raw": httpx2_raw,
+    "httpx2_raw": _httpx2_raw(aiohttp_transport=False),
+    "httpx2_raw_aiohttp": _httpx2_raw(aiohttp_transport=True),
     "aiohttp_raw": aiohttp_raw,
 }
 
@@ -344,6 +351,8 @@ def main() -> None:
             "python": platform.python_version(),
             "implementation": platform.python_implementation(),
             "platform": platform.platform(),
+            # Other work on the machine shows up as noise in CPU time too.
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
             "openai": openai.__version__,
             "httpx2": httpx2.__version__,
             "aiohttp": aiohttp.__version__,

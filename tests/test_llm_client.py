@@ -23,7 +23,9 @@ from iterrefine.errors import ConfigError, LLMError, LLMTransientError
 from iterrefine.llm import ChatResult, LLMClient, LLMRoles, TokenBucket
 from iterrefine.llm.failures import parse_retry_after
 from iterrefine.metrics import Metrics
+from iterrefine.prompts import build_messages
 from iterrefine.retry import Backoff
+from iterrefine.sim import SimConfig, SimServer
 
 Handler = (
     Callable[[httpx2.Request], httpx2.Response]
@@ -266,6 +268,18 @@ async def test_non_json_200_is_an_error_not_a_string() -> None:
             await client.chat(MESSAGES)
 
 
+async def test_non_json_200_says_why_and_is_not_retried() -> None:
+    """A 200 with a cut-off JSON body fails at once, status invalid_response, saying why."""
+    handler, arrivals = sequence(httpx2.Response(200, content=b'{"choices": [{"mess'))
+    metrics = Metrics(CollectorRegistry())
+    async with llm(handler, metrics=metrics) as client:
+        with pytest.raises(LLMError, match=r"chat completion \(.*truncated\); check base_url"):
+            await client.chat(MESSAGES)
+    assert len(arrivals) == 1
+    status = "invalid_response"
+    assert sample(metrics, "iterrefine_llm_requests_total", role="strong", status=status) == 1
+
+
 async def test_hollow_completion_is_an_error() -> None:
     """JSON that is not a chat completion (no message, wrong types) raises LLMError."""
     for body in ({"choices": [{"index": 0}]}, {"choices": [{"message": {"content": 5}}]}):
@@ -283,6 +297,41 @@ async def test_missing_usage_counts_zero() -> None:
         result = await client.chat(MESSAGES)
     assert (result.text, result.prompt_tokens, result.completion_tokens) == ("hi", 0, 0)
     assert result.model == "test-model"
+
+
+async def test_loose_fields_fall_back_instead_of_failing() -> None:
+    """Junk usage counts give 0, a non-string model or finish_reason falls back, null text is ""."""
+    body = {
+        "model": 7,
+        "choices": [{"message": {"content": None, "tool_calls": []}, "finish_reason": 3}],
+        "usage": {"prompt_tokens": -4, "completion_tokens": "many"},
+        "system_fingerprint": "fp", "unknown": {"nested": [1, 2]},
+    }
+    handler, _ = sequence(httpx2.Response(200, json=body))
+    async with llm(handler) as client:
+        result = await client.chat(MESSAGES)
+    assert (result.text, result.prompt_tokens, result.completion_tokens) == ("", 0, 0)
+    assert result.model == "test-model" and result.finish_reason is None
+
+
+async def test_null_usage_counts_zero() -> None:
+    """``"usage": null`` is read like a missing usage."""
+    body = {"choices": [{"message": {"content": "hi"}}], "usage": None}
+    handler, _ = sequence(httpx2.Response(200, json=body))
+    async with llm(handler) as client:
+        result = await client.chat(MESSAGES)
+    assert (result.text, result.prompt_tokens, result.completion_tokens) == ("hi", 0, 0)
+
+
+async def test_empty_choices_are_retried() -> None:
+    """A completion without choices is transient (status empty_response) and retried."""
+    handler, arrivals = sequence(httpx2.Response(200, json={"choices": []}), completion("ok"))
+    metrics = Metrics(CollectorRegistry())
+    async with llm(handler, metrics=metrics) as client:
+        result = await client.chat(MESSAGES)
+    assert result.text == "ok" and result.attempts == 2 and len(arrivals) == 2
+    status = "empty_response"
+    assert sample(metrics, "iterrefine_llm_requests_total", role="strong", status=status) == 1
 
 
 async def test_retries_exhausted_raise_transient() -> None:
@@ -410,6 +459,54 @@ async def test_roles_build_one_client_per_role() -> None:
         assert set(roles) == {"strong", "backbone"}
     stats = roles.stats()
     assert stats["strong"].prompt_tokens == 3 and stats["backbone"].requests == 0
+
+
+SCORE_MESSAGES = build_messages(
+    "score", {"instruction": "Name a colour.", "input": "", "output": "Blue."}
+)
+
+
+async def test_default_transport_talks_to_the_simulator() -> None:
+    """Over real HTTP (openai's aiohttp transport) the answer, usage and model are read."""
+    async with (
+        SimServer(SimConfig(), port=0) as sim,
+        LLMClient("strong", role_config(base_url=sim.base_url)) as client,
+    ):
+        results = await asyncio.gather(*(client.chat(SCORE_MESSAGES) for _ in range(5)))
+    for result in results:
+        assert result.text.startswith("Usable: ")
+        assert result.prompt_tokens > 0 and result.completion_tokens > 0
+        assert result.model == "sim-test-model" and result.finish_reason == "stop"
+
+
+async def test_default_transport_maps_server_errors_and_deadlines() -> None:
+    """Over real HTTP a 500 is transient and a hanging server hits the timeout_s deadline."""
+    async with (
+        SimServer(SimConfig(fault_500=1.0), port=0) as sim,
+        LLMClient("strong", role_config(base_url=sim.base_url, max_retries=0)) as client,
+    ):
+        with pytest.raises(LLMTransientError, match="HTTP 500"):
+            await client.chat(SCORE_MESSAGES)
+    async with (
+        SimServer(SimConfig(fault_hang=1.0, hang_s=60), port=0) as sim,
+        LLMClient(
+            "strong", role_config(base_url=sim.base_url, max_retries=0, timeout_s=0.2)
+        ) as client,
+    ):
+        with pytest.raises(LLMTransientError, match=r"no answer within timeout_s=0\.2"):
+            await client.chat(SCORE_MESSAGES)
+
+
+async def test_refused_connection_is_a_connection_error_not_a_timeout(
+    unused_tcp_port: int,
+) -> None:
+    """openai's aiohttp transport calls a refused connection a timeout; we say "connection"."""
+    metrics = Metrics(CollectorRegistry())
+    config = role_config(base_url=f"http://127.0.0.1:{unused_tcp_port}/v1", max_retries=0)
+    async with LLMClient("strong", config, metrics=metrics) as client:
+        with pytest.raises(LLMTransientError, match="cannot connect"):
+            await client.chat(MESSAGES)
+    assert sample(metrics, "iterrefine_llm_requests_total", role="strong", status="connection") == 1
 
 
 def test_missing_key_variable_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,22 +7,34 @@ requests/min and tokens/min limits, a total per-request deadline, our own retrie
 one in :mod:`iterrefine.retry`), error translation into :mod:`iterrefine.errors`,
 token accounting and metrics. The API key is never logged and is scrubbed from
 any server message we pass on.
+
+One process has to keep a few hundred requests a second in flight, next to its
+Kafka consumers, so the per-request CPU of the SDK matters (measured by
+``benchmarks/llm_client_overhead.py``). Requests still go through openai (its
+headers, auth, error types) but take its cheapest documented paths:
+
+* the pool is openai's aiohttp transport (``openai.DefaultAioHttpClient``): httpx2's
+  own pool (httpcore2, h11, anyio streams) took some 40% of openai's CPU per request;
+* the body is encoded once per call with msgspec and sent with ``AsyncOpenAI.post``
+  as raw content, skipping the TypedDict transform of ``chat.completions.create``;
+* the answer comes back as the raw ``httpx2.Response`` and is decoded by msgspec into
+  the few fields we read, instead of into pydantic models.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import warnings
 from types import TracebackType
-from typing import Any, cast
+from typing import Any
 
 import httpx2
 import msgspec
 import openai
 import structlog
-from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
-from openai.types.chat.completion_create_params import ResponseFormat
+from prometheus_client import Counter, Histogram
 
 from iterrefine.config import LLMRoleConfig
 from iterrefine.errors import IterrefineError
@@ -32,6 +44,9 @@ from iterrefine.metrics import Metrics
 from iterrefine.retry import Backoff, retry_async
 
 log = structlog.get_logger("iterrefine.llm")
+
+# What chat.completions.create asks for: the bearer key (pinned in start()).
+_REQUEST_OPTIONS: openai.RequestOptions = {"security": {"bearer_auth": True}}
 
 
 class ChatResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -60,21 +75,51 @@ class LLMStats(msgspec.Struct, frozen=True, kw_only=True):
     completion_tokens: int = 0
 
 
+# The wire shape of the few fields we read; the decoder skips everything else without
+# building it. ``Any`` where a junk value should fall back (model, finish reason, token
+# counts) rather than fail a call whose answer is fine.
+
+
+class _Message(msgspec.Struct, frozen=True, gc=False):
+    content: str | None = None
+
+
+class _Choice(msgspec.Struct, frozen=True, gc=False):
+    message: _Message
+    finish_reason: Any = None
+
+
+class _Usage(msgspec.Struct, frozen=True, gc=False):
+    prompt_tokens: Any = None
+    completion_tokens: Any = None
+
+
+class _Completion(msgspec.Struct, frozen=True, gc=False):
+    choices: list[_Choice]
+    model: Any = None
+    usage: _Usage | None = None
+
+
+_encode_body = msgspec.json.Encoder().encode
+_decode_completion = msgspec.json.Decoder(_Completion).decode
+
+
 def estimate_tokens(messages: list[dict[str, str]], max_tokens: int) -> int:
     """Pre-call estimate for the tokens/min bucket: prompt chars / 4 + the completion budget."""
     return sum(len(m.get("content", "")) for m in messages) // 4 + max_tokens
 
 
 def build_http_client(config: LLMRoleConfig) -> httpx2.AsyncClient:
-    """A connection pool sized to the role's concurrency.
+    """openai's aiohttp transport, with a pool sized to the role's concurrency.
 
-    When given an ``http_client``, openai uses it as is, with httpx2's own pool
-    defaults (100 connections, 20 kept alive), not openai's; and openai's defaults
-    keep only 100 connections alive. Either would cap or churn a role running a
-    few hundred requests at once, so the pool matches ``max_concurrency``.
+    It needs markedly less CPU per request than httpx2's own pool (see the module
+    docstring). When given an ``http_client``,
+    openai uses it as is, with httpx2's pool defaults (100 connections), not
+    openai's; either would cap a role running a few hundred requests at once, so
+    the pool matches ``max_concurrency``.
     """
     size = max(1, config.max_concurrency)
-    return httpx2.AsyncClient(
+    return openai.DefaultAioHttpClient(
         limits=httpx2.Limits(max_connections=size, max_keepalive_connections=size),
         timeout=httpx2.Timeout(config.timeout_s, connect=min(10.0, config.timeout_s)),
         follow_redirects=True,
@@ -115,7 +160,18 @@ class LLMClient:
         )
         self._failures = FailureMap(role, config, self._api_key)
         self._where = self._failures.where
+        # Children looked up once: labels() costs a lock and a tuple per call.
+        self._status_counters: dict[str, Counter] = {}
+        self._seconds: Histogram | None = None
+        self._token_counters: tuple[Counter, Counter] | None = None
+        if metrics is not None:
+            self._seconds = metrics.llm_seconds.labels(role=role)
+            self._token_counters = (
+                metrics.llm_tokens_total.labels(role=role, kind="prompt"),
+                metrics.llm_tokens_total.labels(role=role, kind="completion"),
+            )
         self._api: openai.AsyncOpenAI | None = None
+        self._chat_url = ""
         self._closed = False
         self._requests = 0
         self._errors = 0
@@ -144,6 +200,10 @@ class LLMClient:
         # the role's config is the only source of its settings.
         api.organization = None
         api.project = None
+        # The URL openai would merge from base_url and "/chat/completions", made once:
+        # given an absolute URL, openai skips the merge (a URL copy and re-parse) per call.
+        base = api.base_url
+        self._chat_url = str(base.copy_with(raw_path=base.raw_path + b"chat/completions"))
         self._api = api
 
     async def aclose(self) -> None:
@@ -203,53 +263,56 @@ class LLMClient:
         api = self._api
         if api is None:
             raise RuntimeError(f"{self._where}: call start() or use 'async with' first")
-        limit = max_tokens if max_tokens is not None else self.config.max_tokens
-        response_format: ResponseFormat | None = None
-        if json_schema is not None and self.config.structured_output:
-            response_format = {
+        config = self.config
+        limit = max_tokens if max_tokens is not None else config.max_tokens
+        body: dict[str, Any] = {
+            "model": config.model,
+            "messages": messages,
+            "temperature": config.temperature,
+            "max_tokens": limit,
+        }
+        structured = json_schema is not None and config.structured_output
+        if structured:
+            body["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": schema_name, "schema": json_schema, "strict": True},
             }
+        # Encoded once: retries send the same bytes.
+        content = _encode_body(body)
         estimate = estimate_tokens(messages, limit)
         started = time.monotonic()
-        attempts = 0
-
-        async def attempt() -> ChatResult:
-            nonlocal attempts
-            attempts += 1
-            return await self._attempt(api, messages, limit, response_format, estimate)
+        retries = 0
 
         def on_retry(retry: int, exc: BaseException, delay_s: float) -> None:
+            nonlocal retries
+            retries = retry
             self._retries += 1
             log.warning(
-                "llm_retry", role=self.role, model=self.config.model, retry=retry,
+                "llm_retry", role=self.role, model=config.model, retry=retry,
                 delay_s=round(delay_s, 3), error=str(exc),
             )
 
         try:
+            # A partial, not an async wrapper: every coroutine in the await chain is
+            # resumed on each socket event of the request.
             result = await retry_async(
-                attempt,
-                attempts=self.config.max_retries + 1,
+                functools.partial(self._attempt, api, content, estimate, structured=structured),
+                attempts=config.max_retries + 1,
                 backoff=self._backoff,
                 on_retry=on_retry,
             )
         except IterrefineError as exc:
             log.warning(
-                "llm_failed", role=self.role, model=self.config.model, attempts=attempts,
+                "llm_failed", role=self.role, model=config.model, attempts=retries + 1,
                 retriable=exc.retriable, error=str(exc),
             )
             raise
         return msgspec.structs.replace(
-            result, seconds=time.monotonic() - started, attempts=attempts
+            result, seconds=time.monotonic() - started, attempts=retries + 1
         )
 
     async def _attempt(
-        self,
-        api: openai.AsyncOpenAI,
-        messages: list[dict[str, str]],
-        max_tokens: int,
-        response_format: ResponseFormat | None,
-        estimate: int,
+        self, api: openai.AsyncOpenAI, content: bytes, estimate: int, *, structured: bool
     ) -> ChatResult:
         async with self._semaphore:
             if self._request_bucket is not None:
@@ -263,22 +326,18 @@ class LLMClient:
                 # openai's own timeout is per phase (connect, each read); this bounds the
                 # whole request, so a server trickling bytes cannot hold a slot forever.
                 async with asyncio.timeout(self.config.timeout_s):
-                    completion = await api.chat.completions.create(
-                        model=self.config.model,
-                        messages=cast("list[ChatCompletionMessageParam]", messages),
-                        temperature=self.config.temperature,
-                        max_tokens=max_tokens,
-                        response_format=(
-                            response_format if response_format is not None else openai.omit
-                        ),
+                    response = await api.post(
+                        self._chat_url,
+                        cast_to=httpx2.Response,
+                        content=content,
+                        options=_REQUEST_OPTIONS,
                     )
             except TimeoutError:
                 status, outcome = self._failures.timeout()
             except openai.APIError as exc:
-                structured = response_format is not None
                 status, outcome = self._failures.translate(exc, structured=structured)
             else:
-                status, outcome = self._read(completion)
+                status, outcome = self._read(response.content)
             seconds = time.monotonic() - started
 
         self._observe(status, seconds)
@@ -293,39 +352,42 @@ class LLMClient:
         self._completion_tokens += result.completion_tokens
         if self._token_bucket is not None and (result.prompt_tokens or result.completion_tokens):
             self._token_bucket.adjust(result.prompt_tokens + result.completion_tokens - estimate)
-        if self._metrics is not None:
-            tokens = self._metrics.llm_tokens_total
-            tokens.labels(role=self.role, kind="prompt").inc(result.prompt_tokens)
-            tokens.labels(role=self.role, kind="completion").inc(result.completion_tokens)
+        if self._token_counters is not None:
+            prompt, completion = self._token_counters
+            prompt.inc(result.prompt_tokens)
+            completion.inc(result.completion_tokens)
         return result
 
     def _observe(self, status: str, seconds: float) -> None:
-        if self._metrics is None:
+        if self._seconds is None or self._metrics is None:
             return
-        self._metrics.llm_requests_total.labels(role=self.role, status=status).inc()
-        self._metrics.llm_seconds.labels(role=self.role).observe(seconds)
+        counter = self._status_counters.get(status)
+        if counter is None:
+            counter = self._metrics.llm_requests_total.labels(role=self.role, status=status)
+            self._status_counters[status] = counter
+        counter.inc()
+        self._seconds.observe(seconds)
 
-    def _read(self, completion: object) -> tuple[str, ChatResult | IterrefineError]:
-        """Check the body's shape: outside strict mode openai passes a 200 on unvalidated.
+    def _read(self, body: bytes) -> tuple[str, ChatResult | IterrefineError]:
+        """The answer of a 200, or the error saying why the body is not a chat completion.
 
-        (An HTML page comes back as a ``str``, wrong JSON as a hollow ChatCompletion.)
+        (An HTML page from a wrong base_url, JSON of another shape, a cut-off body.)
         """
-        if not isinstance(completion, ChatCompletion) or not isinstance(completion.choices, list):
-            return self._failures.invalid_response()
+        try:
+            completion = _decode_completion(body)
+        except msgspec.DecodeError as exc:  # ValidationError included
+            return self._failures.invalid_response(str(exc))
         if not completion.choices:
             return self._failures.empty_response()
-        choice: object = completion.choices[0]
-        message = getattr(choice, "message", None)
-        text = getattr(message, "content", None)
-        if message is None or (text is not None and not isinstance(text, str)):
-            return self._failures.invalid_response()
+        choice = completion.choices[0]
         usage = completion.usage
-        finish_reason = getattr(choice, "finish_reason", None)
+        model = completion.model
+        finish_reason = choice.finish_reason
         return "ok", ChatResult(
-            text=text or "",
-            prompt_tokens=_token_count(getattr(usage, "prompt_tokens", None)),
-            completion_tokens=_token_count(getattr(usage, "completion_tokens", None)),
-            model=completion.model if isinstance(completion.model, str) else self.config.model,
+            text=choice.message.content or "",
+            prompt_tokens=0 if usage is None else _token_count(usage.prompt_tokens),
+            completion_tokens=0 if usage is None else _token_count(usage.completion_tokens),
+            model=model if isinstance(model, str) else self.config.model,
             seconds=0.0,  # set by chat(), which sees the whole call
             finish_reason=finish_reason if isinstance(finish_reason, str) else None,
         )

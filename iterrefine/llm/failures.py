@@ -6,6 +6,8 @@ status label (``"429"``, ``"timeout"``, ``"connection"``, ...):
 
     APITimeoutError, asyncio deadline    -> LLMTransientError  "timeout"
     APIConnectionError                   -> LLMTransientError  "connection"
+      (also an APITimeoutError that the aiohttp transport made of a refused
+      or dropped connection)
     408, 425, 429, 5xx                   -> LLMTransientError  (retry_after_s from the headers)
     any other 4xx                        -> LLMError, the message says which setting to fix
     a 200 that is not a chat completion  -> LLMError           "invalid_response"
@@ -22,6 +24,7 @@ from collections.abc import Mapping
 from datetime import UTC
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 import openai
 
 from iterrefine.config import LLMRoleConfig
@@ -70,6 +73,22 @@ def display_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+def _dropped_connection(exc: BaseException) -> aiohttp.ClientConnectionError | None:
+    """The aiohttp connection error (refused, reset, closed) behind ``exc``, if any.
+
+    openai's aiohttp transport maps every ``ClientConnectionError`` to httpx2's
+    ``ConnectTimeout``, so a refused connection would read as "no answer in time".
+    """
+    cause = exc.__cause__
+    while cause is not None:
+        if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(
+            cause, TimeoutError
+        ):
+            return cause
+        cause = cause.__cause__
+    return None
+
+
 class FailureMap:
     """Translates the failures of one role's requests into iterrefine errors."""
 
@@ -90,10 +109,11 @@ class FailureMap:
             f"{self.where}: no answer within timeout_s={self.config.timeout_s:g}"
         )
 
-    def invalid_response(self) -> tuple[str, IterrefineError]:
+    def invalid_response(self, detail: str | None = None) -> tuple[str, IterrefineError]:
         # A 200 with HTML or some other JSON: typically a base_url that is not the API root.
+        why = f" ({self.redact(detail)})" if detail else ""
         return "invalid_response", LLMError(
-            f"{self.where}: the answer is not an OpenAI chat completion; check base_url "
+            f"{self.where}: the answer is not an OpenAI chat completion{why}; check base_url "
             "(OpenAI-compatible servers usually serve the API under /v1)"
         )
 
@@ -102,11 +122,13 @@ class FailureMap:
 
     def translate(self, exc: openai.APIError, *, structured: bool) -> tuple[str, IterrefineError]:
         """(metric status, our error) for an openai error, by whether a retry can help."""
-        if isinstance(exc, openai.APITimeoutError):
+        dropped = _dropped_connection(exc)
+        if isinstance(exc, openai.APITimeoutError) and dropped is None:
             return self.timeout()
         if isinstance(exc, openai.APIConnectionError):
+            cause = dropped if dropped is not None else exc.__cause__
             return "connection", LLMTransientError(
-                f"{self.where}: cannot connect ({type(exc.__cause__).__name__}); "
+                f"{self.where}: cannot connect ({type(cause).__name__}); "
                 "check base_url and that the server is running"
             )
         if not isinstance(exc, openai.APIStatusError):
