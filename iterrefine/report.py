@@ -190,7 +190,7 @@ def _draw_quality(ax: Axes, summary: Summary) -> None:
     hist_after = _by_int_key(_counts(after.get("histogram")))
     if hist_before or hist_after:
         _quality_histograms(ax, (before, hist_before, _BEFORE, "before (scoring)"),
-                            (after, hist_after, _AFTER, "after (review)"))
+                            (after, hist_after, _AFTER, "after (re-scored once aligned)"))
         ax.set_title(title, loc="left", fontweight="bold")
         return
     means = {label: m for label, side in (("before", before), ("after", after))

@@ -82,6 +82,10 @@ def _score(prompt: SimPrompt, config: SimConfig) -> dict[str, Any]:
     usable, verdict = True, "low"
     if INJECT_SCORE in prompt.outside:
         base, low, high, verdict = 10, 10, 10, "high"
+    elif REVISION_MARKER in instruction:
+        # A revision this simulator wrote was judged the better one: model refinement as
+        # lifting quality (7–9), so before/after charts of simulated runs are not noise.
+        base, low, high, verdict = 7 + int(unit("score-base", instruction) * 2), 6, 10, "high"
     elif h > 1.0 - config.reject_share:
         usable, base, low, high = False, 2, 1, 3
     elif h < config.low_share:
