@@ -22,11 +22,12 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from iterrefine.config import Config
-from iterrefine.errors import ValidationError
+from iterrefine.errors import TransientError, ValidationError
 from iterrefine.kafka import make_consumer, make_producer
+from iterrefine.logging import UNIT_OF_WORK
 from iterrefine.metrics import Metrics
 from iterrefine.model import Item, encode_item
-from iterrefine.retry import Backoff, retry_async
+from iterrefine.retry import Backoff, is_retriable
 from iterrefine.runtime.dlq import dlq_headers, dlq_key, dlq_reason
 from iterrefine.runtime.offsets import PartitionTracker
 from iterrefine.runtime.stage import Limits, Output, Stage
@@ -34,8 +35,61 @@ from iterrefine.topics import TopicNames
 
 log = structlog.get_logger("iterrefine.runtime")
 
+
+def _unit() -> dict[str, Any]:
+    unit = UNIT_OF_WORK.get()
+    assert unit is not None, "set in _process"
+    return unit
+
 #: One message to produce: (full topic, key, value, headers, outcome label).
 _Outgoing = tuple[str, bytes, bytes, list[tuple[str, bytes]] | None, str]
+
+
+class _GaveUp(Exception):
+    """The handler failed for good: ``cause`` goes to the DLQ after ``attempts`` tries."""
+
+    def __init__(self, cause: Exception, *, attempts: int) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.attempts = attempts
+
+
+class _Acks:
+    """Waits for the broker's acks of one input's outputs through future callbacks.
+
+    Callbacks instead of an awaiting task: a task per message costs more CPU than
+    the rest of the hop. All acked → the input is done; a failed send → redelivery.
+    """
+
+    __slots__ = ("_failed", "_left", "_outgoing", "_record", "_runner", "_tracker")
+
+    def __init__(
+        self, runner: StageRunner, record: ConsumerRecord, tracker: PartitionTracker,
+        outgoing: list[_Outgoing], futures: list[asyncio.Future[Any]],
+    ) -> None:
+        self._runner = runner
+        self._record = record
+        self._tracker = tracker
+        self._outgoing = outgoing
+        self._left = len(futures)
+        self._failed = False
+        if not futures:
+            runner._delivered(record, tracker, outgoing)
+        for future in futures:
+            future.add_done_callback(self._acked)
+
+    def _acked(self, future: asyncio.Future[Any]) -> None:
+        if self._failed:
+            return
+        if future.cancelled() or future.exception() is not None:
+            self._failed = True
+            error = future.exception() if not future.cancelled() else KafkaError("cancelled")
+            assert error is not None
+            self._runner._redeliver_later(self._record, self._tracker, self._outgoing, error)
+            return
+        self._left -= 1
+        if self._left == 0:
+            self._runner._delivered(self._record, self._tracker, self._outgoing)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
@@ -80,9 +134,13 @@ class StageRunner:
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
         self._inflight = 0
         self._slot_freed = asyncio.Event()
+        self._progress = asyncio.Event()  # a message finished (drains wait on it)
         self._paused = False
+        # Once full, fetch again only when a quarter of the window is free: refilling one
+        # slot at a time makes every getmany return a record or two, and a fetch round
+        # trip costs far more than the record.
+        self._refill_at = max(1, self._rt.max_in_flight // 4)
         self._commit_lock = asyncio.Lock()
-        self._abandon = False  # set when the drain deadline passed: give up on deliveries
         #: Set once the consumer got its first assignment (readiness).
         self.ready = asyncio.Event()
         self.handled = 0
@@ -128,12 +186,11 @@ class StageRunner:
             await self._shutdown(consumer)
 
     async def _shutdown(self, consumer: AIOKafkaConsumer) -> None:
-        pending = [t for tasks in self._tasks.values() for t in tasks]
-        if pending:
-            log.info("stage_draining", stage=self.stage.name, inflight=len(pending),
+        inflight = self._inflight
+        if inflight:
+            log.info("stage_draining", stage=self.stage.name, inflight=inflight,
                      deadline_s=self._rt.drain_timeout_s)
-            _, late = await asyncio.wait(pending, timeout=self._rt.drain_timeout_s)
-            await self._cancel(late)
+            await self._drain(list(self._trackers), self._rt.drain_timeout_s)
         await self._commit()
         await consumer.stop()
         if self._own_producer and self._producer is not None:
@@ -141,20 +198,35 @@ class StageRunner:
         log.info("stage_stopped", stage=self.stage.name, handled=self.handled,
                  dead_lettered=self.dead_lettered)
 
-    async def _cancel(self, tasks: set[asyncio.Task[None]]) -> None:
-        if not tasks:
-            return
-        self._abandon = True
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._abandon = False
+    async def _drain(self, partitions: list[TopicPartition], timeout_s: float) -> None:
+        """Let ``partitions``' work finish (handlers, then broker acks) up to a deadline.
+
+        What is still running then is cancelled: it stays uncommitted, so whoever owns
+        the partition next processes it again.
+        """
+        deadline = time.monotonic() + timeout_s
+        tasks = {t for tp in partitions for t in self._tasks.get(tp, ())}
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=timeout_s)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        trackers = [self._trackers[tp] for tp in partitions if tp in self._trackers]
+        # Acks arrive through future callbacks, each of which sets _progress.
+        while any(t.inflight for t in trackers):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._progress.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._progress.wait()
 
     # ------------------------------------------------------------------ fetching
 
     async def _poll_once(self, consumer: AIOKafkaConsumer) -> None:
         free = self._rt.max_in_flight - self._inflight
-        if free <= 0:
+        if free <= 0 or (self._paused and free < self._refill_at):
             # Window full: stop fetching but keep calling getmany, or aiokafka would
             # leave the group after max_poll_interval_ms.
             if not self._paused:
@@ -162,9 +234,8 @@ class StageRunner:
                 self._paused = True
             self._slot_freed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._slot_freed.wait(), timeout=self._rt.fetch_timeout_ms / 1000
-                )
+                async with asyncio.timeout(self._rt.fetch_timeout_ms / 1000):
+                    await self._slot_freed.wait()
             await consumer.getmany(timeout_ms=0)
             return
         if self._paused:
@@ -187,34 +258,49 @@ class StageRunner:
             for record in records:
                 tracker.received(record.offset)
                 self._inflight += 1
+                # One task per message, each in its own context (see UNIT_OF_WORK).
+                # Starting them eagerly would save ~20 µs each, but on Python 3.11 the
+                # first step would run inside this task: an asyncio.timeout() entered
+                # there would cancel the fetch loop (3.12's eager tasks avoid that).
                 task = asyncio.create_task(self._process(record, tracker))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
-                task.add_done_callback(self._release_slot)
         self._m_inflight.set(self._inflight)
 
-    def _release_slot(self, _task: asyncio.Task[None]) -> None:
+    def _release_slot(self) -> None:
         self._inflight -= 1
-        self._slot_freed.set()
+        self._progress.set()
+        # Wake the fetch loop only once there is room for a worthwhile batch.
+        if self._rt.max_in_flight - self._inflight >= self._refill_at:
+            self._slot_freed.set()
 
     # ------------------------------------------------------------------ processing
 
     async def _process(self, record: ConsumerRecord, tracker: PartitionTracker) -> None:
-        # Every event of this unit of work, dead letters and delivery retries included,
-        # says where its message came from; _handle adds the item id and round.
-        with structlog.contextvars.bound_contextvars(
-            stage=self.stage.name, topic=record.topic, partition=record.partition,
-            offset=record.offset,
-        ):
-            try:
-                outgoing = await self._handle(record)
-                await self._deliver(outgoing)
-            except asyncio.CancelledError:
-                tracker.abandoned()  # stays uncommitted: the next owner processes it again
-                raise
-        tracker.finished(record.offset)
-        for *_, outcome in outgoing:
-            self._count(outcome)
+        """Handle one message and hand its outputs to the producer; acks finish it later.
+
+        Runs in its own context: every event it logs (dead letters and delivery retries
+        included) says where its message came from; _handle adds item id and round.
+        """
+        UNIT_OF_WORK.set({
+            "stage": self.stage.name, "topic": record.topic,
+            "partition": record.partition, "offset": record.offset,
+        })
+        outgoing: list[_Outgoing] = []
+        try:
+            outgoing = await self._handle(record)
+            futures = await self._send(outgoing)
+        except asyncio.CancelledError:
+            self._abandoned(tracker)  # stays uncommitted: the next owner processes it again
+            raise
+        except KafkaError as exc:
+            await self._redeliver(record, tracker, outgoing, exc)
+            return
+        except Exception:  # a bug in the runtime itself: keep the partition from advancing
+            log.exception("stage_internal_error")
+            self._abandoned(tracker)
+            return
+        _Acks(self, record, tracker, outgoing, futures)
 
     async def _handle(self, record: ConsumerRecord) -> list[_Outgoing]:
         """Decode and run the handler; any failure becomes a dead letter (the policy)."""
@@ -222,32 +308,24 @@ class StageRunner:
             item = self.stage.decode(record, self._limits)
         except ValidationError as exc:
             # No item, but the DLQ row's id: the producer's key, else a hash of the bytes.
-            with structlog.contextvars.bound_contextvars(
-                item_id=dlq_key(record).decode("utf-8", "replace")
-            ):
-                return [self._dead_letter(record, exc, attempts=1)]
-        attempts = 0
-
-        async def attempt() -> Sequence[Output]:
-            nonlocal attempts
-            attempts += 1
-            return await self.stage.handler(item)
-
+            _unit()["item_id"] = dlq_key(record).decode("utf-8", "replace")
+            return [self._dead_letter(record, exc, attempts=1)]
         started = time.perf_counter()
-        with structlog.contextvars.bound_contextvars(item_id=item.id, round=item.round):
+        unit = _unit()
+        unit["item_id"] = item.id
+        unit["round"] = item.round
+        try:
             try:
-                outputs = await retry_async(
-                    attempt,
-                    attempts=self._rt.retry_max_attempts,
-                    backoff=self._backoff,
-                    on_retry=self._log_retry,
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # handed to the dead-letter policy, never swallowed
-                log.warning("handler_failed", error=type(exc).__name__, reason=dlq_reason(exc),
-                            message=str(exc)[:300], attempts=attempts)
-                return [self._dead_letter(record, exc, attempts=attempts, item=item)]
+                outputs = await self.stage.handler(item)  # the fast path: no retry machinery
+            except Exception as first:
+                if not is_retriable(first):
+                    raise _GaveUp(first, attempts=1) from first
+                outputs = await self._retry_handler(item, first)
+        except _GaveUp as gave_up:  # handed to the dead-letter policy, never swallowed
+            cause = gave_up.cause
+            log.warning("handler_failed", error=type(cause).__name__, reason=dlq_reason(cause),
+                        message=str(cause)[:300], attempts=gave_up.attempts)
+            return [self._dead_letter(record, cause, attempts=gave_up.attempts, item=item)]
         elapsed = time.perf_counter() - started
         self._m_seconds.observe(elapsed)
         self.handled += 1
@@ -261,6 +339,22 @@ class StageRunner:
             )
             for out in outputs
         ]
+
+    async def _retry_handler(self, item: Item, error: Exception) -> Sequence[Output]:
+        """Retry after a retriable failure with jittered backoff (Retry-After honoured)."""
+        attempts = 1
+        while True:
+            if not is_retriable(error) or attempts >= self._rt.retry_max_attempts:
+                raise _GaveUp(error, attempts=attempts) from error
+            retry_after = error.retry_after_s if isinstance(error, TransientError) else None
+            delay = self._backoff.delay_s(attempts - 1, retry_after)
+            self._log_retry(attempts, error, delay)
+            await asyncio.sleep(delay)
+            attempts += 1
+            try:
+                return await self.stage.handler(item)
+            except Exception as exc:
+                error = exc
 
     @staticmethod
     def _log_retry(attempt: int, exc: BaseException, delay_s: float) -> None:
@@ -281,26 +375,61 @@ class StageRunner:
         key = item.id.encode() if item is not None else dlq_key(record)
         return (self._dlq_topic, key, record.value or b"", headers, "dlq")
 
-    async def _deliver(self, outgoing: list[_Outgoing]) -> None:
-        """Produce and wait for the broker's acks; retry until delivered or abandoned."""
+    async def _send(self, outgoing: list[_Outgoing]) -> list[asyncio.Future[Any]]:
+        """Queue ``outgoing`` in the producer (normally without waiting); futures of the acks."""
         assert self._producer is not None
+        return [
+            await self._producer.send(topic, value, key=key, headers=headers)
+            for topic, key, value, headers, _ in outgoing
+        ]
+
+    def _delivered(
+        self, record: ConsumerRecord, tracker: PartitionTracker, outgoing: list[_Outgoing]
+    ) -> None:
+        """Every output of ``record`` is acknowledged: the input may now be committed."""
+        tracker.finished(record.offset)
+        for *_, outcome in outgoing:
+            self._count(outcome)
+        self._release_slot()
+
+    def _abandoned(self, tracker: PartitionTracker) -> None:
+        tracker.abandoned()
+        self._release_slot()
+
+    def _redeliver_later(
+        self, record: ConsumerRecord, tracker: PartitionTracker, outgoing: list[_Outgoing],
+        error: BaseException,
+    ) -> None:
+        tp = TopicPartition(record.topic, record.partition)
+        task = asyncio.create_task(self._redeliver(record, tracker, outgoing, error))
+        tasks = self._tasks.setdefault(tp, set())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def _redeliver(
+        self, record: ConsumerRecord, tracker: PartitionTracker, outgoing: list[_Outgoing],
+        error: BaseException,
+    ) -> None:
+        """The broker did not take the outputs: retry until it does (or we are cancelled)."""
         attempt = 0
-        while True:
-            try:
-                futures = [
-                    await self._producer.send(topic, value, key=key, headers=headers)
-                    for topic, key, value, headers, _ in outgoing
-                ]
-                await asyncio.gather(*futures)
-                return
-            except KafkaError as exc:
-                if self._abandon:
-                    raise
+        try:
+            while True:
                 delay = self._backoff.delay_s(min(attempt, 8))
                 attempt += 1
-                log.warning("delivery_retry", error=type(exc).__name__, attempt=attempt,
+                log.warning("delivery_retry", error=type(error).__name__, attempt=attempt,
                             delay_s=round(delay, 3))
                 await asyncio.sleep(delay)
+                try:
+                    for future in await self._send(outgoing):
+                        await future
+                except KafkaError as exc:
+                    error = exc
+                    continue
+                self._delivered(record, tracker, outgoing)
+                return
+        except asyncio.CancelledError:
+            self._abandoned(tracker)
+            raise
 
     def _count(self, outcome: str) -> None:
         counter = self._m_outcomes.get(outcome)
@@ -367,10 +496,7 @@ class StageRunner:
     async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
         """Stop dispatching for ``revoked``, let their work finish up to a deadline, commit."""
         mine = [tp for tp in revoked if tp in self._trackers]
-        tasks = {t for tp in mine for t in self._tasks.get(tp, ())}
-        if tasks:
-            _, late = await asyncio.wait(tasks, timeout=self._rt.revoke_drain_timeout_s)
-            await self._cancel(late)
+        await self._drain(mine, self._rt.revoke_drain_timeout_s)
         await self._commit(only=mine)
         for tp in mine:
             self._trackers.pop(tp).revoked = True
