@@ -168,6 +168,7 @@ class StageRunner:
             session_timeout_ms=self._rt.session_timeout_ms,
             heartbeat_interval_ms=self._rt.heartbeat_interval_ms,
             max_poll_records=self._rt.fetch_max_records,
+            fetch_max_wait_ms=self._rt.fetch_max_wait_ms,
         )
         consumer.subscribe([self._input_topic], listener=_Rebalance(self))
         self._consumer = consumer
