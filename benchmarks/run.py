@@ -1,0 +1,180 @@
+"""Every benchmark scenario in one invocation, on one embedded broker; one JSON object.
+
+``python benchmarks/run.py [--quick] [--out FILE] [--profile] [--only a,b]``
+
+Scenarios (each also a program of its own; see benchmarks/README.md):
+
+* ``passthrough`` — our runtime vs a plain aiokafka loop on a pass-through hop;
+* ``backlog``     — peak RSS of one stage process draining a backlog, at two sizes;
+* ``utilization`` — simulator concurrency / capacity in steady state;
+* ``e2e``         — reference workload: iterrefine vs its lower bound and the batch
+  baseline (``baseline.py``);
+* ``overhead``    — CPU per item per hop against a zero-latency simulator.
+
+The headline numbers are top-level keys (``runtime_vs_raw_ratio``,
+``peak_rss_mb_backlog``, ``llm_utilization``, ``e2e_vs_lower_bound``,
+``baseline_speedup``, ``overhead_us_per_item_hop``), each with its target in
+``targets``; the details are under ``scenarios``. With ``--out FILE`` the result is
+also written to FILE and drawn to FILE with a ``.png`` suffix. ``--quick`` takes under
+3 minutes on 2 cores, the full run under 20.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import backlog
+import chart
+import e2e
+import harness
+import overhead
+import passthrough
+import utilization
+
+SCENARIOS = ("passthrough", "backlog", "utilization", "e2e", "overhead")
+
+#: Headline key → (target as text, predicate, where the value comes from).
+TARGETS: dict[str, tuple[str, Callable[[float], bool]]] = {
+    "runtime_vs_raw_ratio": (">= 0.7", lambda v: v >= 0.7),
+    "peak_rss_mb_backlog": ("< 300", lambda v: v < 300),
+    "llm_utilization": (">= 0.9", lambda v: v >= 0.9),
+    "e2e_vs_lower_bound": ("<= 1.3", lambda v: v <= 1.3),
+    "baseline_speedup": ("> 1 (reported)", lambda v: v > 1),
+    "overhead_us_per_item_hop": ("reported", lambda v: True),
+}
+
+
+def _run_scenarios(bench: harness.Bench, only: tuple[str, ...], profile: bool,
+                   ) -> dict[str, Any]:
+    scenarios: dict[str, Any] = {}
+
+    def attempt(name: str, call: Callable[[], dict[str, Any]]) -> None:
+        if name not in only:
+            return
+        started = time.monotonic()
+        print(f"[run] {name} ...", file=sys.stderr, flush=True)
+        try:
+            scenarios[name] = call()
+        except Exception as exc:  # one broken scenario must not lose the others' numbers
+            traceback.print_exc()
+            scenarios[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        scenarios[name]["duration_s"] = round(time.monotonic() - started, 1)
+        print(f"[run] {name} done in {scenarios[name]['duration_s']} s", file=sys.stderr,
+              flush=True)
+
+    attempt("passthrough", lambda: passthrough.run(bench, profile=profile))
+    attempt("backlog", lambda: backlog.run(bench))
+    attempt("utilization", lambda: utilization.run(bench))
+    attempt("e2e", lambda: e2e.run(bench))
+    runtime_us = scenarios.get("passthrough", {}).get("contenders", {}).get(
+        "runtime", {}).get("cpu_us_per_item")
+    attempt("overhead", lambda: overhead.run(bench, runtime_us_per_hop=runtime_us,
+                                             profile=profile))
+    return scenarios
+
+
+def headline(scenarios: dict[str, Any]) -> dict[str, Any]:
+    def get(name: str, *path: str) -> Any:
+        value: Any = scenarios.get(name, {})
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        return value
+
+    values = {
+        "runtime_vs_raw_ratio": get("passthrough", "ratio"),
+        "peak_rss_mb_backlog": get("backlog", "peak_rss_mb"),
+        "llm_utilization": get("utilization", "llm_utilization"),
+        "e2e_vs_lower_bound": get("e2e", "ratio"),
+        "baseline_speedup": get("e2e", "speedup"),
+        "overhead_us_per_item_hop": get("overhead", "overhead_us_per_item_hop"),
+    }
+    pt = get("passthrough", "contenders") or {}
+    details = {
+        "runtime_vs_raw_ratio": {
+            "runtime_items_per_s": get("passthrough", "contenders", "runtime", "items_per_s"),
+            "aiokafka_loop_items_per_s": (pt.get("aiokafka_loop") or {}).get("items_per_s"),
+        },
+        "peak_rss_mb_backlog": {
+            size: run["peak_rss_mb"]
+            for size, run in (get("backlog", "by_backlog") or {}).items()
+        },
+        "llm_utilization": {"window_s": get("utilization", "steady_state", "window_s"),
+                            "middle_80pct": get("utilization", "middle_80pct_utilization")},
+        "e2e_vs_lower_bound": {"wall_s": get("e2e", "iterrefine", "wall_s"),
+                               "lower_bound_s": get("e2e", "lower_bound", "lower_bound_s")},
+        "baseline_speedup": {"baseline_wall_s": get("e2e", "baseline", "wall_s"),
+                             "iterrefine_wall_s": get("e2e", "iterrefine", "wall_s")},
+        "overhead_us_per_item_hop": get("overhead", "split"),
+    }
+    targets = {
+        key: {"value": value, "target": TARGETS[key][0],
+              "met": None if value is None else TARGETS[key][1](value),
+              **({"detail": details[key]} if details.get(key) else {})}
+        for key, value in values.items()
+    }
+    return {**values, "targets": targets}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (< 3 min on 2 cores)")
+    parser.add_argument("--out", type=Path, help="also write the JSON here (and FILE.png)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also record the pass-through and overhead workers with py-spy")
+    parser.add_argument("--only", help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    parser.add_argument("--workdir", type=Path, help="scratch dir for logs and data")
+    args = parser.parse_args()
+    only = tuple(args.only.split(",")) if args.only else SCENARIOS
+    unknown = set(only) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenario(s) {sorted(unknown)}")
+    harness.quiet_logging()
+    started = time.monotonic()
+    load_start = harness.loadavg()
+    date = harness.now_iso()
+    sources_start = harness.source_hashes()
+    with harness.bench_session(args.quick, args.workdir) as bench:
+        scenarios = _run_scenarios(bench, only, args.profile)
+        workdir = str(bench.workdir)
+    sources_end = harness.source_hashes()
+    combined = hashlib.sha256(json.dumps(sources_start, sort_keys=True).encode()).hexdigest()
+    result = {
+        **headline(scenarios),
+        "parameters": {
+            "quick": args.quick, "profile": args.profile, "scenarios": list(only),
+            "runtime_overrides": dict(harness.BENCH_RUNTIME),
+            "note": "runtime defaults except a 3 s session timeout (Tansu completes a group "
+                    "join after ~session_timeout/2); startup is outside every timed window",
+            "workdir": workdir,
+        },
+        "machine": harness.machine(),
+        "date": date,
+        "loadavg_start": load_start,
+        "loadavg_end": harness.loadavg(),
+        "duration_s": round(time.monotonic() - started, 1),
+        "sources": {
+            "sha256_12": combined[:12],
+            "changed_during_run": sorted(
+                f for f in {*sources_start, *sources_end}
+                if sources_start.get(f) != sources_end.get(f)),
+        },
+        "scenarios": scenarios,
+    }
+    text = json.dumps(result, indent=2)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+        chart.draw(result, args.out.with_suffix(".png"))
+    sys.stdout.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
