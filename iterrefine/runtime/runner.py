@@ -230,14 +230,16 @@ class StageRunner:
         if free <= 0 or (self._paused and free < self._refill_at):
             # Window full: stop fetching but keep calling getmany, or aiokafka would
             # leave the group after max_poll_interval_ms.
-            if not self._paused:
-                consumer.pause(*consumer.assignment())
-                self._paused = True
+            # Pause the whole current assignment every time: a rebalance meanwhile may
+            # have added partitions that are not paused yet.
+            consumer.pause(*consumer.assignment())
+            self._paused = True
             self._slot_freed.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._rt.fetch_timeout_ms / 1000):
                     await self._slot_freed.wait()
-            await consumer.getmany(timeout_ms=0)
+            # Whatever this returns is dispatched, never dropped: its position has moved.
+            self._dispatch(consumer, await consumer.getmany(timeout_ms=0))
             return
         if self._paused:
             consumer.resume(*consumer.assignment())
@@ -246,6 +248,14 @@ class StageRunner:
             timeout_ms=self._rt.fetch_timeout_ms,
             max_records=min(free, self._rt.fetch_max_records),
         )
+        self._dispatch(consumer, batch)
+
+    def _dispatch(
+        self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[ConsumerRecord]]
+    ) -> None:
+        """Start one task per fetched record."""
+        if not batch:
+            return
         assignment = consumer.assignment()
         for tp, records in batch.items():
             if tp not in assignment:
