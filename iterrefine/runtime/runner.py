@@ -240,6 +240,7 @@ class StageRunner:
                     await self._slot_freed.wait()
             # Whatever this returns is dispatched, never dropped: its position has moved.
             self._dispatch(consumer, await consumer.getmany(timeout_ms=0))
+            self._m_inflight.set(self._inflight)
             return
         if self._paused:
             consumer.resume(*consumer.assignment())
@@ -249,6 +250,7 @@ class StageRunner:
             max_records=min(free, self._rt.fetch_max_records),
         )
         self._dispatch(consumer, batch)
+        self._m_inflight.set(self._inflight)  # every poll, so it falls back to 0 when idle
 
     def _dispatch(
         self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[ConsumerRecord]]
@@ -276,7 +278,6 @@ class StageRunner:
                 task = asyncio.create_task(self._process(record, tracker))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
-        self._m_inflight.set(self._inflight)
 
     def _release_slot(self) -> None:
         self._inflight -= 1
