@@ -72,6 +72,35 @@ async def test_out_of_order_completions_commit_exactly_the_end(broker: str) -> N
     assert sum(ends.values()) == n
 
 
+async def test_a_window_full_for_longer_than_the_poll_interval_keeps_its_membership(
+    broker: str,
+) -> None:
+    """Handlers slower than max_poll_interval_ms: the runner keeps polling, nothing is redone."""
+    config = unique_config(max_in_flight=4, max_poll_interval_ms=1500)
+    n = 8
+    running = peak = 0
+
+    async def slow(item: Item) -> list[Output]:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(2.5)
+        running -= 1
+        return [Output("items.scored", item)]
+
+    topics = TopicNames(config.kafka.topic_prefix)
+    await produce(config, broker, topics["items.raw"], [alpaca(i) for i in range(n)])
+    stage = Stage("passthrough", "items.raw", slow, decode=decode_raw_record)
+    stop, task, runners = await run_in_background(stage, config, broker)
+    await wait_until(lambda: runners[0].handled >= n, timeout_s=60)
+    stop.set()
+    await task
+
+    ids = await read_ids(config, broker, "items.scored")
+    assert sorted(ids) == sorted(f"item-{i}" for i in range(n))  # once each: no rebalance
+    assert peak <= 4
+
+
 async def test_malformed_inputs_go_to_dlq_with_reasons(broker: str) -> None:
     """Each malformed kind lands in the DLQ with its reason; the good items around it pass."""
     config = unique_config()

@@ -136,6 +136,10 @@ class StageRunner:
         self._slot_freed = asyncio.Event()
         self._progress = asyncio.Event()  # a message finished (drains wait on it)
         self._paused = False
+        #: When the window last filled up (None while there is room).
+        self._full_since: float | None = None
+        #: A full window calls getmany this often, well inside max_poll_interval_ms.
+        self._keepalive_s = self._rt.max_poll_interval_ms / 1000 / 4
         # Once full, fetch again only when a quarter of the window is free: refilling one
         # slot at a time makes every getmany return a record or two, and a fetch round
         # trip costs far more than the record.
@@ -227,21 +231,10 @@ class StageRunner:
 
     async def _poll_once(self, consumer: AIOKafkaConsumer) -> None:
         free = self._rt.max_in_flight - self._inflight
-        if free <= 0 or (self._paused and free < self._refill_at):
-            # Window full: stop fetching but keep calling getmany, or aiokafka would
-            # leave the group after max_poll_interval_ms.
-            # Pause the whole current assignment every time: a rebalance meanwhile may
-            # have added partitions that are not paused yet.
-            consumer.pause(*consumer.assignment())
-            self._paused = True
-            self._slot_freed.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._rt.fetch_timeout_ms / 1000):
-                    await self._slot_freed.wait()
-            # Whatever this returns is dispatched, never dropped: its position has moved.
-            self._dispatch(consumer, await consumer.getmany(timeout_ms=0))
-            self._m_inflight.set(self._inflight)
+        if free <= 0 or (self._full_since is not None and free < self._refill_at):
+            await self._wait_for_room(consumer)
             return
+        self._full_since = None
         if self._paused:
             consumer.resume(*consumer.assignment())
             self._paused = False
@@ -251,6 +244,33 @@ class StageRunner:
         )
         self._dispatch(consumer, batch)
         self._m_inflight.set(self._inflight)  # every poll, so it falls back to 0 when idle
+
+    async def _wait_for_room(self, consumer: AIOKafkaConsumer) -> None:
+        """The window is full: take nothing more until a worthwhile part of it is free.
+
+        Not consuming already stops fetching: aiokafka fetches a partition again only
+        once its buffered records were taken. ``pause()`` would also throw that buffer
+        away (aiokafka drops fetched records of paused partitions), so every refill would
+        fetch it again; pause only when the window stays full so long that getmany must
+        be called to stay in the group (``max_poll_interval_ms``).
+        """
+        now = time.monotonic()
+        if self._full_since is None:
+            self._full_since = now
+        self._slot_freed.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._rt.fetch_timeout_ms / 1000):
+                await self._slot_freed.wait()
+        self._m_inflight.set(self._inflight)
+        if now - self._full_since < self._keepalive_s:
+            return
+        # Pause the whole current assignment every time: a rebalance meanwhile may
+        # have added partitions that are not paused yet.
+        consumer.pause(*consumer.assignment())
+        self._paused = True
+        self._full_since = time.monotonic()
+        # Whatever this returns is dispatched, never dropped: its position has moved.
+        self._dispatch(consumer, await consumer.getmany(timeout_ms=0))
 
     def _dispatch(
         self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[ConsumerRecord]]
