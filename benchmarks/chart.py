@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after use(): the backend must be chosen first
 
 COLORS = {"iterrefine": "#1f77b4", "baseline": "#d62728", "bound": "#7f7f7f",
-          "loop": "#2ca02c", "bytes": "#98df8a"}
+          "loop": "#2ca02c", "bytes": "#98df8a", "async": "#aec7e8"}
 
 
 def _e2e_walls(ax: Any, e2e: dict[str, Any]) -> None:
@@ -88,7 +88,9 @@ def _passthrough(ax: Any, pt: dict[str, Any]) -> None:
     contenders = pt["contenders"]
     names = list(contenders)
     values = [contenders[n]["items_per_s"] for n in names]
-    colors = [COLORS["iterrefine"], COLORS["loop"], COLORS["bytes"]][: len(names)]
+    palette = {"runtime": COLORS["iterrefine"], "runtime_async": COLORS["async"],
+               "aiokafka_loop": COLORS["loop"], "aiokafka_loop_bytes": COLORS["bytes"]}
+    colors = [palette.get(n, COLORS["bound"]) for n in names]
     ax.bar(range(len(names)), values, color=colors)
     for x, (name, value) in enumerate(zip(names, values, strict=True)):
         ax.text(x, value, f"{value:,.0f}/s\n{contenders[name]['cpu_us_per_item']:.0f} µs CPU",

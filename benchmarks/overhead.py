@@ -92,7 +92,7 @@ def run(bench: harness.Bench, *, items: int | None = None,
             "runtime_us_per_hop": round(runtime_us_per_hop, 1),
             "llm_path_us_per_hop": round(llm_part / hops, 1),
             "llm_path_us_per_call": round(llm_part / calls, 1) if calls else None,
-            "how": "runtime = passthrough.py's runtime contender (CPU per item, same run); "
+            "how": "runtime = passthrough.py's runtime_async contender (CPU per item, same run); "
                    "LLM path = the rest (prompt, LLM client, parser, stage logic)",
         }
     if profiled is not None:
@@ -105,7 +105,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="400 items instead of 2,000")
     parser.add_argument("--items", type=int)
     parser.add_argument("--runtime-us-per-hop", type=float,
-                        help="passthrough.py's runtime CPU per item, to split the total")
+                        help="passthrough.py's runtime_async CPU per item, to split the total")
     parser.add_argument("--profile", action="store_true", help="also profile with py-spy")
     args = parser.parse_args()
     harness.quiet_logging()

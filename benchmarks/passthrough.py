@@ -5,8 +5,13 @@ The same backlog of small Alpaca records (``items.raw``, 8 partitions) is draine
 
 * ``runtime``: :func:`iterrefine.worker.serve_stages` running one stage whose handler
   returns ``[Output("items.scored", item)]`` (decode = ``decode_raw_record``, as the
-  score stage; the runtime encodes the item envelope). Runtime config = defaults
-  except the session timeout (see ``harness.BENCH_RUNTIME``).
+  score stage; the runtime encodes the item envelope). The handler never waits, so it
+  is a plain function and the runtime runs it inline, a fetched batch per task (as it
+  runs the route stage). Runtime config = defaults except the session timeout (see
+  ``harness.BENCH_RUNTIME``).
+* ``runtime_async``: the same stage with an ``async def`` handler (a task per message,
+  as the LLM stages run), for context: that per-message task is what a stage that
+  waits pays, next to milliseconds of LLM call.
 * ``aiokafka_loop``: ``getmany`` → for each record the same decode (``item_from_raw``)
   and encode (``encode_item``) → ``send`` → await every delivery of the batch → commit
   the batch. Same producer (``make_producer``) and consumer (``make_consumer``) settings.
@@ -39,20 +44,20 @@ from iterrefine.runtime import Output, Stage, decode_raw_record
 from iterrefine.topics import TopicNames
 from iterrefine.worker import serve_stages
 
-CONTENDERS = ("runtime", "aiokafka_loop", "aiokafka_loop_bytes")
+CONTENDERS = ("runtime", "aiokafka_loop", "runtime_async", "aiokafka_loop_bytes")
 
 
 # ---------------------------------------------------------------- workers
 
 
-async def _runtime(config_json: str, n: int) -> dict[str, Any]:
+async def _runtime(config_json: str, n: int, *, inline: bool) -> dict[str, Any]:
     config = harness.decode_config(config_json)
     assert config.kafka.bootstrap_servers is not None
     started: list[float] = []
     handled = 0
     all_handled = asyncio.Event()
 
-    async def passthrough(item: Item) -> list[Output]:
+    def passthrough(item: Item) -> list[Output]:
         nonlocal handled
         if not started:
             started.extend((time.perf_counter(), time.process_time()))
@@ -61,8 +66,12 @@ async def _runtime(config_json: str, n: int) -> dict[str, Any]:
             all_handled.set()
         return [Output("items.scored", item)]
 
+    async def passthrough_async(item: Item) -> list[Output]:
+        return passthrough(item)
+
     stop = asyncio.Event()
-    stage = Stage("passthrough", "items.raw", passthrough, decode=decode_raw_record)
+    stage = Stage("passthrough", "items.raw", passthrough if inline else passthrough_async,
+                  decode=decode_raw_record)
     serving = asyncio.create_task(serve_stages(
         [stage], config=config, bootstrap_servers=config.kafka.bootstrap_servers, stop=stop))
     waiting = asyncio.create_task(all_handled.wait())
@@ -136,8 +145,9 @@ def _timing(started: list[float], n: int, handled: int) -> dict[str, Any]:
 
 
 def worker_main(args: argparse.Namespace) -> None:
-    if args.contender == "runtime":
-        result = asyncio.run(_runtime(args.config, args.items))
+    if args.contender.startswith("runtime"):
+        result = asyncio.run(_runtime(args.config, args.items,
+                                      inline=args.contender == "runtime"))
     else:
         result = asyncio.run(_loop(args.config, args.items,
                                    decode=args.contender == "aiokafka_loop"))
@@ -203,6 +213,9 @@ def run(bench: harness.Bench, *, items: int | None = None, repeats: int | None =
     if "runtime" in summary and "aiokafka_loop" in summary:
         result["ratio"] = round(
             summary["runtime"]["items_per_s"] / summary["aiokafka_loop"]["items_per_s"], 3)
+    if "runtime_async" in summary and "aiokafka_loop" in summary:
+        result["ratio_async"] = round(
+            summary["runtime_async"]["items_per_s"] / summary["aiokafka_loop"]["items_per_s"], 3)
     return result
 
 

@@ -40,7 +40,9 @@ class ThresholdPolicy:
 def stage(ctx: PipelineContext, policy: RoutingPolicy | None = None) -> Stage:
     chosen = policy or ThresholdPolicy(ctx.config.high_min_mean_score)
 
-    async def route(item: Item) -> list[Output]:
+    # A plain function, not a coroutine: routing never waits, so the runtime runs it
+    # inline, a fetched batch at a time (see iterrefine.runtime.stage).
+    def route(item: Item) -> list[Output]:
         if chosen.quality(item) == "high":
             kept = item.with_changes(quality="high", status="high")
             return [Output("items.curated", kept)]

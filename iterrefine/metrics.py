@@ -25,7 +25,9 @@ class Metrics:
             ["stage", "outcome"], registry=r,
         )
         self.stage_seconds = Histogram(
-            f"{PREFIX}_stage_seconds", "Handler time per item.", ["stage"],
+            f"{PREFIX}_stage_seconds",
+            "Handler time per item (inline stages: one observation per fetched batch, its mean).",
+            ["stage"],
             buckets=_LATENCY_BUCKETS, registry=r,
         )
         self.inflight = Gauge(

@@ -164,7 +164,7 @@ async def test_route_threshold_policy(make_ctx: Any, mean: float, verdict: str,
                     reasoning=mean)
     judged = an_item(judgement=Judgement(usable=True, reason="", scores=scores,
                                          verdict=verdict, justification=""))  # type: ignore[arg-type]
-    out = only(await stage_handler(ctx, "route")(judged))
+    out = only(stage_handler(ctx, "route")(judged))  # inline: a plain function
     assert out.topic == topic
 
 

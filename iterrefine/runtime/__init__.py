@@ -4,6 +4,7 @@ from iterrefine.runtime.offsets import PartitionTracker
 from iterrefine.runtime.runner import StageRunner
 from iterrefine.runtime.stage import (
     Handler,
+    InlineHandler,
     Limits,
     Output,
     Stage,
@@ -13,6 +14,7 @@ from iterrefine.runtime.stage import (
 
 __all__ = [
     "Handler",
+    "InlineHandler",
     "Limits",
     "Output",
     "PartitionTracker",

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Coroutine, Sequence
+from typing import Any, cast
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
@@ -28,21 +28,28 @@ from iterrefine.logging import UNIT_OF_WORK
 from iterrefine.metrics import Metrics
 from iterrefine.model import Item, encode_item
 from iterrefine.retry import Backoff, is_retriable
+from iterrefine.runtime.acks import AckGroup, Outgoing, Sent
 from iterrefine.runtime.dlq import dlq_headers, dlq_key, dlq_reason
 from iterrefine.runtime.offsets import PartitionTracker
-from iterrefine.runtime.stage import Limits, Output, Stage
-from iterrefine.topics import TopicNames
+from iterrefine.runtime.stage import (
+    Handler,
+    InlineHandler,
+    Limits,
+    Output,
+    Stage,
+    default_outcome,
+)
+from iterrefine.topics import LOGICAL_TOPICS, TopicNames
 
 log = structlog.get_logger("iterrefine.runtime")
 
 
-def _unit() -> dict[str, Any]:
-    unit = UNIT_OF_WORK.get()
-    assert unit is not None, "set in _process"
-    return unit
+class _Retriable(Exception):
+    """An inline handler failed in a way worth retrying: that message leaves the batch."""
 
-#: One message to produce: (full topic, key, value, headers, outcome label).
-_Outgoing = tuple[str, bytes, bytes, list[tuple[str, bytes]] | None, str]
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 class _GaveUp(Exception):
@@ -52,44 +59,6 @@ class _GaveUp(Exception):
         super().__init__(str(cause))
         self.cause = cause
         self.attempts = attempts
-
-
-class _Acks:
-    """Waits for the broker's acks of one input's outputs through future callbacks.
-
-    Callbacks instead of an awaiting task: a task per message costs more CPU than
-    the rest of the hop. All acked → the input is done; a failed send → redelivery.
-    """
-
-    __slots__ = ("_failed", "_left", "_outgoing", "_record", "_runner", "_tracker")
-
-    def __init__(
-        self, runner: StageRunner, record: ConsumerRecord, tracker: PartitionTracker,
-        outgoing: list[_Outgoing], futures: list[asyncio.Future[Any]],
-    ) -> None:
-        self._runner = runner
-        self._record = record
-        self._tracker = tracker
-        self._outgoing = outgoing
-        self._left = len(futures)
-        self._failed = False
-        if not futures:
-            runner._delivered(record, tracker, outgoing)
-        for future in futures:
-            future.add_done_callback(self._acked)
-
-    def _acked(self, future: asyncio.Future[Any]) -> None:
-        if self._failed:
-            return
-        if future.cancelled() or future.exception() is not None:
-            self._failed = True
-            error = future.exception() if not future.cancelled() else KafkaError("cancelled")
-            assert error is not None
-            self._runner._redeliver_later(self._record, self._tracker, self._outgoing, error)
-            return
-        self._left -= 1
-        if self._left == 0:
-            self._runner._delivered(self._record, self._tracker, self._outgoing)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
@@ -127,6 +96,24 @@ class StageRunner:
         self._metrics = metrics or Metrics()
         self._limits = Limits(self._rt.max_item_bytes, self._rt.max_envelope_bytes)
         self._backoff = Backoff(base_s=self._rt.retry_base_s, max_s=self._rt.retry_max_s)
+        if stage.inline:
+            inline = cast(InlineHandler, stage.handler)
+            self._inline: InlineHandler | None = inline
+
+            async def waiting(item: Item) -> Sequence[Output]:  # for the retry path
+                return inline(item)
+
+            self._handler: Handler = waiting
+        else:
+            self._inline = None
+            self._handler = cast(Handler, stage.handler)
+        #: Logical topic → (full topic, default outcome label).
+        self._destinations = {
+            name: (self._topics[name], default_outcome(name))
+            for name in LOGICAL_TOPICS
+        }
+        #: Output topic → whether it has the input topic's partitions (see _send).
+        self._same_partitions: dict[str, bool] = {}
         self._own_producer = producer is None
         self._producer = producer
         self._consumer: AIOKafkaConsumer | None = None
@@ -275,7 +262,7 @@ class StageRunner:
     def _dispatch(
         self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[ConsumerRecord]]
     ) -> None:
-        """Start one task per fetched record."""
+        """Start the fetched records: a task each, or a task per batch for inline stages."""
         if not batch:
             return
         assignment = consumer.assignment()
@@ -287,20 +274,28 @@ class StageRunner:
                 # Never skip a record of a partition we own: the position has moved past it,
                 # so skipping would lose it until the next rebalance.
                 tracker = self._trackers[tp] = PartitionTracker()
-            tasks = self._tasks.setdefault(tp, set())
             for record in records:
                 tracker.received(record.offset)
-                self._inflight += 1
-                # One task per message, each in its own context (see UNIT_OF_WORK).
-                # Starting them eagerly would save ~20 µs each, but on Python 3.11 the
-                # first step would run inside this task: an asyncio.timeout() entered
-                # there would cancel the fetch loop (3.12's eager tasks avoid that).
-                task = asyncio.create_task(self._process(record, tracker))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+            self._inflight += len(records)
+            if self._inline is not None:
+                self._spawn(tp, self._process_inline(records, tracker))
+                continue
+            # One task per message, each in its own context (see UNIT_OF_WORK). Starting
+            # them eagerly would save ~20 µs each, but on Python 3.11 the first step would
+            # run inside this task: an asyncio.timeout() entered there would cancel the
+            # fetch loop (3.12's eager tasks avoid that).
+            for record in records:
+                self._spawn(tp, self._process(record, tracker))
 
-    def _release_slot(self) -> None:
-        self._inflight -= 1
+    def _spawn(self, tp: TopicPartition, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as a task that drains and revokes of ``tp`` wait for."""
+        tasks = self._tasks.setdefault(tp, set())
+        task = asyncio.create_task(work)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def _release_slots(self, n: int) -> None:
+        self._inflight -= n
         self._progress.set()
         # Wake the fetch loop only once there is room for a worthwhile batch.
         if self._rt.max_in_flight - self._inflight >= self._refill_at:
@@ -308,20 +303,30 @@ class StageRunner:
 
     # ------------------------------------------------------------------ processing
 
-    async def _process(self, record: ConsumerRecord, tracker: PartitionTracker) -> None:
-        """Handle one message and hand its outputs to the producer; acks finish it later.
-
-        Runs in its own context: every event it logs (dead letters and delivery retries
-        included) says where its message came from; _handle adds item id and round.
-        """
-        UNIT_OF_WORK.set({
+    def _enter(self, record: ConsumerRecord) -> dict[str, Any]:
+        """Describe ``record`` as the unit of work: every event logged for it says so."""
+        unit = {
             "stage": self.stage.name, "topic": record.topic,
             "partition": record.partition, "offset": record.offset,
-        })
-        outgoing: list[_Outgoing] = []
+        }
+        UNIT_OF_WORK.set(unit)
+        return unit
+
+    async def _process(
+        self, record: ConsumerRecord, tracker: PartitionTracker,
+        first_error: Exception | None = None,
+    ) -> None:
+        """Handle one message and hand its outputs to the producer; acks finish it later.
+
+        Runs in its own task, hence its own context: every event it logs (dead letters
+        and delivery retries included) says where its message came from.
+        ``first_error``: the inline batch already tried once and failed retriably.
+        """
+        unit = self._enter(record)
+        outgoing: list[Outgoing] = []
         try:
-            outgoing = await self._handle(record)
-            futures = await self._send(outgoing)
+            outgoing = await self._handle(record, unit, first_error)
+            futures = await self._send(outgoing, record.partition)
         except asyncio.CancelledError:
             self._abandoned(tracker)  # stays uncommitted: the next owner processes it again
             raise
@@ -332,45 +337,128 @@ class StageRunner:
             log.exception("stage_internal_error")
             self._abandoned(tracker)
             return
-        _Acks(self, record, tracker, outgoing, futures)
+        self._await_acks(tracker, [(record, outgoing, futures)])
 
-    async def _handle(self, record: ConsumerRecord) -> list[_Outgoing]:
+    async def _process_inline(
+        self, records: list[ConsumerRecord], tracker: PartitionTracker
+    ) -> None:
+        """Handle a fetched batch of one partition with a handler that never waits.
+
+        One task for the batch; each message is decoded, handled and queued in the
+        producer in turn (in offset order), and the batch shares one ack counter.
+        """
+        assert self._inline is not None
+        sent: list[Sent] = []
+        position = 0  # records before this one are sent or handed elsewhere
+        timed, handler_s = 0, 0.0
+        try:
+            for position in range(len(records)):
+                record = records[position]
+                unit = self._enter(record)
+                started = time.perf_counter()
+                try:
+                    outgoing = self._handle_inline(record, unit, self._inline)
+                except _Retriable as retriable:  # retried with backoff in a task of its own
+                    tp = TopicPartition(record.topic, record.partition)
+                    self._spawn(tp, self._process(record, tracker, retriable.cause))
+                    continue
+                finally:
+                    timed += 1
+                    handler_s += time.perf_counter() - started
+                try:
+                    futures = await self._send(outgoing, record.partition)
+                except KafkaError as exc:
+                    self._redeliver_later(record, tracker, outgoing, exc)
+                    continue
+                sent.append((record, outgoing, futures))
+        except asyncio.CancelledError:
+            for _ in records[position:]:
+                self._abandoned(tracker)  # stay uncommitted: the next owner redoes them
+            raise
+        except Exception:  # a bug in the runtime itself: keep the partition from advancing
+            log.exception("stage_internal_error")
+            for _ in records[position:]:
+                self._abandoned(tracker)
+        finally:
+            self._await_acks(tracker, sent)
+            if timed:  # one observation per batch: its mean time per item
+                self._m_seconds.observe(handler_s / timed)
+
+    def _handle_inline(
+        self, record: ConsumerRecord, unit: dict[str, Any], handler: InlineHandler
+    ) -> list[Outgoing]:
+        decoded = self._decode(record, unit)
+        if not isinstance(decoded, Item):
+            return [decoded]
+        try:
+            outputs = handler(decoded)
+        except Exception as exc:
+            if is_retriable(exc):
+                raise _Retriable(exc) from exc
+            return [self._give_up(record, decoded, exc, attempts=1)]
+        # No per-item timing: an inline handler's microseconds are not worth an item field.
+        return self._encode([out.item for out in outputs], outputs)
+
+    async def _handle(
+        self, record: ConsumerRecord, unit: dict[str, Any], first_error: Exception | None,
+    ) -> list[Outgoing]:
         """Decode and run the handler; any failure becomes a dead letter (the policy)."""
+        decoded = self._decode(record, unit)
+        if not isinstance(decoded, Item):
+            return [decoded]
+        item = decoded
+        started = time.perf_counter()
+        try:
+            if first_error is not None:
+                outputs = await self._retry_handler(item, first_error)
+            else:
+                try:
+                    outputs = await self._handler(item)  # the fast path: no retry machinery
+                except Exception as first:
+                    if not is_retriable(first):
+                        raise _GaveUp(first, attempts=1) from first
+                    outputs = await self._retry_handler(item, first)
+        except _GaveUp as gave_up:  # handed to the dead-letter policy, never swallowed
+            return [self._give_up(record, item, gave_up.cause, attempts=gave_up.attempts)]
+        return self._outputs(item, outputs, started)
+
+    def _decode(self, record: ConsumerRecord, unit: dict[str, Any]) -> Item | Outgoing:
+        """The record's item, or (undecodable, invalid) its dead letter."""
         try:
             item = self.stage.decode(record, self._limits)
         except ValidationError as exc:
             # No item, but the DLQ row's id: the producer's key, else a hash of the bytes.
-            _unit()["item_id"] = dlq_key(record).decode("utf-8", "replace")
-            return [self._dead_letter(record, exc, attempts=1)]
-        started = time.perf_counter()
-        unit = _unit()
+            unit["item_id"] = dlq_key(record).decode("utf-8", "replace")
+            return self._dead_letter(record, exc, attempts=1)
         unit["item_id"] = item.id
         unit["round"] = item.round
-        try:
-            try:
-                outputs = await self.stage.handler(item)  # the fast path: no retry machinery
-            except Exception as first:
-                if not is_retriable(first):
-                    raise _GaveUp(first, attempts=1) from first
-                outputs = await self._retry_handler(item, first)
-        except _GaveUp as gave_up:  # handed to the dead-letter policy, never swallowed
-            cause = gave_up.cause
-            log.warning("handler_failed", error=type(cause).__name__, reason=dlq_reason(cause),
-                        message=str(cause)[:300], attempts=gave_up.attempts)
-            return [self._dead_letter(record, cause, attempts=gave_up.attempts, item=item)]
+        return item
+
+    def _outputs(self, item: Item, outputs: Sequence[Output], started: float) -> list[Outgoing]:
+        """Encode a waiting handler's outputs, each with the time the stage took."""
         elapsed = time.perf_counter() - started
         self._m_seconds.observe(elapsed)
+        return self._encode(
+            [out.item.add_timing(self.stage.name, elapsed) for out in outputs], outputs
+        )
+
+    def _encode(self, items: list[Item], outputs: Sequence[Output]) -> list[Outgoing]:
+        """``outputs`` as messages; ``items`` are what to write (the outputs' items or copies)."""
         self.handled += 1
-        return [
-            (
-                self._topics[out.topic],
-                out.item.id.encode(),
-                encode_item(out.item.add_timing(self.stage.name, elapsed)),
-                None,
-                out.outcome_label,
+        encoded: list[Outgoing] = []
+        for item, out in zip(items, outputs, strict=True):
+            topic, default_outcome = self._destinations[out.topic]
+            encoded.append(
+                (topic, item.id.encode(), encode_item(item), None, out.outcome or default_outcome)
             )
-            for out in outputs
-        ]
+        return encoded
+
+    def _give_up(
+        self, record: ConsumerRecord, item: Item, cause: Exception, *, attempts: int
+    ) -> Outgoing:
+        log.warning("handler_failed", error=type(cause).__name__, reason=dlq_reason(cause),
+                    message=str(cause)[:300], attempts=attempts)
+        return self._dead_letter(record, cause, attempts=attempts, item=item)
 
     async def _retry_handler(self, item: Item, error: Exception) -> Sequence[Output]:
         """Retry after a retriable failure with jittered backoff (Retry-After honoured)."""
@@ -384,7 +472,7 @@ class StageRunner:
             await asyncio.sleep(delay)
             attempts += 1
             try:
-                return await self.stage.handler(item)
+                return await self._handler(item)
             except Exception as exc:
                 error = exc
 
@@ -396,53 +484,78 @@ class StageRunner:
     def _dead_letter(
         self, record: ConsumerRecord, exc: BaseException, *, attempts: int,
         item: Item | None = None,
-    ) -> _Outgoing:
+    ) -> Outgoing:
         reason = dlq_reason(exc)
         self.dead_lettered += 1
         self._metrics.dlq_total.labels(self.stage.name, reason).inc()
-        # item_id, stage, topic, partition and offset come bound from _process/_handle.
+        # item_id, stage, topic, partition and offset come from the unit of work.
         log.warning("dead_lettered", reason=reason, message=str(exc)[:300])
         headers = dlq_headers(record, stage=self.stage.name, exc=exc, attempts=attempts,
                               item=item)
         key = item.id.encode() if item is not None else dlq_key(record)
         return (self._dlq_topic, key, record.value or b"", headers, "dlq")
 
-    async def _send(self, outgoing: list[_Outgoing]) -> list[asyncio.Future[Any]]:
-        """Queue ``outgoing`` in the producer (normally without waiting); futures of the acks."""
-        assert self._producer is not None
-        return [
-            await self._producer.send(topic, value, key=key, headers=headers)
-            for topic, key, value, headers, _ in outgoing
-        ]
+    # ------------------------------------------------------------------ delivery
 
-    def _delivered(
-        self, record: ConsumerRecord, tracker: PartitionTracker, outgoing: list[_Outgoing]
-    ) -> None:
-        """Every output of ``record`` is acknowledged: the input may now be committed."""
-        tracker.finished(record.offset)
-        for *_, outcome in outgoing:
-            self._count(outcome)
-        self._release_slot()
+    async def _send(self, outgoing: list[Outgoing], partition: int) -> list[asyncio.Future[Any]]:
+        """Queue ``outgoing`` in the producer (normally without waiting); futures of the acks.
+
+        An item keeps its partition number from topic to topic when the partition counts
+        match (they do unless someone changed one): its key is its id, so that is where
+        key hashing would put it anyway, and the pure-Python murmur2 is skipped.
+        """
+        assert self._producer is not None
+        futures = []
+        for topic, key, value, headers, _ in outgoing:
+            same = self._same_partitions.get(topic)
+            if same is None:
+                same = await self._learn_partitioning(topic)
+            futures.append(await self._producer.send(
+                topic, value, key=key, headers=headers, partition=partition if same else None,
+            ))
+        return futures
+
+    async def _learn_partitioning(self, topic: str) -> bool:
+        assert self._producer is not None and self._consumer is not None
+        mine = self._consumer.partitions_for_topic(self._input_topic)
+        theirs = await self._producer.partitions_for(topic)
+        same = bool(mine) and mine == theirs
+        self._same_partitions[topic] = same
+        return same
+
+    def _await_acks(self, tracker: PartitionTracker, sent: list[Sent]) -> None:
+        if sent:
+            AckGroup(tracker, sent, on_delivered=self._delivered,
+                     on_failed=self._redeliver_later)
+
+    def _delivered(self, tracker: PartitionTracker, messages: list[Sent]) -> None:
+        """Every output of these inputs is acknowledged: they may now be committed."""
+        counts: dict[str, int] = {}
+        for record, outgoing, _ in messages:
+            tracker.finished(record.offset)
+            for *_, outcome in outgoing:
+                counts[outcome] = counts.get(outcome, 0) + 1
+        for outcome, n in counts.items():  # one metric update per outcome, not per message
+            self._count(outcome, n)
+        self._release_slots(len(messages))
 
     def _abandoned(self, tracker: PartitionTracker) -> None:
         tracker.abandoned()
-        self._release_slot()
+        self._release_slots(1)
 
     def _redeliver_later(
-        self, record: ConsumerRecord, tracker: PartitionTracker, outgoing: list[_Outgoing],
+        self, record: ConsumerRecord, tracker: PartitionTracker, outgoing: list[Outgoing],
         error: BaseException,
     ) -> None:
         tp = TopicPartition(record.topic, record.partition)
-        task = asyncio.create_task(self._redeliver(record, tracker, outgoing, error))
-        tasks = self._tasks.setdefault(tp, set())
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        self._spawn(tp, self._redeliver(record, tracker, outgoing, error))
 
     async def _redeliver(
-        self, record: ConsumerRecord, tracker: PartitionTracker, outgoing: list[_Outgoing],
+        self, record: ConsumerRecord, tracker: PartitionTracker, outgoing: list[Outgoing],
         error: BaseException,
     ) -> None:
         """The broker did not take the outputs: retry until it does (or we are cancelled)."""
+        self._enter(record)
         attempt = 0
         try:
             while True:
@@ -452,24 +565,24 @@ class StageRunner:
                             delay_s=round(delay, 3))
                 await asyncio.sleep(delay)
                 try:
-                    for future in await self._send(outgoing):
+                    for future in await self._send(outgoing, record.partition):
                         await future
                 except KafkaError as exc:
                     error = exc
                     continue
-                self._delivered(record, tracker, outgoing)
+                self._delivered(tracker, [(record, outgoing, [])])
                 return
         except asyncio.CancelledError:
             self._abandoned(tracker)
             raise
 
-    def _count(self, outcome: str) -> None:
+    def _count(self, outcome: str, n: int) -> None:
         counter = self._m_outcomes.get(outcome)
         if counter is None:
             counter = self._m_outcomes[outcome] = self._metrics.items_total.labels(
                 self.stage.name, outcome
             )
-        counter.inc()
+        counter.inc(n)
 
     # ------------------------------------------------------------------ commits
 

@@ -1,14 +1,20 @@
-"""What a stage is: an input topic, a decoder, and an async handler.
+"""What a stage is: an input topic, a decoder, and a handler.
 
 A handler receives one :class:`Item` and returns the messages to produce
 (:class:`Output`). The runtime owns everything else: consuming, concurrency,
 delivery, commits, retries, dead-lettering, metrics.
+
+A handler that waits (an LLM call) is an ``async def``: each message gets its own
+task, so hundreds wait at once. A handler that never waits (routing, a filter) may
+be a plain function: the runtime then runs it *inline*, a whole fetched batch in one
+task, which makes the Kafka hop several times cheaper than a task per message.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from iterrefine.model import (
@@ -47,10 +53,17 @@ class Output:
 
     @property
     def outcome_label(self) -> str:
-        return self.outcome or self.topic.rsplit(".", 1)[-1]
+        return self.outcome or default_outcome(self.topic)
+
+
+def default_outcome(topic: str) -> str:
+    """The outcome label of an output to ``topic`` that names none: the topic's last part."""
+    return topic.rsplit(".", 1)[-1]
 
 
 Handler = Callable[[Item], Awaitable[Sequence[Output]]]
+#: A handler that never waits: run inline, a fetched batch at a time.
+InlineHandler = Callable[[Item], Sequence[Output]]
 Decoder = Callable[[RecordLike, "Limits"], Item]
 
 
@@ -88,5 +101,15 @@ def decode_envelope(record: RecordLike, limits: Limits) -> Item:
 class Stage:
     name: str
     input_topic: str  # logical
-    handler: Handler
+    handler: Handler | InlineHandler
     decode: Decoder = decode_envelope
+    #: True when ``handler`` is a plain function (see the module docstring).
+    inline: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        handler = self.handler
+        # A function, or an object whose __call__ is an ``async def``.
+        waits = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+            type(handler).__call__
+        )
+        object.__setattr__(self, "inline", not waits)
