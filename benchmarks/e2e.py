@@ -6,9 +6,12 @@ Workload: 200 Dolly-sample items, every one judged low quality (simulator
 requests at once. The simulator runs in its own process; both contenders call it in
 the same run, one after the other, with its counters reset in between:
 
-* ``iterrefine``: the five stages in one worker process (``pipeline_worker.py``), items
-  ingested once every stage has its partitions; wall time = ingest start → last item in
-  a terminal topic (startup reported apart);
+* ``iterrefine``: the five stages in ``PROCESSES`` worker processes (``pipeline_worker.py``;
+  two ``iterrefine worker all`` replicas sharing the consumer groups, one per core of
+  the reference machine: the openai client costs ~1.5 ms of CPU per call, so one
+  process needs ~0.3 s to send a wave of 200 calls), items ingested once every stage
+  has its partitions; wall time = ingest start → last item in a terminal topic
+  (startup reported apart). ``--processes 1`` measures one process;
 * ``baseline``: ``baseline.py``, the paper's scripts' execution shape (phases with
   barriers, fixed thread pools, sync openai client), same prompts and parsers.
 
@@ -45,6 +48,9 @@ CAPACITY = 256
 #: P(lose round 1 and round 2) = p² ≈ 0.4.
 LOSE_PROB = 0.632
 PIPELINE = {"rescore_refined": False}
+PROCESSES = 2
+#: iterrefine runs; the median one is reported (the baseline runs once: it takes 35 s).
+REPEATS = 3
 
 
 def chain_calls(item: dict[str, Any], *, rescore: bool) -> int:
@@ -148,7 +154,8 @@ async def _round_trips(base_url: str, records: list[dict[str, Any]]) -> dict[str
             "burst_median_s": round(harness.median(burst), 4)}
 
 
-def run(bench: harness.Bench, *, items: int | None = None) -> dict[str, Any]:
+def run(bench: harness.Bench, *, items: int | None = None, processes: int = PROCESSES,
+        repeats: int = REPEATS) -> dict[str, Any]:
     n = items or 200
     records = harness.reference_records(n)
     input_path = harness.write_jsonl(bench.workdir / f"e2e-{n}.jsonl", records)
@@ -158,11 +165,19 @@ def run(bench: harness.Bench, *, items: int | None = None) -> dict[str, Any]:
                             capacity=CAPACITY, low_share=1.0, reject_share=0.0,
                             lose_prob=LOSE_PROB) as sim:
         round_trips = asyncio.run(_round_trips(sim.base_url, records))
-        sim.reset()
-        config = harness.bench_config(bench.bootstrap, bench.prefix("e2e"), pipeline=pipeline)
-        ours = simproc.run_pipeline_worker(bench, sim, config, name="e2e-iterrefine",
-                                           input_path=input_path, timeout_s=600)
-        ours_stats = sim.stats()
+        attempts = []
+        for attempt in range(repeats):  # fresh topics and groups each time
+            sim.reset()
+            config = harness.bench_config(bench.bootstrap, bench.prefix(f"e2e{attempt}"),
+                                          pipeline=pipeline)
+            run_ = simproc.run_pipeline_worker(bench, sim, config, name="e2e-iterrefine",
+                                               input_path=input_path, timeout_s=600,
+                                               processes=processes)
+            simproc.check_pipeline_result(run_.result, "e2e iterrefine")
+            attempts.append((run_, sim.stats()))
+        # The shared 2-core machine is noisy (±0.05 in the ratio run to run): report the
+        # median run, and every run's wall time.
+        ours, ours_stats = sorted(attempts, key=lambda a: a[0].result["wall_s"])[len(attempts) // 2]
         sim.reset()
         base = harness.run_worker(
             [str(harness.BENCH_DIR / "baseline.py"), "--base-url", sim.base_url,
@@ -172,7 +187,6 @@ def run(bench: harness.Bench, *, items: int | None = None) -> dict[str, Any]:
         base_stats = sim.stats()
         knobs = sim.knobs
     r, b = ours.result, base.result
-    simproc.check_pipeline_result(r, "e2e iterrefine")
     bound = {"latency_ms": LATENCY_MS, "capacity": CAPACITY, "rescore": False}
     ours_lb = lower_bound(r["items"], ours_stats["requests_total"], **bound)
     base_lb = lower_bound(b["items"], base_stats["requests_total"], **bound)
@@ -183,6 +197,7 @@ def run(bench: harness.Bench, *, items: int | None = None) -> dict[str, Any]:
         "parameters": {
             "items": n, "sim": knobs, "pipeline": PIPELINE, "max_rounds": pipeline.max_rounds,
             "runtime": dict(harness.BENCH_RUNTIME), "baseline_pools": b["pools"],
+            "iterrefine_processes": processes, "iterrefine_runs": repeats,
         },
         "ratio": round(r["wall_s"] / ours_lb["lower_bound_s"], 3),
         "speedup": round(b["wall_s"] / r["wall_s"], 3),
@@ -190,6 +205,11 @@ def run(bench: harness.Bench, *, items: int | None = None) -> dict[str, Any]:
         "simulator_round_trip": round_trips,
         "iterrefine": {
             "wall_s": r["wall_s"],
+            "wall_s_of_each_run": [a[0].result["wall_s"] for a in attempts],
+            "ratio_of_each_run": [
+                round(a[0].result["wall_s"] / lower_bound(
+                    a[0].result["items"], a[1]["requests_total"], **bound)["lower_bound_s"], 3)
+                for a in attempts],
             "startup_s": r["startup_s"],
             "wall_incl_startup_s": round(r["wall_s"] + r["startup_s"], 3),
             "complete": complete,
@@ -198,6 +218,9 @@ def run(bench: harness.Bench, *, items: int | None = None) -> dict[str, Any]:
             "by_task": ours_stats["by_task"],
             "peak_concurrency": ours_stats["peak_concurrency"],
             "cpu_s": r["cpu_s"],
+            "extra_processes_cpu_s": [x.get("cpu_s") for x in r["extra_processes"]],
+            "handled_by_process": [r["handled"], *(x.get("handled") for x in
+                                                   r["extra_processes"])],
             "peak_rss_mb": ours.peak_rss_mb,
             "critical_path": critical_path(r["items"], latency_ms=LATENCY_MS, rescore=False),
             "loop_lag": r["loop_lag"],
@@ -226,10 +249,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="(same size: the workload is small)")
     parser.add_argument("--items", type=int, help="items (default 200)")
+    parser.add_argument("--processes", type=int, default=PROCESSES,
+                        help=f"iterrefine worker processes (default {PROCESSES})")
+    parser.add_argument("--repeats", type=int, default=REPEATS,
+                        help=f"iterrefine runs, the median reported (default {REPEATS})")
     args = parser.parse_args()
     harness.quiet_logging()
     with harness.bench_session(args.quick) as bench:
-        result = run(bench, items=args.items)
+        result = run(bench, items=args.items, processes=args.processes, repeats=args.repeats)
     json.dump({"machine": harness.machine(), "date": harness.now_iso(), **result},
               sys.stdout, indent=2)
     sys.stdout.write("\n")

@@ -10,7 +10,10 @@ terminal topics — with two differences that make it measurable:
   (ingest start → last item in a terminal topic) holds no group-join time; the
   startup is reported apart (``startup_s``);
 * ``--drain N`` mode ingests nothing and runs until the stages have handled ``N``
-  messages already waiting in their input topic (a backlog).
+  messages already waiting in their input topic (a backlog);
+* ``--serve`` mode is an extra member of the stages' consumer groups (what a second
+  ``iterrefine worker all`` replica is in a deployment): it prints ``READY`` once its
+  stages have partitions and serves until SIGTERM.
 
 Prints one ``RESULT {json}`` line: timings on the system-wide monotonic clock (so the
 driver can line them up with the simulator's time series), CPU seconds of the timed
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -111,8 +115,10 @@ async def serve(args: argparse.Namespace) -> dict[str, Any]:
         )
         ctx = PipelineContext(config.pipeline, roles, metrics, provenance)
         await ensure_topics(config.kafka, bootstrap)
+        # An extra member only serves: following the terminal topics is the main one's job.
         watcher = TerminalWatcher(config.kafka, bootstrap)
-        await watcher.start()
+        if not args.serve:
+            await watcher.start()
         runners: list[StageRunner] = []
         lag = LoopLag()
         stop = asyncio.Event()
@@ -125,13 +131,18 @@ async def serve(args: argparse.Namespace) -> dict[str, Any]:
             lag.start()
             t_ready = time.monotonic()
             cpu_start = time.process_time()
-            if args.drain:
-                ids: list[str] = []
+            ids: list[str] = []
+            seen = 0
+            if args.serve:
+                print("READY", flush=True)
+                terminate = asyncio.Event()
+                asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminate.set)
+                await terminate.wait()
+            elif args.drain:
                 while sum(r.handled + r.dead_lettered for r in runners) < args.drain:
                     if stages.done():
                         break
                     await asyncio.sleep(0.005)
-                seen = 0
             else:
                 ids = await _ingest(config, bootstrap, Path(args.input))
                 progress = [time.monotonic()]
@@ -148,7 +159,8 @@ async def serve(args: argparse.Namespace) -> dict[str, Any]:
             lag.stop()
             stop.set()
             await stages
-            await watcher.stop()
+            if not args.serve:
+                await watcher.stop()
         llm = {role: {"requests": s.requests, "errors": s.errors, "retries": s.retries}
                for role, s in roles.stats().items()}
     items = []
@@ -183,7 +195,7 @@ async def serve(args: argparse.Namespace) -> dict[str, Any]:
         "startup_s": round(t_ready - t_start, 3),
         "wall_s": round(t_done - t_ready, 4),
         "cpu_s": round(cpu_window, 4),
-        "mode": "drain" if args.drain else "ingest",
+        "mode": "serve" if args.serve else "drain" if args.drain else "ingest",
         "expected": len(ids) if not args.drain else args.drain,
         "arrived": seen,
         "handled": handled,
@@ -221,11 +233,13 @@ def main() -> None:
     parser.add_argument("--stages", default="score,route,refine,review,align")
     parser.add_argument("--input", help="records to ingest (JSON lines)")
     parser.add_argument("--drain", type=int, help="run until this many messages were handled")
+    parser.add_argument("--serve", action="store_true",
+                        help="an extra group member: serve until SIGTERM (see the docstring)")
     parser.add_argument("--stall-timeout-s", type=float, default=60.0,
                         help="give up when no item arrived for this long")
     args = parser.parse_args()
-    if not args.input and not args.drain:
-        parser.error("give --input or --drain")
+    if not args.input and not args.drain and not args.serve:
+        parser.error("give --input, --drain or --serve")
     harness.quiet_logging()
     harness.emit_result(asyncio.run(serve(args)))
 
