@@ -131,7 +131,7 @@ def _overhead(ax: Any, overhead: dict[str, Any]) -> None:
         ax.set_xlabel("µs of CPU per item-hop (py-spy shares × total)")
     else:
         split = overhead.get("split", {})
-        parts = {"runtime (pass-through)": split.get("runtime_us_per_hop", 0),
+        parts = {"runtime (a task per message)": split.get("runtime_us_per_hop", 0),
                  "LLM path": split.get("llm_path_us_per_hop", 0)}
         ax.barh(range(len(parts)), list(parts.values()), color=COLORS["iterrefine"])
         ax.set_yticks(range(len(parts)), list(parts), fontsize=8)
