@@ -20,6 +20,7 @@ import msgspec
 import structlog
 
 from consumers import build_stages
+from iterrefine.broker_state import ensure_broker
 from iterrefine.config import Config, LLMRoleConfig
 from iterrefine.context import PipelineContext
 from iterrefine.export import ExportPaths, write_export
@@ -76,8 +77,6 @@ async def _bootstrap(config: Config) -> AsyncIterator[str]:
     if config.kafka.bootstrap_servers:
         yield config.kafka.bootstrap_servers
         return
-    from iterrefine.cli.broker import ensure_broker  # the CLI owns the broker state files
-
     bootstrap, broker = await asyncio.to_thread(ensure_broker, config.data_dir)
     try:
         yield bootstrap

@@ -20,7 +20,7 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from iterrefine._process import free_port, pid_alive
 from iterrefine.broker import EmbeddedBroker, broker_answers
-from iterrefine.cli.broker import ensure_broker
+from iterrefine.broker_state import ensure_broker
 from iterrefine.errors import BrokerError, ConfigError
 
 

@@ -17,8 +17,8 @@ from iterrefine.runtime import Output, Stage, decode_raw_record
 from iterrefine.runtime.dlq import headers_dict
 from iterrefine.topics import TopicNames
 
-from .helpers import alpaca, committed_vs_end, produce, read_ids, unique_config, wait_until
-from .test_runtime import run_in_background
+from .helpers import alpaca, committed_vs_end, read_ids, unique_config
+from .test_runtime import run_until_done
 
 
 def test_plain_functions_run_inline_and_coroutines_do_not() -> None:
@@ -48,14 +48,10 @@ async def test_inline_stage_delivers_everything_and_commits_the_end(broker: str)
             outputs.append(Output("items.curated", item, outcome="sampled"))
         return outputs
 
-    topics = TopicNames(config.kafka.topic_prefix)
-    await produce(config, broker, topics["items.raw"], [alpaca(i) for i in range(n)],
-                  keys=[f"item-{i}".encode() for i in range(n)])
     stage = Stage("fanout", "items.raw", fan_out, decode=decode_raw_record)
-    stop, task, runners = await run_in_background(stage, config, broker)
-    await wait_until(lambda: runners[0].handled >= n, timeout_s=120)
-    stop.set()
-    await task
+    runner = await run_until_done(stage, config, broker, [alpaca(i) for i in range(n)],
+                                  keys=[f"item-{i}".encode() for i in range(n)], timeout_s=120)
+    topics = TopicNames(config.kafka.topic_prefix)
 
     raw = {r.key: r.partition for r in await read_to_end(config.kafka, broker,
                                                           [topics["items.raw"]])}
@@ -64,7 +60,7 @@ async def test_inline_stage_delivers_everything_and_commits_the_end(broker: str)
     assert all(r.partition == raw[r.key] for r in scored)  # an item keeps its partition
     sampled = await read_ids(config, broker, "items.curated")
     assert sorted(sampled) == sorted(f"item-{i}" for i in range(n) if str(i).endswith("7"))
-    committed, ends = await committed_vs_end(config, broker, runners[0].group_id, "items.raw")
+    committed, ends = await committed_vs_end(config, broker, runner.group_id, "items.raw")
     assert committed == ends and sum(ends.values()) == n
 
 
@@ -87,13 +83,9 @@ async def test_inline_stage_dead_letters_and_retries(broker: str) -> None:
     values = [alpaca(i) for i in range(10)]
     values.insert(4, b"{oops")
     values.insert(8, json.dumps({"instruction": "", "output": "y"}).encode())
-    topics = TopicNames(config.kafka.topic_prefix)
-    await produce(config, broker, topics["items.raw"], values)
     stage = Stage("flaky", "items.raw", flaky, decode=decode_raw_record)
-    stop, task, runners = await run_in_background(stage, config, broker)
-    await wait_until(lambda: runners[0].handled + runners[0].dead_lettered >= len(values))
-    stop.set()
-    await task
+    runner = await run_until_done(stage, config, broker, values)
+    topics = TopicNames(config.kafka.topic_prefix)
 
     assert sorted(await read_ids(config, broker, "items.scored")) == sorted(
         f"item-{i}" for i in range(10) if i not in (5, 7)
@@ -102,5 +94,5 @@ async def test_inline_stage_dead_letters_and_retries(broker: str) -> None:
     dlq = await read_to_end(config.kafka, broker, [topics["items.dlq"]])
     reasons = sorted(headers_dict(r.headers)["reason"] for r in dlq)
     assert reasons == ["empty_field", "handler_error", "llm_error", "not_json"]
-    committed, ends = await committed_vs_end(config, broker, runners[0].group_id, "items.raw")
+    committed, ends = await committed_vs_end(config, broker, runner.group_id, "items.raw")
     assert {p: offset or 0 for p, offset in committed.items()} == ends  # empty: never committed

@@ -40,6 +40,22 @@ async def run_in_background(
     return stop, task, runners
 
 
+async def run_until_done(
+    stage: Stage, config: Config, broker: str, values: list[bytes], *,
+    keys: list[bytes] | None = None, timeout_s: float = 60,
+) -> StageRunner:
+    """Produce ``values`` to items.raw, run ``stage`` until each was handled or
+    dead-lettered, then stop it (drain, commit) and return its runner."""
+    topics = TopicNames(config.kafka.topic_prefix)
+    await produce(config, broker, topics["items.raw"], values, keys=keys)
+    stop, task, runners = await run_in_background(stage, config, broker)
+    await wait_until(lambda: runners[0].handled + runners[0].dead_lettered >= len(values),
+                     timeout_s=timeout_s)
+    stop.set()
+    await task
+    return runners[0]
+
+
 async def test_out_of_order_completions_commit_exactly_the_end(broker: str) -> None:
     """10,000 items with random 0–20 ms handlers: all outputs exist, commits reach the end."""
     config = unique_config(max_in_flight=256)
@@ -55,19 +71,14 @@ async def test_out_of_order_completions_commit_exactly_the_end(broker: str) -> N
         running -= 1
         return [Output("items.scored", item)]
 
-    topics = TopicNames(config.kafka.topic_prefix)
-    await produce(config, broker, topics["items.raw"], [alpaca(i) for i in range(n)],
-                  keys=[f"item-{i}".encode() for i in range(n)])
     stage = Stage("passthrough", "items.raw", passthrough, decode=decode_raw_record)
-    stop, task, runners = await run_in_background(stage, config, broker)
-    await wait_until(lambda: runners[0].handled >= n, timeout_s=120)
-    stop.set()
-    await task
+    runner = await run_until_done(stage, config, broker, [alpaca(i) for i in range(n)],
+                                  keys=[f"item-{i}".encode() for i in range(n)], timeout_s=120)
 
     ids = await read_ids(config, broker, "items.scored")
     assert sorted(set(ids)) == sorted(f"item-{i}" for i in range(n))
     assert peak <= 256  # the in-flight window bounds concurrency
-    committed, ends = await committed_vs_end(config, broker, runners[0].group_id, "items.raw")
+    committed, ends = await committed_vs_end(config, broker, runner.group_id, "items.raw")
     assert committed == ends
     assert sum(ends.values()) == n
 
@@ -88,13 +99,8 @@ async def test_a_window_full_for_longer_than_the_poll_interval_keeps_its_members
         running -= 1
         return [Output("items.scored", item)]
 
-    topics = TopicNames(config.kafka.topic_prefix)
-    await produce(config, broker, topics["items.raw"], [alpaca(i) for i in range(n)])
     stage = Stage("passthrough", "items.raw", slow, decode=decode_raw_record)
-    stop, task, runners = await run_in_background(stage, config, broker)
-    await wait_until(lambda: runners[0].handled >= n, timeout_s=60)
-    stop.set()
-    await task
+    await run_until_done(stage, config, broker, [alpaca(i) for i in range(n)])
 
     ids = await read_ids(config, broker, "items.scored")
     assert sorted(ids) == sorted(f"item-{i}" for i in range(n))  # once each: no rebalance
@@ -121,13 +127,9 @@ async def test_malformed_inputs_go_to_dlq_with_reasons(broker: str) -> None:
     async def passthrough(item: Item) -> list[Output]:
         return [Output("items.scored", item)]
 
-    topics = TopicNames(config.kafka.topic_prefix)
-    await produce(config, broker, topics["items.raw"], values)
     stage = Stage("score", "items.raw", passthrough, decode=decode_raw_record)
-    stop, task, runners = await run_in_background(stage, config, broker)
-    await wait_until(lambda: runners[0].handled + runners[0].dead_lettered >= len(values))
-    stop.set()
-    await task
+    await run_until_done(stage, config, broker, values)
+    topics = TopicNames(config.kafka.topic_prefix)
 
     assert sorted(await read_ids(config, broker, "items.scored")) == sorted(
         f"item-{i}" for i in range(2 * len(bad))
@@ -155,13 +157,9 @@ async def test_retriable_errors_are_retried_and_fatal_ones_dead_lettered(broker:
             raise LLMError("401 unauthorized")
         return [Output("items.scored", item)]
 
-    topics = TopicNames(config.kafka.topic_prefix)
-    await produce(config, broker, topics["items.raw"], [alpaca(i) for i in range(3)])
     stage = Stage("flaky", "items.raw", flaky, decode=decode_raw_record)
-    stop, task, runners = await run_in_background(stage, config, broker)
-    await wait_until(lambda: runners[0].handled + runners[0].dead_lettered >= 3)
-    stop.set()
-    await task
+    await run_until_done(stage, config, broker, [alpaca(i) for i in range(3)])
+    topics = TopicNames(config.kafka.topic_prefix)
 
     assert sorted(await read_ids(config, broker, "items.scored")) == ["item-0", "item-2"]
     assert calls["item-0"] == 3 and calls["item-1"] == 1
