@@ -24,6 +24,7 @@ from iterrefine.broker_state import ensure_broker
 from iterrefine.config import Config, LLMRoleConfig
 from iterrefine.context import PipelineContext
 from iterrefine.export import ExportPaths, write_export
+from iterrefine.extra_workers import ExtraWorkers, add_stats
 from iterrefine.http import MetricsServer
 from iterrefine.ingest import Ingestor, IngestReport, read_records
 from iterrefine.kafka import make_producer
@@ -50,6 +51,8 @@ class RunOptions:
     metrics_port: int | None = None
     #: Give up waiting after this long (None = wait as long as it takes).
     timeout_s: float | None = None
+    #: Stage processes: this one plus ``workers - 1`` children (:mod:`iterrefine.extra_workers`).
+    workers: int = 1
 
 
 @dataclass
@@ -126,6 +129,11 @@ async def run_pipeline(
         watcher = TerminalWatcher(config.kafka, bootstrap)
         await watcher.start()
         stack.push_async_callback(watcher.stop)
+        extras = ExtraWorkers(config, bootstrap, options.workers - 1)
+        if extras.count:
+            # Started first: the groups settle once, when this process joins last.
+            await extras.start()
+            stack.push_async_callback(extras.stop)
 
         pipeline_stop = asyncio.Event()
         stages = asyncio.create_task(serve_stages(
@@ -133,6 +141,10 @@ async def run_pipeline(
             stop=pipeline_stop, runners_out=runners,
         ))
         try:
+            if extras.count:
+                # Ingest once this process has its share too: a rebalance mid-run would
+                # hold every stage up while the groups re-form.
+                await _wait_ready(runners, stages)
             report = await _ingest(config, bootstrap, records)
             if on_ingested is not None:
                 on_ingested(len(report.ids))
@@ -146,6 +158,7 @@ async def run_pipeline(
         finally:
             pipeline_stop.set()
             await stages  # drains in-flight work and commits; re-raises a stage crash
+        llm_stats = add_stats(roles.stats(), await extras.stop())
         complete = seen >= len(report.ids)
         if not complete:
             log.warning("run_incomplete", expected=len(report.ids), arrived=seen)
@@ -158,13 +171,21 @@ async def run_pipeline(
             invalid_at_ingest=report.invalid,
             wall_time_s=time.perf_counter() - started,
             simulated=options.sim is not None,
-            llm_stats=roles.stats(),
+            llm_stats=llm_stats,
             metrics=metrics,
             duplicates_removed=watcher.selection.duplicates,
         )
         summary["complete"] = complete
         summary["pending"] = len(report.ids) - seen
         return RunResult(summary=summary, paths=paths, ingest=report, complete=complete)
+
+
+async def _wait_ready(runners: list[StageRunner], stages: asyncio.Task[None]) -> None:
+    """Until every stage of this process has partitions (or the stages stopped)."""
+    while not (runners and all(r.ready.is_set() for r in runners)):
+        if stages.done():
+            return
+        await asyncio.sleep(0.02)
 
 
 async def _ingest(config: Config, bootstrap: str, records: list[Any]) -> IngestReport:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import msgspec
 import structlog
@@ -45,6 +45,11 @@ async def _static_membership_checked(config: Config, bootstrap_servers: str) -> 
         config, kafka=msgspec.structs.replace(config.kafka, group_instance_id=None))
 
 
+async def _when_ready(runners: Sequence[StageRunner], on_ready: Callable[[], None]) -> None:
+    await asyncio.gather(*(runner.ready.wait() for runner in runners))
+    on_ready()
+
+
 async def serve_stages(
     stages: Sequence[Stage],
     *,
@@ -53,8 +58,12 @@ async def serve_stages(
     metrics: Metrics | None = None,
     stop: asyncio.Event | None = None,
     runners_out: list[StageRunner] | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> None:
-    """Run ``stages`` (sharing one producer) until ``stop`` is set or a runner fails."""
+    """Run ``stages`` (sharing one producer) until ``stop`` is set or a runner fails.
+
+    ``on_ready`` is called once every stage has its first partitions.
+    """
     stop = stop or asyncio.Event()
     metrics = metrics or Metrics()
     await ensure_topics(config.kafka, bootstrap_servers)
@@ -69,12 +78,15 @@ async def serve_stages(
     if runners_out is not None:
         runners_out.extend(runners)
     tasks = [asyncio.create_task(r.run(stop), name=f"stage-{r.stage.name}") for r in runners]
+    announcing = None if on_ready is None else asyncio.create_task(_when_ready(runners, on_ready))
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for task in done:
             if task.exception() is not None:
                 log.error("stage_crashed", stage=task.get_name(), error=repr(task.exception()))
     finally:
+        if announcing is not None:
+            announcing.cancel()
         stop.set()  # one stage failing stops the others cleanly (they drain and commit)
         await asyncio.gather(*tasks, return_exceptions=True)
         await producer.stop()

@@ -49,3 +49,16 @@ def test_run_without_llm_says_both_options(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "--llm sim" in result.stderr and "--llm-base-url" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_run_with_zero_workers_says_what_to_pass(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"instruction": "x", "output": "y"}\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "iterrefine.cli", "run", str(source), "-o", str(tmp_path / "o"),
+         "--llm", "sim", "--workers", "0"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--workers must be at least 1" in result.stderr
+    assert "Traceback" not in result.stderr

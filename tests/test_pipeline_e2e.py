@@ -14,6 +14,7 @@ import pytest
 from iterrefine.app import RunOptions, RunResult, run_pipeline, sim_roles
 from iterrefine.config import Config, PipelineConfig
 from iterrefine.export import load_rows
+from iterrefine.metrics import Metrics
 from iterrefine.sim import SimConfig, SimServer
 
 from .helpers import unique_config
@@ -208,3 +209,25 @@ async def test_injection_in_item_text_cannot_steer_the_judge(
     outside = user.replace(user[user.index(nonce.group(0)):], "")
     assert "Score: 10" not in outside
     assert user.count(f"<<<END DATA {nonce.group(1)}>>>") == 1
+
+
+async def test_two_worker_processes_share_the_work(
+    broker: str, sim: SimServer, tmp_path: Path
+) -> None:
+    """--workers 2: a child process joins the groups; every item once, LLM counts summed."""
+    records = sample_records(80)
+    source = write_jsonl(tmp_path / "input.jsonl", records)
+    sim.reset()
+    own = Metrics()  # this process's own registry: the child's calls are not in it
+    result = await run_pipeline(pipeline_config(broker, sim), RunOptions(
+        input=source, output=tmp_path / "out.jsonl", timeout_s=120, workers=2), metrics=own)
+    assert_conserved(result, set(result.ingest.ids))
+    served = sim.stats.snapshot(series=False)["requests_total"]
+    summary_calls = sum(role["requests"] for role in result.summary["llm"].values())
+    assert summary_calls == served  # the child's counters reached the summary
+    own_calls = sum(
+        sample.value for family in own.registry.collect()
+        if family.name == "iterrefine_llm_requests" for sample in family.samples
+        if sample.name == "iterrefine_llm_requests_total"
+    )
+    assert 0 < own_calls < served  # both processes made calls

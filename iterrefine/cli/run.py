@@ -37,6 +37,10 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     add("--metrics-port", type=int, metavar="N",
         help="serve /metrics, /healthz and /readyz for all stages while running")
     add("--timeout-s", type=float, help="stop waiting after this many seconds")
+    add("--workers", type=int, default=1, metavar="N",
+        help="stage processes (default 1): N - 1 more join this one's consumer groups; each "
+        "role's LLM limits apply per process. One process sends a few hundred LLM calls a "
+        "second at most, so use up to one per core for large inputs")
     add("--no-progress", action="store_true", help="no progress bar")
     add("--llm", choices=["sim"], help="sim: start the built-in LLM simulator (not a model)")
     add("--sim-latency-ms", type=float, default=100.0, help="simulator mean latency (100)")
@@ -73,8 +77,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         require_llm(config)
     if not args.input.exists():
         raise ConfigError(f"input file {args.input} does not exist")
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     options = RunOptions(input=args.input, output=args.output, sim=sim,
-                         metrics_port=config.metrics_port, timeout_s=args.timeout_s)
+                         metrics_port=config.metrics_port, timeout_s=args.timeout_s,
+                         workers=args.workers)
     console = Console(stderr=True)
     show = not args.no_progress and console.is_terminal
     with Progress(

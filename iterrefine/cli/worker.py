@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -18,6 +19,9 @@ from iterrefine.cli.common import (
 )
 from iterrefine.config import Config
 from iterrefine.logging import configure_logging
+
+if TYPE_CHECKING:
+    from iterrefine.llm import LLMStats
 
 log = structlog.get_logger("iterrefine.worker")
 STAGES = ("score", "route", "refine", "review", "align")
@@ -57,7 +61,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-async def serve_workers(config: Config, bootstrap: str, stages: tuple[str, ...]) -> None:
+async def serve_workers(
+    config: Config, bootstrap: str, stages: tuple[str, ...], *,
+    on_ready: Callable[[], None] | None = None,
+) -> dict[str, LLMStats]:
+    """Serve ``stages`` until SIGTERM/SIGINT; the LLM roles' counters at the end.
+
+    ``on_ready`` is called once every stage has its first partitions.
+    """
     from consumers import build_stages
     from iterrefine.context import PipelineContext
     from iterrefine.http import MetricsServer
@@ -90,4 +101,5 @@ async def serve_workers(config: Config, bootstrap: str, stages: tuple[str, ...])
         ctx = PipelineContext(config.pipeline, roles, metrics, provenance)
         log.info("worker_starting", stages=list(stages), bootstrap=bootstrap, simulated=simulated)
         await serve_stages(build_stages(ctx, stages), config=config, bootstrap_servers=bootstrap,
-                           metrics=metrics, stop=stop, runners_out=runners)
+                           metrics=metrics, stop=stop, runners_out=runners, on_ready=on_ready)
+        return roles.stats()
