@@ -7,13 +7,14 @@ Served from the worker's own event loop on purpose: if the loop is stuck,
 from __future__ import annotations
 
 from collections.abc import Callable
-from types import TracebackType
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from iterrefine.lifecycle import AsyncService
 
-class MetricsServer:
+
+class MetricsServer(AsyncService):
     """``async with MetricsServer(registry, port, ready=...)``: serve until the block ends."""
 
     def __init__(
@@ -57,17 +58,8 @@ class MetricsServer:
         """The port served on (the one the OS picked, after start(), when asked for 0)."""
         return self._port
 
-    async def stop(self) -> None:
+    async def aclose(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
 
-    async def __aenter__(self) -> MetricsServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()

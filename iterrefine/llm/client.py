@@ -27,7 +27,6 @@ import asyncio
 import functools
 import time
 import warnings
-from types import TracebackType
 from typing import Any
 
 import httpx2
@@ -38,6 +37,7 @@ from prometheus_client import Counter, Histogram
 
 from iterrefine.config import LLMRoleConfig
 from iterrefine.errors import IterrefineError
+from iterrefine.lifecycle import AsyncService
 from iterrefine.llm.failures import FailureMap
 from iterrefine.llm.ratelimit import TokenBucket
 from iterrefine.metrics import Metrics
@@ -126,7 +126,7 @@ def build_http_client(config: LLMRoleConfig) -> httpx2.AsyncClient:
     )
 
 
-class LLMClient:
+class LLMClient(AsyncService):
     """Chat completions for one role (``strong``, ``backbone``, ...) of one endpoint.
 
     Use as ``async with LLMClient(...) as llm: await llm.chat(...)``. When an
@@ -213,18 +213,6 @@ class LLMClient:
         api, self._api = self._api, None
         if api is not None and self._http_client is None:
             await api.close()
-
-    async def __aenter__(self) -> LLMClient:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __del__(self) -> None:
         # getattr: __init__ may have raised (missing key) before these were set.

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from types import TracebackType
 
 import httpx2
 
 from iterrefine.config import Config
+from iterrefine.lifecycle import AsyncService
 from iterrefine.llm.client import LLMClient, LLMStats
 from iterrefine.metrics import Metrics
 from iterrefine.retry import Backoff
 
 
-class LLMRoles:
+class LLMRoles(AsyncService):
     """``async with LLMRoles(config) as roles: await roles["strong"].chat(...)``.
 
     Every role in ``config.llm`` gets its own client (endpoint, key, pool, limits).
@@ -48,18 +48,6 @@ class LLMRoles:
 
     async def aclose(self) -> None:
         await asyncio.gather(*(client.aclose() for client in self._clients.values()))
-
-    async def __aenter__(self) -> LLMRoles:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __getitem__(self, role: str) -> LLMClient:
         self._config.role(role)  # raises ConfigError with the fix when missing

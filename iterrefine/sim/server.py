@@ -35,6 +35,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from iterrefine.lifecycle import AsyncService
 from iterrefine.sim.answers import render, render_malformed
 from iterrefine.sim.config import SimConfig
 from iterrefine.sim.prompt import PromptError, SimPrompt, parse_prompt
@@ -89,7 +90,7 @@ def _error(
     return _json({"error": {"message": message, "type": kind, "code": kind}}, status, headers)
 
 
-class SimServer:
+class SimServer(AsyncService):
     """The simulator with an explicit lifecycle; ``port=0`` picks a free port.
 
     ::
@@ -138,7 +139,7 @@ class SimServer:
         self.stats.reset()
         self._sampler = asyncio.create_task(self._sample_forever(), name="sim-llm-sampler")
 
-    async def stop(self) -> None:
+    async def aclose(self) -> None:
         runner, self._runner = self._runner, None
         if runner is None:
             return
@@ -150,13 +151,6 @@ class SimServer:
                 await self._sampler
             self._sampler = None
         await runner.cleanup()
-
-    async def __aenter__(self) -> SimServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
     def __del__(self) -> None:
         if self._runner is not None:
