@@ -6,12 +6,12 @@ Workload: 200 Dolly-sample items, every one judged low quality (simulator
 requests at once. The simulator runs in its own process; both contenders call it in
 the same run, one after the other, with its counters reset in between:
 
-* ``iterrefine``: the five stages in ``PROCESSES`` worker processes (``pipeline_worker.py``;
-  two ``iterrefine worker all`` replicas sharing the consumer groups, one per core of
-  the reference machine: the openai client costs ~1.5 ms of CPU per call, so one
-  process needs ~0.3 s to send a wave of 200 calls), items ingested once every stage
-  has its partitions; wall time = ingest start → last item in a terminal topic
-  (startup reported apart). ``--processes 1`` measures one process;
+* ``iterrefine``: the five stages in ``PROCESSES`` worker processes (``pipeline_worker.py``
+  starts the second as ``iterrefine run --workers 2`` does, in the same consumer groups;
+  one process per core of the reference machine: the openai client costs ~1.5 ms of
+  CPU per call, so one process needs ~0.3 s to send a wave of 200 calls), items
+  ingested once every stage has its partitions; wall time = ingest start → last item
+  in a terminal topic (startup reported apart). ``--processes 1`` measures one process;
 * ``baseline``: ``baseline.py``, the paper's scripts' execution shape (phases with
   barriers, fixed thread pools, sync openai client), same prompts and parsers.
 
@@ -218,9 +218,7 @@ def run(bench: harness.Bench, *, items: int | None = None, processes: int = PROC
             "by_task": ours_stats["by_task"],
             "peak_concurrency": ours_stats["peak_concurrency"],
             "cpu_s": r["cpu_s"],
-            "extra_processes_cpu_s": [x.get("cpu_s") for x in r["extra_processes"]],
-            "handled_by_process": [r["handled"], *(x.get("handled") for x in
-                                                   r["extra_processes"])],
+            "extra_processes_cpu_s": r["extra_processes_cpu_s"],
             "peak_rss_mb": ours.peak_rss_mb,
             "critical_path": critical_path(r["items"], latency_ms=LATENCY_MS, rescore=False),
             "loop_lag": r["loop_lag"],

@@ -11,9 +11,9 @@ terminal topics — with two differences that make it measurable:
   startup is reported apart (``startup_s``);
 * ``--drain N`` mode ingests nothing and runs until the stages have handled ``N``
   messages already waiting in their input topic (a backlog);
-* ``--serve`` mode is an extra member of the stages' consumer groups (what a second
-  ``iterrefine worker all`` replica is in a deployment): it prints ``READY`` once its
-  stages have partitions and serves until SIGTERM.
+* ``--processes N`` first starts N - 1 extra stage processes in the same consumer
+  groups, as ``iterrefine run --workers N`` does (:class:`iterrefine.extra_workers.
+  ExtraWorkers`); this process joins last, so the groups are settled when it ingests.
 
 Prints one ``RESULT {json}`` line: timings on the system-wide monotonic clock (so the
 driver can line them up with the simulator's time series), CPU seconds of the timed
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -34,6 +33,7 @@ import harness
 
 from consumers import build_stages
 from iterrefine.app import sim_roles
+from iterrefine.extra_workers import ExtraWorkers, add_stats
 from iterrefine.ingest import Ingestor, read_records
 from iterrefine.kafka import make_producer
 from iterrefine.llm import LLMRoles
@@ -115,10 +115,10 @@ async def serve(args: argparse.Namespace) -> dict[str, Any]:
         )
         ctx = PipelineContext(config.pipeline, roles, metrics, provenance)
         await ensure_topics(config.kafka, bootstrap)
-        # An extra member only serves: following the terminal topics is the main one's job.
         watcher = TerminalWatcher(config.kafka, bootstrap)
-        if not args.serve:
-            await watcher.start()
+        await watcher.start()
+        extras = ExtraWorkers(config, bootstrap, args.processes - 1)
+        await extras.start()
         runners: list[StageRunner] = []
         lag = LoopLag()
         stop = asyncio.Event()
@@ -131,18 +131,13 @@ async def serve(args: argparse.Namespace) -> dict[str, Any]:
             lag.start()
             t_ready = time.monotonic()
             cpu_start = time.process_time()
-            ids: list[str] = []
-            seen = 0
-            if args.serve:
-                print("READY", flush=True)
-                terminate = asyncio.Event()
-                asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminate.set)
-                await terminate.wait()
-            elif args.drain:
+            if args.drain:
+                ids: list[str] = []
                 while sum(r.handled + r.dead_lettered for r in runners) < args.drain:
                     if stages.done():
                         break
                     await asyncio.sleep(0.005)
+                seen = 0
             else:
                 ids = await _ingest(config, bootstrap, Path(args.input))
                 progress = [time.monotonic()]
@@ -157,12 +152,13 @@ async def serve(args: argparse.Namespace) -> dict[str, Any]:
             cpu_window = time.process_time() - cpu_start
         finally:
             lag.stop()
+            extras_cpu_s = [harness.proc_cpu_s(pid) for pid in extras.pids]
             stop.set()
             await stages
-            if not args.serve:
-                await watcher.stop()
+            extras_llm = await extras.stop()
+            await watcher.stop()
         llm = {role: {"requests": s.requests, "errors": s.errors, "retries": s.retries}
-               for role, s in roles.stats().items()}
+               for role, s in add_stats(roles.stats(), extras_llm).items()}
     items = []
     dlq_reasons: Counter[str] = Counter()
     for item_id in ids:
@@ -195,7 +191,10 @@ async def serve(args: argparse.Namespace) -> dict[str, Any]:
         "startup_s": round(t_ready - t_start, 3),
         "wall_s": round(t_done - t_ready, 4),
         "cpu_s": round(cpu_window, 4),
-        "mode": "serve" if args.serve else "drain" if args.drain else "ingest",
+        "mode": "drain" if args.drain else "ingest",
+        "processes": args.processes,
+        #: Whole-life CPU of the extra processes (this one's timed window is cpu_s).
+        "extra_processes_cpu_s": extras_cpu_s,
         "expected": len(ids) if not args.drain else args.drain,
         "arrived": seen,
         "handled": handled,
@@ -233,13 +232,13 @@ def main() -> None:
     parser.add_argument("--stages", default="score,route,refine,review,align")
     parser.add_argument("--input", help="records to ingest (JSON lines)")
     parser.add_argument("--drain", type=int, help="run until this many messages were handled")
-    parser.add_argument("--serve", action="store_true",
-                        help="an extra group member: serve until SIGTERM (see the docstring)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="stage processes (this one + N-1 extra, see the docstring)")
     parser.add_argument("--stall-timeout-s", type=float, default=60.0,
                         help="give up when no item arrived for this long")
     args = parser.parse_args()
-    if not args.input and not args.drain and not args.serve:
-        parser.error("give --input, --drain or --serve")
+    if not args.input and not args.drain:
+        parser.error("give --input or --drain")
     harness.quiet_logging()
     harness.emit_result(asyncio.run(serve(args)))
 

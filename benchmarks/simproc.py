@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from harness import (
     BENCH_DIR,
-    RESULT_PREFIX,
     ROOT,
     Bench,
     WorkerRun,
@@ -158,63 +155,16 @@ def run_pipeline_worker(
 ) -> WorkerRun:
     """Spawn ``pipeline_worker.py`` (iterrefine's stages in one process) against ``sim``.
 
-    ``processes`` > 1 starts that many minus one extra members of the stages' groups
-    first (``--serve``: two ``iterrefine worker all`` replicas, as a deployment scales),
-    so that the measured process joins last and every group is settled when it starts
-    ingesting. Their results land in the main result under ``"extra_processes"``.
+    ``processes`` > 1: the worker first starts that many minus one extra stage
+    processes in the same groups (as ``iterrefine run --workers``), then joins last.
     ``wrap`` prefixes the command (a profiler, e.g. ``py-spy record ... --``).
     """
-    argv = _pipeline_argv(sim, config, stages)
+    argv = [*_pipeline_argv(sim, config, stages), "--processes", str(processes)]
     if input_path is not None:
         argv += ["--input", str(input_path)]
     if drain is not None:
         argv += ["--drain", str(drain)]
-    with _extra_members(bench, [*_pipeline_argv(sim, config, stages), "--serve"],
-                        count=processes - 1, name=name) as extras:
-        run = run_worker(argv, log_path=bench.log(name), timeout_s=timeout_s, wrap=wrap)
-    run.result["extra_processes"] = extras
-    return run
-
-
-@contextlib.contextmanager
-def _extra_members(
-    bench: Bench, argv: list[str], *, count: int, name: str, ready_timeout_s: float = 60.0,
-) -> Iterator[list[dict[str, Any]]]:
-    """``count`` serving pipeline workers, each READY before this yields; then SIGTERM and
-    their RESULTs (plus their whole-life CPU from /proc) in the yielded list."""
-    procs: list[subprocess.Popen[str]] = []
-    results: list[dict[str, Any]] = []
-    try:
-        for index in range(count):
-            with bench.log(f"{name}-extra{index}").open("ab") as log:
-                proc = subprocess.Popen([sys.executable, *argv], stdout=subprocess.PIPE,
-                                        stderr=log, cwd=ROOT, text=True)
-            procs.append(proc)
-            _wait_for_line(proc, "READY", ready_timeout_s)
-        yield results
-    finally:
-        for proc in procs:
-            cpu_s = proc_cpu_s(proc.pid)
-            proc.send_signal(signal.SIGTERM)
-            out, _ = proc.communicate(timeout=120)
-            lines = [line for line in out.splitlines() if line.startswith(RESULT_PREFIX)]
-            result = json.loads(lines[-1][len(RESULT_PREFIX):]) if lines else {}
-            result["process_cpu_s"] = cpu_s
-            result.pop("items", None)
-            results.append(result)
-
-
-def _wait_for_line(proc: subprocess.Popen[str], expected: str, timeout_s: float) -> None:
-    assert proc.stdout is not None
-    timer = threading.Timer(timeout_s, proc.kill)
-    timer.start()
-    try:
-        for line in proc.stdout:
-            if line.strip() == expected:
-                return
-        raise RuntimeError(f"an extra pipeline worker exited before printing {expected}")
-    finally:
-        timer.cancel()
+    return run_worker(argv, log_path=bench.log(name), timeout_s=timeout_s, wrap=wrap)
 
 
 def check_pipeline_result(result: dict[str, Any], what: str) -> None:
@@ -223,8 +173,7 @@ def check_pipeline_result(result: dict[str, Any], what: str) -> None:
     Dead letters are terminal too, so a broken stage could look like a fast, complete
     run; a stalled run would look like a slow one.
     """
-    dead = sum(sum(r.get("dead_lettered", {}).values())
-               for r in [result, *result.get("extra_processes", [])])
+    dead = sum(result.get("dead_lettered", {}).values())
     if dead or result.get("dlq_reasons"):
         reasons = result.get("dlq_reasons") or {}
         raise RuntimeError(f"{what}: {dead} messages were dead-lettered, so the run measured "

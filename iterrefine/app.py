@@ -136,15 +136,16 @@ async def run_pipeline(
             stack.push_async_callback(extras.stop)
 
         pipeline_stop = asyncio.Event()
+        own_ready = asyncio.Event()
         stages = asyncio.create_task(serve_stages(
             build_stages(ctx), config=config, bootstrap_servers=bootstrap, metrics=metrics,
-            stop=pipeline_stop, runners_out=runners,
+            stop=pipeline_stop, runners_out=runners, on_ready=own_ready.set,
         ))
         try:
             if extras.count:
                 # Ingest once this process has its share too: a rebalance mid-run would
                 # hold every stage up while the groups re-form.
-                await _wait_ready(runners, stages)
+                await _until_set_or_done(own_ready, stages)
             report = await _ingest(config, bootstrap, records)
             if on_ingested is not None:
                 on_ingested(len(report.ids))
@@ -180,12 +181,13 @@ async def run_pipeline(
         return RunResult(summary=summary, paths=paths, ingest=report, complete=complete)
 
 
-async def _wait_ready(runners: list[StageRunner], stages: asyncio.Task[None]) -> None:
-    """Until every stage of this process has partitions (or the stages stopped)."""
-    while not (runners and all(r.ready.is_set() for r in runners)):
-        if stages.done():
-            return
-        await asyncio.sleep(0.02)
+async def _until_set_or_done(event: asyncio.Event, task: asyncio.Task[None]) -> None:
+    """Wait for ``event``, or for ``task`` to end first (a stage crash surfaces there)."""
+    waiting = asyncio.create_task(event.wait())
+    try:
+        await asyncio.wait([waiting, task], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiting.cancel()
 
 
 async def _ingest(config: Config, bootstrap: str, records: list[Any]) -> IngestReport:

@@ -57,6 +57,8 @@ class ExtraWorkers:
         self._stopped = False
 
     async def start(self) -> None:
+        if not self.count:
+            return
         self._dir = tempfile.TemporaryDirectory(prefix="iterrefine-workers-")
         workdir = Path(self._dir.name)
         config_path = workdir / "config.json"
@@ -81,8 +83,7 @@ class ExtraWorkers:
         except BaseException:
             await self.stop()
             raise
-        log.info("extra_workers_ready", processes=self.count,
-                 pids=[proc.pid for proc in self._procs])
+        log.info("extra_workers_ready", processes=self.count, pids=self.pids)
 
     @staticmethod
     async def _ready(proc: asyncio.subprocess.Process) -> None:
@@ -95,6 +96,10 @@ class ExtraWorkers:
             f"an extra worker process exited with {proc.returncode} before it was ready "
             "(its log lines are above); run with --workers 1 to keep everything in one process"
         )
+
+    @property
+    def pids(self) -> list[int]:
+        return [proc.pid for proc in self._procs]
 
     async def stop(self, timeout_s: float = 60.0) -> dict[str, LLMStats]:
         """SIGTERM every child (they drain and commit), wait, and sum their LLM counters."""
