@@ -1,0 +1,135 @@
+"""iterrefine: curate instruction-tuning data by iterative LLM refinement, on Kafka.
+
+The public names are re-exported here (pinned by tests/test_exported_members.py);
+everything else lives in modules a user need not import. They load on first use,
+so that ``iterrefine --help`` does not pay for Kafka and HTTP clients it never uses.
+
+A stage of your own is a :class:`StageSpec` in your module plus a ``[[stages]]``
+entry in the config (docs/writing-a-stage.md); :mod:`iterrefine.testing` runs it
+against scripted LLM answers and the embedded broker.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+#: Public name → the module that defines it.
+_EXPORTS: dict[str, str] = {
+    "PIPELINE": "iterrefine.consumers",
+    "ChatClient": "iterrefine.llm.chat",
+    "Config": "iterrefine.config",
+    "ConfigError": "iterrefine.errors",
+    "Handler": "iterrefine.runtime.stage",
+    "InlineHandler": "iterrefine.runtime.stage",
+    "Item": "iterrefine.model",
+    "IterrefineError": "iterrefine.errors",
+    "Output": "iterrefine.runtime.stage",
+    "PipelineContext": "iterrefine.context",
+    "ReviewSample": "iterrefine.llm.tasks",
+    "RoutingPolicy": "iterrefine.consumers.route",
+    "RunOptions": "iterrefine.app",
+    "RunResult": "iterrefine.app",
+    "Stage": "iterrefine.runtime.stage",
+    "StageContractError": "iterrefine.errors",
+    "StageGraph": "iterrefine.graph",
+    "StageRunner": "iterrefine.runtime.runner",
+    "StageSpec": "iterrefine.graph",
+    "TransientError": "iterrefine.errors",
+    "UnparseableOutput": "iterrefine.errors",
+    "ValidationError": "iterrefine.errors",
+    "ask": "iterrefine.llm.tasks",
+    "ask_aligned": "iterrefine.llm.tasks",
+    "ask_answer": "iterrefine.llm.tasks",
+    "ask_evaluation": "iterrefine.llm.tasks",
+    "ask_revision": "iterrefine.llm.tasks",
+    "ask_score": "iterrefine.llm.tasks",
+    "ask_verdict": "iterrefine.llm.tasks",
+    "load_config": "iterrefine.config",
+    "load_graph": "iterrefine.pipeline",
+    "run_pipeline": "iterrefine.app",
+    "serve_pipeline": "iterrefine.pipeline",
+}
+
+__all__ = [
+    "PIPELINE",
+    "ChatClient",
+    "Config",
+    "ConfigError",
+    "Handler",
+    "InlineHandler",
+    "Item",
+    "IterrefineError",
+    "Output",
+    "PipelineContext",
+    "ReviewSample",
+    "RoutingPolicy",
+    "RunOptions",
+    "RunResult",
+    "Stage",
+    "StageContractError",
+    "StageGraph",
+    "StageRunner",
+    "StageSpec",
+    "TransientError",
+    "UnparseableOutput",
+    "ValidationError",
+    "__version__",
+    "ask",
+    "ask_aligned",
+    "ask_answer",
+    "ask_evaluation",
+    "ask_revision",
+    "ask_score",
+    "ask_verdict",
+    "load_config",
+    "load_graph",
+    "run_pipeline",
+    "serve_pipeline",
+]
+
+if TYPE_CHECKING:
+    from iterrefine.app import RunOptions, RunResult, run_pipeline
+    from iterrefine.config import Config, load_config
+    from iterrefine.consumers import PIPELINE
+    from iterrefine.consumers.route import RoutingPolicy
+    from iterrefine.context import PipelineContext
+    from iterrefine.errors import (
+        ConfigError,
+        IterrefineError,
+        StageContractError,
+        TransientError,
+        UnparseableOutput,
+        ValidationError,
+    )
+    from iterrefine.graph import StageGraph, StageSpec
+    from iterrefine.llm.chat import ChatClient
+    from iterrefine.llm.tasks import (
+        ReviewSample,
+        ask,
+        ask_aligned,
+        ask_answer,
+        ask_evaluation,
+        ask_revision,
+        ask_score,
+        ask_verdict,
+    )
+    from iterrefine.model import Item
+    from iterrefine.pipeline import load_graph, serve_pipeline
+    from iterrefine.runtime.runner import StageRunner
+    from iterrefine.runtime.stage import Handler, InlineHandler, Output, Stage
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'iterrefine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
