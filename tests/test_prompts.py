@@ -66,8 +66,8 @@ def test_every_task_renders_tag_header_and_block(task: str) -> None:
 
 
 def test_prompt_version_in_tag() -> None:
-    """PROMPT_VERSION is a dated version string and appears in every system tag."""
-    assert re.fullmatch(r"\d{4}\.\d{2}\.\d{2}-\d+", PROMPT_VERSION)
+    """PROMPT_VERSION is a dated edition plus the templates' digest, in every system tag."""
+    assert re.fullmatch(r"\d{4}\.\d{2}\.\d{2}-\d+\+[0-9a-f]{10}", PROMPT_VERSION)
     for task in TASKS:
         system = build_messages(task, DATA[task], round=ROUNDS.get(task))[0]["content"]
         assert f"prompt={PROMPT_VERSION}]" in system.splitlines()[0]

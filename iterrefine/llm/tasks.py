@@ -19,20 +19,14 @@ import structlog
 from iterrefine.errors import UnparseableOutput
 from iterrefine.llm.chat import ChatClient, ChatReply
 from iterrefine.parsing import (
-    SCHEMAS,
     AlignedAnswer,
     EvaluationAnswer,
     RevisionAnswer,
     ScoreAnswer,
     VerdictAnswer,
-    clean_answer,
-    parse_aligned,
-    parse_evaluation,
-    parse_revision,
-    parse_score,
-    parse_verdict,
 )
 from iterrefine.prompts import build_messages
+from iterrefine.task_registry import BUILTIN_TASKS, TASKS
 
 __all__ = [
     "PARSERS",
@@ -51,14 +45,9 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 
-#: The parser that reads each task's answer.
+#: The parser that reads each built-in task's answer (the registry's, as a table).
 PARSERS: Final[dict[str, Callable[[str], object]]] = {
-    "score": parse_score,
-    "answer": clean_answer,
-    "evaluate": parse_evaluation,
-    "refine": parse_revision,
-    "review": parse_verdict,
-    "align": parse_aligned,
+    name: TASKS[name].parse for name in BUILTIN_TASKS
 }
 
 
@@ -147,12 +136,12 @@ async def ask(
     :class:`UnparseableOutput` when none of the answers can be read; errors from the
     client (transient or not) propagate unchanged.
     """
-    parser = PARSERS.get(task)
-    if parser is None:
-        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(PARSERS)}")
+    spec = TASKS.get(task)
+    if spec is None:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
     if parse_retries < 0:
         raise ValueError(f"parse_retries must be >= 0, got {parse_retries}")
-    schema = SCHEMAS.get(task)
+    parser, schema = spec.parse, spec.schema
     attempts = 1 + parse_retries
     last_error: UnparseableOutput | None = None
     for attempt in range(1, attempts + 1):

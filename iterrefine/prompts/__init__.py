@@ -19,10 +19,13 @@ import json
 import re
 import secrets
 from collections.abc import Mapping, Sequence
-from importlib.resources import files
 from typing import Any, Final, Literal, get_args
 
+from iterrefine.task_registry import BUILTIN_TASKS, prompt_digest
+from iterrefine.task_registry import TASKS as TASK_SPECS
+
 __all__ = [
+    "PROMPT_EDITION",
     "PROMPT_VERSION",
     "TASKS",
     "Task",
@@ -32,33 +35,9 @@ __all__ = [
     "system_tag",
 ]
 
-#: Recorded on every item (``Provenance.prompt_version``); bump it whenever a template
-#: or the rendering below changes, so that replays can tell the prompt generations apart.
-PROMPT_VERSION: Final = "2026.11.25-1"
-
 Task = Literal["score", "answer", "evaluate", "refine", "review", "align"]
+#: The built-in tasks (each one entry of :data:`iterrefine.task_registry.TASKS`).
 TASKS: Final[tuple[Task, ...]] = get_args(Task)
-
-# The data keys of each task (docs/llm-contract.md): required, then optional.
-_REQUIRED_KEYS: Final[dict[str, frozenset[str]]] = {
-    "score": frozenset({"instruction", "input", "output"}),
-    "answer": frozenset({"instruction", "input"}),
-    "evaluate": frozenset({"instruction", "input", "reference_output", "candidate_answer"}),
-    "refine": frozenset({"instruction", "input", "reference_output", "evaluation"}),
-    "review": frozenset({"A", "B"}),
-    "align": frozenset(
-        {
-            "original_instruction",
-            "original_input",
-            "original_output",
-            "revised_instruction",
-            "revised_input",
-        }
-    ),
-}
-_OPTIONAL_KEYS: Final[dict[str, frozenset[str]]] = {"refine": frozenset({"reviewer_feedback"})}
-_REVIEW_SIDE_KEYS: Final = frozenset({"instruction", "input", "answer"})
-_ROUND_TASKS: Final = frozenset({"refine", "review"})
 
 _NONCE = re.compile(r"[0-9a-f]{8}")
 # json.dumps leaves these unescaped with ensure_ascii=False, yet str.splitlines() (and
@@ -69,23 +48,19 @@ _REASK_NOTE: Final = (
     "Note: your previous reply to this request could not be read. Reply again, exactly in "
     "the format given above, with every field present and nothing else."
 )
+#: Bump when build_messages lays a request out differently (the templates are hashed).
+_LAYOUT_REVISION: Final = 1
 
-
-def _load_templates() -> dict[str, tuple[str, str]]:
-    """Read every ``<task>.md`` once: (system part, user part)."""
-    templates: dict[str, tuple[str, str]] = {}
-    package = files(__name__)
-    for task in TASKS:
-        text = package.joinpath(f"{task}.md").read_text(encoding="utf-8")
-        _, found_system, rest = text.partition("<!-- system -->\n")
-        system, found_user, user = rest.partition("<!-- user -->\n")
-        if not (found_system and found_user):
-            raise RuntimeError(f"prompt template {task}.md lacks a system or user marker")
-        templates[task] = (system.strip(), user.strip())
-    return templates
-
-
-_TEMPLATES: Final = _load_templates()
+#: The prompt generation a person names (bump it for a deliberate new generation).
+PROMPT_EDITION: Final = "2026.11.25-1"
+#: Recorded on every item (``Provenance.prompt_version``): the edition plus a digest of
+#: the built-in templates, data keys and layout, so an edit can never go unversioned
+#: and replays can tell the prompt generations apart.
+PROMPT_VERSION: Final = (
+    f"{PROMPT_EDITION}+"
+    f"{prompt_digest(extra=f'{_LAYOUT_REVISION}{_REASK_NOTE}')[:10]}"
+)
+assert set(BUILTIN_TASKS) == set(TASKS), "the Task literal lists the built-in registry"
 
 
 def system_tag(task: str) -> str:
@@ -111,29 +86,23 @@ def evaluation_text(score: int, evaluation: str, suggestions: Sequence[str]) -> 
 
 
 def _check_data(task: str, data: Mapping[str, Any], round: int | None) -> None:
-    required = _REQUIRED_KEYS[task]
-    allowed = required | _OPTIONAL_KEYS.get(task, frozenset())
-    missing = required - data.keys()
+    spec = TASK_SPECS[task]
+    allowed = spec.required | spec.optional
+    missing = spec.required - data.keys()
     unknown = data.keys() - allowed
     if missing or unknown:
         raise ValueError(
-            f"data for task {task!r} must have keys {sorted(required)}"
-            f" (optional: {sorted(allowed - required)}); missing {sorted(missing)},"
+            f"data for task {task!r} must have keys {sorted(spec.required)}"
+            f" (optional: {sorted(spec.optional)}); missing {sorted(missing)},"
             f" unknown {sorted(unknown)}"
         )
-    if task == "review":
-        for side in ("A", "B"):
-            value = data[side]
-            if not isinstance(value, Mapping) or set(value) != _REVIEW_SIDE_KEYS:
-                keys = sorted(_REVIEW_SIDE_KEYS)
-                raise ValueError(f"review side {side} must have exactly the keys {keys}")
-    if task in _ROUND_TASKS:
+    if spec.rounds:
         if round is None or round < 1:
             raise ValueError(f"task {task!r} needs round >= 1, got {round!r}")
     elif round is not None:
-        raise ValueError(f"round applies to refine and review only, not to {task!r}")
-    if task == "refine" and "reviewer_feedback" in data and round == 1:
-        raise ValueError("reviewer_feedback only exists from round 2 on")
+        raise ValueError(f"round applies to tasks with rounds only, not to {task!r}")
+    if spec.check is not None:
+        spec.check(data, round)
 
 
 def build_messages(
@@ -152,18 +121,19 @@ def build_messages(
     the system message when a previous answer could not be parsed: an identical request
     at temperature 0 would likely get the identical unreadable answer.
     """
-    if task not in _TEMPLATES:
-        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    spec = TASK_SPECS.get(task)
+    if spec is None:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASK_SPECS)}")
     _check_data(task, data, round)
     if nonce is None:
         nonce = secrets.token_hex(4)
     elif not _NONCE.fullmatch(nonce):
         raise ValueError(f"nonce must be 8 lowercase hex characters, got {nonce!r}")
-    system_part, user_part = _TEMPLATES[task]
+    system_part, user_part = spec.parts
     system = f"{system_tag(task)}\n{system_part}"
     if reask:
         system = f"{system}\n\n{_REASK_NOTE}"
-    header = [f"Round: {round}"] if task in _ROUND_TASKS else []
+    header = [f"Round: {round}"] if spec.rounds else []
     header.append(user_part)
     user = "\n".join(header) + "\n\n" + data_block(data, nonce)
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]

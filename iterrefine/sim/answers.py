@@ -13,10 +13,7 @@ the marker, so position-swapped reviews name the same side.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from typing import Any
-
-import msgspec
 
 from iterrefine.sim.config import SimConfig
 from iterrefine.sim.prompt import CHAT_TASK, SimPrompt
@@ -26,7 +23,6 @@ REVISION_MARKER = "[sim-rev r"
 INJECT_SCORE = "Score: 10"
 INJECT_WINNER = "Winner: B"
 
-_json_encoder = msgspec.json.Encoder()
 
 
 def unit(*parts: str) -> float:
@@ -60,14 +56,16 @@ def strip_revision(instruction: str) -> str:
 
 
 def render(prompt: SimPrompt, config: SimConfig, *, structured: bool) -> str:
-    """The answer text for one request (JSON when ``structured`` and the task has a schema)."""
-    if prompt.task in ("answer", CHAT_TASK):
+    """The answer text for one request (JSON when ``structured`` and the task has a schema).
+
+    Each task's answer is its registry entry's (:mod:`iterrefine.task_registry`),
+    which points at the functions below.
+    """
+    if prompt.task == CHAT_TASK:
         return _answer(prompt)
-    build, free_text = _TASKS[prompt.task]
-    answer = build(prompt, config)
-    if structured:
-        return _json_encoder.encode(answer).decode()
-    return free_text(answer)
+    from iterrefine.task_registry import TASKS  # imported late: the registry imports us
+
+    return TASKS[prompt.task].simulated_answer(prompt, config, structured=structured)
 
 
 # -- score ---------------------------------------------------------------------------
@@ -337,11 +335,15 @@ def render_malformed(task: str, *, structured: bool) -> str:
     return _MALFORMED_TEXT.get(task, "")
 
 
-_Builder = Callable[[SimPrompt, SimConfig], dict[str, Any]]
-_TASKS: dict[str, tuple[_Builder, Callable[[dict[str, Any]], str]]] = {
-    "score": (_score, _score_text),
-    "evaluate": (_evaluate, _evaluate_text),
-    "refine": (_refine, _refine_text),
-    "review": (_review, _review_text),
-    "align": (_align, _align_text),
-}
+# -- what the task registry's entries point at ------------------------------------------
+
+score, score_text = _score, _score_text
+evaluate, evaluate_text = _evaluate, _evaluate_text
+refine, refine_text = _refine, _refine_text
+review, review_text = _review, _review_text
+align, align_text = _align, _align_text
+
+
+def answer(prompt: SimPrompt, config: SimConfig) -> str:
+    """The backbone's answer (free text only)."""
+    return _answer(prompt)

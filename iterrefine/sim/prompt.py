@@ -13,7 +13,6 @@ from typing import Any
 
 import msgspec
 
-TASKS: frozenset[str] = frozenset({"score", "answer", "evaluate", "refine", "review", "align"})
 #: Task name used for requests without our tag line (a plain chat request).
 CHAT_TASK = "chat"
 
@@ -77,6 +76,8 @@ def _task_from_tag(system: str) -> str | None:
         part.split("=", 1) for part in text[len(_TAG_PREFIX) : close].split() if "=" in part
     )
     task = fields.get("task")
+    from iterrefine.task_registry import TASKS  # imported late: the registry imports us
+
     if task not in TASKS:
         raise PromptError(f"unknown task in the system tag line: {task!r}")
     return task

@@ -1,0 +1,184 @@
+"""LLM tasks, one registry entry each: template, data keys, answer, parser, schema, simulator.
+
+Everything that knows about a task derives from its :class:`TaskSpec` here: the
+message builder (:mod:`iterrefine.prompts`: template, data keys, round header),
+:func:`iterrefine.llm.tasks.ask` (parser, JSON schema), and the simulator
+(:mod:`iterrefine.sim`: which tasks exist, and its answer). A new task is one
+``register_task(TaskSpec(...))`` call, in this module for a built-in task or in
+the user's own module for theirs; the stage that asks it calls ``ask(client,
+name, data)``.
+
+``PROMPT_VERSION`` is derived from a digest of the built-in templates and data
+contracts (see :func:`prompt_digest`), so a template edit always changes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib.resources import files
+from typing import Any
+
+import msgspec
+
+from iterrefine.parsing import (
+    SCHEMAS,
+    AlignedAnswer,
+    EvaluationAnswer,
+    RevisionAnswer,
+    ScoreAnswer,
+    VerdictAnswer,
+    clean_answer,
+    parse_aligned,
+    parse_evaluation,
+    parse_revision,
+    parse_score,
+    parse_verdict,
+)
+from iterrefine.sim import answers as sim
+from iterrefine.sim.config import SimConfig
+from iterrefine.sim.prompt import SimPrompt
+
+__all__ = ["TASKS", "TaskSpec", "builtin_template", "prompt_digest", "register_task"]
+
+#: The simulator's answer: its JSON form (a dict), or the answer text itself.
+Simulate = Callable[[SimPrompt, SimConfig], "dict[str, Any] | str"]
+#: Extra checks of a request's data beyond its keys (raise ValueError saying why).
+DataCheck = Callable[[Mapping[str, Any], "int | None"], None]
+
+SYSTEM_MARKER = "<!-- system -->\n"
+USER_MARKER = "<!-- user -->\n"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One LLM task, declared once."""
+
+    name: str
+    #: ``<!-- system -->`` instructions, then ``<!-- user -->`` lead-in (see prompts/*.md).
+    template: str
+    #: Keys the request's data block must have, and may have.
+    required: frozenset[str]
+    #: Reads the model's answer; raises :class:`~iterrefine.errors.UnparseableOutput`.
+    parse: Callable[[str], Any]
+    #: What ``parse`` returns (a msgspec Struct, or ``str``).
+    answer: type
+    #: JSON schema for structured output; None for free-text tasks.
+    schema: dict[str, Any] | None = None
+    optional: frozenset[str] = frozenset()
+    #: The request carries a trusted ``Round: N`` header (and needs ``round``).
+    rounds: bool = False
+    check: DataCheck | None = None
+    #: The simulator's answer (JSON form or text); None: the simulator cannot answer it.
+    simulate: Simulate | None = None
+    #: The free-text form of a JSON answer (used when structured output is off).
+    simulate_text: Callable[[dict[str, Any]], str] | None = None
+    #: System and user parts of ``template`` (filled in from it).
+    parts: tuple[str, str] = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _, found_system, rest = self.template.partition(SYSTEM_MARKER)
+        system, found_user, user = rest.partition(USER_MARKER)
+        if not (found_system and found_user):
+            raise ValueError(f"the template of task {self.name!r} lacks a {SYSTEM_MARKER!r} "
+                             f"or {USER_MARKER!r} line")
+        object.__setattr__(self, "parts", (system.strip(), user.strip()))
+
+    def simulated_answer(self, prompt: SimPrompt, config: SimConfig, *, structured: bool) -> str:
+        """The simulator's answer text (JSON when ``structured`` and the task has a schema)."""
+        if self.simulate is None:
+            raise ValueError(f"the simulator has no answer for task {self.name!r}")
+        answer = self.simulate(prompt, config)
+        if isinstance(answer, str):
+            return answer
+        if structured or self.simulate_text is None:
+            return msgspec.json.encode(answer).decode()
+        return self.simulate_text(answer)
+
+
+#: Every task by name: the built-in six, then any registered by user modules.
+TASKS: dict[str, TaskSpec] = {}
+
+
+def register_task(spec: TaskSpec) -> TaskSpec:
+    """Add ``spec`` to the registry (a name is registered once); returns it."""
+    if spec.name in TASKS and TASKS[spec.name] != spec:
+        raise ValueError(f"an LLM task named {spec.name!r} is already registered")
+    TASKS[spec.name] = spec
+    return spec
+
+
+def builtin_template(task: str) -> str:
+    """The text of ``iterrefine/prompts/<task>.md`` (package data)."""
+    # Through the top package: importing iterrefine.prompts here would import this module
+    # again, half-initialised (prompts derives its tables from the registry).
+    return files("iterrefine").joinpath("prompts", f"{task}.md").read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------- built-in data checks
+
+_REVIEW_SIDE_KEYS = frozenset({"instruction", "input", "answer"})
+
+
+def _check_review(data: Mapping[str, Any], round: int | None) -> None:
+    for side in ("A", "B"):
+        value = data[side]
+        if not isinstance(value, Mapping) or set(value) != _REVIEW_SIDE_KEYS:
+            raise ValueError(f"review side {side} must have exactly the keys "
+                             f"{sorted(_REVIEW_SIDE_KEYS)}")
+
+
+def _check_refine(data: Mapping[str, Any], round: int | None) -> None:
+    if "reviewer_feedback" in data and round == 1:
+        raise ValueError("reviewer_feedback only exists from round 2 on")
+
+
+# ---------------------------------------------------------------- the built-in six
+
+_ITEM = frozenset({"instruction", "input"})
+
+for _spec in (
+    TaskSpec(name="score", template=builtin_template("score"),
+             required=_ITEM | {"output"}, parse=parse_score, answer=ScoreAnswer,
+             schema=SCHEMAS["score"], simulate=sim.score, simulate_text=sim.score_text),
+    TaskSpec(name="answer", template=builtin_template("answer"),
+             required=_ITEM, parse=clean_answer, answer=str, simulate=sim.answer),
+    TaskSpec(name="evaluate", template=builtin_template("evaluate"),
+             required=_ITEM | {"reference_output", "candidate_answer"},
+             parse=parse_evaluation, answer=EvaluationAnswer, schema=SCHEMAS["evaluate"],
+             simulate=sim.evaluate, simulate_text=sim.evaluate_text),
+    TaskSpec(name="refine", template=builtin_template("refine"),
+             required=_ITEM | {"reference_output", "evaluation"},
+             optional=frozenset({"reviewer_feedback"}), rounds=True, check=_check_refine,
+             parse=parse_revision, answer=RevisionAnswer, schema=SCHEMAS["refine"],
+             simulate=sim.refine, simulate_text=sim.refine_text),
+    TaskSpec(name="review", template=builtin_template("review"),
+             required=frozenset({"A", "B"}), rounds=True, check=_check_review,
+             parse=parse_verdict, answer=VerdictAnswer, schema=SCHEMAS["review"],
+             simulate=sim.review, simulate_text=sim.review_text),
+    TaskSpec(name="align", template=builtin_template("align"),
+             required=frozenset({"original_instruction", "original_input", "original_output",
+                                 "revised_instruction", "revised_input"}),
+             parse=parse_aligned, answer=AlignedAnswer, schema=SCHEMAS["align"],
+             simulate=sim.align, simulate_text=sim.align_text),
+):
+    register_task(_spec)
+
+BUILTIN_TASKS: tuple[str, ...] = tuple(TASKS)
+
+
+def prompt_digest(specs: Mapping[str, TaskSpec] | None = None, *, extra: str = "") -> str:
+    """sha256 over what a model sees of the built-in tasks: templates, keys, round headers.
+
+    ``extra`` is the rest of the rendering (the re-ask note, the layout revision), so
+    that a change there changes the digest too.
+    """
+    chosen = specs if specs is not None else {name: TASKS[name] for name in BUILTIN_TASKS}
+    digest = hashlib.sha256(extra.encode())
+    for name in sorted(chosen):
+        spec = chosen[name]
+        digest.update(json.dumps([name, spec.template, sorted(spec.required),
+                                  sorted(spec.optional), spec.rounds]).encode())
+    return digest.hexdigest()
