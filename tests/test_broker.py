@@ -103,6 +103,7 @@ def test_durable_without_data_dir_is_a_config_error() -> None:
         EmbeddedBroker(durable=True)
 
 
+@pytest.mark.slow
 async def test_durable_broker_keeps_records_and_offsets_across_sigkill(tmp_path: Path) -> None:
     """Durable mode: records and a committed offset survive SIGKILL of Tansu and SeaweedFS."""
     topic, group = _topic(), "durable-group"
@@ -155,6 +156,7 @@ def cli_data_dir(tmp_path: Path) -> Iterator[str]:
     _cli("down", "--data-dir", data_dir)
 
 
+@pytest.mark.slow
 def test_cli_up_status_down(cli_data_dir: str) -> None:
     """`broker up` leaves a detached broker that `status` reports and `down` removes."""
     port = str(free_port())
@@ -217,6 +219,7 @@ def test_cli_up_on_a_taken_port_exits_2_with_the_fix(cli_data_dir: str) -> None:
     assert f"port {port}" in up.stderr and "--port N" in up.stderr
 
 
+@pytest.mark.slow
 def test_cli_durable_down_stops_seaweed_too(cli_data_dir: str) -> None:
     """`broker up --durable` records the SeaweedFS pid, and `down` stops it after Tansu."""
     up = _cli("up", "--data-dir", cli_data_dir, "--port", str(free_port()), "--durable")
@@ -229,6 +232,7 @@ def test_cli_durable_down_stops_seaweed_too(cli_data_dir: str) -> None:
     assert not pid_alive(state["weed_pid"])
 
 
+@pytest.mark.slow
 def test_ensure_broker_reuses_a_running_background_broker(cli_data_dir: str) -> None:
     """`ensure_broker` returns the `broker up` broker if one runs, else starts one it hands over."""
     port = free_port()

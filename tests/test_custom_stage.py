@@ -8,6 +8,8 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
+
 from iterrefine.config import load_config
 from iterrefine.pipeline import load_graph
 from iterrefine.testing import ScriptedLLM, run_records
@@ -48,6 +50,7 @@ async def test_near_duplicates_are_rejected_with_their_reason(broker: str) -> No
     assert {task for task, _ in llm.requests} == {"score"}
 
 
+@pytest.mark.slow
 def test_the_documented_command_puts_duplicates_in_the_rejected_file(
     broker: str, tmp_path: Path
 ) -> None:

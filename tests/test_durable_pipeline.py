@@ -28,6 +28,8 @@ from .pipeline_support import newest
 from .test_pipeline_e2e import sample_records, write_jsonl
 from .worker_procs import ROOT, WorkerProc, stop_all, write_worker_config
 
+pytestmark = pytest.mark.slow  # long integration tests: `pytest -m "not slow"` skips them
+
 SIM = SimConfig(latency_ms=30, jitter_ms=10, capacity=64, low_share=0.6, lose_prob=0.5,
                 retry_after_s=0.05)
 

@@ -44,6 +44,7 @@ def item_id(line: bytes) -> str:
     return key_for(RawRecord(line, 0, "stdin"), max_bytes=64 * 1024)[0]
 
 
+@pytest.mark.slow
 async def test_three_bursts_through_a_pipe_each_finish_while_stdin_stays_open(
     broker: str, sim: SimServer
 ) -> None:

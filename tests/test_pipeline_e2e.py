@@ -79,6 +79,7 @@ def assert_conserved(result: RunResult, expected_ids: set[str]) -> dict[str, lis
     return rows
 
 
+@pytest.mark.slow
 async def test_200_items_conserved_with_lineage(
     broker: str, sim: SimServer, tmp_path: Path
 ) -> None:
@@ -149,6 +150,7 @@ async def test_round_limit_policies(
     assert result.summary["rounds"]["exhausted"] == {"2": 20}
 
 
+@pytest.mark.slow
 async def test_injected_faults_still_conserve_every_item(broker: str, tmp_path: Path) -> None:
     """10% injected 429/500 answers (and some malformed ones): every item still terminates once."""
     faulty = SimConfig(latency_ms=3, capacity=64, fault_429=0.05, fault_500=0.05,
@@ -211,6 +213,7 @@ async def test_injection_in_item_text_cannot_steer_the_judge(
     assert user.count(f"<<<END DATA {nonce.group(1)}>>>") == 1
 
 
+@pytest.mark.slow
 async def test_two_worker_processes_share_the_work(
     broker: str, sim: SimServer, tmp_path: Path
 ) -> None:

@@ -132,6 +132,7 @@ def _registry_total(metrics: Metrics, family: str) -> float:
     )
 
 
+@pytest.mark.slow
 async def test_every_dashboard_and_alert_expression_runs_on_a_live_scrape(
     broker: str, tmp_path: Path
 ) -> None:

@@ -46,6 +46,7 @@ async def sim() -> AsyncIterator[SimServer]:
         yield server
 
 
+@pytest.mark.slow
 async def test_replaying_raw_rescores_everything_under_the_new_prompt_version(
     broker: str, sim: SimServer, tmp_path: Path
 ) -> None:
@@ -85,6 +86,7 @@ async def test_replaying_raw_rescores_everything_under_the_new_prompt_version(
         "not_json", "unknown_shape"]
 
 
+@pytest.mark.slow
 async def test_replay_cli_realigns_refined_items_only(
     broker: str, sim: SimServer, tmp_path: Path
 ) -> None:

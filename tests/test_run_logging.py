@@ -133,6 +133,7 @@ async def sim() -> AsyncIterator[SimServer]:
         yield server
 
 
+@pytest.mark.slow
 async def test_planted_api_keys_never_reach_the_output(
     broker: str, sim: SimServer, tmp_path: Path
 ) -> None:

@@ -13,6 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from iterrefine.config import Config
 from iterrefine.errors import LLMError, LLMTransientError
 from iterrefine.kafka import read_to_end
@@ -84,6 +86,7 @@ async def test_out_of_order_completions_commit_exactly_the_end(broker: str) -> N
     assert sum(ends.values()) == n
 
 
+@pytest.mark.slow
 async def test_a_window_full_for_longer_than_the_poll_interval_keeps_its_membership(
     broker: str,
 ) -> None:
@@ -184,6 +187,7 @@ def start_worker(
         )
 
 
+@pytest.mark.slow
 async def test_sigkill_mid_stream_then_restart_loses_nothing(broker: str) -> None:
     """A worker killed with SIGKILL and restarted: every input has an output (dups counted)."""
     config = unique_config()
@@ -213,6 +217,7 @@ async def _count(config: Config, broker: str, op: str, n: int) -> bool:
     return len(set(ids)) >= n if op == ">=" else len(ids) > n
 
 
+@pytest.mark.slow
 async def test_sigterm_drains_commits_and_exits_zero(broker: str) -> None:
     """SIGTERM mid-stream: exit code 0, in-flight work finished and committed (no dups)."""
     config = unique_config()
@@ -237,6 +242,7 @@ async def test_sigterm_drains_commits_and_exits_zero(broker: str) -> None:
     assert len(ids) == len(set(ids)) == n
 
 
+@pytest.mark.slow
 async def test_rebalance_hands_partitions_over_without_loss(broker: str) -> None:
     """A second runner joining mid-stream takes partitions; every input gets an output."""
     config = unique_config(max_in_flight=16)

@@ -139,6 +139,7 @@ async def test_status_cli_prints_table_and_json(
     assert f"cannot scrape http://{dead}/metrics" in captured.err
 
 
+@pytest.mark.slow
 async def test_live_metrics_give_rate_inflight_and_rounds(broker: str, tmp_path: Path) -> None:
     """While a run works, status shows items/s and in-flight; after it, the rounds it did."""
     port = free_port()
