@@ -27,7 +27,7 @@ PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 ALERT_UNIT_TESTS = ROOT / "tests" / "data" / "alerts_test.yml"
 
-# The fixed metric names (ARCHITECTURE.md "Observability"), with the series a
+# The fixed metric names (docs/ARCHITECTURE.md "Observability"), with the series a
 # histogram exposes; `up` is Prometheus' own scrape health.
 _FAMILIES = {
     "iterrefine_items_total": "counter",
