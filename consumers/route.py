@@ -60,6 +60,9 @@ def policy_for(ctx: PipelineContext) -> RoutingPolicy:
             raise ConfigError(f"unknown routing policy {name!r}: use one of "
                               f"{', '.join(POLICIES)}, or module:attr of a policy factory")
         factory = load_object(name, what="routing policy")
+        if not callable(factory):
+            raise ConfigError(f"routing policy {name!r} is a {type(factory).__name__}, not a "
+                              "factory (PipelineContext) -> RoutingPolicy")
     policy = factory(ctx)
     if not callable(getattr(policy, "quality", None)):
         raise ConfigError(f"routing policy {name!r} made {policy!r:.100}, which has no "

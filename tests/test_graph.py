@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pytest
 
-from iterrefine.consumers import PIPELINE
+from iterrefine.cli import main
+from iterrefine.config import PipelineConfig
+from iterrefine.consumers import PIPELINE, route
 from iterrefine.context import PipelineContext
 from iterrefine.errors import ConfigError
 from iterrefine.graph import StageGraph, StageSpec, load_object
-from iterrefine.model import Item
+from iterrefine.metrics import Metrics
+from iterrefine.model import Item, Original, Provenance, new_item
 from iterrefine.runtime import InlineHandler, Output, Stage
 
 
@@ -76,3 +81,42 @@ def test_stage_selection_and_references_fail_with_the_fix() -> None:
         load_object("no_such_module_x:SPEC", what="stage")
     with pytest.raises(ConfigError, match="has no 'NOPE'"):
         load_object("iterrefine.consumers:NOPE", what="stage")
+
+
+class _AlwaysHigh:
+    def quality(self, item: Item) -> Literal["high", "low"]:
+        return "high"
+
+
+def always_high(ctx: PipelineContext) -> _AlwaysHigh:
+    """A routing policy factory, referenced as module:attr from config."""
+    return _AlwaysHigh()
+
+
+def _route_ctx(policy: str) -> PipelineContext:
+    config = PipelineConfig(routing_policy=policy)
+    return PipelineContext(config, {}, Metrics(), Provenance())
+
+
+def test_the_routing_policy_is_chosen_by_name_or_module_attr() -> None:
+    """pipeline.routing_policy: `threshold`, or module:attr of a factory; else a clear error."""
+    item = new_item(Original(instruction="Q?", input="", output="A."))
+    assert isinstance(route.policy_for(_route_ctx("threshold")), route.ThresholdPolicy)
+    chosen = route.policy_for(_route_ctx("tests.test_graph:always_high"))
+    assert chosen.quality(item) == "high"
+    (out,) = route.handler(_route_ctx("tests.test_graph:always_high"))(item)
+    assert out.topic == "items.curated"
+    with pytest.raises(ConfigError, match=r"unknown routing policy 'nope'.*threshold"):
+        route.policy_for(_route_ctx("nope"))
+    with pytest.raises(ConfigError, match="not a factory"):
+        route.policy_for(_route_ctx("tests.test_graph:DEDUP"))
+    with pytest.raises(ConfigError, match="no quality"):
+        route.policy_for(_route_ctx("tests.test_graph:_route_ctx"))
+
+
+def test_worker_rejects_an_unknown_stage_naming_the_graphs(capsys: pytest.CaptureFixture[str]
+                                                           ) -> None:
+    """`iterrefine worker nope` exits 2 and lists the stages it could run."""
+    assert main(["worker", "nope", "--bootstrap", "127.0.0.1:1", "--llm-base-url",
+                 "http://127.0.0.1:1/v1", "--strong-model", "s", "--backbone-model", "b"]) == 2
+    assert "score, route, refine, review, align" in capsys.readouterr().err
