@@ -113,9 +113,12 @@ def resolve_target(
                 "the original fields, or --to align to re-align refined items"
             )
         return source, readers[0]
-    if to_stage not in graph or graph[to_stage].reset is None:
-        replayable = [spec.name for spec in graph if spec.reset is not None]
+    replayable = [spec.name for spec in graph if spec.reset is not None]
+    if to_stage not in graph:
         raise ConfigError(f"unknown stage {to_stage!r}: use one of {', '.join(replayable)}")
+    if graph[to_stage].reset is None:
+        raise ConfigError(f"stage {to_stage!r} declares no replay rule (StageSpec.reset): use "
+                          f"one of {', '.join(replayable)}")
     if source == INGEST_TOPIC and not _reads_raw(graph[to_stage]):
         raw_readers = [spec.name for spec in graph if _reads_raw(spec)]
         raise ConfigError(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Literal
 
 import pytest
 
-from iterrefine.cli import main
 from iterrefine.config import PipelineConfig
 from iterrefine.consumers import PIPELINE, route
 from iterrefine.context import PipelineContext
@@ -114,9 +115,15 @@ def test_the_routing_policy_is_chosen_by_name_or_module_attr() -> None:
         route.policy_for(_route_ctx("tests.test_graph:_route_ctx"))
 
 
-def test_worker_rejects_an_unknown_stage_naming_the_graphs(capsys: pytest.CaptureFixture[str]
-                                                           ) -> None:
+def test_worker_rejects_an_unknown_stage_naming_the_graphs() -> None:
     """`iterrefine worker nope` exits 2 and lists the stages it could run."""
-    assert main(["worker", "nope", "--bootstrap", "127.0.0.1:1", "--llm-base-url",
-                 "http://127.0.0.1:1/v1", "--strong-model", "s", "--backbone-model", "b"]) == 2
-    assert "score, route, refine, review, align" in capsys.readouterr().err
+    # A child process: the CLI configures logging for the process, which a test must not.
+    result = subprocess.run(
+        [sys.executable, "-m", "iterrefine.cli", "worker", "nope", "--bootstrap", "127.0.0.1:1",
+         "--llm-base-url", "http://127.0.0.1:1/v1", "--strong-model", "s",
+         "--backbone-model", "b"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "score, route, refine, review, align" in result.stderr
+    assert "Traceback" not in result.stderr
