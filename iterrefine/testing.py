@@ -139,9 +139,9 @@ def isolated_config(llm_base_url: str | None = None, *, base: Config | None = No
     base = base if base is not None else Config()
     prefix = f"t{uuid.uuid4().hex[:10]}."
     llm = dict(base.llm)
-    if llm_base_url is not None:
-        llm = {role: LLMRoleConfig(base_url=llm_base_url, model=f"sim-{role}", max_retries=2)
-               for role in ("strong", "backbone")}
+    if llm_base_url is not None:  # the pipeline's two roles at the scripted server
+        llm |= {role: LLMRoleConfig(base_url=llm_base_url, model=f"sim-{role}", max_retries=2)
+                for role in ("strong", "backbone")}
     runtime = {**{f: getattr(base.runtime, f) for f in RuntimeConfig.__struct_fields__},
                **_TEST_RUNTIME}
     return Config(

@@ -19,7 +19,7 @@ import json
 import re
 import secrets
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final, Literal
 
 from iterrefine.task_registry import BUILTIN_TASKS, prompt_digest
 from iterrefine.task_registry import TASKS as TASK_SPECS
@@ -35,9 +35,10 @@ __all__ = [
     "system_tag",
 ]
 
+#: The paper's six tasks, for typing (``ask``'s overloads); the registry has them all.
 Task = Literal["score", "answer", "evaluate", "refine", "review", "align"]
 #: The built-in tasks (each one entry of :data:`iterrefine.task_registry.TASKS`).
-TASKS: Final[tuple[Task, ...]] = get_args(Task)
+TASKS: Final[tuple[str, ...]] = BUILTIN_TASKS
 
 _NONCE = re.compile(r"[0-9a-f]{8}")
 # json.dumps leaves these unescaped with ensure_ascii=False, yet str.splitlines() (and
@@ -60,7 +61,6 @@ PROMPT_VERSION: Final = (
     f"{PROMPT_EDITION}+"
     f"{prompt_digest(extra=f'{_LAYOUT_REVISION}{_REASK_NOTE}')[:10]}"
 )
-assert set(BUILTIN_TASKS) == set(TASKS), "the Task literal lists the built-in registry"
 
 
 def system_tag(task: str) -> str:
