@@ -69,3 +69,24 @@ def test_the_documented_command_puts_duplicates_in_the_rejected_file(
     assert len(duplicates) == 3, rejected
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["items_in"] == 13 and summary["complete"]
+
+
+def test_a_stage_writing_to_a_topic_nobody_reads_stops_the_run_before_it_starts(
+    tmp_path: Path,
+) -> None:
+    """A user stage whose output no stage reads: exit 2 naming stage and topic, no traceback."""
+    (tmp_path / "lost_stage.py").write_text(
+        "from iterrefine import StageSpec\n"
+        "SPEC = StageSpec(name='lost', input_topic='items.scored', outputs=('items.nowhere',),\n"
+        "                 waits=False, handler=lambda ctx: (lambda item: []))\n")
+    config = tmp_path / "iterrefine.toml"
+    config.write_text('import_paths = ["."]\n[[stages]]\nspec = "lost_stage:SPEC"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "iterrefine.cli", "run", str(SAMPLE), "--llm", "sim",
+         "-o", str(tmp_path / "out.jsonl"), "--config", str(config),
+         "--data-dir", str(tmp_path / "state")],
+        capture_output=True, text=True, check=False, timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "'lost'" in result.stderr and "items.nowhere" in result.stderr
+    assert "Traceback" not in result.stderr
