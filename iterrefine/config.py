@@ -120,6 +120,8 @@ class StageEntry(msgspec.Struct, frozen=True, kw_only=True):
     #: Insert it before this stage: it reads that stage's input topic, and that stage
     #: then reads ``items.<name>`` (which the spec must declare as an output).
     before: str | None = None
+    #: The stage's own settings, handed to its handler factory as ``ctx.options``.
+    options: dict[str, Any] = {}
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):

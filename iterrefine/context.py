@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from iterrefine.config import PipelineConfig
 from iterrefine.llm.chat import ChatClient
@@ -25,6 +26,8 @@ class PipelineContext:
     metrics: Metrics
     #: Prompt version, model per role, and whether the models are simulated.
     provenance: Provenance
+    #: The stage's own settings: the ``options`` table of its ``[[stages]]`` entry.
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def strong(self) -> ChatClient:

@@ -16,7 +16,7 @@ import of references.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +55,8 @@ class StageSpec:
     roles: tuple[str, ...] = ()
     #: One line for ``iterrefine worker --help`` and docs.
     summary: str = field(default="", compare=False)
+    #: Settings for the handler (``ctx.options``): a ``[[stages]]`` entry's ``options``.
+    options: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
@@ -63,9 +65,14 @@ class StageSpec:
             raise ConfigError(f"stage {self.name!r} declares no output topics")
 
     def build(self, ctx: PipelineContext) -> Stage:
-        """The runnable stage, its handler built on ``ctx``."""
-        return Stage(self.name, self.input_topic, self.handler(ctx), decode=self.decode,
+        """The runnable stage, its handler built on ``ctx`` (with this stage's options)."""
+        own = replace(ctx, options=self.options) if self.options else ctx
+        return Stage(self.name, self.input_topic, self.handler(own), decode=self.decode,
                      outputs=self.outputs, waits=self.waits)
+
+    def with_options(self, options: Mapping[str, Any]) -> StageSpec:
+        """This spec with ``options`` for its handler (``ctx.options``)."""
+        return replace(self, options=dict(options))
 
     def reading(self, topic: str) -> StageSpec:
         """This spec consuming ``topic`` instead (a stage inserted before it)."""

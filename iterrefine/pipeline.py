@@ -48,6 +48,8 @@ def load_graph(config: Config, base: StageGraph = PIPELINE) -> StageGraph:
         if not isinstance(spec, StageSpec):
             raise ConfigError(f"stage {entry.spec!r} is a {type(spec).__name__}, not a "
                               "StageSpec (see docs/writing-a-stage.md)")
+        if entry.options:
+            spec = spec.with_options(entry.options)
         graph = graph.inserted(spec, before=entry.before)
     return graph
 

@@ -127,3 +127,20 @@ def test_worker_rejects_an_unknown_stage_naming_the_graphs() -> None:
     assert result.returncode == 2, result.stderr
     assert "score, route, refine, review, align" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_stage_entrys_options_reach_its_handler_factory() -> None:
+    """`options` of a [[stages]] entry become ctx.options for that stage only."""
+    seen: list[object] = []
+
+    def factory(ctx: PipelineContext) -> InlineHandler:
+        seen.append(dict(ctx.options))
+        return _keep(ctx)
+
+    spec = StageSpec(name="dedup", input_topic="items.scored",
+                     outputs=("items.dedup", "items.rejected"), waits=False, handler=factory)
+    ctx = _route_ctx("threshold")
+    spec.with_options({"compare_input": False}).build(ctx)
+    spec.build(ctx)
+    assert seen == [{"compare_input": False}, {}]
+    assert ctx.options == {}  # the shared context is not changed

@@ -1,7 +1,8 @@
 """A user stage: drop near-duplicate items before routing.
 
-Two items are near-duplicates when their instruction and input match once
-normalised (case, punctuation and spacing ignored). The first one seen goes on to
+Two items are near-duplicates when their instruction (and, with the option
+``compare_input``, their input) match once normalised: case, accents,
+punctuation and spacing ignored. The first one seen goes on to
 route; later ones go to ``items.rejected`` with a reason naming the item they
 duplicate. Inserted between score and route by ``iterrefine.toml`` beside this file
 (``[[stages]]`` with ``before = "route"``), it reads ``items.scored`` and writes the
@@ -30,10 +31,13 @@ def normalised(text: str) -> str:
 
 
 def handler(ctx: PipelineContext) -> InlineHandler:
+    # ctx.options is the [stages.options] table of this stage's config entry.
+    compare_input = bool(ctx.options.get("compare_input", True))
     first_seen: dict[tuple[str, str], str] = {}  # normalised (instruction, input) → item id
 
     def near_duplicates(item: Item) -> list[Output]:
-        key = (normalised(item.original.instruction), normalised(item.original.input))
+        given = normalised(item.original.input) if compare_input else ""
+        key = (normalised(item.original.instruction), given)
         first = first_seen.setdefault(key, item.id)
         if first == item.id:  # new, or the same item delivered again
             return [Output("items.near_duplicates", item)]
