@@ -176,6 +176,9 @@ async def run_pipeline(
             metrics=metrics,
             duplicates_removed=watcher.selection.duplicates,
         )
+        # First wins: later records with a taken id are in the DLQ; say how many (README "Input").
+        summary["duplicates_at_ingest"] = {"duplicate_id": report.duplicate_ids,
+                                           "duplicate_record": report.duplicate_records}
         summary["complete"] = complete
         summary["pending"] = len(report.ids) - seen
         return RunResult(summary=summary, paths=paths, ingest=report, complete=complete)

@@ -15,12 +15,14 @@ appends state (scores, evaluation, rounds, status, provenance, timings).
 from __future__ import annotations
 
 import hashlib
+import re
 import unicodedata
 from typing import Any, Literal
 
 import msgspec
 
 from iterrefine.errors import ValidationError
+from iterrefine.jsonguard import DEFAULT_MAX_JSON_DEPTH, scan
 
 SCHEMA = "iterrefine.item/1"
 DEFAULT_MAX_RAW_BYTES = 64 * 1024
@@ -161,7 +163,30 @@ _any_decoder = msgspec.json.Decoder()
 
 
 def encode_item(item: Item) -> bytes:
-    return _encoder.encode(item)
+    try:
+        return _encoder.encode(item)
+    except UnicodeEncodeError:
+        # A lone surrogate (Python's json, in the openai client, lets "\ud800" through
+        # from a model's answer) has no UTF-8 form: it becomes U+FFFD, not a stuck item.
+        return _encoder.encode(_without_surrogates(msgspec.to_builtins(item)))
+
+
+def encode_original(original: Original) -> bytes:
+    """The validated record's canonical bytes (what "the same content" compares)."""
+    return _encoder.encode(original)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_surrogates(v) for v in value]
+    return value
 
 
 def decode_item(data: bytes, *, max_bytes: int = DEFAULT_MAX_ENVELOPE_BYTES) -> Item:
@@ -177,6 +202,14 @@ def decode_item(data: bytes, *, max_bytes: int = DEFAULT_MAX_ENVELOPE_BYTES) -> 
         raise ValidationError(f"not an item envelope: {exc}", reason="invalid_envelope") from exc
     except UnicodeDecodeError as exc:  # msgspec reports bad UTF-8 as this on some inputs
         raise ValidationError(f"invalid UTF-8: {exc}", reason="invalid_utf8") from exc
+    except Exception as exc:  # RecursionError, MemoryError-ish: a poison record, not a crash
+        raise _undecodable(exc) from exc
+
+
+def _undecodable(exc: BaseException) -> ValidationError:
+    return ValidationError(
+        f"the decoder raised {type(exc).__name__}: {str(exc)[:200]}", reason="undecodable"
+    )
 
 
 def _normalise(text: str) -> str:
@@ -195,6 +228,41 @@ def stable_id(instruction: str, input: str, output: str) -> str:
 def raw_id(data: bytes) -> str:
     """Id for a record too broken to read: a hash of its bytes (so DLQ rows have an id)."""
     return "raw-" + hashlib.sha256(data).hexdigest()[:20]
+
+
+#: Longer ids are refused: an id is a Kafka key and a row label, not content.
+MAX_ID_CHARS = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def normalise_id(value: object) -> str:
+    """A given id as the string the pipeline keys on, or :class:`ValidationError`.
+
+    Strings are NFC-normalised and stripped of surrounding whitespace; integers
+    become their decimal string (so ``77`` and ``"77"`` are the same id). Anything
+    else — true/false, floats, null, arrays, objects, a blank or over-long string,
+    control characters — is refused rather than guessed at.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        text = str(value)
+    elif isinstance(value, str):
+        text = unicodedata.normalize("NFC", value).strip()
+    else:
+        shown = msgspec.json.encode(value)[:40].decode("utf-8", "replace")
+        raise ValidationError(
+            f"field 'id' must be a string or an integer, got {type(value).__name__} {shown}",
+            reason="invalid_id",
+        )
+    if not text:
+        raise ValidationError("field 'id' is blank", reason="invalid_id")
+    if len(text) > MAX_ID_CHARS:
+        raise ValidationError(
+            f"field 'id' is {len(text)} characters, over the {MAX_ID_CHARS}-character limit",
+            reason="invalid_id",
+        )
+    if _CONTROL.search(text):
+        raise ValidationError("field 'id' contains control characters", reason="invalid_id")
+    return text
 
 
 def _field(record: dict[str, Any], name: str, *, required: bool) -> str:
@@ -218,10 +286,16 @@ def original_from_record(record: Any) -> tuple[Original, str | None]:
         raise ValidationError(
             f"a record must be a JSON object, got {type(record).__name__}", reason="not_object"
         )
-    given_id = record.get("id")
-    if given_id is not None and (not isinstance(given_id, str | int) or given_id == ""):
-        raise ValidationError("field 'id' must be a non-empty string", reason="wrong_type")
-    if "response" in record or "context" in record:
+    given_id = normalise_id(record["id"]) if "id" in record else None
+    alpaca, dolly = ("input" in record or "output" in record), (
+        "response" in record or "context" in record)
+    if alpaca and dolly:
+        raise ValidationError(
+            "record mixes Alpaca (input/output) and Dolly (context/response) fields; "
+            "keep one shape so no field is silently ignored",
+            reason="ambiguous_shape",
+        )
+    if dolly:
         original = Original(
             instruction=_field(record, "instruction", required=True),
             input=_field(record, "context", required=False),
@@ -244,7 +318,7 @@ def original_from_record(record: Any) -> tuple[Original, str | None]:
             f"(instruction/context/response/category); keys were: {keys}",
             reason="unknown_shape",
         )
-    return original, (str(given_id) if given_id is not None else None)
+    return original, given_id
 
 
 def item_from_raw(
@@ -253,14 +327,28 @@ def item_from_raw(
     max_bytes: int = DEFAULT_MAX_RAW_BYTES,
     source: Source | None = None,
     revision: int = 0,
+    max_depth: int = DEFAULT_MAX_JSON_DEPTH,
 ) -> Item:
     """Validate raw record bytes into a fresh :class:`Item`.
 
     Raises :class:`ValidationError` (never anything else) for: over the size limit,
-    invalid UTF-8, not JSON, not an object, unknown shape, wrong types, missing or
-    empty instruction/output. An item envelope is accepted too (replay into scoring):
-    its original fields start a fresh item.
+    invalid UTF-8, nested too deep, not JSON, duplicate keys, not an object, unknown
+    or ambiguous shape, an invalid id, wrong types, missing or empty
+    instruction/output. An item envelope is accepted too (replay into scoring): its
+    original fields start a fresh item.
     """
+    try:
+        return _item_from_raw(data, max_bytes=max_bytes, source=source, revision=revision,
+                              max_depth=max_depth)
+    except ValidationError:
+        raise
+    except Exception as exc:  # whatever a decoder raises on hostile bytes is that record's error
+        raise _undecodable(exc) from exc
+
+
+def _item_from_raw(
+    data: bytes, *, max_bytes: int, source: Source | None, revision: int, max_depth: int
+) -> Item:
     if len(data) > max_bytes:
         raise ValidationError(
             f"record is {len(data)} bytes, over the {max_bytes}-byte limit "
@@ -273,10 +361,17 @@ def item_from_raw(
         raise ValidationError(
             f"record is not valid UTF-8 at byte {exc.start}", reason="invalid_utf8"
         ) from exc
+    shape = scan(data, max_depth=max_depth)  # before parsing: msgspec recurses
     try:
         record = _any_decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except msgspec.MsgspecError as exc:  # DecodeError, and ValidationError for huge numbers
         raise ValidationError(f"record is not JSON: {exc}", reason="not_json") from exc
+    if shape.duplicate_key is not None:
+        raise ValidationError(
+            f"key {shape.duplicate_key!r} appears more than once in an object; JSON parsers "
+            "disagree on which one counts, so the record is refused",
+            reason="duplicate_key",
+        )
     given_id: str | None
     if isinstance(record, dict) and record.get("schema") == SCHEMA:
         envelope = decode_item(data)

@@ -105,4 +105,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     report = asyncio.run(_ingest_command(config, bootstrap, args.source))
     print(f"ingested {report.records} records ({report.invalid} invalid, sent to be "
           f"dead-lettered) into {TopicNames(config.kafka.topic_prefix)['items.raw']}")
+    duplicates = report.duplicate_ids + report.duplicate_records
+    if duplicates:
+        print(f"{duplicates} records reused an id seen earlier in this input and went to the "
+              f"DLQ ({report.duplicate_ids} duplicate_id, {report.duplicate_records} "
+              "duplicate_record); the first record with each id is processed")
     return 0
