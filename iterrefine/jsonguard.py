@@ -11,6 +11,8 @@ its own, duplicate keys and all.
 
 The scan trusts only the token boundaries, never the values: a record it accepts
 is still parsed by msgspec, which reports anything else that is wrong with it.
+Most records never need it: :func:`check_before_parsing` and :func:`duplicate_key`
+first count brackets and key ends in C, so validation costs what it did before.
 """
 
 from __future__ import annotations
@@ -73,6 +75,47 @@ def scan(data: bytes, *, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> Shape:
     if duplicate is None:
         return Shape()
     return Shape(duplicate_key=duplicate.decode("utf-8", "replace"))
+
+
+# Where a key token ends: every key's closing quote is followed by optional space and ':'.
+_KEY_END = re.compile(rb'"\s*:')
+
+
+def check_before_parsing(data: bytes, *, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> Shape | None:
+    """:func:`scan` when ``data`` could nest deeper than ``max_depth``, else None (cheap).
+
+    Fewer brackets than the limit cannot nest past it: most records skip the scan.
+    """
+    if data.count(b"[") + data.count(b"{") <= max_depth:
+        return None
+    return scan(data, max_depth=max_depth)
+
+
+def duplicate_key(data: bytes, decoded: object, shape: Shape | None) -> str | None:
+    """The first key that appears twice in one object of ``data`` (``decoded`` is its value).
+
+    Without a scan yet, a cheap count decides whether one is needed: each key token
+    ends in a ``"…:`` match, so when the matches are no more than the keys the parser
+    kept, no key can have been dropped. (Text like ``\\": `` inside a string only adds
+    matches, which sends the record to the full scan, never past it.)
+    """
+    if shape is None:
+        if len(_KEY_END.findall(data)) <= _count_keys(decoded):
+            return None
+        shape = scan(data, max_depth=1 << 30)  # depth is already known to be small
+    return shape.duplicate_key
+
+
+def _count_keys(decoded: object) -> int:
+    count, pending = 0, [decoded]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            count += len(value)
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return count
 
 
 def _key_bytes(token: bytes) -> bytes:

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import msgspec
 
 from iterrefine.errors import ValidationError
-from iterrefine.jsonguard import DEFAULT_MAX_JSON_DEPTH, scan
+from iterrefine.jsonguard import DEFAULT_MAX_JSON_DEPTH, check_before_parsing, duplicate_key
 
 SCHEMA = "iterrefine.item/1"
 DEFAULT_MAX_RAW_BYTES = 64 * 1024
@@ -361,21 +361,22 @@ def _item_from_raw(
         raise ValidationError(
             f"record is not valid UTF-8 at byte {exc.start}", reason="invalid_utf8"
         ) from exc
-    shape = scan(data, max_depth=max_depth)  # before parsing: msgspec recurses
+    shape = check_before_parsing(data, max_depth=max_depth)  # msgspec recurses: bound it first
     try:
         record = _any_decoder.decode(data)
     except msgspec.MsgspecError as exc:  # DecodeError, and ValidationError for huge numbers
         raise ValidationError(f"record is not JSON: {exc}", reason="not_json") from exc
-    if shape.duplicate_key is not None:
+    duplicate = duplicate_key(data, record, shape)
+    if duplicate is not None:
         raise ValidationError(
-            f"key {shape.duplicate_key!r} appears more than once in an object; JSON parsers "
+            f"key {duplicate!r} appears more than once in an object; JSON parsers "
             "disagree on which one counts, so the record is refused",
             reason="duplicate_key",
         )
     given_id: str | None
     if isinstance(record, dict) and record.get("schema") == SCHEMA:
         envelope = decode_item(data)
-        original, given_id = envelope.original, envelope.id
+        original, given_id = envelope.original, normalise_id(envelope.id)
     else:
         original, given_id = original_from_record(record)
     return new_item(original, item_id=given_id, source=source, revision=revision)

@@ -164,3 +164,11 @@ def test_export_rows_with_unicode_line_separators_round_trip(tmp_path: Path) -> 
     (row,) = load_rows(paths.curated)
     assert row["instruction"] == text and row["item"]["original"]["output"] == text
     assert msgspec.json.decode(paths.curated.read_bytes().splitlines()[0])["id"] == "sep"
+
+
+def test_escaped_quotes_before_colons_in_text_are_not_keys() -> None:
+    """Escaped quotes before colons in text: the record validates; a real duplicate is found."""
+    text = 'He said "a": 1, "a": 2 and {"k": "v"}'
+    data = json.dumps({"instruction": text, "output": text}).encode()
+    assert item_from_raw(data).output == text
+    assert reason_of(data[:-1] + b', "output": "again"}') == "duplicate_key"
