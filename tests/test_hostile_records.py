@@ -7,12 +7,16 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from aiokafka.structs import ConsumerRecord
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from iterrefine.errors import ConfigError, ValidationError
-from iterrefine.export import ExportPaths, Terminal, load_rows, write_export
+from iterrefine.export import ExportPaths, Terminal, load_rows, terminal_of, write_export
 from iterrefine.ingest import read_records
-from iterrefine.jsonguard import scan, split_array
+from iterrefine.jsonguard import duplicate_key, scan, split_array
 from iterrefine.model import decode_item, encode_item, item_from_raw, normalise_id
+from iterrefine.runtime.stage import RecordLike
 
 from .hostile_corpus import BAD, good_lines
 
@@ -172,3 +176,48 @@ def test_escaped_quotes_before_colons_in_text_are_not_keys() -> None:
     data = json.dumps({"instruction": text, "output": text}).encode()
     assert item_from_raw(data).output == text
     assert reason_of(data[:-1] + b', "output": "again"}') == "duplicate_key"
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8)
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.sampled_from(["id", "a", "instruction", "output", "\\\"", ":"]),
+                      children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200) | _json_values.map(lambda v: json.dumps(v).encode()))
+def test_any_bytes_give_an_item_or_a_validation_error(data: bytes) -> None:
+    """Arbitrary bytes or JSON never make item_from_raw raise anything else."""
+    try:
+        item_from_raw(data)
+    except ValidationError as exc:
+        assert exc.reason and str(exc)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "id", 'q"', "a:"]), _json_values),
+                max_size=6))
+def test_the_cheap_duplicate_check_agrees_with_the_full_scan(
+    pairs: list[tuple[str, object]],
+) -> None:
+    """duplicate_key's counting shortcut finds exactly the duplicates the token scan finds."""
+    data = ("{" + ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in pairs) + "}").encode()
+    decoded = msgspec.json.decode(data)
+    assert duplicate_key(data, decoded, None) == scan(data).duplicate_key
+
+
+def _record(key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> RecordLike:
+    return ConsumerRecord("t.items.dlq", 0, 0, 1, 0, key, value, None, 0, len(value), headers)
+
+
+def test_the_exporter_shows_foreign_records_instead_of_crashing() -> None:
+    """A binary key, a garbled revision header, a poison envelope: rows, not exceptions."""
+    dead = terminal_of(_record(b"\xffkey", b"\xfe", [("iterrefine.revision", b"\xb2x")]), "dlq")
+    assert dead.id == "\ufffdkey" and dead.revision == 0
+    assert "original_base64" in dead.row()
+    poison = terminal_of(_record(b"k", b"[" * 5000, []), "curated")
+    assert poison.outcome == "dlq" and poison.row()["reason"] == "invalid_envelope"
