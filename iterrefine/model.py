@@ -29,6 +29,16 @@ DEFAULT_MAX_RAW_BYTES = 64 * 1024
 #: An envelope grows with the rounds it records; it is bounded separately.
 DEFAULT_MAX_ENVELOPE_BYTES = 1024 * 1024
 
+#: DLQ reasons that mean "this input record is unusable" (as opposed to a failure while
+#: processing a good one): validation at ingest or in a stage's decoder, and the
+#: duplicate-id policy. README "Input" explains each.
+INPUT_REASONS = frozenset({
+    "not_json", "not_object", "unknown_shape", "ambiguous_shape", "wrong_type",
+    "missing_field", "empty_field", "invalid_id", "duplicate_key", "invalid_utf8",
+    "too_deep", "too_large", "undecodable", "invalid_envelope",
+    "duplicate_id", "duplicate_record",
+})
+
 Status = Literal[
     "pending",  # still moving through the pipeline
     "high",  # kept as it is (IQD)

@@ -15,10 +15,10 @@ from iterrefine.errors import ConfigError, ValidationError
 from iterrefine.export import ExportPaths, Terminal, load_rows, terminal_of, write_export
 from iterrefine.ingest import read_records
 from iterrefine.jsonguard import duplicate_key, scan, split_array
-from iterrefine.model import decode_item, encode_item, item_from_raw, normalise_id
+from iterrefine.model import INPUT_REASONS, decode_item, encode_item, item_from_raw, normalise_id
 from iterrefine.runtime.stage import RecordLike
 
-from .hostile_corpus import BAD, good_lines
+from .hostile_corpus import BAD, corpus, good_lines
 
 
 def reason_of(data: bytes, max_bytes: int = 64 * 1024) -> str:
@@ -32,6 +32,12 @@ def test_each_malformed_kind_is_a_validation_error_with_its_reason(kind: str) ->
     """Every malformed kind the score stage sees raises ValidationError with its reason."""
     line, _ = BAD[kind]
     assert reason_of(line) == kind.split(":")[0]
+
+
+def test_every_corpus_reason_is_an_input_reason() -> None:
+    """Each reason the corpus produces is in INPUT_REASONS (bad input, not a processing failure)."""
+    _, expected = corpus()
+    assert {reason for reason in expected if reason != "ok"} <= INPUT_REASONS
 
 
 def test_good_lines_of_the_corpus_validate() -> None:
