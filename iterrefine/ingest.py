@@ -230,6 +230,9 @@ def inspect_record(
     record: RawRecord, *, max_bytes: int
 ) -> tuple[str, bytes, ValidationError | None]:
     """(id, content fingerprint, problem): what ingest needs to key and de-duplicate."""
+    if record.size is not None and record.size > max_bytes:  # only its head was read
+        return raw_id(record.data), record.data, ValidationError(
+            f"record is {record.size} bytes, over the {max_bytes}-byte limit", reason="too_large")
     try:
         item = item_from_raw(record.data, max_bytes=max_bytes)
     except ValidationError as exc:

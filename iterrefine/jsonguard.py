@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from itertools import accumulate
 
 import msgspec
 
@@ -81,32 +82,50 @@ def scan(data: bytes, *, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> Shape:
 _KEY_END = re.compile(rb'"\s*:')
 
 
-def check_before_parsing(data: bytes, *, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> Shape | None:
-    """:func:`scan` when ``data`` could nest deeper than ``max_depth``, else None (cheap).
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_STEP = [0] * 256
+for _open, _close in ((b"[", b"]"), (b"{", b"}")):
+    _STEP[_open[0]], _STEP[_close[0]] = 1, -1
 
-    Fewer brackets than the limit cannot nest past it: most records skip the scan.
+
+def check_before_parsing(data: bytes, *, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> None:
+    """Raise ``too_deep`` if ``data`` nests deeper than ``max_depth``; cheap, C-speed loops.
+
+    Fewer brackets than the limit cannot nest past it (most records stop there);
+    otherwise strings are cut out, the brackets left are turned into +1/-1 steps,
+    and the running sum's maximum is the depth.
     """
     if data.count(b"[") + data.count(b"{") <= max_depth:
-        return None
-    return scan(data, max_depth=max_depth)
+        return
+    brackets = _STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
+    deepest = max(accumulate(map(_STEP.__getitem__, brackets)), default=0)
+    if deepest > max_depth:
+        raise ValidationError(f"record nests {deepest} levels deep, deeper than the "
+                              f"{max_depth}-level limit", reason="too_deep")
 
 
-def duplicate_key(data: bytes, decoded: object, shape: Shape | None) -> str | None:
+def duplicate_key(data: bytes, decoded: object) -> str | None:
     """The first key that appears twice in one object of ``data`` (``decoded`` is its value).
 
-    Without a scan yet, a cheap count decides whether one is needed: each key token
-    ends in a ``"…:`` match, so when the matches are no more than the keys the parser
-    kept, no key can have been dropped. (Text like ``\\": `` inside a string only adds
-    matches, which sends the record to the full scan, never past it.)
+    A cheap count decides whether the token scan is needed: each key token ends in a
+    ``"…:`` match, so when the matches are no more than the keys the parser kept, no
+    key can have been dropped. (An escaped quote before a colon inside a string only
+    adds matches, which sends the record to the scan, never past it.) Call it after
+    :func:`check_before_parsing`, which bounds the depth.
     """
-    if shape is None:
-        if len(_KEY_END.findall(data)) <= _count_keys(decoded):
-            return None
-        shape = scan(data, max_depth=1 << 30)  # depth is already known to be small
-    return shape.duplicate_key
+    if len(_KEY_END.findall(data)) <= _count_keys(decoded):
+        return None
+    return scan(data, max_depth=1 << 30).duplicate_key
 
 
 def _count_keys(decoded: object) -> int:
+    if type(decoded) is dict:
+        for value in decoded.values():
+            if type(value) is dict or type(value) is list:
+                break
+        else:
+            return len(decoded)  # the usual record: one flat object
     count, pending = 0, [decoded]
     while pending:
         value = pending.pop()

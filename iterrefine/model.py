@@ -240,6 +240,19 @@ def raw_id(data: bytes) -> str:
     return "raw-" + hashlib.sha256(data).hexdigest()[:20]
 
 
+def json_type(value: object) -> str:
+    """What a decoded JSON value is called in JSON (error messages speak the input's terms)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
 #: Longer ids are refused: an id is a Kafka key and a row label, not content.
 MAX_ID_CHARS = 256
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -258,9 +271,12 @@ def normalise_id(value: object) -> str:
     elif isinstance(value, str):
         text = unicodedata.normalize("NFC", value).strip()
     else:
+        kind = json_type(value)
         shown = msgspec.json.encode(value)[:40].decode("utf-8", "replace")
         raise ValidationError(
-            f"field 'id' must be a string or an integer, got {type(value).__name__} {shown}",
+            "field 'id' must be a string or an integer, got "
+            + (kind if kind in ("null", "boolean") else f"{kind} {shown}")
+            + (f" ({shown})" if kind == "boolean" else ""),
             reason="invalid_id",
         )
     if not text:
@@ -283,7 +299,7 @@ def _field(record: dict[str, Any], name: str, *, required: bool) -> str:
         return ""
     if not isinstance(value, str):
         raise ValidationError(
-            f"field {name!r} must be a string, got {type(value).__name__}", reason="wrong_type"
+            f"field {name!r} must be a string, got {json_type(value)}", reason="wrong_type"
         )
     if required and not value.strip():
         raise ValidationError(f"field {name!r} is empty", reason="empty_field")
@@ -294,7 +310,7 @@ def original_from_record(record: Any) -> tuple[Original, str | None]:
     """Validate a decoded raw record (Alpaca or Dolly shape); return it and its given id."""
     if not isinstance(record, dict):
         raise ValidationError(
-            f"a record must be a JSON object, got {type(record).__name__}", reason="not_object"
+            f"a record must be a JSON object, got {json_type(record)}", reason="not_object"
         )
     given_id = normalise_id(record["id"]) if "id" in record else None
     alpaca, dolly = ("input" in record or "output" in record), (
@@ -371,12 +387,12 @@ def _item_from_raw(
         raise ValidationError(
             f"record is not valid UTF-8 at byte {exc.start}", reason="invalid_utf8"
         ) from exc
-    shape = check_before_parsing(data, max_depth=max_depth)  # msgspec recurses: bound it first
+    check_before_parsing(data, max_depth=max_depth)  # msgspec recurses: bound it first
     try:
         record = _any_decoder.decode(data)
     except msgspec.MsgspecError as exc:  # DecodeError, and ValidationError for huge numbers
         raise ValidationError(f"record is not JSON: {exc}", reason="not_json") from exc
-    duplicate = duplicate_key(data, record, shape)
+    duplicate = duplicate_key(data, record)
     if duplicate is not None:
         raise ValidationError(
             f"key {duplicate!r} appears more than once in an object; JSON parsers "
