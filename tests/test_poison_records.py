@@ -8,15 +8,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from consumers import build_stages
 from iterrefine.config import Config
-from iterrefine.context import PipelineContext
+from iterrefine.consumers import PIPELINE
 from iterrefine.ingest import Ingestor, RawRecord
 from iterrefine.kafka import make_producer, read_to_end
-from iterrefine.llm import LLMRoles
-from iterrefine.metrics import Metrics
-from iterrefine.model import Item, Provenance
-from iterrefine.prompts import PROMPT_VERSION
+from iterrefine.model import Item
+from iterrefine.pipeline import serve_pipeline
 from iterrefine.runtime import Output, Stage, StageRunner, decode_raw_record
 from iterrefine.runtime.dlq import headers_dict
 from iterrefine.runtime.stage import Limits, RecordLike
@@ -50,7 +47,7 @@ async def sim() -> AsyncIterator[SimServer]:
 
 async def produce_everywhere(config: Config, broker: str, topic: str) -> int:
     """Every poison into every partition of ``topic``; return how many were sent."""
-    await ensure_topics(config.kafka, broker)
+    await ensure_topics(config.kafka, broker, PIPELINE.topics())
     producer = make_producer(config.kafka, broker)
     await producer.start()
     try:
@@ -73,15 +70,11 @@ async def test_poison_on_every_stage_input_is_dead_lettered_and_commits_move_pas
     names = TopicNames(config.kafka.topic_prefix)
     sent = {stage: await produce_everywhere(config, broker, names[topic])
             for stage, topic in INPUTS.items()}
-    metrics = Metrics()
     runners: list[StageRunner] = []
     stop = asyncio.Event()
-    async with LLMRoles(config, metrics=metrics) as roles:
-        ctx = PipelineContext(config.pipeline, roles, metrics, Provenance(
-            prompt_version=PROMPT_VERSION, models={}, simulated=True))
-        task = asyncio.create_task(serve_stages(
-            build_stages(ctx), config=config, bootstrap_servers=broker, stop=stop,
-            runners_out=runners))
+    task = asyncio.create_task(serve_pipeline(config, broker, stop=stop, simulated=True,
+                                              runners_out=runners))
+    try:
         await wait_until(lambda: len(runners) == 5 and all(r.ready.is_set() for r in runners),
                          timeout_s=60)
         # Good items behind the poison, on the same partitions: they must get through.
@@ -100,6 +93,7 @@ async def test_poison_on_every_stage_input_is_dead_lettered_and_commits_move_pas
         terminal = [names["items.curated"], names["items.rejected"]]
         await wait_until(
             lambda: _count(config, broker, terminal, expected=40), timeout_s=90, interval_s=0.5)
+    finally:
         stop.set()
         await task
 
@@ -146,7 +140,7 @@ async def test_a_decoder_raising_anything_dead_letters_only_that_record(broker: 
         await producer.stop()
     stop = asyncio.Event()
     runners: list[StageRunner] = []
-    stage = Stage("fragile", "items.raw", passthrough, decode=fragile)
+    stage = Stage("fragile", "items.raw", passthrough, decode=fragile, outputs=("items.scored",))
     task = asyncio.create_task(serve_stages([stage], config=config, bootstrap_servers=broker,
                                             stop=stop, runners_out=runners))
     await wait_until(lambda: bool(runners) and runners[0].handled + runners[0].dead_lettered >= 5)
