@@ -26,9 +26,11 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
         description=(
             "Send every record to the pipeline's raw topic. Bad records are reported with "
             "their line number and still sent, so the score stage dead-letters them with a "
-            "reason. With -, reads stdin as it grows until it closes or SIGTERM/SIGINT "
-            "(e.g. tail -F data.jsonl | iterrefine ingest -), confirming each batch with the "
-            "broker before reading on, and at least every 0.5 s while the stream is idle."
+            "reason. A record reusing an id seen earlier in the same input goes to the DLQ "
+            "(duplicate_id / duplicate_record: the first one wins). With -, reads stdin as it "
+            "grows until it closes or SIGTERM/SIGINT (e.g. tail -F data.jsonl | iterrefine "
+            "ingest -), confirming each batch with the broker before reading on, and at least "
+            "every 0.5 s while the stream is idle."
         ),
     )
     parser.add_argument("source", metavar="FILE", help="JSON lines or JSON array file, or -")
