@@ -29,6 +29,7 @@ from aiokafka import AIOKafkaProducer
 from iterrefine.duplicates import Duplicate, FirstWins, content_fingerprint
 from iterrefine.errors import ConfigError, ValidationError
 from iterrefine.jsonguard import split_array
+from iterrefine.metrics import Metrics
 from iterrefine.model import DEFAULT_MAX_RAW_BYTES, item_from_raw, raw_id
 
 log = structlog.get_logger("iterrefine.ingest")
@@ -253,6 +254,7 @@ class Ingestor:
         batch_size: int = 500,
         keep_ids: bool = True,
         on_problem: Callable[[str], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._producer = producer
         self._topic = topic
@@ -261,6 +263,7 @@ class Ingestor:
         self._batch_size = batch_size
         self._keep_ids = keep_ids
         self._on_problem = on_problem
+        self._metrics = metrics
         self._pending: list[asyncio.Future[object]] = []
         self._first_wins = FirstWins()
         self.report = IngestReport()
@@ -295,12 +298,14 @@ class Ingestor:
             item_id = duplicate.row_id
             topic = self._dlq_topic
             headers += _ingest_dead_letter(duplicate.reason, duplicate.message)
+            self._count_dead_letter(duplicate.reason)
         elif record.length > WIRE_LIMIT_BYTES:
             # Too big for a Kafka message: dead-letter its head right away, with the reason.
             topic, value = self._dlq_topic, value[:_OVERSIZE_HEAD_BYTES]
             headers += _ingest_dead_letter(
                 "too_large", f"record is {record.length} bytes; only its first "
                 f"{_OVERSIZE_HEAD_BYTES} bytes are kept")
+            self._count_dead_letter("too_large")
         if self._keep_ids:
             self.report.ids.setdefault(item_id, None)
         future = await self._producer.send(topic, value, key=item_id.encode(), headers=headers)
@@ -308,6 +313,11 @@ class Ingestor:
         if len(self._pending) >= self._batch_size:
             await self.flush()
         return item_id
+
+    def _count_dead_letter(self, reason: str) -> None:
+        """Dead letters written by ingest itself show in the DLQ metric like a stage's."""
+        if self._metrics is not None:
+            self._metrics.dlq_total.labels("ingest", reason).inc()
 
     def _tell(self, message: str) -> None:
         if len(self.report.problems) < 100:

@@ -10,15 +10,17 @@ from pathlib import Path
 
 import pytest
 
+from iterrefine.app import RunOptions, run_pipeline
 from iterrefine.cli.ingest import ingest
 from iterrefine.config import Config
 from iterrefine.ingest import RawRecord, chunked_lines
+from iterrefine.metrics import Metrics
 from iterrefine.sim import SimServer
 
 from .helpers import wait_until
 from .hostile_corpus import corpus
 from .pipeline_support import newest, pipeline, start_watcher, wait_for_ids
-from .test_pipeline_e2e import FAST_SIM, assert_conserved, pipeline_config, run
+from .test_pipeline_e2e import FAST_SIM, assert_conserved, pipeline_config, write_jsonl
 
 ROOT = Path(__file__).parent.parent
 
@@ -40,8 +42,12 @@ async def test_the_first_record_with_an_id_wins_on_every_run(
         {"id": "7", "instruction": "Seven?", "output": "7"},
     ]
     for attempt in range(3):
-        (tmp_path / str(attempt)).mkdir()
-        result = await run(pipeline_config(broker, sim), tmp_path / str(attempt), records)
+        folder = tmp_path / str(attempt)
+        folder.mkdir()
+        metrics = Metrics()
+        result = await run_pipeline(pipeline_config(broker, sim), RunOptions(
+            input=write_jsonl(folder / "input.jsonl", records), output=folder / "out.jsonl",
+            timeout_s=120), metrics=metrics)
         rows = assert_conserved(result, set(result.ingest.ids))
         kept = {row["id"]: row for row in rows["curated"] + rows["rejected"]}
         assert set(kept) == {"tea", "7"}
@@ -54,6 +60,9 @@ async def test_the_first_record_with_an_id_wins_on_every_run(
         assert result.summary["duplicates_at_ingest"] == {"duplicate_id": 1,
                                                           "duplicate_record": 1}
         assert result.summary["dlq_reasons"] == {"duplicate_id": 1, "duplicate_record": 1}
+        for reason in ("duplicate_id", "duplicate_record"):
+            assert metrics.registry.get_sample_value(
+                "iterrefine_dlq_total", {"stage": "ingest", "reason": reason}) == 1
 
 
 async def test_a_later_ingest_of_an_id_is_a_newer_revision(broker: str, sim: SimServer) -> None:
