@@ -1,24 +1,25 @@
-"""Untrusted JSON, checked before a full parser sees it.
+"""Untrusted JSON, checked before and after a full parser sees it.
 
 A recursive parser (msgspec, like ``json``) raises ``RecursionError`` on a record
-nested a thousand levels deep, and quietly keeps the last of two equal keys. One
-pass over a record's *tokens* — strings, brackets, colons, commas; numbers and
-whitespace are skipped by the regex engine — finds both cheaply: the depth is
-bounded while scanning (the scan stops at the first level too deep), and the keys
-of every object are compared. The same scan splits a JSON-array file into its
-elements' original bytes, so each element is validated (and dead-lettered) on
-its own, duplicate keys and all.
+nested a thousand levels deep, and quietly keeps the last of two equal keys.
 
-The scan trusts only the token boundaries, never the values: a record it accepts
-is still parsed by msgspec, which reports anything else that is wrong with it.
-Most records never need it: :func:`check_before_parsing` and :func:`duplicate_key`
-first count brackets and key ends in C, so validation costs what it did before.
+* :func:`check_before_parsing` bounds the depth first, at C speed: strings cut
+  out, the brackets left summed as +1/-1 steps (most records have fewer brackets
+  than the limit and skip even that).
+* :func:`duplicate_key` then compares the key-ends in the bytes with the keys
+  msgspec kept; only when they disagree does :func:`scan_duplicate_key` walk the
+  record's tokens (strings, brackets, colons, commas) to name the repeated key.
+* :func:`split_array` uses the same tokens to split a JSON-array file into its
+  elements' original bytes, so each element is validated (and dead-lettered) on
+  its own, duplicate keys and all.
+
+Measured on the Dolly sample (about 1 KB a record): the depth check and the
+duplicate check add about 2 µs each to a record's validation.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from itertools import accumulate
 
 import msgspec
@@ -30,52 +31,37 @@ DEFAULT_MAX_JSON_DEPTH = 64
 
 # A complete JSON string (escapes included), or one structural character.
 _TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}:,]', re.DOTALL)
-_OPEN = frozenset(b"[{")
-_CLOSE = frozenset(b"]}")
+_LBRACE, _RBRACE, _LBRACKET, _RBRACKET, _COLON, _COMMA, _QUOTE = b'{}[]:,"'
 
 
-@dataclass(frozen=True, slots=True)
-class Shape:
-    """What the scan learned: the first duplicated key, if any (reported after parsing)."""
+def scan_duplicate_key(data: bytes) -> str | None:
+    """The first key repeated within one object, by a pass over ``data``'s tokens.
 
-    duplicate_key: str | None = None
-
-
-def scan(data: bytes, *, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> Shape:
-    """Check nesting depth (raising ``too_deep``) and find duplicate object keys.
-
-    Only the depth is raised here: a duplicate key found in bytes that are not JSON
-    at all would be a misleading reason, so the caller reports it once msgspec has
-    accepted the record.
+    Brackets, colons and quotes inside strings are part of their string token, so
+    only real structure counts. Call it on bytes msgspec accepted: in bytes that are
+    not JSON at all, a "duplicate" would be a misleading reason.
     """
     # One set of keys per open object, None per open array.
     stack: list[set[bytes] | None] = []
-    duplicate: bytes | None = None
-    previous: bytes = b""
-    for match in _TOKEN.finditer(data):
-        token = match.group()
+    previous = b" "
+    for token in _TOKEN.findall(data):
         first = token[0]
-        if first in _OPEN:
-            if len(stack) >= max_depth:
-                raise ValidationError(
-                    f"record nests deeper than {max_depth} levels (at byte {match.start()})",
-                    reason="too_deep",
-                )
-            stack.append(set() if first == ord("{") else None)
-        elif first in _CLOSE:
+        if first == _LBRACE:
+            stack.append(set())
+        elif first == _LBRACKET:
+            stack.append(None)
+        elif first in (_RBRACE, _RBRACKET):
             if stack:
                 stack.pop()
-        elif first == ord(":"):
-            keys = stack[-1] if stack else None
-            if keys is not None and previous.startswith(b'"') and duplicate is None:
+        elif first == _COLON and previous[0] == _QUOTE and stack:
+            keys = stack[-1]
+            if keys is not None:
                 key = _key_bytes(previous)
                 if key in keys:
-                    duplicate = key
+                    return key.decode("utf-8", "replace")
                 keys.add(key)
         previous = token
-    if duplicate is None:
-        return Shape()
-    return Shape(duplicate_key=duplicate.decode("utf-8", "replace"))
+    return None
 
 
 # Where a key token ends: every key's closing quote is followed by optional space and ':'.
@@ -116,7 +102,7 @@ def duplicate_key(data: bytes, decoded: object) -> str | None:
     """
     if len(_KEY_END.findall(data)) <= _count_keys(decoded):
         return None
-    return scan(data, max_depth=1 << 30).duplicate_key
+    return scan_duplicate_key(data)
 
 
 def _count_keys(decoded: object) -> int:
@@ -163,15 +149,15 @@ def split_array(data: bytes) -> list[tuple[int, int]] | None:
     end = -1
     for match in _TOKEN.finditer(data, start):
         first = match.group()[0]
-        if first in _OPEN:
+        if first in (_LBRACE, _LBRACKET):
             depth += 1
-        elif first in _CLOSE:
+        elif first in (_RBRACE, _RBRACKET):
             depth -= 1
             if depth == 0:
                 _add_span(data, spans, element_start, match.start())
                 end = match.end()
                 break
-        elif first == ord(",") and depth == 1:
+        elif first == _COMMA and depth == 1:
             _add_span(data, spans, element_start, match.start())
             element_start = match.end()
     if end < 0 or data[end:].strip():

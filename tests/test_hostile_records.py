@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from iterrefine.errors import ConfigError, ValidationError
 from iterrefine.export import ExportPaths, Terminal, load_rows, terminal_of, write_export
 from iterrefine.ingest import read_records
-from iterrefine.jsonguard import duplicate_key, scan, split_array
+from iterrefine.jsonguard import duplicate_key, scan_duplicate_key, split_array
 from iterrefine.model import INPUT_REASONS, decode_item, encode_item, item_from_raw, normalise_id
 from iterrefine.runtime.stage import RecordLike
 
@@ -59,7 +59,7 @@ def test_brackets_inside_strings_do_not_count_as_depth() -> None:
     """A text full of brackets and quotes is content, not nesting or keys."""
     text = '[[[{{{"id": 1, "id": 2}}}]]] \\" [' * 50
     data = json.dumps({"instruction": text, "output": "y"}).encode()
-    assert scan(data).duplicate_key is None
+    assert scan_duplicate_key(data) is None
     assert item_from_raw(data).instruction == text
 
 
@@ -213,7 +213,7 @@ def test_the_cheap_duplicate_check_agrees_with_the_full_scan(
     """duplicate_key's counting shortcut finds exactly the duplicates the token scan finds."""
     data = ("{" + ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in pairs) + "}").encode()
     decoded = msgspec.json.decode(data)
-    assert duplicate_key(data, decoded) == scan(data).duplicate_key
+    assert duplicate_key(data, decoded) == scan_duplicate_key(data)
 
 
 def _record(key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> RecordLike:
