@@ -24,9 +24,8 @@ from iterrefine.worker import serve_stages
 from .helpers import alpaca, committed_vs_end, unique_config, wait_until
 from .test_pipeline_e2e import FAST_SIM, pipeline_config, sample_records
 
-#: Stage → its input topic (the five stages of the paper's pipeline).
-INPUTS = {"score": "items.raw", "route": "items.scored", "refine": "items.refine",
-          "review": "items.review", "align": "items.align"}
+#: Stage → its input topic, for every stage of the pipeline.
+INPUTS = PIPELINE.inputs()
 POISONS: list[bytes | None] = [
     b"[" * 1000 + b"]" * 1000,  # RecursionError in msgspec without the depth bound
     b'{"schema": "iterrefine.item/1", "id": ' + b"[" * 5000 + b"]" * 5000 + b"}",
@@ -65,18 +64,19 @@ async def produce_everywhere(config: Config, broker: str, topic: str) -> int:
 async def test_poison_on_every_stage_input_is_dead_lettered_and_commits_move_past(
     broker: str, sim: SimServer
 ) -> None:
-    """Poison in items.raw/scored/refine/review/align: DLQ per stage, groups commit to the end."""
+    """Poison in every stage's input topic: DLQ per stage, every group commits to the end."""
     config = pipeline_config(broker, sim)
     names = TopicNames(config.kafka.topic_prefix)
-    sent = {stage: await produce_everywhere(config, broker, names[topic])
-            for stage, topic in INPUTS.items()}
+    per_topic = {topic: await produce_everywhere(config, broker, names[topic])
+                 for topic in set(INPUTS.values())}
+    sent = {stage: per_topic[topic] for stage, topic in INPUTS.items()}  # each reader DLQs it
     runners: list[StageRunner] = []
     stop = asyncio.Event()
     task = asyncio.create_task(serve_pipeline(config, broker, stop=stop, simulated=True,
                                               runners_out=runners))
     try:
-        await wait_until(lambda: len(runners) == 5 and all(r.ready.is_set() for r in runners),
-                         timeout_s=60)
+        await wait_until(lambda: len(runners) == len(INPUTS)
+                         and all(r.ready.is_set() for r in runners), timeout_s=60)
         # Good items behind the poison, on the same partitions: they must get through.
         producer = make_producer(config.kafka, broker)
         await producer.start()
