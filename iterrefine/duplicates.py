@@ -34,7 +34,12 @@ class Duplicate:
 
 
 def content_fingerprint(original: Original) -> bytes:
-    return hashlib.blake2b(encode_original(original), digest_size=16).digest()
+    return bytes_fingerprint(encode_original(original))
+
+
+def bytes_fingerprint(data: bytes) -> bytes:
+    """16 bytes standing for ``data`` (a record is remembered by this, not kept whole)."""
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 class FirstWins:

@@ -26,7 +26,7 @@ from typing import BinaryIO
 import structlog
 from aiokafka import AIOKafkaProducer
 
-from iterrefine.duplicates import Duplicate, FirstWins, content_fingerprint
+from iterrefine.duplicates import Duplicate, FirstWins, bytes_fingerprint, content_fingerprint
 from iterrefine.errors import ConfigError, ValidationError
 from iterrefine.jsonguard import split_array
 from iterrefine.metrics import Metrics
@@ -232,12 +232,12 @@ def inspect_record(
 ) -> tuple[str, bytes, ValidationError | None]:
     """(id, content fingerprint, problem): what ingest needs to key and de-duplicate."""
     if record.size is not None and record.size > max_bytes:  # only its head was read
-        return raw_id(record.data), record.data, ValidationError(
+        return raw_id(record.data), bytes_fingerprint(record.data), ValidationError(
             f"record is {record.size} bytes, over the {max_bytes}-byte limit", reason="too_large")
     try:
         item = item_from_raw(record.data, max_bytes=max_bytes)
     except ValidationError as exc:
-        return raw_id(record.data), record.data, exc
+        return raw_id(record.data), bytes_fingerprint(record.data), exc
     return item.id, content_fingerprint(item.original), None
 
 
