@@ -22,6 +22,7 @@ from typing import Any, Literal
 import msgspec
 
 from iterrefine.errors import ValidationError
+from iterrefine.ids import json_type, normalise_id
 from iterrefine.jsonguard import DEFAULT_MAX_JSON_DEPTH, check_before_parsing, duplicate_key
 
 SCHEMA = "iterrefine.item/1"
@@ -238,57 +239,6 @@ def stable_id(instruction: str, input: str, output: str) -> str:
 def raw_id(data: bytes) -> str:
     """Id for a record too broken to read: a hash of its bytes (so DLQ rows have an id)."""
     return "raw-" + hashlib.sha256(data).hexdigest()[:20]
-
-
-def json_type(value: object) -> str:
-    """What a decoded JSON value is called in JSON (error messages speak the input's terms)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "array" if isinstance(value, list) else "object"
-
-
-#: Longer ids are refused: an id is a Kafka key and a row label, not content.
-MAX_ID_CHARS = 256
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-def normalise_id(value: object) -> str:
-    """A given id as the string the pipeline keys on, or :class:`ValidationError`.
-
-    Strings are NFC-normalised and stripped of surrounding whitespace; integers
-    become their decimal string (so ``77`` and ``"77"`` are the same id). Anything
-    else — true/false, floats, null, arrays, objects, a blank or over-long string,
-    control characters — is refused rather than guessed at.
-    """
-    if isinstance(value, int) and not isinstance(value, bool):
-        text = str(value)
-    elif isinstance(value, str):
-        text = unicodedata.normalize("NFC", value).strip()
-    else:
-        kind = json_type(value)
-        shown = msgspec.json.encode(value)[:40].decode("utf-8", "replace")
-        raise ValidationError(
-            "field 'id' must be a string or an integer, got "
-            + (kind if kind in ("null", "boolean") else f"{kind} {shown}")
-            + (f" ({shown})" if kind == "boolean" else ""),
-            reason="invalid_id",
-        )
-    if not text:
-        raise ValidationError("field 'id' is blank", reason="invalid_id")
-    if len(text) > MAX_ID_CHARS:
-        raise ValidationError(
-            f"field 'id' is {len(text)} characters, over the {MAX_ID_CHARS}-character limit",
-            reason="invalid_id",
-        )
-    if _CONTROL.search(text):
-        raise ValidationError("field 'id' contains control characters", reason="invalid_id")
-    return text
 
 
 def _field(record: dict[str, Any], name: str, *, required: bool) -> str:
