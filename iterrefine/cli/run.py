@@ -138,6 +138,10 @@ def print_summary(console: Console, summary: dict[str, Any], paths: Any) -> None
         table.add_row(f"LLM {role}", f"{stats['requests']} calls, {stats['errors']} errors, "
                       f"{stats['prompt_tokens']}+{stats['completion_tokens']} tokens, "
                       f"p50 {stats['latency_s'].get('p50')} s")
+        if stats.get("cache_hits") or stats.get("cache_misses"):
+            table.add_row(f"cache {role}", f"{stats['cache_hits']} hits (calls not paid for), "
+                          f"{stats['cache_misses']} misses, "
+                          f"{stats['cache_tokens_saved']} tokens saved")
     if summary["dlq_reasons"]:
         table.add_row("dlq reasons", ", ".join(f"{k} {v}" for k, v in
                                                sorted(summary["dlq_reasons"].items())))

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx2
 
 from iterrefine.config import Config
 from iterrefine.lifecycle import AsyncService
+from iterrefine.llm.cache import ResponseCache
 from iterrefine.llm.client import LLMClient, LLMStats
 from iterrefine.metrics import Metrics
 from iterrefine.retry import Backoff
@@ -20,6 +21,8 @@ class LLMRoles(AsyncService):
     Every role in ``config.llm`` gets its own client (endpoint, key, pool, limits).
     Asking for a role that is not configured raises :class:`ConfigError` saying how
     to configure it. A shared ``http_client`` (tests) stays owned by the caller.
+    With ``config.cache.mode`` on or refresh, the roles share one response cache file.
+    ``on_circuit_open(role, reason)`` hears when a role's endpoint goes down.
     """
 
     def __init__(
@@ -29,14 +32,23 @@ class LLMRoles(AsyncService):
         metrics: Metrics | None = None,
         http_client: httpx2.AsyncClient | None = None,
         backoff: Backoff | None = None,
+        on_circuit_open: Callable[[str, str], None] | None = None,
     ) -> None:
         self._config = config
-        self._clients = {
-            role: LLMClient(
-                role, role_config, metrics=metrics, http_client=http_client, backoff=backoff
-            )
-            for role, role_config in config.llm.items()
-        }
+        mode = config.cache.mode
+        self.cache = None if mode == "off" else ResponseCache(config.cache_path(), mode=mode)
+        try:
+            self._clients = {
+                role: LLMClient(
+                    role, role_config, metrics=metrics, http_client=http_client,
+                    backoff=backoff, cache=self.cache, on_circuit_open=on_circuit_open,
+                )
+                for role, role_config in config.llm.items()
+            }
+        except BaseException:  # a missing key: do not leave the cache file open
+            if self.cache is not None:
+                self.cache.close()
+            raise
 
     async def start(self) -> None:
         try:
@@ -48,6 +60,9 @@ class LLMRoles(AsyncService):
 
     async def aclose(self) -> None:
         await asyncio.gather(*(client.aclose() for client in self._clients.values()))
+        cache, self.cache = self.cache, None
+        if cache is not None:
+            cache.close()
 
     def __getitem__(self, role: str) -> LLMClient:
         self._config.role(role)  # raises ConfigError with the fix when missing

@@ -22,7 +22,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from iterrefine.config import Config
-from iterrefine.errors import TransientError, ValidationError
+from iterrefine.errors import LLMUnavailable, TransientError, ValidationError
 from iterrefine.kafka import make_consumer, make_producer
 from iterrefine.logging import UNIT_OF_WORK
 from iterrefine.metrics import Metrics
@@ -333,6 +333,10 @@ class StageRunner:
         except KafkaError as exc:
             await self._redeliver(record, tracker, outgoing, exc)
             return
+        except LLMUnavailable as exc:  # the endpoint is down, not the item: never dead-letter
+            log.warning("handler_abandoned", reason=exc.reason, message=str(exc)[:300])
+            self._abandoned(tracker)  # stays uncommitted: a later run or worker redoes it
+            return
         except Exception:  # a bug in the runtime itself: keep the partition from advancing
             log.exception("stage_internal_error")
             self._abandoned(tracker)
@@ -419,6 +423,8 @@ class StageRunner:
                         raise _GaveUp(first, attempts=1) from first
                     outputs = await self._retry_handler(item, first)
         except _GaveUp as gave_up:  # handed to the dead-letter policy, never swallowed
+            if isinstance(gave_up.cause, LLMUnavailable):
+                raise gave_up.cause from None
             return [self._give_up(record, item, gave_up.cause, attempts=gave_up.attempts)]
         return self._outputs(item, outputs, started)
 
