@@ -67,7 +67,7 @@ class ExtraWorkers:
         for index in range(self.count):
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "iterrefine.extra_workers", str(config_path),
-                str(workdir / f"stats-{index}.json"),
+                str(workdir / f"stats-{index}.json"), str(os.getpid()),
                 stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
             )
             self._procs.append(proc)
@@ -149,7 +149,10 @@ def main(argv: list[str]) -> int:
     from iterrefine.cli.worker import STAGES, serve_workers
     from iterrefine.logging import configure_logging
 
-    config_path, stats_path = argv
+    from iterrefine._process import die_with_parent
+
+    config_path, stats_path, parent_pid = argv
+    die_with_parent(int(parent_pid))  # a SIGKILLed run takes its workers with it
     config = msgspec.json.decode(Path(config_path).read_bytes(), type=Config)
     configure_logging(json=True, level="warning", stream=sys.stderr)
     bootstrap = config.kafka.bootstrap_servers
