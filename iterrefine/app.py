@@ -31,6 +31,7 @@ from iterrefine.kafka import make_producer
 from iterrefine.llm import LLMRoles
 from iterrefine.metrics import Metrics
 from iterrefine.model import Provenance
+from iterrefine.preflight import StopOnRejectedKey, check_llm_roles, check_output_paths
 from iterrefine.prompts import PROMPT_VERSION
 from iterrefine.runtime import StageRunner
 from iterrefine.sim import SimConfig, SimServer
@@ -106,6 +107,9 @@ async def run_pipeline(
     started = time.perf_counter()
     stop = stop or asyncio.Event()
     records = list(read_records(options.input))  # read first: a bad path fails before startup
+    paths = ExportPaths.beside(options.output)
+    check_output_paths([paths.curated, paths.rejected, paths.dlq])
+    key_guard = StopOnRejectedKey(stop)
     async with contextlib.AsyncExitStack() as stack:
         bootstrap = await stack.enter_async_context(_bootstrap(config))
         if options.sim is not None:
@@ -118,7 +122,9 @@ async def run_pipeline(
                 metrics.registry, options.metrics_port,
                 ready=lambda: bool(runners) and all(r.ready.is_set() for r in runners),
             ))
-        roles = await stack.enter_async_context(LLMRoles(config, metrics=metrics))
+        roles = await stack.enter_async_context(
+            LLMRoles(config, metrics=metrics, on_circuit_open=key_guard))
+        await check_llm_roles(roles[role] for role in roles)  # before ingesting anything
         provenance = Provenance(
             prompt_version=PROMPT_VERSION,
             models={role: config.role(role).model for role in ("strong", "backbone")},
@@ -163,7 +169,6 @@ async def run_pipeline(
         complete = seen >= len(report.ids)
         if not complete:
             log.warning("run_incomplete", expected=len(report.ids), arrived=seen)
-        paths = ExportPaths.beside(options.output)
         chosen = [watcher.selection.by_id[i] for i in report.ids if i in watcher.selection.by_id]
         write_export(chosen, paths)
         summary = build_summary(
@@ -178,6 +183,7 @@ async def run_pipeline(
         )
         summary["complete"] = complete
         summary["pending"] = len(report.ids) - seen
+        summary["aborted"] = key_guard.problem
         return RunResult(summary=summary, paths=paths, ingest=report, complete=complete)
 
 

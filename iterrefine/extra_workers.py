@@ -146,10 +146,9 @@ def add_stats(a: Mapping[str, LLMStats], b: Mapping[str, LLMStats]) -> dict[str,
 
 def main(argv: list[str]) -> int:
     """The child: serve all stages with the run's config until SIGTERM."""
+    from iterrefine._process import die_with_parent
     from iterrefine.cli.worker import STAGES, serve_workers
     from iterrefine.logging import configure_logging
-
-    from iterrefine._process import die_with_parent
 
     config_path, stats_path, parent_pid = argv
     die_with_parent(int(parent_pid))  # a SIGKILLed run takes its workers with it

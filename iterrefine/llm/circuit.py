@@ -60,7 +60,7 @@ class Circuit:
         failures_to_open: int = 5,
         probe_interval_s: float = 5.0,
         gauge: Gauge | None = None,
-        on_open: Callable[[str, str], None] | None = None,
+        on_open: Callable[[Circuit], None] | None = None,
     ) -> None:
         self.role = role
         self._where = where
@@ -131,7 +131,7 @@ class Circuit:
                   "items wait (none are dead-lettered) and resume when a probe succeeds")
         self._prober = asyncio.create_task(self._probe_until_up(), name=f"probe-{self.role}")
         if self._on_open is not None:
-            self._on_open(self.role, reason)
+            self._on_open(self)
 
     async def _probe_until_up(self) -> None:
         probes = 0

@@ -156,7 +156,7 @@ class LLMClient(AsyncService):
         http_client: httpx2.AsyncClient | None = None,
         backoff: Backoff | None = None,
         cache: ResponseCache | None = None,
-        on_circuit_open: Callable[[str, str], None] | None = None,
+        on_circuit_open: Callable[[Circuit], None] | None = None,
     ) -> None:
         self.role = role
         self.config = config

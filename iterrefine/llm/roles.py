@@ -10,6 +10,7 @@ import httpx2
 from iterrefine.config import Config
 from iterrefine.lifecycle import AsyncService
 from iterrefine.llm.cache import ResponseCache
+from iterrefine.llm.circuit import Circuit
 from iterrefine.llm.client import LLMClient, LLMStats
 from iterrefine.metrics import Metrics
 from iterrefine.retry import Backoff
@@ -22,7 +23,7 @@ class LLMRoles(AsyncService):
     Asking for a role that is not configured raises :class:`ConfigError` saying how
     to configure it. A shared ``http_client`` (tests) stays owned by the caller.
     With ``config.cache.mode`` on or refresh, the roles share one response cache file.
-    ``on_circuit_open(role, reason)`` hears when a role's endpoint goes down.
+    ``on_circuit_open(circuit)`` hears when a role's endpoint goes down.
     """
 
     def __init__(
@@ -32,7 +33,7 @@ class LLMRoles(AsyncService):
         metrics: Metrics | None = None,
         http_client: httpx2.AsyncClient | None = None,
         backoff: Backoff | None = None,
-        on_circuit_open: Callable[[str, str], None] | None = None,
+        on_circuit_open: Callable[[Circuit], None] | None = None,
     ) -> None:
         self._config = config
         mode = config.cache.mode

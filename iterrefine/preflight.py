@@ -1,0 +1,115 @@
+"""Checks ``iterrefine run`` makes before it ingests anything, so nothing is paid for in vain.
+
+Each failure is a :class:`PreflightError` (a :class:`ConfigError`: exit code 2) whose
+message names the fix, and the whole set takes a few seconds at most:
+
+* every output file (curated, rejected, DLQ) can be written: its directory exists or
+  can be made, and the path is not a directory;
+* every LLM role answers and accepts its key (:meth:`LLMClient.probe`: ``GET
+  /models``, or a one-token completion where that route does not exist).
+
+Config keys are checked when the config is parsed (unknown keys are errors there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import structlog
+
+from iterrefine.errors import ConfigError
+from iterrefine.llm.circuit import Circuit
+from iterrefine.llm.client import LLMClient
+
+log = structlog.get_logger("iterrefine.preflight")
+
+#: Per role; connection refusals answer at once, a black-holed host takes this long.
+PROBE_TIMEOUT_S = 5.0
+
+
+class PreflightError(ConfigError):
+    """Something ``run`` would only have found out after paying for the pipeline."""
+
+    reason = "preflight"
+
+
+def check_output_paths(paths: Iterable[Path]) -> None:
+    """Each path's directory exists (made if missing) and takes a new file; none is a dir."""
+    for path in paths:
+        if path.is_dir():
+            raise PreflightError(f"output {path} is a directory: give a file name, e.g. "
+                                 f"{path / 'curated.jsonl'}")
+        parent = path.parent
+        blocker = next((p for p in (parent, *parent.parents) if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise PreflightError(f"output {path} cannot be created: {blocker} is not a "
+                                 "directory; choose an output path in a writable directory")
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PreflightError(
+                f"cannot create the directory of output {path}: {exc.strerror or exc}; "
+                "choose an output path in a writable directory") from None
+        try:
+            # A real file in the real directory: os.access would miss read-only mounts.
+            handle, probe = tempfile.mkstemp(prefix=".iterrefine-preflight-", dir=parent)
+        except OSError as exc:
+            raise PreflightError(
+                f"cannot write to {parent} (for output {path}): {exc.strerror or exc}; choose "
+                "a writable directory or fix its permissions") from None
+        os.close(handle)
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PreflightError(f"output {path} exists and is read-only: remove it or choose "
+                                 "another output path")
+
+
+async def check_llm_roles(clients: Iterable[LLMClient]) -> None:
+    """Every role's endpoint answers and takes its key; all roles are asked at once."""
+    clients = list(clients)
+    started = time.monotonic()
+
+    async def one(client: LLMClient) -> str | None:
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                return await client.probe()
+        except TimeoutError:
+            return (f"LLM role {client.role!r} at {client.config.base_url}: no answer within "
+                    f"{PROBE_TIMEOUT_S:g} s; check base_url and that the server is running")
+
+    problems = [p for p in await asyncio.gather(*(one(c) for c in clients)) if p is not None]
+    if problems:
+        raise PreflightError(
+            "an LLM endpoint is not usable, nothing was ingested or paid for:\n  "
+            + "\n  ".join(problems))
+    log.info("preflight_ok", roles=[c.role for c in clients],
+             seconds=round(time.monotonic() - started, 3))
+
+
+class StopOnRejectedKey:
+    """``on_circuit_open`` for ``run``: a key rejected mid-run ends the run, not the items.
+
+    A probe cannot fix a wrong key, and ``run`` is not a long-lived worker waiting for
+    an operator: the circuit is given up (the waiting calls leave their messages
+    uncommitted, none are dead-lettered) and ``stop`` is set. ``problem`` says why.
+    """
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+        self.problem: str | None = None
+
+    def __call__(self, circuit: Circuit) -> None:
+        if circuit.open_reason != "auth":
+            return  # an outage: the calls wait for the endpoint, the run goes on
+        self.problem = (f"the LLM endpoint of role {circuit.role!r} rejected the API key "
+                        "mid-run; fix api_key_env (or the key it names) and rerun the same "
+                        "command: answers already received are cached")
+        circuit.give_up("the API key was rejected")
+        self._stop.set()
