@@ -31,7 +31,7 @@ from iterrefine.kafka import make_producer
 from iterrefine.llm import LLMRoles
 from iterrefine.metrics import Metrics
 from iterrefine.model import Provenance
-from iterrefine.preflight import StopOnRejectedKey, check_llm_roles, check_output_paths
+from iterrefine.preflight import RunAbort, check_llm_roles, check_output_paths, watch_group_joins
 from iterrefine.prompts import PROMPT_VERSION
 from iterrefine.runtime import StageRunner
 from iterrefine.sim import SimConfig, SimServer
@@ -109,7 +109,7 @@ async def run_pipeline(
     records = list(read_records(options.input))  # read first: a bad path fails before startup
     paths = ExportPaths.beside(options.output)
     check_output_paths([paths.curated, paths.rejected, paths.dlq])
-    key_guard = StopOnRejectedKey(stop)
+    run_abort = RunAbort(stop)
     async with contextlib.AsyncExitStack() as stack:
         bootstrap = await stack.enter_async_context(_bootstrap(config))
         if options.sim is not None:
@@ -123,7 +123,7 @@ async def run_pipeline(
                 ready=lambda: bool(runners) and all(r.ready.is_set() for r in runners),
             ))
         roles = await stack.enter_async_context(
-            LLMRoles(config, metrics=metrics, on_circuit_open=key_guard))
+            LLMRoles(config, metrics=metrics, on_circuit_open=run_abort))
         await check_llm_roles(roles[role] for role in roles)  # before ingesting anything
         provenance = Provenance(
             prompt_version=PROMPT_VERSION,
@@ -147,11 +147,15 @@ async def run_pipeline(
             build_stages(ctx), config=config, bootstrap_servers=bootstrap, metrics=metrics,
             stop=pipeline_stop, runners_out=runners, on_ready=own_ready.set,
         ))
+        joins = asyncio.create_task(watch_group_joins(
+            runners, timeout_s=config.runtime.group_join_timeout_s, bootstrap=bootstrap,
+            abort=run_abort))
+        stack.callback(joins.cancel)
         try:
             if extras.count:
                 # Ingest once this process has its share too: a rebalance mid-run would
                 # hold every stage up while the groups re-form.
-                await _until_set_or_done(own_ready, stages)
+                await _until_set_or_done(own_ready, stages, stop)
             report = await _ingest(config, bootstrap, records)
             if on_ingested is not None:
                 on_ingested(len(report.ids))
@@ -183,17 +187,22 @@ async def run_pipeline(
         )
         summary["complete"] = complete
         summary["pending"] = len(report.ids) - seen
-        summary["aborted"] = key_guard.problem
+        summary["aborted"] = run_abort.problem
         return RunResult(summary=summary, paths=paths, ingest=report, complete=complete)
 
 
-async def _until_set_or_done(event: asyncio.Event, task: asyncio.Task[None]) -> None:
-    """Wait for ``event``, or for ``task`` to end first (a stage crash surfaces there)."""
+async def _until_set_or_done(
+    event: asyncio.Event, task: asyncio.Task[None], stop: asyncio.Event
+) -> None:
+    """Wait for ``event``, or for ``task`` to end first (a stage crash surfaces there),
+    or for ``stop``."""
     waiting = asyncio.create_task(event.wait())
+    stopping = asyncio.create_task(stop.wait())
     try:
-        await asyncio.wait([waiting, task], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([waiting, task, stopping], return_when=asyncio.FIRST_COMPLETED)
     finally:
         waiting.cancel()
+        stopping.cancel()
 
 
 async def _ingest(config: Config, bootstrap: str, records: list[Any]) -> IngestReport:

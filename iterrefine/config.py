@@ -63,6 +63,8 @@ class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     #: member's partitions move after a full one: keep it short (Kafka's minimum is 6 s).
     session_timeout_ms: int = 6_000
     heartbeat_interval_ms: int = 1_000
+    #: ``run`` gives up (exit 2, saying why) when its stages have no partitions by then.
+    group_join_timeout_s: float = 60.0
     linger_ms: int = 5
 
 

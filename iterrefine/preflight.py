@@ -18,7 +18,7 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import structlog
@@ -26,6 +26,7 @@ import structlog
 from iterrefine.errors import ConfigError
 from iterrefine.llm.circuit import Circuit
 from iterrefine.llm.client import LLMClient
+from iterrefine.runtime import StageRunner
 
 log = structlog.get_logger("iterrefine.preflight")
 
@@ -93,23 +94,51 @@ async def check_llm_roles(clients: Iterable[LLMClient]) -> None:
              seconds=round(time.monotonic() - started, 3))
 
 
-class StopOnRejectedKey:
-    """``on_circuit_open`` for ``run``: a key rejected mid-run ends the run, not the items.
+class RunAbort:
+    """Ends ``run`` early for a problem only the operator can fix; ``problem`` says which.
 
-    A probe cannot fix a wrong key, and ``run`` is not a long-lived worker waiting for
-    an operator: the circuit is given up (the waiting calls leave their messages
-    uncommitted, none are dead-lettered) and ``stop`` is set. ``problem`` says why.
+    As ``on_circuit_open``: a key rejected mid-run. A probe cannot fix a wrong key and
+    ``run`` is not a long-lived worker waiting for an operator, so the circuit is given
+    up (the waiting calls leave their messages uncommitted, none are dead-lettered)
+    and ``stop`` is set. Outages are not problems here: their calls wait.
     """
 
     def __init__(self, stop: asyncio.Event) -> None:
         self._stop = stop
         self.problem: str | None = None
 
+    def abort(self, problem: str) -> None:
+        if self.problem is None:
+            self.problem = problem
+            log.error("run_aborted", problem=problem)
+        self._stop.set()
+
     def __call__(self, circuit: Circuit) -> None:
         if circuit.open_reason != "auth":
             return  # an outage: the calls wait for the endpoint, the run goes on
-        self.problem = (f"the LLM endpoint of role {circuit.role!r} rejected the API key "
-                        "mid-run; fix api_key_env (or the key it names) and rerun the same "
-                        "command: answers already received are cached")
         circuit.give_up("the API key was rejected")
-        self._stop.set()
+        self.abort(f"the LLM endpoint of role {circuit.role!r} rejected the API key mid-run; "
+                   "fix api_key_env (or the key it names) and rerun the same command: "
+                   "answers already received are cached")
+
+
+async def watch_group_joins(
+    runners: Sequence[StageRunner], *, timeout_s: float, bootstrap: str, abort: RunAbort,
+) -> None:
+    """Abort the run when its stages cannot join their consumer groups in time.
+
+    Seen on the embedded Tansu broker: after ``run --workers N`` against a ``broker
+    up`` broker, a later run's JoinGroup was held forever for members that had left.
+    Waiting without end would pay for nothing; say what to do instead.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if runners and all(runner.ready.is_set() for runner in runners):
+            return
+        await asyncio.sleep(0.2)
+    stuck = sorted(runner.group_id for runner in runners if not runner.ready.is_set())
+    abort.abort(
+        f"the stages could not join their consumer groups ({', '.join(stuck) or 'all'}) on "
+        f"{bootstrap} within {timeout_s:g} s; members of an earlier run are probably stuck "
+        "in them. Restart the broker (`iterrefine broker down`, then `iterrefine broker "
+        "up`), or use another --topic-prefix")

@@ -61,6 +61,23 @@ class _GaveUp(Exception):
         self.attempts = attempts
 
 
+async def _unless_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Run ``work`` unless ``stop`` is set first (then cancel it): whether it finished."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if task.done():
+        task.result()  # re-raise its error
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
     def __init__(self, runner: StageRunner) -> None:
         self._runner = runner
@@ -163,7 +180,15 @@ class StageRunner:
         )
         consumer.subscribe([self._input_topic], listener=_Rebalance(self))
         self._consumer = consumer
-        await consumer.start()
+        if not await _unless_stopped(consumer.start(), stop):
+            # A group that never lets us join (Tansu can keep members of an earlier run)
+            # must not make SIGTERM hang: give up the join and leave.
+            await consumer.stop()
+            if self._own_producer:
+                await self._producer.stop()
+            log.warning("stage_stopped_before_joining", stage=self.stage.name,
+                        group=self.group_id)
+            return
         log.info("stage_started", stage=self.stage.name, topic=self._input_topic,
                  group=self.group_id)
         try:
