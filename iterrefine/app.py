@@ -167,9 +167,14 @@ async def run_pipeline(
                     deadline is not None and time.monotonic() > deadline),
             )
         finally:
+            # The children leave their groups first, while this process keeps polling and
+            # so rejoins at once. The other way round the children were mid-rejoin when
+            # told to stop, and the embedded Tansu then kept them as members for good:
+            # every later JoinGroup of these groups hung (2 of 2 tries before, 0 of 3 after).
+            child_stats = await extras.stop()
             pipeline_stop.set()
             await stages  # drains in-flight work and commits; re-raises a stage crash
-        llm_stats = add_stats(roles.stats(), await extras.stop())
+        llm_stats = add_stats(roles.stats(), child_stats)
         complete = seen >= len(report.ids)
         if not complete:
             log.warning("run_incomplete", expected=len(report.ids), arrived=seen)
