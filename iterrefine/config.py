@@ -79,6 +79,9 @@ class LLMRoleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     timeout_s: float = 60.0
     #: Attempts per call are ``max_retries + 1`` in total (the one retry layer).
     max_retries: int = 6
+    #: Jittered exponential backoff between those attempts (Retry-After wins if longer).
+    retry_base_s: float = 0.2
+    retry_max_s: float = 30.0
     #: Outage failures in a row (connection, timeout, 5xx) that open the role's circuit.
     circuit_failures: int = 5
     #: While the circuit is open: how often to ask the endpoint whether it is back.

@@ -27,6 +27,7 @@ from iterrefine.sim import SimConfig, SimServer
 from .helpers import unique_config, wait_until
 
 MESSAGES = [{"role": "user", "content": "Hi?"}]
+
 OK = {"model": "m", "choices": [{"message": {"content": "hello"}}],
       "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
 
@@ -40,7 +41,8 @@ class Endpoint:
         self.probes = 0
 
     def __call__(self, request: httpx2.Request) -> httpx2.Response:
-        if request.url.path.endswith("/models"):
+        # Probes: GET /models (preflight, rejected keys) or a one-token completion.
+        if request.url.path.endswith("/models") or b'"max_tokens":1,' in request.content:
             self.probes += 1
         else:
             self.chat += 1

@@ -164,7 +164,7 @@ class LLMClient(AsyncService):
         self._api_key = config.api_key()
         self._metrics = metrics
         self._http_client = http_client
-        self._backoff = backoff or Backoff()
+        self._backoff = backoff or Backoff(base_s=config.retry_base_s, max_s=config.retry_max_s)
         self._semaphore = asyncio.Semaphore(max(1, config.max_concurrency))
         self._request_bucket = (
             TokenBucket.per_minute(config.requests_per_minute)
@@ -178,7 +178,7 @@ class LLMClient(AsyncService):
         self._where = self._failures.where
         self._cache = cache
         self.circuit = Circuit(
-            role, self._where, self.probe,
+            role, self._where, self._probe_open_circuit,
             failures_to_open=config.circuit_failures,
             probe_interval_s=config.probe_interval_s,
             gauge=None if metrics is None else metrics.llm_circuit_open.labels(role=role),
@@ -413,6 +413,23 @@ class LLMClient(AsyncService):
         status, problem = await self._probe_get(api, "/models")
         if status in ("404", "405"):
             status, problem = await self._probe_chat(api)
+        return problem
+
+    async def _probe_open_circuit(self) -> str | None:
+        """Whether the endpoint is back: a one-token completion, the call that was failing.
+
+        ``GET /models`` can answer while completions fail (a 5xx storm behind a healthy
+        front), so only a rejected key, which ``/models`` shows too, is probed for free.
+        """
+        api = self._api
+        if api is None:
+            return f"{self._where}: client is closed"
+        self._probes += 1
+        if self.circuit.open_reason == "auth":
+            status, problem = await self._probe_get(api, "/models")
+            if status not in ("404", "405"):
+                return problem
+        _, problem = await self._probe_chat(api)
         return problem
 
     async def _probe_get(self, api: openai.AsyncOpenAI, path: str) -> tuple[str, str | None]:
