@@ -14,7 +14,8 @@ runtime dead-letters a message whose handler raised a non-retriable error.
     ├── LLMError                  non-retriable LLM failure (401, 400, model not found, ...)
     ├── LLMUnavailable            a role's endpoint is down for good (e.g. its key is
     │                             rejected): the message is abandoned, never dead-lettered
-    └── UnparseableOutput         the model's answer could not be read after all attempts
+    ├── UnparseableOutput         the model's answer could not be read after all attempts
+    └── StageContractError        a handler wrote to an undeclared topic or returned no outputs
 """
 
 from __future__ import annotations
@@ -114,3 +115,12 @@ class UnparseableOutput(IterrefineError):
         self.task = task
         #: The last raw answer, kept (truncated) for the DLQ and logs.
         self.raw = raw[:2000]
+
+
+class StageContractError(IterrefineError):
+    """A handler broke the stage contract: an undeclared output topic, or not a list of outputs.
+
+    Not retriable (the same input makes the same mistake): the message is dead-lettered.
+    """
+
+    reason = "stage_contract"

@@ -74,7 +74,8 @@ def test_second_run_on_a_reused_broker_after_workers_finishes(
     config = tmp_path / "c.toml"
     config.write_text("[runtime]\ngroup_join_timeout_s = 30\n")
     common = ["--llm", "sim", "--data-dir", broker_up, "--config", str(config),
-              "--no-progress", "--log-level", "warning", "--sim-latency-ms", "20", "--sim-jitter-ms", "5"]
+              "--no-progress", "--log-level", "warning", "--sim-latency-ms", "20",
+              "--sim-jitter-ms", "5"]
     first = cli("run", str(source), "-o", str(tmp_path / "a.jsonl"), "--workers", "2", *common)
     assert first.returncode == 0, first.stderr[-2000:]
     started = time.monotonic()
