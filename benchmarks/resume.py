@@ -3,9 +3,9 @@
 Starts ``iterrefine sim-llm`` in its own process (it counts every request), then
 
 1. clean: ``iterrefine run`` on a fresh data dir; the simulator's request count;
-2. killed: the same command on another fresh data dir, SIGKILLed once the simulator
-   has answered about half the clean run's requests; checks that the run's child
-   processes (embedded broker, ``--workers`` children) died with it;
+2. killed: the same command on another fresh data dir, SIGKILLed (``--signal``) once
+   the simulator has answered about half the clean run's requests; checks that the
+   run's child processes (embedded broker, ``--workers`` children) died with it;
 3. rerun: the identical command again (same data dir, hence the same response cache).
 
 Prints JSON: requests per phase, (killed + rerun) / clean, whether the curated ids equal
@@ -80,7 +80,9 @@ def main() -> None:
     parser.add_argument("--input", type=Path, default=ROOT / "examples" / "dolly_sample.jsonl")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--kill-at", type=float, default=0.5,
-                        help="share of the clean run's requests before the SIGKILL")
+                        help="share of the clean run's requests before the signal")
+    parser.add_argument("--signal", choices=["KILL", "TERM", "INT"], default="KILL",
+                        help="KILL loses the calls in flight; TERM/INT let them finish")
     args = parser.parse_args()
     port = free_port()
     sim = subprocess.Popen(
@@ -115,7 +117,7 @@ def main() -> None:
         while sim_requests(port) < target and killed.poll() is None:
             time.sleep(0.02)
         family = children(killed.pid)
-        killed.send_signal(signal.SIGKILL)
+        killed.send_signal(getattr(signal, f"SIG{args.signal}"))
         killed.wait()
         killed_requests = sim_requests(port)
         time.sleep(2.0)  # parent-death signals, then drains of what survived
@@ -132,9 +134,11 @@ def main() -> None:
         print(json.dumps({
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
             "input": str(args.input), "workers": args.workers, "kill_at": args.kill_at,
+            "signal": args.signal,
             "clean": {"exit": clean.returncode, "requests": clean_requests,
                       "seconds": round(clean_s, 2)},
-            "killed": {"requests": killed_requests, "children": len(family),
+            "killed": {"exit": killed.returncode, "requests": killed_requests,
+                       "children": len(family),
                        "orphans_2s_after_kill": len(orphans),
                        "requests_after_kill": after_kill - killed_requests},
             "rerun": {"exit": rerun.returncode, "requests": rerun_requests,
