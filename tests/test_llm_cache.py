@@ -171,3 +171,44 @@ async def test_roles_share_one_cache_and_off_means_none(tmp_path: Path) -> None:
     async with LLMRoles(Config(llm=llm, data_dir=str(tmp_path / "y"))) as roles:
         assert roles.cache is None
     assert not (tmp_path / "y").exists()
+
+
+def test_cli_cache_flags_and_defaults(tmp_path: Path) -> None:
+    """run defaults to the cache on; --no-cache and --cache refresh override; TOML can turn
+    it off; commands that call no LLM have none."""
+    from iterrefine.cli import build_parser
+    from iterrefine.cli.common import config_from_args
+
+    parser = build_parser()
+    base = ["run", "in.jsonl", "-o", "out.jsonl"]
+    off = tmp_path / "off.toml"
+    off.write_text('[cache]\nmode = "off"\n')
+    cases = {
+        (): "on", ("--no-cache",): "off", ("--cache", "refresh"): "refresh",
+        ("--config", str(off)): "off",
+    }
+    for extra, mode in cases.items():
+        assert config_from_args(parser.parse_args([*base, *extra])).cache.mode == mode
+    assert config_from_args(parser.parse_args(["status"])).cache.mode == "off"
+
+
+def test_cli_cache_stats_and_clear(tmp_path: Path) -> None:
+    """`iterrefine cache stats --json` reports entries; `cache clear` empties the file."""
+    import json
+    import subprocess
+    import sys
+
+    data_dir = tmp_path / "d"
+    cache = ResponseCache(data_dir / "llm-cache.sqlite3")
+    cache.put("k", answer())
+    cache.close()
+
+    def cli(*argv: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "iterrefine.cli", "cache", *argv,
+                               "--data-dir", str(data_dir)], capture_output=True, text=True,
+                              check=True, timeout=60)
+        return done.stdout
+
+    assert json.loads(cli("stats", "--json"))["entries"] == 1
+    assert "deleted 1" in cli("clear")
+    assert json.loads(cli("stats", "--json"))["entries"] == 0
