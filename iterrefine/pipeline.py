@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import sys
 from collections.abc import Callable, Iterable, Sequence
 
@@ -29,7 +30,7 @@ from iterrefine.llm.probe import is_simulator
 from iterrefine.metrics import Metrics
 from iterrefine.model import Provenance
 from iterrefine.prompts import PROMPT_VERSION
-from iterrefine.runtime import StageRunner
+from iterrefine.runtime import Stage, StageRunner
 from iterrefine.topics import ensure_topics
 from iterrefine.worker import install_stop_signals, serve_stages
 
@@ -70,6 +71,14 @@ def pipeline_context(
         simulated=simulated,
     )
     return PipelineContext(config.pipeline, roles, metrics, provenance)
+
+
+def _held_while_roles_down(stage: Stage, role_names: Sequence[str], roles: LLMRoles) -> Stage:
+    """``stage`` taking no new messages while the circuit of a role it calls is open."""
+    circuits = [roles[name].circuit for name in role_names if name in roles]
+    if not circuits:
+        return stage
+    return dataclasses.replace(stage, hold=lambda: any(c.is_open for c in circuits))
 
 
 async def _simulated(config: Config) -> bool:
@@ -120,7 +129,7 @@ async def serve_pipeline(
             simulated = await _simulated(config)
         ctx = pipeline_context(config, roles, metrics, simulated=simulated,
                                prompt_version=prompt_version)
-        built = [spec.build(ctx) for spec in specs]
+        built = [_held_while_roles_down(spec.build(ctx), spec.roles, roles) for spec in specs]
         log.info("worker_starting", stages=[s.name for s in built], bootstrap=bootstrap,
                  simulated=simulated)
         await ensure_topics(config.kafka, bootstrap, graph.topics())

@@ -4,9 +4,9 @@ A broken endpoint is an operational fault, not bad data. When a role's endpoint 
 down (refused or dropped connections, timeouts, a run of 5xx answers) or turns the
 key away (401/403), its :class:`Circuit` opens: every call of that role waits in
 :meth:`Circuit.wait_closed` instead of spending its retry budget and ending in the
-DLQ. The handlers waiting there fill the stage's in-flight window, so the runner
-stops taking new messages and keeps its group membership the way it does whenever
-the window is full. One probe per ``probe_interval_s`` (a cheap ``GET /models``)
+DLQ. The stages that call the role take no new messages meanwhile
+(:attr:`iterrefine.runtime.Stage.hold`, wired in :mod:`iterrefine.pipeline`) and keep
+their group membership the way the runner does whenever its window is full. One probe per ``probe_interval_s`` (a cheap ``GET /models``)
 asks whether the endpoint is back; the first good answer closes the circuit and the
 waiting calls go on with their retry budget intact.
 

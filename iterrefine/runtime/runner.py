@@ -259,7 +259,8 @@ class StageRunner:
 
     async def _poll_once(self, consumer: AIOKafkaConsumer) -> None:
         free = self._rt.max_in_flight - self._inflight
-        if free <= 0 or (self._full_since is not None and free < self._refill_at):
+        held = self.stage.hold is not None and self.stage.hold()
+        if held or free <= 0 or (self._full_since is not None and free < self._refill_at):
             await self._wait_for_room(consumer)
             return
         self._full_since = None
