@@ -114,7 +114,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     print_summary(Console(), summary, result.paths)
     for problem in result.ingest.problems[:10]:
         print(f"  bad input: {problem}", file=sys.stderr)
-    code = run_exit_code(summary, invalid_input=result.ingest.invalid)
+    ingest = result.ingest
+    # Invalid and duplicate input records have a DLQ row each; they are not processing faults.
+    code = run_exit_code(summary, invalid_input=ingest.invalid + ingest.duplicate_ids
+                         + ingest.duplicate_records)
     if summary.get("aborted"):
         print(f"iterrefine: error: {summary['aborted']}", file=sys.stderr)
     if not result.complete:

@@ -6,9 +6,11 @@ key away (401/403), its :class:`Circuit` opens: every call of that role waits in
 :meth:`Circuit.wait_closed` instead of spending its retry budget and ending in the
 DLQ. The stages that call the role take no new messages meanwhile
 (:attr:`iterrefine.runtime.Stage.hold`, wired in :mod:`iterrefine.pipeline`) and keep
-their group membership the way the runner does whenever its window is full. One probe per ``probe_interval_s`` (a cheap ``GET /models``)
-asks whether the endpoint is back; the first good answer closes the circuit and the
-waiting calls go on with their retry budget intact.
+their group membership the way the runner does whenever its window is full. One
+probe per ``probe_interval_s`` asks whether the endpoint is back (a one-token
+completion, the call that was failing; ``GET /models`` for a rejected key); the first
+good answer closes the circuit and the waiting calls go on with their retry budget
+intact.
 
     closed --(circuit_failures outage failures in a row, or one 401/403)--> open
     open   --(a probe answers)--> closed
