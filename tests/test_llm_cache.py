@@ -212,3 +212,17 @@ def test_cli_cache_stats_and_clear(tmp_path: Path) -> None:
     assert json.loads(cli("stats", "--json"))["entries"] == 1
     assert "deleted 1" in cli("clear")
     assert json.loads(cli("stats", "--json"))["entries"] == 0
+
+
+async def test_an_unwritable_cache_path_runs_without_cache(tmp_path: Path) -> None:
+    """A read-only place for the cache (k8s root filesystem) warns and runs uncached."""
+    from structlog.testing import capture_logs
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    config = Config(llm={"strong": role("http://llm.test/v1")},
+                    cache=CacheConfig(mode="on", path=str(blocker / "c.sqlite3")))
+    with capture_logs() as logs:
+        async with LLMRoles(config) as roles:
+            assert roles.cache is None
+    assert any(e["event"] == "llm_cache_unavailable" for e in logs)

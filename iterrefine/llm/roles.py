@@ -3,17 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable, Iterator
 
 import httpx2
+import structlog
 
 from iterrefine.config import Config
 from iterrefine.lifecycle import AsyncService
-from iterrefine.llm.cache import ResponseCache
+from iterrefine.llm.cache import CacheMode, ResponseCache
 from iterrefine.llm.circuit import Circuit
 from iterrefine.llm.client import LLMClient, LLMStats
 from iterrefine.metrics import Metrics
 from iterrefine.retry import Backoff
+
+log = structlog.get_logger("iterrefine.llm")
+
+
+def _open_cache(config: Config, mode: CacheMode) -> ResponseCache | None:
+    """The cache file, or None (with a warning) where it cannot be written: the cache
+    saves money, but a worker on a read-only filesystem must still work."""
+    path = config.cache_path()
+    try:
+        return ResponseCache(path, mode=mode)
+    except (OSError, sqlite3.Error) as exc:
+        log.warning("llm_cache_unavailable", path=str(path), error=str(exc),
+                    fix="set [cache] path (or --data-dir) to a writable place")
+        return None
 
 
 class LLMRoles(AsyncService):
@@ -37,7 +53,7 @@ class LLMRoles(AsyncService):
     ) -> None:
         self._config = config
         mode = config.cache.mode
-        self.cache = None if mode == "off" else ResponseCache(config.cache_path(), mode=mode)
+        self.cache = None if mode == "off" else _open_cache(config, mode)
         try:
             self._clients = {
                 role: LLMClient(
