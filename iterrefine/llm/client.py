@@ -39,7 +39,8 @@ from iterrefine.config import LLMRoleConfig
 from iterrefine.errors import IterrefineError, LLMRetriesExhausted
 from iterrefine.lifecycle import AsyncService
 from iterrefine.llm.cache import CachedAnswer, ResponseCache, cache_key, without_fence_nonce
-from iterrefine.llm.circuit import Circuit, is_outage
+from iterrefine.llm.circuit import Circuit
+from iterrefine.llm.endpoint_probe import probe_completion, probe_models
 from iterrefine.llm.failures import FailureMap
 from iterrefine.llm.ratelimit import TokenBucket
 from iterrefine.metrics import Metrics
@@ -410,9 +411,9 @@ class LLMClient(AsyncService):
         if api is None:
             raise RuntimeError(f"{self._where}: call start() or use 'async with' first")
         self._probes += 1
-        status, problem = await self._probe_get(api, "/models")
+        status, problem = await probe_models(api, self._failures)
         if status in ("404", "405"):
-            status, problem = await self._probe_chat(api)
+            status, problem = await probe_completion(api, self._failures, self._chat_url)
         return problem
 
     async def _probe_open_circuit(self) -> str | None:
@@ -426,38 +427,11 @@ class LLMClient(AsyncService):
             return f"{self._where}: client is closed"
         self._probes += 1
         if self.circuit.open_reason == "auth":
-            status, problem = await self._probe_get(api, "/models")
+            status, problem = await probe_models(api, self._failures)
             if status not in ("404", "405"):
                 return problem
-        _, problem = await self._probe_chat(api)
+        _, problem = await probe_completion(api, self._failures, self._chat_url)
         return problem
-
-    async def _probe_get(self, api: openai.AsyncOpenAI, path: str) -> tuple[str, str | None]:
-        try:
-            async with asyncio.timeout(min(10.0, self.config.timeout_s)):
-                await api.get(path, cast_to=httpx2.Response, options=_REQUEST_OPTIONS)
-        except TimeoutError:
-            status, error = self._failures.timeout()
-            return status, str(error)
-        except openai.APIError as exc:
-            status, error = self._failures.translate(exc, structured=False)
-            return status, str(error) if is_outage(status) else None
-        return "ok", None
-
-    async def _probe_chat(self, api: openai.AsyncOpenAI) -> tuple[str, str | None]:
-        body = {"model": self.config.model, "max_tokens": 1,
-                "messages": [{"role": "user", "content": "Reply with OK."}]}
-        try:
-            async with asyncio.timeout(min(10.0, self.config.timeout_s)):
-                await api.post(self._chat_url, cast_to=httpx2.Response,
-                               content=_encode_body(body), options=_REQUEST_OPTIONS)
-        except TimeoutError:
-            status, error = self._failures.timeout()
-            return status, str(error)
-        except openai.APIError as exc:
-            status, error = self._failures.translate(exc, structured=False)
-            return status, str(error) if is_outage(status) or status == "404" else None
-        return "ok", None
 
     async def _attempt(
         self, api: openai.AsyncOpenAI, content: bytes, estimate: int, *, structured: bool
