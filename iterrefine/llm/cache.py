@@ -39,6 +39,8 @@ from typing import Literal
 import msgspec
 import structlog
 
+from iterrefine.metrics import Metrics
+
 log = structlog.get_logger("iterrefine.llm")
 
 #: ``on``: read and write; ``refresh``: ask again and overwrite; ``off``: no cache.
@@ -183,6 +185,44 @@ class ResponseCache:
         except sqlite3.Error as exc:  # best effort: losing counters must not fail a run
             log.warning("llm_cache_counters_lost", error=str(exc))
         self._db.close()
+
+
+class RoleCache:
+    """One role's view of the shared cache: its hits, misses and tokens saved, also as
+    metrics (``iterrefine_llm_cache_total``, ``..._tokens_saved_total``)."""
+
+    def __init__(self, cache: ResponseCache, role: str, metrics: Metrics | None) -> None:
+        self._cache = cache
+        self.hits = 0
+        self.misses = 0
+        self.tokens_saved = 0
+        # Children looked up once: labels() costs a lock and a tuple per call.
+        self._counters = None if metrics is None else (
+            metrics.llm_cache_total.labels(role=role, result="hit"),
+            metrics.llm_cache_total.labels(role=role, result="miss"),
+            metrics.llm_cache_tokens_saved_total.labels(role=role),
+        )
+
+    def lookup(self, key: str) -> CachedAnswer | None:
+        hit = self._cache.get(key)
+        if hit is None:
+            self.misses += 1
+            if self._counters is not None:
+                self._counters[1].inc()
+            return None
+        saved = hit.prompt_tokens + hit.completion_tokens
+        self.hits += 1
+        self.tokens_saved += saved
+        if self._counters is not None:
+            self._counters[0].inc()
+            self._counters[2].inc(saved)
+        return hit
+
+    def keep(self, key: str, answer: CachedAnswer) -> None:
+        self._cache.put(key, answer)
+
+    def forget(self, key: str) -> None:
+        self._cache.delete(key)
 
 
 def read_stats(path: str | Path) -> CacheStats | None:

@@ -38,7 +38,13 @@ from prometheus_client import Counter, Histogram
 from iterrefine.config import LLMRoleConfig
 from iterrefine.errors import IterrefineError, LLMRetriesExhausted
 from iterrefine.lifecycle import AsyncService
-from iterrefine.llm.cache import CachedAnswer, ResponseCache, cache_key, without_fence_nonce
+from iterrefine.llm.cache import (
+    CachedAnswer,
+    ResponseCache,
+    RoleCache,
+    cache_key,
+    without_fence_nonce,
+)
 from iterrefine.llm.circuit import Circuit
 from iterrefine.llm.endpoint_probe import probe_completion, probe_models
 from iterrefine.llm.failures import FailureMap
@@ -177,7 +183,7 @@ class LLMClient(AsyncService):
         )
         self._failures = FailureMap(role, config, self._api_key)
         self._where = self._failures.where
-        self._cache = cache
+        self._cache = None if cache is None else RoleCache(cache, role, metrics)
         self.circuit = Circuit(
             role, self._where, self._probe_open_circuit,
             failures_to_open=config.circuit_failures,
@@ -185,7 +191,6 @@ class LLMClient(AsyncService):
             gauge=None if metrics is None else metrics.llm_circuit_open.labels(role=role),
             on_open=on_circuit_open,
         )
-        self._cache_counters: tuple[Counter, Counter, Counter] | None = None
         # Children looked up once: labels() costs a lock and a tuple per call.
         self._status_counters: dict[str, Counter] = {}
         self._seconds: Histogram | None = None
@@ -196,11 +201,6 @@ class LLMClient(AsyncService):
                 metrics.llm_tokens_total.labels(role=role, kind="prompt"),
                 metrics.llm_tokens_total.labels(role=role, kind="completion"),
             )
-            self._cache_counters = (
-                metrics.llm_cache_total.labels(role=role, result="hit"),
-                metrics.llm_cache_total.labels(role=role, result="miss"),
-                metrics.llm_cache_tokens_saved_total.labels(role=role),
-            )
             metrics.llm_circuit_open.labels(role=role).set(0)
         self._api: openai.AsyncOpenAI | None = None
         self._chat_url = ""
@@ -210,9 +210,6 @@ class LLMClient(AsyncService):
         self._retries = 0
         self._prompt_tokens = 0
         self._completion_tokens = 0
-        self._cache_hits = 0
-        self._cache_misses = 0
-        self._cache_tokens_saved = 0
         self._probes = 0
 
     # -- lifecycle -------------------------------------------------------------------
@@ -270,9 +267,9 @@ class LLMClient(AsyncService):
             retries=self._retries,
             prompt_tokens=self._prompt_tokens,
             completion_tokens=self._completion_tokens,
-            cache_hits=self._cache_hits,
-            cache_misses=self._cache_misses,
-            cache_tokens_saved=self._cache_tokens_saved,
+            cache_hits=0 if self._cache is None else self._cache.hits,
+            cache_misses=0 if self._cache is None else self._cache.misses,
+            cache_tokens_saved=0 if self._cache is None else self._cache.tokens_saved,
             probes=self._probes,
             circuit_opened=self.circuit.opened,
         )
@@ -313,7 +310,7 @@ class LLMClient(AsyncService):
         key = None
         if self._cache is not None:
             key = cache_key(_encode_body({**body, "messages": without_fence_nonce(messages)}))
-            hit = self._cache_lookup(key)
+            hit = self._cache.lookup(key)
             if hit is not None:
                 return ChatResult(
                     text=hit.text, prompt_tokens=hit.prompt_tokens,
@@ -327,22 +324,6 @@ class LLMClient(AsyncService):
             result, seconds=time.monotonic() - started, attempts=attempts, cache_key=key
         )
 
-    def _cache_lookup(self, key: str) -> CachedAnswer | None:
-        assert self._cache is not None
-        hit = self._cache.get(key)
-        if hit is None:
-            self._cache_misses += 1
-            if self._cache_counters is not None:
-                self._cache_counters[1].inc()
-            return None
-        saved = hit.prompt_tokens + hit.completion_tokens
-        self._cache_hits += 1
-        self._cache_tokens_saved += saved
-        if self._cache_counters is not None:
-            self._cache_counters[0].inc()
-            self._cache_counters[2].inc(saved)
-        return hit
-
     def remember(self, reply: object, *, readable: bool) -> None:
         """Tell the cache whether ``reply`` could be read: only readable answers are kept.
 
@@ -351,12 +332,12 @@ class LLMClient(AsyncService):
         if self._cache is None or not isinstance(reply, ChatResult) or reply.cache_key is None:
             return
         if readable and not reply.cached:
-            self._cache.put(reply.cache_key, CachedAnswer(
+            self._cache.keep(reply.cache_key, CachedAnswer(
                 text=reply.text, model=reply.model, prompt_tokens=reply.prompt_tokens,
                 completion_tokens=reply.completion_tokens, finish_reason=reply.finish_reason,
             ))
         elif not readable and reply.cached:
-            self._cache.delete(reply.cache_key)
+            self._cache.forget(reply.cache_key)
 
     async def _call(
         self, api: openai.AsyncOpenAI, content: bytes, estimate: int, *, structured: bool
