@@ -178,7 +178,7 @@ def print_summary(console: Console, summary: dict[str, Any], paths: Any) -> None
                       f"{stats['prompt_tokens']}+{stats['completion_tokens']} tokens, "
                       f"p50 {stats['latency_s'].get('p50')} s")
         if stats.get("cache_hits") or stats.get("cache_misses"):
-            table.add_row(f"cache {role}", f"{stats['cache_hits']} hits (calls not paid for), "
+            table.add_row(f"cache {role}", f"{stats['cache_hits']} hits (not paid), "
                           f"{stats['cache_misses']} misses, "
                           f"{stats['cache_tokens_saved']} tokens saved")
     if summary["dlq_reasons"]:
