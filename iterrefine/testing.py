@@ -31,10 +31,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from iterrefine.broker import EmbeddedBroker
-from iterrefine.config import Config, KafkaConfig, LLMRoleConfig, RuntimeConfig
+from iterrefine.config import CacheConfig, Config, LLMRoleConfig
 from iterrefine.export import Terminal
 from iterrefine.graph import StageGraph
 from iterrefine.ingest import Ingestor, RawRecord
@@ -142,13 +143,13 @@ def isolated_config(llm_base_url: str | None = None, *, base: Config | None = No
     if llm_base_url is not None:  # the pipeline's two roles at the scripted server
         llm |= {role: LLMRoleConfig(base_url=llm_base_url, model=f"sim-{role}", max_retries=2)
                 for role in ("strong", "backbone")}
-    runtime = {**{f: getattr(base.runtime, f) for f in RuntimeConfig.__struct_fields__},
-               **_TEST_RUNTIME}
-    return Config(
-        kafka=KafkaConfig(**{**{f: getattr(base.kafka, f) for f in KafkaConfig.__struct_fields__},
-                             "topic_prefix": prefix}),
-        runtime=RuntimeConfig(**runtime), pipeline=base.pipeline, llm=llm,
-        stages=base.stages, import_paths=base.import_paths, data_dir=base.data_dir,
+    # No response cache: scripted answers differ from test to test for the same prompt.
+    return msgspec.structs.replace(
+        base,
+        kafka=msgspec.structs.replace(base.kafka, topic_prefix=prefix),
+        runtime=msgspec.structs.replace(base.runtime, **_TEST_RUNTIME),
+        llm=llm,
+        cache=CacheConfig(mode="off"),
     )
 
 
