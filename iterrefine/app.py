@@ -68,7 +68,8 @@ def sim_roles(config: Config, base_url: str, sim: SimConfig) -> Config:
     concurrency = max(64, sim.capacity * 2) if sim.capacity else 512
     roles = {
         name: LLMRoleConfig(base_url=base_url, model=f"sim-{name}", max_concurrency=concurrency,
-                            timeout_s=max(30.0, sim.latency_ms / 1000 * 20), max_retries=8)
+                            timeout_s=max(30.0, sim.latency_ms / 1000 * 20), max_retries=8,
+                            structured_output="json_schema")
         for name in ("strong", "backbone")
     }
     return msgspec.structs.replace(config, llm={**roles, **config.llm})
@@ -111,11 +112,12 @@ async def run_pipeline(
         if options.sim is not None:
             sim = await stack.enter_async_context(SimServer(options.sim, port=0))
             config = sim_roles(config, sim.base_url, options.sim)
-        metrics = metrics if metrics is not None else Metrics()
+        metrics = metrics if metrics is not None else Metrics(
+            longest_timeout_s=max((r.timeout_s for r in config.llm.values()), default=0.0))
         runners: list[StageRunner] = []
         if options.metrics_port is not None:
             await stack.enter_async_context(MetricsServer(
-                metrics.registry, options.metrics_port,
+                metrics.registry, options.metrics_port, host=config.metrics_host,
                 ready=lambda: bool(runners) and all(r.ready.is_set() for r in runners),
             ))
         roles = await stack.enter_async_context(LLMRoles(config, metrics=metrics))

@@ -66,6 +66,11 @@ class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True):
     linger_ms: int = 5
 
 
+StructuredOutput = Literal["json_schema", "json_object", "off", "auto"]
+#: The dialects a request can be sent in (``auto`` resolves to one of them).
+Dialect = Literal["json_schema", "json_object", "off"]
+
+
 class LLMRoleConfig(msgspec.Struct, frozen=True, kw_only=True):
     base_url: str
     model: str
@@ -76,8 +81,13 @@ class LLMRoleConfig(msgspec.Struct, frozen=True, kw_only=True):
     tokens_per_minute: float | None = None
     timeout_s: float = 60.0
     max_retries: int = 6
-    #: Ask for JSON-schema structured output (vLLM, OpenAI support it; many servers don't).
-    structured_output: bool = False
+    #: Structured output for the tasks that have a JSON schema, in the endpoint's dialect:
+    #: ``json_schema`` (OpenAI, vLLM), ``json_object`` (llama.cpp: ``{"type": "json_object",
+    #: "schema": ...}``), ``off`` (free text), or ``auto``: a probe request at the role's
+    #: first structured call finds which of them the server enforces
+    #: (:mod:`iterrefine.llm.dialect`). ``true``/``false`` of older configs mean
+    #: ``json_schema``/``off``.
+    structured_output: StructuredOutput = "auto"
     temperature: float = 0.0
     max_tokens: int = 1024
 
@@ -116,6 +126,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     #: Roles: ``strong`` and ``backbone`` are required to run the LLM stages.
     llm: dict[str, LLMRoleConfig] = {}
     metrics_port: int | None = None
+    #: Address the metrics endpoint binds: loopback by default (it has no authentication);
+    #: ``0.0.0.0`` in a container, where Prometheus scrapes from another host.
+    metrics_host: str = "127.0.0.1"
     data_dir: str = ".iterrefine"
 
     def role(self, name: str) -> LLMRoleConfig:
@@ -151,7 +164,18 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     raw = merge(raw, overrides or {})
+    _upgrade_structured_output(raw)
     try:
         return msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid configuration: {exc}") from None
+
+
+def _upgrade_structured_output(raw: dict[str, Any]) -> None:
+    """``structured_output = true/false`` (older configs) as ``"json_schema"``/``"off"``."""
+    roles = raw.get("llm")
+    if not isinstance(roles, dict):
+        return
+    for role in roles.values():
+        if isinstance(role, dict) and isinstance(role.get("structured_output"), bool):
+            role["structured_output"] = "json_schema" if role["structured_output"] else "off"

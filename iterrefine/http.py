@@ -22,7 +22,9 @@ class MetricsServer(AsyncService):
         registry: CollectorRegistry,
         port: int,
         *,
-        host: str = "0.0.0.0",  # scraped from other hosts/pods; carries no secrets
+        # Loopback unless told otherwise: the endpoint has no authentication. Containers
+        # pass 0.0.0.0 (``--metrics-host``) so that Prometheus can scrape them.
+        host: str = "127.0.0.1",
         ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self._registry = registry

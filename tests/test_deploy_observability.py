@@ -40,6 +40,9 @@ _FAMILIES = {
     "iterrefine_llm_tokens_total": "counter",
     "iterrefine_dlq_total": "counter",
     "iterrefine_quality_score": "histogram",
+    "iterrefine_llm_answers_total": "counter",
+    "iterrefine_llm_answers_truncated_total": "counter",
+    "iterrefine_rescore_failures_total": "counter",
 }
 FIXED_SERIES = frozenset(
     name + suffix

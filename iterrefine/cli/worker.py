@@ -40,6 +40,10 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
                         help=f"one or more of {', '.join(STAGES)}, or all")
     parser.add_argument("--metrics-port", type=int, metavar="N",
                         help="serve /metrics, /healthz and /readyz on this port")
+    parser.add_argument("--metrics-host", metavar="ADDR",
+                        help="address the metrics endpoint binds (default 127.0.0.1, this "
+                        "machine only: it has no authentication); in a container use 0.0.0.0 "
+                        "so that Prometheus and the probes can reach it")
     parser.add_argument("--group-instance-id", metavar="ID",
                         help="static group membership id, unique per worker process: on Kafka "
                         "a restart within the session timeout keeps its partitions without a "
@@ -82,12 +86,13 @@ async def serve_workers(
 
     stop = asyncio.Event()
     install_stop_signals(stop)
-    metrics = Metrics()
+    metrics = Metrics(
+        longest_timeout_s=max((r.timeout_s for r in config.llm.values()), default=0.0))
     runners: list[StageRunner] = []
     async with contextlib.AsyncExitStack() as stack:
         if config.metrics_port is not None:
             await stack.enter_async_context(MetricsServer(
-                metrics.registry, config.metrics_port,
+                metrics.registry, config.metrics_port, host=config.metrics_host,
                 ready=lambda: bool(runners) and all(r.ready.is_set() for r in runners),
             ))
         roles = await stack.enter_async_context(LLMRoles(config, metrics=metrics))

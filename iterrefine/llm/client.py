@@ -35,9 +35,11 @@ import openai
 import structlog
 from prometheus_client import Counter, Histogram
 
-from iterrefine.config import LLMRoleConfig
+from iterrefine.config import Dialect, LLMRoleConfig
 from iterrefine.errors import IterrefineError
 from iterrefine.lifecycle import AsyncService
+from iterrefine.llm import dialect as dialects
+from iterrefine.llm.latency import Reservoir
 from iterrefine.llm.failures import FailureMap
 from iterrefine.llm.ratelimit import TokenBucket
 from iterrefine.metrics import Metrics
@@ -73,6 +75,10 @@ class LLMStats(msgspec.Struct, frozen=True, kw_only=True):
     retries: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    #: Sum of every request's latency (the mean is this over ``requests``).
+    latency_sum_s: float = 0.0
+    #: A bounded uniform sample of raw request latencies, for the summary's percentiles.
+    latency_samples_s: tuple[float, ...] = ()
 
 
 # The wire shape of the few fields we read; the decoder skips everything else without
@@ -170,6 +176,9 @@ class LLMClient(AsyncService):
                 metrics.llm_tokens_total.labels(role=role, kind="prompt"),
                 metrics.llm_tokens_total.labels(role=role, kind="completion"),
             )
+        setting = dialects.configured(config.structured_output)
+        self._dialect: Dialect | None = None if setting == "auto" else setting
+        self._dialect_lock = asyncio.Lock()
         self._api: openai.AsyncOpenAI | None = None
         self._chat_url = ""
         self._closed = False
@@ -178,6 +187,7 @@ class LLMClient(AsyncService):
         self._retries = 0
         self._prompt_tokens = 0
         self._completion_tokens = 0
+        self._latencies = Reservoir()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -233,7 +243,17 @@ class LLMClient(AsyncService):
             retries=self._retries,
             prompt_tokens=self._prompt_tokens,
             completion_tokens=self._completion_tokens,
+            latency_sum_s=self._latencies.total,
+            latency_samples_s=self._latencies.sample(),
         )
+
+    def record_answer(self, task: str, outcome: str, *, truncated: int) -> None:
+        """Count how an answer of ``task`` read (the ask layer calls this)."""
+        if self._metrics is None:
+            return
+        self._metrics.llm_answers_total.labels(task=task, outcome=outcome).inc()
+        if truncated:
+            self._metrics.llm_answers_truncated_total.labels(task=task).inc(truncated)
 
     async def chat(
         self,
@@ -259,12 +279,12 @@ class LLMClient(AsyncService):
             "temperature": config.temperature,
             "max_tokens": limit,
         }
-        structured = json_schema is not None and config.structured_output
-        if structured:
-            body["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": schema_name, "schema": json_schema, "strict": True},
-            }
+        structured = False
+        if json_schema is not None:
+            form = dialects.response_format(await self.dialect(), schema_name, json_schema)
+            if form is not None:
+                body["response_format"] = form
+                structured = True
         # Encoded once: retries send the same bytes.
         content = _encode_body(body)
         estimate = estimate_tokens(messages, limit)
@@ -298,6 +318,39 @@ class LLMClient(AsyncService):
         return msgspec.structs.replace(
             result, seconds=time.monotonic() - started, attempts=retries + 1
         )
+
+    async def dialect(self) -> Dialect:
+        """The structured-output dialect of this role; ``auto`` probes the endpoint once.
+
+        An inconclusive probe (server unreachable) answers ``off`` for now and probes
+        again on the next call.
+        """
+        if self._dialect is not None:
+            return self._dialect
+        async with self._dialect_lock:
+            if self._dialect is None:
+                self._dialect = await dialects.probe_dialect(
+                    self._probe_send, role=self.role, model=self.config.model)
+            return self._dialect or "off"
+
+    async def _probe_send(self, body: dict[str, Any]) -> tuple[int, str] | None:
+        api = self._api
+        if api is None:
+            raise RuntimeError(f"{self._where}: call start() or use 'async with' first")
+        try:
+            async with asyncio.timeout(min(self.config.timeout_s, 60.0)):
+                response = await api.post(self._chat_url, cast_to=httpx2.Response,
+                                          content=_encode_body(body), options=_REQUEST_OPTIONS)
+        except openai.APIStatusError as exc:
+            return exc.status_code, ""
+        except (TimeoutError, openai.APIError):
+            return None
+        try:
+            completion = _decode_completion(response.content)
+        except msgspec.DecodeError:
+            return 200, ""
+        choice = completion.choices[0] if completion.choices else None
+        return 200, (choice.message.content or "") if choice is not None else ""
 
     async def _attempt(
         self, api: openai.AsyncOpenAI, content: bytes, estimate: int, *, structured: bool
@@ -347,6 +400,7 @@ class LLMClient(AsyncService):
         return result
 
     def _observe(self, status: str, seconds: float) -> None:
+        self._latencies.add(seconds)
         if self._seconds is None or self._metrics is None:
             return
         counter = self._status_counters.get(status)
