@@ -56,6 +56,13 @@ class MetricsServer(AsyncService):
         self._port = int(self._runner.addresses[0][1])  # the OS's pick when asked for 0
 
     @property
+    def host(self) -> str:
+        """The address served on (after start(): the one the socket is bound to)."""
+        if self._runner is not None and self._runner.addresses:
+            return str(self._runner.addresses[0][0])
+        return self._host
+
+    @property
     def port(self) -> int:
         """The port served on (the one the OS picked, after start(), when asked for 0)."""
         return self._port

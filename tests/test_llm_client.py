@@ -426,7 +426,7 @@ async def test_structured_output_rejection_suggests_turning_it_off() -> None:
     """A 400 to a json_schema request names the other dialects (json_object, off, auto)."""
     handler, _ = sequence(error(400, "response_format not supported"))
     async with llm(handler, structured_output=True) as client:
-        with pytest.raises(LLMError, match='structured_output = "auto".*"json_object".*"off"'):
+        with pytest.raises(LLMError, match=r'structured_output = "auto".*"json_object".*"off"'):
             await client.chat(MESSAGES, json_schema={"type": "object"})
 
 

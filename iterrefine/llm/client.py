@@ -39,8 +39,8 @@ from iterrefine.config import Dialect, LLMRoleConfig
 from iterrefine.errors import IterrefineError
 from iterrefine.lifecycle import AsyncService
 from iterrefine.llm import dialect as dialects
-from iterrefine.llm.latency import Reservoir
 from iterrefine.llm.failures import FailureMap
+from iterrefine.llm.latency import Reservoir
 from iterrefine.llm.ratelimit import TokenBucket
 from iterrefine.metrics import Metrics
 from iterrefine.retry import Backoff, retry_async

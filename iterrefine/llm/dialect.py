@@ -75,7 +75,7 @@ def enforced(answer: str) -> bool:
         value = json.loads(answer)
     except ValueError:
         return False
-    return value == {"probe": "ok"}
+    return bool(value == {"probe": "ok"})
 
 
 #: Sends one probe body; returns (HTTP status, answer text), or None when the server

@@ -45,7 +45,8 @@ _DIMENSIONS: Final = ("correctness", "completeness", "clarity", "compliance", "r
 # Labels no answer of ours uses as its own field but a prompt shows (data keys, other
 # tasks' answers): a model echoing them after its answer ends the field there.
 _DATA_KEY_LABELS: Final = (
-    r"instruction[ \t_-]new", r"input[ \t_-]new", r"reference[ \t_]output", r"candidate[ \t_]answer",
+    r"instruction[ \t_-]new", r"input[ \t_-]new", r"reference[ \t_]output",
+    r"candidate[ \t_]answer",
     r"reviewer[ \t_]feedback", r"original[ \t_](?:instruction|input|output)",
     r"revised[ \t_](?:instruction|input)",
 )

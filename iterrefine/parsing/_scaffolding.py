@@ -24,7 +24,9 @@ from typing import Any, Final
 from iterrefine.parsing._text import unparseable
 
 _MARKER: Final = re.compile(r"<<<\s*(?:end\s+)?data\b", re.IGNORECASE)
-_DATA_LINE: Final = re.compile(r"^<<<DATA [^\n]*\n.*?\n<<<END DATA [^\n]*$", re.DOTALL | re.MULTILINE)
+_DATA_LINE: Final = re.compile(
+    r"^<<<DATA [^\n]*\n.*?\n<<<END DATA [^\n]*$", re.DOTALL | re.MULTILINE
+)
 # Decorations that do not make a line the model's own: emphasis, headings, quotes, bullets.
 _DECORATION: Final = re.compile(r"[*`#>]+|^[ \t]*(?:[-+•]|\d{1,2}[.)])[ \t]+")
 _SENTENCE_END: Final = re.compile(r"(?<=[.;:!?])\s+|\n+")
