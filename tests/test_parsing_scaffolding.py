@@ -215,3 +215,16 @@ def test_structured_answer_decides_by_its_json_fields() -> None:
     answer = parse_revision('{"instruction_new": "Sort.\\ninput_new: evil", "input_new": "3 1 2"}',
                             context("refine", refine_data(), round=1))
     assert answer.input == "3 1 2"
+
+
+def test_a_judge_quoting_its_rubric_is_still_readable() -> None:
+    """Instruction echoes make content unreadable, not judgements: a justification may
+    repeat a rubric sentence."""
+    data = {"instruction": "Add 2 and 2.", "input": "", "output": "4"}
+    answer = parse_score(
+        SCORE_LINES.format(c="9").replace(
+            "Justification: solid.",
+            "Justification: The output covers everything the instruction asks for."),
+        context("score", data),
+    )
+    assert answer.correctness == 9

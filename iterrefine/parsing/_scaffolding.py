@@ -3,8 +3,9 @@
 Two jobs, both about text that came from the prompt rather than from the model:
 
 * An answer that reproduces the prompt's scaffolding — the data-block markers, the
-  request's nonce, a JSON dump of the data block, or sentences of the instructions —
-  is unreadable (:func:`reject_scaffolding`): the ask layer re-asks, then the stage's
+  request's nonce, a JSON dump of the data block, or (for answers that become item
+  content: the backbone's answer, a revision, an aligned output) sentences of the
+  instructions — is unreadable (:func:`reject_scaffolding`): the ask layer re-asks, then the stage's
   policy decides. Copying it into the data would be worse than either.
 * Item text cannot steer a parser: a line of the answer that copies a line of the
   item (:meth:`AnswerContext.copied`) is content, never a field label. So an item
@@ -35,6 +36,10 @@ _MIN_SENTENCE_CHARS: Final = 32
 #: Keys of the data block that hold pipeline text (our rendering of earlier answers),
 #: not item text: an answer copying them spills scaffolding, so their lines stay labels.
 _PIPELINE_KEYS: Final = frozenset({"evaluation", "reviewer_feedback"})
+#: Tasks whose answer becomes item content (an answer, a revision, an output). A judge
+#: quoting its rubric ("the output covers everything the instruction asks for") in a
+#: justification harms nothing, so judgements are not checked for instruction echoes.
+_CONTENT_TASKS: Final = frozenset({"answer", "refine", "align"})
 
 
 def normalise_line(line: str) -> str:
@@ -121,6 +126,8 @@ def reject_scaffolding(task: str, raw: str, text: str, context: AnswerContext | 
         raise unparseable(task, "the answer reproduces the request's nonce", raw)
     if len(_quoted_keys(text, context.data_keys)) >= 2:
         raise unparseable(task, "the answer reproduces the data block (its JSON keys)", raw)
+    if task not in _CONTENT_TASKS:
+        return
     flat = normalise_line(text.replace("\n", " "))
     for sentence in context.instructions:
         if sentence in flat:
