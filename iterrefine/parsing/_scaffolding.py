@@ -17,6 +17,7 @@ Without a context (a parser called on bare text) only the fixed markers are chec
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,14 @@ _PIPELINE_KEYS: Final = frozenset({"evaluation", "reviewer_feedback"})
 #: quoting its rubric ("the output covers everything the instruction asks for") in a
 #: justification harms nothing, so judgements are not checked for instruction echoes.
 _CONTENT_TASKS: Final = frozenset({"answer", "refine", "align"})
+
+
+@functools.lru_cache(maxsize=64)
+def _sentences(prompt: str) -> tuple[str, ...]:
+    """The normalised instruction sentences of a prompt (without its data block); few
+    distinct prompts exist (task × round × re-ask), so each is split once."""
+    sentences = {normalise_line(s) for s in _SENTENCE_END.split(prompt)}
+    return tuple(sorted(s for s in sentences if len(s) >= _MIN_SENTENCE_CHARS))
 
 
 def normalise_line(line: str) -> str:
@@ -89,12 +98,11 @@ class AnswerContext:
         }
         lines.discard("")
         prompt = "\n".join(_DATA_LINE.sub("", m.get("content", "")) for m in messages)
-        sentences = {normalise_line(s) for s in _SENTENCE_END.split(prompt)}
         return cls(
             nonce=nonce,
             item_lines="\n" + "\n".join(sorted(lines)) + "\n",
             data_keys=frozenset(_keys(data)),
-            instructions=tuple(sorted(s for s in sentences if len(s) >= _MIN_SENTENCE_CHARS)),
+            instructions=_sentences(prompt),
         )
 
     def copied(self, line: str) -> bool:
