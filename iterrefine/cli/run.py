@@ -138,6 +138,13 @@ def print_summary(console: Console, summary: dict[str, Any], paths: Any) -> None
         table.add_row(f"LLM {role}", f"{stats['requests']} calls, {stats['errors']} errors, "
                       f"{stats['prompt_tokens']}+{stats['completion_tokens']} tokens, "
                       f"p50 {stats['latency_s'].get('p50')} s")
+    unreadable = {task: row.get("unreadable", 0) for task, row in
+                  summary.get("llm_answers", {}).items() if row.get("unreadable")}
+    if unreadable:
+        table.add_row("unreadable answers", ", ".join(f"{k} {v}" for k, v in unreadable.items()))
+    if summary.get("rescore_failures"):
+        table.add_row("re-score failed", f"{summary['rescore_failures']} refined items "
+                      "curated without a final score")
     if summary["dlq_reasons"]:
         table.add_row("dlq reasons", ", ".join(f"{k} {v}" for k, v in
                                                sorted(summary["dlq_reasons"].items())))
