@@ -178,6 +178,9 @@ async def run_pipeline(
             metrics=metrics,
             duplicates_removed=watcher.selection.duplicates,
         )
+        for role in summary["llm"]:
+            if role in roles:
+                summary["llm"][role]["structured_output"] = roles[role].structured_output
         summary["complete"] = complete
         summary["pending"] = len(report.ids) - seen
         return RunResult(summary=summary, paths=paths, ingest=report, complete=complete)

@@ -96,9 +96,10 @@ async def test_each_dialect_sends_its_own_response_format(
 async def test_auto_probe_picks_json_object_on_a_llama_cpp_server() -> None:
     """auto: the json_schema probe gets a 500, the json_object probe is enforced: json_object."""
     async with client(llama_cpp, structured_output="auto") as (llm, bodies):
+        assert llm.structured_output == "auto"  # undecided until the first structured call
         await ask(llm, "score", SCORE_DATA)
         await ask(llm, "score", SCORE_DATA)
-        assert await llm.dialect() == "json_object"
+        assert await llm.dialect() == "json_object" == llm.structured_output
     probes = [b for b in bodies if is_probe(b)]
     assert [p["response_format"]["type"] for p in probes] == ["json_schema", "json_object"]
     assert all(p["max_tokens"] == 16 for p in probes)  # cheap

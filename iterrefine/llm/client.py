@@ -319,6 +319,11 @@ class LLMClient(AsyncService):
             result, seconds=time.monotonic() - started, attempts=retries + 1
         )
 
+    @property
+    def structured_output(self) -> str:
+        """The dialect in use, or ``auto`` while the probe has not decided yet."""
+        return self._dialect or "auto"
+
     async def dialect(self) -> Dialect:
         """The structured-output dialect of this role; ``auto`` probes the endpoint once.
 
