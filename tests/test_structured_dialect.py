@@ -121,8 +121,11 @@ async def test_auto_probe_falls_back_to_off_when_nothing_is_enforced() -> None:
     assert "response_format" not in bodies[-1]
 
 
-async def test_unreachable_probe_decides_nothing_and_probes_again() -> None:
-    """A probe that gets 503 leaves the dialect open: off for now, probe again next call."""
+async def test_unreachable_probe_decides_nothing_and_probes_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A probe that gets 503 leaves the dialect open: off for now, probe again later."""
+    monkeypatch.setattr("iterrefine.llm.client.PROBE_RETRY_S", 0.0)
     state = {"up": False}
 
     def flaky(body: dict[str, Any]) -> httpx2.Response:
@@ -199,3 +202,17 @@ async def test_echoed_injection_through_the_ask_layer_is_reasked_not_curated() -
     assert revision.input == "Cats sleep."
     assert len(bodies) == 2 and "could not be read" in bodies[1]["messages"][0]["content"]
     assert len(set(nonces)) == 2  # a fresh nonce per request
+
+
+async def test_undecided_role_does_not_probe_at_every_call() -> None:
+    """Behind a dead server, calls within PROBE_RETRY_S go out as free text without a probe."""
+    def down(body: dict[str, Any]) -> httpx2.Response:
+        if is_probe(body):
+            return httpx2.Response(503, json={"error": {"message": "loading"}})
+        return reply(SCORE_JSON)
+
+    async with client(down, structured_output="auto") as (llm, bodies):
+        for _ in range(3):
+            await ask(llm, "score", SCORE_DATA)
+    assert sum(is_probe(b) for b in bodies) == 1
+    assert all("response_format" not in b for b in bodies if not is_probe(b))

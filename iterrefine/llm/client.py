@@ -47,6 +47,9 @@ from iterrefine.retry import Backoff, retry_async
 
 log = structlog.get_logger("iterrefine.llm")
 
+#: How long an undecided role (its probe could not reach the server) waits to probe again.
+PROBE_RETRY_S = 10.0
+
 # What chat.completions.create asks for: the bearer key (pinned in start()).
 _REQUEST_OPTIONS: openai.RequestOptions = {"security": {"bearer_auth": True}}
 
@@ -179,6 +182,7 @@ class LLMClient(AsyncService):
         setting = dialects.configured(config.structured_output)
         self._dialect: Dialect | None = None if setting == "auto" else setting
         self._dialect_lock = asyncio.Lock()
+        self._next_probe = 0.0  # monotonic time before which an undecided role skips probing
         self._api: openai.AsyncOpenAI | None = None
         self._chat_url = ""
         self._closed = False
@@ -327,35 +331,25 @@ class LLMClient(AsyncService):
     async def dialect(self) -> Dialect:
         """The structured-output dialect of this role; ``auto`` probes the endpoint once.
 
-        An inconclusive probe (server unreachable) answers ``off`` for now and probes
-        again on the next call.
+        An inconclusive probe (server unreachable) answers ``off`` for now; the role
+        probes again at a call :data:`PROBE_RETRY_S` later (not at every call, which
+        would queue one probe per waiting request behind a dead server).
         """
         if self._dialect is not None:
             return self._dialect
         async with self._dialect_lock:
-            if self._dialect is None:
+            if self._dialect is None and time.monotonic() >= self._next_probe:
                 self._dialect = await dialects.probe_dialect(
                     self._probe_send, role=self.role, model=self.config.model)
+                self._next_probe = time.monotonic() + PROBE_RETRY_S
             return self._dialect or "off"
 
     async def _probe_send(self, body: dict[str, Any]) -> tuple[int, str] | None:
-        api = self._api
-        if api is None:
+        if self._api is None:
             raise RuntimeError(f"{self._where}: call start() or use 'async with' first")
-        try:
-            async with asyncio.timeout(min(self.config.timeout_s, 60.0)):
-                response = await api.post(self._chat_url, cast_to=httpx2.Response,
-                                          content=_encode_body(body), options=_REQUEST_OPTIONS)
-        except openai.APIStatusError as exc:
-            return exc.status_code, ""
-        except (TimeoutError, openai.APIError):
-            return None
-        try:
-            completion = _decode_completion(response.content)
-        except msgspec.DecodeError:
-            return 200, ""
-        choice = completion.choices[0] if completion.choices else None
-        return 200, (choice.message.content or "") if choice is not None else ""
+        return await dialects.post_probe(self._api, self._chat_url, _encode_body(body),
+                                         options=_REQUEST_OPTIONS,
+                                         timeout_s=min(self.config.timeout_s, 60.0))
 
     async def _attempt(
         self, api: openai.AsyncOpenAI, content: bytes, estimate: int, *, structured: bool

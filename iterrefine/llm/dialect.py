@@ -18,10 +18,13 @@ nothing (``None``): the next structured call probes again.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
+import httpx2
+import openai
 import structlog
 
 from iterrefine.config import Dialect, StructuredOutput
@@ -76,6 +79,26 @@ def enforced(answer: str) -> bool:
     except ValueError:
         return False
     return bool(value == {"probe": "ok"})
+
+
+async def post_probe(
+    api: openai.AsyncOpenAI, url: str, content: bytes, *, options: openai.RequestOptions,
+    timeout_s: float,
+) -> tuple[int, str] | None:
+    """POST one encoded probe: (status, answer text), or None if the server was not reached."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            response = await api.post(url, cast_to=httpx2.Response, content=content,
+                                      options=options)
+    except openai.APIStatusError as exc:
+        return exc.status_code, ""
+    except (TimeoutError, openai.APIError):
+        return None
+    try:
+        choices = json.loads(response.content).get("choices") or [{}]
+        return 200, str(choices[0].get("message", {}).get("content") or "")
+    except (ValueError, AttributeError, TypeError, IndexError):
+        return 200, ""  # not a chat completion: no dialect is enforced here
 
 
 #: Sends one probe body; returns (HTTP status, answer text), or None when the server
