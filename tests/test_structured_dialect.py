@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from iterrefine.config import LLMRoleConfig, load_config
 from iterrefine.errors import UnparseableOutput
 from iterrefine.llm import LLMClient
+from iterrefine.llm.dialect import without_length_bounds
 from iterrefine.llm.tasks import ask, ask_revision
 from iterrefine.metrics import Metrics
 from iterrefine.parsing import SCHEMAS
@@ -78,7 +79,8 @@ def llama_cpp(body: dict[str, Any]) -> httpx2.Response:
     ("setting", "expected"),
     [
         ("json_schema", {"type": "json_schema", "json_schema": {
-            "name": "iterrefine_score", "schema": SCHEMAS["score"], "strict": True}}),
+            "name": "iterrefine_score", "schema": without_length_bounds(SCHEMAS["score"]),
+            "strict": True}}),
         ("json_object", {"type": "json_object", "schema": SCHEMAS["score"]}),
         ("off", None),
     ],
@@ -216,3 +218,14 @@ async def test_undecided_role_does_not_probe_at_every_call() -> None:
             await ask(llm, "score", SCORE_DATA)
     assert sum(is_probe(b) for b in bodies) == 1
     assert all("response_format" not in b for b in bodies if not is_probe(b))
+
+
+def test_commentary_is_bounded_for_grammars_and_content_never() -> None:
+    """json_object schemas bound the judges' reasons (llama.cpp enforces maxLength); the
+    json_schema form drops the bounds; revisions and outputs are never bounded."""
+    assert SCHEMAS["score"]["properties"]["reason"]["maxLength"] > 0
+    assert SCHEMAS["evaluate"]["properties"]["suggestions"]["maxItems"] == 5
+    assert "maxLength" not in json.dumps(without_length_bounds(SCHEMAS["score"]))
+    for task, field in (("refine", "instruction_new"), ("refine", "input_new"),
+                        ("align", "output")):
+        assert "maxLength" not in SCHEMAS[task]["properties"][field]

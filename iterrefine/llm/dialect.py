@@ -51,11 +51,24 @@ def configured(value: StructuredOutput | bool) -> StructuredOutput:
     return value
 
 
+#: Length bounds llama.cpp grammars enforce but OpenAI's strict mode does not accept.
+_LENGTH_KEYS: Final = frozenset({"maxLength", "minLength", "maxItems", "minItems"})
+
+
+def without_length_bounds(schema: Any) -> Any:
+    """``schema`` without ``maxLength``/``maxItems``-style keys, at every depth."""
+    if isinstance(schema, dict):
+        return {k: without_length_bounds(v) for k, v in schema.items() if k not in _LENGTH_KEYS}
+    if isinstance(schema, list):
+        return [without_length_bounds(v) for v in schema]
+    return schema
+
+
 def response_format(dialect: Dialect, name: str, schema: dict[str, Any]) -> dict[str, Any] | None:
     """The ``response_format`` body field asking for ``schema`` in ``dialect`` (None: off)."""
     if dialect == "json_schema":
-        return {"type": "json_schema", "json_schema": {"name": name, "schema": schema,
-                                                        "strict": True}}
+        return {"type": "json_schema", "json_schema": {
+            "name": name, "schema": without_length_bounds(schema), "strict": True}}
     if dialect == "json_object":
         return {"type": "json_object", "schema": schema}
     return None
