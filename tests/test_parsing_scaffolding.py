@@ -114,16 +114,30 @@ ANSWER_DATA = {"instruction": "Name a colour.", "input": ""}
         f'<<<DATA {NONCE}>>>\n{{"instruction": "Name a colour."}}\n<<<END DATA {NONCE}>>>',
         '{"instruction": "Name a colour.", "input": ""}',
         f"Blue. (request {NONCE})",
-        "Blue. No restatement of the task, no remarks about the data block.",
-        "Carry out the task in the data block below. Blue.",
     ],
-    ids=["markers", "json-dump", "nonce", "instructions", "user-header"],
+    ids=["markers", "json-dump", "nonce"],
 )
 def test_answer_reproducing_the_prompt_is_unreadable(echo: str) -> None:
-    """Data block, its JSON, the nonce or the instructions in an answer: never content."""
+    """Data-block markers, its JSON or the nonce in an answer: never content."""
     with pytest.raises(UnparseableOutput, match="reproduces"):
         clean_answer(echo, context("answer", ANSWER_DATA))
     assert clean_answer("Blue.", context("answer", ANSWER_DATA)) == "Blue."
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        "Keep the task itself: the same goal, topic and intent, so that the reference output "
+        "still fits it after light editing.",
+        "Revise the instruction and input of the example in the data block below.",
+    ],
+    ids=["instructions", "user-header"],
+)
+def test_revision_reproducing_the_instructions_is_unreadable(echo: str) -> None:
+    """A revision repeating a sentence of the system prompt or the user header is refused."""
+    with pytest.raises(UnparseableOutput, match="instructions"):
+        parse_revision(f"instruction_new: Summarise the text. {echo}\ninput_new:",
+                       context("refine", refine_data(), round=1))
 
 
 def test_aligned_output_that_dumps_the_data_block_is_unreadable() -> None:

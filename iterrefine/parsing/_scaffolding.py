@@ -26,9 +26,6 @@ from typing import Any, Final
 from iterrefine.parsing._text import unparseable
 
 _MARKER: Final = re.compile(r"<<<\s*(?:end\s+)?data\b", re.IGNORECASE)
-_DATA_LINE: Final = re.compile(
-    r"^<<<DATA [^\n]*\n.*?\n<<<END DATA [^\n]*$", re.DOTALL | re.MULTILINE
-)
 # Decorations that do not make a line the model's own: emphasis, headings, quotes, bullets.
 _DECORATION: Final = re.compile(r"[*`#>]+|^[ \t]*(?:[-+•]|\d{1,2}[.)])[ \t]+")
 _SENTENCE_END: Final = re.compile(r"(?<=[.;:!?])\s+|\n+")
@@ -41,6 +38,16 @@ _PIPELINE_KEYS: Final = frozenset({"evaluation", "reviewer_feedback"})
 #: quoting its rubric ("the output covers everything the instruction asks for") in a
 #: justification harms nothing, so judgements are not checked for instruction echoes.
 _CONTENT_TASKS: Final = frozenset({"answer", "refine", "align"})
+
+
+def _instruction_text(message: Mapping[str, str]) -> str:
+    """The part of a message that is our instructions: a system message, or the header
+    of a user message above its data block (an unfenced user message is the item)."""
+    content = message.get("content", "")
+    if message.get("role") != "user":
+        return content
+    start = content.find("<<<DATA ")
+    return "" if start < 0 else content[:start]
 
 
 @functools.lru_cache(maxsize=64)
@@ -97,7 +104,7 @@ class AnswerContext:
             for line in text.splitlines()
         }
         lines.discard("")
-        prompt = "\n".join(_DATA_LINE.sub("", m.get("content", "")) for m in messages)
+        prompt = "\n".join(_instruction_text(m) for m in messages)
         return cls(
             nonce=nonce,
             item_lines="\n" + "\n".join(sorted(lines)) + "\n",
