@@ -9,10 +9,10 @@ import httpx2
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from consumers.align import rescore
 from iterrefine.cli import build_parser
 from iterrefine.cli.common import config_from_args
 from iterrefine.config import Config, LLMRoleConfig, PipelineConfig
+from iterrefine.consumers.align import rescore
 from iterrefine.context import PipelineContext
 from iterrefine.http import MetricsServer
 from iterrefine.llm import LLMClient, LLMStats

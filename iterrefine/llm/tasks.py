@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from typing import Any, Final, Literal, Protocol, overload, runtime_checkable
+from typing import Any, Final, Literal, overload
 
 import msgspec
 import structlog
 
 from iterrefine.errors import UnparseableOutput
+from iterrefine.llm.chat import AnswerRecorder, ChatClient, ChatReply
 from iterrefine.parsing import (
     SCHEMAS,
     AlignedAnswer,
@@ -51,33 +52,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
-
-
-class ChatReply(Protocol):
-    """What :meth:`ChatClient.chat` returns; only the text matters here."""
-
-    @property
-    def text(self) -> str: ...
-
-
-class ChatClient(Protocol):
-    """The chat endpoint of one role (``iterrefine.llm.LLMClient`` implements it)."""
-
-    async def chat(
-        self,
-        messages: list[dict[str, str]],
-        *,
-        json_schema: dict[str, Any] | None = None,
-        schema_name: str = "answer",
-        max_tokens: int | None = None,
-    ) -> ChatReply: ...
-
-
-@runtime_checkable
-class AnswerRecorder(Protocol):
-    """A client that counts how its answers read (``LLMClient`` does, into metrics)."""
-
-    def record_answer(self, task: str, outcome: str, *, truncated: int) -> None: ...
 
 
 #: How an answer was read: on the first call, after re-asking, or not at all.

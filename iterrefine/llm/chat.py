@@ -1,0 +1,38 @@
+"""What a pipeline stage needs of an LLM role: a chat endpoint (protocols only).
+
+Kept apart from :mod:`iterrefine.llm.tasks` so that the pipeline context can name
+the type without depending on the tasks (the stages use those, not the context).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = ["AnswerRecorder", "ChatClient", "ChatReply"]
+
+
+class ChatReply(Protocol):
+    """What :meth:`ChatClient.chat` returns; only the text matters here."""
+
+    @property
+    def text(self) -> str: ...
+
+
+class ChatClient(Protocol):
+    """The chat endpoint of one role (``iterrefine.llm.LLMClient`` implements it)."""
+
+    async def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        json_schema: dict[str, Any] | None = None,
+        schema_name: str = "answer",
+        max_tokens: int | None = None,
+    ) -> ChatReply: ...
+
+
+@runtime_checkable
+class AnswerRecorder(Protocol):
+    """A client that counts how its answers read (``LLMClient`` does, into metrics)."""
+
+    def record_answer(self, task: str, outcome: str, *, truncated: int) -> None: ...
