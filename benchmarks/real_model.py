@@ -181,7 +181,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "scaffolding_rows_in_input": sum(
             1 for r in records if scaffolding_in(_row_text(r), set())),
         "llm": {role_name: {k: stats.get(k) for k in ("requests", "errors", "completion_tokens",
-                                                       "latency_s", "structured_output")}
+                                                       "latency_s")}
                 for role_name, stats in summary["llm"].items()},
     }
 
