@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from typing import Any, Final, Literal, overload
+from typing import Any, Final, Literal, Protocol, overload, runtime_checkable
 
 import msgspec
 import structlog
@@ -52,6 +52,13 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
+
+
+@runtime_checkable
+class RemembersAnswers(Protocol):
+    """A client with a response cache (``LLMClient``): it keeps an answer once it is read."""
+
+    def remember(self, reply: object, *, readable: bool) -> None: ...
 
 
 #: How an answer was read: on the first call, after re-asking, or not at all.
@@ -180,6 +187,7 @@ async def ask(
         try:
             answer = parser(reply.text, AnswerContext.for_request(messages, data, nonce))
         except UnparseableOutput as exc:
+            _remember(client, reply, readable=False)
             last_error = exc
             log.warning(
                 "llm_answer_unparseable",
@@ -189,6 +197,7 @@ async def ask(
                 error=str(exc),
             )
         else:
+            _remember(client, reply, readable=True)
             _record(client, task, "first_try" if attempt == 1 else "after_reask", truncated)
             return answer
     _record(client, task, "unreadable", truncated)
@@ -199,6 +208,12 @@ async def ask(
 def _record(client: ChatClient, task: str, outcome: AnswerOutcome, truncated: int) -> None:
     if isinstance(client, AnswerRecorder):
         client.record_answer(task, outcome, truncated=truncated)
+
+
+def _remember(client: ChatClient, reply: ChatReply, *, readable: bool) -> None:
+    """Tell a caching client whether its answer could be read: only readable ones are kept."""
+    if isinstance(client, RemembersAnswers):
+        client.remember(reply, readable=readable)
 
 
 # ---------------------------------------------------------------- typed helpers

@@ -54,6 +54,8 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
     #: ``json_object`` (llama.cpp form, schema beside the type). Another type is a 400,
     #: so a simulator can stand in for a server that knows only one of them.
     structured_dialects: tuple[str, ...] = ("json_schema", "json_object")
+    #: When set, ``/v1`` answers 401 to any other bearer key (to rehearse a wrong key).
+    api_key: str | None = None
 
     def __post_init__(self) -> None:
         shares = {
