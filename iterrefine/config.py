@@ -39,6 +39,19 @@ class KafkaConfig(msgspec.Struct, frozen=True, kw_only=True):
     group_instance_id: str | None = None
 
 
+class StaticPartitions(msgspec.Struct, frozen=True, kw_only=True):
+    """Take partitions ``p`` with ``p % count == index`` by manual assignment, no group join.
+
+    Set by ``iterrefine run`` only when it started the broker itself: nobody else can
+    be in its consumer groups then, and a join costs seconds on the embedded broker
+    (Tansu completes a JoinGroup after about half the session timeout). The group id is
+    still used for offset commits.
+    """
+
+    index: int = 0
+    count: int = 1
+
+
 class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True):
     #: Messages being processed at once per stage process (across its partitions).
     max_in_flight: int = 256
@@ -64,6 +77,8 @@ class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True):
     session_timeout_ms: int = 6_000
     heartbeat_interval_ms: int = 1_000
     linger_ms: int = 5
+    #: None: join the consumer groups (any cluster). See :class:`StaticPartitions`.
+    static_partitions: StaticPartitions | None = None
 
 
 class LLMRoleConfig(msgspec.Struct, frozen=True, kw_only=True):

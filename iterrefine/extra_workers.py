@@ -57,20 +57,31 @@ class ExtraWorkers:
         self._stopped = False
 
     async def start(self) -> None:
-        if not self.count:
+        """Spawn the children and wait until each is ready."""
+        await self.spawn()
+        await self.wait_ready()
+
+    async def spawn(self) -> None:
+        """Start the children, all at once (each imports and connects in parallel)."""
+        if not self.count or self._procs:
             return
         self._dir = tempfile.TemporaryDirectory(prefix="iterrefine-workers-")
         workdir = Path(self._dir.name)
-        config_path = workdir / "config.json"
-        config_path.write_bytes(msgspec.json.encode(self._config))
-        config_path.chmod(0o600)
         for index in range(self.count):
+            config_path = workdir / f"config-{index}.json"
+            config_path.write_bytes(msgspec.json.encode(self._child_config(index)))
+            config_path.chmod(0o600)
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "iterrefine.extra_workers", str(config_path),
                 str(workdir / f"stats-{index}.json"),
                 stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
             )
             self._procs.append(proc)
+
+    async def wait_ready(self) -> None:
+        """Return once every child has its partitions (stop them all if one fails)."""
+        if not self._procs:
+            return
         try:
             async with asyncio.timeout(self._ready_timeout_s):
                 await asyncio.gather(*(self._ready(proc) for proc in self._procs))
@@ -84,6 +95,20 @@ class ExtraWorkers:
             await self.stop()
             raise
         log.info("extra_workers_ready", processes=self.count, pids=self.pids)
+
+    def _child_config(self, index: int) -> Config:
+        """The run's config; with static partitions, child ``index`` takes share ``index + 1``."""
+        static = self._config.runtime.static_partitions
+        if static is None:
+            return self._config
+        share = msgspec.structs.replace(static, index=index + 1)
+        return msgspec.structs.replace(
+            self._config, runtime=msgspec.structs.replace(self._config.runtime,
+                                                          static_partitions=share))
+
+    def exited(self) -> bool:
+        """Whether a child has already exited (it would leave its partitions unserved)."""
+        return any(proc.returncode is not None for proc in self._procs)
 
     @staticmethod
     async def _ready(proc: asyncio.subprocess.Process) -> None:

@@ -192,6 +192,7 @@ class Ingestor:
         batch_size: int = 500,
         keep_ids: bool = True,
         on_problem: Callable[[str], None] | None = None,
+        on_id: Callable[[str], None] | None = None,
     ) -> None:
         self._producer = producer
         self._topic = topic
@@ -200,6 +201,8 @@ class Ingestor:
         self._batch_size = batch_size
         self._keep_ids = keep_ids
         self._on_problem = on_problem
+        #: Told each record's id before it is sent (a watcher must know it before it arrives).
+        self._on_id = on_id
         self._pending: list[asyncio.Future[object]] = []
         self.report = IngestReport()
 
@@ -208,6 +211,8 @@ class Ingestor:
         self.report.records += 1
         if self._keep_ids:
             self.report.ids.setdefault(item_id, None)
+        if self._on_id is not None:
+            self._on_id(item_id)
         if problem is not None:
             self.report.invalid += 1
             message = f"{record.origin}:{record.line}: {problem} (sent to the DLQ)"

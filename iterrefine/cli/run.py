@@ -16,6 +16,7 @@ from rich.table import Table
 from iterrefine.cli.common import add_kafka_args, add_llm_args, config_from_args, require_llm
 from iterrefine.errors import ConfigError
 from iterrefine.logging import configure_logging
+from iterrefine.proctime import process_started_at
 from iterrefine.sim import SimConfig
 
 
@@ -81,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     options = RunOptions(input=args.input, output=args.output, sim=sim,
                          metrics_port=config.metrics_port, timeout_s=args.timeout_s,
-                         workers=args.workers)
+                         workers=args.workers, started_at=process_started_at())
     console = Console(stderr=True)
     show = not args.no_progress and console.is_terminal
     with Progress(

@@ -23,7 +23,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from iterrefine.config import Config
-from iterrefine.errors import StageContractError, TransientError, ValidationError
+from iterrefine.errors import BrokerError, StageContractError, TransientError, ValidationError
 from iterrefine.kafka import make_consumer, make_producer
 from iterrefine.logging import UNIT_OF_WORK
 from iterrefine.metrics import Metrics
@@ -172,9 +172,18 @@ class StageRunner:
             max_poll_records=self._rt.fetch_max_records,
             fetch_max_wait_ms=self._rt.fetch_max_wait_ms,
         )
-        consumer.subscribe([self._input_topic], listener=_Rebalance(self))
+        static = self._rt.static_partitions
+        if static is None:
+            consumer.subscribe([self._input_topic], listener=_Rebalance(self))
         self._consumer = consumer
         await consumer.start()
+        if static is not None:
+            # No group join (seconds on the embedded broker): take our share directly.
+            # The committed offsets still decide where each partition starts.
+            mine = [TopicPartition(self._input_topic, p)
+                    for p in await self._partitions(consumer) if p % static.count == static.index]
+            consumer.assign(mine)
+            await self._on_assigned(mine)
         log.info("stage_started", stage=self.stage.name, topic=self._input_topic,
                  group=self.group_id)
         try:
@@ -187,6 +196,16 @@ class StageRunner:
                     next_commit = time.monotonic() + self._rt.commit_interval_ms / 1000
         finally:
             await self._shutdown(consumer)
+
+    async def _partitions(self, consumer: AIOKafkaConsumer) -> list[int]:
+        """The input topic's partition numbers (asking the broker if not yet known)."""
+        found = consumer.partitions_for_topic(self._input_topic)
+        if not found:
+            await consumer.topics()  # a metadata request for every topic
+            found = consumer.partitions_for_topic(self._input_topic)
+        if not found:
+            raise BrokerError(f"topic {self._input_topic} does not exist on the broker")
+        return sorted(found)
 
     async def _shutdown(self, consumer: AIOKafkaConsumer) -> None:
         inflight = self._inflight
