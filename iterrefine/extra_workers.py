@@ -16,6 +16,7 @@ writes its LLM counters to a JSON file for the run's summary.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
 import signal
@@ -183,7 +184,8 @@ def main(argv: list[str]) -> int:
     def ready() -> None:
         print(READY, flush=True)
 
-    stats = asyncio.run(serve_pipeline(config, bootstrap, on_ready=ready))
+    # The run created every topic before it started this process.
+    stats = asyncio.run(serve_pipeline(config, bootstrap, on_ready=ready, topics_ready=True))
     tmp = f"{stats_path}.{os.getpid()}.tmp"
     Path(tmp).write_bytes(msgspec.json.encode(stats))
     os.replace(tmp, stats_path)
@@ -192,4 +194,10 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     with contextlib.suppress(KeyboardInterrupt):
-        sys.exit(main(sys.argv[1:]))
+        code = main(sys.argv[1:])
+        # Skip the interpreter's teardown (~0.75 s on a busy machine): the run waits
+        # for this exit. Exit handlers still run.
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

@@ -688,11 +688,12 @@ class StageRunner:
 
     async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
         consumer = self._consumer
-        for tp in assigned:
+        # One OffsetFetch round trip per partition: send them all at once.
+        committed = await asyncio.gather(*(consumer.committed(tp) for tp in assigned)) \
+            if consumer is not None else [None] * len(assigned)
+        for tp, offset in zip(assigned, committed, strict=True):
             tracker = PartitionTracker()
-            if consumer is not None:
-                committed = await consumer.committed(tp)
-                tracker.committed = committed
+            tracker.committed = offset
             self._trackers[tp] = tracker
         log.info("partitions_assigned", stage=self.stage.name,
                  partitions=sorted(tp.partition for tp in assigned))
