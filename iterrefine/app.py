@@ -156,6 +156,14 @@ async def run_pipeline(
             readiness = asyncio.create_task(extras.wait_ready())
             stack.callback(readiness.cancel)
 
+        export = StreamingExport(paths)
+        source = records if first is None else itertools.chain([first], records)
+        # With consumer groups, ingest once this process has its share too: a rebalance
+        # mid-run would hold every stage up while the groups re-form. With static shares,
+        # ingest now: the records are in Kafka when the stages first fetch.
+        settle_first = bool(extras.count) and not owned
+        ingesting: asyncio.Task[IngestReport] | None = None if settle_first else (
+            asyncio.create_task(_ingest(config, bootstrap, source, export)))
         pipeline_stop = asyncio.Event()
         own_ready = asyncio.Event()
         stages: asyncio.Task[dict[str, LLMStats]] = asyncio.create_task(serve_pipeline(
@@ -163,15 +171,10 @@ async def run_pipeline(
             stop=pipeline_stop, on_ready=own_ready.set, simulated=options.sim is not None,
             topics_ready=True,
         ))
-        export = StreamingExport(paths)
-        ingesting: asyncio.Task[IngestReport] | None = None
         try:
-            if extras.count and not owned:
-                # Ingest once this process has its share too: a rebalance mid-run would
-                # hold every stage up while the groups re-form.
+            if ingesting is None:
                 await _until_set_or_done(own_ready, stages)
-            source = records if first is None else itertools.chain([first], records)
-            ingesting = asyncio.create_task(_ingest(config, bootstrap, source, export))
+                ingesting = asyncio.create_task(_ingest(config, bootstrap, source, export))
             deadline = None if options.timeout_s is None else time.monotonic() + options.timeout_s
             ingest_task = ingesting
             reported = False
