@@ -30,6 +30,7 @@ from iterrefine.kafka import make_producer
 from iterrefine.llm import LLMStats
 from iterrefine.metrics import Metrics
 from iterrefine.pipeline import load_graph, serve_pipeline
+from iterrefine.prespawn import Prespawned
 from iterrefine.sim import SimConfig, SimServer
 from iterrefine.stream_export import StreamingExport
 from iterrefine.summary import build_summary
@@ -53,6 +54,8 @@ class RunOptions:
     #: ``time.perf_counter()`` when the command started (the summary's wall time counts
     #: from there); None: from the call of :func:`run_pipeline`.
     started_at: float | None = None
+    #: ``workers - 1`` children started before the imports (:mod:`iterrefine.prespawn`).
+    prespawned: Prespawned | None = None
 
 
 @dataclass
@@ -140,7 +143,8 @@ async def run_pipeline(
             config = sim_roles(config, sim.base_url, options.sim)
         metrics = metrics if metrics is not None else Metrics()
         await ensure_topics(config.kafka, bootstrap, graph.topics())
-        extras = ExtraWorkers(config, bootstrap, options.workers - 1)
+        extras = ExtraWorkers(config, bootstrap, options.workers - 1,
+                              prespawned=options.prespawned)
         if extras.count:
             # Started first, all at once: they import while this process gets going.
             await extras.spawn()
