@@ -167,7 +167,7 @@ async def run_pipeline(
         # ingest now: the records are in Kafka when the stages first fetch.
         settle_first = bool(extras.count) and not owned
         ingesting: asyncio.Task[IngestReport] | None = None if settle_first else (
-            asyncio.create_task(_ingest(config, bootstrap, source, export)))
+            asyncio.create_task(_ingest(config, bootstrap, source, export, metrics)))
         pipeline_stop = asyncio.Event()
         own_ready = asyncio.Event()
         stages: asyncio.Task[dict[str, LLMStats]] = asyncio.create_task(serve_pipeline(
@@ -178,7 +178,7 @@ async def run_pipeline(
         try:
             if ingesting is None:
                 await _until_set_or_done(own_ready, stages)
-                ingesting = asyncio.create_task(_ingest(config, bootstrap, source, export))
+                ingesting = asyncio.create_task(_ingest(config, bootstrap, source, export, metrics))
             deadline = None if options.timeout_s is None else time.monotonic() + options.timeout_s
             ingest_task = ingesting
             reported = False
@@ -226,6 +226,9 @@ async def run_pipeline(
         metrics=metrics,
         duplicates_removed=export.duplicates,
     )
+    # First wins: later records with a taken id are in the DLQ; say how many (README "Input").
+    summary["duplicates_at_ingest"] = {"duplicate_id": report.duplicate_ids,
+                                       "duplicate_record": report.duplicate_records}
     summary["complete"] = complete
     summary["pending"] = export.expected - export.arrived
     return RunResult(summary=summary, paths=paths, ingest=report, complete=complete)
@@ -241,7 +244,8 @@ async def _until_set_or_done(event: asyncio.Event, task: asyncio.Task[Any]) -> N
 
 
 async def _ingest(
-    config: Config, bootstrap: str, records: Iterable[RawRecord], export: StreamingExport
+    config: Config, bootstrap: str, records: Iterable[RawRecord], export: StreamingExport,
+    metrics: Metrics,
 ) -> IngestReport:
     """Send ``records`` as they are read; ``export`` learns each id before it is sent."""
     names = TopicNames(config.kafka.topic_prefix)
@@ -257,7 +261,7 @@ async def _ingest(
     try:
         ingestor = Ingestor(producer, names["items.raw"], names["items.dlq"],
                             max_item_bytes=config.runtime.max_item_bytes, keep_ids=False,
-                            on_id=expect)
+                            metrics=metrics, on_id=expect)
         for record in records:
             await ingestor.send(record)
         await ingestor.flush()
