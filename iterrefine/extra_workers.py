@@ -181,15 +181,16 @@ def add_stats(a: Mapping[str, LLMStats], b: Mapping[str, LLMStats]) -> dict[str,
 
 def main(argv: list[str]) -> int:
     """The child: serve all stages with the run's config until SIGTERM."""
+    from iterrefine._process import die_with_parent
     from iterrefine.logging import configure_logging
     from iterrefine.pipeline import serve_pipeline
 
-    config_path, stats_path = argv
+    config_path, stats_path, parent_pid = argv
+    die_with_parent(int(parent_pid))  # a SIGKILLed run takes its workers with it
     # Started before the run knew its broker (iterrefine.prespawn): the imports above are
     # done; now wait for the config, unless the run has gone meanwhile.
-    parent = os.getppid()
     while not Path(config_path).exists():
-        if os.getppid() != parent:
+        if os.getppid() != int(parent_pid):
             return 0
         time.sleep(0.005)
     config = msgspec.json.decode(Path(config_path).read_bytes(), type=Config)

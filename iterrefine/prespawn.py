@@ -11,6 +11,7 @@ exits first). This module imports only the standard library, to stay cheap.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -27,7 +28,8 @@ class Prespawned:
         self.procs = [
             subprocess.Popen(  # our own interpreter and module, no shell
                 [sys.executable, "-m", "iterrefine.extra_workers",
-                 str(self.config_path(index)), str(self.workdir / f"stats-{index}.json")],
+                 str(self.config_path(index)), str(self.workdir / f"stats-{index}.json"),
+                 str(os.getpid())],
                 stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
             )
             for index in range(count)
