@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +23,12 @@ from consumers import build_stages
 from iterrefine.broker_state import ensure_broker
 from iterrefine.config import Config, LLMRoleConfig
 from iterrefine.context import PipelineContext
-from iterrefine.export import ExportPaths, write_export
+from iterrefine.export import ExportPaths
 from iterrefine.extra_workers import ExtraWorkers, add_stats
+from iterrefine.formats.inputs import InputSpec, open_input
+from iterrefine.formats.outputs import Shape, write_outputs
 from iterrefine.http import MetricsServer
-from iterrefine.ingest import Ingestor, IngestReport, read_records
+from iterrefine.ingest import Ingestor, IngestReport, RawRecord
 from iterrefine.kafka import make_producer
 from iterrefine.llm import LLMRoles
 from iterrefine.metrics import Metrics
@@ -53,6 +55,9 @@ class RunOptions:
     timeout_s: float | None = None
     #: Stage processes: this one plus ``workers - 1`` children (:mod:`iterrefine.extra_workers`).
     workers: int = 1
+    #: Format, trial (limit/sample) and split of ``input`` (default: by its name, all of it).
+    input_spec: InputSpec | None = None
+    shape: Shape = "full"
 
 
 @dataclass
@@ -105,7 +110,8 @@ async def run_pipeline(
     """
     started = time.perf_counter()
     stop = stop or asyncio.Event()
-    records = list(read_records(options.input))  # read first: a bad path fails before startup
+    # Opened first (a bad path or format fails before startup), then streamed into ingest.
+    records = open_input(options.input_spec or InputSpec(str(options.input))).records()
     async with contextlib.AsyncExitStack() as stack:
         bootstrap = await stack.enter_async_context(_bootstrap(config))
         if options.sim is not None:
@@ -163,9 +169,8 @@ async def run_pipeline(
         complete = seen >= len(report.ids)
         if not complete:
             log.warning("run_incomplete", expected=len(report.ids), arrived=seen)
-        paths = ExportPaths.beside(options.output)
         chosen = [watcher.selection.by_id[i] for i in report.ids if i in watcher.selection.by_id]
-        write_export(chosen, paths)
+        paths, _ = write_outputs(chosen, options.output, shape=options.shape)
         summary = build_summary(
             chosen,
             items_in=report.records,
@@ -190,7 +195,7 @@ async def _until_set_or_done(event: asyncio.Event, task: asyncio.Task[None]) -> 
         waiting.cancel()
 
 
-async def _ingest(config: Config, bootstrap: str, records: list[Any]) -> IngestReport:
+async def _ingest(config: Config, bootstrap: str, records: Iterable[RawRecord]) -> IngestReport:
     names = TopicNames(config.kafka.topic_prefix)
     producer = make_producer(config.kafka, bootstrap, linger_ms=config.runtime.linger_ms)
     await producer.start()
