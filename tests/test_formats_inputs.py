@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,12 +12,20 @@ import pytest
 from iterrefine.cli import main
 from iterrefine.errors import ConfigError, ValidationError
 from iterrefine.formats.inputs import InputSpec, open_input
+from iterrefine.logging import configure_logging
 from iterrefine.model import item_from_raw
 
 ROWS = [
     {"id": f"r{i}", "instruction": f"Question {i}?", "input": "", "output": f"Answer {i}."}
     for i in range(10)
 ]
+
+
+@pytest.fixture(autouse=True)
+def _logging_back_to_real_stderr() -> Iterator[None]:
+    """The CLI points logging at capsys' stderr; later tests must not write to it once closed."""
+    yield
+    configure_logging(json=True, stream=sys.__stderr__)
 
 
 def _ids(spec: InputSpec) -> list[str]:

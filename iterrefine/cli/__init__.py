@@ -26,6 +26,8 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "export",
     "replay",
     "status",
+    "show",
+    "view",
 )
 
 
