@@ -29,6 +29,7 @@ margin-right:.3rem}
 .unrefined{background:#fff1c2}.win{color:#055d20;font-weight:600}
 .loss{color:#9a6700;font-weight:600}
 .sim{color:#82071e;font-weight:600}
+.kv th{width:11rem}.kv td.text{width:auto}
 """
 
 
@@ -98,8 +99,9 @@ def list_page(stories: Sequence[Story], filters: Mapping[str, str], page: int, s
             f"<td><span class='tag {_e(story.status)}'>{_e(story.status)}</span></td>"
             f"<td>{story.rounds}</td><td>{_fmt(story.score_before)} → "
             f"{_fmt(story.score_after)}</td>"
-            f"<td>{_e('' if story.cluster is None else story.cluster)}</td>"
-            f"<td class=text>{_e(text[:160])}</td></tr>")
+            + (f"<td>{_e('' if story.cluster is None else story.cluster)}</td>"
+               if clusters else "")
+            + f"<td class=text>{_e(text[:160])}</td></tr>")
     nav = []
     query = {k: v for k, v in filters.items() if v}
     if page > 0:
@@ -110,7 +112,8 @@ def list_page(stories: Sequence[Story], filters: Mapping[str, str], page: int, s
             f"<p>from {_e(source)}</p><form method=get>{''.join(form)}"
             "<button type=submit>filter</button></form>"
             "<table><tr><th>id</th><th>status</th><th>rounds</th><th>judge score</th>"
-            f"<th>cluster</th><th>original instruction</th></tr>{''.join(rows)}</table>"
+            f"{'<th>cluster</th>' if clusters else ''}<th>original instruction</th></tr>"
+            f"{''.join(rows)}</table>"
             f"<p>{' '.join(nav)}</p>")
     return _page("iterrefine items", body)
 
@@ -138,7 +141,7 @@ def _rounds(item: Item) -> str:
         ev = item.evaluation
         suggestions = "".join(f"<li>{_e(s)}</li>" for s in ev.suggestions)
         parts.append(
-            "<h2>evaluate: the backbone answers the original</h2><table>"
+            "<h2>evaluate: the backbone answers the original</h2><table class=kv>"
             f"<tr><th>backbone answer</th><td class=text>{_e(ev.backbone_answer)}</td></tr>"
             f"<tr><th>score</th><td>{ev.score}/10</td></tr>"
             f"<tr><th>evaluation</th><td class=text>{_e(ev.text)}<ul>{suggestions}</ul></td></tr>"
@@ -150,7 +153,8 @@ def _rounds(item: Item) -> str:
         feedback = (f"<tr><th>feedback given</th><td class=text>{_e(rnd.feedback)}</td></tr>"
                     if rnd.feedback else "")
         parts.append(
-            f"<h2 id=round-{rnd.number}>round {rnd.number}: refine → review</h2><table>{feedback}"
+            f"<h2 id=round-{rnd.number}>round {rnd.number}: refine → review</h2>"
+            f"<table class=kv>{feedback}"
             "<tr><th>revised instruction</th><td class=text>"
             f"{diff_html(item.original.instruction, rnd.instruction)}</td></tr>"
             "<tr><th>revised input</th><td class=text>"
