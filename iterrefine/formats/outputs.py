@@ -30,7 +30,8 @@ from iterrefine.model import Item
 
 Shape = Literal["full", "alpaca", "messages", "sharegpt"]
 SHAPES: tuple[str, ...] = get_args(Shape)
-OUTPUT_SUFFIXES = (".jsonl", ".json", ".parquet")
+#: Names that promise a format we do not write (anything else not .parquet is JSON lines).
+_NOT_WRITTEN = frozenset({".csv", ".tsv", ".arrow", ".feather", ".xlsx", ".pq"})
 _PARQUET_BATCH_ROWS = 1024
 _encoder = msgspec.json.Encoder()
 
@@ -48,9 +49,9 @@ def check_output(output: Path, shape: str) -> None:
     """Fail before the run if the output cannot be written as asked."""
     if shape not in SHAPES:
         raise ConfigError(f"unknown --shape {shape!r}; the shapes are: {', '.join(SHAPES)}")
-    if output.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise ConfigError(f"cannot tell the output format of {output}: name it .jsonl "
-                          "(JSON lines) or .parquet")
+    if output.suffix.lower() in _NOT_WRITTEN:
+        raise ConfigError(f"{output}: outputs are JSON lines (.jsonl, the default for any other "
+                          "name) or Parquet (.parquet)")
     if output.suffix.lower() == ".parquet":
         _pyarrow()
 
