@@ -314,8 +314,17 @@ class _HuggingFaceReader(_Reader):
         return wanted
 
     def records(self) -> Iterator[RawRecord]:
-        return (_row_record(dict(row), n, self.origin)
-                for n, row in enumerate(self._dataset(), start=1))
+        return (_row_record(row, n, self.origin)
+                for n, row in enumerate(self._rows(self._dataset()), start=1))
+
+    @staticmethod
+    def _rows(dataset: Any) -> Iterator[dict[str, Any]]:
+        if hasattr(dataset, "num_rows"):  # a local Dataset: Arrow batches, ~5x faster than rows
+            for table in dataset.with_format("arrow").iter(batch_size=_BATCH_ROWS):
+                yield from table.to_pylist()
+        else:  # streamed from the hub
+            for row in dataset:
+                yield dict(row)
 
     def count(self) -> int | None:
         dataset = self._dataset()
