@@ -124,6 +124,16 @@ async def test_show_reads_the_terminal_topics_without_from(
     assert await asyncio.to_thread(main, argv) == 0
     out = capsys.readouterr().out
     assert "item topic-2" in out and records[2]["instruction"][:30] in out
+    # export reads the same topics into a training-ready Parquet file.
+    shaped = tmp_path / "export.parquet"
+    argv = ["export", "-o", str(shaped), "--shape", "alpaca", "--bootstrap", broker,
+            "--topic-prefix", config.kafka.topic_prefix]
+    assert await asyncio.to_thread(main, argv) == 0
+    from iterrefine.formats.outputs import read_rows
+
+    rows = list(read_rows(shaped)) + list(read_rows(tmp_path / "export.rejected.parquet"))
+    assert {r["id"] for r in rows} == {r["id"] for r in records}
+    assert set(rows[0]) >= {"id", "instruction", "input", "output"} and "item" not in rows[0]
 
 
 async def test_viewer_lists_filters_and_escapes_item_text(tmp_path: Path) -> None:

@@ -329,7 +329,13 @@ class _HuggingFaceReader(_Reader):
     def count(self) -> int | None:
         dataset = self._dataset()
         rows = getattr(dataset, "num_rows", None)
-        return int(rows) if isinstance(rows, int) else None
+        if isinstance(rows, int):
+            return rows
+        # Streamed from the hub: the dataset card's split sizes, when it has them.
+        splits = getattr(getattr(dataset, "info", None), "splits", None) or {}
+        split = splits.get(self.spec.split or "train")
+        examples = getattr(split, "num_examples", None)
+        return examples if isinstance(examples, int) and examples > 0 else None
 
 
 _READERS: dict[InputFormat, type[_Reader]] = {
