@@ -211,3 +211,12 @@ def test_list_filters_by_cluster_once_items_have_one(tmp_path: Path) -> None:
     assert "<th>cluster</th>" not in list_page([plain], {}, 0, "x")
     page = list_page([plain, clustered], {"cluster": "7"}, 0, "x")
     assert "<th>cluster</th>" in page and "1 of 2 items" in page
+
+
+def test_show_on_a_training_shape_export_says_to_export_full(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A slim export has no lineage: show exits 2 and names --shape full."""
+    paths, _ = write_outputs(_terminals(), tmp_path / "slim.jsonl", shape="alpaca")
+    assert main(["show", "plant-1", "--from", str(paths.curated)]) == 2
+    assert "--shape full" in capsys.readouterr().err
