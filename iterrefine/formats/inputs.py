@@ -79,10 +79,6 @@ class InputSource:
         # Read the first record now: an unreadable file fails before anything starts.
         self._primed: Iterator[RawRecord] | None = self._reader.check()
 
-    @property
-    def origin(self) -> str:
-        return Path(self.spec.source).name or self.spec.source
-
     def all_records(self) -> Iterator[RawRecord]:
         """Every record of the input (dead-letter rows unwrapped to their original)."""
         primed, self._primed = self._primed, None
@@ -96,11 +92,6 @@ class InputSource:
         if self.spec.sample is not None:
             return iter(reservoir_sample(records, self.spec.sample, self.spec.seed))
         return records
-
-    @property
-    def partial(self) -> bool:
-        """True when the run takes only part of the input (a trial)."""
-        return self.spec.limit is not None or self.spec.sample is not None
 
     def count(self) -> int | None:
         """How many records the whole input holds, read cheaply (None if unknown)."""
@@ -195,6 +186,10 @@ def _missing_extra(what: str, module: str, extra: str) -> ConfigError:
 
 
 class _Reader:
+    """One format: ``records()`` streams it, ``count()`` sizes it, ``check()`` opens it."""
+
+    name = ""
+
     def __init__(self, spec: InputSpec) -> None:
         self.spec = spec
         self.path = Path(spec.source)
@@ -209,8 +204,6 @@ class _Reader:
             raise ConfigError(f"cannot read {self.spec.source} as {self.name}: {exc}; the "
                               f"formats are: {FORMATS_HELP}") from None
         return records if first is None else itertools.chain([first], records)
-
-    name = ""
 
     def records(self) -> Iterator[RawRecord]:
         raise NotImplementedError
