@@ -220,3 +220,21 @@ def test_show_on_a_training_shape_export_says_to_export_full(
     paths, _ = write_outputs(_terminals(), tmp_path / "slim.jsonl", shape="alpaca")
     assert main(["show", "plant-1", "--from", str(paths.curated)]) == 2
     assert "--shape full" in capsys.readouterr().err
+
+
+async def test_view_command_serves_until_sigterm(tmp_path: Path) -> None:
+    """`iterrefine view --from FILE --port 0` prints its 127.0.0.1 URL, serves, exits 0 on TERM."""
+    paths, _ = write_outputs(_terminals(), tmp_path / "out.jsonl")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "iterrefine.cli", "view", "--from", str(paths.curated),
+        "--port", "0", stderr=asyncio.subprocess.PIPE, cwd=Path(__file__).parent.parent)
+    assert process.stderr is not None
+    try:
+        line = (await asyncio.wait_for(process.stderr.readline(), timeout=60)).decode()
+        url = line.split(" at ")[1].split()[0]
+        assert url.startswith("http://127.0.0.1:")
+        async with aiohttp.ClientSession() as http, http.get(url) as response:
+            assert "3 of 3 items" in await response.text()
+    finally:
+        process.terminate()
+        assert await asyncio.wait_for(process.wait(), timeout=30) == 0
