@@ -157,3 +157,22 @@ def test_dead_letter_rows_are_read_as_their_original_records(tmp_path: Path) -> 
                                 "original": json.dumps(fixed)}) + "\n")
     item = item_from_raw(next(open_input(InputSpec(str(path))).records()).data)
     assert (item.id, item.instruction) == ("x1", "Fixed?")
+
+
+@pytest.mark.parametrize(("module", "name", "extra"), [
+    ("pyarrow", "data.parquet", "parquet"), ("datasets", "ds", "hf")])
+def test_a_missing_extra_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str, name: str, extra: str
+) -> None:
+    """Without pyarrow / datasets installed, the error names the extra to pip install."""
+    path = tmp_path / name
+    if extra == "hf":
+        path.mkdir()
+        (path / "dataset_info.json").write_text("{}")
+    else:
+        path.write_bytes(b"PAR1")
+    for loaded in [m for m in sys.modules if m == module or m.startswith(module + ".")]:
+        monkeypatch.delitem(sys.modules, loaded)
+    monkeypatch.setitem(sys.modules, module, None)  # makes `import module` raise ImportError
+    with pytest.raises(ConfigError, match=rf"pip install 'iterrefine\[{extra}\]'"):
+        open_input(InputSpec(str(path)))
