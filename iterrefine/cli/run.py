@@ -15,7 +15,7 @@ from rich.table import Table
 from iterrefine.cli.common import add_kafka_args, add_llm_args, config_from_args, require_llm
 from iterrefine.cli.progress import run_progress
 from iterrefine.errors import ConfigError
-from iterrefine.formats.inputs import FORMATS_HELP, INPUT_FORMATS, InputSpec
+from iterrefine.formats.inputs import FORMATS_HELP, INPUT_FORMATS, InputSpec, open_input
 from iterrefine.formats.outputs import SHAPES, check_output
 from iterrefine.logging import configure_logging
 from iterrefine.pricing import cost_summary, describe_cost
@@ -164,6 +164,4 @@ def print_summary(console: Console, summary: dict[str, Any], paths: Any) -> None
 
 def _input_count(spec: InputSpec) -> int | None:
     """The whole input's record count for a trial's estimate (cheap: no validation)."""
-    from iterrefine.formats.inputs import open_input
-
     return open_input(InputSpec(spec.source, format=spec.format, split=spec.split)).count()
