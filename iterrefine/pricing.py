@@ -41,10 +41,12 @@ def cost_summary(
     calls = sum(int(stats["requests"]) for stats in llm.values())
     prompt = sum(int(stats["prompt_tokens"]) for stats in llm.values())
     completion = sum(int(stats["completion_tokens"]) for stats in llm.values())
+    # Calls the response cache answered cost nothing and are not in calls/tokens above.
+    cache_hits = sum(int(stats.get("cache_hits", 0)) for stats in llm.values())
     money = round(sum(priced), 6) if priced else None
     out: dict[str, Any] = {"run": {
         "items": items_run, "calls": calls, "prompt_tokens": prompt,
-        "completion_tokens": completion, "money": money,
+        "completion_tokens": completion, "money": money, "cache_hits": cache_hits,
         "money_by_role": {name: None if m is None else round(m, 6) for name, m in per_role.items()},
     }}
     if items_total is not None and items_run > 0:
@@ -55,6 +57,8 @@ def cost_summary(
             "prompt_tokens": round(prompt * scale),
             "completion_tokens": round(completion * scale),
             "money": None if money is None else round(money * scale, 2),
+            # A trial answered partly from the cache under-counts what a cold run pays.
+            "low_by_cache_hits": cache_hits > 0,
         }
     return out
 
@@ -69,5 +73,7 @@ def describe_cost(cost: Mapping[str, Any]) -> list[tuple[str, str]]:
     rows = [("cost (this run)", line(cost["run"]))]
     estimate = cost.get("estimate_full_input")
     if estimate is not None:
-        rows.append((f"estimate, all {estimate['items']:,} items", line(estimate)))
+        caveat = (f" (low: {cost['run']['cache_hits']:,} trial calls were cache hits)"
+                  if estimate.get("low_by_cache_hits") else "")
+        rows.append((f"estimate, all {estimate['items']:,} items", line(estimate) + caveat))
     return rows

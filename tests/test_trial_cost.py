@@ -41,6 +41,9 @@ def test_money_is_tokens_times_role_prices_and_a_trial_scales_to_the_input() -> 
     estimate = cost["estimate_full_input"]
     assert (estimate["items"], estimate["calls"], estimate["money"]) == (40, 200, 18.0)
     assert "estimate_full_input" not in cost_summary(llm, roles, items_run=10, items_total=None)
+    cached = {**llm, "backbone": {**llm["backbone"], "cache_hits": 3}}
+    assert cost_summary(cached, roles, items_run=10, items_total=40)[
+        "estimate_full_input"]["low_by_cache_hits"]
 
 
 async def test_limit_runs_a_trial_and_the_summary_estimates_the_whole_input(
@@ -52,7 +55,8 @@ async def test_limit_runs_a_trial_and_the_summary_estimates_the_whole_input(
     argv = ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "--llm", "sim",
             "--limit", "5", "--summary", str(summary_path), "--no-progress",
             "--bootstrap", broker, "--topic-prefix", f"t{uuid.uuid4().hex[:8]}.",
-            "--sim-latency-ms", "5", "--sim-jitter-ms", "2", "--log-level", "warning"]
+            "--sim-latency-ms", "5", "--sim-jitter-ms", "2", "--log-level", "warning",
+            "--no-cache", "--data-dir", str(tmp_path / "state")]
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "iterrefine.cli", *argv, cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
