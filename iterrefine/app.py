@@ -25,7 +25,7 @@ from iterrefine.config import Config, LLMRoleConfig
 from iterrefine.export import ExportPaths
 from iterrefine.extra_workers import ExtraWorkers, add_stats
 from iterrefine.formats.inputs import InputSpec, open_input
-from iterrefine.formats.outputs import Shape, write_outputs
+from iterrefine.formats.outputs import Shape, output_paths, write_outputs
 from iterrefine.ingest import Ingestor, IngestReport, RawRecord
 from iterrefine.kafka import make_producer
 from iterrefine.llm import LLMStats
@@ -115,7 +115,7 @@ async def run_pipeline(
     # Opened first (a bad path or format fails before startup), then streamed into ingest.
     records = open_input(options.input_spec or InputSpec(str(options.input))).records()
     graph = load_graph(config)  # and so does a bad user stage
-    paths = ExportPaths.beside(options.output)
+    paths = output_paths(options.output)  # .parquet names its rejected file alike
     check_output_paths([paths.curated, paths.rejected, paths.dlq])
     run_abort = RunAbort(stop)
     async with contextlib.AsyncExitStack() as stack:
