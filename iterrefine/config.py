@@ -39,6 +39,20 @@ class KafkaConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     group_instance_id: str | None = None
 
 
+class StaticPartitions(msgspec.Struct, frozen=True, kw_only=True,
+                       forbid_unknown_fields=True):
+    """Take partitions ``p`` with ``p % count == index`` by manual assignment, no group join.
+
+    Set by ``iterrefine run`` only when it started the broker itself: nobody else can
+    be in its consumer groups then, and a join costs seconds on the embedded broker
+    (Tansu completes a JoinGroup after about half the session timeout). The group id is
+    still used for offset commits.
+    """
+
+    index: int = 0
+    count: int = 1
+
+
 class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     #: Messages being processed at once per stage process (across its partitions).
     max_in_flight: int = 256
@@ -66,6 +80,8 @@ class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     #: ``run`` gives up (exit 2, saying why) when its stages have no partitions by then.
     group_join_timeout_s: float = 60.0
     linger_ms: int = 5
+    #: None: join the consumer groups (any cluster). See :class:`StaticPartitions`.
+    static_partitions: StaticPartitions | None = None
 
 
 class LLMRoleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

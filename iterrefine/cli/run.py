@@ -24,6 +24,7 @@ from iterrefine.formats.inputs import FORMATS_HELP, INPUT_FORMATS, InputSpec, op
 from iterrefine.formats.outputs import SHAPES, check_output
 from iterrefine.logging import configure_logging
 from iterrefine.pricing import cost_summary, describe_cost
+from iterrefine.proctime import process_started_at
 from iterrefine.sim import SimConfig
 
 
@@ -86,6 +87,20 @@ def _sim_config(args: argparse.Namespace) -> SimConfig | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # --workers children first: they import on another core while this process does.
+    prespawned = None
+    if args.workers > 1 and args.input.exists():
+        from iterrefine.prespawn import Prespawned
+
+        prespawned = Prespawned(args.workers - 1)
+    try:
+        return _run(args, prespawned)
+    finally:
+        if prespawned is not None:
+            prespawned.close()  # only if the run never adopted them
+
+
+def _run(args: argparse.Namespace, prespawned: Any) -> int:
     from iterrefine.app import RunOptions, run_pipeline  # heavy imports only for this command
 
     configure_logging(json=args.log_json, level=args.log_level)
@@ -100,7 +115,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     options = RunOptions(input=args.input, output=args.output, sim=sim,
                          metrics_port=config.metrics_port, timeout_s=args.timeout_s,
-                         workers=args.workers, input_spec=spec, shape=args.shape)
+                         workers=args.workers, started_at=process_started_at(),
+                         prespawned=prespawned, input_spec=spec, shape=args.shape)
     console = Console(stderr=True)
     show = not args.no_progress and console.is_terminal
     with run_progress(console, show=show, log_json=args.log_json,

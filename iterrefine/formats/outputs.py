@@ -18,6 +18,7 @@ fixed DLQ file back as the original records.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -115,6 +116,27 @@ def write_outputs(
         for sink in sinks.values():
             sink.close()
     return paths, counts
+
+
+def export_row(terminal: Terminal) -> dict[str, Any]:
+    """The ``full`` row of any terminal record (dead letters have their own)."""
+    return terminal.row() if terminal.item is None else shaped_row(terminal, "full")
+
+
+def reshape_export(streamed: ExportPaths, output: Path, shape: Shape) -> ExportPaths:
+    """Rewrite full JSON-lines export files as ``output`` in ``shape``; remove the originals."""
+    def terminals() -> Iterator[Terminal]:
+        for outcome, path in (("curated", streamed.curated), ("rejected", streamed.rejected)):
+            for row in read_rows(path) if path.exists() else ():
+                item = msgspec.convert(row["item"], Item)
+                yield Terminal(id=item.id, outcome=outcome, revision=item.revision,  # type: ignore[arg-type]
+                               timestamp_ms=0, item=item, meta={}, raw=b"")
+    paths, _ = write_outputs(terminals(), output, shape=shape)
+    for path in (streamed.curated, streamed.rejected):
+        path.unlink(missing_ok=True)
+    if streamed.dlq.exists():
+        os.replace(streamed.dlq, paths.dlq)  # dead letters keep their one shape
+    return paths
 
 
 def read_rows(path: Path) -> Iterator[dict[str, Any]]:
