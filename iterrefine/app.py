@@ -25,7 +25,9 @@ from iterrefine.broker_state import ensure_broker
 from iterrefine.config import Config, LLMRoleConfig, StaticPartitions
 from iterrefine.export import ExportPaths
 from iterrefine.extra_workers import ExtraWorkers, add_stats
-from iterrefine.ingest import Ingestor, IngestReport, RawRecord, read_records
+from iterrefine.formats.inputs import InputSpec, open_input
+from iterrefine.formats.outputs import Shape, output_paths, reshape_export
+from iterrefine.ingest import Ingestor, IngestReport, RawRecord
 from iterrefine.kafka import make_producer
 from iterrefine.llm import LLMStats
 from iterrefine.metrics import Metrics
@@ -58,6 +60,9 @@ class RunOptions:
     timeout_s: float | None = None
     #: Stage processes: this one plus ``workers - 1`` children (:mod:`iterrefine.extra_workers`).
     workers: int = 1
+    #: Format, trial (limit/sample) and split of ``input`` (default: by its name, all of it).
+    input_spec: InputSpec | None = None
+    shape: Shape = "full"
     #: ``time.perf_counter()`` when the command started (the summary's wall time counts
     #: from there); None: from the call of :func:`run_pipeline`.
     started_at: float | None = None
@@ -137,10 +142,15 @@ async def run_pipeline(
     """
     started = options.started_at if options.started_at is not None else time.perf_counter()
     stop = stop or asyncio.Event()
-    records = iter(read_records(options.input))
-    first = next(records, None)  # read first: a bad path fails before startup
+    # Opened first (a bad path or format fails before startup), then streamed into ingest.
+    records = open_input(options.input_spec or InputSpec(str(options.input))).records()
+    first = next(records, None)
     graph = load_graph(config)  # and so does a bad user stage
-    paths = ExportPaths.beside(options.output)
+    paths = output_paths(options.output)  # .parquet names its rejected file alike
+    # Rows stream out as full JSON lines; another shape or Parquet is written from them.
+    reshape = options.shape != "full" or paths != ExportPaths.beside(options.output)
+    streamed = (ExportPaths.beside(options.output.with_name(f".{options.output.name}.full.jsonl"))
+                if reshape else paths)
     check_output_paths([paths.curated, paths.rejected, paths.dlq])
     run_abort = RunAbort(stop)
     export: StreamingExport | None = None
@@ -172,7 +182,7 @@ async def run_pipeline(
             readiness = asyncio.create_task(extras.wait_ready())
             stack.callback(readiness.cancel)
 
-        export = StreamingExport(paths)
+        export = StreamingExport(streamed)
         source = records if first is None else itertools.chain([first], records)
         # With consumer groups, ingest once this process has its share too: a rebalance
         # mid-run would hold every stage up while the groups re-form. With static shares,
@@ -255,6 +265,8 @@ async def run_pipeline(
     summary["complete"] = complete
     summary["pending"] = export.expected - export.arrived
     summary["aborted"] = run_abort.problem
+    if reshape:
+        reshape_export(streamed, options.output, options.shape)
     return RunResult(summary=summary, paths=paths, ingest=report, complete=complete)
 
 

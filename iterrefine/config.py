@@ -116,6 +116,10 @@ class LLMRoleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     structured_output: StructuredOutput = "auto"
     temperature: float = 0.0
     max_tokens: int = 1024
+    #: Prices per million prompt / completion tokens, for the run summary's cost (and a
+    #: trial's estimate for the whole input); unset = cost not shown.
+    price_in_per_mtok: float | None = None
+    price_out_per_mtok: float | None = None
 
     def api_key(self) -> str:
         """The key from the named environment variable; servers without auth get a dummy."""

@@ -24,6 +24,7 @@ from typing import IO
 import msgspec
 
 from iterrefine.export import ExportPaths, Outcome, Terminal
+from iterrefine.formats.outputs import export_row
 from iterrefine.model import Item
 
 _OUTCOMES: tuple[Outcome, ...] = ("curated", "rejected", "dlq")
@@ -92,7 +93,7 @@ class StreamingExport:
         rank = _rank(terminal)
         if current == _PENDING:
             self._state[key] = rank
-            self._files[terminal.outcome].write(_row_encoder.encode(terminal.row()) + b"\n")
+            self._files[terminal.outcome].write(_row_encoder.encode(export_row(terminal)) + b"\n")
             self.counts[terminal.outcome] += 1
             self.arrived += 1
             return True
@@ -132,7 +133,7 @@ class StreamingExport:
                     dst.write(line)
                 for terminal in replaced.values():
                     if terminal.outcome == outcome:
-                        dst.write(_row_encoder.encode(terminal.row()) + b"\n")
+                        dst.write(_row_encoder.encode(export_row(terminal)) + b"\n")
                         self.counts[outcome] += 1
             os.replace(fresh, partial)
 

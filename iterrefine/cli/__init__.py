@@ -29,6 +29,8 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "replay",
     "status",
     "cache",
+    "show",
+    "view",
 )
 
 
