@@ -22,6 +22,7 @@ from typing import Any, Literal
 import msgspec
 
 from iterrefine.errors import ValidationError
+from iterrefine.formats.chat import chat_fields, is_chat_record
 from iterrefine.ids import json_type, normalise_id
 from iterrefine.jsonguard import DEFAULT_MAX_JSON_DEPTH, check_before_parsing, duplicate_key
 
@@ -58,7 +59,10 @@ class Original(msgspec.Struct, frozen=True, kw_only=True):
     input: str
     output: str
     category: str | None = None
-    format: Literal["alpaca", "dolly"] = "alpaca"
+    format: Literal["alpaca", "dolly", "messages", "sharegpt"] = "alpaca"
+    #: A chat record's system turn: carried through untouched, never refined
+    #: (:mod:`iterrefine.formats.chat`).
+    system: str | None = None
 
 
 class Scores(msgspec.Struct, frozen=True, kw_only=True):
@@ -287,11 +291,18 @@ def original_from_record(record: Any) -> tuple[Original, str | None]:
             category=_field(record, "category", required=False) or None,
             format="alpaca",
         )
+    elif is_chat_record(record):
+        fields, dialect = chat_fields(record)
+        original = Original(
+            instruction=fields["instruction"], input=fields["input"], output=fields["output"],
+            system=fields["system"] or None, format=dialect,
+        )
     else:
         keys = ", ".join(sorted(map(str, record))[:8]) or "none"
         raise ValidationError(
-            "unknown record shape: expected Alpaca (instruction/input/output) or Dolly "
-            f"(instruction/context/response/category); keys were: {keys}",
+            "unknown record shape: expected Alpaca (instruction/input/output), Dolly "
+            "(instruction/context/response/category), OpenAI messages or ShareGPT "
+            f"conversations; keys were: {keys}",
             reason="unknown_shape",
         )
     return original, given_id

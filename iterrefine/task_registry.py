@@ -26,6 +26,7 @@ import msgspec
 from iterrefine.parsing import (
     SCHEMAS,
     AlignedAnswer,
+    AnswerContext,
     EvaluationAnswer,
     RevisionAnswer,
     ScoreAnswer,
@@ -61,8 +62,10 @@ class TaskSpec:
     template: str
     #: Keys the request's data block must have, and may have.
     required: frozenset[str]
-    #: Reads the model's answer; raises :class:`~iterrefine.errors.UnparseableOutput`.
-    parse: Callable[[str], Any]
+    #: Reads the model's answer (with the request's context: nonce, item text, so that
+    #: scaffolding and item text stay out of the fields); raises
+    #: :class:`~iterrefine.errors.UnparseableOutput`.
+    parse: Callable[[str, AnswerContext | None], Any]
     #: What ``parse`` returns (a msgspec Struct, or ``str``).
     answer: type
     #: JSON schema for structured output; None for free-text tasks.

@@ -44,8 +44,8 @@ from iterrefine.lifecycle import AsyncService
 from iterrefine.model import Item
 from iterrefine.pipeline import load_graph, serve_pipeline
 from iterrefine.sim import SimConfig
-from iterrefine.sim.answers import render
-from iterrefine.sim.prompt import PromptError, parse_prompt
+from iterrefine.sim.answers import render, request_schema
+from iterrefine.sim.prompt import CHAT_TASK, PromptError, parse_prompt
 from iterrefine.sim.server import OWNER
 from iterrefine.topics import TopicNames, ensure_topics
 from iterrefine.watch import TerminalWatcher
@@ -68,8 +68,9 @@ _TEST_RUNTIME: dict[str, Any] = {
 class ScriptedLLM(AsyncService):
     """``async with ScriptedLLM({"score": "..."}) as llm:`` serves ``llm.base_url``.
 
-    ``requests`` records each request as ``(task, data)``, so a test can check what
-    its stage asked.
+    ``requests`` records each task request as ``(task, data)``, so a test can check
+    what its stage asked (a client's untagged structured-output probe is answered
+    like the simulator does, and not recorded).
     """
 
     def __init__(self, answers: Mapping[str, Answer] | None = None,
@@ -116,12 +117,14 @@ class ScriptedLLM(AsyncService):
             prompt = parse_prompt(system, user)
         except PromptError as exc:
             return web.json_response({"error": {"message": str(exc)}}, status=400)
-        self.requests.append((prompt.task, prompt.data))
+        if prompt.task != CHAT_TASK:  # not a client's untagged structured-output probe
+            self.requests.append((prompt.task, prompt.data))
         scripted = self.answers.get(prompt.task)
         if scripted is None:
-            structured = (body.get("response_format") or {}).get("type") in (
-                "json_schema", "json_object")
-            content = render(prompt, self._sim, structured=structured)
+            response_format = body.get("response_format")
+            structured = (response_format or {}).get("type") in ("json_schema", "json_object")
+            content = render(prompt, self._sim, structured=structured,
+                             schema=request_schema(response_format))
         else:
             content = scripted(prompt.data) if callable(scripted) else scripted
         return web.json_response({

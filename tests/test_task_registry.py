@@ -12,6 +12,7 @@ from iterrefine.config import LLMRoleConfig
 from iterrefine.errors import UnparseableOutput
 from iterrefine.llm import LLMClient
 from iterrefine.llm.tasks import ask
+from iterrefine.parsing import AnswerContext
 from iterrefine.prompts import PROMPT_EDITION, PROMPT_VERSION, build_messages
 from iterrefine.sim import SimConfig, SimServer
 from iterrefine.sim.prompt import SimPrompt
@@ -22,7 +23,7 @@ class Toxicity(msgspec.Struct, frozen=True):
     toxic: bool
 
 
-def _parse_toxicity(text: str) -> Toxicity:
+def _parse_toxicity(text: str, context: AnswerContext | None = None) -> Toxicity:
     try:
         return msgspec.json.decode(text, type=Toxicity)
     except msgspec.DecodeError as exc:

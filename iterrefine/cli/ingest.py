@@ -7,12 +7,18 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 from iterrefine.cli.common import add_kafka_args, config_from_args, resolve_bootstrap
 from iterrefine.config import Config
-from iterrefine.ingest import Ingestor, IngestReport, RawRecord, read_records, stdin_records
+from iterrefine.formats.inputs import (
+    FORMATS_HELP,
+    INPUT_FORMATS,
+    InputFormat,
+    InputSpec,
+    open_input,
+)
+from iterrefine.ingest import Ingestor, IngestReport, RawRecord, stdin_records
 from iterrefine.kafka import make_producer
 from iterrefine.logging import configure_logging
 from iterrefine.topics import TopicNames, ensure_topics
@@ -33,7 +39,9 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
             "every 0.5 s while the stream is idle."
         ),
     )
-    parser.add_argument("source", metavar="FILE", help="JSON lines or JSON array file, or -")
+    parser.add_argument("source", metavar="FILE", help="an input file (JSON lines, JSON array, "
+                        "Parquet, CSV, saved HF dataset), or - for JSON lines on stdin")
+    parser.add_argument("--input-format", choices=INPUT_FORMATS, help=FORMATS_HELP)
     add_kafka_args(parser)
     parser.set_defaults(func=cmd_ingest)
 
@@ -87,7 +95,9 @@ async def _flush_every(ingestor: Ingestor, interval_s: float) -> None:
         await ingestor.flush()
 
 
-async def _ingest_command(config: Config, bootstrap: str, source: str) -> IngestReport:
+async def _ingest_command(
+    config: Config, bootstrap: str, source: str, input_format: InputFormat | None = None
+) -> IngestReport:
     def problem(message: str) -> None:
         print(f"bad record: {message}", file=sys.stderr, flush=True)
 
@@ -96,7 +106,7 @@ async def _ingest_command(config: Config, bootstrap: str, source: str) -> Ingest
         install_stop_signals(stop)  # SIGTERM/SIGINT: stop reading, confirm what was sent
         records = stdin_records(stop)
     else:
-        records = _as_async(read_records(Path(source)))
+        records = _as_async(open_input(InputSpec(source, format=input_format)).records())
     return await ingest(config, bootstrap, records, keep_ids=False, on_problem=problem)
 
 
@@ -104,7 +114,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     configure_logging(json=args.log_json, level=args.log_level)
     config = config_from_args(args)
     bootstrap = resolve_bootstrap(config)
-    report = asyncio.run(_ingest_command(config, bootstrap, args.source))
+    report = asyncio.run(_ingest_command(config, bootstrap, args.source, args.input_format))
     print(f"ingested {report.records} records ({report.invalid} invalid, sent to be "
           f"dead-lettered) into {TopicNames(config.kafka.topic_prefix)['items.raw']}")
     duplicates = report.duplicate_ids + report.duplicate_records

@@ -12,15 +12,19 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from iterrefine import exit_codes
 from iterrefine.cli.common import add_kafka_args, add_llm_args, config_from_args, require_llm
+from iterrefine.cli.progress import run_progress
 from iterrefine.config import Config
 from iterrefine.errors import ConfigError
 from iterrefine.exit_codes import run_exit_code
+from iterrefine.formats.inputs import FORMATS_HELP, INPUT_FORMATS, InputSpec, open_input
+from iterrefine.formats.outputs import SHAPES, check_output
 from iterrefine.logging import configure_logging
+from iterrefine.pricing import cost_summary, describe_cost
+from iterrefine.proctime import process_started_at
 from iterrefine.sim import SimConfig
 
 
@@ -29,7 +33,8 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
         "run",
         help="curate a dataset file end to end (embedded broker unless --bootstrap)",
         description=(
-            "Ingest INPUT (JSON lines or a JSON array; Alpaca or Dolly records), score, route, "
+            "Ingest INPUT (JSON lines, a JSON array, Parquet, CSV or a Hugging Face dataset; "
+            "Alpaca, Dolly, OpenAI messages or ShareGPT records), score, route, "
             "refine, review and align every item, wait until each reached a terminal topic, "
             "and write curated items to OUTPUT, with rejected and dead-lettered items beside it."
         ),
@@ -37,7 +42,16 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     add = parser.add_argument
     add("input", type=Path, metavar="INPUT")
     add("-o", "--output", type=Path, required=True, metavar="OUTPUT",
-        help="curated items (JSON lines); OUTPUT.rejected.jsonl and OUTPUT.dlq.jsonl beside it")
+        help="curated items, .jsonl or .parquet by its name; the rejected items beside it "
+        "(OUTPUT.rejected.jsonl/.parquet) and dead letters in OUTPUT.dlq.jsonl")
+    add("--input-format", choices=INPUT_FORMATS, help=f"default: by name. {FORMATS_HELP}")
+    add("--split", help="the split of a Hugging Face dataset (default train)")
+    add("--shape", choices=SHAPES, default="full",
+        help="rows written: full (with lineage, default), or training-ready alpaca, messages, "
+        "sharegpt")
+    add("--limit", type=int, metavar="N", help="a trial: only the first N records")
+    add("--sample", type=int, metavar="N", help="a trial: N records drawn at random")
+    add("--seed", type=int, default=0, help="seed of --sample (0)")
     add("--summary", type=Path, metavar="FILE", help="also write the summary as JSON")
     add("--metrics-port", type=int, metavar="N",
         help="serve /metrics, /healthz and /readyz for all stages while running")
@@ -73,6 +87,20 @@ def _sim_config(args: argparse.Namespace) -> SimConfig | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # --workers children first: they import on another core while this process does.
+    prespawned = None
+    if args.workers > 1 and args.input.exists():
+        from iterrefine.prespawn import Prespawned
+
+        prespawned = Prespawned(args.workers - 1)
+    try:
+        return _run(args, prespawned)
+    finally:
+        if prespawned is not None:
+            prespawned.close()  # only if the run never adopted them
+
+
+def _run(args: argparse.Namespace, prespawned: Any) -> int:
     from iterrefine.app import RunOptions, run_pipeline  # heavy imports only for this command
 
     configure_logging(json=args.log_json, level=args.log_level)
@@ -80,19 +108,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     sim = _sim_config(args)
     if sim is None:
         require_llm(config)
-    if not args.input.exists():
-        raise ConfigError(f"input file {args.input} does not exist")
+    check_output(args.output, args.shape)
+    spec = InputSpec(str(args.input), format=args.input_format, limit=args.limit,
+                     sample=args.sample, seed=args.seed, split=args.split)
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     options = RunOptions(input=args.input, output=args.output, sim=sim,
                          metrics_port=config.metrics_port, timeout_s=args.timeout_s,
-                         workers=args.workers)
+                         workers=args.workers, started_at=process_started_at(),
+                         prespawned=prespawned, input_spec=spec, shape=args.shape)
     console = Console(stderr=True)
     show = not args.no_progress and console.is_terminal
-    with Progress(
-        TextColumn("[bold]curating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, disable=not show, transient=False,
-    ) as progress:
+    with run_progress(console, show=show, log_json=args.log_json,
+                      log_level=args.log_level) as progress:
         task = progress.add_task("items", total=None)
 
         async def main() -> Any:
@@ -108,6 +136,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         result = asyncio.run(main())
     summary = result.summary
+    trial = spec.limit is not None or spec.sample is not None
+    summary["cost"] = cost_summary(summary["llm"], config.llm, items_run=summary["items_in"],
+                                   items_total=_input_count(spec) if trial else None)
     if args.summary:
         args.summary.parent.mkdir(parents=True, exist_ok=True)
         args.summary.write_text(json.dumps(summary, indent=2) + "\n")
@@ -181,8 +212,22 @@ def print_summary(console: Console, summary: dict[str, Any], paths: Any) -> None
             table.add_row(f"cache {role}", f"{stats['cache_hits']} hits (not paid), "
                           f"{stats['cache_misses']} misses, "
                           f"{stats['cache_tokens_saved']} tokens saved")
+    unreadable = {task: row.get("unreadable", 0) for task, row in
+                  summary.get("llm_answers", {}).items() if row.get("unreadable")}
+    if unreadable:
+        table.add_row("unreadable answers", ", ".join(f"{k} {v}" for k, v in unreadable.items()))
+    if summary.get("rescore_failures"):
+        table.add_row("re-score failed", f"{summary['rescore_failures']} refined items "
+                      "curated without a final score")
     if summary["dlq_reasons"]:
         table.add_row("dlq reasons", ", ".join(f"{k} {v}" for k, v in
                                                sorted(summary["dlq_reasons"].items())))
+    for name, text in describe_cost(summary["cost"]) if "cost" in summary else ():
+        table.add_row(name, text)
     table.add_row("wall time", f"{summary['wall_time_s']} s")
     console.print(table)
+
+
+def _input_count(spec: InputSpec) -> int | None:
+    """The whole input's record count for a trial's estimate (cheap: no validation)."""
+    return open_input(InputSpec(spec.source, format=spec.format, split=spec.split)).count()

@@ -6,7 +6,11 @@ Every request is ``[system, user]``:
   task's instructions (``<task>.md``, system part);
 * user = trusted header lines (``Round: N`` for refine and review, then the template's
   user part) and the item as ONE JSON object fenced by ``<<<DATA nonce>>>`` /
-  ``<<<END DATA nonce>>>`` with a fresh random nonce per request.
+  ``<<<END DATA nonce>>>`` with a fresh random nonce per request;
+* except for ``answer``: the backbone answers the item's instruction (and input) sent
+  as a plain user message, as in the paper's evaluate step. It is asked to *do* the
+  task, so there is no judge to protect; a fence only made small models talk about the
+  fence (SmolLM2-135M answered with the markers and the nonce instead of the task).
 
 Item text is untrusted. It only ever appears inside the JSON object, where a newline is
 ``\\n``, so it cannot put a line of its own into the message nor close the fence (it
@@ -25,6 +29,7 @@ from iterrefine.task_registry import BUILTIN_TASKS, prompt_digest
 from iterrefine.task_registry import TASKS as TASK_SPECS
 
 __all__ = [
+    "PLAIN_TASKS",
     "PROMPT_EDITION",
     "PROMPT_VERSION",
     "TASKS",
@@ -32,6 +37,7 @@ __all__ = [
     "build_messages",
     "data_block",
     "evaluation_text",
+    "plain_request",
     "system_tag",
 ]
 
@@ -39,6 +45,8 @@ __all__ = [
 Task = Literal["score", "answer", "evaluate", "refine", "review", "align"]
 #: The built-in tasks (each one entry of :data:`iterrefine.task_registry.TASKS`).
 TASKS: Final[tuple[str, ...]] = BUILTIN_TASKS
+#: Tasks whose user message is the item's request itself, unfenced.
+PLAIN_TASKS: Final = frozenset({"answer"})
 
 _NONCE = re.compile(r"[0-9a-f]{8}")
 # json.dumps leaves these unescaped with ensure_ascii=False, yet str.splitlines() (and
@@ -50,16 +58,16 @@ _REASK_NOTE: Final = (
     "the format given above, with every field present and nothing else."
 )
 #: Bump when build_messages lays a request out differently (the templates are hashed).
-_LAYOUT_REVISION: Final = 1
+_LAYOUT_REVISION: Final = 2  # 2: plain tasks (answer) send the request unfenced
 
 #: The prompt generation a person names (bump it for a deliberate new generation).
-PROMPT_EDITION: Final = "2026.11.25-1"
+PROMPT_EDITION: Final = "2026.11.28-1"
 #: Recorded on every item (``Provenance.prompt_version``): the edition plus a digest of
 #: the built-in templates, data keys and layout, so an edit can never go unversioned
 #: and replays can tell the prompt generations apart.
 PROMPT_VERSION: Final = (
     f"{PROMPT_EDITION}+"
-    f"{prompt_digest(extra=f'{_LAYOUT_REVISION}{_REASK_NOTE}')[:10]}"
+    f"{prompt_digest(extra=f'{_LAYOUT_REVISION}{_REASK_NOTE}{sorted(PLAIN_TASKS)}')[:10]}"
 )
 
 
@@ -74,6 +82,11 @@ def data_block(data: Mapping[str, Any], nonce: str) -> str:
     for char, escaped in _LINE_BREAKS_JSON_KEEPS.items():
         payload = payload.replace(char, escaped)
     return f"<<<DATA {nonce}>>>\n{payload}\n<<<END DATA {nonce}>>>"
+
+
+def plain_request(instruction: str, input: str) -> str:
+    """An instruction and its input as one plain user message (blank line between)."""
+    return f"{instruction.strip()}\n\n{input.strip()}" if input.strip() else instruction.strip()
 
 
 def evaluation_text(score: int, evaluation: str, suggestions: Sequence[str]) -> str:
@@ -133,6 +146,9 @@ def build_messages(
     system = f"{system_tag(task)}\n{system_part}"
     if reask:
         system = f"{system}\n\n{_REASK_NOTE}"
+    if task in PLAIN_TASKS:
+        user = plain_request(data["instruction"], data["input"])
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
     header = [f"Round: {round}"] if spec.rounds else []
     header.append(user_part)
     user = "\n".join(header) + "\n\n" + data_block(data, nonce)

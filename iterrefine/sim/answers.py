@@ -15,8 +15,12 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import msgspec
+
 from iterrefine.sim.config import SimConfig
 from iterrefine.sim.prompt import CHAT_TASK, SimPrompt
+
+_json_encoder = msgspec.json.Encoder()
 
 REVISION_MARKER = "[sim-rev r"
 #: What a naive judge obeys when it appears outside the data block.
@@ -55,12 +59,39 @@ def strip_revision(instruction: str) -> str:
     return instruction if at < 0 else instruction[:at].rstrip()
 
 
-def render(prompt: SimPrompt, config: SimConfig, *, structured: bool) -> str:
+def request_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The JSON schema of a request, in either dialect (OpenAI's or llama.cpp's)."""
+    form = response_format or {}
+    inner = form.get("json_schema")
+    schema = inner.get("schema") if isinstance(inner, dict) else form.get("schema")
+    return schema if isinstance(schema, dict) else None
+
+
+def _instance(schema: dict[str, Any]) -> Any:
+    """The simplest value a (small) JSON schema allows: first enum value, else a default."""
+    if schema.get("enum"):
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if kind == "object":
+        properties = schema.get("properties") or {}
+        return {k: _instance(v) for k, v in properties.items() if isinstance(v, dict)}
+    defaults = {"array": [], "boolean": True, "integer": 5, "number": 5, "null": None}
+    return defaults.get(kind, "sim") if isinstance(kind, str) else "sim"
+
+
+def render(
+    prompt: SimPrompt, config: SimConfig, *, structured: bool,
+    schema: dict[str, Any] | None = None,
+) -> str:
     """The answer text for one request (JSON when ``structured`` and the task has a schema).
 
-    Each task's answer is its registry entry's (:mod:`iterrefine.task_registry`),
-    which points at the functions below.
+    An untagged structured request (a client's dialect probe) gets the simplest JSON
+    its ``schema`` allows, as a server enforcing the schema would give. Each task's
+    answer is its registry entry's (:mod:`iterrefine.task_registry`), which points at
+    the functions below.
     """
+    if prompt.task == CHAT_TASK and structured and schema is not None:
+        return _json_encoder.encode(_instance(schema)).decode()
     if prompt.task == CHAT_TASK:
         return _answer(prompt)
     from iterrefine.task_registry import TASKS  # imported late: the registry imports us
