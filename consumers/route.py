@@ -1,10 +1,11 @@
 """IQD, step 2 — split scored items into high and low quality.
 
 High-quality items are kept as they are; low-quality but usable items go to
-refinement. The split is a pluggable policy: this module ships the threshold
-policy (the judge said "high" and the mean dimension score reaches a bar). The
-paper's per-cluster top-k selection with a difficulty signal plugs in here as
-another :class:`RoutingPolicy`.
+refinement. The split is a pluggable policy, chosen by ``pipeline.routing_policy``:
+``threshold`` (the judge said "high" and the mean dimension score reaches a bar) or
+``cluster_quota``, the paper's: in every diversity cluster the top ``k_ratio`` by
+(judge level, difficulty) are high, the rest are refined
+(:class:`iterrefine.selection.ClusterQuotaPolicy`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Literal, Protocol
 from iterrefine.context import PipelineContext
 from iterrefine.model import Item
 from iterrefine.runtime import Output, Stage
+from iterrefine.selection.policy import ClusterQuotaPolicy
 
 Quality = Literal["high", "low"]
 
@@ -37,13 +39,24 @@ class ThresholdPolicy:
         return "low"
 
 
+def policy_from_config(ctx: PipelineContext) -> RoutingPolicy:
+    if ctx.config.routing_policy == "cluster_quota":
+        return ClusterQuotaPolicy(ctx.selection, ctx.metrics)
+    return ThresholdPolicy(ctx.config.high_min_mean_score)
+
+
 def stage(ctx: PipelineContext, policy: RoutingPolicy | None = None) -> Stage:
-    chosen = policy or ThresholdPolicy(ctx.config.high_min_mean_score)
+    chosen = policy or policy_from_config(ctx)
+    # A policy that can say why (its rank) records that in the item's lineage.
+    explain = getattr(chosen, "explain", None)
 
     # A plain function, not a coroutine: routing never waits, so the runtime runs it
     # inline, a fetched batch at a time (see iterrefine.runtime.stage).
     def route(item: Item) -> list[Output]:
-        if chosen.quality(item) == "high":
+        quality = chosen.quality(item)
+        if explain is not None:
+            item = explain(item, quality)
+        if quality == "high":
             kept = item.with_changes(quality="high", status="high")
             return [Output("items.curated", kept)]
         return [Output("items.refine", item.with_changes(quality="low"))]

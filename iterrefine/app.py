@@ -33,6 +33,7 @@ from iterrefine.metrics import Metrics
 from iterrefine.model import Provenance
 from iterrefine.prompts import PROMPT_VERSION
 from iterrefine.runtime import StageRunner
+from iterrefine.selection import selector_for
 from iterrefine.sim import SimConfig, SimServer
 from iterrefine.summary import build_summary
 from iterrefine.topics import TopicNames, ensure_topics
@@ -64,12 +65,18 @@ class RunResult:
 
 
 def sim_roles(config: Config, base_url: str, sim: SimConfig) -> Config:
-    """Point ``strong`` and ``backbone`` at the simulator (keeping explicit role settings)."""
+    """Point ``strong`` and ``backbone`` at the simulator (keeping explicit role settings).
+
+    With the paper's selection on, ``embedding`` and ``difficulty`` too.
+    """
     concurrency = max(64, sim.capacity * 2) if sim.capacity else 512
+    names = ["strong", "backbone"]
+    if config.pipeline.routing_policy == "cluster_quota":
+        names += ["embedding", "difficulty"]
     roles = {
         name: LLMRoleConfig(base_url=base_url, model=f"sim-{name}", max_concurrency=concurrency,
                             timeout_s=max(30.0, sim.latency_ms / 1000 * 20), max_retries=8)
-        for name in ("strong", "backbone")
+        for name in names
     }
     return msgspec.structs.replace(config, llm={**roles, **config.llm})
 
@@ -121,10 +128,13 @@ async def run_pipeline(
         roles = await stack.enter_async_context(LLMRoles(config, metrics=metrics))
         provenance = Provenance(
             prompt_version=PROMPT_VERSION,
-            models={role: config.role(role).model for role in ("strong", "backbone")},
+            models={role: config.role(role).model for role in _provenance_roles(config)},
             simulated=options.sim is not None,
         )
-        ctx = PipelineContext(config.pipeline, roles, metrics, provenance)
+        selector = await stack.enter_async_context(
+            selector_for(config, bootstrap, roles, metrics))
+        ctx = PipelineContext(config.pipeline, roles, metrics, provenance,
+                              selection=config.selection, selector=selector)
         await ensure_topics(config.kafka, bootstrap)
         watcher = TerminalWatcher(config.kafka, bootstrap)
         await watcher.start()
@@ -179,6 +189,12 @@ async def run_pipeline(
         summary["complete"] = complete
         summary["pending"] = len(report.ids) - seen
         return RunResult(summary=summary, paths=paths, ingest=report, complete=complete)
+
+
+def _provenance_roles(config: Config) -> tuple[str, ...]:
+    if config.pipeline.routing_policy == "cluster_quota":
+        return ("strong", "backbone", "embedding", "difficulty")
+    return ("strong", "backbone")
 
 
 async def _until_set_or_done(event: asyncio.Event, task: asyncio.Task[None]) -> None:

@@ -107,13 +107,64 @@ class PipelineConfig(msgspec.Struct, frozen=True, kw_only=True):
     #: Score refined items again after alignment (one more strong call per refined item),
     #: so dashboards can show whether refinement lifted quality.
     rescore_refined: bool = True
+    #: The paper's task filter: the judge also says whether the item involves reasoning
+    #: or inference, and an item that does not is rejected (reason ``not_reasoning``).
+    task_filter: bool = False
+    #: How scored items split into high and low: ``threshold`` (the judge's verdict and
+    #: ``high_min_mean_score``) or ``cluster_quota`` (the paper's per-cluster top
+    #: ``k_ratio`` by judge level and difficulty; see ``[selection]``).
+    routing_policy: Literal["threshold", "cluster_quota"] = "threshold"
+
+
+class SelectionConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """The paper's selection (IQD stage 2): difficulty, diversity clusters, per-cluster quota.
+
+    Used when ``pipeline.routing_policy = "cluster_quota"``; needs the ``embedding`` and
+    ``difficulty`` LLM roles.
+    """
+
+    #: Number of k-means clusters (the paper: 132).
+    k: int = 132
+    #: Share of every cluster kept as high quality (the paper: 0.8).
+    k_ratio: float = 0.8
+    #: Vectors the model trainer collects before it fits the first centroid model;
+    #: until then items are ranked in one pseudo-cluster (``cluster = None``).
+    warmup: int = 2000
+    #: The trainer refines the centroids with ``partial_fit`` on batches of this size
+    #: and publishes each new version.
+    batch_size: int = 512
+    #: ``stream``: online k-means and running per-cluster ranks (the pipeline);
+    #: ``exact``: the paper's batch procedure over a bounded set (offline, benchmarks).
+    mode: Literal["stream", "exact"] = "stream"
+    #: Difficulty metric: ``ifd`` (ppl of the output given the instruction ÷ ppl of the
+    #: output alone: two calls) or ``instruction_ppl`` (what the paper's code ran).
+    difficulty_metric: Literal["ifd", "instruction_ppl"] = "instruction_ppl"
+    #: Recent (judge level, difficulty) keys each cluster ranks a new item against.
+    rank_window: int = 2000
+    #: Seed of k-means (the paper: ``random_state=0``).
+    random_state: int = 0
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ConfigError(f"selection.k must be at least 1, got {self.k}")
+        if not 0.0 < self.k_ratio <= 1.0:
+            raise ConfigError(f"selection.k_ratio must be in (0, 1], got {self.k_ratio}")
+        if self.warmup < self.k:
+            raise ConfigError(
+                f"selection.warmup ({self.warmup}) must be at least selection.k ({self.k}): "
+                "k-means needs a vector per cluster to start"
+            )
+        if self.batch_size < 1 or self.rank_window < 1:
+            raise ConfigError("selection.batch_size and selection.rank_window must be at least 1")
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):
     kafka: KafkaConfig = KafkaConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     pipeline: PipelineConfig = PipelineConfig()
-    #: Roles: ``strong`` and ``backbone`` are required to run the LLM stages.
+    selection: SelectionConfig = SelectionConfig()
+    #: Roles: ``strong`` and ``backbone`` are required to run the LLM stages;
+    #: ``embedding`` and ``difficulty`` for ``routing_policy = "cluster_quota"``.
     llm: dict[str, LLMRoleConfig] = {}
     metrics_port: int | None = None
     data_dir: str = ".iterrefine"

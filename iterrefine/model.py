@@ -72,6 +72,40 @@ class Judgement(msgspec.Struct, frozen=True, kw_only=True):
     scores: Scores | None
     verdict: Literal["high", "low"]
     justification: str
+    #: The paper's task filter: does the item involve reasoning steps or inference?
+    #: ``None`` when the judge did not say.
+    involves_reasoning: bool | None = None
+
+
+class Difficulty(msgspec.Struct, frozen=True, kw_only=True):
+    """How hard the instruction is for a small model, from completion logprobs.
+
+    ``metric`` is ``instruction_ppl`` (perplexity of the instruction text, what the
+    paper's code ran) or ``ifd`` (perplexity of the output given the instruction over
+    perplexity of the output alone, Cherry-LLM's IFD).
+    """
+
+    value: float
+    metric: str
+    model: str
+
+
+class Selection(msgspec.Struct, frozen=True, kw_only=True):
+    """The paper's selection signals of an item: its diversity cluster and the decision.
+
+    Only the cluster id travels, never the embedding vector. ``cluster`` is ``None``
+    while no centroid model exists yet (warm-up): the item is then ranked in one
+    pseudo-cluster.
+    """
+
+    cluster: int | None
+    #: Version of the shared centroid model that assigned ``cluster`` (0 = none yet).
+    model_version: int = 0
+    embedding_model: str = ""
+    #: The route's decision: ``high`` or ``low`` (``None`` before routing).
+    decision: Literal["high", "low"] | None = None
+    #: Share of the cluster's recent items that ranked above this one at routing.
+    rank: float | None = None
 
 
 class Evaluation(msgspec.Struct, frozen=True, kw_only=True):
@@ -130,6 +164,10 @@ class Item(msgspec.Struct, frozen=True, kw_only=True):
     #: The judge's scores of the refined item (optional re-score after alignment).
     final_judgement: Judgement | None = None
     quality: Literal["high", "low"] | None = None
+    #: Instruction difficulty (``routing_policy = "cluster_quota"``).
+    difficulty: Difficulty | None = None
+    #: Diversity cluster and selection decision (``routing_policy = "cluster_quota"``).
+    selection: Selection | None = None
     evaluation: Evaluation | None = None
     #: The backbone's answer to the original instruction: side A of every review.
     original_answer: str | None = None

@@ -78,6 +78,7 @@ async def serve_workers(
     from iterrefine.model import Provenance
     from iterrefine.prompts import PROMPT_VERSION
     from iterrefine.runtime import StageRunner
+    from iterrefine.selection import selector_for
     from iterrefine.worker import install_stop_signals, serve_stages
 
     stop = asyncio.Event()
@@ -93,12 +94,17 @@ async def serve_workers(
         roles = await stack.enter_async_context(LLMRoles(config, metrics=metrics))
         simulated = False
         models: dict[str, str] = {}
-        for role in ("strong", "backbone"):
+        for role in ("strong", "backbone", "embedding", "difficulty"):
             if role in config.llm:
                 models[role] = config.llm[role].model
                 simulated = simulated or await is_simulator(config.llm[role].base_url)
         provenance = Provenance(prompt_version=PROMPT_VERSION, models=models, simulated=simulated)
-        ctx = PipelineContext(config.pipeline, roles, metrics, provenance)
+        selector = None
+        if "score" in stages:
+            selector = await stack.enter_async_context(
+                selector_for(config, bootstrap, roles, metrics))
+        ctx = PipelineContext(config.pipeline, roles, metrics, provenance,
+                              selection=config.selection, selector=selector)
         log.info("worker_starting", stages=list(stages), bootstrap=bootstrap, simulated=simulated)
         await serve_stages(build_stages(ctx, stages), config=config, bootstrap_servers=bootstrap,
                            metrics=metrics, stop=stop, runners_out=runners, on_ready=on_ready)

@@ -346,6 +346,58 @@ class LLMClient(AsyncService):
             completion.inc(result.completion_tokens)
         return result
 
+    async def post_json(self, path: str, body: dict[str, Any]) -> bytes:
+        """The raw 200 body of ``POST {base_url}/{path}``, retried like :meth:`chat`."""
+        api = self._api
+        if api is None:
+            raise RuntimeError(f"{self._where}: call start() or use 'async with' first")
+        base = api.base_url
+        url = str(base.copy_with(raw_path=base.raw_path + path.lstrip("/").encode()))
+        content = _encode_body({"model": self.config.model, **body})
+
+        def on_retry(retry: int, exc: BaseException, delay_s: float) -> None:
+            self._retries += 1
+            log.warning("llm_retry", role=self.role, model=self.config.model, retry=retry,
+                        delay_s=round(delay_s, 3), error=str(exc))
+
+        try:
+            answer = await retry_async(
+                functools.partial(self._raw_attempt, api, url, content),
+                attempts=self.config.max_retries + 1,
+                backoff=self._backoff,
+                on_retry=on_retry,
+            )
+        except IterrefineError as exc:
+            log.warning("llm_failed", role=self.role, model=self.config.model,
+                        retriable=exc.retriable, error=str(exc))
+            raise
+        return answer.body
+
+    async def _raw_attempt(self, api: openai.AsyncOpenAI, url: str, content: bytes) -> _RawAnswer:
+        async with self._semaphore:
+            if self._request_bucket is not None:
+                await self._request_bucket.acquire()
+            self._requests += 1
+            started = time.monotonic()
+            outcome: _RawAnswer | IterrefineError
+            try:
+                async with asyncio.timeout(self.config.timeout_s):
+                    response = await api.post(
+                        url, cast_to=httpx2.Response, content=content, options=_REQUEST_OPTIONS
+                    )
+            except TimeoutError:
+                status, outcome = self._failures.timeout()
+            except openai.APIError as exc:
+                status, outcome = self._failures.translate(exc, structured=False)
+            else:
+                status, outcome = "ok", _RawAnswer(body=response.content)
+            seconds = time.monotonic() - started
+        self._observe(status, seconds)
+        if isinstance(outcome, IterrefineError):
+            self._errors += 1
+            raise outcome
+        return outcome
+
     def _observe(self, status: str, seconds: float) -> None:
         if self._seconds is None or self._metrics is None:
             return
@@ -379,6 +431,10 @@ class LLMClient(AsyncService):
             seconds=0.0,  # set by chat(), which sees the whole call
             finish_reason=finish_reason if isinstance(finish_reason, str) else None,
         )
+
+
+class _RawAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    body: bytes
 
 
 def _token_count(value: object) -> int:

@@ -34,7 +34,7 @@ __all__ = [
 
 #: Recorded on every item (``Provenance.prompt_version``); bump it whenever a template
 #: or the rendering below changes, so that replays can tell the prompt generations apart.
-PROMPT_VERSION: Final = "2026.11.25-1"
+PROMPT_VERSION: Final = "2026.11.28-1"
 
 Task = Literal["score", "answer", "evaluate", "refine", "review", "align"]
 TASKS: Final[tuple[Task, ...]] = get_args(Task)
