@@ -45,7 +45,8 @@ def test_score_parser_reads_the_task_filter_apart_from_the_reasoning_score() -> 
     answer = parse_score(SCORE_TEXT)
     assert answer.involves_reasoning is False
     assert answer.reasoning == 6
-    assert parse_score(SCORE_TEXT.replace("Involves reasoning: no\n", "")).involves_reasoning is None
+    unsaid = SCORE_TEXT.replace("Involves reasoning: no\n", "")
+    assert parse_score(unsaid).involves_reasoning is None
 
 
 def test_score_schema_and_json_answer_carry_the_task_filter() -> None:

@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import os
 import socket
-from typing import Final
+from collections.abc import Coroutine
+from typing import Any, Final
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -71,6 +74,17 @@ async def ensure_model_topic(kafka: KafkaConfig, bootstrap: str) -> str:
         await admin.close()
 
 
+class _Joined(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    def __init__(self, joined: asyncio.Event) -> None:
+        self._joined = joined
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._joined.set()
+
+
 class SharedCentroids(AsyncService):
     """This worker's view of the shared centroid model, and its trainer when elected."""
 
@@ -106,6 +120,8 @@ class SharedCentroids(AsyncService):
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
+        # scikit-learn takes seconds to import on a busy machine: not at the first fit.
+        await asyncio.to_thread(importlib.import_module, "sklearn.cluster")
         topic = await ensure_model_topic(self.kafka, self.bootstrap)
         self._tp = TopicPartition(topic, 0)
         self._producer = AIOKafkaProducer(
@@ -123,10 +139,15 @@ class SharedCentroids(AsyncService):
             self.kafka, self.bootstrap, group_id=f"{self.kafka.topic_prefix}selection-trainer",
             session_timeout_ms=6_000, heartbeat_interval_ms=1_000,
         )
-        self._lease.subscribe([topic])
+        joined = asyncio.Event()
+        self._lease.subscribe([topic], listener=_Joined(joined))
         await self._lease.start()
         self._tasks.append(asyncio.create_task(self._hold_lease(self._lease),
                                                name="selection-lease"))
+        # Wait for the first election, so a lone worker trains from its first item.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._load_timeout_s):
+                await joined.wait()
 
     async def aclose(self) -> None:
         for task in self._tasks:
@@ -193,6 +214,8 @@ class SharedCentroids(AsyncService):
                      trained_on=model.trained_on)
         if pending is not None and model.version >= pending.version:
             self._pending = None  # ours was read back, or lost to a rival of its version
+            # Vectors collected while it was pending may already make the next one due.
+            self._spawn(self._maybe_propose())
         async with self._changed:
             self._changed.notify_all()
 
@@ -212,6 +235,8 @@ class SharedCentroids(AsyncService):
             if now != was_trainer:
                 log.info("selection_trainer", elected=now, writer=self.writer)
                 was_trainer = now
+                if now:  # vectors collected during warm-up may already be enough
+                    await self._maybe_propose()
 
     # -- assigning and training --------------------------------------------------------
 
@@ -223,11 +248,31 @@ class SharedCentroids(AsyncService):
         return assigner.assign(vector), assigner.model.version
 
     async def observe(self, vector: Vector) -> None:
-        """Train on ``vector`` if this worker is the trainer; publish a due proposal."""
+        """Train on ``vector`` if this worker is the trainer; publish a due proposal.
+
+        Before the first model every worker keeps its warm-up vectors (at most
+        ``warmup``), so whichever is elected can fit at once.
+        """
         if not self.is_trainer:
+            if self.model is None and self._trainer.buffered < self.config.warmup:
+                self._trainer.collect(vector)
             return
         self._trainer.collect(vector)
-        if self._pending is not None or self._proposing:
+        await self._maybe_propose()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work, name="selection-propose")
+        self._tasks.append(task)
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._tasks.remove(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("selection_propose_failed", error=repr(task.exception()))
+
+    async def _maybe_propose(self) -> None:
+        if self._pending is not None or self._proposing or not self.is_trainer:
             return
         accepted = self.model
         if not self._trainer.due(accepted):
