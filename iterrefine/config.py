@@ -141,6 +141,10 @@ class SelectionConfig(msgspec.Struct, frozen=True, kw_only=True):
     difficulty_metric: Literal["ifd", "instruction_ppl"] = "instruction_ppl"
     #: Recent (judge level, difficulty) keys each cluster ranks a new item against.
     rank_window: int = 2000
+    #: How hard the quota holds each cluster's high share at ``k_ratio``: a deficit of
+    #: this many highs overrules the rank completely. Smaller holds the share tighter and
+    #: follows the paper's ranking less (benchmarks/selection.py measures both).
+    quota_correction_items: int = 20
     #: Seed of k-means (the paper: ``random_state=0``).
     random_state: int = 0
 
@@ -154,8 +158,9 @@ class SelectionConfig(msgspec.Struct, frozen=True, kw_only=True):
                 f"selection.warmup ({self.warmup}) must be at least selection.k ({self.k}): "
                 "k-means needs a vector per cluster to start"
             )
-        if self.batch_size < 1 or self.rank_window < 1:
-            raise ConfigError("selection.batch_size and selection.rank_window must be at least 1")
+        if min(self.batch_size, self.rank_window, self.quota_correction_items) < 1:
+            raise ConfigError("selection.batch_size, rank_window and quota_correction_items "
+                              "must be at least 1")
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):

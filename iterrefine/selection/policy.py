@@ -36,7 +36,8 @@ class ClusterQuotaPolicy:
 
     def __init__(self, config: SelectionConfig, metrics: Metrics | None = None) -> None:
         self.config = config
-        self.quota = ClusterQuota(config.k_ratio, config.rank_window)
+        self.quota = ClusterQuota(config.k_ratio, config.rank_window,
+                                  config.quota_correction_items)
         self._metrics = metrics
         self._last: tuple[str, QuotaDecision] | None = None
 

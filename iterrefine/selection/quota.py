@@ -41,9 +41,12 @@ class QuotaDecision:
 class ClusterQuota:
     """Running per-cluster ranks; one instance per routing process."""
 
-    def __init__(self, k_ratio: float, window: int = 2000) -> None:
+    def __init__(self, k_ratio: float, window: int = 2000, correction_items: int = 20) -> None:
         self.k_ratio = k_ratio
         self.window = window
+        #: A deficit of this many highs moves the bar by the whole rank range: the
+        #: smaller, the tighter the share is held (and the more the rank is overruled).
+        self.correction_items = correction_items
         self._clusters: dict[int | None, _Cluster] = {}
 
     def decide(self, cluster: int | None, key: RankKey) -> QuotaDecision:
@@ -57,7 +60,8 @@ class ClusterQuota:
         # Deficit of highs against the quota so far, counting this item: lower the bar
         # by it (as a share of the window), raise it by a surplus.
         deficit = self.k_ratio * (state.seen + 1) - state.high
-        bar = self.k_ratio + (deficit - self.k_ratio) / max(1, len(ordered))
+        bar = self.k_ratio + (deficit - self.k_ratio) / max(
+            1, min(len(ordered), self.correction_items))
         high = rank < bar
         state.seen += 1
         state.high += high
