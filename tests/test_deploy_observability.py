@@ -40,6 +40,10 @@ _FAMILIES = {
     "iterrefine_llm_tokens_total": "counter",
     "iterrefine_dlq_total": "counter",
     "iterrefine_quality_score": "histogram",
+    "iterrefine_selection_items_total": "counter",
+    "iterrefine_selection_high_share": "gauge",
+    "iterrefine_selection_difficulty": "histogram",
+    "iterrefine_selection_model_version": "gauge",
 }
 FIXED_SERIES = frozenset(
     name + suffix
