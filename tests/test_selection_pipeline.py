@@ -9,6 +9,7 @@ import msgspec
 import pytest
 
 from iterrefine.config import SelectionConfig
+from iterrefine.report import render_html
 from iterrefine.sim import SimServer
 
 from .test_pipeline_e2e import assert_conserved, pipeline_config, run, sample_records, sim
@@ -48,3 +49,9 @@ async def test_paper_selection_runs_end_to_end_with_lineage(
     assert {item["selection"]["model_version"] for item in clustered} >= {1}
     high = sum(item["quality"] == "high" for item in routed) / len(routed)
     assert abs(high - 0.8) < 0.06
+    # The run summary and its HTML report show the clusters.
+    selection = result.summary["selection"]
+    assert selection["not_reasoning"] == reasons["not_reasoning"]
+    assert sum(c["items"] for c in selection["clusters"].values()) == len(routed)
+    page = render_html(result.summary, b"")
+    assert "Selection (cluster quota" in page and "warmup" in page
