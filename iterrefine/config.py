@@ -133,9 +133,6 @@ class SelectionConfig(msgspec.Struct, frozen=True, kw_only=True):
     #: The trainer refines the centroids with ``partial_fit`` on batches of this size
     #: and publishes each new version.
     batch_size: int = 512
-    #: ``stream``: online k-means and running per-cluster ranks (the pipeline);
-    #: ``exact``: the paper's batch procedure over a bounded set (offline, benchmarks).
-    mode: Literal["stream", "exact"] = "stream"
     #: Difficulty metric: ``ifd`` (ppl of the output given the instruction ÷ ppl of the
     #: output alone: two calls) or ``instruction_ppl`` (what the paper's code ran).
     difficulty_metric: Literal["ifd", "instruction_ppl"] = "instruction_ppl"
