@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from iterrefine.config import LLMRoleConfig, SelectionConfig
 from iterrefine.errors import ConfigError, LLMError
 from iterrefine.llm import LLMClient
+from iterrefine.model import Difficulty, Judgement, Selection
 from iterrefine.parsing import SCHEMAS, parse_score
 from iterrefine.selection import (
     Assigner,
@@ -28,6 +30,9 @@ from iterrefine.selection.difficulty import prompt_logprobs
 from iterrefine.sim import SimConfig, SimServer
 from iterrefine.sim.vectors import embedding, planted_cluster
 
+from .test_stages import HIGH, always, an_item, make_ctx, stage_handler
+
+__all__ = ["make_ctx"]  # the fixture, re-used
 SCORE_TEXT = """Usable: yes
 Reason: fine.
 Correctness: 8
@@ -168,3 +173,37 @@ def test_trainer_versions_and_assigners_agree_on_ids() -> None:
     planted = [planted_cluster(f"text {i}", sim) for i in range(100)]
     # The clusters found are the planted ones, up to renaming.
     assert len({(p, c) for p, c in zip(planted, ids, strict=True)}) == 4
+
+
+NO_REASONING = HIGH.replace("Verdict: high", "Involves reasoning: no\nVerdict: high")
+
+
+@pytest.mark.parametrize("task_filter", [True, False])
+async def test_task_filter_rejects_items_without_reasoning_only_when_on(
+    make_ctx: Any, task_filter: bool
+) -> None:
+    """Filter on: items.rejected with reason not_reasoning; off: scored, the answer kept."""
+    ctx, _ = await make_ctx({"score": always(NO_REASONING)}, task_filter=task_filter)
+    (out,) = await stage_handler(ctx, "score")(an_item())
+    assert out.item.judgement.involves_reasoning is False
+    if task_filter:
+        assert (out.topic, out.outcome, out.item.status_reason) == (
+            "items.rejected", "not_reasoning", "not_reasoning")
+    else:
+        assert out.topic == "items.scored"
+
+
+async def test_cluster_quota_routes_by_cluster_and_records_the_decision(make_ctx: Any) -> None:
+    """Route under cluster_quota writes decision and rank into the item's selection."""
+    ctx, _ = await make_ctx({}, routing_policy="cluster_quota")
+    route = stage_handler(ctx, "route")
+    judged = Judgement(usable=True, reason="", scores=None, verdict="high", justification="")
+    difficulties = np.random.default_rng(1).permutation(50).astype(float)
+    outs = [route(an_item(judgement=judged, difficulty=Difficulty(
+                value=value, metric="instruction_ppl", model="m"),
+                selection=Selection(cluster=3, model_version=1)))[0] for value in difficulties]
+    decisions = [o.item.selection.decision for o in outs]
+    assert decisions == [o.item.quality for o in outs]
+    assert abs(sum(d == "high" for d in decisions) - 40) <= 2  # k_ratio 0.8 of cluster 3
+    assert all(o.item.selection.rank is not None for o in outs)
+    assert {o.topic for o in outs if o.item.quality == "low"} == {"items.refine"}
