@@ -10,11 +10,13 @@ so users can see whether refinement lifted quality.
 
 from __future__ import annotations
 
+from iterrefine.consumers.reentry import fresh
 from iterrefine.context import PipelineContext
-from iterrefine.errors import UnparseableOutput
+from iterrefine.errors import UnparseableOutput, ValidationError
+from iterrefine.graph import StageSpec
 from iterrefine.llm.tasks import ask_aligned, ask_score
 from iterrefine.model import Item, Judgement
-from iterrefine.runtime import Output, Stage
+from iterrefine.runtime import Handler, Output
 
 
 async def rescore(ctx: PipelineContext, item: Item) -> Item:
@@ -32,7 +34,7 @@ async def rescore(ctx: PipelineContext, item: Item) -> Item:
     ))
 
 
-def stage(ctx: PipelineContext) -> Stage:
+def handler(ctx: PipelineContext) -> Handler:
     async def align(item: Item) -> list[Output]:
         item = ctx.stamp(item)
         try:
@@ -55,4 +57,20 @@ def stage(ctx: PipelineContext) -> Stage:
             item = await rescore(ctx, item)
         return [Output("items.curated", item)]
 
-    return Stage("align", "items.align", align)
+    return align
+
+
+def reset(item: Item, revision: int) -> Item:
+    """Replay into align: only an item whose last revision won its review."""
+    last = item.rounds[-1] if item.rounds else None
+    if last is None or last.winner not in ("B", "Tie"):
+        raise ValidationError("no revision of the item won its review", reason="not_converged")
+    return fresh(item, revision).with_changes(
+        instruction=last.instruction, input=last.input, feedback=None)
+
+
+SPEC = StageSpec(
+    name="align", input_topic="items.align", outputs=("items.curated",),
+    waits=True, handler=handler, reset=reset, roles=("strong",),
+    summary="the reference output is rewritten to answer the revised instruction",
+)

@@ -9,18 +9,20 @@ Refine (every round): the strong model rewrites the instruction and input from
 the evaluation — and, from round 2 on, from the reviewer's explanation of why
 the previous revision lost. The revision goes to review. A rewrite that cannot
 be read (the backbone's answer, the grade or the rewrite) counts as a lost round
-(see :func:`consumers.review.lose_round`); the next round evaluates again if needed.
+(see :func:`iterrefine.consumers.rounds.lose_round`); the next round evaluates again if needed.
 """
 
 from __future__ import annotations
 
-from consumers.review import lose_round
+from iterrefine.consumers.reentry import before_refinement
+from iterrefine.consumers.rounds import LOST_ROUND_TOPICS, lose_round
 from iterrefine.context import PipelineContext
 from iterrefine.errors import UnparseableOutput
+from iterrefine.graph import StageSpec
 from iterrefine.llm.tasks import ask_answer, ask_evaluation, ask_revision
 from iterrefine.model import Evaluation, Item, Round
 from iterrefine.prompts import evaluation_text
-from iterrefine.runtime import Output, Stage
+from iterrefine.runtime import Handler, Output
 
 
 async def evaluate(ctx: PipelineContext, item: Item) -> Item:
@@ -43,7 +45,7 @@ async def evaluate(ctx: PipelineContext, item: Item) -> Item:
     return item.with_changes(evaluation=evaluation, original_answer=answer)
 
 
-def stage(ctx: PipelineContext) -> Stage:
+def handler(ctx: PipelineContext) -> Handler:
     async def refine(item: Item) -> list[Output]:
         item = ctx.stamp(item)
         number = item.round + 1
@@ -74,4 +76,16 @@ def stage(ctx: PipelineContext) -> Stage:
         revised = item.with_changes(round=number, rounds=(*item.rounds, current))
         return [Output("items.review", revised, outcome="review")]
 
-    return Stage("refine", "items.refine", refine)
+    return refine
+
+
+def reset(item: Item, revision: int) -> Item:
+    """Replay into refine: refinement starts over from round 1."""
+    return before_refinement(item, revision)
+
+
+SPEC = StageSpec(
+    name="refine", input_topic="items.refine", outputs=("items.review", *LOST_ROUND_TOPICS),
+    waits=True, handler=handler, reset=reset, roles=("strong", "backbone"),
+    summary="evaluate once, then rewrite the instruction from evaluation and feedback",
+)

@@ -5,16 +5,22 @@ refinement. The split is a pluggable policy, chosen by ``pipeline.routing_policy
 ``threshold`` (the judge said "high" and the mean dimension score reaches a bar) or
 ``cluster_quota``, the paper's: in every diversity cluster the top ``k_ratio`` by
 (judge level, difficulty) are high, the rest are refined
-(:class:`iterrefine.selection.ClusterQuotaPolicy`).
+(:class:`iterrefine.selection.ClusterQuotaPolicy`). Another :class:`RoutingPolicy`
+plugs in by name (:data:`POLICIES`) or as ``module:attr`` of a factory taking the
+pipeline context.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal, Protocol
 
+from iterrefine.consumers.reentry import before_refinement
 from iterrefine.context import PipelineContext
+from iterrefine.errors import ConfigError, ValidationError
+from iterrefine.graph import StageSpec, load_object
 from iterrefine.model import Item
-from iterrefine.runtime import Output, Stage
+from iterrefine.runtime import InlineHandler, Output
 from iterrefine.selection.policy import ClusterQuotaPolicy
 
 Quality = Literal["high", "low"]
@@ -39,14 +45,33 @@ class ThresholdPolicy:
         return "low"
 
 
-def policy_from_config(ctx: PipelineContext) -> RoutingPolicy:
-    if ctx.config.routing_policy == "cluster_quota":
-        return ClusterQuotaPolicy(ctx.selection, ctx.metrics)
-    return ThresholdPolicy(ctx.config.high_min_mean_score)
+PolicyFactory = Callable[[PipelineContext], RoutingPolicy]
+
+#: Routing policies by name (``pipeline.routing_policy``).
+POLICIES: dict[str, PolicyFactory] = {
+    "threshold": lambda ctx: ThresholdPolicy(ctx.config.high_min_mean_score),
+    "cluster_quota": lambda ctx: ClusterQuotaPolicy(ctx.selection, ctx.metrics),
+}
 
 
-def stage(ctx: PipelineContext, policy: RoutingPolicy | None = None) -> Stage:
-    chosen = policy or policy_from_config(ctx)
+def policy_for(ctx: PipelineContext) -> RoutingPolicy:
+    """The configured policy: a name of :data:`POLICIES`, or ``module:attr`` of a factory."""
+    name = ctx.config.routing_policy
+    factory = POLICIES.get(name)
+    if factory is None:
+        if ":" not in name:
+            raise ConfigError(f"unknown routing policy {name!r}: use one of "
+                              f"{', '.join(POLICIES)}, or module:attr of a policy factory")
+        factory = load_object(name, what="routing policy")
+    policy = factory(ctx)
+    if not callable(getattr(policy, "quality", None)):
+        raise ConfigError(f"routing policy {name!r} made {policy!r:.100}, which has no "
+                          "quality(item) method")
+    return policy
+
+
+def handler(ctx: PipelineContext, policy: RoutingPolicy | None = None) -> InlineHandler:
+    chosen = policy or policy_for(ctx)
     # A policy that can say why (its rank) records that in the item's lineage.
     explain = getattr(chosen, "explain", None)
 
@@ -61,4 +86,20 @@ def stage(ctx: PipelineContext, policy: RoutingPolicy | None = None) -> Stage:
             return [Output("items.curated", kept)]
         return [Output("items.refine", item.with_changes(quality="low"))]
 
-    return Stage("route", "items.scored", route)
+    return route
+
+
+def reset(item: Item, revision: int) -> Item:
+    """Replay into route: only usable, scored items; their refinement starts over."""
+    if item.judgement is None:
+        raise ValidationError("the item was never scored", reason="not_scored")
+    if not item.judgement.usable:
+        raise ValidationError("the judge found the item unusable", reason="unusable")
+    return before_refinement(item, revision).with_changes(quality=None)
+
+
+SPEC = StageSpec(
+    name="route", input_topic="items.scored", outputs=("items.curated", "items.refine"),
+    waits=False, handler=handler, reset=reset,
+    summary="high-quality items are kept; low-quality ones go to refinement",
+)

@@ -110,10 +110,11 @@ class PipelineConfig(msgspec.Struct, frozen=True, kw_only=True):
     #: The paper's task filter: the judge also says whether the item involves reasoning
     #: or inference, and an item that does not is rejected (reason ``not_reasoning``).
     task_filter: bool = False
-    #: How scored items split into high and low: ``threshold`` (the judge's verdict and
-    #: ``high_min_mean_score``) or ``cluster_quota`` (the paper's per-cluster top
-    #: ``k_ratio`` by judge level and difficulty; see ``[selection]``).
-    routing_policy: Literal["threshold", "cluster_quota"] = "threshold"
+    #: How route splits high from low: ``threshold`` (above), ``cluster_quota`` (the
+    #: paper's per-cluster top ``k_ratio`` by judge level and difficulty; see
+    #: ``[selection]``), or ``module:attr`` of a factory ``(PipelineContext) ->
+    #: RoutingPolicy`` (see docs/writing-a-stage.md).
+    routing_policy: str = "threshold"
 
 
 class SelectionConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -160,6 +161,16 @@ class SelectionConfig(msgspec.Struct, frozen=True, kw_only=True):
                               "must be at least 1")
 
 
+class StageEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """A user stage in the graph: ``[[stages]]`` in the config file."""
+
+    #: ``module:attr`` of a :class:`iterrefine.graph.StageSpec`.
+    spec: str
+    #: Insert it before this stage: it reads that stage's input topic, and that stage
+    #: then reads ``items.<name>`` (which the spec must declare as an output).
+    before: str | None = None
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True):
     kafka: KafkaConfig = KafkaConfig()
     runtime: RuntimeConfig = RuntimeConfig()
@@ -170,6 +181,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     llm: dict[str, LLMRoleConfig] = {}
     metrics_port: int | None = None
     data_dir: str = ".iterrefine"
+    #: User stages, inserted into the built-in graph in this order.
+    stages: tuple[StageEntry, ...] = ()
+    #: Directories to import user stages and policies from (relative ones are taken
+    #: relative to the config file, and stored absolute).
+    import_paths: tuple[str, ...] = ()
 
     def role(self, name: str) -> LLMRoleConfig:
         try:
@@ -203,6 +219,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise ConfigError(f"config file {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        paths = raw.get("import_paths")
+        if isinstance(paths, list):  # anything else is left for the type check below
+            here = Path(path).resolve().parent
+            raw["import_paths"] = [str(here / p) if isinstance(p, str) else p for p in paths]
     raw = merge(raw, overrides or {})
     try:
         return msgspec.convert(raw, Config)

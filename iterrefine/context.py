@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from iterrefine.config import PipelineConfig, SelectionConfig
-from iterrefine.llm.tasks import ChatClient
+from iterrefine.llm.chat import ChatClient
 from iterrefine.metrics import Metrics
 from iterrefine.model import Item, Provenance
 

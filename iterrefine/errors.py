@@ -11,7 +11,8 @@ runtime dead-letters a message whose handler raised a non-retriable error.
     │   ├── LLMTransientError     429 / 5xx / timeout / connection error from an LLM endpoint
     │   └── DeliveryError         the broker did not acknowledge a produced message
     ├── LLMError                  non-retriable LLM failure (401, 400, model not found, ...)
-    └── UnparseableOutput         the model's answer could not be read after all attempts
+    ├── UnparseableOutput         the model's answer could not be read after all attempts
+    └── StageContractError        a handler wrote to an undeclared topic or returned no outputs
 """
 
 from __future__ import annotations
@@ -90,3 +91,12 @@ class UnparseableOutput(IterrefineError):
         self.task = task
         #: The last raw answer, kept (truncated) for the DLQ and logs.
         self.raw = raw[:2000]
+
+
+class StageContractError(IterrefineError):
+    """A handler broke the stage contract: an undeclared output topic, or not a list of outputs.
+
+    Not retriable (the same input makes the same mistake): the message is dead-lettered.
+    """
+
+    reason = "stage_contract"

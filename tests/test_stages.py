@@ -15,8 +15,8 @@ from typing import Any
 import httpx2
 import pytest
 
-from consumers import build_stages
 from iterrefine.config import LLMRoleConfig, PipelineConfig
+from iterrefine.consumers import build_stages
 from iterrefine.context import PipelineContext
 from iterrefine.errors import UnparseableOutput
 from iterrefine.llm import LLMClient

@@ -11,12 +11,13 @@ here: the client retries those.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final, Literal, Protocol, overload
+from typing import Any, Final, Literal, overload
 
 import msgspec
 import structlog
 
 from iterrefine.errors import UnparseableOutput
+from iterrefine.llm.chat import ChatClient, ChatReply
 from iterrefine.parsing import (
     SCHEMAS,
     AlignedAnswer,
@@ -48,26 +49,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
-
-
-class ChatReply(Protocol):
-    """What :meth:`ChatClient.chat` returns; only the text matters here."""
-
-    @property
-    def text(self) -> str: ...
-
-
-class ChatClient(Protocol):
-    """The chat endpoint of one role (``iterrefine.llm.LLMClient`` implements it)."""
-
-    async def chat(
-        self,
-        messages: list[dict[str, str]],
-        *,
-        json_schema: dict[str, Any] | None = None,
-        schema_name: str = "answer",
-        max_tokens: int | None = None,
-    ) -> ChatReply: ...
 
 
 #: The parser that reads each task's answer.

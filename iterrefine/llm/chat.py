@@ -1,0 +1,31 @@
+"""What a pipeline stage needs of an LLM role: a chat endpoint (protocols only).
+
+Kept apart from :mod:`iterrefine.llm.tasks` so that the pipeline context can name
+the type without depending on the tasks (the stages use those, not the context).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+__all__ = ["ChatClient", "ChatReply"]
+
+
+class ChatReply(Protocol):
+    """What :meth:`ChatClient.chat` returns; only the text matters here."""
+
+    @property
+    def text(self) -> str: ...
+
+
+class ChatClient(Protocol):
+    """The chat endpoint of one role (``iterrefine.llm.LLMClient`` implements it)."""
+
+    async def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        json_schema: dict[str, Any] | None = None,
+        schema_name: str = "answer",
+        max_tokens: int | None = None,
+    ) -> ChatReply: ...
