@@ -21,7 +21,6 @@ from iterrefine.errors import ConfigError, ValidationError
 from iterrefine.graph import StageSpec, load_object
 from iterrefine.model import Item
 from iterrefine.runtime import InlineHandler, Output
-from iterrefine.selection.policy import ClusterQuotaPolicy
 
 Quality = Literal["high", "low"]
 
@@ -50,8 +49,16 @@ PolicyFactory = Callable[[PipelineContext], RoutingPolicy]
 #: Routing policies by name (``pipeline.routing_policy``).
 POLICIES: dict[str, PolicyFactory] = {
     "threshold": lambda ctx: ThresholdPolicy(ctx.config.high_min_mean_score),
-    "cluster_quota": lambda ctx: ClusterQuotaPolicy(ctx.selection, ctx.metrics),
+    "cluster_quota": lambda ctx: _cluster_quota(ctx),
 }
+
+
+def _cluster_quota(ctx: PipelineContext) -> RoutingPolicy:
+    # Imported on use: the selection mechanisms bring numpy, which threshold routing
+    # does not need.
+    from iterrefine.selection.policy import ClusterQuotaPolicy
+
+    return ClusterQuotaPolicy(ctx.selection, ctx.metrics)
 
 
 def policy_for(ctx: PipelineContext) -> RoutingPolicy:

@@ -30,7 +30,6 @@ from iterrefine.metrics import Metrics
 from iterrefine.model import Provenance
 from iterrefine.prompts import PROMPT_VERSION
 from iterrefine.runtime import StageRunner
-from iterrefine.selection import selector_for
 from iterrefine.topics import ensure_topics
 from iterrefine.worker import install_stop_signals, serve_stages
 
@@ -119,8 +118,12 @@ async def serve_pipeline(
             simulated = await _simulated(config)
         ctx = pipeline_context(config, roles, metrics, simulated=simulated,
                                prompt_version=prompt_version)
-        if any(spec.name == "score" for spec in specs):
-            # The paper's selection gathers difficulty and cluster at scoring.
+        selecting = config.pipeline.routing_policy == "cluster_quota"
+        if selecting and any(spec.name == "score" for spec in specs):
+            # The paper's selection gathers difficulty and cluster at scoring (numpy and
+            # scikit-learn are imported only when it is on).
+            from iterrefine.selection import selector_for
+
             selector = await stack.enter_async_context(
                 selector_for(config, bootstrap, roles, metrics))
             ctx = dataclasses.replace(ctx, selector=selector)
