@@ -10,7 +10,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from iterrefine.config import LLMRoleConfig, SelectionConfig
+from iterrefine.config import LLMRoleConfig, SelectionConfig, load_config
 from iterrefine.errors import ConfigError, LLMError
 from iterrefine.llm import LLMClient
 from iterrefine.model import Difficulty, Judgement, Selection
@@ -207,3 +207,13 @@ async def test_cluster_quota_routes_by_cluster_and_records_the_decision(make_ctx
     assert abs(sum(d == "high" for d in decisions) - 40) <= 2  # k_ratio 0.8 of cluster 3
     assert all(o.item.selection.rank is not None for o in outs)
     assert {o.topic for o in outs if o.item.quality == "low"} == {"items.refine"}
+
+
+def test_the_papers_selection_is_switched_on_from_a_toml_file(tmp_path: Any) -> None:
+    """``[pipeline]`` task_filter/routing_policy and ``[selection]`` parse into the config."""
+    path = tmp_path / "paper.toml"
+    path.write_text('[pipeline]\ntask_filter = true\nrouting_policy = "cluster_quota"\n'
+                    '[selection]\nk = 132\nk_ratio = 0.8\ndifficulty_metric = "ifd"\n')
+    config = load_config(path)
+    assert config.pipeline.task_filter and config.pipeline.routing_policy == "cluster_quota"
+    assert (config.selection.k, config.selection.difficulty_metric) == (132, "ifd")
