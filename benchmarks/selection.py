@@ -22,7 +22,13 @@ after warm-up; cluster recovery (adjusted Rand index against the planted cluster
 items/s of the stream path (assign + train + route, in this process, no Kafka or HTTP)
 and this process's peak RSS (VmHWM) after the stream phase and after the exact phase.
 
-Run ``python benchmarks/selection.py [--quick] [--items N]``; prints JSON.
+With ``--route-worker``, the items (with their stream cluster ids and difficulties, as
+the score stage writes them) are also put in ``items.scored`` of an embedded broker and
+drained by ONE real route worker process (``pipeline_worker.py --stages route``) under
+``cluster_quota``, and again under ``threshold`` for comparison: its peak RSS (VmHWM)
+and items/s.
+
+Run ``python benchmarks/selection.py [--quick] [--items N] [--route-worker]``; prints JSON.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from collections import defaultdict
 from typing import Any
 
 import harness
+import msgspec
 import numpy as np
 
 from iterrefine.config import SelectionConfig
@@ -85,6 +92,7 @@ def _stream(items: list[Any], vectors: np.ndarray, config: SelectionConfig) -> d
     labels: list[bool] = []
     clusters: list[int | None] = []
     versions = 0
+    routed_items = []
     started = time.perf_counter()
     for item, vector in zip(items, vectors, strict=True):
         if assigner is None:
@@ -100,9 +108,11 @@ def _stream(items: list[Any], vectors: np.ndarray, config: SelectionConfig) -> d
         routed = item.with_changes(selection=Selection(
             cluster=cluster, model_version=version, embedding_model="sim-embedding"))
         labels.append(policy.quality(routed) == "high")
+        routed_items.append(routed)
         clusters.append(cluster)
     seconds = time.perf_counter() - started
-    return {"labels": labels, "clusters": clusters, "seconds": seconds, "versions": versions}
+    return {"labels": labels, "clusters": clusters, "seconds": seconds, "versions": versions,
+            "routed": routed_items}
 
 
 def _worst_deviation(labels: list[bool], clusters: list[Any], k_ratio: float,
@@ -116,8 +126,43 @@ def _worst_deviation(labels: list[bool], clusters: list[Any], k_ratio: float,
     return worst, len(big)
 
 
+def _route_workers(routed: list[Any], k_ratio: float) -> dict[str, Any]:
+    """Drain the scored items with one real route worker per policy; its RSS and speed."""
+    import asyncio
+
+    import simproc
+
+    from iterrefine.config import PipelineConfig
+    from iterrefine.model import encode_item
+
+    values = [encode_item(item) for item in routed]
+    out: dict[str, Any] = {}
+    harness.quiet_logging()
+    with harness.bench_session(quick=False) as bench, simproc.SimProcess(
+        log_path=bench.log("selection-sim"), latency_ms=0, capacity=0, low_share=0.5,
+        reject_share=0.0, lose_prob=0.5,
+    ) as sim:
+        for policy in ("cluster_quota", "threshold"):
+            config = harness.bench_config(
+                bench.bootstrap, bench.prefix(f"selection-{policy}"),
+                pipeline=PipelineConfig(routing_policy=policy))
+            config = msgspec.structs.replace(
+                config, selection=SelectionConfig(k_ratio=k_ratio))
+            asyncio.run(harness.produce(config, "items.scored", values))
+            worker = simproc.run_pipeline_worker(bench, sim, config, name=f"route-{policy}",
+                                                 drain=len(values), stages="route",
+                                                 timeout_s=900)
+            simproc.check_pipeline_result(worker.result, f"route worker ({policy})")
+            out[policy] = {
+                "peak_rss_mb": worker.peak_rss_mb,
+                "items_per_s": round(len(values) / worker.result["wall_s"], 1),
+                "cpu_us_per_item": round(worker.result["cpu_s"] / len(values) * 1e6, 1),
+            }
+    return out
+
+
 def run(*, items: int, planted: int, k: int, k_ratio: float, warmup: int, batch_size: int,
-        dim: int, noise: float) -> dict[str, Any]:
+        dim: int, noise: float, route_worker: bool = False) -> dict[str, Any]:
     from sklearn.metrics import adjusted_rand_score
 
     sim = SimConfig(embedding_clusters=planted, embedding_dim=dim, embedding_noise=noise)
@@ -147,7 +192,9 @@ def run(*, items: int, planted: int, k: int, k_ratio: float, warmup: int, batch_
                                       k_ratio)
     exact_worst, _ = _worst_deviation(exact, exact_ids.tolist(), k_ratio)
     assigned = [(t, c) for t, c in zip(truth, stream["clusters"], strict=True) if c is not None]
+    workers = _route_workers(stream["routed"], k_ratio) if route_worker else None
     return {
+        "route_worker": workers,
         "agreement": round(agree_all, 4),
         "agreement_after_warmup": round(agree_after, 4),
         "agreement_target": 0.9,
@@ -183,13 +230,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--noise", type=float, default=0.5)
+    parser.add_argument("--route-worker", action="store_true",
+                        help="also drain the items with a real route worker per policy")
     args = parser.parse_args(argv)
     items = args.items or (5_000 if args.quick else 20_000)
     params = {"items": items, "planted": args.planted, "k": args.k, "k_ratio": args.k_ratio,
               "warmup": args.warmup, "batch_size": args.batch_size, "dim": args.dim,
               "noise": args.noise}
     load_before = harness.loadavg()
-    result = run(**params)
+    result = run(**params, route_worker=args.route_worker)
     print(json.dumps({"benchmark": "selection", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                          time.gmtime()),
                       "machine": harness.machine(), "params": params,
