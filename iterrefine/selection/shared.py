@@ -120,8 +120,6 @@ class SharedCentroids(AsyncService):
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        # scikit-learn takes seconds to import on a busy machine: not at the first fit.
-        await asyncio.to_thread(importlib.import_module, "sklearn.cluster")
         topic = await ensure_model_topic(self.kafka, self.bootstrap)
         self._tp = TopicPartition(topic, 0)
         self._producer = AIOKafkaProducer(
@@ -235,7 +233,10 @@ class SharedCentroids(AsyncService):
             if now != was_trainer:
                 log.info("selection_trainer", elected=now, writer=self.writer)
                 was_trainer = now
-                if now:  # vectors collected during warm-up may already be enough
+                if now:
+                    # scikit-learn (~90 MB, ~2 s to import) only in the trainer, and not
+                    # at its first fit; warm-up vectors may already make a fit due.
+                    await asyncio.to_thread(importlib.import_module, "sklearn.cluster")
                     await self._maybe_propose()
 
     # -- assigning and training --------------------------------------------------------
