@@ -143,6 +143,10 @@ class SelectionConfig(msgspec.Struct, frozen=True, kw_only=True):
     #: this many highs overrules the rank completely. Smaller holds the share tighter and
     #: follows the paper's ranking less (benchmarks/selection.py measures both).
     quota_correction_items: int = 20
+    #: Texts sent to the difficulty and embedding roles are cut to this many characters
+    #: (the template part and, for IFD, the output each to half), so that a long item
+    #: stays inside a small model's context (about 4 characters a token).
+    max_prompt_chars: int = 8000
     #: Seed of k-means (the paper: ``random_state=0``).
     random_state: int = 0
 
@@ -156,9 +160,10 @@ class SelectionConfig(msgspec.Struct, frozen=True, kw_only=True):
                 f"selection.warmup ({self.warmup}) must be at least selection.k ({self.k}): "
                 "k-means needs a vector per cluster to start"
             )
-        if min(self.batch_size, self.rank_window, self.quota_correction_items) < 1:
-            raise ConfigError("selection.batch_size, rank_window and quota_correction_items "
-                              "must be at least 1")
+        if min(self.batch_size, self.rank_window, self.quota_correction_items,
+               self.max_prompt_chars) < 1:
+            raise ConfigError("selection.batch_size, rank_window, quota_correction_items and "
+                              "max_prompt_chars must be at least 1")
 
 
 class StageEntry(msgspec.Struct, frozen=True, kw_only=True):

@@ -6,6 +6,7 @@ import base64
 import json
 from typing import Any
 
+import httpx2
 import msgspec
 import numpy as np
 import pytest
@@ -217,3 +218,21 @@ def test_the_papers_selection_is_switched_on_from_a_toml_file(tmp_path: Any) -> 
     config = load_config(path)
     assert config.pipeline.task_filter and config.pipeline.routing_policy == "cluster_quota"
     assert (config.selection.k, config.selection.difficulty_metric) == (132, "ifd")
+
+
+async def test_long_items_are_cut_to_max_chars_before_the_difficulty_call() -> None:
+    """A long item is sent cut to max_prompt_chars, so it fits a small model's context."""
+    prompts: list[str] = []
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        prompts.append(json.loads(request.content)["prompt"])
+        return httpx2.Response(200, content=_completion([None, -1.0, -2.0], [0, 1, 2], 3))
+
+    config = LLMRoleConfig(base_url="http://llm.test/v1", model="d", max_retries=0)
+    async with httpx2.AsyncClient(transport=httpx2.MockTransport(answer)) as http, LLMClient(
+        "difficulty", config, http_client=http
+    ) as llm:
+        scorer = DifficultyScorer(llm, "instruction_ppl", "d", max_chars=300)
+        found = await scorer.score("Summarise: " + "word " * 5000, "", "ok")
+    assert len(prompts) == 1 and len(prompts[0]) == 300
+    assert found.value == pytest.approx(np.exp(1.5))

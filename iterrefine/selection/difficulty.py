@@ -112,10 +112,13 @@ def perplexity(logprobs: list[float | None]) -> float:
 class DifficultyScorer:
     """Scores items with one metric through one ``/v1/completions`` endpoint."""
 
-    def __init__(self, client: RawPoster, metric: Metric, model: str) -> None:
+    def __init__(
+        self, client: RawPoster, metric: Metric, model: str, *, max_chars: int = 8000
+    ) -> None:
         self.client = client
         self.metric = metric
         self.model = model
+        self.max_chars = max_chars
 
     async def _echo(self, prompt: str) -> tuple[list[float | None], list[int]]:
         body = {"prompt": prompt, "echo": True, "logprobs": 0, "max_tokens": 1,
@@ -123,11 +126,13 @@ class DifficultyScorer:
         return prompt_logprobs(await self.client.post_json("completions", body), prompt)
 
     async def score(self, instruction: str, input: str, output: str) -> Difficulty:
-        template = alpaca_prompt(instruction, input)
         if self.metric == "instruction_ppl":
-            values, _ = await self._echo(template)
+            values, _ = await self._echo(alpaca_prompt(instruction, input)[: self.max_chars])
             return Difficulty(value=perplexity(values), metric=self.metric, model=self.model)
         # IFD: the output's tokens after the template, then the output on its own.
+        half = self.max_chars // 2
+        template = alpaca_prompt(instruction, input)[:half]
+        output = output[:half]
         joined = f"{template}\n{output}"
         values, offsets = await self._echo(joined)
         start = len(template) + 1

@@ -64,10 +64,12 @@ def pooled_vector(body: bytes) -> Vector:
 class Embedder:
     """Embeds items as the paper did: the Alpaca template without the output."""
 
-    def __init__(self, client: RawPoster, model: str) -> None:
+    def __init__(self, client: RawPoster, model: str, *, max_chars: int = 8000) -> None:
         self.client = client
         self.model = model
+        self.max_chars = max_chars
 
     async def embed(self, instruction: str, input: str) -> Vector:
-        body = {"input": alpaca_prompt(instruction, input), "encoding_format": "float"}
+        text = alpaca_prompt(instruction, input)[: self.max_chars]
+        body = {"input": text, "encoding_format": "float"}
         return pooled_vector(await self.client.post_json("embeddings", body))

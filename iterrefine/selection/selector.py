@@ -79,8 +79,9 @@ async def selector_for(
                                embedding_model=embedding_model, metrics=metrics) as shared:
         yield Selector(
             DifficultyScorer(difficulty_client, config.selection.difficulty_metric,
-                             difficulty_model),
-            Embedder(roles["embedding"], embedding_model),
+                             difficulty_model, max_chars=config.selection.max_prompt_chars),
+            Embedder(roles["embedding"], embedding_model,
+                     max_chars=config.selection.max_prompt_chars),
             shared,
             metrics,
         )

@@ -14,6 +14,11 @@ happens on rebalance, nothing else coordinates). The trainer proposes version n+
 the accepted version n and proposes nothing more until its proposal (or a rival's) is
 read back; a proposal that loses the race is dropped and training continues from the
 winner's centroids.
+
+Two trainers overlap only around a rebalance. If compaction then keeps a losing record
+(written after the winner of its version) as the last one, a worker that starts later
+takes the loser's centroids for that version; it agrees again from the next version on,
+which every worker accepts alike. Readers never depend on compaction having run.
 """
 
 from __future__ import annotations
