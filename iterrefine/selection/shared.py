@@ -195,7 +195,12 @@ class SharedCentroids(AsyncService):
 
     async def _tail(self, reader: AIOKafkaConsumer) -> None:
         while True:
-            batch = await reader.getmany(timeout_ms=500)
+            try:
+                batch = await reader.getmany(timeout_ms=500)
+            except KafkaError as exc:  # a broker hiccup must not freeze the model here
+                log.warning("selection_model_read_failed", error=repr(exc))
+                await asyncio.sleep(1.0)
+                continue
             for records in batch.values():
                 for record in records:
                     await self._offer(record.value)
@@ -233,7 +238,11 @@ class SharedCentroids(AsyncService):
         was_trainer = False
         while True:
             lease.pause(*lease.assignment())
-            await lease.getmany(timeout_ms=500)
+            try:
+                await lease.getmany(timeout_ms=500)
+            except KafkaError as exc:
+                log.warning("selection_lease_poll_failed", error=repr(exc))
+                await asyncio.sleep(1.0)
             now = self.is_trainer
             if now != was_trainer:
                 log.info("selection_trainer", elected=now, writer=self.writer)
