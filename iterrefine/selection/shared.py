@@ -302,6 +302,11 @@ class SharedCentroids(AsyncService):
                                                key=_KEY, partition=0)
             log.info("selection_model_proposed", version=proposal.version,
                      trained_on=proposal.trained_on)
+        except Exception as exc:
+            # Training is best effort: the item that triggered it is fine, and the next
+            # batch proposes again. (Its vectors are dropped: a sample, like the rest.)
+            self._pending = None
+            log.warning("selection_propose_failed", error=repr(exc))
         except BaseException:
             self._pending = None
             raise
