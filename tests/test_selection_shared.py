@@ -53,3 +53,31 @@ async def test_several_workers_agree_on_cluster_ids_and_a_restart_resumes(broker
                                    writer="restarted") as restarted:
             assert restarted.version == newest
             assert [restarted.assign(v) for v in probe] == ids[0]
+
+
+@pytest.mark.slow
+async def test_when_the_trainer_stops_another_worker_takes_over_from_its_model(
+    broker: str,
+) -> None:
+    """The lease moves on rebalance; the new trainer continues from the accepted version."""
+    config = unique_config()
+    workers = [SharedCentroids(config.kafka, broker, SELECTION, embedding_model="sim-e",
+                               writer=name) for name in ("first", "second")]
+    try:
+        for worker in workers:
+            await worker.start()
+        await wait_until(lambda: sum(w.is_trainer for w in workers) == 1, timeout_s=30)
+        trainer, other = sorted(workers, key=lambda w: not w.is_trainer)
+        for vector in vectors(60):
+            await trainer.observe(vector)
+        await wait_until(lambda: other.version == 1, timeout_s=30)
+        await trainer.aclose()
+        await wait_until(lambda: other.is_trainer, timeout_s=30)
+        for vector in vectors(30, start=500):
+            await other.observe(vector)
+        await wait_until(lambda: other.version == 2, timeout_s=30)
+        assert other.model is not None and other.model.writer == other.writer
+        assert other.model.trained_on == 90
+    finally:
+        for worker in workers:
+            await worker.aclose()
