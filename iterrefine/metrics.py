@@ -55,6 +55,20 @@ class Metrics:
             f"{PREFIX}_llm_tokens_total", "LLM tokens by role and kind (prompt/completion).",
             ["role", "kind"], registry=r,
         )
+        self.llm_cache_total = Counter(
+            f"{PREFIX}_llm_cache_total", "LLM response cache lookups by role and result "
+            "(hit: answered without a request).", ["role", "result"], registry=r,
+        )
+        self.llm_cache_tokens_saved_total = Counter(
+            f"{PREFIX}_llm_cache_tokens_saved_total",
+            "Prompt + completion tokens of the answers the response cache gave back.",
+            ["role"], registry=r,
+        )
+        self.llm_circuit_open = Gauge(
+            f"{PREFIX}_llm_circuit_open",
+            "1 while a role's endpoint is down or rejects the key (its calls wait).",
+            ["role"], registry=r,
+        )
         self.dlq_total = Counter(
             f"{PREFIX}_dlq_total", "Messages dead-lettered, by stage and reason.",
             ["stage", "reason"], registry=r,

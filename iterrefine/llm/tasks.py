@@ -11,7 +11,7 @@ here: the client retries those.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final, Literal, overload
+from typing import Any, Final, Literal, Protocol, overload, runtime_checkable
 
 import msgspec
 import structlog
@@ -49,6 +49,13 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
+
+
+@runtime_checkable
+class RemembersAnswers(Protocol):
+    """A client with a response cache (``LLMClient``): it keeps an answer once it is read."""
+
+    def remember(self, reply: object, *, readable: bool) -> None: ...
 
 
 #: The parser that reads each task's answer.
@@ -164,8 +171,9 @@ async def ask(
             max_tokens=max_tokens,
         )
         try:
-            return parser(reply.text)
+            answer = parser(reply.text)
         except UnparseableOutput as exc:
+            _remember(client, reply, readable=False)
             last_error = exc
             log.warning(
                 "llm_answer_unparseable",
@@ -174,8 +182,17 @@ async def ask(
                 attempts=attempts,
                 error=str(exc),
             )
+        else:
+            _remember(client, reply, readable=True)
+            return answer
     assert last_error is not None  # the loop ran at least once and never returned
     raise last_error
+
+
+def _remember(client: ChatClient, reply: ChatReply, *, readable: bool) -> None:
+    """Tell a caching client whether its answer could be read: only readable ones are kept."""
+    if isinstance(client, RemembersAnswers):
+        client.remember(reply, readable=readable)
 
 
 # ---------------------------------------------------------------- typed helpers
