@@ -6,9 +6,9 @@ the type without depending on the tasks (the stages use those, not the context).
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["ChatClient", "ChatReply"]
+__all__ = ["AnswerRecorder", "ChatClient", "ChatReply"]
 
 
 class ChatReply(Protocol):
@@ -29,3 +29,10 @@ class ChatClient(Protocol):
         schema_name: str = "answer",
         max_tokens: int | None = None,
     ) -> ChatReply: ...
+
+
+@runtime_checkable
+class AnswerRecorder(Protocol):
+    """A client that counts how its answers read (``LLMClient`` does, into metrics)."""
+
+    def record_answer(self, task: str, outcome: str, *, truncated: int) -> None: ...

@@ -10,6 +10,7 @@ here: the client retries those.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from typing import Any, Final, Literal, Protocol, overload, runtime_checkable
 
@@ -17,10 +18,11 @@ import msgspec
 import structlog
 
 from iterrefine.errors import UnparseableOutput
-from iterrefine.llm.chat import ChatClient, ChatReply
+from iterrefine.llm.chat import AnswerRecorder, ChatClient, ChatReply
 from iterrefine.parsing import (
     SCHEMAS,
     AlignedAnswer,
+    AnswerContext,
     EvaluationAnswer,
     RevisionAnswer,
     ScoreAnswer,
@@ -36,6 +38,7 @@ from iterrefine.prompts import build_messages
 
 __all__ = [
     "PARSERS",
+    "AnswerRecorder",
     "ChatClient",
     "ChatReply",
     "ReviewSample",
@@ -58,8 +61,12 @@ class RemembersAnswers(Protocol):
     def remember(self, reply: object, *, readable: bool) -> None: ...
 
 
-#: The parser that reads each task's answer.
-PARSERS: Final[dict[str, Callable[[str], object]]] = {
+#: How an answer was read: on the first call, after re-asking, or not at all.
+AnswerOutcome = Literal["first_try", "after_reask", "unreadable"]
+
+#: The parser that reads each task's answer; the context (the request's nonce, item
+#: text and instructions) keeps prompt scaffolding and item text out of the fields.
+PARSERS: Final[dict[str, Callable[[str, AnswerContext | None], object]]] = {
     "score": parse_score,
     "answer": clean_answer,
     "evaluate": parse_evaluation,
@@ -162,16 +169,23 @@ async def ask(
     schema = SCHEMAS.get(task)
     attempts = 1 + parse_retries
     last_error: UnparseableOutput | None = None
+    truncated = 0
     for attempt in range(1, attempts + 1):
-        messages = build_messages(task, data, round=round, reask=last_error is not None)
+        # A fresh nonce per request: an answer repeating it is an echo of this prompt.
+        nonce = secrets.token_hex(4)
+        messages = build_messages(
+            task, data, round=round, nonce=nonce, reask=last_error is not None
+        )
         reply = await client.chat(
             messages,
             json_schema=schema,
             schema_name=f"iterrefine_{task}",
             max_tokens=max_tokens,
         )
+        if getattr(reply, "finish_reason", None) == "length":
+            truncated += 1
         try:
-            answer = parser(reply.text)
+            answer = parser(reply.text, AnswerContext.for_request(messages, data, nonce))
         except UnparseableOutput as exc:
             _remember(client, reply, readable=False)
             last_error = exc
@@ -184,9 +198,16 @@ async def ask(
             )
         else:
             _remember(client, reply, readable=True)
+            _record(client, task, "first_try" if attempt == 1 else "after_reask", truncated)
             return answer
+    _record(client, task, "unreadable", truncated)
     assert last_error is not None  # the loop ran at least once and never returned
     raise last_error
+
+
+def _record(client: ChatClient, task: str, outcome: AnswerOutcome, truncated: int) -> None:
+    if isinstance(client, AnswerRecorder):
+        client.record_answer(task, outcome, truncated=truncated)
 
 
 def _remember(client: ChatClient, reply: ChatReply, *, readable: bool) -> None:
