@@ -79,13 +79,19 @@ class RunResult:
 
 
 def sim_roles(config: Config, base_url: str, sim: SimConfig) -> Config:
-    """Point ``strong`` and ``backbone`` at the simulator (keeping explicit role settings)."""
+    """Point ``strong`` and ``backbone`` at the simulator (keeping explicit role settings).
+
+    With the paper's selection on, ``embedding`` and ``difficulty`` too.
+    """
     concurrency = max(64, sim.capacity * 2) if sim.capacity else 512
+    names = ["strong", "backbone"]
+    if config.pipeline.routing_policy == "cluster_quota":
+        names += ["embedding", "difficulty"]
     roles = {
         name: LLMRoleConfig(base_url=base_url, model=f"sim-{name}", max_concurrency=concurrency,
                             timeout_s=max(30.0, sim.latency_ms / 1000 * 20), max_retries=8,
                             structured_output="json_schema")
-        for name in ("strong", "backbone")
+        for name in names
     }
     return msgspec.structs.replace(config, llm={**roles, **config.llm})
 

@@ -157,9 +157,63 @@ class PipelineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     #: Score refined items again after alignment (one more strong call per refined item),
     #: so dashboards can show whether refinement lifted quality.
     rescore_refined: bool = True
-    #: How route splits high from low: ``threshold`` (above), or ``module:attr`` of a
-    #: factory ``(PipelineContext) -> RoutingPolicy`` (see docs/writing-a-stage.md).
+    #: The paper's task filter: the judge also says whether the item involves reasoning
+    #: or inference, and an item that does not is rejected (reason ``not_reasoning``).
+    task_filter: bool = False
+    #: How route splits high from low: ``threshold`` (above), ``cluster_quota`` (the
+    #: paper's per-cluster top ``k_ratio`` by judge level and difficulty; see
+    #: ``[selection]``), or ``module:attr`` of a factory ``(PipelineContext) ->
+    #: RoutingPolicy`` (see docs/writing-a-stage.md).
     routing_policy: str = "threshold"
+
+
+class SelectionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The paper's selection (IQD stage 2): difficulty, diversity clusters, per-cluster quota.
+
+    Used when ``pipeline.routing_policy = "cluster_quota"``; needs the ``embedding`` and
+    ``difficulty`` LLM roles.
+    """
+
+    #: Number of k-means clusters (the paper: 132).
+    k: int = 132
+    #: Share of every cluster kept as high quality (the paper: 0.8).
+    k_ratio: float = 0.8
+    #: Vectors the model trainer collects before it fits the first centroid model;
+    #: until then items are ranked in one pseudo-cluster (``cluster = None``).
+    warmup: int = 2000
+    #: The trainer refines the centroids with ``partial_fit`` on batches of this size
+    #: and publishes each new version.
+    batch_size: int = 512
+    #: Difficulty metric: ``ifd`` (ppl of the output given the instruction ÷ ppl of the
+    #: output alone: two calls) or ``instruction_ppl`` (what the paper's code ran).
+    difficulty_metric: Literal["ifd", "instruction_ppl"] = "instruction_ppl"
+    #: Recent (judge level, difficulty) keys each cluster ranks a new item against.
+    rank_window: int = 2000
+    #: How hard the quota holds each cluster's high share at ``k_ratio``: a deficit of
+    #: this many highs overrules the rank completely. Smaller holds the share tighter and
+    #: follows the paper's ranking less (benchmarks/selection.py measures both).
+    quota_correction_items: int = 20
+    #: Texts sent to the difficulty and embedding roles are cut to this many characters
+    #: (the template part and, for IFD, the output each to half), so that a long item
+    #: stays inside a small model's context (about 4 characters a token).
+    max_prompt_chars: int = 8000
+    #: Seed of k-means (the paper: ``random_state=0``).
+    random_state: int = 0
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ConfigError(f"selection.k must be at least 1, got {self.k}")
+        if not 0.0 < self.k_ratio <= 1.0:
+            raise ConfigError(f"selection.k_ratio must be in (0, 1], got {self.k_ratio}")
+        if self.warmup < self.k:
+            raise ConfigError(
+                f"selection.warmup ({self.warmup}) must be at least selection.k ({self.k}): "
+                "k-means needs a vector per cluster to start"
+            )
+        if min(self.batch_size, self.rank_window, self.quota_correction_items,
+               self.max_prompt_chars) < 1:
+            raise ConfigError("selection.batch_size, rank_window, quota_correction_items and "
+                              "max_prompt_chars must be at least 1")
 
 
 class StageEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -176,7 +230,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     kafka: KafkaConfig = KafkaConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     pipeline: PipelineConfig = PipelineConfig()
-    #: Roles: ``strong`` and ``backbone`` are required to run the LLM stages.
+    selection: SelectionConfig = SelectionConfig()
+    #: Roles: ``strong`` and ``backbone`` are required to run the LLM stages;
+    #: ``embedding`` and ``difficulty`` for ``routing_policy = "cluster_quota"``.
     llm: dict[str, LLMRoleConfig] = {}
     metrics_port: int | None = None
     #: Address the metrics endpoint binds: loopback by default (it has no authentication);

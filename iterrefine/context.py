@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from iterrefine.config import PipelineConfig
+from iterrefine.config import PipelineConfig, SelectionConfig
 from iterrefine.llm.chat import ChatClient
 from iterrefine.metrics import Metrics
 from iterrefine.model import Item, Provenance
+
+if TYPE_CHECKING:
+    from iterrefine.selection.selector import Selector
 
 
 class Roles(Protocol):
@@ -25,6 +28,10 @@ class PipelineContext:
     metrics: Metrics
     #: Prompt version, model per role, and whether the models are simulated.
     provenance: Provenance
+    #: The paper's selection settings (``routing_policy = "cluster_quota"``).
+    selection: SelectionConfig = SelectionConfig()  # noqa: RUF009  # frozen, immutable
+    #: Gathers difficulty and cluster at scoring; ``None`` unless ``cluster_quota``.
+    selector: Selector | None = None
 
     @property
     def strong(self) -> ChatClient:

@@ -26,6 +26,10 @@ from iterrefine.formats.chat import chat_fields, is_chat_record
 from iterrefine.ids import json_type, normalise_id
 from iterrefine.jsonguard import DEFAULT_MAX_JSON_DEPTH, check_before_parsing, duplicate_key
 
+# Re-exported: part of the item model.
+from iterrefine.selection_state import Difficulty as Difficulty
+from iterrefine.selection_state import Selection as Selection
+
 SCHEMA = "iterrefine.item/1"
 DEFAULT_MAX_RAW_BYTES = 64 * 1024
 #: An envelope grows with the rounds it records; it is bounded separately.
@@ -89,6 +93,9 @@ class Judgement(msgspec.Struct, frozen=True, kw_only=True):
     scores: Scores | None
     verdict: Literal["high", "low"]
     justification: str
+    #: The paper's task filter: does the item involve reasoning steps or inference?
+    #: ``None`` when the judge did not say.
+    involves_reasoning: bool | None = None
 
 
 class Evaluation(msgspec.Struct, frozen=True, kw_only=True):
@@ -147,6 +154,10 @@ class Item(msgspec.Struct, frozen=True, kw_only=True):
     #: The judge's scores of the refined item (optional re-score after alignment).
     final_judgement: Judgement | None = None
     quality: Literal["high", "low"] | None = None
+    #: Instruction difficulty (``routing_policy = "cluster_quota"``).
+    difficulty: Difficulty | None = None
+    #: Diversity cluster and selection decision (``routing_policy = "cluster_quota"``).
+    selection: Selection | None = None
     evaluation: Evaluation | None = None
     #: The backbone's answer to the original instruction: side A of every review.
     original_answer: str | None = None

@@ -79,6 +79,9 @@ def build_summary(
     after: list[float] = []
     dlq_reasons: Counter[str] = Counter()
     counts = {default_outcome(topic): 0 for topic in TERMINAL_TOPICS}
+    clusters: dict[str, Counter[str]] = {}
+    difficulties: list[float] = []
+    not_reasoning = 0
     for terminal in terminals:
         counts[terminal.outcome] += 1
         item = terminal.item
@@ -95,6 +98,12 @@ def build_summary(
             before.append(item.judgement.scores.mean)
         if item.final_judgement is not None and item.final_judgement.scores is not None:
             after.append(item.final_judgement.scores.mean)
+        not_reasoning += item.status_reason == "not_reasoning"
+        if item.difficulty is not None:
+            difficulties.append(item.difficulty.value)
+        if item.selection is not None and item.quality is not None:
+            cluster = "warmup" if item.selection.cluster is None else str(item.selection.cluster)
+            clusters.setdefault(cluster, Counter())[item.quality] += 1
     llm = {
         role: {
             "requests": stats.requests,
@@ -123,6 +132,27 @@ def build_summary(
         "dlq_reasons": dict(dlq_reasons),
         "duplicates_removed": duplicates_removed,
         "llm": llm,
+        **_selection(clusters, difficulties, not_reasoning),
         "llm_answers": answers_by_task(metrics),
         "rescore_failures": _counter_total(metrics.rescore_failures_total),
     }
+
+
+def _selection(
+    clusters: dict[str, Counter[str]], difficulties: list[float], not_reasoning: int
+) -> dict[str, Any]:
+    """The paper's selection, when it ran: per-cluster sizes and high counts, difficulty."""
+    if not clusters and not not_reasoning:
+        return {}
+    ordered = sorted(difficulties)
+    return {"selection": {
+        "not_reasoning": not_reasoning,
+        "clusters": {c: {"items": sum(n.values()), "high": n["high"]}
+                     for c, n in sorted(clusters.items())},
+        "difficulty": {
+            "count": len(ordered),
+            "p50": ordered[len(ordered) // 2] if ordered else None,
+            "min": ordered[0] if ordered else None,
+            "max": ordered[-1] if ordered else None,
+        },
+    }}

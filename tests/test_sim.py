@@ -56,7 +56,8 @@ DATA: dict[str, dict[str, Any]] = {
 
 FREE_TEXT = {
     "score": r"Usable: (yes|no)\nReason: .+\nCorrectness: \d+\nCompleteness: \d+\nClarity: \d+\n"
-    r"Compliance: \d+\nReasoning: \d+\nVerdict: (high|low)\nJustification: .+",
+    r"Compliance: \d+\nReasoning: \d+\nInvolves reasoning: (yes|no)\nVerdict: (high|low)\n"
+    r"Justification: .+",
     "evaluate": r"Score: \d+\n\nEvaluation: .+\n\nSuggestions:\n1\. .+\n2\. .+\n3\. .+",
     "refine": r"instruction_new: .+ \[sim-rev r1\] .+\ninput_new:( .*)?",
     "review": r"Winner: (A|B|Tie)\nExplanation: .+",
@@ -72,6 +73,7 @@ JSON_KEYS = {
         "clarity",
         "compliance",
         "reasoning",
+        "involves_reasoning",
         "verdict",
         "justification",
     },
