@@ -1,7 +1,8 @@
 """OA — Output Alignment.
 
-A converged item has a revised instruction/input but the original reference
-output. The strong model rewrites that output so it answers the revised
+A converged item — or, under the ``keep_last_revision`` policy, an item whose last
+revision never won (``converged = False``) — has a revised instruction/input but the
+original reference output. The strong model rewrites that output so it answers the revised
 instruction, anchored to the original output's key facts and keywords (no new
 facts, no drift). If the rewrite cannot be read, the original output is kept
 and the item is marked so. Optionally the judge scores the refined item again,
@@ -48,9 +49,11 @@ def stage(ctx: PipelineContext) -> Stage:
             item = item.with_changes(output=aligned.output, output_aligned=True,
                                      status="refined")
         except UnparseableOutput:
+            # An exhausted item keeps its reason (it never won) and gains this one.
+            reason = "; ".join(filter(None, (item.status_reason,
+                                             "align_unparseable: original output kept")))
             item = item.with_changes(output=item.original.output, output_aligned=False,
-                                     status="refined",
-                                     status_reason="align_unparseable: original output kept")
+                                     status="refined", status_reason=reason)
         if ctx.config.rescore_refined:
             item = await rescore(ctx, item)
         return [Output("items.curated", item)]

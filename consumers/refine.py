@@ -65,7 +65,7 @@ def stage(ctx: PipelineContext) -> Stage:
             )
         except UnparseableOutput as exc:
             failed = Round(number=number, instruction=item.instruction, input=item.input,
-                           feedback=item.feedback, winner="none",
+                           feedback=item.feedback, winner="none", revision_failed=True,
                            explanation=f"the {exc.task} answer could not be read: {exc}")
             lost = item.with_changes(round=number, rounds=(*item.rounds, failed))
             return [lose_round(ctx, lost, failed.explanation)]

@@ -5,7 +5,8 @@ compares A = (original instruction, input, backbone answer) with B = (revised
 instruction, input, backbone answer). If B wins or ties, the item has
 **converged** and goes on to output alignment. If A wins, the revision lost: the
 item is requeued to refine with the judge's explanation as feedback, until the
-round limit; then the exhausted policy decides (keep the original, or drop).
+round limit; then the exhausted policy decides: keep the original, drop the item, or
+(as the paper does) align the last readable revision although it never won.
 
 With position swapping the judge is asked in both orders, and B converges only
 if it wins or ties in both (judges favour one position; this cancels it out).
@@ -18,8 +19,16 @@ import msgspec
 from iterrefine.context import PipelineContext
 from iterrefine.errors import UnparseableOutput
 from iterrefine.llm.tasks import ReviewSample, ask_answer, ask_verdict
-from iterrefine.model import Item, Winner
+from iterrefine.model import Item, Round, Winner
 from iterrefine.runtime import Output, Stage
+
+
+def last_readable_revision(item: Item) -> Round | None:
+    """The newest round whose refine answer could be read (its verdict may not have been)."""
+    for candidate in reversed(item.rounds):
+        if not candidate.revision_failed:
+            return candidate
+    return None
 
 
 def lose_round(ctx: PipelineContext, item: Item, explanation: str) -> Output:
@@ -27,18 +36,33 @@ def lose_round(ctx: PipelineContext, item: Item, explanation: str) -> Output:
     if item.round < ctx.config.max_rounds:
         return Output("items.refine", item.with_changes(feedback=explanation), outcome="requeued")
     ctx.metrics.refine_rounds.labels("exhausted").observe(item.round)
-    if ctx.config.exhausted_policy == "drop":
+    policy = ctx.config.exhausted_policy
+    if policy == "drop":
         dropped = item.with_changes(
-            status="dropped", status_reason=f"no revision won in {item.round} rounds"
+            status="dropped", status_reason=f"no revision won in {item.round} rounds",
+            converged=False,
         )
         return Output("items.rejected", dropped, outcome="exhausted")
+    last = last_readable_revision(item) if policy == "keep_last_revision" else None
+    if last is not None:
+        # The paper's choice: at the round limit the last revision is kept and its output
+        # aligned. It never won a review, and the item says so (``converged = False``).
+        kept_revision = item.with_changes(
+            instruction=last.instruction, input=last.input, feedback=None, converged=False,
+            status_reason=(f"exhausted: no revision won in {item.round} rounds; "
+                           f"last revision (round {last.number}) aligned"),
+        )
+        return Output("items.align", kept_revision, outcome="exhausted")
     original = item.original
+    why = "no readable revision, original kept" if policy == "keep_last_revision" else (
+        "original kept")
     kept = item.with_changes(
         status="unrefined",
-        status_reason=f"no revision won in {item.round} rounds; original kept",
+        status_reason=f"no revision won in {item.round} rounds; {why}",
         instruction=original.instruction,
         input=original.input,
         output=original.output,
+        converged=False,
     )
     return Output("items.curated", kept, outcome="exhausted")
 
@@ -85,7 +109,7 @@ def stage(ctx: PipelineContext) -> Stage:
         if winner in ("B", "Tie"):
             ctx.metrics.refine_rounds.labels("converged").observe(item.round)
             converged = item.with_changes(instruction=current.instruction, input=current.input,
-                                          feedback=None)
+                                          feedback=None, converged=True)
             return [Output("items.align", converged, outcome="align")]
         return [lose_round(ctx, item, explanation)]
 

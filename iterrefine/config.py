@@ -96,8 +96,10 @@ class LLMRoleConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 class PipelineConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_rounds: int = 3
-    #: What happens to an item that never converged within ``max_rounds``.
-    exhausted_policy: Literal["keep_original", "drop"] = "keep_original"
+    #: What happens to an item that never converged within ``max_rounds``: keep the
+    #: original, drop it, or align its last readable revision anyway (the paper's choice;
+    #: the item then says ``converged = false``).
+    exhausted_policy: Literal["keep_original", "drop", "keep_last_revision"] = "keep_original"
     #: Review in both orders; B converges only if it wins or ties in both.
     position_swap: bool = False
     #: Extra calls when a model answer cannot be parsed.

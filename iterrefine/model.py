@@ -30,7 +30,7 @@ DEFAULT_MAX_ENVELOPE_BYTES = 1024 * 1024
 Status = Literal[
     "pending",  # still moving through the pipeline
     "high",  # kept as it is (IQD)
-    "refined",  # converged and aligned (FIR + OA)
+    "refined",  # aligned revision (FIR + OA); ``Item.converged`` says whether it ever won
     "unrefined",  # round limit reached, original kept (policy keep_original)
     "dropped",  # round limit reached, dropped (policy drop)
     "rejected",  # judged unusable at scoring
@@ -93,6 +93,8 @@ class Round(msgspec.Struct, frozen=True, kw_only=True):
     backbone_answer: str = ""
     winner: Winner = "none"
     explanation: str = ""
+    #: The refine answer could not be read: this round carries no revision of its own.
+    revision_failed: bool = False
 
 
 class Provenance(msgspec.Struct, frozen=True, kw_only=True):
@@ -137,6 +139,10 @@ class Item(msgspec.Struct, frozen=True, kw_only=True):
     rounds: tuple[Round, ...] = ()
     #: The reviewer's explanation of the last loss, handed to the next refine.
     feedback: str | None = None
+    #: ``True`` once a revision won or tied its review; ``False`` when the round limit was
+    #: reached and the last revision was kept anyway (policy ``keep_last_revision``);
+    #: ``None`` while refinement has not ended, and for items never refined.
+    converged: bool | None = None
     status: Status = "pending"
     status_reason: str = ""
     output_aligned: bool = False

@@ -87,10 +87,13 @@ def build_summary(
             outcomes["dlq"] += 1
             dlq_reasons[terminal.meta.get("reason", "unknown")] += 1
             continue
-        outcomes[item.status] += 1
-        if item.status == "refined":
+        # A refined item whose last revision never won (keep_last_revision) is its own
+        # outcome: counting it as plain "refined" would overstate convergence.
+        exhausted_refined = item.status == "refined" and item.converged is False
+        outcomes["refined_unconverged" if exhausted_refined else item.status] += 1
+        if item.status == "refined" and not exhausted_refined:
             rounds["converged"][str(item.round)] += 1
-        elif item.status in ("unrefined", "dropped"):
+        elif item.status in ("unrefined", "dropped") or exhausted_refined:
             rounds["exhausted"][str(item.round)] += 1
         if item.judgement is not None and item.judgement.scores is not None:
             before.append(item.judgement.scores.mean)

@@ -13,6 +13,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import httpx2
+import msgspec
 import pytest
 
 from consumers import build_stages
@@ -264,3 +265,54 @@ async def test_align_unparseable_keeps_the_original_output(make_ctx: Any) -> Non
     assert out.item.output == "Hello!" and not out.item.output_aligned
     assert "align_unparseable" in out.item.status_reason
     assert out.item.final_judgement is None  # the optional re-score failed quietly
+
+
+async def test_keep_last_revision_sends_the_last_revision_to_align(make_ctx: Any) -> None:
+    """keep_last_revision: a loss at the limit aligns the last revision, marked unconverged."""
+    ctx, _ = await make_ctx({"answer": always("hi"),
+                             "review": always("Winner: A\nExplanation: worse.")},
+                            max_rounds=3, exhausted_policy="keep_last_revision")
+    out = only(await stage_handler(ctx, "review")(in_review(3)))
+    assert (out.topic, out.outcome) == ("items.align", "exhausted")
+    assert out.item.instruction == "Say hello politely." and out.item.converged is False
+    assert "no revision won in 3 rounds" in out.item.status_reason
+    assert out.item.rounds[-1].winner == "A"
+
+
+async def test_keep_last_revision_skips_an_unreadable_last_revision(make_ctx: Any) -> None:
+    """An unreadable refine in the last round: the newest readable revision is aligned."""
+    ctx, _ = await make_ctx({"refine": always("no idea")},
+                            max_rounds=2, exhausted_policy="keep_last_revision", parse_retries=0)
+    lost_once = in_review(1).with_changes(
+        rounds=(msgspec.structs.replace(in_review(1).rounds[0], winner="A", explanation="w"),),
+        feedback="w")
+    out = only(await stage_handler(ctx, "refine")(lost_once))
+    assert (out.topic, out.outcome) == ("items.align", "exhausted")
+    assert out.item.instruction == "Say hello politely."
+    assert "round 1" in out.item.status_reason and out.item.rounds[-1].revision_failed
+
+
+async def test_keep_last_revision_without_any_readable_revision_keeps_the_original(
+    make_ctx: Any,
+) -> None:
+    """No readable revision at all: keep_last_revision falls back to the original, unrefined."""
+    ctx, _ = await make_ctx({"answer": always("hi"), "evaluate": always(EVALUATION),
+                             "refine": always("no idea")},
+                            max_rounds=1, exhausted_policy="keep_last_revision", parse_retries=0)
+    out = only(await stage_handler(ctx, "refine")(an_item(quality="low")))
+    assert (out.topic, out.item.status) == ("items.curated", "unrefined")
+    assert out.item.instruction == "Say hello" and out.item.converged is False
+    assert "no readable revision" in out.item.status_reason
+
+
+async def test_align_of_an_exhausted_revision_keeps_saying_it_never_won(make_ctx: Any) -> None:
+    """Aligning a kept-but-lost revision: status refined, converged False, reason kept."""
+    ctx, _ = await make_ctx({"align": always("Output:\nHello there, friend!"),
+                             "score": always(HIGH)})
+    exhausted = in_review(3).with_changes(
+        instruction="Say hello politely.", converged=False,
+        status_reason="exhausted: no revision won in 3 rounds; last revision (round 3) aligned")
+    out = only(await stage_handler(ctx, "align")(exhausted))
+    assert (out.topic, out.item.status, out.item.converged) == ("items.curated", "refined", False)
+    assert out.item.output == "Hello there, friend!" and out.item.output_aligned
+    assert out.item.status_reason.startswith("exhausted: no revision won")

@@ -77,8 +77,9 @@ def add_llm_args(parser: argparse.ArgumentParser) -> None:
     add("--structured-output", action="store_true", default=None,
         help="ask for JSON-schema structured output (vLLM and OpenAI support it)")
     add("--max-rounds", type=int, help="refinement rounds before giving up (default 3)")
-    add("--exhausted-policy", choices=["keep_original", "drop"],
-        help="items that never converged: keep the original (default) or drop")
+    add("--exhausted-policy", choices=["keep_original", "drop", "keep_last_revision"],
+        help="items that never converged: keep the original (default), drop, or align the "
+        "last revision anyway (marked converged=false)")
     add("--position-swap", action="store_true", default=None,
         help="review in both orders; a revision converges only if it wins both")
 
