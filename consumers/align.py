@@ -22,7 +22,9 @@ async def rescore(ctx: PipelineContext, item: Item) -> Item:
     """The judge's scores of the refined item; an unreadable answer just leaves none."""
     try:
         answer = await ask_score(ctx.strong, instruction=item.instruction, input=item.input,
-                                 output=item.output, parse_retries=ctx.config.parse_retries)
+                                 output=item.output, parse_retries=ctx.config.parse_retries,
+                                 max_tokens=ctx.max_tokens("score"),
+                                 on_truncated=ctx.count_truncated("strong"))
     except UnparseableOutput:
         return item
     if answer.scores is not None:
@@ -45,13 +47,15 @@ def stage(ctx: PipelineContext) -> Stage:
                 revised_instruction=item.instruction,
                 revised_input=item.input,
                 parse_retries=ctx.config.parse_retries,
+                max_tokens=ctx.max_tokens("align"),
+                on_truncated=ctx.count_truncated("strong"),
             )
             item = item.with_changes(output=aligned.output, output_aligned=True,
                                      status="refined")
-        except UnparseableOutput:
+        except UnparseableOutput as exc:  # a cut-off answer (TruncatedOutput) included
             # An exhausted item keeps its reason (it never won) and gains this one.
-            reason = "; ".join(filter(None, (item.status_reason,
-                                             "align_unparseable: original output kept")))
+            failure = f"align_unparseable: original output kept ({exc})"
+            reason = "; ".join(filter(None, (item.status_reason, failure)))
             item = item.with_changes(output=item.original.output, output_aligned=False,
                                      status="refined", status_reason=reason)
         if ctx.config.rescore_refined:

@@ -71,12 +71,15 @@ async def judge(
     ctx: PipelineContext, number: int, a: ReviewSample, b: ReviewSample
 ) -> tuple[Winner, str]:
     """Winner between original A and revision B (both orders when position swap is on)."""
+    max_tokens, on_truncated = ctx.max_tokens("review"), ctx.count_truncated("strong")
     first = await ask_verdict(ctx.strong, round=number, a=a, b=b,
-                              parse_retries=ctx.config.parse_retries)
+                              parse_retries=ctx.config.parse_retries, max_tokens=max_tokens,
+                              on_truncated=on_truncated)
     if not ctx.config.position_swap or first.winner == "A":
         return first.winner, first.explanation
     swapped = await ask_verdict(ctx.strong, round=number, a=b, b=a,
-                                parse_retries=ctx.config.parse_retries)
+                                parse_retries=ctx.config.parse_retries, max_tokens=max_tokens,
+                                on_truncated=on_truncated)
     # In the swapped order the revision is "A": it must win or tie there too.
     if swapped.winner == "B":
         return "A", swapped.explanation
@@ -93,7 +96,8 @@ def stage(ctx: PipelineContext) -> Stage:
         try:
             revised_answer = await ask_answer(
                 ctx.backbone, instruction=current.instruction, input=current.input,
-                parse_retries=ctx.config.parse_retries,
+                parse_retries=ctx.config.parse_retries, max_tokens=ctx.max_tokens("answer"),
+                on_truncated=ctx.count_truncated("backbone"),
             )
             original = ReviewSample(instruction=item.original.instruction,
                                     input=item.original.input,

@@ -94,12 +94,39 @@ class LLMRoleConfig(msgspec.Struct, frozen=True, kw_only=True):
         return value
 
 
+class TaskTokenLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """``max_tokens`` per LLM task; the defaults are the paper's published settings.
+
+    An answer cut off at its limit is asked again once with twice the limit, then
+    treated as unreadable (see :mod:`iterrefine.llm.tasks`).
+    """
+
+    answer: int = 2000
+    score: int = 2000
+    evaluate: int = 2048
+    refine: int = 4096
+    review: int = 4096
+    align: int = 4096
+
+    def of(self, task: str) -> int:
+        value = getattr(self, task, None)
+        if not isinstance(value, int):
+            raise KeyError(f"no token limit for task {task!r}")
+        return value
+
+
 class PipelineConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_rounds: int = 3
     #: What happens to an item that never converged within ``max_rounds``: keep the
     #: original, drop it, or align its last readable revision anyway (the paper's choice;
     #: the item then says ``converged = false``).
     exhausted_policy: Literal["keep_original", "drop", "keep_last_revision"] = "keep_original"
+    #: The refiner sees every earlier reviewer's explanation of a loss (the paper's
+    #: "feedback set"), oldest first, bounded: the newest ``feedback_max_entries``
+    #: explanations that fit in ``feedback_max_chars`` characters.
+    feedback_max_entries: int = 5
+    feedback_max_chars: int = 6000
+    max_tokens: TaskTokenLimits = TaskTokenLimits()
     #: Review in both orders; B converges only if it wins or ties in both.
     position_swap: bool = False
     #: Extra calls when a model answer cannot be parsed.

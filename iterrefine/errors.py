@@ -12,6 +12,7 @@ runtime dead-letters a message whose handler raised a non-retriable error.
     │   └── DeliveryError         the broker did not acknowledge a produced message
     ├── LLMError                  non-retriable LLM failure (401, 400, model not found, ...)
     └── UnparseableOutput         the model's answer could not be read after all attempts
+        └── TruncatedOutput       the answer was cut off at max_tokens, twice
 """
 
 from __future__ import annotations
@@ -90,3 +91,10 @@ class UnparseableOutput(IterrefineError):
         self.task = task
         #: The last raw answer, kept (truncated) for the DLQ and logs.
         self.raw = raw[:2000]
+
+
+class TruncatedOutput(UnparseableOutput):
+    """The model's answer was cut off at ``max_tokens`` even after a re-ask with a higher
+    limit. It is unreadable by policy: a half-written text must never pass as complete."""
+
+    reason = "truncated_llm_output"

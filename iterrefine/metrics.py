@@ -53,6 +53,11 @@ class Metrics:
             f"{PREFIX}_llm_tokens_total", "LLM tokens by role and kind (prompt/completion).",
             ["role", "kind"], registry=r,
         )
+        self.llm_truncated_total = Counter(
+            f"{PREFIX}_llm_truncated_total",
+            "LLM answers cut off at max_tokens (finish_reason=length), by role and task.",
+            ["role", "task"], registry=r,
+        )
         self.dlq_total = Counter(
             f"{PREFIX}_dlq_total", "Messages dead-lettered, by stage and reason.",
             ["stage", "reason"], registry=r,

@@ -17,9 +17,10 @@ import msgspec
 import pytest
 
 from consumers import build_stages
+from consumers.refine import feedback_set
 from iterrefine.config import LLMRoleConfig, PipelineConfig
 from iterrefine.context import PipelineContext
-from iterrefine.errors import UnparseableOutput
+from iterrefine.errors import TruncatedOutput, UnparseableOutput
 from iterrefine.llm import LLMClient
 from iterrefine.metrics import Metrics
 from iterrefine.model import (
@@ -34,7 +35,8 @@ from iterrefine.model import (
 )
 from iterrefine.runtime import Output
 
-Answers = dict[str, Callable[[dict[str, Any]], str]]
+#: Per task: the answer text, or (text, finish_reason) for a cut-off answer.
+Answers = dict[str, Callable[[dict[str, Any]], str | tuple[str, str]]]
 
 HIGH = ("Usable: yes\nReason: fine\nCorrectness: 9\nCompleteness: 9\nClarity: 9\n"
         "Compliance: 9\nReasoning: 9\nVerdict: high\nJustification: solid")
@@ -52,11 +54,11 @@ def task_of(request: httpx2.Request) -> tuple[str, dict[str, Any]]:
     return task.group(1), body
 
 
-def completion(text: str) -> httpx2.Response:
+def completion(text: str, finish_reason: str = "stop") -> httpx2.Response:
     return httpx2.Response(200, json={
         "id": "c", "object": "chat.completion", "created": 0, "model": "m",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                     "finish_reason": "stop"}],
+                     "finish_reason": finish_reason}],
         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
     })
 
@@ -71,7 +73,8 @@ class Scripted:
     def __call__(self, request: httpx2.Request) -> httpx2.Response:
         task, body = task_of(request)
         self.calls.append((task, body))
-        return completion(self.answers[task](body))
+        answer = self.answers[task](body)
+        return completion(*answer) if isinstance(answer, tuple) else completion(answer)
 
     def count(self, task: str) -> int:
         return sum(1 for t, _ in self.calls if t == task)
@@ -79,6 +82,13 @@ class Scripted:
 
 def always(text: str) -> Callable[[dict[str, Any]], str]:
     return lambda _body: text
+
+
+def cut_off_below(limit: int, text: str) -> Callable[[dict[str, Any]], str | tuple[str, str]]:
+    """Answers ``text`` when allowed at least ``limit`` tokens, else its first half, cut off."""
+    def answer(body: dict[str, Any]) -> str | tuple[str, str]:
+        return text if body["max_tokens"] >= limit else (text[: len(text) // 2], "length")
+    return answer
 
 
 @pytest.fixture
@@ -200,14 +210,68 @@ async def test_review_loss_requeues_with_the_explanation(make_ctx: Any) -> None:
     assert out.item.feedback == "B lost the context."
 
 
+def refine_data(body: dict[str, Any]) -> dict[str, Any]:
+    """The JSON object in a request's fenced data block."""
+    user = body["messages"][-1]["content"]
+    match = re.search(r"<<<DATA (\w+)>>>\n(.*)\n<<<END DATA \1>>>", user, re.DOTALL)
+    assert match is not None
+    data: dict[str, Any] = json.loads(match.group(2))
+    return data
+
+
+def lost_round(number: int, explanation: str) -> Round:
+    return Round(number=number, instruction=f"Say hello, take {number}.", input="",
+                 feedback=None, winner="A", explanation=explanation)
+
+
 async def test_round_two_refine_request_carries_the_feedback(make_ctx: Any) -> None:
     """From round 2 on, the refine request includes the reviewer's feedback."""
     ctx, script = await make_ctx({"refine": always(REVISION)})
-    lost = in_review(1).with_changes(feedback="B lost the context.")
+    lost = in_review(1).with_changes(rounds=(lost_round(1, "B lost the context."),),
+                                     feedback="B lost the context.")
     await stage_handler(ctx, "refine")(lost)
     (_, body), = [c for c in script.calls if c[0] == "refine"]
     assert "B lost the context." in body["messages"][-1]["content"]
     assert "Round: 2" in body["messages"][-1]["content"]
+
+
+async def test_refine_gets_the_backbone_answer_and_every_earlier_feedback(
+    make_ctx: Any,
+) -> None:
+    """Round 3 refine: backbone answer, and both earlier losses' explanations, oldest first."""
+    ctx, script = await make_ctx({"refine": always(REVISION)})
+    item = in_review(2).with_changes(
+        rounds=(lost_round(1, "first critique"), lost_round(2, "second critique")),
+        feedback="second critique")
+    await stage_handler(ctx, "refine")(item)
+    (_, body), = [c for c in script.calls if c[0] == "refine"]
+    data = refine_data(body)
+    assert data["backbone_answer"] == "hi"
+    assert data["feedback_set"] == ["first critique", "second critique"]
+    assert data["instruction"] == "Say hello"  # every round revises the original
+
+
+async def test_first_refine_has_no_feedback_set(make_ctx: Any) -> None:
+    """Round 1 refine sends the backbone's answer and no feedback set."""
+    ctx, script = await make_ctx({"answer": always("Hello."), "evaluate": always(EVALUATION),
+                                  "refine": always(REVISION)})
+    await stage_handler(ctx, "refine")(an_item(quality="low"))
+    (_, body), = [c for c in script.calls if c[0] == "refine"]
+    data = refine_data(body)
+    assert data["backbone_answer"] == "Hello." and "feedback_set" not in data
+
+
+def test_feedback_set_is_bounded_keeping_the_newest() -> None:
+    """The feedback set keeps the newest explanations that fit, oldest first; skips non-losses."""
+    item = an_item(rounds=(
+        lost_round(1, "a" * 50), lost_round(2, "b" * 50),
+        Round(number=3, instruction="x", input="", feedback=None, winner="none",
+              explanation="the review answer could not be read"),
+        lost_round(4, "c" * 50),
+    ))
+    assert feedback_set(item, max_entries=5, max_chars=120) == ["b" * 50, "c" * 50]
+    assert feedback_set(item, max_entries=1, max_chars=1000) == ["c" * 50]
+    assert feedback_set(item, max_entries=5, max_chars=20) == ["c" * 20]
 
 
 @pytest.mark.parametrize(("policy", "topic", "status"), [
@@ -316,3 +380,57 @@ async def test_align_of_an_exhausted_revision_keeps_saying_it_never_won(make_ctx
     assert (out.topic, out.item.status, out.item.converged) == ("items.curated", "refined", False)
     assert out.item.output == "Hello there, friend!" and out.item.output_aligned
     assert out.item.status_reason.startswith("exhausted: no revision won")
+
+
+def truncated_count(ctx: PipelineContext, role: str, task: str) -> float:
+    value = ctx.metrics.registry.get_sample_value(
+        "iterrefine_llm_truncated_total", {"role": role, "task": task})
+    return value or 0.0
+
+
+async def test_stages_ask_with_the_papers_token_limits(make_ctx: Any) -> None:
+    """Each task's request carries its configured max_tokens (paper values by default)."""
+    ctx, script = await make_ctx({"answer": always("Hello."), "evaluate": always(EVALUATION),
+                                  "refine": always(REVISION)})
+    await stage_handler(ctx, "refine")(an_item(quality="low"))
+    limits = {task: body["max_tokens"] for task, body in script.calls}
+    assert limits == {"answer": 2000, "evaluate": 2048, "refine": 4096}
+
+
+async def test_truncated_align_is_reasked_with_a_higher_limit(make_ctx: Any) -> None:
+    """finish_reason=length once: re-asked with twice the limit; the complete answer is used."""
+    ctx, script = await make_ctx({"align": cut_off_below(8192, "Output:\nHello, nice to meet you!"),
+                                  "score": always(HIGH)})
+    out = only(await stage_handler(ctx, "align")(in_review(1)))
+    assert out.item.output == "Hello, nice to meet you!" and out.item.output_aligned
+    assert [b["max_tokens"] for t, b in script.calls if t == "align"] == [4096, 8192]
+    assert truncated_count(ctx, "strong", "align") == 1
+
+
+async def test_truncated_align_twice_is_never_curated_as_complete(make_ctx: Any) -> None:
+    """Cut off at both limits: the half-written output is discarded, the original kept."""
+    ctx, script = await make_ctx({"align": cut_off_below(10**6, "Output:\nHello, nice to see you"),
+                                  "score": always(HIGH)})
+    out = only(await stage_handler(ctx, "align")(in_review(1)))
+    assert out.topic == "items.curated"
+    assert out.item.output == "Hello!" and not out.item.output_aligned
+    assert "align_unparseable" in out.item.status_reason and "cut off" in out.item.status_reason
+    assert script.count("align") == 2
+    assert truncated_count(ctx, "strong", "align") == 2
+
+
+async def test_truncated_backbone_answer_loses_the_round(make_ctx: Any) -> None:
+    """A backbone answer cut off twice in review is unreadable: the round is lost, not judged."""
+    ctx, script = await make_ctx({"answer": cut_off_below(10**6, "Hello there, how"),
+                                  "review": always("Winner: B\nExplanation: fine.")})
+    out = only(await stage_handler(ctx, "review")(in_review(1)))
+    assert out.topic == "items.refine" and out.item.rounds[-1].winner == "none"
+    assert script.count("review") == 0
+    assert truncated_count(ctx, "backbone", "answer") == 2
+
+
+async def test_truncated_score_raises_for_the_dlq(make_ctx: Any) -> None:
+    """A judge answer cut off twice at scoring raises TruncatedOutput (dead-lettered)."""
+    ctx, _ = await make_ctx({"score": cut_off_below(10**6, HIGH)})
+    with pytest.raises(TruncatedOutput):
+        await stage_handler(ctx, "score")(an_item())

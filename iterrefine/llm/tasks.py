@@ -6,17 +6,22 @@ mechanics. An answer that cannot be parsed is asked again, with a note in the sy
 message, up to ``parse_retries`` more times; then the last :class:`UnparseableOutput`
 is raised for the runtime's dead-letter policy. Transport failures are not handled
 here: the client retries those.
+
+An answer cut off at ``max_tokens`` (``finish_reason == "length"``) is never parsed:
+a parser could read a half-written text as complete. It is asked again once with
+twice the limit; cut off again, it raises :class:`TruncatedOutput` (an
+:class:`UnparseableOutput`), so each stage's policy for unreadable answers applies.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal, Protocol, overload
 
 import msgspec
 import structlog
 
-from iterrefine.errors import UnparseableOutput
+from iterrefine.errors import TruncatedOutput, UnparseableOutput
 from iterrefine.parsing import (
     SCHEMAS,
     AlignedAnswer,
@@ -38,6 +43,7 @@ __all__ = [
     "ChatClient",
     "ChatReply",
     "ReviewSample",
+    "TruncationHook",
     "ask",
     "ask_aligned",
     "ask_answer",
@@ -51,10 +57,23 @@ log = structlog.get_logger(__name__)
 
 
 class ChatReply(Protocol):
-    """What :meth:`ChatClient.chat` returns; only the text matters here."""
+    """What :meth:`ChatClient.chat` returns: the text (and, read when present, the
+    ``finish_reason``; see :func:`_finish_reason`)."""
 
     @property
     def text(self) -> str: ...
+
+
+#: Called with the task's name for every answer cut off at ``max_tokens`` (a metric).
+TruncationHook = Callable[[str], None]
+#: The limit of a re-ask after a cut-off answer when the first request named none.
+_REASK_TOKENS_WITHOUT_LIMIT: Final = 8192
+
+
+def _finish_reason(reply: ChatReply) -> str | None:
+    # Replies of simple test doubles may not carry the attribute; LLMClient's always do.
+    reason = getattr(reply, "finish_reason", None)
+    return reason if isinstance(reason, str) else None
 
 
 class ChatClient(Protocol):
@@ -90,6 +109,7 @@ async def ask(
     round: None = None,
     parse_retries: int = 2,
     max_tokens: int | None = None,
+    on_truncated: TruncationHook | None = None,
 ) -> ScoreAnswer: ...
 @overload
 async def ask(
@@ -100,6 +120,7 @@ async def ask(
     round: None = None,
     parse_retries: int = 2,
     max_tokens: int | None = None,
+    on_truncated: TruncationHook | None = None,
 ) -> str: ...
 @overload
 async def ask(
@@ -110,6 +131,7 @@ async def ask(
     round: None = None,
     parse_retries: int = 2,
     max_tokens: int | None = None,
+    on_truncated: TruncationHook | None = None,
 ) -> EvaluationAnswer: ...
 @overload
 async def ask(
@@ -120,6 +142,7 @@ async def ask(
     round: int,
     parse_retries: int = 2,
     max_tokens: int | None = None,
+    on_truncated: TruncationHook | None = None,
 ) -> RevisionAnswer: ...
 @overload
 async def ask(
@@ -130,6 +153,7 @@ async def ask(
     round: int,
     parse_retries: int = 2,
     max_tokens: int | None = None,
+    on_truncated: TruncationHook | None = None,
 ) -> VerdictAnswer: ...
 @overload
 async def ask(
@@ -140,6 +164,7 @@ async def ask(
     round: None = None,
     parse_retries: int = 2,
     max_tokens: int | None = None,
+    on_truncated: TruncationHook | None = None,
 ) -> AlignedAnswer: ...
 @overload
 async def ask(
@@ -150,6 +175,7 @@ async def ask(
     round: int | None = None,
     parse_retries: int = 2,
     max_tokens: int | None = None,
+    on_truncated: TruncationHook | None = None,
 ) -> object: ...
 async def ask(
     client: ChatClient,
@@ -159,12 +185,15 @@ async def ask(
     round: int | None = None,
     parse_retries: int = 2,
     max_tokens: int | None = None,
+    on_truncated: TruncationHook | None = None,
 ) -> object:
     """Ask ``client`` to do ``task`` on ``data`` and return the parsed answer.
 
-    Makes ``1 + parse_retries`` calls at most. Raises the last
-    :class:`UnparseableOutput` when none of the answers can be read; errors from the
-    client (transient or not) propagate unchanged.
+    Makes ``1 + parse_retries`` calls at most, plus one re-ask with twice ``max_tokens``
+    after the first answer cut off at the limit. Raises the last
+    :class:`UnparseableOutput` when none of the answers can be read, and
+    :class:`TruncatedOutput` when the re-ask is cut off too; errors from the client
+    (transient or not) propagate unchanged.
     """
     parser = PARSERS.get(task)
     if parser is None:
@@ -173,15 +202,33 @@ async def ask(
         raise ValueError(f"parse_retries must be >= 0, got {parse_retries}")
     schema = SCHEMAS.get(task)
     attempts = 1 + parse_retries
+    limit = max_tokens
+    raised_limit = False
     last_error: UnparseableOutput | None = None
-    for attempt in range(1, attempts + 1):
+    attempt = 0
+    while attempt < attempts:
         messages = build_messages(task, data, round=round, reask=last_error is not None)
         reply = await client.chat(
             messages,
             json_schema=schema,
             schema_name=f"iterrefine_{task}",
-            max_tokens=max_tokens,
+            max_tokens=limit,
         )
+        if _finish_reason(reply) == "length":
+            if on_truncated is not None:
+                on_truncated(task)
+            log.warning("llm_answer_truncated", task=task, max_tokens=limit,
+                        reask=not raised_limit)
+            if raised_limit:
+                raise TruncatedOutput(
+                    f"the {task} answer was cut off at max_tokens={limit} twice",
+                    task=task, raw=reply.text,
+                )
+            # Not a parse attempt: the same request with room to finish.
+            raised_limit = True
+            limit = 2 * limit if limit is not None else _REASK_TOKENS_WITHOUT_LIMIT
+            continue
+        attempt += 1
         try:
             return parser(reply.text)
         except UnparseableOutput as exc:
@@ -209,19 +256,34 @@ class ReviewSample(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def ask_score(
-    client: ChatClient, *, instruction: str, input: str, output: str, parse_retries: int = 2
+    client: ChatClient,
+    *,
+    instruction: str,
+    input: str,
+    output: str,
+    parse_retries: int = 2,
+    max_tokens: int | None = None,
+    on_truncated: TruncationHook | None = None,
 ) -> ScoreAnswer:
     """IQD: the judge's usability, dimension scores and high/low verdict for an item."""
     data = {"instruction": instruction, "input": input, "output": output}
-    return await ask(client, "score", data, parse_retries=parse_retries)
+    return await ask(client, "score", data, parse_retries=parse_retries,
+                     max_tokens=max_tokens, on_truncated=on_truncated)
 
 
 async def ask_answer(
-    client: ChatClient, *, instruction: str, input: str, parse_retries: int = 2
+    client: ChatClient,
+    *,
+    instruction: str,
+    input: str,
+    parse_retries: int = 2,
+    max_tokens: int | None = None,
+    on_truncated: TruncationHook | None = None,
 ) -> str:
     """The backbone's answer to an instruction (and input)."""
     data = {"instruction": instruction, "input": input}
-    return await ask(client, "answer", data, parse_retries=parse_retries)
+    return await ask(client, "answer", data, parse_retries=parse_retries,
+                     max_tokens=max_tokens, on_truncated=on_truncated)
 
 
 async def ask_evaluation(
@@ -232,6 +294,8 @@ async def ask_evaluation(
     reference_output: str,
     candidate_answer: str,
     parse_retries: int = 2,
+    max_tokens: int | None = None,
+    on_truncated: TruncationHook | None = None,
 ) -> EvaluationAnswer:
     """FIR evaluate: grade the backbone's answer against the reference output."""
     data = {
@@ -240,7 +304,8 @@ async def ask_evaluation(
         "reference_output": reference_output,
         "candidate_answer": candidate_answer,
     }
-    return await ask(client, "evaluate", data, parse_retries=parse_retries)
+    return await ask(client, "evaluate", data, parse_retries=parse_retries,
+                     max_tokens=max_tokens, on_truncated=on_truncated)
 
 
 async def ask_revision(
@@ -250,24 +315,29 @@ async def ask_revision(
     instruction: str,
     input: str,
     reference_output: str,
+    backbone_answer: str,
     evaluation: str,
-    reviewer_feedback: str | None = None,
+    feedback_set: Sequence[str] = (),
     parse_retries: int = 2,
+    max_tokens: int | None = None,
+    on_truncated: TruncationHook | None = None,
 ) -> RevisionAnswer:
-    """FIR refine: rewrite instruction/input from the evaluation (and, from round 2, the
-    reviewer's explanation of why the previous revision lost).
+    """FIR refine: rewrite instruction/input from the backbone's answer and its evaluation
+    (and, from round 2, every earlier reviewer's explanation of a loss, oldest first).
 
     ``evaluation`` is the evaluation as text: :func:`iterrefine.prompts.evaluation_text`.
     """
-    data = {
+    data: dict[str, Any] = {
         "instruction": instruction,
         "input": input,
         "reference_output": reference_output,
+        "backbone_answer": backbone_answer,
         "evaluation": evaluation,
     }
-    if reviewer_feedback is not None:
-        data["reviewer_feedback"] = reviewer_feedback
-    return await ask(client, "refine", data, round=round, parse_retries=parse_retries)
+    if feedback_set:
+        data["feedback_set"] = list(feedback_set)
+    return await ask(client, "refine", data, round=round, parse_retries=parse_retries,
+                     max_tokens=max_tokens, on_truncated=on_truncated)
 
 
 async def ask_verdict(
@@ -277,13 +347,16 @@ async def ask_verdict(
     a: ReviewSample,
     b: ReviewSample,
     parse_retries: int = 2,
+    max_tokens: int | None = None,
+    on_truncated: TruncationHook | None = None,
 ) -> VerdictAnswer:
     """FIR review: the pairwise judge's winner between sample A and sample B.
 
     The winner names a position; with position swapping the caller maps it back.
     """
     data = {"A": msgspec.to_builtins(a), "B": msgspec.to_builtins(b)}
-    return await ask(client, "review", data, round=round, parse_retries=parse_retries)
+    return await ask(client, "review", data, round=round, parse_retries=parse_retries,
+                     max_tokens=max_tokens, on_truncated=on_truncated)
 
 
 async def ask_aligned(
@@ -295,6 +368,8 @@ async def ask_aligned(
     revised_instruction: str,
     revised_input: str,
     parse_retries: int = 2,
+    max_tokens: int | None = None,
+    on_truncated: TruncationHook | None = None,
 ) -> AlignedAnswer:
     """OA: the reference output rewritten to answer the revised instruction/input."""
     data = {
@@ -304,4 +379,5 @@ async def ask_aligned(
         "revised_instruction": revised_instruction,
         "revised_input": revised_input,
     }
-    return await ask(client, "align", data, parse_retries=parse_retries)
+    return await ask(client, "align", data, parse_retries=parse_retries,
+                     max_tokens=max_tokens, on_truncated=on_truncated)

@@ -34,7 +34,7 @@ __all__ = [
 
 #: Recorded on every item (``Provenance.prompt_version``); bump it whenever a template
 #: or the rendering below changes, so that replays can tell the prompt generations apart.
-PROMPT_VERSION: Final = "2026.11.25-1"
+PROMPT_VERSION: Final = "2026.11.28-1"
 
 Task = Literal["score", "answer", "evaluate", "refine", "review", "align"]
 TASKS: Final[tuple[Task, ...]] = get_args(Task)
@@ -44,7 +44,9 @@ _REQUIRED_KEYS: Final[dict[str, frozenset[str]]] = {
     "score": frozenset({"instruction", "input", "output"}),
     "answer": frozenset({"instruction", "input"}),
     "evaluate": frozenset({"instruction", "input", "reference_output", "candidate_answer"}),
-    "refine": frozenset({"instruction", "input", "reference_output", "evaluation"}),
+    "refine": frozenset(
+        {"instruction", "input", "reference_output", "backbone_answer", "evaluation"}
+    ),
     "review": frozenset({"A", "B"}),
     "align": frozenset(
         {
@@ -56,7 +58,7 @@ _REQUIRED_KEYS: Final[dict[str, frozenset[str]]] = {
         }
     ),
 }
-_OPTIONAL_KEYS: Final[dict[str, frozenset[str]]] = {"refine": frozenset({"reviewer_feedback"})}
+_OPTIONAL_KEYS: Final[dict[str, frozenset[str]]] = {"refine": frozenset({"feedback_set"})}
 _REVIEW_SIDE_KEYS: Final = frozenset({"instruction", "input", "answer"})
 _ROUND_TASKS: Final = frozenset({"refine", "review"})
 
@@ -132,8 +134,12 @@ def _check_data(task: str, data: Mapping[str, Any], round: int | None) -> None:
             raise ValueError(f"task {task!r} needs round >= 1, got {round!r}")
     elif round is not None:
         raise ValueError(f"round applies to refine and review only, not to {task!r}")
-    if task == "refine" and "reviewer_feedback" in data and round == 1:
-        raise ValueError("reviewer_feedback only exists from round 2 on")
+    if task == "refine" and "feedback_set" in data:
+        if round == 1:
+            raise ValueError("feedback_set only exists from round 2 on")
+        notes = data["feedback_set"]
+        if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+            raise ValueError("feedback_set must be a list of strings, oldest first")
 
 
 def build_messages(
