@@ -3,10 +3,13 @@
 A converged item — or, under the ``keep_last_revision`` policy, an item whose last
 revision never won (``converged = False``) — has a revised instruction/input but the
 original reference output. The strong model rewrites that output so it answers the revised
-instruction, anchored to the original output's key facts and keywords (no new
-facts, no drift). If the rewrite cannot be read, the original output is kept
-and the item is marked so. Optionally the judge scores the refined item again,
-so users can see whether refinement lifted quality.
+instruction. Two modes: ``anchored`` keeps to the original output's key facts and
+keywords (no new facts, no drift); ``complete`` — what the paper's figure shows —
+answers the revised instruction in full, adding what it asks for while keeping the
+original's facts where they still apply. The item records the mode. If the
+rewrite cannot be read, the original output is kept and the item is marked so.
+Optionally the judge scores the refined item again, so users can see whether
+refinement lifted quality.
 """
 
 from __future__ import annotations
@@ -36,8 +39,10 @@ async def rescore(ctx: PipelineContext, item: Item) -> Item:
 
 
 def stage(ctx: PipelineContext) -> Stage:
+    mode = ctx.config.alignment_mode
+
     async def align(item: Item) -> list[Output]:
-        item = ctx.stamp(item)
+        item = ctx.stamp(item).with_changes(alignment_mode=mode)
         try:
             aligned = await ask_aligned(
                 ctx.strong,
@@ -46,6 +51,7 @@ def stage(ctx: PipelineContext) -> Stage:
                 original_output=item.original.output,
                 revised_instruction=item.instruction,
                 revised_input=item.input,
+                mode=mode,
                 parse_retries=ctx.config.parse_retries,
                 max_tokens=ctx.max_tokens("align"),
                 on_truncated=ctx.count_truncated("strong"),

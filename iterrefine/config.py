@@ -127,6 +127,10 @@ class PipelineConfig(msgspec.Struct, frozen=True, kw_only=True):
     feedback_max_entries: int = 5
     feedback_max_chars: int = 6000
     max_tokens: TaskTokenLimits = TaskTokenLimits()
+    #: Output alignment: ``anchored`` rewrites the original output for the revision and
+    #: adds no new facts; ``complete`` makes the output fully answer the revision, adding
+    #: what it asks for and keeping the original's facts where they still apply.
+    alignment_mode: Literal["anchored", "complete"] = "anchored"
     #: Review in both orders; B converges only if it wins or ties in both.
     position_swap: bool = False
     #: Extra calls when a model answer cannot be parsed.

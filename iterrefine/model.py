@@ -146,6 +146,8 @@ class Item(msgspec.Struct, frozen=True, kw_only=True):
     status: Status = "pending"
     status_reason: str = ""
     output_aligned: bool = False
+    #: The alignment mode asked for (``anchored`` or ``complete``), once align has run.
+    alignment_mode: Literal["anchored", "complete"] | None = None
     provenance: Provenance = Provenance()
     #: Seconds spent in each stage, summed over rounds.
     timings: dict[str, float] = {}

@@ -162,3 +162,15 @@ def test_evaluation_text_is_in_the_evaluate_format() -> None:
         "Score: 6\n\nEvaluation: Vague.\n\nSuggestions:\n1. Ask for one example.\n"
         "2. Name the region."
     )
+
+
+def test_complete_alignment_is_a_variant_of_align_with_the_same_contract() -> None:
+    """align's complete variant: same tag line and data block, different instructions."""
+    anchored = build_messages("align", DATA["align"], nonce="0badcafe")
+    complete = build_messages("align", DATA["align"], nonce="0badcafe", variant="complete")
+    assert complete[0]["content"].splitlines()[0] == anchored[0]["content"].splitlines()[0]
+    assert complete[1]["content"].endswith(anchored[1]["content"].split("\n\n", 1)[1])
+    assert "Add no new facts" in anchored[0]["content"]
+    assert "fully answers the revised instruction" in complete[0]["content"]
+    with pytest.raises(ValueError):
+        build_messages("score", DATA["score"], variant="complete")

@@ -434,3 +434,19 @@ async def test_truncated_score_raises_for_the_dlq(make_ctx: Any) -> None:
     ctx, _ = await make_ctx({"score": cut_off_below(10**6, HIGH)})
     with pytest.raises(TruncatedOutput):
         await stage_handler(ctx, "score")(an_item())
+
+
+@pytest.mark.parametrize(("mode", "phrase"), [
+    ("anchored", "Add no new facts"),
+    ("complete", "fully answers the revised instruction"),
+])
+async def test_alignment_mode_picks_the_prompt_and_is_recorded(
+    make_ctx: Any, mode: str, phrase: str
+) -> None:
+    """alignment_mode chooses the align instructions and is recorded on the item."""
+    ctx, script = await make_ctx({"align": always("Output:\nHello!"), "score": always(HIGH)},
+                                 alignment_mode=mode)
+    out = only(await stage_handler(ctx, "align")(in_review(1)))
+    assert out.item.alignment_mode == mode
+    (_, body), = [c for c in script.calls if c[0] == "align"]
+    assert phrase in body["messages"][0]["content"]

@@ -80,6 +80,9 @@ def add_llm_args(parser: argparse.ArgumentParser) -> None:
     add("--exhausted-policy", choices=["keep_original", "drop", "keep_last_revision"],
         help="items that never converged: keep the original (default), drop, or align the "
         "last revision anyway (marked converged=false)")
+    add("--alignment-mode", choices=["anchored", "complete"],
+        help="output alignment: anchored (default; no new facts) or complete (fully answer "
+        "the revised instruction, keeping the original's facts)")
     add("--position-swap", action="store_true", default=None,
         help="review in both orders; a revision converges only if it wins both")
 
@@ -119,6 +122,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             "max_rounds": getattr(args, "max_rounds", None),
             "exhausted_policy": getattr(args, "exhausted_policy", None),
             "position_swap": getattr(args, "position_swap", None),
+            "alignment_mode": getattr(args, "alignment_mode", None),
         },
         "data_dir": getattr(args, "data_dir", None),
         "metrics_port": getattr(args, "metrics_port", None),

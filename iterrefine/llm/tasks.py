@@ -165,6 +165,7 @@ async def ask(
     parse_retries: int = 2,
     max_tokens: int | None = None,
     on_truncated: TruncationHook | None = None,
+    variant: str | None = None,
 ) -> AlignedAnswer: ...
 @overload
 async def ask(
@@ -176,6 +177,7 @@ async def ask(
     parse_retries: int = 2,
     max_tokens: int | None = None,
     on_truncated: TruncationHook | None = None,
+    variant: str | None = None,
 ) -> object: ...
 async def ask(
     client: ChatClient,
@@ -186,6 +188,7 @@ async def ask(
     parse_retries: int = 2,
     max_tokens: int | None = None,
     on_truncated: TruncationHook | None = None,
+    variant: str | None = None,
 ) -> object:
     """Ask ``client`` to do ``task`` on ``data`` and return the parsed answer.
 
@@ -207,7 +210,8 @@ async def ask(
     last_error: UnparseableOutput | None = None
     attempt = 0
     while attempt < attempts:
-        messages = build_messages(task, data, round=round, reask=last_error is not None)
+        messages = build_messages(task, data, round=round, reask=last_error is not None,
+                                  variant=variant)
         reply = await client.chat(
             messages,
             json_schema=schema,
@@ -367,11 +371,16 @@ async def ask_aligned(
     original_output: str,
     revised_instruction: str,
     revised_input: str,
+    mode: Literal["anchored", "complete"] = "anchored",
     parse_retries: int = 2,
     max_tokens: int | None = None,
     on_truncated: TruncationHook | None = None,
 ) -> AlignedAnswer:
-    """OA: the reference output rewritten to answer the revised instruction/input."""
+    """OA: the reference output rewritten to answer the revised instruction/input.
+
+    ``anchored`` adds no new facts; ``complete`` answers the revised instruction in
+    full, adding what it calls for and keeping the original's facts where they apply.
+    """
     data = {
         "original_instruction": original_instruction,
         "original_input": original_input,
@@ -380,4 +389,5 @@ async def ask_aligned(
         "revised_input": revised_input,
     }
     return await ask(client, "align", data, parse_retries=parse_retries,
-                     max_tokens=max_tokens, on_truncated=on_truncated)
+                     max_tokens=max_tokens, on_truncated=on_truncated,
+                     variant=None if mode == "anchored" else mode)

@@ -25,6 +25,7 @@ from typing import Any, Final, Literal, get_args
 __all__ = [
     "PROMPT_VERSION",
     "TASKS",
+    "VARIANTS",
     "Task",
     "build_messages",
     "data_block",
@@ -38,6 +39,9 @@ PROMPT_VERSION: Final = "2026.11.28-1"
 
 Task = Literal["score", "answer", "evaluate", "refine", "review", "align"]
 TASKS: Final[tuple[Task, ...]] = get_args(Task)
+#: Alternative instructions for a task (``<task>.<variant>.md``): same data keys, same
+#: answer format, same tag line, so parsers and the simulator need not tell them apart.
+VARIANTS: Final[dict[str, tuple[str, ...]]] = {"align": ("complete",)}
 
 # The data keys of each task (docs/llm-contract.md): required, then optional.
 _REQUIRED_KEYS: Final[dict[str, frozenset[str]]] = {
@@ -77,7 +81,8 @@ def _load_templates() -> dict[str, tuple[str, str]]:
     """Read every ``<task>.md`` once: (system part, user part)."""
     templates: dict[str, tuple[str, str]] = {}
     package = files(__name__)
-    for task in TASKS:
+    names = [*TASKS, *(f"{task}.{v}" for task, variants in VARIANTS.items() for v in variants)]
+    for task in names:
         text = package.joinpath(f"{task}.md").read_text(encoding="utf-8")
         _, found_system, rest = text.partition("<!-- system -->\n")
         system, found_user, user = rest.partition("<!-- user -->\n")
@@ -149,6 +154,7 @@ def build_messages(
     round: int | None = None,
     nonce: str | None = None,
     reask: bool = False,
+    variant: str | None = None,
 ) -> list[dict[str, str]]:
     """Render the ``[system, user]`` messages of one request for ``task``.
 
@@ -156,16 +162,19 @@ def build_messages(
     refine and review and rejected otherwise. ``nonce`` (8 lowercase hex characters) is
     for tests; by default every call draws a fresh one. ``reask`` appends a fixed note to
     the system message when a previous answer could not be parsed: an identical request
-    at temperature 0 would likely get the identical unreadable answer.
+    at temperature 0 would likely get the identical unreadable answer. ``variant`` picks
+    one of the task's alternative instructions (:data:`VARIANTS`).
     """
-    if task not in _TEMPLATES:
+    if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    if variant is not None and variant not in VARIANTS.get(task, ()):
+        raise ValueError(f"task {task!r} has no variant {variant!r}")
     _check_data(task, data, round)
     if nonce is None:
         nonce = secrets.token_hex(4)
     elif not _NONCE.fullmatch(nonce):
         raise ValueError(f"nonce must be 8 lowercase hex characters, got {nonce!r}")
-    system_part, user_part = _TEMPLATES[task]
+    system_part, user_part = _TEMPLATES[task if variant is None else f"{task}.{variant}"]
     system = f"{system_tag(task)}\n{system_part}"
     if reask:
         system = f"{system}\n\n{_REASK_NOTE}"
