@@ -31,6 +31,7 @@ from iterrefine.kafka import make_producer
 from iterrefine.llm import LLMRoles
 from iterrefine.metrics import Metrics
 from iterrefine.model import Provenance
+from iterrefine.presets import preset_rows
 from iterrefine.prompts import PROMPT_VERSION
 from iterrefine.runtime import StageRunner
 from iterrefine.sim import SimConfig, SimServer
@@ -68,7 +69,8 @@ def sim_roles(config: Config, base_url: str, sim: SimConfig) -> Config:
     concurrency = max(64, sim.capacity * 2) if sim.capacity else 512
     roles = {
         name: LLMRoleConfig(base_url=base_url, model=f"sim-{name}", max_concurrency=concurrency,
-                            timeout_s=max(30.0, sim.latency_ms / 1000 * 20), max_retries=8)
+                            timeout_s=max(30.0, sim.latency_ms / 1000 * 20), max_retries=8,
+                            temperature=config.llm_defaults.temperature)
         for name in ("strong", "backbone")
     }
     return msgspec.structs.replace(config, llm={**roles, **config.llm})
@@ -178,6 +180,9 @@ async def run_pipeline(
         )
         summary["complete"] = complete
         summary["pending"] = len(report.ids) - seen
+        if config.preset is not None:
+            summary["preset"] = {"name": config.preset,
+                                 "settings": msgspec.to_builtins(preset_rows(config))}
         return RunResult(summary=summary, paths=paths, ingest=report, complete=complete)
 
 

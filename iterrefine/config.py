@@ -16,6 +16,7 @@ import msgspec
 
 from iterrefine.errors import ConfigError
 from iterrefine.model import DEFAULT_MAX_ENVELOPE_BYTES, DEFAULT_MAX_RAW_BYTES
+from iterrefine.presets import apply_preset
 
 
 class KafkaConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -115,6 +116,12 @@ class TaskTokenLimits(msgspec.Struct, frozen=True, kw_only=True):
         return value
 
 
+class LLMDefaults(msgspec.Struct, frozen=True, kw_only=True):
+    """Settings every LLM role takes unless its own table sets them."""
+
+    temperature: float = 0.0
+
+
 class PipelineConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_rounds: int = 3
     #: What happens to an item that never converged within ``max_rounds``: keep the
@@ -143,11 +150,14 @@ class PipelineConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):
+    #: A named published setting applied under the file and flags (:mod:`iterrefine.presets`).
+    preset: Literal["paper"] | None = None
     kafka: KafkaConfig = KafkaConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     pipeline: PipelineConfig = PipelineConfig()
     #: Roles: ``strong`` and ``backbone`` are required to run the LLM stages.
     llm: dict[str, LLMRoleConfig] = {}
+    llm_defaults: LLMDefaults = LLMDefaults()
     metrics_port: int | None = None
     data_dir: str = ".iterrefine"
 
@@ -173,6 +183,17 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _with_role_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    """Give each ``[llm.ROLE]`` table the ``[llm_defaults]`` it does not set itself."""
+    defaults = raw.get("llm_defaults")
+    roles = raw.get("llm")
+    if not isinstance(defaults, dict) or not isinstance(roles, dict):
+        return raw
+    filled = {name: {**defaults, **table} if isinstance(table, dict) else table
+              for name, table in roles.items()}
+    return {**raw, "llm": filled}
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Read a TOML file (optional) and apply overrides; raise ConfigError saying what is wrong."""
     raw: dict[str, Any] = {}
@@ -184,6 +205,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     raw = merge(raw, overrides or {})
+    preset = raw.get("preset")
+    if isinstance(preset, str):
+        raw = apply_preset(preset, raw, Config)
+    raw = _with_role_defaults(raw)
     try:
         return msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:

@@ -65,6 +65,10 @@ def add_kafka_args(parser: argparse.ArgumentParser) -> None:
 
 def add_llm_args(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
+    add("--preset", choices=["paper"],
+        help="paper: the published setting of Hu et al. (task filter, cluster quota, "
+        "temperature 0.6, their token limits, 3 rounds, keep_last_revision, complete "
+        "alignment, no position swap); the config file and other flags override it")
     add("--llm-base-url", metavar="URL",
         help="OpenAI-compatible base URL for both roles (e.g. http://vllm:8000/v1)")
     add("--strong-model", metavar="MODEL", help="judge/refiner/aligner model")
@@ -126,6 +130,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         },
         "data_dir": getattr(args, "data_dir", None),
         "metrics_port": getattr(args, "metrics_port", None),
+        "preset": getattr(args, "preset", None),
     }
     llm = _llm_overrides(args)
     if llm:

@@ -143,3 +143,18 @@ def print_summary(console: Console, summary: dict[str, Any], paths: Any) -> None
                                                sorted(summary["dlq_reasons"].items())))
     table.add_row("wall time", f"{summary['wall_time_s']} s")
     console.print(table)
+    if "preset" in summary:
+        console.print(preset_table(summary["preset"]))
+
+
+def preset_table(preset: dict[str, Any]) -> Table:
+    """The preset's settings: its value, the value the run used, and why they differ."""
+    table = Table(title=f"preset {preset['name']}")
+    for column in ("setting", "preset", "used", "source"):
+        table.add_column(column)
+    for row in preset["settings"]:
+        used = "-" if row["source"] == "unavailable" else json.dumps(row["effective"])
+        source = {"unavailable": "not in this build", "overridden": "overridden by you"}.get(
+            row["source"], row["source"])
+        table.add_row(row["key"], json.dumps(row["preset"]), used, source)
+    return table
