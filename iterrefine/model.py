@@ -31,7 +31,7 @@ Status = Literal[
     "pending",  # still moving through the pipeline
     "high",  # kept as it is (IQD)
     "refined",  # aligned revision (FIR + OA); ``Item.converged`` says whether it ever won
-    "unrefined",  # round limit reached, original kept (policy keep_original)
+    "unrefined",  # round limit reached, original kept (keep_original; or no readable revision)
     "dropped",  # round limit reached, dropped (policy drop)
     "rejected",  # judged unusable at scoring
 ]
