@@ -123,4 +123,16 @@ def build_summary(
         "dlq_reasons": dict(dlq_reasons),
         "duplicates_removed": duplicates_removed,
         "llm": llm,
+        "truncated": truncated_by_task(metrics),
     }
+
+
+def truncated_by_task(metrics: Metrics) -> dict[str, int]:
+    """Answers cut off at max_tokens in this process, as ``{"role/task": count}``."""
+    counts: dict[str, int] = {}
+    for metric in metrics.llm_truncated_total.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total") and sample.value:
+                key = f"{sample.labels['role']}/{sample.labels['task']}"
+                counts[key] = int(sample.value)
+    return counts

@@ -34,6 +34,7 @@ from iterrefine.model import (
     new_item,
 )
 from iterrefine.runtime import Output
+from iterrefine.summary import truncated_by_task
 
 #: Per task: the answer text, or (text, finish_reason) for a cut-off answer.
 Answers = dict[str, Callable[[dict[str, Any]], str | tuple[str, str]]]
@@ -417,6 +418,7 @@ async def test_truncated_align_twice_is_never_curated_as_complete(make_ctx: Any)
     assert "align_unparseable" in out.item.status_reason and "cut off" in out.item.status_reason
     assert script.count("align") == 2
     assert truncated_count(ctx, "strong", "align") == 2
+    assert truncated_by_task(ctx.metrics) == {"strong/align": 2}  # the run summary's row
 
 
 async def test_truncated_backbone_answer_loses_the_round(make_ctx: Any) -> None:

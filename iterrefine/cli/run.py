@@ -138,6 +138,9 @@ def print_summary(console: Console, summary: dict[str, Any], paths: Any) -> None
         table.add_row(f"LLM {role}", f"{stats['requests']} calls, {stats['errors']} errors, "
                       f"{stats['prompt_tokens']}+{stats['completion_tokens']} tokens, "
                       f"p50 {stats['latency_s'].get('p50')} s")
+    if summary.get("truncated"):
+        table.add_row("cut off at max_tokens", ", ".join(
+            f"{k} {v}" for k, v in sorted(summary["truncated"].items())))
     if summary["dlq_reasons"]:
         table.add_row("dlq reasons", ", ".join(f"{k} {v}" for k, v in
                                                sorted(summary["dlq_reasons"].items())))
