@@ -19,16 +19,8 @@ import msgspec
 from iterrefine.context import PipelineContext
 from iterrefine.errors import UnparseableOutput
 from iterrefine.llm.tasks import ReviewSample, ask_answer, ask_verdict
-from iterrefine.model import Item, Round, Winner
+from iterrefine.model import Item, Winner, exhausted_reason, last_readable_revision
 from iterrefine.runtime import Output, Stage
-
-
-def last_readable_revision(item: Item) -> Round | None:
-    """The newest round whose refine answer could be read (its verdict may not have been)."""
-    for candidate in reversed(item.rounds):
-        if not candidate.revision_failed:
-            return candidate
-    return None
 
 
 def lose_round(ctx: PipelineContext, item: Item, explanation: str) -> Output:
@@ -49,8 +41,7 @@ def lose_round(ctx: PipelineContext, item: Item, explanation: str) -> Output:
         # aligned. It never won a review, and the item says so (``converged = False``).
         kept_revision = item.with_changes(
             instruction=last.instruction, input=last.input, feedback=None, converged=False,
-            status_reason=(f"exhausted: no revision won in {item.round} rounds; "
-                           f"last revision (round {last.number}) aligned"),
+            status_reason=exhausted_reason(item.round, last),
         )
         return Output("items.align", kept_revision, outcome="exhausted")
     original = item.original

@@ -48,7 +48,15 @@ from aiokafka.structs import TopicPartition
 from iterrefine.config import KafkaConfig
 from iterrefine.errors import BrokerError, ConfigError, ValidationError
 from iterrefine.kafka import make_consumer, make_producer, true_end_offsets
-from iterrefine.model import Item, decode_item, encode_item, item_from_raw, raw_id
+from iterrefine.model import (
+    Item,
+    decode_item,
+    encode_item,
+    exhausted_reason,
+    item_from_raw,
+    last_readable_revision,
+    raw_id,
+)
 from iterrefine.topics import LOGICAL_TOPICS, TopicNames, ensure_topics
 
 log = structlog.get_logger("iterrefine.replay")
@@ -134,7 +142,7 @@ def reset_for_stage(item: Item, stage: str, revision: int) -> Item:
     fresh = item.with_changes(
         revision=revision, status="pending", status_reason="", output_aligned=False,
         final_judgement=None, instruction=original.instruction, input=original.input,
-        output=original.output,
+        output=original.output, converged=None, alignment_mode=None,
     )
     if stage == "route":
         if item.judgement is None:
@@ -155,9 +163,15 @@ def reset_for_stage(item: Item, stage: str, revision: int) -> Item:
         return fresh.with_changes(rounds=(*item.rounds[:-1], pending), round=last.number,
                                   feedback=last.feedback)
     assert stage == "align", stage
-    if last is None or last.winner not in ("B", "Tie"):
+    if last is not None and last.winner in ("B", "Tie"):
+        return fresh.with_changes(instruction=last.instruction, input=last.input, feedback=None,
+                                  converged=True)
+    # An exhausted item whose last revision was aligned anyway (keep_last_revision).
+    kept = last_readable_revision(item) if item.converged is False else None
+    if kept is None or item.status != "refined":
         raise ValidationError("no revision of the item won its review", reason="not_converged")
-    return fresh.with_changes(instruction=last.instruction, input=last.input, feedback=None)
+    return fresh.with_changes(instruction=kept.instruction, input=kept.input, feedback=None,
+                              converged=False, status_reason=exhausted_reason(item.round, kept))
 
 
 def _headers(record: ConsumerRecord) -> list[tuple[str, bytes]]:
