@@ -13,16 +13,19 @@ marks it ``unavailable``: the preset never claims a setting it could not apply.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Final, get_args, get_type_hints
 
 import msgspec
 
 from iterrefine.errors import ConfigError
 
-__all__ = ["PAPER", "PRESETS", "PresetRow", "apply_preset", "preset_rows"]
+if TYPE_CHECKING:
+    from iterrefine.config import Config
 
-#: Hu et al.'s published setting ("From Selection to Refinement", ACL 2026): their text,
-#: figure and code agree on these (see docs/paper.md for each one's source).
+__all__ = ["PAPER", "PRESETS", "PresetRow", "apply_preset", "lookup", "preset_rows"]
+
+#: Hu et al.'s published setting ("From Selection to Refinement", ACL 2026), as their
+#: paper, figure and code fix it; docs/paper.md gives each setting's source.
 PAPER: Final[Mapping[str, Any]] = {
     # IQD: the task filter (reasoning or logical inference required) is the paper's whole
     # data reduction; per-cluster quota selection over 132 k-means clusters, top 80% High.
@@ -63,28 +66,23 @@ class PresetRow(msgspec.Struct, frozen=True, kw_only=True):
     source: str = "preset"
 
 
-def _field_type(cls: Any, name: str) -> Any | None:
-    """The annotated type of field ``name`` of Struct ``cls``, or None if there is none."""
-    if not (isinstance(cls, type) and issubclass(cls, msgspec.Struct)):
-        return None
-    if name not in cls.__struct_fields__:
-        return None
-    return get_type_hints(cls)[name]
+def _struct_in(annotation: Any) -> type[msgspec.Struct] | None:
+    """The Struct an annotation names (``X`` or ``X | None``), if any."""
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, msgspec.Struct):
+            return candidate
+    return None
 
 
 def _known(root: type[msgspec.Struct], key: str) -> bool:
-    """Whether the dotted ``key`` names a setting of ``root`` (nested Struct fields)."""
-    current: Any = root
-    for part in key.split("."):
-        current = _field_type(current, part)
-        if current is None:
+    """Whether the dotted ``key`` names a setting of ``root`` (through nested Structs)."""
+    current: type[msgspec.Struct] | None = root
+    *parents, leaf = key.split(".")
+    for part in parents:
+        if current is None or part not in current.__struct_fields__:
             return False
-        if get_origin(current) is not None and get_origin(current) is not type:
-            # A union such as ``X | None``: descend into its Struct member, if any.
-            structs = [a for a in get_args(current) if isinstance(a, type)
-                       and issubclass(a, msgspec.Struct)]
-            current = structs[0] if structs else current
-    return True
+        current = _struct_in(get_type_hints(current)[part])
+    return current is not None and leaf in current.__struct_fields__
 
 
 def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -115,8 +113,8 @@ def apply_preset(name: str, raw: dict[str, Any], root: type[msgspec.Struct]) -> 
     return merge(_nest(known), raw)
 
 
-def _effective(config: Any, key: str) -> tuple[bool, Any]:
-    node = config
+def _effective(config: Config, key: str) -> tuple[bool, Any]:
+    node: Any = config
     for part in key.split("."):
         if not hasattr(node, part):
             return False, None
@@ -124,9 +122,9 @@ def _effective(config: Any, key: str) -> tuple[bool, Any]:
     return True, node
 
 
-def preset_rows(config: Any) -> list[PresetRow]:
+def preset_rows(config: Config) -> list[PresetRow]:
     """Each setting of ``config.preset`` with the value the run actually used."""
-    name = getattr(config, "preset", None)
+    name = config.preset
     if name is None:
         return []
     rows: list[PresetRow] = []
@@ -139,7 +137,7 @@ def preset_rows(config: Any) -> list[PresetRow]:
         rows.append(PresetRow(key=key, preset=value, effective=effective, source=source))
         if key == "llm_defaults.temperature":
             # A role's own temperature wins over the default; show the ones that differ.
-            for role, role_config in sorted(getattr(config, "llm", {}).items()):
+            for role, role_config in sorted(config.llm.items()):
                 if role_config.temperature != value:
                     rows.append(PresetRow(key=f"llm.{role}.temperature", preset=value,
                                           effective=role_config.temperature,
