@@ -126,3 +126,17 @@ def _has(config: Config, key: str) -> bool:
             return False
         node = getattr(node, part)
     return True
+
+
+def test_cli_flags_override_the_preset_flag() -> None:
+    """`run --preset paper --max-rounds 2 --alignment-mode anchored`: the flags win."""
+    from iterrefine.cli import build_parser
+    from iterrefine.cli.common import config_from_args
+
+    args = build_parser().parse_args([
+        "run", "in.jsonl", "-o", "out.jsonl", "--preset", "paper", "--max-rounds", "2",
+        "--alignment-mode", "anchored"])
+    config = config_from_args(args)
+    assert (config.preset, config.pipeline.max_rounds) == ("paper", 2)
+    assert config.pipeline.alignment_mode == "anchored"
+    assert config.pipeline.exhausted_policy == "keep_last_revision"
