@@ -337,11 +337,12 @@ async def produce(config: Config, topic_logical: str, values: Sequence[bytes]) -
     """Put ``values`` into a topic (keyed by their ``id``) and wait for every ack."""
     import asyncio
 
+    from iterrefine.consumers import PIPELINE
     from iterrefine.kafka import make_producer
     from iterrefine.topics import TopicNames, ensure_topics
 
     assert config.kafka.bootstrap_servers is not None
-    await ensure_topics(config.kafka, config.kafka.bootstrap_servers)
+    await ensure_topics(config.kafka, config.kafka.bootstrap_servers, PIPELINE.topics())
     topic = TopicNames(config.kafka.topic_prefix)[topic_logical]
     producer = make_producer(config.kafka, config.kafka.bootstrap_servers, linger_ms=5)
     await producer.start()

@@ -71,7 +71,7 @@ async def _runtime(config_json: str, n: int, *, inline: bool) -> dict[str, Any]:
 
     stop = asyncio.Event()
     stage = Stage("passthrough", "items.raw", passthrough if inline else passthrough_async,
-                  decode=decode_raw_record)
+                  decode=decode_raw_record, outputs=("items.scored",), waits=not inline)
     serving = asyncio.create_task(serve_stages(
         [stage], config=config, bootstrap_servers=config.kafka.bootstrap_servers, stop=stop))
     waiting = asyncio.create_task(all_handled.wait())

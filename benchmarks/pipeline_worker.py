@@ -1,8 +1,8 @@
 """The measured process of the LLM scenarios: iterrefine's stages against a simulator.
 
 Spawned by ``backlog.py``, ``utilization.py``, ``e2e.py`` and ``overhead.py`` (never
-run by hand). It does what ``iterrefine run`` does — one process, the five stages
-sharing one producer (:func:`iterrefine.worker.serve_stages`), ``LLMRoles`` pointed at
+run by hand). It does what ``iterrefine run`` does — one process, the graph's stages
+built and served by :func:`iterrefine.pipeline.serve_pipeline`, ``LLMRoles`` pointed at
 the simulator by :func:`iterrefine.app.sim_roles`, a :class:`TerminalWatcher` on the
 terminal topics — with two differences that make it measurable:
 
@@ -31,20 +31,17 @@ from typing import Any
 
 import harness
 
-from consumers import build_stages
 from iterrefine.app import sim_roles
 from iterrefine.extra_workers import ExtraWorkers, add_stats
 from iterrefine.ingest import Ingestor, read_records
 from iterrefine.kafka import make_producer
-from iterrefine.llm import LLMRoles
+from iterrefine.llm import LLMStats
 from iterrefine.metrics import Metrics
-from iterrefine.model import Provenance
-from iterrefine.prompts import PROMPT_VERSION
+from iterrefine.pipeline import load_graph, serve_pipeline
 from iterrefine.runtime import StageRunner
 from iterrefine.sim import SimConfig
 from iterrefine.topics import TopicNames, ensure_topics
 from iterrefine.watch import TerminalWatcher
-from iterrefine.worker import serve_stages
 
 
 async def _wait_ready(runners: list[StageRunner], expected: int, timeout_s: float) -> None:
@@ -97,8 +94,6 @@ class LoopLag:
 
 
 async def serve(args: argparse.Namespace) -> dict[str, Any]:
-    from iterrefine.context import PipelineContext
-
     t_start = time.monotonic()
     config = harness.decode_config(args.config)
     bootstrap = config.kafka.bootstrap_servers
@@ -107,58 +102,52 @@ async def serve(args: argparse.Namespace) -> dict[str, Any]:
                        SimConfig(latency_ms=args.sim_latency_ms, capacity=args.sim_capacity))
     stage_names = tuple(args.stages.split(","))
     metrics = Metrics()
-    async with LLMRoles(config, metrics=metrics) as roles:
-        provenance = Provenance(
-            prompt_version=PROMPT_VERSION,
-            models={role: config.role(role).model for role in ("strong", "backbone")},
-            simulated=True,
-        )
-        ctx = PipelineContext(config.pipeline, roles, metrics, provenance)
-        await ensure_topics(config.kafka, bootstrap)
-        watcher = TerminalWatcher(config.kafka, bootstrap)
-        await watcher.start()
-        extras = ExtraWorkers(config, bootstrap, args.processes - 1)
-        await extras.start()
-        runners: list[StageRunner] = []
-        lag = LoopLag()
-        stop = asyncio.Event()
-        stages = asyncio.create_task(serve_stages(
-            build_stages(ctx, stage_names), config=config, bootstrap_servers=bootstrap,
-            metrics=metrics, stop=stop, runners_out=runners,
-        ))
-        try:
-            await _wait_ready(runners, len(stage_names), timeout_s=60)
-            lag.start()
-            t_ready = time.monotonic()
-            cpu_start = time.process_time()
-            if args.drain:
-                ids: list[str] = []
-                while sum(r.handled + r.dead_lettered for r in runners) < args.drain:
-                    if stages.done():
-                        break
-                    await asyncio.sleep(0.005)
-                seen = 0
-            else:
-                ids = await _ingest(config, bootstrap, Path(args.input))
-                progress = [time.monotonic()]
-                seen = await watcher.wait_for(
-                    ids,
-                    on_progress=lambda _new: progress.__setitem__(0, time.monotonic()),
-                    # A lost item must fail the run, not hang it until the driver's timeout.
-                    should_stop=lambda: stages.done()
-                    or time.monotonic() - progress[0] > args.stall_timeout_s,
-                )
-            t_done = time.monotonic()
-            cpu_window = time.process_time() - cpu_start
-        finally:
-            lag.stop()
-            extras_cpu_s = [harness.proc_cpu_s(pid) for pid in extras.pids]
-            stop.set()
-            await stages
-            extras_llm = await extras.stop()
-            await watcher.stop()
-        llm = {role: {"requests": s.requests, "errors": s.errors, "retries": s.retries}
-               for role, s in add_stats(roles.stats(), extras_llm).items()}
+    graph = load_graph(config)
+    await ensure_topics(config.kafka, bootstrap, graph.topics())
+    watcher = TerminalWatcher(config.kafka, bootstrap)
+    await watcher.start()
+    extras = ExtraWorkers(config, bootstrap, args.processes - 1)
+    await extras.start()
+    runners: list[StageRunner] = []
+    lag = LoopLag()
+    stop = asyncio.Event()
+    stages: asyncio.Task[dict[str, LLMStats]] = asyncio.create_task(serve_pipeline(
+        config, bootstrap, stages=stage_names, graph=graph, metrics=metrics, stop=stop,
+        simulated=True, runners_out=runners,
+    ))
+    try:
+        await _wait_ready(runners, len(stage_names), timeout_s=60)
+        lag.start()
+        t_ready = time.monotonic()
+        cpu_start = time.process_time()
+        if args.drain:
+            ids: list[str] = []
+            while sum(r.handled + r.dead_lettered for r in runners) < args.drain:
+                if stages.done():
+                    break
+                await asyncio.sleep(0.005)
+            seen = 0
+        else:
+            ids = await _ingest(config, bootstrap, Path(args.input))
+            progress = [time.monotonic()]
+            seen = await watcher.wait_for(
+                ids,
+                on_progress=lambda _new: progress.__setitem__(0, time.monotonic()),
+                # A lost item must fail the run, not hang it until the driver's timeout.
+                should_stop=lambda: stages.done()
+                or time.monotonic() - progress[0] > args.stall_timeout_s,
+            )
+        t_done = time.monotonic()
+        cpu_window = time.process_time() - cpu_start
+    finally:
+        lag.stop()
+        extras_cpu_s = [harness.proc_cpu_s(pid) for pid in extras.pids]
+        stop.set()
+        own_llm = await stages
+        extras_llm = await extras.stop()
+        await watcher.stop()
+    llm = {role: {"requests": s.requests, "errors": s.errors, "retries": s.retries}
+           for role, s in add_stats(own_llm, extras_llm).items()}
     items = []
     dlq_reasons: Counter[str] = Counter()
     for item_id in ids:

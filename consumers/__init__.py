@@ -1,27 +1,27 @@
-"""The paper's method as pipeline stages, one module each: score, route, refine ⇄ review, align."""
+"""The paper's method as pipeline stages, one module each: score, route, refine ⇄ review, align.
+
+Installed as ``iterrefine.consumers``. Each module declares its stage as data
+(``SPEC``: name, input topic, output topics, whether it waits, replay rule); the
+pipeline is their :class:`~iterrefine.graph.StageGraph`, in order.
+"""
 
 from __future__ import annotations
 
-from consumers import align, refine, review, route, score
+from collections.abc import Sequence
+
+from iterrefine.consumers import align, refine, review, route, score
 from iterrefine.context import PipelineContext
+from iterrefine.graph import StageGraph
 from iterrefine.runtime import Stage
 
-STAGE_NAMES = ("score", "route", "refine", "review", "align")
+#: The paper's pipeline: IQD (score, route), FIR (refine ⇄ review), OA (align).
+PIPELINE = StageGraph([score.SPEC, route.SPEC, refine.SPEC, review.SPEC, align.SPEC])
+STAGE_NAMES = PIPELINE.names
 
 
-def build_stages(ctx: PipelineContext, names: tuple[str, ...] = STAGE_NAMES) -> list[Stage]:
-    """The stages called ``names``, built on ``ctx``."""
-    builders = {
-        "score": score.stage,
-        "route": route.stage,
-        "refine": refine.stage,
-        "review": review.stage,
-        "align": align.stage,
-    }
-    unknown = [n for n in names if n not in builders]
-    if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; choose from {', '.join(STAGE_NAMES)}")
-    return [builders[name](ctx) for name in names]
+def build_stages(ctx: PipelineContext, names: Sequence[str] = STAGE_NAMES) -> list[Stage]:
+    """The built-in stages called ``names``, built on ``ctx``."""
+    return PIPELINE.build(ctx, names)
 
 
-__all__ = ["STAGE_NAMES", "build_stages"]
+__all__ = ["PIPELINE", "STAGE_NAMES", "build_stages"]

@@ -2,23 +2,25 @@
 
 A converged item — or, under the ``keep_last_revision`` policy, an item whose last
 revision never won (``converged = False``) — has a revised instruction/input but the
-original reference output. The strong model rewrites that output so it answers the revised
-instruction. Two modes: ``anchored`` keeps to the original output's key facts and
-keywords (no new facts, no drift); ``complete`` — what the paper's figure shows —
-answers the revised instruction in full, adding what it asks for while keeping the
-original's facts where they still apply. The item records the mode. If the
-rewrite cannot be read, the original output is kept and the item is marked so.
+original reference output. The strong model rewrites that output so it answers the
+revised instruction. Two modes: ``anchored`` keeps to the original output's key
+facts and keywords (no new facts, no drift); ``complete`` — what the paper's figure
+shows — answers the revised instruction in full, adding what it asks for while
+keeping the original's facts where they still apply. The item records the mode. If
+the rewrite cannot be read, the original output is kept and the item is marked so.
 Optionally the judge scores the refined item again, so users can see whether
 refinement lifted quality.
 """
 
 from __future__ import annotations
 
+from iterrefine.consumers.reentry import fresh
 from iterrefine.context import PipelineContext
-from iterrefine.errors import UnparseableOutput
+from iterrefine.errors import UnparseableOutput, ValidationError
+from iterrefine.graph import StageSpec
 from iterrefine.llm.tasks import ask_aligned, ask_score
-from iterrefine.model import Item, Judgement
-from iterrefine.runtime import Output, Stage
+from iterrefine.model import Item, Judgement, exhausted_reason, last_readable_revision
+from iterrefine.runtime import Handler, Output
 
 
 async def rescore(ctx: PipelineContext, item: Item) -> Item:
@@ -38,7 +40,7 @@ async def rescore(ctx: PipelineContext, item: Item) -> Item:
     ))
 
 
-def stage(ctx: PipelineContext) -> Stage:
+def handler(ctx: PipelineContext) -> Handler:
     mode = ctx.config.alignment_mode
 
     async def align(item: Item) -> list[Output]:
@@ -68,4 +70,26 @@ def stage(ctx: PipelineContext) -> Stage:
             item = await rescore(ctx, item)
         return [Output("items.curated", item)]
 
-    return Stage("align", "items.align", align)
+    return align
+
+
+def reset(item: Item, revision: int) -> Item:
+    """Replay into align: an item whose last revision won its review, or whose last
+    readable revision was aligned although it never won (``keep_last_revision``)."""
+    last = item.rounds[-1] if item.rounds else None
+    if last is not None and last.winner in ("B", "Tie"):
+        return fresh(item, revision).with_changes(
+            instruction=last.instruction, input=last.input, feedback=None, converged=True)
+    kept = last_readable_revision(item) if item.converged is False else None
+    if kept is None or item.status != "refined":
+        raise ValidationError("no revision of the item won its review", reason="not_converged")
+    return fresh(item, revision).with_changes(
+        instruction=kept.instruction, input=kept.input, feedback=None, converged=False,
+        status_reason=exhausted_reason(item.round, kept))
+
+
+SPEC = StageSpec(
+    name="align", input_topic="items.align", outputs=("items.curated",),
+    waits=True, handler=handler, reset=reset, roles=("strong",),
+    summary="the reference output is rewritten to answer the revised instruction",
+)

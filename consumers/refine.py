@@ -11,18 +11,21 @@ instruction, the evaluation of that answer, and, from round 2 on, the *feedback
 set*: every earlier reviewer's explanation of why a revision lost, oldest first
 (bounded in size). The revision goes to review. A rewrite that cannot be read
 (the backbone's answer, the grade or the rewrite) counts as a lost round (see
-:func:`consumers.review.lose_round`); the next round evaluates again if needed.
+:func:`iterrefine.consumers.rounds.lose_round`); the next round evaluates again
+if needed.
 """
 
 from __future__ import annotations
 
-from consumers.review import lose_round
+from iterrefine.consumers.reentry import before_refinement
+from iterrefine.consumers.rounds import LOST_ROUND_TOPICS, lose_round
 from iterrefine.context import PipelineContext
 from iterrefine.errors import UnparseableOutput
+from iterrefine.graph import StageSpec
 from iterrefine.llm.tasks import ask_answer, ask_evaluation, ask_revision
 from iterrefine.model import Evaluation, Item, Round
 from iterrefine.prompts import evaluation_text
-from iterrefine.runtime import Output, Stage
+from iterrefine.runtime import Handler, Output
 
 
 async def evaluate(ctx: PipelineContext, item: Item) -> Item:
@@ -69,7 +72,7 @@ def feedback_set(item: Item, *, max_entries: int, max_chars: int) -> list[str]:
     return kept[::-1]
 
 
-def stage(ctx: PipelineContext) -> Stage:
+def handler(ctx: PipelineContext) -> Handler:
     async def refine(item: Item) -> list[Output]:
         item = ctx.stamp(item)
         number = item.round + 1
@@ -104,4 +107,16 @@ def stage(ctx: PipelineContext) -> Stage:
         revised = item.with_changes(round=number, rounds=(*item.rounds, current))
         return [Output("items.review", revised, outcome="review")]
 
-    return Stage("refine", "items.refine", refine)
+    return refine
+
+
+def reset(item: Item, revision: int) -> Item:
+    """Replay into refine: refinement starts over from round 1."""
+    return before_refinement(item, revision)
+
+
+SPEC = StageSpec(
+    name="refine", input_topic="items.refine", outputs=("items.review", *LOST_ROUND_TOPICS),
+    waits=True, handler=handler, reset=reset, roles=("strong", "backbone"),
+    summary="evaluate once, then rewrite the instruction from evaluation and feedback",
+)

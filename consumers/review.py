@@ -16,46 +16,14 @@ from __future__ import annotations
 
 import msgspec
 
+from iterrefine.consumers.reentry import fresh
+from iterrefine.consumers.rounds import LOST_ROUND_TOPICS, lose_round
 from iterrefine.context import PipelineContext
-from iterrefine.errors import UnparseableOutput
+from iterrefine.errors import UnparseableOutput, ValidationError
+from iterrefine.graph import StageSpec
 from iterrefine.llm.tasks import ReviewSample, ask_answer, ask_verdict
-from iterrefine.model import Item, Winner, exhausted_reason, last_readable_revision
-from iterrefine.runtime import Output, Stage
-
-
-def lose_round(ctx: PipelineContext, item: Item, explanation: str) -> Output:
-    """The revision of round ``item.round`` lost: requeue with feedback, or give up."""
-    if item.round < ctx.config.max_rounds:
-        return Output("items.refine", item.with_changes(feedback=explanation), outcome="requeued")
-    ctx.metrics.refine_rounds.labels("exhausted").observe(item.round)
-    policy = ctx.config.exhausted_policy
-    if policy == "drop":
-        dropped = item.with_changes(
-            status="dropped", status_reason=f"no revision won in {item.round} rounds",
-            converged=False,
-        )
-        return Output("items.rejected", dropped, outcome="exhausted")
-    last = last_readable_revision(item) if policy == "keep_last_revision" else None
-    if last is not None:
-        # The paper's choice: at the round limit the last revision is kept and its output
-        # aligned. It never won a review, and the item says so (``converged = False``).
-        kept_revision = item.with_changes(
-            instruction=last.instruction, input=last.input, feedback=None, converged=False,
-            status_reason=exhausted_reason(item.round, last),
-        )
-        return Output("items.align", kept_revision, outcome="exhausted")
-    original = item.original
-    why = "no readable revision, original kept" if policy == "keep_last_revision" else (
-        "original kept")
-    kept = item.with_changes(
-        status="unrefined",
-        status_reason=f"no revision won in {item.round} rounds; {why}",
-        instruction=original.instruction,
-        input=original.input,
-        output=original.output,
-        converged=False,
-    )
-    return Output("items.curated", kept, outcome="exhausted")
+from iterrefine.model import Item, Winner
+from iterrefine.runtime import Handler, Output
 
 
 async def judge(
@@ -78,7 +46,7 @@ async def judge(
     return winner, first.explanation
 
 
-def stage(ctx: PipelineContext) -> Stage:
+def handler(ctx: PipelineContext) -> Handler:
     async def review(item: Item) -> list[Output]:
         item = ctx.stamp(item)
         current = item.rounds[-1]
@@ -108,4 +76,21 @@ def stage(ctx: PipelineContext) -> Stage:
             return [Output("items.align", converged, outcome="align")]
         return [lose_round(ctx, item, explanation)]
 
-    return Stage("review", "items.review", review)
+    return review
+
+
+def reset(item: Item, revision: int) -> Item:
+    """Replay into review: the last revision is judged again."""
+    last = item.rounds[-1] if item.rounds else None
+    if last is None:
+        raise ValidationError("the item has no revision to review", reason="no_revision")
+    pending = msgspec.structs.replace(last, backbone_answer="", winner="none", explanation="")
+    return fresh(item, revision).with_changes(
+        rounds=(*item.rounds[:-1], pending), round=last.number, feedback=last.feedback)
+
+
+SPEC = StageSpec(
+    name="review", input_topic="items.review", outputs=("items.align", *LOST_ROUND_TOPICS),
+    waits=True, handler=handler, reset=reset, roles=("strong", "backbone"),
+    summary="a pairwise judge compares the revision with the original; losers are requeued",
+)

@@ -1,19 +1,25 @@
 """IQD, step 2 — split scored items into high and low quality.
 
 High-quality items are kept as they are; low-quality but usable items go to
-refinement. The split is a pluggable policy: this module ships the threshold
-policy (the judge said "high" and the mean dimension score reaches a bar). The
-paper's per-cluster top-k selection with a difficulty signal plugs in here as
-another :class:`RoutingPolicy`.
+refinement. The split is a pluggable policy, chosen by ``pipeline.routing_policy``:
+this module ships the threshold policy (the judge said "high" and the mean
+dimension score reaches a bar) under the name ``threshold``; the paper's
+per-cluster top-k selection with a difficulty signal plugs in as another
+:class:`RoutingPolicy`, by name (:data:`POLICIES`) or as ``module:attr`` of a
+factory taking the pipeline context.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal, Protocol
 
+from iterrefine.consumers.reentry import before_refinement
 from iterrefine.context import PipelineContext
+from iterrefine.errors import ConfigError, ValidationError
+from iterrefine.graph import StageSpec, load_object
 from iterrefine.model import Item
-from iterrefine.runtime import Output, Stage
+from iterrefine.runtime import InlineHandler, Output
 
 Quality = Literal["high", "low"]
 
@@ -37,8 +43,32 @@ class ThresholdPolicy:
         return "low"
 
 
-def stage(ctx: PipelineContext, policy: RoutingPolicy | None = None) -> Stage:
-    chosen = policy or ThresholdPolicy(ctx.config.high_min_mean_score)
+PolicyFactory = Callable[[PipelineContext], RoutingPolicy]
+
+#: Routing policies by name (``pipeline.routing_policy``).
+POLICIES: dict[str, PolicyFactory] = {
+    "threshold": lambda ctx: ThresholdPolicy(ctx.config.high_min_mean_score),
+}
+
+
+def policy_for(ctx: PipelineContext) -> RoutingPolicy:
+    """The configured policy: a name of :data:`POLICIES`, or ``module:attr`` of a factory."""
+    name = ctx.config.routing_policy
+    factory = POLICIES.get(name)
+    if factory is None:
+        if ":" not in name:
+            raise ConfigError(f"unknown routing policy {name!r}: use one of "
+                              f"{', '.join(POLICIES)}, or module:attr of a policy factory")
+        factory = load_object(name, what="routing policy")
+    policy = factory(ctx)
+    if not callable(getattr(policy, "quality", None)):
+        raise ConfigError(f"routing policy {name!r} made {policy!r:.100}, which has no "
+                          "quality(item) method")
+    return policy
+
+
+def handler(ctx: PipelineContext, policy: RoutingPolicy | None = None) -> InlineHandler:
+    chosen = policy or policy_for(ctx)
 
     # A plain function, not a coroutine: routing never waits, so the runtime runs it
     # inline, a fetched batch at a time (see iterrefine.runtime.stage).
@@ -48,4 +78,20 @@ def stage(ctx: PipelineContext, policy: RoutingPolicy | None = None) -> Stage:
             return [Output("items.curated", kept)]
         return [Output("items.refine", item.with_changes(quality="low"))]
 
-    return Stage("route", "items.scored", route)
+    return route
+
+
+def reset(item: Item, revision: int) -> Item:
+    """Replay into route: only usable, scored items; their refinement starts over."""
+    if item.judgement is None:
+        raise ValidationError("the item was never scored", reason="not_scored")
+    if not item.judgement.usable:
+        raise ValidationError("the judge found the item unusable", reason="unusable")
+    return before_refinement(item, revision).with_changes(quality=None)
+
+
+SPEC = StageSpec(
+    name="route", input_topic="items.scored", outputs=("items.curated", "items.refine"),
+    waits=False, handler=handler, reset=reset,
+    summary="high-quality items are kept; low-quality ones go to refinement",
+)

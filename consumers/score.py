@@ -11,12 +11,13 @@ re-asking is an error of this stage (dead letter ``unparseable_judge_output``).
 from __future__ import annotations
 
 from iterrefine.context import PipelineContext
+from iterrefine.graph import StageSpec
 from iterrefine.llm.tasks import ask_score
 from iterrefine.model import Item, Judgement
-from iterrefine.runtime import Output, Stage, decode_raw_record
+from iterrefine.runtime import Handler, Output, decode_raw_record
 
 
-def stage(ctx: PipelineContext) -> Stage:
+def handler(ctx: PipelineContext) -> Handler:
     async def score(item: Item) -> list[Output]:
         answer = await ask_score(
             ctx.strong,
@@ -42,4 +43,16 @@ def stage(ctx: PipelineContext) -> Stage:
             return [Output("items.rejected", rejected)]
         return [Output("items.scored", item, outcome="scored")]
 
-    return Stage("score", "items.raw", score, decode=decode_raw_record)
+    return score
+
+
+def reset(item: Item, revision: int) -> Item:
+    """Replay into score: a newer revision is enough (score starts from ``original``)."""
+    return item.with_changes(revision=revision)
+
+
+SPEC = StageSpec(
+    name="score", input_topic="items.raw", outputs=("items.scored", "items.rejected"),
+    waits=True, handler=handler, decode=decode_raw_record, reset=reset, roles=("strong",),
+    summary="the LLM judge scores every raw record; unusable items are rejected",
+)

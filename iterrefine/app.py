@@ -1,9 +1,10 @@
 """``iterrefine run``: the whole pipeline on one machine, from a file to curated files.
 
-Starts what is missing (embedded broker, LLM simulator), runs the five stages,
-ingests the input, follows the terminal topics until every ingested item has
-arrived, then exports and summarises. The stages are the same ones a deployment
-runs as separate ``iterrefine worker`` processes.
+Starts what is missing (embedded broker, LLM simulator), runs the stage graph
+(:func:`iterrefine.pipeline.serve_pipeline`), ingests the input, follows the
+terminal topics until every ingested item has arrived, then exports and
+summarises. The stages are the same ones a deployment runs as separate
+``iterrefine worker`` processes.
 """
 
 from __future__ import annotations
@@ -19,26 +20,20 @@ from typing import Any
 import msgspec
 import structlog
 
-from consumers import build_stages
 from iterrefine.broker_state import ensure_broker
 from iterrefine.config import Config, LLMRoleConfig
-from iterrefine.context import PipelineContext
 from iterrefine.export import ExportPaths, write_export
 from iterrefine.extra_workers import ExtraWorkers, add_stats
-from iterrefine.http import MetricsServer
 from iterrefine.ingest import Ingestor, IngestReport, read_records
 from iterrefine.kafka import make_producer
-from iterrefine.llm import LLMRoles
+from iterrefine.llm import LLMStats
 from iterrefine.metrics import Metrics
-from iterrefine.model import Provenance
+from iterrefine.pipeline import load_graph, serve_pipeline
 from iterrefine.presets import preset_rows
-from iterrefine.prompts import PROMPT_VERSION
-from iterrefine.runtime import StageRunner
 from iterrefine.sim import SimConfig, SimServer
 from iterrefine.summary import build_summary
 from iterrefine.topics import TopicNames, ensure_topics
 from iterrefine.watch import TerminalWatcher
-from iterrefine.worker import serve_stages
 
 log = structlog.get_logger("iterrefine.run")
 
@@ -108,26 +103,14 @@ async def run_pipeline(
     started = time.perf_counter()
     stop = stop or asyncio.Event()
     records = list(read_records(options.input))  # read first: a bad path fails before startup
+    graph = load_graph(config)  # and so does a bad user stage
     async with contextlib.AsyncExitStack() as stack:
         bootstrap = await stack.enter_async_context(_bootstrap(config))
         if options.sim is not None:
             sim = await stack.enter_async_context(SimServer(options.sim, port=0))
             config = sim_roles(config, sim.base_url, options.sim)
         metrics = metrics if metrics is not None else Metrics()
-        runners: list[StageRunner] = []
-        if options.metrics_port is not None:
-            await stack.enter_async_context(MetricsServer(
-                metrics.registry, options.metrics_port,
-                ready=lambda: bool(runners) and all(r.ready.is_set() for r in runners),
-            ))
-        roles = await stack.enter_async_context(LLMRoles(config, metrics=metrics))
-        provenance = Provenance(
-            prompt_version=PROMPT_VERSION,
-            models={role: config.role(role).model for role in ("strong", "backbone")},
-            simulated=options.sim is not None,
-        )
-        ctx = PipelineContext(config.pipeline, roles, metrics, provenance)
-        await ensure_topics(config.kafka, bootstrap)
+        await ensure_topics(config.kafka, bootstrap, graph.topics())
         watcher = TerminalWatcher(config.kafka, bootstrap)
         await watcher.start()
         stack.push_async_callback(watcher.stop)
@@ -139,9 +122,9 @@ async def run_pipeline(
 
         pipeline_stop = asyncio.Event()
         own_ready = asyncio.Event()
-        stages = asyncio.create_task(serve_stages(
-            build_stages(ctx), config=config, bootstrap_servers=bootstrap, metrics=metrics,
-            stop=pipeline_stop, runners_out=runners, on_ready=own_ready.set,
+        stages: asyncio.Task[dict[str, LLMStats]] = asyncio.create_task(serve_pipeline(
+            config, bootstrap, graph=graph, metrics=metrics, metrics_port=options.metrics_port,
+            stop=pipeline_stop, on_ready=own_ready.set, simulated=options.sim is not None,
         ))
         try:
             if extras.count:
@@ -160,8 +143,9 @@ async def run_pipeline(
             )
         finally:
             pipeline_stop.set()
-            await stages  # drains in-flight work and commits; re-raises a stage crash
-        llm_stats = add_stats(roles.stats(), await extras.stop())
+            # Drains in-flight work and commits; re-raises a stage crash.
+            own_stats = await stages
+        llm_stats = add_stats(own_stats, await extras.stop())
         complete = seen >= len(report.ids)
         if not complete:
             log.warning("run_incomplete", expected=len(report.ids), arrived=seen)
@@ -186,7 +170,7 @@ async def run_pipeline(
         return RunResult(summary=summary, paths=paths, ingest=report, complete=complete)
 
 
-async def _until_set_or_done(event: asyncio.Event, task: asyncio.Task[None]) -> None:
+async def _until_set_or_done(event: asyncio.Event, task: asyncio.Task[Any]) -> None:
     """Wait for ``event``, or for ``task`` to end first (a stage crash surfaces there)."""
     waiting = asyncio.create_task(event.wait())
     try:

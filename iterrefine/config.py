@@ -147,6 +147,19 @@ class PipelineConfig(msgspec.Struct, frozen=True, kw_only=True):
     #: Score refined items again after alignment (one more strong call per refined item),
     #: so dashboards can show whether refinement lifted quality.
     rescore_refined: bool = True
+    #: How route splits high from low: ``threshold`` (above), or ``module:attr`` of a
+    #: factory ``(PipelineContext) -> RoutingPolicy`` (see docs/writing-a-stage.md).
+    routing_policy: str = "threshold"
+
+
+class StageEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """A user stage in the graph: ``[[stages]]`` in the config file."""
+
+    #: ``module:attr`` of a :class:`iterrefine.graph.StageSpec`.
+    spec: str
+    #: Insert it before this stage: it reads that stage's input topic, and that stage
+    #: then reads ``items.<name>`` (which the spec must declare as an output).
+    before: str | None = None
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):
@@ -160,6 +173,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     llm_defaults: LLMDefaults = LLMDefaults()
     metrics_port: int | None = None
     data_dir: str = ".iterrefine"
+    #: User stages, inserted into the built-in graph in this order.
+    stages: tuple[StageEntry, ...] = ()
+    #: Directories to import user stages and policies from (relative ones are taken
+    #: relative to the config file, and stored absolute).
+    import_paths: tuple[str, ...] = ()
 
     def role(self, name: str) -> LLMRoleConfig:
         try:
@@ -204,6 +222,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise ConfigError(f"config file {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        paths = raw.get("import_paths")
+        if isinstance(paths, list):  # anything else is left for the type check below
+            here = Path(path).resolve().parent
+            raw["import_paths"] = [str(here / p) if isinstance(p, str) else p for p in paths]
     raw = merge(raw, overrides or {})
     preset = raw.get("preset")
     if isinstance(preset, str):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from iterrefine.config import PipelineConfig
-from iterrefine.llm.tasks import ChatClient, TruncationHook
+from iterrefine.llm.chat import ChatClient, TruncationHook
 from iterrefine.metrics import Metrics
 from iterrefine.model import Item, Provenance
 

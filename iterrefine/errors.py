@@ -11,8 +11,9 @@ runtime dead-letters a message whose handler raised a non-retriable error.
     │   ├── LLMTransientError     429 / 5xx / timeout / connection error from an LLM endpoint
     │   └── DeliveryError         the broker did not acknowledge a produced message
     ├── LLMError                  non-retriable LLM failure (401, 400, model not found, ...)
-    └── UnparseableOutput         the model's answer could not be read after all attempts
-        └── TruncatedOutput       the answer was cut off at max_tokens, twice
+    ├── UnparseableOutput         the model's answer could not be read after all attempts
+    │   └── TruncatedOutput       the answer was cut off at max_tokens, twice
+    └── StageContractError        a handler wrote to an undeclared topic or returned no outputs
 """
 
 from __future__ import annotations
@@ -98,3 +99,12 @@ class TruncatedOutput(UnparseableOutput):
     limit. It is unreadable by policy: a half-written text must never pass as complete."""
 
     reason = "truncated_llm_output"
+
+
+class StageContractError(IterrefineError):
+    """A handler broke the stage contract: an undeclared output topic, or not a list of outputs.
+
+    Not retriable (the same input makes the same mistake): the message is dead-lettered.
+    """
+
+    reason = "stage_contract"

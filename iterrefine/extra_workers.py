@@ -3,7 +3,7 @@
 One Python process sends LLM calls at a few hundred per second at most: the openai
 client costs about 1.5 ms of CPU per call, so a wave of a few hundred items keeps
 one event loop busy for tenths of a second (``benchmarks/README.md``). ``--workers N``
-starts N - 1 child processes that each run all five stages as more members of the
+starts N - 1 child processes that each run every stage of the graph as more members of the
 run's consumer groups, exactly like extra ``iterrefine worker all`` replicas in a
 deployment; Kafka splits the partitions between them and the ``run`` process.
 
@@ -146,8 +146,8 @@ def add_stats(a: Mapping[str, LLMStats], b: Mapping[str, LLMStats]) -> dict[str,
 
 def main(argv: list[str]) -> int:
     """The child: serve all stages with the run's config until SIGTERM."""
-    from iterrefine.cli.worker import STAGES, serve_workers
     from iterrefine.logging import configure_logging
+    from iterrefine.pipeline import serve_pipeline
 
     config_path, stats_path = argv
     config = msgspec.json.decode(Path(config_path).read_bytes(), type=Config)
@@ -158,7 +158,7 @@ def main(argv: list[str]) -> int:
     def ready() -> None:
         print(READY, flush=True)
 
-    stats = asyncio.run(serve_workers(config, bootstrap, STAGES, on_ready=ready))
+    stats = asyncio.run(serve_pipeline(config, bootstrap, on_ready=ready))
     tmp = f"{stats_path}.{os.getpid()}.tmp"
     Path(tmp).write_bytes(msgspec.json.encode(stats))
     os.replace(tmp, stats_path)

@@ -6,13 +6,14 @@ So ``preset = "paper"`` with ``max_rounds = 5`` in the file runs five rounds and
 says so in the run summary.
 
 A key this build does not know (a setting another part of iterrefine adds later,
-e.g. the selection keys) is left out rather than failing the run, and the summary
-marks it ``unavailable``: the preset never claims a setting it could not apply.
+e.g. the selection keys) is left out rather than failing the run, and so are keys
+that only work together with one it does not know (:data:`TOGETHER`); the summary
+marks them ``unavailable``: the preset never claims a setting it could not apply.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, get_args, get_type_hints
 
 import msgspec
@@ -22,7 +23,7 @@ from iterrefine.errors import ConfigError
 if TYPE_CHECKING:
     from iterrefine.config import Config
 
-__all__ = ["PAPER", "PRESETS", "PresetRow", "apply_preset", "lookup", "preset_rows"]
+__all__ = ["PAPER", "PRESETS", "TOGETHER", "PresetRow", "apply_preset", "lookup", "preset_rows"]
 
 #: Hu et al.'s published setting ("From Selection to Refinement", ACL 2026), as their
 #: paper, figure and code fix it; docs/paper.md gives each setting's source.
@@ -53,6 +54,13 @@ PAPER: Final[Mapping[str, Any]] = {
 }
 
 PRESETS: Final[Mapping[str, Mapping[str, Any]]] = {"paper": PAPER}
+
+#: Keys that only make sense together: applied all or none. The quota routing policy
+#: arrives with its ``[selection]`` table; naming it without that table would make the
+#: route stage fail at start-up.
+TOGETHER: Final[tuple[frozenset[str], ...]] = (
+    frozenset({"pipeline.routing_policy", "selection.k", "selection.k_ratio"}),
+)
 
 
 class PresetRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -105,21 +113,33 @@ def lookup(name: str) -> Mapping[str, Any]:
         ) from None
 
 
+def _applicable(root: type[msgspec.Struct], keys: Iterable[str]) -> set[str]:
+    """The keys this build can take: known ones, and of a :data:`TOGETHER` group only
+    when every key of the group is known."""
+    known = {key for key in keys if _known(root, key)}
+    for group in TOGETHER:
+        if not group <= known:
+            known -= group
+    return known
+
+
 def apply_preset(name: str, raw: dict[str, Any], root: type[msgspec.Struct]) -> dict[str, Any]:
-    """``raw`` (file + flags, as a TOML-shaped dict) over preset ``name``'s known keys."""
+    """``raw`` (file + flags, as a TOML-shaped dict) over preset ``name``'s applicable keys."""
     from iterrefine.config import merge  # config imports this module
 
-    known = {k: v for k, v in lookup(name).items() if _known(root, k)}
-    return merge(_nest(known), raw)
+    preset = lookup(name)
+    applicable = _applicable(root, preset)
+    return merge(_nest({k: v for k, v in preset.items() if k in applicable}), raw)
 
 
-def _effective(config: Config, key: str) -> tuple[bool, Any]:
+def _effective(config: Config, key: str) -> Any:
+    """The value of dotted ``key`` in ``config``; None when this build has no such setting."""
     node: Any = config
     for part in key.split("."):
         if not hasattr(node, part):
-            return False, None
+            return None
         node = getattr(node, part)
-    return True, node
+    return node
 
 
 def preset_rows(config: Config) -> list[PresetRow]:
@@ -128,10 +148,13 @@ def preset_rows(config: Config) -> list[PresetRow]:
     if name is None:
         return []
     rows: list[PresetRow] = []
-    for key, value in lookup(name).items():
-        found, effective = _effective(config, key)
-        if not found:
-            rows.append(PresetRow(key=key, preset=value, source="unavailable"))
+    preset = lookup(name)
+    applicable = _applicable(type(config), preset)
+    for key, value in preset.items():
+        effective = _effective(config, key)
+        if key not in applicable:
+            rows.append(PresetRow(key=key, preset=value, effective=effective,
+                                  source="unavailable"))
             continue
         source = "preset" if effective == value else "overridden"
         rows.append(PresetRow(key=key, preset=value, effective=effective, source=source))

@@ -16,8 +16,9 @@ rows:
   broker timestamp becomes the item's revision
   (:func:`iterrefine.runtime.stage.decode_raw_record`);
 * an item envelope fed to a later stage gets ``revision`` = now (ms) and the
-  state that stage would produce is reset (:func:`reset_for_stage`); an
-  envelope fed to *score* restarts from its original fields there.
+  state that stage would produce is reset by the stage's own rule (its graph
+  entry's ``reset``, :class:`iterrefine.graph.StageSpec`); an envelope fed to
+  *score* restarts from its original fields there.
 
 Records the target stage cannot take (e.g. an item that never converged, into
 *align*) and duplicates within the range are skipped and counted by reason.
@@ -39,7 +40,6 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import msgspec
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaError
@@ -47,28 +47,13 @@ from aiokafka.structs import TopicPartition
 
 from iterrefine.config import KafkaConfig
 from iterrefine.errors import BrokerError, ConfigError, ValidationError
+from iterrefine.graph import StageGraph, StageSpec
 from iterrefine.kafka import make_consumer, make_producer, true_end_offsets
-from iterrefine.model import (
-    Item,
-    decode_item,
-    encode_item,
-    exhausted_reason,
-    item_from_raw,
-    last_readable_revision,
-    raw_id,
-)
-from iterrefine.topics import LOGICAL_TOPICS, TopicNames, ensure_topics
+from iterrefine.model import decode_item, encode_item, item_from_raw, raw_id
+from iterrefine.runtime import decode_raw_record
+from iterrefine.topics import DLQ_TOPIC, INGEST_TOPIC, TopicNames, ensure_topics
 
 log = structlog.get_logger("iterrefine.replay")
-
-#: The topic each stage consumes (``consumers/*.py``; pinned by a test).
-STAGE_INPUTS = {
-    "score": "items.raw",
-    "route": "items.scored",
-    "refine": "items.refine",
-    "review": "items.review",
-    "align": "items.align",
-}
 #: Where a replayed record came from: ``topic/partition/offset``.
 REPLAY_SOURCE_HEADER = "iterrefine.replay.source"
 _KEPT_OWN_HEADERS = ("iterrefine.ingest.",)
@@ -105,73 +90,40 @@ class ReplayReport:
     ids: dict[str, None] = field(default_factory=dict)
 
 
-def resolve_target(names: TopicNames, topic: str, to_stage: str | None) -> tuple[str, str]:
+def _reads_raw(spec: StageSpec) -> bool:
+    return spec.decode is decode_raw_record
+
+
+def resolve_target(
+    graph: StageGraph, names: TopicNames, topic: str, to_stage: str | None
+) -> tuple[str, str]:
     """(logical source topic, target stage) for ``--topic``/``--to``, or a ConfigError."""
     source = names.logical(topic)
-    if source not in LOGICAL_TOPICS:
+    topics = graph.topics()
+    if source not in topics:
         raise ConfigError(
-            f"unknown topic {topic!r}: use one of {', '.join(LOGICAL_TOPICS)} (with or without "
+            f"unknown topic {topic!r}: use one of {', '.join(topics)} (with or without "
             f"the prefix {names.prefix!r})"
         )
     if to_stage is None:
-        consumers = [stage for stage, inp in STAGE_INPUTS.items() if inp == source]
-        if not consumers:
+        readers = [name for name in graph.readers(source) if graph[name].reset is not None]
+        if not readers:
             raise ConfigError(
                 f"no stage consumes {source}: pass --to STAGE, e.g. --to score to re-score from "
                 "the original fields, or --to align to re-align refined items"
             )
-        return source, consumers[0]
-    if to_stage not in STAGE_INPUTS:
-        raise ConfigError(f"unknown stage {to_stage!r}: use one of {', '.join(STAGE_INPUTS)}")
-    if source == "items.raw" and to_stage != "score":
+        return source, readers[0]
+    if to_stage not in graph or graph[to_stage].reset is None:
+        replayable = [spec.name for spec in graph if spec.reset is not None]
+        raise ConfigError(f"unknown stage {to_stage!r}: use one of {', '.join(replayable)}")
+    if source == INGEST_TOPIC and not _reads_raw(graph[to_stage]):
+        raw_readers = [spec.name for spec in graph if _reads_raw(spec)]
         raise ConfigError(
-            "items.raw holds raw records, which only the score stage reads: use --to score "
-            "(or replay a later topic, e.g. items.scored, into the later stages)"
+            f"{INGEST_TOPIC} holds raw records, which only {', '.join(raw_readers)} reads: use "
+            f"--to {raw_readers[0] if raw_readers else 'score'} (or replay a later topic, "
+            "e.g. items.scored, into the later stages)"
         )
     return source, to_stage
-
-
-def reset_for_stage(item: Item, stage: str, revision: int) -> Item:
-    """``item`` as it would enter ``stage``, with everything from that stage on cleared.
-
-    Raises :class:`ValidationError` (``reason`` saying why) if it cannot enter that stage.
-    """
-    if stage == "score":
-        return item.with_changes(revision=revision)  # score restarts from ``original`` anyway
-    original = item.original
-    fresh = item.with_changes(
-        revision=revision, status="pending", status_reason="", output_aligned=False,
-        final_judgement=None, instruction=original.instruction, input=original.input,
-        output=original.output, converged=None, alignment_mode=None,
-    )
-    if stage == "route":
-        if item.judgement is None:
-            raise ValidationError("the item was never scored", reason="not_scored")
-        if not item.judgement.usable:
-            raise ValidationError("the judge found the item unusable", reason="unusable")
-        return fresh.with_changes(quality=None, evaluation=None, original_answer=None, round=0,
-                                  rounds=(), feedback=None)
-    if stage == "refine":
-        return fresh.with_changes(evaluation=None, original_answer=None, round=0, rounds=(),
-                                  feedback=None)
-    last = item.rounds[-1] if item.rounds else None
-    if stage == "review":
-        if last is None:
-            raise ValidationError("the item has no revision to review", reason="no_revision")
-        pending = msgspec.structs.replace(last, backbone_answer="", winner="none",
-                                          explanation="")
-        return fresh.with_changes(rounds=(*item.rounds[:-1], pending), round=last.number,
-                                  feedback=last.feedback)
-    assert stage == "align", stage
-    if last is not None and last.winner in ("B", "Tie"):
-        return fresh.with_changes(instruction=last.instruction, input=last.input, feedback=None,
-                                  converged=True)
-    # An exhausted item whose last revision was aligned anyway (keep_last_revision).
-    kept = last_readable_revision(item) if item.converged is False else None
-    if kept is None or item.status != "refined":
-        raise ValidationError("no revision of the item won its review", reason="not_converged")
-    return fresh.with_changes(instruction=kept.instruction, input=kept.input, feedback=None,
-                              converged=False, status_reason=exhausted_reason(item.round, kept))
 
 
 def _headers(record: ConsumerRecord) -> list[tuple[str, bytes]]:
@@ -187,9 +139,11 @@ def _headers(record: ConsumerRecord) -> list[tuple[str, bytes]]:
 class _Rewriter:
     """Turns source records into messages for the target stage; drops duplicates."""
 
-    def __init__(self, source: str, stage: str, max_envelope_bytes: int) -> None:
-        self._source = source
-        self._stage = stage
+    def __init__(self, source: str, spec: StageSpec, max_envelope_bytes: int) -> None:
+        assert spec.reset is not None  # resolve_target picks only stages that can be replayed
+        self._reset = spec.reset
+        # Raw bytes go as they are to a stage that reads raw records.
+        self._raw = _reads_raw(spec) and source in (INGEST_TOPIC, DLQ_TOPIC)
         self._max_bytes = max_envelope_bytes
         self._base_revision = int(time.time() * 1000)
         #: id → (source revision, revision given) of what was sent.
@@ -199,7 +153,7 @@ class _Rewriter:
     def rewrite(self, record: ConsumerRecord) -> tuple[bytes | None, bytes, str]:
         """(key, value, item id) to produce; ValidationError if the record is to be skipped."""
         value: bytes = record.value or b""
-        if self._stage == "score" and self._source in ("items.raw", "items.dlq"):
+        if self._raw:
             # Raw bytes go as they are: the new broker timestamp is the new revision.
             fingerprint = hashlib.blake2b((record.key or b"") + b"\0" + value,
                                           digest_size=16).digest()
@@ -218,7 +172,7 @@ class _Rewriter:
             revision = previous[1] + 1  # a newer state of an item already sent: it must win
         else:
             raise ValidationError("already replayed", reason="duplicate")
-        replayed = reset_for_stage(item, self._stage, revision)
+        replayed = self._reset(item, revision)
         self._sent[item.id] = (item.revision, revision)
         return item.id.encode(), encode_item(replayed), item.id
 
@@ -286,6 +240,7 @@ async def replay(
     topic: str,
     wanted: ReplayRange,
     *,
+    graph: StageGraph,
     to_stage: str | None = None,
     max_envelope_bytes: int = 1024 * 1024,
     dry_run: bool = False,
@@ -293,9 +248,10 @@ async def replay(
 ) -> ReplayReport:
     """Re-feed ``wanted`` of ``topic`` to ``to_stage`` (default: the stage that consumes it)."""
     names = TopicNames(config.topic_prefix)
-    source, stage = resolve_target(names, topic, to_stage)
-    report = ReplayReport(source=names[source], target=names[STAGE_INPUTS[stage]], stage=stage)
-    await ensure_topics(config, bootstrap_servers)
+    source, stage = resolve_target(graph, names, topic, to_stage)
+    spec = graph[stage]
+    report = ReplayReport(source=names[source], target=names[spec.input_topic], stage=stage)
+    await ensure_topics(config, bootstrap_servers, graph.topics())
     consumer = make_consumer(config, bootstrap_servers, group_id=None)
     producer: AIOKafkaProducer | None = None
     await consumer.start()
@@ -314,7 +270,7 @@ async def replay(
         if not dry_run:
             producer = make_producer(config, bootstrap_servers)
             await producer.start()
-        await _copy(consumer, producer, ranges, wanted, _Rewriter(source, stage,
+        await _copy(consumer, producer, ranges, wanted, _Rewriter(source, spec,
                     max_envelope_bytes), report, batch_size=batch_size)
     finally:
         await consumer.stop()

@@ -30,7 +30,6 @@ from iterrefine.kafka import make_consumer, true_end_offsets
 from iterrefine.topics import TERMINAL_TOPICS, TopicNames
 
 __all__ = [
-    "STAGE_INPUTS",
     "PartitionLag",
     "PipelineStatus",
     "StageStatus",
@@ -43,16 +42,6 @@ __all__ = [
 ]
 
 _K = TypeVar("_K")
-
-#: Each stage's input topic (ARCHITECTURE.md "Shape"); its consumer group is prefix + stage.
-STAGE_INPUTS: dict[str, str] = {
-    "score": "items.raw",
-    "route": "items.scored",
-    "refine": "items.refine",
-    "review": "items.review",
-    "align": "items.align",
-}
-
 
 class PartitionLag(msgspec.Struct, frozen=True, kw_only=True):
     partition: int
@@ -214,16 +203,21 @@ async def pipeline_status(
     config: KafkaConfig,
     bootstrap: str,
     *,
+    stage_inputs: Mapping[str, str],
     metrics_urls: Sequence[str] = (),
     interval_s: float = 1.0,
 ) -> PipelineStatus:
-    """Lag per stage and terminal counts from the broker, plus the workers' live numbers."""
+    """Lag per stage and terminal counts from the broker, plus the workers' live numbers.
+
+    ``stage_inputs``: stage name → logical input topic, from the stage graph
+    (:meth:`iterrefine.graph.StageGraph.inputs`); each stage's group is prefix + name.
+    """
     names = TopicNames(config.topic_prefix)
     reader = make_consumer(config, bootstrap, group_id=None)
     await reader.start()
     try:
         by_topic: dict[str, list[TopicPartition]] = {}
-        for logical in (*STAGE_INPUTS.values(), *TERMINAL_TOPICS):
+        for logical in (*stage_inputs.values(), *TERMINAL_TOPICS):
             topic = names[logical]
             by_topic[topic] = [
                 TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())
@@ -239,10 +233,10 @@ async def pipeline_status(
     finally:
         await reader.stop()
 
-    groups = {stage: f"{config.topic_prefix}{stage}" for stage in STAGE_INPUTS}
+    groups = {stage: f"{config.topic_prefix}{stage}" for stage in stage_inputs}
     committed_by_stage = await asyncio.gather(*(
         _committed(config, bootstrap, groups[stage], by_topic[names[logical]])
-        for stage, logical in STAGE_INPUTS.items()
+        for stage, logical in stage_inputs.items()
     ))
 
     first = second = None
@@ -253,7 +247,7 @@ async def pipeline_status(
         first, second, window, errors = await scrape_workers(urls, interval_s=interval_s)
 
     stages: list[StageStatus] = []
-    for (stage, logical), committed in zip(STAGE_INPUTS.items(), committed_by_stage, strict=True):
+    for (stage, logical), committed in zip(stage_inputs.items(), committed_by_stage, strict=True):
         partitions = [
             PartitionLag(
                 partition=tp.partition, end=ends[tp], committed=offset,

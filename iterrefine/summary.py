@@ -11,6 +11,8 @@ from prometheus_client import Histogram
 from iterrefine.export import Terminal
 from iterrefine.llm import LLMStats
 from iterrefine.metrics import Metrics
+from iterrefine.runtime.stage import default_outcome
+from iterrefine.topics import TERMINAL_TOPICS
 
 
 def _histogram(values: list[float]) -> dict[str, Any]:
@@ -79,7 +81,7 @@ def build_summary(
     before: list[float] = []
     after: list[float] = []
     dlq_reasons: Counter[str] = Counter()
-    counts = {"curated": 0, "rejected": 0, "dlq": 0}
+    counts = {default_outcome(topic): 0 for topic in TERMINAL_TOPICS}
     for terminal in terminals:
         counts[terminal.outcome] += 1
         item = terminal.item

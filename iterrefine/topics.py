@@ -1,8 +1,15 @@
-"""The topic set (ARCHITECTURE.md "Shape") and its idempotent creation."""
+"""Topic names, and their idempotent creation.
+
+The topic *set* is not listed here: it is derived from the stage graph
+(:meth:`iterrefine.graph.StageGraph.topics`). This module knows only the topics the
+mechanisms themselves use: ingest writes ``items.raw``, export and the watcher read
+the terminal topics, and every stage may dead-letter to ``items.dlq``.
+"""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 
 from aiokafka.admin import NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -10,18 +17,12 @@ from aiokafka.errors import TopicAlreadyExistsError
 from iterrefine.config import KafkaConfig
 from iterrefine.kafka import make_admin
 
-#: Logical names, in pipeline order. Full names carry the configured prefix.
-LOGICAL_TOPICS = (
-    "items.raw",
-    "items.scored",
-    "items.refine",
-    "items.review",
-    "items.align",
-    "items.curated",
-    "items.rejected",
-    "items.dlq",
-)
-TERMINAL_TOPICS = ("items.curated", "items.rejected", "items.dlq")
+INGEST_TOPIC = "items.raw"
+DLQ_TOPIC = "items.dlq"
+#: Where every item ends, exactly once as seen by the exporter.
+TERMINAL_TOPICS = ("items.curated", "items.rejected", DLQ_TOPIC)
+#: What ingest, export and dead-lettering need, whatever the stages are.
+CORE_TOPICS = (INGEST_TOPIC, *TERMINAL_TOPICS)
 
 
 class TopicNames:
@@ -29,29 +30,34 @@ class TopicNames:
 
     def __init__(self, prefix: str = "iterrefine.") -> None:
         self.prefix = prefix
-        self._full = {name: prefix + name for name in LOGICAL_TOPICS}
 
     def __getitem__(self, logical: str) -> str:
-        return self._full[logical]
+        return self.prefix + logical
 
     def logical(self, full: str) -> str:
         return full.removeprefix(self.prefix)
 
-    def all(self) -> list[str]:
-        return list(self._full.values())
+    def full(self, logical: Iterable[str]) -> list[str]:
+        return [self.prefix + name for name in logical]
 
     def terminal(self) -> list[str]:
-        return [self._full[name] for name in TERMINAL_TOPICS]
+        return self.full(TERMINAL_TOPICS)
 
 
-async def ensure_topics(config: KafkaConfig, bootstrap_servers: str) -> list[str]:
-    """Create whichever topics of the set are missing; return the ones created."""
-    names = TopicNames(config.topic_prefix)
+async def ensure_topics(
+    config: KafkaConfig, bootstrap_servers: str, topics: Iterable[str] = ()
+) -> list[str]:
+    """Create whichever of ``topics`` (logical) and the core topics are missing.
+
+    Returns the full names created. Stage processes pass their graph's topics
+    (:meth:`iterrefine.graph.StageGraph.topics`).
+    """
+    wanted = TopicNames(config.topic_prefix).full(dict.fromkeys((*CORE_TOPICS, *topics)))
     admin = make_admin(config, bootstrap_servers)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [t for t in names.all() if t not in existing]
+        missing = [t for t in wanted if t not in existing]
         if missing:
             # Another worker may create them between our list and create: that is fine.
             with contextlib.suppress(TopicAlreadyExistsError):

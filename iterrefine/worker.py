@@ -66,7 +66,8 @@ async def serve_stages(
     """
     stop = stop or asyncio.Event()
     metrics = metrics or Metrics()
-    await ensure_topics(config.kafka, bootstrap_servers)
+    await ensure_topics(config.kafka, bootstrap_servers,
+                        [t for stage in stages for t in (stage.input_topic, *stage.outputs)])
     config = await _static_membership_checked(config, bootstrap_servers)
     producer = make_producer(config.kafka, bootstrap_servers, linger_ms=config.runtime.linger_ms)
     await producer.start()

@@ -12,6 +12,7 @@ from typing import Any
 from aiokafka.structs import TopicPartition
 
 from iterrefine.config import Config, KafkaConfig, RuntimeConfig
+from iterrefine.consumers import PIPELINE
 from iterrefine.kafka import make_consumer, make_producer, read_to_end, true_end_offsets
 from iterrefine.topics import TopicNames, ensure_topics
 
@@ -43,7 +44,7 @@ async def produce(
     config: Config, bootstrap: str, topic: str, values: Sequence[bytes],
     keys: Sequence[bytes | None] | None = None,
 ) -> None:
-    await ensure_topics(config.kafka, bootstrap)
+    await ensure_topics(config.kafka, bootstrap, PIPELINE.topics())
     producer = make_producer(config.kafka, bootstrap)
     await producer.start()
     try:

@@ -7,39 +7,29 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Collection
 
-from consumers import build_stages
 from iterrefine.config import Config
-from iterrefine.context import PipelineContext
+from iterrefine.consumers import PIPELINE
 from iterrefine.export import Selection, outcome_of_topic, terminal_of
 from iterrefine.kafka import read_to_end
-from iterrefine.llm import LLMRoles
-from iterrefine.metrics import Metrics
-from iterrefine.model import Provenance
+from iterrefine.pipeline import serve_pipeline
 from iterrefine.prompts import PROMPT_VERSION
 from iterrefine.topics import TopicNames, ensure_topics
 from iterrefine.watch import TerminalWatcher
-from iterrefine.worker import serve_stages
 
 
 @contextlib.asynccontextmanager
 async def pipeline(
     config: Config, broker: str, prompt_version: str = PROMPT_VERSION
 ) -> AsyncIterator[None]:
-    """All five stages in the background, stamping ``prompt_version`` (a deployed worker)."""
-    metrics = Metrics()
-    async with LLMRoles(config, metrics=metrics) as roles:
-        provenance = Provenance(prompt_version=prompt_version,
-                                models={r: config.role(r).model for r in ("strong", "backbone")},
-                                simulated=True)
-        ctx = PipelineContext(config.pipeline, roles, metrics, provenance)
-        stop = asyncio.Event()
-        task = asyncio.create_task(serve_stages(build_stages(ctx), config=config,
-                                                bootstrap_servers=broker, stop=stop))
-        try:
-            yield
-        finally:
-            stop.set()
-            await task
+    """Every stage in the background, stamping ``prompt_version`` (a deployed worker)."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve_pipeline(config, broker, stop=stop, simulated=True,
+                                              prompt_version=prompt_version))
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
 
 
 async def newest(config: Config, broker: str) -> Selection:
@@ -54,7 +44,7 @@ async def newest(config: Config, broker: str) -> Selection:
 
 async def start_watcher(config: Config, broker: str) -> TerminalWatcher:
     """A watcher of the terminal topics from their current end (created first if missing)."""
-    await ensure_topics(config.kafka, broker)
+    await ensure_topics(config.kafka, broker, PIPELINE.topics())
     watcher = TerminalWatcher(config.kafka, broker)
     await watcher.start()
     return watcher

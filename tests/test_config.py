@@ -10,7 +10,7 @@ import pytest
 
 from iterrefine.config import Config, load_config
 from iterrefine.errors import ConfigError
-from iterrefine.presets import PAPER, preset_rows
+from iterrefine.presets import PAPER, TOGETHER, preset_rows
 
 ROOT = Path(__file__).parent.parent
 
@@ -111,12 +111,16 @@ def test_preset_flag_overrides_no_preset_in_the_file_and_unknown_names_fail() ->
 
 
 def test_preset_keys_this_build_lacks_are_skipped_and_reported() -> None:
-    """Preset keys with no setting in this build are not applied and show as unavailable."""
+    """Preset keys with no setting in this build, or whose group is incomplete, are skipped."""
     config = load_config(overrides={"preset": "paper"})
     rows = {row.key: row for row in preset_rows(config)}
+    incomplete = {key for group in TOGETHER if not all(_has(config, k) for k in group)
+                  for key in group}
     for key in PAPER:
-        found = _has(config, key)
-        assert rows[key].source == ("preset" if found else "unavailable")
+        applied = _has(config, key) and key not in incomplete
+        assert rows[key].source == ("preset" if applied else "unavailable")
+    if "pipeline.routing_policy" in incomplete:  # the quota policy without its [selection]
+        assert config.pipeline.routing_policy == "threshold"
 
 
 def _has(config: Config, key: str) -> bool:

@@ -27,9 +27,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from consumers import build_stages
 from iterrefine.cli import build_parser
 from iterrefine.config import Config, load_config
+from iterrefine.consumers import PIPELINE, build_stages
 from iterrefine.context import PipelineContext
 from iterrefine.metrics import Metrics
 from iterrefine.model import Provenance
@@ -41,7 +41,7 @@ DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 COMPOSE_FILE = DEPLOY / "docker-compose.yml"
 DOCKERFILE = DEPLOY / "Dockerfile"
-STAGES = ("score", "route", "refine", "review", "align")
+STAGES = PIPELINE.names  # the deployment runs every stage of the graph
 METRICS_PORT = 9100
 #: The oldest Kubernetes the manifests claim to support, and the newest schemas shipped.
 K8S_VERSIONS = ("1.27", kubernetes_validate.utils.latest_version())
@@ -286,12 +286,12 @@ def test_compose_configs_load_and_grace_outlasts_the_drain() -> None:
 
 
 def test_compose_topic_init_creates_exactly_the_pipeline_topics() -> None:
-    """The kafka-topics one-shot creates TopicNames' topics with the configured partitions."""
+    """The kafka-topics one-shot creates the graph's topics with the configured partitions."""
     config = _compose_config()
     script = _services()["kafka-topics"]["command"][0]
     loop = re.search(r"for topic in ([^;]+);", script)
     assert loop is not None
-    assert loop.group(1).split() == TopicNames(config.kafka.topic_prefix).all()
+    assert loop.group(1).split() == TopicNames(config.kafka.topic_prefix).full(PIPELINE.topics())
     assert f"--partitions {config.kafka.partitions}" in script
     assert f"--replication-factor {config.kafka.replication_factor}" in script
     assert "--if-not-exists" in script

@@ -21,20 +21,19 @@ from .helpers import alpaca, committed_vs_end, read_ids, unique_config
 from .test_runtime import run_until_done
 
 
-def test_plain_functions_run_inline_and_coroutines_do_not() -> None:
+def test_the_declared_flag_decides_inline_not_the_handler_shape() -> None:
+    """A stage runs inline iff it says waits=False, whatever its handler looks like."""
     async def waits(item: Item) -> list[Output]:
         return []
 
     def never_waits(item: Item) -> list[Output]:
         return []
 
-    class WaitingCallable:
-        async def __call__(self, item: Item) -> list[Output]:
-            return []
-
-    assert Stage("s", "items.raw", never_waits).inline
-    assert not Stage("s", "items.raw", waits).inline
-    assert not Stage("s", "items.raw", WaitingCallable()).inline
+    assert Stage("s", "items.raw", never_waits, outputs=("items.scored",), waits=False).inline
+    assert not Stage("s", "items.raw", waits, outputs=("items.scored",), waits=True).inline
+    # A lambda around a coroutine function looks like a plain function; the flag says not.
+    assert not Stage("s", "items.raw", lambda item: waits(item), outputs=("items.scored",),
+                     waits=True).inline
 
 
 async def test_inline_stage_delivers_everything_and_commits_the_end(broker: str) -> None:
@@ -48,7 +47,8 @@ async def test_inline_stage_delivers_everything_and_commits_the_end(broker: str)
             outputs.append(Output("items.curated", item, outcome="sampled"))
         return outputs
 
-    stage = Stage("fanout", "items.raw", fan_out, decode=decode_raw_record)
+    stage = Stage("fanout", "items.raw", fan_out, decode=decode_raw_record,
+                  outputs=("items.scored", "items.curated"), waits=False)
     runner = await run_until_done(stage, config, broker, [alpaca(i) for i in range(n)],
                                   keys=[f"item-{i}".encode() for i in range(n)], timeout_s=120)
     topics = TopicNames(config.kafka.topic_prefix)
@@ -83,7 +83,8 @@ async def test_inline_stage_dead_letters_and_retries(broker: str) -> None:
     values = [alpaca(i) for i in range(10)]
     values.insert(4, b"{oops")
     values.insert(8, json.dumps({"instruction": "", "output": "y"}).encode())
-    stage = Stage("flaky", "items.raw", flaky, decode=decode_raw_record)
+    stage = Stage("flaky", "items.raw", flaky, decode=decode_raw_record,
+                  outputs=("items.scored",), waits=False)
     runner = await run_until_done(stage, config, broker, values)
     topics = TopicNames(config.kafka.topic_prefix)
 

@@ -13,9 +13,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from consumers import build_stages
 from iterrefine.app import RunOptions, run_pipeline
 from iterrefine.config import Config
+from iterrefine.consumers import PIPELINE, build_stages
 from iterrefine.context import PipelineContext
 from iterrefine.errors import ConfigError, ValidationError
 from iterrefine.kafka import read_to_end
@@ -29,14 +29,7 @@ from iterrefine.model import (
     new_item,
     original_from_record,
 )
-from iterrefine.replay import (
-    STAGE_INPUTS,
-    ReplayRange,
-    parse_time_ms,
-    replay,
-    reset_for_stage,
-    resolve_target,
-)
+from iterrefine.replay import ReplayRange, parse_time_ms, replay, resolve_target
 from iterrefine.sim import SimServer
 from iterrefine.topics import TopicNames
 
@@ -69,7 +62,8 @@ async def test_replaying_raw_rescores_everything_under_the_new_prompt_version(
     watcher = await start_watcher(config, broker)
     try:
         started_ms = int(time.time() * 1000)
-        report = await replay(config.kafka, broker, "items.raw", ReplayRange(from_offset=0))
+        report = await replay(config.kafka, broker, "items.raw", ReplayRange(from_offset=0),
+                              graph=PIPELINE)
         assert (report.read, report.sent, report.stage) == (42, 42, "score")
         assert set(report.ids) == set(first.ingest.ids)
         # Group-less: the live score group's committed offsets did not move.
@@ -150,11 +144,12 @@ async def test_since_until_select_by_record_time_and_a_replay_never_rereads_itse
         await produce(config, broker, names["items.raw"], values, keys=burst_keys)
         await asyncio.sleep(0.3)
     middle = ReplayRange(since_ms=marks[1], until_ms=marks[2])
-    dry = await replay(config.kafka, broker, "items.raw", middle, dry_run=True)
+    dry = await replay(config.kafka, broker, "items.raw", middle, graph=PIPELINE, dry_run=True)
     assert set(dry.ids) == {k.decode() for k in keys[1]} and dry.sent == 20
 
     # Replaying items.raw into score writes to items.raw itself: it stops at the old end.
-    report = await replay(config.kafka, broker, names["items.raw"], ReplayRange(since_ms=marks[1]))
+    report = await replay(config.kafka, broker, names["items.raw"],
+                          ReplayRange(since_ms=marks[1]), graph=PIPELINE)
     assert report.sent == 40 and report.skipped == {}
     records = await read_to_end(config.kafka, broker, [names["items.raw"]])
     assert len(records) == 100
@@ -162,7 +157,8 @@ async def test_since_until_select_by_record_time_and_a_replay_never_rereads_itse
     assert sorted(r.value for r in replayed) == sorted(bursts[1] + bursts[2])
 
     future = await replay(config.kafka, broker, "items.raw",
-                          ReplayRange(since_ms=int(time.time() * 1000) + 60_000), dry_run=True)
+                          ReplayRange(since_ms=int(time.time() * 1000) + 60_000),
+                          graph=PIPELINE, dry_run=True)
     assert future.read == 0 and future.sent == 0  # Tansu's "no offset" answer is not offset 0
 
 
@@ -174,7 +170,7 @@ def _item(**changes: Any) -> Item:
     return judged.with_changes(**changes)
 
 
-def test_reset_for_stage_restores_what_each_stage_expects() -> None:
+def test_each_stage_reset_restores_what_the_stage_expects() -> None:
     """Each target stage gets the item as it would arrive there, with later state cleared."""
     lost = Round(number=1, instruction="Q1?", input="", feedback=None, backbone_answer="a",
                  winner="A", explanation="worse")
@@ -183,16 +179,16 @@ def test_reset_for_stage_restores_what_each_stage_expects() -> None:
     done = _item(quality="low", rounds=(lost, won), round=2, status="refined",
                  instruction="Q2?", output="A aligned.", output_aligned=True)
 
-    aligned = reset_for_stage(done, "align", 99)
+    aligned = _reset(done, "align", 99)
     assert (aligned.revision, aligned.status, aligned.instruction) == (99, "pending", "Q2?")
     assert aligned.output == "A." and not aligned.output_aligned
-    reviewed = reset_for_stage(done, "review", 99)
+    reviewed = _reset(done, "review", 99)
     assert reviewed.rounds[-1] == msgspec.structs.replace(won, backbone_answer="", winner="none",
                                                           explanation="")
     assert reviewed.instruction == "Q?" and reviewed.feedback == "worse"
-    refined = reset_for_stage(done, "refine", 99)
+    refined = _reset(done, "refine", 99)
     assert (refined.rounds, refined.round, refined.evaluation) == ((), 0, None)
-    routed = reset_for_stage(done, "route", 99)
+    routed = _reset(done, "route", 99)
     assert routed.quality is None and routed.judgement == done.judgement
 
     for stage, item, reason in [
@@ -202,7 +198,7 @@ def test_reset_for_stage_restores_what_each_stage_expects() -> None:
         ("route", _item(judgement=None), "not_scored"),
     ]:
         with pytest.raises(ValidationError) as raised:
-            reset_for_stage(item, stage, 99)
+            _reset(item, stage, 99)
         assert raised.value.reason == reason
 
 
@@ -214,24 +210,25 @@ def test_reset_for_align_keeps_an_exhausted_items_last_revision() -> None:
     done = _item(quality="low", rounds=(*lost, failed), round=3, status="refined",
                  converged=False, instruction="Q2?", output="A aligned.", output_aligned=True,
                  alignment_mode="complete")
-    again = reset_for_stage(done, "align", 99)
+    again = _reset(done, "align", 99)
     assert (again.instruction, again.converged, again.alignment_mode) == ("Q2?", False, None)
     assert again.status == "pending" and "round 2" in again.status_reason
     with pytest.raises(ValidationError):  # kept as the original: nothing to align
-        reset_for_stage(done.with_changes(status="unrefined"), "align", 99)
+        _reset(done.with_changes(status="unrefined"), "align", 99)
 
 
 def test_targets_and_times_are_checked_with_the_fix_in_the_message() -> None:
     """Terminal topics need --to; raw records only go to score; times must be ISO 8601."""
     names = TopicNames("iterrefine.")
-    assert resolve_target(names, "iterrefine.items.review", None) == ("items.review", "review")
-    assert resolve_target(names, "items.curated", "align") == ("items.curated", "align")
+    assert resolve_target(PIPELINE, names, "iterrefine.items.review", None) == (
+        "items.review", "review")
+    assert resolve_target(PIPELINE, names, "items.curated", "align") == ("items.curated", "align")
     with pytest.raises(ConfigError, match="--to STAGE"):
-        resolve_target(names, "items.curated", None)
+        resolve_target(PIPELINE, names, "items.curated", None)
     with pytest.raises(ConfigError, match="--to score"):
-        resolve_target(names, "items.raw", "align")
+        resolve_target(PIPELINE, names, "items.raw", "align")
     with pytest.raises(ConfigError, match="unknown topic"):
-        resolve_target(names, "items.nope", None)
+        resolve_target(PIPELINE, names, "items.nope", None)
     assert parse_time_ms("1970-01-01T00:00:01Z") == 1000
     assert parse_time_ms("1970-01-01T02:00:01+02:00") == 1000
     assert parse_time_ms("1970-01-01T00:00:01") == 1000  # no zone: UTC
@@ -239,7 +236,14 @@ def test_targets_and_times_are_checked_with_the_fix_in_the_message() -> None:
         parse_time_ms("yesterday")
 
 
-def test_stage_inputs_match_the_stages() -> None:
-    """replay's stage → input topic table is the one the consumers declare."""
+def test_built_stages_read_the_topics_the_graph_declares() -> None:
+    """The stages built from the graph read what replay and status take from it."""
     ctx = PipelineContext(Config().pipeline, {}, Metrics(), Provenance())
-    assert {s.name: s.input_topic for s in build_stages(ctx)} == STAGE_INPUTS
+    assert {s.name: s.input_topic for s in build_stages(ctx)} == PIPELINE.inputs()
+
+
+def _reset(item: Item, stage: str, revision: int) -> Item:
+    """``item`` replayed into ``stage``, by that stage's own reset rule."""
+    reset = PIPELINE[stage].reset
+    assert reset is not None
+    return reset(item, revision)

@@ -71,7 +71,8 @@ async def test_out_of_order_completions_commit_exactly_the_end(broker: str) -> N
         running -= 1
         return [Output("items.scored", item)]
 
-    stage = Stage("passthrough", "items.raw", passthrough, decode=decode_raw_record)
+    stage = Stage("passthrough", "items.raw", passthrough, decode=decode_raw_record,
+                  outputs=("items.scored",), waits=True)
     runner = await run_until_done(stage, config, broker, [alpaca(i) for i in range(n)],
                                   keys=[f"item-{i}".encode() for i in range(n)], timeout_s=120)
 
@@ -99,7 +100,8 @@ async def test_a_window_full_for_longer_than_the_poll_interval_keeps_its_members
         running -= 1
         return [Output("items.scored", item)]
 
-    stage = Stage("passthrough", "items.raw", slow, decode=decode_raw_record)
+    stage = Stage("passthrough", "items.raw", slow, decode=decode_raw_record,
+                  outputs=("items.scored",), waits=True)
     await run_until_done(stage, config, broker, [alpaca(i) for i in range(n)])
 
     ids = await read_ids(config, broker, "items.scored")
@@ -127,7 +129,8 @@ async def test_malformed_inputs_go_to_dlq_with_reasons(broker: str) -> None:
     async def passthrough(item: Item) -> list[Output]:
         return [Output("items.scored", item)]
 
-    stage = Stage("score", "items.raw", passthrough, decode=decode_raw_record)
+    stage = Stage("score", "items.raw", passthrough, decode=decode_raw_record,
+                  outputs=("items.scored",), waits=True)
     await run_until_done(stage, config, broker, values)
     topics = TopicNames(config.kafka.topic_prefix)
 
@@ -157,7 +160,8 @@ async def test_retriable_errors_are_retried_and_fatal_ones_dead_lettered(broker:
             raise LLMError("401 unauthorized")
         return [Output("items.scored", item)]
 
-    stage = Stage("flaky", "items.raw", flaky, decode=decode_raw_record)
+    stage = Stage("flaky", "items.raw", flaky, decode=decode_raw_record,
+                  outputs=("items.scored",), waits=True)
     await run_until_done(stage, config, broker, [alpaca(i) for i in range(3)])
     topics = TopicNames(config.kafka.topic_prefix)
 
@@ -245,7 +249,8 @@ async def test_rebalance_hands_partitions_over_without_loss(broker: str) -> None
     topics = TopicNames(config.kafka.topic_prefix)
     await produce(config, broker, topics["items.raw"], [alpaca(i) for i in range(n)],
                   keys=[f"item-{i}".encode() for i in range(n)])
-    stage = Stage("passthrough", "items.raw", slow, decode=decode_raw_record)
+    stage = Stage("passthrough", "items.raw", slow, decode=decode_raw_record,
+                  outputs=("items.scored",), waits=True)
     stop1, task1, runners1 = await run_in_background(stage, config, broker)
     await wait_until(lambda: runners1[0].handled > 200)
     stop2, task2, runners2 = await run_in_background(stage, config, broker)

@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 
 from iterrefine.cli.ingest import ingest
 from iterrefine.config import Config
+from iterrefine.consumers import PIPELINE
 from iterrefine.ingest import read_records
 from iterrefine.kafka import make_admin
 from iterrefine.model import Item
@@ -126,7 +127,7 @@ async def _route_stage_members(config: Config, broker: str, *, direct: bool) -> 
     async def route(item: Item) -> list[Output]:
         return [Output("items.refine", item)]
 
-    stage = Stage("route", "items.scored", route)
+    stage = Stage("route", "items.scored", route, outputs=("items.refine",), waits=True)
     stop = asyncio.Event()
     runners: list[StageRunner] = []
     if direct:
@@ -148,7 +149,7 @@ async def test_group_instance_id_reaches_the_broker_but_is_dropped_on_tansu(brok
     config = unique_config()
     config = msgspec.structs.replace(config, kafka=msgspec.structs.replace(
         config.kafka, group_instance_id="route-a"))
-    await ensure_topics(config.kafka, broker)
+    await ensure_topics(config.kafka, broker, PIPELINE.topics())
     # StageRunner hands it to aiokafka, which sends it in JoinGroup: Tansu names the member.
     assert [m.split("-", 2)[:2] for m in await _route_stage_members(
         config, broker, direct=True)] == [["route", "a"]]

@@ -16,9 +16,9 @@ import httpx2
 import msgspec
 import pytest
 
-from consumers import build_stages
-from consumers.refine import feedback_set
 from iterrefine.config import LLMRoleConfig, PipelineConfig
+from iterrefine.consumers import build_stages
+from iterrefine.consumers.refine import feedback_set
 from iterrefine.context import PipelineContext
 from iterrefine.errors import TruncatedOutput, UnparseableOutput
 from iterrefine.llm import LLMClient

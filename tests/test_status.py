@@ -16,6 +16,7 @@ from iterrefine._process import free_port
 from iterrefine.app import RunOptions, RunResult, run_pipeline, sim_roles
 from iterrefine.cli import main
 from iterrefine.config import Config
+from iterrefine.consumers import PIPELINE
 from iterrefine.http import MetricsServer
 from iterrefine.metrics import Metrics
 from iterrefine.sim import SimConfig, SimServer
@@ -96,7 +97,7 @@ async def test_finished_run_has_no_lag_and_counts_terminal_topics(
 ) -> None:
     """After a run every stage's group committed its input's true end; terminal counts match."""
     config, result = finished.config, finished.result
-    status = await pipeline_status(config.kafka, broker)
+    status = await pipeline_status(config.kafka, broker, stage_inputs=PIPELINE.inputs())
     by_stage = {s.stage: s for s in status.stages}
     assert list(by_stage) == ["score", "route", "refine", "review", "align"]
     assert by_stage["score"].end == 22  # 20 items + 2 undecodable lines, all on items.raw
@@ -153,7 +154,8 @@ async def test_live_metrics_give_rate_inflight_and_rounds(broker: str, tmp_path:
         await wait_until(lambda: (metrics.registry.get_sample_value(
             "iterrefine_items_total", {"stage": "score", "outcome": "scored"}) or 0) >= 3,
             timeout_s=30)
-        live = await pipeline_status(config.kafka, broker, metrics_urls=[f"127.0.0.1:{port}"],
+        live = await pipeline_status(config.kafka, broker, stage_inputs=PIPELINE.inputs(),
+                                     metrics_urls=[f"127.0.0.1:{port}"],
                                      interval_s=0.5)
         result = await run
     assert result.complete
@@ -165,7 +167,7 @@ async def test_live_metrics_give_rate_inflight_and_rounds(broker: str, tmp_path:
 
     # A worker keeps serving after its work is done: the final rounds distribution.
     async with MetricsServer(metrics.registry, 0, host="127.0.0.1") as server:
-        after = await pipeline_status(config.kafka, broker,
+        after = await pipeline_status(config.kafka, broker, stage_inputs=PIPELINE.inputs(),
                                       metrics_urls=[f"127.0.0.1:{server.port}"],
                                       interval_s=0.1)
     assert after.rounds is not None

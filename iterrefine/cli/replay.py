@@ -7,14 +7,10 @@ import asyncio
 from typing import Any
 
 from iterrefine.cli.common import add_kafka_args, config_from_args, resolve_bootstrap
+from iterrefine.consumers import STAGE_NAMES
 from iterrefine.logging import configure_logging
-from iterrefine.replay import (
-    STAGE_INPUTS,
-    ReplayRange,
-    describe_ranges,
-    parse_time_ms,
-    replay,
-)
+from iterrefine.pipeline import load_graph
+from iterrefine.replay import ReplayRange, describe_ranges, parse_time_ms, replay
 
 
 def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is private
@@ -42,9 +38,9 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
                        "(ISO 8601; UTC unless a zone is given)")
     add("--until", metavar="ISO-TIME", help="stop before records with a timestamp at or after "
         "this time (default: where the topic ends now)")
-    add("--to", choices=list(STAGE_INPUTS), metavar="STAGE",
-        help=f"stage to feed ({', '.join(STAGE_INPUTS)}); default: the stage that consumes "
-        "TOPIC. Needed for terminal topics, e.g. items.curated --to align")
+    add("--to", metavar="STAGE",
+        help=f"stage to feed ({', '.join(STAGE_NAMES)}, or a stage of the config); default: "
+        "the stage that consumes TOPIC. Needed for terminal topics, e.g. items.curated --to align")
     add("--partition", type=int, action="append", metavar="P",
         help="only this partition (repeatable; default: all)")
     add("--dry-run", action="store_true", help="count what would be replayed, send nothing")
@@ -63,7 +59,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     )
     bootstrap = resolve_bootstrap(config)
     report = asyncio.run(replay(
-        config.kafka, bootstrap, args.topic, wanted, to_stage=args.to,
+        config.kafka, bootstrap, args.topic, wanted, graph=load_graph(config), to_stage=args.to,
         max_envelope_bytes=config.runtime.max_envelope_bytes, dry_run=args.dry_run,
     ))
     verb = "would replay" if args.dry_run else "replayed"

@@ -156,7 +156,7 @@ def preset_table(preset: dict[str, Any]) -> Table:
     for column in ("setting", "preset", "used", "source"):
         table.add_column(column)
     for row in preset["settings"]:
-        used = "-" if row["source"] == "unavailable" else json.dumps(row["effective"])
+        used = "-" if row["effective"] is None else json.dumps(row["effective"])
         source = {"unavailable": "not in this build", "overridden": "overridden by you"}.get(
             row["source"], row["source"])
         table.add_row(row["key"], json.dumps(row["preset"]), used, source)

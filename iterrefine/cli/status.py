@@ -43,13 +43,15 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from iterrefine.pipeline import load_graph
     from iterrefine.status import pipeline_status  # aiokafka and aiohttp only for this command
 
     configure_logging(json=args.log_json, level=args.log_level)
     config = config_from_args(args)
     urls = [u for value in args.metrics for u in value.split(",") if u.strip()]
     status = asyncio.run(pipeline_status(
-        config.kafka, resolve_bootstrap(config), metrics_urls=urls, interval_s=args.interval_s,
+        config.kafka, resolve_bootstrap(config), stage_inputs=load_graph(config).inputs(),
+        metrics_urls=urls, interval_s=args.interval_s,
     ))
     if args.json:
         print(json.dumps(msgspec.to_builtins(status), indent=2))

@@ -16,12 +16,13 @@ twice the limit; cut off again, it raises :class:`TruncatedOutput` (an
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Final, Literal, Protocol, overload
+from typing import Any, Final, Literal, overload
 
 import msgspec
 import structlog
 
 from iterrefine.errors import TruncatedOutput, UnparseableOutput
+from iterrefine.llm.chat import ChatClient, ChatReply, TruncationHook
 from iterrefine.parsing import (
     SCHEMAS,
     AlignedAnswer,
@@ -56,16 +57,6 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 
-class ChatReply(Protocol):
-    """What :meth:`ChatClient.chat` returns: the text (and, read when present, the
-    ``finish_reason``; see :func:`_finish_reason`)."""
-
-    @property
-    def text(self) -> str: ...
-
-
-#: Called with the task's name for every answer cut off at ``max_tokens`` (a metric).
-TruncationHook = Callable[[str], None]
 #: The limit of a re-ask after a cut-off answer when the first request named none.
 _REASK_TOKENS_WITHOUT_LIMIT: Final = 8192
 
@@ -74,19 +65,6 @@ def _finish_reason(reply: ChatReply) -> str | None:
     # Replies of simple test doubles may not carry the attribute; LLMClient's always do.
     reason = getattr(reply, "finish_reason", None)
     return reason if isinstance(reason, str) else None
-
-
-class ChatClient(Protocol):
-    """The chat endpoint of one role (``iterrefine.llm.LLMClient`` implements it)."""
-
-    async def chat(
-        self,
-        messages: list[dict[str, str]],
-        *,
-        json_schema: dict[str, Any] | None = None,
-        schema_name: str = "answer",
-        max_tokens: int | None = None,
-    ) -> ChatReply: ...
 
 
 #: The parser that reads each task's answer.

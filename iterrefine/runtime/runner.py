@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
 from collections.abc import Coroutine, Sequence
 from typing import Any, cast
@@ -22,7 +23,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from iterrefine.config import Config
-from iterrefine.errors import TransientError, ValidationError
+from iterrefine.errors import StageContractError, TransientError, ValidationError
 from iterrefine.kafka import make_consumer, make_producer
 from iterrefine.logging import UNIT_OF_WORK
 from iterrefine.metrics import Metrics
@@ -39,7 +40,7 @@ from iterrefine.runtime.stage import (
     Stage,
     default_outcome,
 )
-from iterrefine.topics import LOGICAL_TOPICS, TopicNames
+from iterrefine.topics import DLQ_TOPIC, TopicNames
 
 log = structlog.get_logger("iterrefine.runtime")
 
@@ -100,17 +101,27 @@ class StageRunner:
             inline = cast(InlineHandler, stage.handler)
             self._inline: InlineHandler | None = inline
 
-            async def waiting(item: Item) -> Sequence[Output]:  # for the retry path
+            async def retried(item: Item) -> Sequence[Output]:  # for the retry path
                 return inline(item)
 
-            self._handler: Handler = waiting
+            self._handler: Handler = retried
         else:
             self._inline = None
-            self._handler = cast(Handler, stage.handler)
-        #: Logical topic → (full topic, default outcome label).
+            declared = stage.handler
+
+            async def waiting(item: Item) -> Sequence[Output]:
+                # A stage declared as waiting may still hand over a plain function:
+                # that only costs the inline speed-up, so it is served, not refused.
+                result = declared(item)
+                if inspect.isawaitable(result):
+                    return await result
+                return result
+
+            self._handler = waiting
+        #: Declared logical topic → (full topic, default outcome label); nothing else.
         self._destinations = {
             name: (self._topics[name], default_outcome(name))
-            for name in LOGICAL_TOPICS
+            for name in (*stage.outputs, DLQ_TOPIC)
         }
         #: Output topic → whether it has the input topic's partitions (see _send).
         self._same_partitions: dict[str, bool] = {}
@@ -391,13 +402,16 @@ class StageRunner:
         if not isinstance(decoded, Item):
             return [decoded]
         try:
-            outputs = handler(decoded)
-        except Exception as exc:
+            outputs = self._checked(handler(decoded))
+        except Exception as exc:  # user code: retried or dead-lettered, never lost
             if is_retriable(exc):
                 raise _Retriable(exc) from exc
             return [self._give_up(record, decoded, exc, attempts=1)]
-        # No per-item timing: an inline handler's microseconds are not worth an item field.
-        return self._encode([out.item for out in outputs], outputs)
+        try:
+            # No per-item timing: an inline handler's microseconds are not worth an item field.
+            return self._encode([out.item for out in outputs], outputs)
+        except Exception as exc:  # an output item that cannot be encoded
+            return [self._give_up(record, decoded, exc, attempts=1)]
 
     async def _handle(
         self, record: ConsumerRecord, unit: dict[str, Any], first_error: Exception | None,
@@ -420,7 +434,34 @@ class StageRunner:
                     outputs = await self._retry_handler(item, first)
         except _GaveUp as gave_up:  # handed to the dead-letter policy, never swallowed
             return [self._give_up(record, item, gave_up.cause, attempts=gave_up.attempts)]
-        return self._outputs(item, outputs, started)
+        try:
+            return self._outputs(item, self._checked(outputs), started)
+        except Exception as exc:  # an undeclared topic, not a list, an unencodable item
+            return [self._give_up(record, item, exc, attempts=1)]
+
+    def _checked(self, result: object) -> Sequence[Output]:
+        """``result`` if it is a list of outputs to declared topics; else StageContractError."""
+        name = self.stage.name
+        if inspect.iscoroutine(result):
+            result.close()  # never awaited: closing it avoids a "never awaited" warning
+            raise StageContractError(
+                f"the {name} handler returned a coroutine, but the stage is declared "
+                "waits=False: declare it waits=True", reason="handler_returned_coroutine")
+        if not isinstance(result, list | tuple):
+            raise StageContractError(
+                f"the {name} handler returned {type(result).__name__}, not a list of Output",
+                reason="bad_handler_result")
+        for out in result:
+            if not isinstance(out, Output) or not isinstance(out.item, Item):
+                raise StageContractError(
+                    f"the {name} handler returned {out!r:.200}, not an Output of an Item",
+                    reason="bad_handler_result")
+            if out.topic not in self._destinations:
+                raise StageContractError(
+                    f"the {name} handler wrote to {out.topic!r}, which the stage does not "
+                    f"declare (outputs: {', '.join(self.stage.outputs)})",
+                    reason="undeclared_output_topic")
+        return result
 
     def _decode(self, record: ConsumerRecord, unit: dict[str, Any]) -> Item | Outgoing:
         """The record's item, or (undecodable, invalid) its dead letter."""

@@ -7,16 +7,17 @@ delivery, commits, retries, dead-lettering, metrics.
 A handler that waits (an LLM call) is an ``async def``: each message gets its own
 task, so hundreds wait at once. A handler that never waits (routing, a filter) may
 be a plain function: the runtime then runs it *inline*, a whole fetched batch in one
-task, which makes the Kafka hop several times cheaper than a task per message.
+task, which makes the Kafka hop several times cheaper than a task per message. The
+stage says which (``waits``); the runtime does not inspect the handler.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from iterrefine.errors import ConfigError
 from iterrefine.model import (
     DEFAULT_MAX_ENVELOPE_BYTES,
     DEFAULT_MAX_RAW_BYTES,
@@ -99,17 +100,32 @@ def decode_envelope(record: RecordLike, limits: Limits) -> Item:
 
 @dataclass(frozen=True)
 class Stage:
+    """A stage ready to run: where it reads, what it may write, and its handler.
+
+    ``outputs`` are the logical topics the handler may write (the DLQ is always
+    allowed); an output to any other topic is dead-lettered with the reason
+    ``undeclared_output_topic``. ``waits`` says how the handler runs: ``True`` for
+    an ``async def`` handler (a task per message), ``False`` for a plain function
+    (inline, a fetched batch per task). It is declared, never guessed: a lambda or
+    ``functools.partial`` around a coroutine function looks like a plain function.
+    """
+
     name: str
     input_topic: str  # logical
     handler: Handler | InlineHandler
     decode: Decoder = decode_envelope
-    #: True when ``handler`` is a plain function (see the module docstring).
-    inline: bool = field(init=False)
+    outputs: tuple[str, ...] = field(default=(), kw_only=True)
+    waits: bool = field(default=True, kw_only=True)
 
     def __post_init__(self) -> None:
-        handler = self.handler
-        # A function, or an object whose __call__ is an ``async def``.
-        waits = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-            type(handler).__call__
-        )
-        object.__setattr__(self, "inline", not waits)
+        if not self.outputs:
+            raise ConfigError(
+                f"stage {self.name!r} declares no output topics: pass outputs=(...) with every "
+                "logical topic its handler may write (e.g. ('items.curated',))"
+            )
+        object.__setattr__(self, "outputs", tuple(self.outputs))
+
+    @property
+    def inline(self) -> bool:
+        """The handler never waits: the runtime runs it inline (see the module docstring)."""
+        return not self.waits

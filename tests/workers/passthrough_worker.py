@@ -32,7 +32,8 @@ async def main() -> None:
 
     stop = asyncio.Event()
     install_stop_signals(stop)
-    stage = Stage("passthrough", "items.raw", passthrough, decode=decode_raw_record)
+    stage = Stage("passthrough", "items.raw", passthrough, decode=decode_raw_record,
+                  outputs=("items.scored",), waits=True)
     await serve_stages([stage], config=config, bootstrap_servers=bootstrap, stop=stop)
 
 

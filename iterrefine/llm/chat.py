@@ -1,0 +1,37 @@
+"""What a pipeline stage needs of an LLM role: a chat endpoint (protocols only).
+
+Kept apart from :mod:`iterrefine.llm.tasks` so that the pipeline context can name
+the type without depending on the tasks (the stages use those, not the context).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+__all__ = ["ChatClient", "ChatReply", "TruncationHook"]
+
+
+#: Called with the task's name for every answer cut off at ``max_tokens`` (a metric).
+TruncationHook = Callable[[str], None]
+
+
+class ChatReply(Protocol):
+    """What :meth:`ChatClient.chat` returns: the text (and, read when present, the
+    ``finish_reason``; see :func:`iterrefine.llm.tasks.ask`)."""
+
+    @property
+    def text(self) -> str: ...
+
+
+class ChatClient(Protocol):
+    """The chat endpoint of one role (``iterrefine.llm.LLMClient`` implements it)."""
+
+    async def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        json_schema: dict[str, Any] | None = None,
+        schema_name: str = "answer",
+        max_tokens: int | None = None,
+    ) -> ChatReply: ...
