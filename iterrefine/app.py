@@ -131,7 +131,7 @@ async def run_pipeline(
                 # Ingest once this process has its share too: a rebalance mid-run would
                 # hold every stage up while the groups re-form.
                 await _until_set_or_done(own_ready, stages)
-            report = await _ingest(config, bootstrap, records)
+            report = await _ingest(config, bootstrap, records, metrics)
             if on_ingested is not None:
                 on_ingested(len(report.ids))
             deadline = None if options.timeout_s is None else time.monotonic() + options.timeout_s
@@ -162,6 +162,9 @@ async def run_pipeline(
             metrics=metrics,
             duplicates_removed=watcher.selection.duplicates,
         )
+        # First wins: later records with a taken id are in the DLQ; say how many (README "Input").
+        summary["duplicates_at_ingest"] = {"duplicate_id": report.duplicate_ids,
+                                           "duplicate_record": report.duplicate_records}
         summary["complete"] = complete
         summary["pending"] = len(report.ids) - seen
         if config.preset is not None:
@@ -179,13 +182,15 @@ async def _until_set_or_done(event: asyncio.Event, task: asyncio.Task[Any]) -> N
         waiting.cancel()
 
 
-async def _ingest(config: Config, bootstrap: str, records: list[Any]) -> IngestReport:
+async def _ingest(
+    config: Config, bootstrap: str, records: list[Any], metrics: Metrics
+) -> IngestReport:
     names = TopicNames(config.kafka.topic_prefix)
     producer = make_producer(config.kafka, bootstrap, linger_ms=config.runtime.linger_ms)
     await producer.start()
     try:
         ingestor = Ingestor(producer, names["items.raw"], names["items.dlq"],
-                            max_item_bytes=config.runtime.max_item_bytes)
+                            max_item_bytes=config.runtime.max_item_bytes, metrics=metrics)
         for record in records:
             await ingestor.send(record)
         await ingestor.flush()

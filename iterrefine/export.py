@@ -60,19 +60,28 @@ class Terminal:
 
 def terminal_of(record: RecordLike, outcome: Outcome) -> Terminal:
     value = record.value or b""
+    # Anyone can write to these topics: a binary key or a garbled header is shown, not fatal.
+    key = (record.key or b"").decode("utf-8", "replace")
     if outcome == "dlq":
-        meta = headers_dict(record.headers)
-        revision = int(meta.get("revision", "0") or 0)
-        return Terminal(id=(record.key or b"").decode(), outcome=outcome, revision=revision,
+        meta = headers_dict(record.headers or ())
+        revision = _int_or_zero(meta.get("revision", "0"))
+        return Terminal(id=key, outcome=outcome, revision=revision,
                         timestamp_ms=record.timestamp, item=None, meta=meta, raw=value)
     try:
         item = decode_item(value)
     except ValidationError as exc:  # someone else wrote to our topic: keep it visible
         meta = {"reason": exc.reason, "message": str(exc), "stage": "export"}
-        return Terminal(id=(record.key or b"").decode(), outcome="dlq", revision=0,
+        return Terminal(id=key, outcome="dlq", revision=0,
                         timestamp_ms=record.timestamp, item=None, meta=meta, raw=value)
     return Terminal(id=item.id, outcome=outcome, revision=item.revision,
                     timestamp_ms=record.timestamp, item=item, meta={}, raw=value)
+
+
+def _int_or_zero(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        return 0
 
 
 class Selection:
@@ -157,7 +166,11 @@ def write_export(
 
 
 def load_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of an exported file (for tests and tools)."""
+    """Rows of an exported file (for tests and tools).
+
+    Rows end at ``\n`` only: ``str.splitlines`` would also split inside a text holding
+    U+2028, U+2029 or U+0085, which the JSON encoder writes as they are.
+    """
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_bytes().split(b"\n") if line.strip()]

@@ -5,6 +5,11 @@ topic is the system of record, and the score stage dead-letters what does not
 validate (with the reason), so nothing is dropped on the way in. Ingest only
 reads each record once to give it its id as the message key (so every hop of
 an item lands on the same partition) and to report bad lines early.
+
+Two kinds of record go straight to the DLQ instead: one too big to be a Kafka
+message, and one whose id this stream has already used (:mod:`iterrefine.duplicates`:
+the first record wins). Every input line therefore ends in exactly one row of
+the export, under a key of its own.
 """
 
 from __future__ import annotations
@@ -13,22 +18,26 @@ import asyncio
 import os
 import stat
 import sys
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
-import msgspec
 import structlog
 from aiokafka import AIOKafkaProducer
 
+from iterrefine.duplicates import Duplicate, FirstWins, bytes_fingerprint, content_fingerprint
 from iterrefine.errors import ConfigError, ValidationError
+from iterrefine.jsonguard import split_array
+from iterrefine.metrics import Metrics
 from iterrefine.model import DEFAULT_MAX_RAW_BYTES, item_from_raw, raw_id
 
 log = structlog.get_logger("iterrefine.ingest")
 #: Records above this cannot travel as one Kafka message (producer max_request_size is 4 MiB).
 WIRE_LIMIT_BYTES = 1024 * 1024
 _OVERSIZE_HEAD_BYTES = 64 * 1024
-_encoder = msgspec.json.Encoder()
+#: Editors on Windows start files with it; `cat a.jsonl b.jsonl` puts it mid-stream.
+BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,42 +59,83 @@ class RawRecord:
 class IngestReport:
     records: int = 0
     invalid: int = 0
-    #: Ids in ingest order (duplicates kept once): what the run waits for. Left empty
-    #: for an endless stream (``Ingestor(keep_ids=False)``), where it would only grow.
+    #: Dead-lettered at ingest because their id was already taken (first wins).
+    duplicate_ids: int = 0
+    duplicate_records: int = 0
+    #: The key of every record in ingest order, one per record (a duplicate or a repeated
+    #: bad line gets a key of its own): what the run waits for. Left empty for an endless
+    #: stream (``Ingestor(keep_ids=False)``), where it would only grow.
     ids: dict[str, None] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
-    @property
-    def duplicate_ids(self) -> int:
-        return self.records - len(self.ids)
-
 
 def read_records(path: Path) -> Iterator[RawRecord]:
-    """Records of a JSON-lines file, or of a file holding one JSON array."""
+    """Records of a JSON-lines file, or of a file holding one JSON array.
+
+    A file is a JSON array when its bytes are exactly one array (BOM and whitespace
+    aside); a JSON-lines file whose first line happens to be an array is not one,
+    and that line is a bad record like any other.
+    """
     origin = path.name
     try:
         with path.open("rb") as handle:
-            head = handle.read(4096).lstrip()
+            head = handle.read(4096).removeprefix(BOM).lstrip()
     except OSError as exc:
         raise ConfigError(f"cannot read input {path}: {exc.strerror}") from None
     if head.startswith(b"["):
-        try:
-            records = msgspec.json.decode(path.read_bytes())
-        except msgspec.DecodeError as exc:
+        data = path.read_bytes().removeprefix(BOM)
+        spans = split_array(data)
+        if spans is not None:
+            yield from json_array_records(data, spans, origin)
+            return
+        if head.split(b"\n", 1)[0].strip() == b"[":
+            # A pretty-printed array that does not close: its lines are not records.
             raise ConfigError(
-                f"{path} starts with '[' but is not a valid JSON array ({exc}); "
+                f"{path} starts with a line '[' but is not one complete JSON array; "
                 "use JSON lines (one record per line) to let bad records go to the DLQ"
-            ) from None
-        for index, record in enumerate(records, start=1):
-            yield RawRecord(_encoder.encode(record), index, origin)
-        return
+            )
     with path.open("rb") as handle:
-        yield from _lines(handle, origin)
+        yield from jsonl_records(handle, origin)
 
 
-def _lines(handle: Iterable[bytes], origin: str) -> Iterator[RawRecord]:
-    for number, line in enumerate(handle, start=1):
-        stripped = line.strip()
+def json_array_records(
+    data: bytes, spans: list[tuple[int, int]], origin: str
+) -> Iterator[RawRecord]:
+    """The elements of a JSON array file as their own bytes, numbered by starting line."""
+    line, counted_to = 1, 0
+    for start, end in spans:
+        line += data.count(b"\n", counted_to, start)
+        counted_to = start
+        yield RawRecord(data[start:end], line, origin)
+
+
+def jsonl_records(
+    handle: BinaryIO, origin: str, *, max_line_bytes: int = WIRE_LIMIT_BYTES + 1
+) -> Iterator[RawRecord]:
+    """Non-blank lines of a JSON-lines file; each line is one record, good or bad.
+
+    Lines end at ``\n`` only (a text holding U+2028 or U+0085 stays one line), lose
+    surrounding whitespace (so CRLF files read the same) and a leading BOM. A line
+    longer than ``max_line_bytes`` keeps only that much (and its full size), so it is
+    dead-lettered as ``too_large`` without holding the whole line in memory.
+    """
+    number = 0
+    while True:
+        line = handle.readline(max_line_bytes)
+        if not line:
+            return
+        number += 1
+        size = len(line)
+        if size == max_line_bytes and not line.endswith(b"\n"):
+            while True:  # skip the rest of an over-long line
+                rest = handle.readline(max_line_bytes)
+                size += len(rest)
+                if not rest or rest.endswith(b"\n"):
+                    break
+        if size > len(line):
+            yield RawRecord(line, number, origin, size=size)
+            continue
+        stripped = line.strip().removeprefix(BOM).strip()
         if stripped:
             yield RawRecord(stripped, number, origin)
 
@@ -101,7 +151,7 @@ async def stdin_records(
     """
     if stat.S_ISREG(os.fstat(sys.stdin.fileno()).st_mode):
         # `ingest - < file`: the event loop has no pipe transport for regular files.
-        for record in _lines(sys.stdin.buffer, "stdin"):
+        for record in jsonl_records(sys.stdin.buffer, "stdin", max_line_bytes=max_line_bytes):
             yield record
         return
     loop = asyncio.get_running_loop()
@@ -167,16 +217,28 @@ async def chunked_lines(
 
 def _stream_record(line: bytearray, size: int, number: int, origin: str) -> RawRecord:
     truncated = size > len(line)
-    data = bytes(line) if truncated else bytes(line).strip()
+    data = bytes(line) if truncated else bytes(line).strip().removeprefix(BOM).strip()
     return RawRecord(data, number, origin, size=size if truncated else None)
 
 
 def key_for(record: RawRecord, *, max_bytes: int) -> tuple[str, ValidationError | None]:
     """The item id the pipeline will use for ``record`` (a hash of the bytes if invalid)."""
+    item_id, _, problem = inspect_record(record, max_bytes=max_bytes)
+    return item_id, problem
+
+
+def inspect_record(
+    record: RawRecord, *, max_bytes: int
+) -> tuple[str, bytes, ValidationError | None]:
+    """(id, content fingerprint, problem): what ingest needs to key and de-duplicate."""
+    if record.size is not None and record.size > max_bytes:  # only its head was read
+        return raw_id(record.data), bytes_fingerprint(record.data), ValidationError(
+            f"record is {record.size} bytes, over the {max_bytes}-byte limit", reason="too_large")
     try:
-        return item_from_raw(record.data, max_bytes=max_bytes).id, None
+        item = item_from_raw(record.data, max_bytes=max_bytes)
     except ValidationError as exc:
-        return raw_id(record.data), exc
+        return raw_id(record.data), bytes_fingerprint(record.data), exc
+    return item.id, content_fingerprint(item.original), None
 
 
 class Ingestor:
@@ -192,6 +254,7 @@ class Ingestor:
         batch_size: int = 500,
         keep_ids: bool = True,
         on_problem: Callable[[str], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._producer = producer
         self._topic = topic
@@ -200,45 +263,67 @@ class Ingestor:
         self._batch_size = batch_size
         self._keep_ids = keep_ids
         self._on_problem = on_problem
+        self._metrics = metrics
         self._pending: list[asyncio.Future[object]] = []
+        self._first_wins = FirstWins()
         self.report = IngestReport()
 
     async def send(self, record: RawRecord) -> str:
-        item_id, problem = key_for(record, max_bytes=self._max_bytes)
+        """Send ``record``; return the key it went under (its item id, or its DLQ row's id)."""
+        item_id, fingerprint, problem = inspect_record(record, max_bytes=self._max_bytes)
         self.report.records += 1
-        if self._keep_ids:
-            self.report.ids.setdefault(item_id, None)
+        where = f"{record.origin}:{record.line}"
+        duplicate: Duplicate | None = None
         if problem is not None:
             self.report.invalid += 1
-            message = f"{record.origin}:{record.line}: {problem} (sent to the DLQ)"
-            if len(self.report.problems) < 100:
-                self.report.problems.append(message)
-            if self._on_problem is not None:
-                self._on_problem(message)
+            if item_id in self._first_wins:  # the same bad bytes again: a row of its own
+                item_id = raw_id(where.encode() + b"\0" + record.data)
+            self._first_wins.check(item_id, fingerprint, where)
+            self._tell(f"{where}: {problem} (sent to the DLQ)")
             log.warning("invalid_record", origin=record.origin, line=record.line,
                         reason=problem.reason, item_id=item_id)
+        else:
+            duplicate = self._first_wins.check(item_id, fingerprint, where)
         headers = [
             ("iterrefine.ingest.origin", record.origin.encode()),
             ("iterrefine.ingest.line", str(record.line).encode()),
         ]
         topic, value = self._topic, record.data
-        if record.length > WIRE_LIMIT_BYTES:
+        if duplicate is not None:
+            self.report.duplicate_ids = self._first_wins.duplicate_ids
+            self.report.duplicate_records = self._first_wins.duplicate_records
+            self._tell(f"{where}: {duplicate.message} (sent to the DLQ)")
+            log.warning("duplicate_record", origin=record.origin, line=record.line,
+                        reason=duplicate.reason, item_id=item_id)
+            item_id = duplicate.row_id
+            topic = self._dlq_topic
+            headers += _ingest_dead_letter(duplicate.reason, duplicate.message)
+            self._count_dead_letter(duplicate.reason)
+        elif record.length > WIRE_LIMIT_BYTES:
             # Too big for a Kafka message: dead-letter its head right away, with the reason.
             topic, value = self._dlq_topic, value[:_OVERSIZE_HEAD_BYTES]
-            headers += [
-                ("iterrefine.stage", b"ingest"),
-                ("iterrefine.reason", b"too_large"),
-                ("iterrefine.error", b"ValidationError"),
-                ("iterrefine.message", f"record is {record.length} bytes; only its first "
-                 f"{_OVERSIZE_HEAD_BYTES} bytes are kept".encode()),
-                ("iterrefine.attempts", b"1"),
-                ("iterrefine.revision", b"0"),
-            ]
+            headers += _ingest_dead_letter(
+                "too_large", f"record is {record.length} bytes; only its first "
+                f"{_OVERSIZE_HEAD_BYTES} bytes are kept")
+            self._count_dead_letter("too_large")
+        if self._keep_ids:
+            self.report.ids.setdefault(item_id, None)
         future = await self._producer.send(topic, value, key=item_id.encode(), headers=headers)
         self._pending.append(future)
         if len(self._pending) >= self._batch_size:
             await self.flush()
         return item_id
+
+    def _count_dead_letter(self, reason: str) -> None:
+        """Dead letters written by ingest itself show in the DLQ metric like a stage's."""
+        if self._metrics is not None:
+            self._metrics.dlq_total.labels("ingest", reason).inc()
+
+    def _tell(self, message: str) -> None:
+        if len(self.report.problems) < 100:
+            self.report.problems.append(message)
+        if self._on_problem is not None:
+            self._on_problem(message)
 
     async def flush(self) -> None:
         """Wait until the broker acknowledged everything sent so far; raise a delivery error."""
@@ -253,3 +338,15 @@ class Ingestor:
             raise
         for future in pending:
             future.result()
+
+
+def _ingest_dead_letter(reason: str, message: str) -> list[tuple[str, bytes]]:
+    """The DLQ headers of a record dead-lettered by ingest itself (see runtime.dlq)."""
+    return [
+        ("iterrefine.stage", b"ingest"),
+        ("iterrefine.reason", reason.encode()),
+        ("iterrefine.error", b"ValidationError"),
+        ("iterrefine.message", message.encode("utf-8", "replace")),
+        ("iterrefine.attempts", b"1"),
+        ("iterrefine.revision", b"0"),
+    ]

@@ -15,17 +15,30 @@ appends state (scores, evaluation, rounds, status, provenance, timings).
 from __future__ import annotations
 
 import hashlib
+import re
 import unicodedata
 from typing import Any, Literal
 
 import msgspec
 
 from iterrefine.errors import ValidationError
+from iterrefine.ids import json_type, normalise_id
+from iterrefine.jsonguard import DEFAULT_MAX_JSON_DEPTH, check_before_parsing, duplicate_key
 
 SCHEMA = "iterrefine.item/1"
 DEFAULT_MAX_RAW_BYTES = 64 * 1024
 #: An envelope grows with the rounds it records; it is bounded separately.
 DEFAULT_MAX_ENVELOPE_BYTES = 1024 * 1024
+
+#: DLQ reasons that mean "this input record is unusable" (as opposed to a failure while
+#: processing a good one): validation at ingest or in a stage's decoder, and the
+#: duplicate-id policy. README "Input" explains each.
+INPUT_REASONS = frozenset({
+    "not_json", "not_object", "unknown_shape", "ambiguous_shape", "wrong_type",
+    "missing_field", "empty_field", "invalid_id", "duplicate_key", "invalid_utf8",
+    "too_deep", "too_large", "undecodable", "invalid_envelope",
+    "duplicate_id", "duplicate_record",
+})
 
 Status = Literal[
     "pending",  # still moving through the pipeline
@@ -183,7 +196,30 @@ _any_decoder = msgspec.json.Decoder()
 
 
 def encode_item(item: Item) -> bytes:
-    return _encoder.encode(item)
+    try:
+        return _encoder.encode(item)
+    except UnicodeEncodeError:
+        # A lone surrogate (Python's json, in the openai client, lets "\ud800" through
+        # from a model's answer) has no UTF-8 form: it becomes U+FFFD, not a stuck item.
+        return _encoder.encode(_without_surrogates(msgspec.to_builtins(item)))
+
+
+def encode_original(original: Original) -> bytes:
+    """The validated record's canonical bytes (what "the same content" compares)."""
+    return _encoder.encode(original)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_surrogates(v) for v in value]
+    return value
 
 
 def decode_item(data: bytes, *, max_bytes: int = DEFAULT_MAX_ENVELOPE_BYTES) -> Item:
@@ -199,6 +235,14 @@ def decode_item(data: bytes, *, max_bytes: int = DEFAULT_MAX_ENVELOPE_BYTES) -> 
         raise ValidationError(f"not an item envelope: {exc}", reason="invalid_envelope") from exc
     except UnicodeDecodeError as exc:  # msgspec reports bad UTF-8 as this on some inputs
         raise ValidationError(f"invalid UTF-8: {exc}", reason="invalid_utf8") from exc
+    except Exception as exc:  # RecursionError, MemoryError-ish: a poison record, not a crash
+        raise _undecodable(exc) from exc
+
+
+def _undecodable(exc: BaseException) -> ValidationError:
+    return ValidationError(
+        f"the decoder raised {type(exc).__name__}: {str(exc)[:200]}", reason="undecodable"
+    )
 
 
 def _normalise(text: str) -> str:
@@ -227,7 +271,7 @@ def _field(record: dict[str, Any], name: str, *, required: bool) -> str:
         return ""
     if not isinstance(value, str):
         raise ValidationError(
-            f"field {name!r} must be a string, got {type(value).__name__}", reason="wrong_type"
+            f"field {name!r} must be a string, got {json_type(value)}", reason="wrong_type"
         )
     if required and not value.strip():
         raise ValidationError(f"field {name!r} is empty", reason="empty_field")
@@ -238,12 +282,18 @@ def original_from_record(record: Any) -> tuple[Original, str | None]:
     """Validate a decoded raw record (Alpaca or Dolly shape); return it and its given id."""
     if not isinstance(record, dict):
         raise ValidationError(
-            f"a record must be a JSON object, got {type(record).__name__}", reason="not_object"
+            f"a record must be a JSON object, got {json_type(record)}", reason="not_object"
         )
-    given_id = record.get("id")
-    if given_id is not None and (not isinstance(given_id, str | int) or given_id == ""):
-        raise ValidationError("field 'id' must be a non-empty string", reason="wrong_type")
-    if "response" in record or "context" in record:
+    given_id = normalise_id(record["id"]) if "id" in record else None
+    alpaca, dolly = ("input" in record or "output" in record), (
+        "response" in record or "context" in record)
+    if alpaca and dolly:
+        raise ValidationError(
+            "record mixes Alpaca (input/output) and Dolly (context/response) fields; "
+            "keep one shape so no field is silently ignored",
+            reason="ambiguous_shape",
+        )
+    if dolly:
         original = Original(
             instruction=_field(record, "instruction", required=True),
             input=_field(record, "context", required=False),
@@ -266,7 +316,7 @@ def original_from_record(record: Any) -> tuple[Original, str | None]:
             f"(instruction/context/response/category); keys were: {keys}",
             reason="unknown_shape",
         )
-    return original, (str(given_id) if given_id is not None else None)
+    return original, given_id
 
 
 def item_from_raw(
@@ -275,14 +325,28 @@ def item_from_raw(
     max_bytes: int = DEFAULT_MAX_RAW_BYTES,
     source: Source | None = None,
     revision: int = 0,
+    max_depth: int = DEFAULT_MAX_JSON_DEPTH,
 ) -> Item:
     """Validate raw record bytes into a fresh :class:`Item`.
 
     Raises :class:`ValidationError` (never anything else) for: over the size limit,
-    invalid UTF-8, not JSON, not an object, unknown shape, wrong types, missing or
-    empty instruction/output. An item envelope is accepted too (replay into scoring):
-    its original fields start a fresh item.
+    invalid UTF-8, nested too deep, not JSON, duplicate keys, not an object, unknown
+    or ambiguous shape, an invalid id, wrong types, missing or empty
+    instruction/output. An item envelope is accepted too (replay into scoring): its
+    original fields start a fresh item.
     """
+    try:
+        return _item_from_raw(data, max_bytes=max_bytes, source=source, revision=revision,
+                              max_depth=max_depth)
+    except ValidationError:
+        raise
+    except Exception as exc:  # whatever a decoder raises on hostile bytes is that record's error
+        raise _undecodable(exc) from exc
+
+
+def _item_from_raw(
+    data: bytes, *, max_bytes: int, source: Source | None, revision: int, max_depth: int
+) -> Item:
     if len(data) > max_bytes:
         raise ValidationError(
             f"record is {len(data)} bytes, over the {max_bytes}-byte limit "
@@ -295,14 +359,22 @@ def item_from_raw(
         raise ValidationError(
             f"record is not valid UTF-8 at byte {exc.start}", reason="invalid_utf8"
         ) from exc
+    check_before_parsing(data, max_depth=max_depth)  # msgspec recurses: bound it first
     try:
         record = _any_decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except msgspec.MsgspecError as exc:  # DecodeError, and ValidationError for huge numbers
         raise ValidationError(f"record is not JSON: {exc}", reason="not_json") from exc
+    duplicate = duplicate_key(data, record)
+    if duplicate is not None:
+        raise ValidationError(
+            f"key {duplicate!r} appears more than once in an object; JSON parsers "
+            "disagree on which one counts, so the record is refused",
+            reason="duplicate_key",
+        )
     given_id: str | None
     if isinstance(record, dict) and record.get("schema") == SCHEMA:
         envelope = decode_item(data)
-        original, given_id = envelope.original, envelope.id
+        original, given_id = envelope.original, normalise_id(envelope.id)
     else:
         original, given_id = original_from_record(record)
     return new_item(original, item_id=given_id, source=source, revision=revision)

@@ -26,9 +26,11 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
         description=(
             "Send every record to the pipeline's raw topic. Bad records are reported with "
             "their line number and still sent, so the score stage dead-letters them with a "
-            "reason. With -, reads stdin as it grows until it closes or SIGTERM/SIGINT "
-            "(e.g. tail -F data.jsonl | iterrefine ingest -), confirming each batch with the "
-            "broker before reading on, and at least every 0.5 s while the stream is idle."
+            "reason. A record reusing an id seen earlier in the same input goes to the DLQ "
+            "(duplicate_id / duplicate_record: the first one wins). With -, reads stdin as it "
+            "grows until it closes or SIGTERM/SIGINT (e.g. tail -F data.jsonl | iterrefine "
+            "ingest -), confirming each batch with the broker before reading on, and at least "
+            "every 0.5 s while the stream is idle."
         ),
     )
     parser.add_argument("source", metavar="FILE", help="JSON lines or JSON array file, or -")
@@ -105,4 +107,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     report = asyncio.run(_ingest_command(config, bootstrap, args.source))
     print(f"ingested {report.records} records ({report.invalid} invalid, sent to be "
           f"dead-lettered) into {TopicNames(config.kafka.topic_prefix)['items.raw']}")
+    duplicates = report.duplicate_ids + report.duplicate_records
+    if duplicates:
+        print(f"{duplicates} records reused an id seen earlier in this input and went to the "
+              f"DLQ ({report.duplicate_ids} duplicate_id, {report.duplicate_records} "
+              "duplicate_record); the first record with each id is processed")
     return 0

@@ -467,7 +467,10 @@ class StageRunner:
         """The record's item, or (undecodable, invalid) its dead letter."""
         try:
             item = self.stage.decode(record, self._limits)
-        except ValidationError as exc:
+        except Exception as exc:  # any decoder failure is this record's, never the partition's
+            if not isinstance(exc, ValidationError):
+                exc = ValidationError(f"the decoder raised {type(exc).__name__}: "
+                                      f"{str(exc)[:200]}", reason="undecodable")
             # No item, but the DLQ row's id: the producer's key, else a hash of the bytes.
             unit["item_id"] = dlq_key(record).decode("utf-8", "replace")
             return self._dead_letter(record, exc, attempts=1)
