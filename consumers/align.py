@@ -15,11 +15,12 @@ refinement lifted quality.
 from __future__ import annotations
 
 from iterrefine.consumers.reentry import fresh
+from iterrefine.consumers.rounds import exhausted_reason, last_readable_revision
 from iterrefine.context import PipelineContext
 from iterrefine.errors import UnparseableOutput, ValidationError
 from iterrefine.graph import StageSpec
 from iterrefine.llm.tasks import ask_aligned, ask_score
-from iterrefine.model import Item, Judgement, exhausted_reason, last_readable_revision
+from iterrefine.model import Item, Judgement
 from iterrefine.runtime import Handler, Output
 
 

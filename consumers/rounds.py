@@ -9,11 +9,25 @@ limit; then the exhausted policy decides: keep the original, drop the item, or
 from __future__ import annotations
 
 from iterrefine.context import PipelineContext
-from iterrefine.model import Item, exhausted_reason, last_readable_revision
+from iterrefine.model import Item, Round
 from iterrefine.runtime import Output
 
 #: Everywhere a lost round can send the item.
 LOST_ROUND_TOPICS = ("items.refine", "items.curated", "items.rejected", "items.align")
+
+
+def last_readable_revision(item: Item) -> Round | None:
+    """The newest round whose refine answer could be read (its verdict may not have been)."""
+    for candidate in reversed(item.rounds):
+        if not candidate.revision_failed:
+            return candidate
+    return None
+
+
+def exhausted_reason(rounds: int, kept: Round) -> str:
+    """``status_reason`` of an item whose last revision was aligned although it never won."""
+    return (f"exhausted: no revision won in {rounds} rounds; "
+            f"last revision (round {kept.number}) aligned")
 
 
 def lose_round(ctx: PipelineContext, item: Item, explanation: str) -> Output:

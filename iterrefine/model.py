@@ -175,20 +175,6 @@ class Item(msgspec.Struct, frozen=True, kw_only=True):
         return self.with_changes(timings=timings)
 
 
-def last_readable_revision(item: Item) -> Round | None:
-    """The newest round whose refine answer could be read (its verdict may not have been)."""
-    for candidate in reversed(item.rounds):
-        if not candidate.revision_failed:
-            return candidate
-    return None
-
-
-def exhausted_reason(rounds: int, kept: Round) -> str:
-    """``status_reason`` of an item whose last revision was aligned although it never won."""
-    return (f"exhausted: no revision won in {rounds} rounds; "
-            f"last revision (round {kept.number}) aligned")
-
-
 # Built once per process and reused (msgspec's own guidance for hot paths).
 _encoder = msgspec.json.Encoder()
 _item_decoder = msgspec.json.Decoder(Item)
