@@ -15,6 +15,7 @@ import contextlib
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,11 +24,48 @@ from iterrefine.errors import BrokerError
 
 LOOPBACK = "127.0.0.1"
 
+#: Runs ``argv[2:]`` in place of itself once the kernel is told to SIGTERM it when its
+#: parent dies (Linux ``PR_SET_PDEATHSIG``, kept across ``execv``). A native binary
+#: cannot set that itself, and ``posix_spawn`` has no hook for it. Elsewhere (no
+#: ``prctl``) it just execs. The parent is the *thread* that spawned it: callers spawn
+#: from the main thread or from the event loop's default executor, whose threads live
+#: as long as the loop.
+_DIE_WITH_PARENT = """import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+except AttributeError:
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(70)  # the parent died before prctl took effect
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> None:
+    """Ask the kernel to send ``sig`` to this process when its parent dies (Linux).
+
+    For the ``run --workers`` children: without it a SIGKILLed ``run`` leaves them
+    calling the LLM for nobody. Exits at once if the parent is already gone.
+    """
+    import ctypes
+
+    with contextlib.suppress(AttributeError, OSError):  # not Linux: no prctl
+        ctypes.CDLL(None, use_errno=True).prctl(1, sig)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:
+        os._exit(70)
+
 
 def spawn(
-    argv: Sequence[str], *, env: Mapping[str, str], log_path: Path | None
+    argv: Sequence[str], *, env: Mapping[str, str], log_path: Path | None,
+    die_with_parent: bool = False,
 ) -> int:
-    """Start ``argv`` in a new session with stdin closed and output appended to ``log_path``."""
+    """Start ``argv`` in a new session with stdin closed and output appended to ``log_path``.
+
+    ``die_with_parent``: the child gets SIGTERM when this process dies, SIGKILL
+    included, so an embedded broker never outlives the ``run`` that started it.
+    """
+    if die_with_parent:
+        argv = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *argv]
     out = str(log_path) if log_path is not None else os.devnull
     file_actions = [
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),

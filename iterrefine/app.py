@@ -29,7 +29,14 @@ from iterrefine.kafka import make_producer
 from iterrefine.llm import LLMStats
 from iterrefine.metrics import Metrics
 from iterrefine.pipeline import load_graph, serve_pipeline
+from iterrefine.preflight import (
+    RunAbort,
+    check_llm_endpoints,
+    check_output_paths,
+    watch_group_joins,
+)
 from iterrefine.presets import preset_rows
+from iterrefine.runtime import StageRunner
 from iterrefine.sim import SimConfig, SimServer
 from iterrefine.summary import build_summary
 from iterrefine.topics import TopicNames, ensure_topics
@@ -104,12 +111,16 @@ async def run_pipeline(
     stop = stop or asyncio.Event()
     records = list(read_records(options.input))  # read first: a bad path fails before startup
     graph = load_graph(config)  # and so does a bad user stage
+    paths = ExportPaths.beside(options.output)
+    check_output_paths([paths.curated, paths.rejected, paths.dlq])
+    run_abort = RunAbort(stop)
     async with contextlib.AsyncExitStack() as stack:
         bootstrap = await stack.enter_async_context(_bootstrap(config))
         if options.sim is not None:
             sim = await stack.enter_async_context(SimServer(options.sim, port=0))
             config = sim_roles(config, sim.base_url, options.sim)
         metrics = metrics if metrics is not None else Metrics()
+        await check_llm_endpoints(config)  # before ingesting anything
         await ensure_topics(config.kafka, bootstrap, graph.topics())
         watcher = TerminalWatcher(config.kafka, bootstrap)
         await watcher.start()
@@ -122,15 +133,21 @@ async def run_pipeline(
 
         pipeline_stop = asyncio.Event()
         own_ready = asyncio.Event()
+        runners: list[StageRunner] = []
         stages: asyncio.Task[dict[str, LLMStats]] = asyncio.create_task(serve_pipeline(
             config, bootstrap, graph=graph, metrics=metrics, metrics_port=options.metrics_port,
             stop=pipeline_stop, on_ready=own_ready.set, simulated=options.sim is not None,
+            runners_out=runners, on_circuit_open=run_abort,
         ))
+        joins = asyncio.create_task(watch_group_joins(
+            runners, timeout_s=config.runtime.group_join_timeout_s, bootstrap=bootstrap,
+            abort=run_abort))
+        stack.callback(joins.cancel)
         try:
             if extras.count:
                 # Ingest once this process has its share too: a rebalance mid-run would
                 # hold every stage up while the groups re-form.
-                await _until_set_or_done(own_ready, stages)
+                await _until_set_or_done(own_ready, stages, stop)
             report = await _ingest(config, bootstrap, records, metrics)
             if on_ingested is not None:
                 on_ingested(len(report.ids))
@@ -142,14 +159,18 @@ async def run_pipeline(
                     deadline is not None and time.monotonic() > deadline),
             )
         finally:
+            # The children leave their groups first, while this process keeps polling and
+            # so rejoins at once. The other way round the children were mid-rejoin when
+            # told to stop, and the embedded Tansu then kept them as members for good:
+            # every later JoinGroup of these groups hung (2 of 2 tries before, 0 of 3 after).
+            child_stats = await extras.stop()
             pipeline_stop.set()
             # Drains in-flight work and commits; re-raises a stage crash.
             own_stats = await stages
-        llm_stats = add_stats(own_stats, await extras.stop())
+        llm_stats = add_stats(own_stats, child_stats)
         complete = seen >= len(report.ids)
         if not complete:
             log.warning("run_incomplete", expected=len(report.ids), arrived=seen)
-        paths = ExportPaths.beside(options.output)
         chosen = [watcher.selection.by_id[i] for i in report.ids if i in watcher.selection.by_id]
         write_export(chosen, paths)
         summary = build_summary(
@@ -167,19 +188,25 @@ async def run_pipeline(
                                            "duplicate_record": report.duplicate_records}
         summary["complete"] = complete
         summary["pending"] = len(report.ids) - seen
+        summary["aborted"] = run_abort.problem
         if config.preset is not None:
             summary["preset"] = {"name": config.preset,
                                  "settings": msgspec.to_builtins(preset_rows(config))}
         return RunResult(summary=summary, paths=paths, ingest=report, complete=complete)
 
 
-async def _until_set_or_done(event: asyncio.Event, task: asyncio.Task[Any]) -> None:
-    """Wait for ``event``, or for ``task`` to end first (a stage crash surfaces there)."""
+async def _until_set_or_done(
+    event: asyncio.Event, task: asyncio.Task[Any], stop: asyncio.Event
+) -> None:
+    """Wait for ``event``, or for ``task`` to end first (a stage crash surfaces there),
+    or for ``stop``."""
     waiting = asyncio.create_task(event.wait())
+    stopping = asyncio.create_task(stop.wait())
     try:
-        await asyncio.wait([waiting, task], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([waiting, task, stopping], return_when=asyncio.FIRST_COMPLETED)
     finally:
         waiting.cancel()
+        stopping.cancel()
 
 
 async def _ingest(

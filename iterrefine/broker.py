@@ -121,6 +121,7 @@ class EmbeddedBroker:
         ready_timeout_s: float = 10.0,
         s3_ready_timeout_s: float = 60.0,
         stop_timeout_s: float = 10.0,
+        die_with_parent: bool = False,
     ) -> None:
         if durable and data_dir is None:
             raise ConfigError(
@@ -133,6 +134,9 @@ class EmbeddedBroker:
         self.ready_timeout_s = ready_timeout_s
         self.s3_ready_timeout_s = s3_ready_timeout_s
         self.stop_timeout_s = stop_timeout_s
+        #: Tansu gets SIGTERM when this process dies (for ``run``'s own broker; never for
+        #: ``broker up``, whose broker outlives the command on purpose).
+        self.die_with_parent = die_with_parent
         self.port: int | None = None
         self.pid: int | None = None
         self.s3: SeaweedS3 | None = None
@@ -189,7 +193,8 @@ class EmbeddedBroker:
             url = f"tcp://{LOOPBACK}:{port}"
             argv = [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
                     "--storage-engine", storage]
-            pid = spawn(argv, env=env, log_path=self.log_path)
+            pid = spawn(argv, env=env, log_path=self.log_path,
+                        die_with_parent=self.die_with_parent)
             if self._wait_answering(pid, port):
                 self.pid, self.port = pid, port
                 return

@@ -83,7 +83,8 @@ def ensure_broker(
     if running is not None:
         log.info("broker.reused", bootstrap=running.bootstrap_servers, pid=running.pid)
         return running.bootstrap_servers, None
-    broker = EmbeddedBroker(port=port, data_dir=data_dir, durable=durable)
+    # Ours alone: it must not outlive this process, even when that is SIGKILLed.
+    broker = EmbeddedBroker(port=port, data_dir=data_dir, durable=durable, die_with_parent=True)
     broker.start()
     return broker.bootstrap_servers, broker
 

@@ -19,7 +19,7 @@ from iterrefine.model import DEFAULT_MAX_ENVELOPE_BYTES, DEFAULT_MAX_RAW_BYTES
 from iterrefine.presets import apply_preset
 
 
-class KafkaConfig(msgspec.Struct, frozen=True, kw_only=True):
+class KafkaConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     #: ``None`` starts the embedded broker.
     bootstrap_servers: str | None = None
     client_id: str = "iterrefine"
@@ -40,7 +40,7 @@ class KafkaConfig(msgspec.Struct, frozen=True, kw_only=True):
     group_instance_id: str | None = None
 
 
-class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True):
+class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     #: Messages being processed at once per stage process (across its partitions).
     max_in_flight: int = 256
     fetch_max_records: int = 500
@@ -64,10 +64,12 @@ class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True):
     #: member's partitions move after a full one: keep it short (Kafka's minimum is 6 s).
     session_timeout_ms: int = 6_000
     heartbeat_interval_ms: int = 1_000
+    #: ``run`` gives up (exit 2, saying why) when its stages have no partitions by then.
+    group_join_timeout_s: float = 60.0
     linger_ms: int = 5
 
 
-class LLMRoleConfig(msgspec.Struct, frozen=True, kw_only=True):
+class LLMRoleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     base_url: str
     model: str
     #: Name of the environment variable that holds the API key (never the key itself).
@@ -76,7 +78,15 @@ class LLMRoleConfig(msgspec.Struct, frozen=True, kw_only=True):
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
     timeout_s: float = 60.0
+    #: Attempts per call are ``max_retries + 1`` in total (the one retry layer).
     max_retries: int = 6
+    #: Jittered exponential backoff between those attempts (Retry-After wins if longer).
+    retry_base_s: float = 0.2
+    retry_max_s: float = 30.0
+    #: Outage failures in a row (connection, timeout, 5xx) that open the role's circuit.
+    circuit_failures: int = 5
+    #: While the circuit is open: how often to ask the endpoint whether it is back.
+    probe_interval_s: float = 5.0
     #: Ask for JSON-schema structured output (vLLM, OpenAI support it; many servers don't).
     structured_output: bool = False
     temperature: float = 0.0
@@ -95,7 +105,7 @@ class LLMRoleConfig(msgspec.Struct, frozen=True, kw_only=True):
         return value
 
 
-class TaskTokenLimits(msgspec.Struct, frozen=True, kw_only=True):
+class TaskTokenLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``max_tokens`` per LLM task; the defaults are the paper's published settings.
 
     An answer cut off at its limit is asked again once with twice the limit, then
@@ -116,13 +126,23 @@ class TaskTokenLimits(msgspec.Struct, frozen=True, kw_only=True):
         return value
 
 
-class LLMDefaults(msgspec.Struct, frozen=True, kw_only=True):
+class LLMDefaults(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Settings every LLM role takes unless its own table sets them."""
 
     temperature: float = 0.0
 
 
-class PipelineConfig(msgspec.Struct, frozen=True, kw_only=True):
+class CacheConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The LLM response cache (:mod:`iterrefine.llm.cache`)."""
+
+    #: ``on`` (read and write), ``refresh`` (ask again, overwrite) or ``off``. The
+    #: ``run`` and ``worker`` commands default to ``on``; a bare ``Config()`` has none.
+    mode: Literal["on", "off", "refresh"] = "off"
+    #: The SQLite file; default ``<data_dir>/llm-cache.sqlite3``.
+    path: str | None = None
+
+
+class PipelineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     max_rounds: int = 3
     #: What happens to an item that never converged within ``max_rounds``: keep the
     #: original, drop it, or align its last readable revision anyway (the paper's choice;
@@ -152,7 +172,7 @@ class PipelineConfig(msgspec.Struct, frozen=True, kw_only=True):
     routing_policy: str = "threshold"
 
 
-class StageEntry(msgspec.Struct, frozen=True, kw_only=True):
+class StageEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A user stage in the graph: ``[[stages]]`` in the config file."""
 
     #: ``module:attr`` of a :class:`iterrefine.graph.StageSpec`.
@@ -162,7 +182,7 @@ class StageEntry(msgspec.Struct, frozen=True, kw_only=True):
     before: str | None = None
 
 
-class Config(msgspec.Struct, frozen=True, kw_only=True):
+class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     #: A named published setting applied under the file and flags (:mod:`iterrefine.presets`).
     preset: Literal["paper"] | None = None
     kafka: KafkaConfig = KafkaConfig()
@@ -173,11 +193,15 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     llm_defaults: LLMDefaults = LLMDefaults()
     metrics_port: int | None = None
     data_dir: str = ".iterrefine"
+    cache: CacheConfig = CacheConfig()
     #: User stages, inserted into the built-in graph in this order.
     stages: tuple[StageEntry, ...] = ()
     #: Directories to import user stages and policies from (relative ones are taken
     #: relative to the config file, and stored absolute).
     import_paths: tuple[str, ...] = ()
+
+    def cache_path(self) -> Path:
+        return Path(self.cache.path or Path(self.data_dir) / "llm-cache.sqlite3")
 
     def role(self, name: str) -> LLMRoleConfig:
         try:
@@ -212,8 +236,16 @@ def _with_role_defaults(raw: dict[str, Any]) -> dict[str, Any]:
     return {**raw, "llm": filled}
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Read a TOML file (optional) and apply overrides; raise ConfigError saying what is wrong."""
+def load_config(
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> Config:
+    """Read a TOML file (optional) over ``defaults`` and apply overrides.
+
+    Unknown keys are errors (a misspelt ``max_round`` must not run with the default);
+    raise ConfigError saying what is wrong.
+    """
     raw: dict[str, Any] = {}
     if path is not None:
         try:
@@ -226,12 +258,15 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if isinstance(paths, list):  # anything else is left for the type check below
             here = Path(path).resolve().parent
             raw["import_paths"] = [str(here / p) if isinstance(p, str) else p for p in paths]
+    # defaults < preset < file < flags: a preset stands for settings the user chose.
     raw = merge(raw, overrides or {})
     preset = raw.get("preset")
     if isinstance(preset, str):
         raw = apply_preset(preset, raw, Config)
-    raw = _with_role_defaults(raw)
+    raw = _with_role_defaults(merge(defaults or {}, raw))
     try:
         return msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"invalid configuration: {exc}") from None
+        hint = (" (a misspelt or unsupported key: see examples/iterrefine.toml for the valid "
+                "ones)" if "unknown field" in str(exc) else "")
+        raise ConfigError(f"invalid configuration: {exc}{hint}") from None

@@ -9,8 +9,11 @@ runtime dead-letters a message whose handler raised a non-retriable error.
     ├── BrokerError               the embedded broker cannot start / is not reachable
     ├── TransientError (retriable=True)
     │   ├── LLMTransientError     429 / 5xx / timeout / connection error from an LLM endpoint
+    │   │   └── LLMRetriesExhausted  (retriable=False) the call used its attempt budget
     │   └── DeliveryError         the broker did not acknowledge a produced message
     ├── LLMError                  non-retriable LLM failure (401, 400, model not found, ...)
+    ├── LLMUnavailable            a role's endpoint is down for good (e.g. its key is
+    │                             rejected): the message is abandoned, never dead-lettered
     ├── UnparseableOutput         the model's answer could not be read after all attempts
     │   └── TruncatedOutput       the answer was cut off at max_tokens, twice
     └── StageContractError        a handler wrote to an undeclared topic or returned no outputs
@@ -80,6 +83,27 @@ class LLMError(IterrefineError):
     """A non-retriable LLM failure (authentication, bad request, unknown model)."""
 
     reason = "llm_error"
+
+
+class LLMRetriesExhausted(LLMTransientError):
+    """A call used its whole attempt budget on transient failures (429s, sporadic 5xx).
+
+    Not retriable on purpose: the client is the one retry layer for LLM calls, so the
+    runtime must not multiply its attempts by retrying the handler.
+    """
+
+    retriable = False
+    reason = "llm_retries_exhausted"
+
+
+class LLMUnavailable(IterrefineError):
+    """A role's endpoint cannot serve anything (its circuit was given up, e.g. a bad key).
+
+    Not the item's fault: the runtime leaves the message uncommitted for a later run
+    or worker instead of dead-lettering it.
+    """
+
+    reason = "llm_unavailable"
 
 
 class UnparseableOutput(IterrefineError):

@@ -67,7 +67,7 @@ class ExtraWorkers:
         for index in range(self.count):
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "iterrefine.extra_workers", str(config_path),
-                str(workdir / f"stats-{index}.json"),
+                str(workdir / f"stats-{index}.json"), str(os.getpid()),
                 stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
             )
             self._procs.append(proc)
@@ -146,10 +146,12 @@ def add_stats(a: Mapping[str, LLMStats], b: Mapping[str, LLMStats]) -> dict[str,
 
 def main(argv: list[str]) -> int:
     """The child: serve all stages with the run's config until SIGTERM."""
+    from iterrefine._process import die_with_parent
     from iterrefine.logging import configure_logging
     from iterrefine.pipeline import serve_pipeline
 
-    config_path, stats_path = argv
+    config_path, stats_path, parent_pid = argv
+    die_with_parent(int(parent_pid))  # a SIGKILLed run takes its workers with it
     config = msgspec.json.decode(Path(config_path).read_bytes(), type=Config)
     configure_logging(json=True, level="warning", stream=sys.stderr)
     bootstrap = config.kafka.bootstrap_servers

@@ -58,6 +58,20 @@ class Metrics:
             "LLM answers cut off at max_tokens (finish_reason=length), by role and task.",
             ["role", "task"], registry=r,
         )
+        self.llm_cache_total = Counter(
+            f"{PREFIX}_llm_cache_total", "LLM response cache lookups by role and result "
+            "(hit: answered without a request).", ["role", "result"], registry=r,
+        )
+        self.llm_cache_tokens_saved_total = Counter(
+            f"{PREFIX}_llm_cache_tokens_saved_total",
+            "Prompt + completion tokens of the answers the response cache gave back.",
+            ["role"], registry=r,
+        )
+        self.llm_circuit_open = Gauge(
+            f"{PREFIX}_llm_circuit_open",
+            "1 while a role's endpoint is down or rejects the key (its calls wait).",
+            ["role"], registry=r,
+        )
         self.dlq_total = Counter(
             f"{PREFIX}_dlq_total", "Messages dead-lettered, by stage and reason.",
             ["stage", "reason"], registry=r,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import sys
 from collections.abc import Callable, Iterable, Sequence
 
@@ -24,11 +25,12 @@ from iterrefine.errors import ConfigError
 from iterrefine.graph import StageGraph, StageSpec, load_object
 from iterrefine.http import MetricsServer
 from iterrefine.llm import LLMRoles, LLMStats
+from iterrefine.llm.circuit import Circuit
 from iterrefine.llm.probe import is_simulator
 from iterrefine.metrics import Metrics
 from iterrefine.model import Provenance
 from iterrefine.prompts import PROMPT_VERSION
-from iterrefine.runtime import StageRunner
+from iterrefine.runtime import Stage, StageRunner
 from iterrefine.topics import ensure_topics
 from iterrefine.worker import install_stop_signals, serve_stages
 
@@ -71,6 +73,14 @@ def pipeline_context(
     return PipelineContext(config.pipeline, roles, metrics, provenance)
 
 
+def _held_while_roles_down(stage: Stage, role_names: Sequence[str], roles: LLMRoles) -> Stage:
+    """``stage`` taking no new messages while the circuit of a role it calls is open."""
+    circuits = [roles[name].circuit for name in role_names if name in roles]
+    if not circuits:
+        return stage
+    return dataclasses.replace(stage, hold=lambda: any(c.is_open for c in circuits))
+
+
 async def _simulated(config: Config) -> bool:
     """Whether any configured role is iterrefine's simulator (its output is marked so)."""
     answers = await asyncio.gather(*(is_simulator(e.base_url) for e in config.llm.values()))
@@ -90,13 +100,15 @@ async def serve_pipeline(
     simulated: bool | None = None,
     prompt_version: str = PROMPT_VERSION,
     runners_out: list[StageRunner] | None = None,
+    on_circuit_open: Callable[[Circuit], None] | None = None,
 ) -> dict[str, LLMStats]:
     """Serve ``stages`` of ``graph`` (default: the config's) until ``stop``; LLM counters.
 
     Without ``stop``, SIGTERM/SIGINT stop it (drain, commit). ``metrics_port`` serves
     ``/metrics``, ``/healthz`` and ``/readyz`` meanwhile. ``simulated=None`` asks
     the endpoints whether they are the simulator. ``on_ready`` is called once every
-    stage has its first partitions.
+    stage has its first partitions. ``on_circuit_open`` hears when an LLM role's
+    endpoint goes down (``run`` stops on a rejected key).
     """
     graph = graph if graph is not None else load_graph(config)
     specs = graph.select(stages)
@@ -111,12 +123,13 @@ async def serve_pipeline(
                 metrics.registry, metrics_port,
                 ready=lambda: bool(runners) and all(r.ready.is_set() for r in runners),
             ))
-        roles = await stack.enter_async_context(LLMRoles(config, metrics=metrics))
+        roles = await stack.enter_async_context(
+            LLMRoles(config, metrics=metrics, on_circuit_open=on_circuit_open))
         if simulated is None:
             simulated = await _simulated(config)
         ctx = pipeline_context(config, roles, metrics, simulated=simulated,
                                prompt_version=prompt_version)
-        built = [spec.build(ctx) for spec in specs]
+        built = [_held_while_roles_down(spec.build(ctx), spec.roles, roles) for spec in specs]
         log.info("worker_starting", stages=[s.name for s in built], bootstrap=bootstrap,
                  simulated=simulated)
         await ensure_topics(config.kafka, bootstrap, graph.topics())

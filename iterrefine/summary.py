@@ -110,6 +110,11 @@ def build_summary(
             "prompt_tokens": stats.prompt_tokens,
             "completion_tokens": stats.completion_tokens,
             "latency_s": latency.get(role, {}),
+            # Calls the response cache answered (each a request not paid for).
+            "cache_hits": stats.cache_hits,
+            "cache_misses": stats.cache_misses,
+            "cache_tokens_saved": stats.cache_tokens_saved,
+            "circuit_opened": stats.circuit_opened,
         }
         for role, stats in llm_stats.items()
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import Callable, Sequence
 
@@ -19,10 +20,18 @@ log = structlog.get_logger("iterrefine.worker")
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:
-    """SIGTERM and SIGINT ask for a graceful stop (drain in-flight work, commit)."""
+    """SIGTERM and SIGINT ask for a graceful stop (drain in-flight work, commit); a second
+    one exits at once (what is not committed is redone by the next owner)."""
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            log.warning("forced_exit", reason="second stop signal while draining")
+            os._exit(130)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
 
 
 async def _static_membership_checked(config: Config, bootstrap_servers: str) -> Config:

@@ -41,6 +41,9 @@ _FAMILIES = {
     "iterrefine_llm_truncated_total": "counter",
     "iterrefine_dlq_total": "counter",
     "iterrefine_quality_score": "histogram",
+    "iterrefine_llm_cache_total": "counter",
+    "iterrefine_llm_cache_tokens_saved_total": "counter",
+    "iterrefine_llm_circuit_open": "gauge",
 }
 FIXED_SERIES = frozenset(
     name + suffix
@@ -115,7 +118,7 @@ def test_dashboard_uses_only_fixed_metrics() -> None:
 def test_alerts_use_only_fixed_metrics() -> None:
     """Every alert expression selects only known iterrefine series (or up)."""
     exprs = alert_expressions(ALERTS)
-    assert len(exprs) == 5
+    assert len(exprs) == 6
     for expr in exprs:
         names = metric_names(expr)
         assert names, f"no metric found in {expr!r}"
@@ -132,6 +135,7 @@ def test_alerts_have_severity_and_annotations() -> None:
         "IterrefineLLMErrorRatioHigh",
         "IterrefineConvergenceRatioLow",
         "IterrefineWorkerDown",
+        "IterrefineLLMCircuitOpen",
     }
     for rule in rules:
         assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]

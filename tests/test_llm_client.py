@@ -88,6 +88,8 @@ def role_config(**overrides: Any) -> LLMRoleConfig:
         "api_key_env": KEY_ENV,
         "max_retries": 3,
         "timeout_s": 5.0,
+        # These tests pin one call's own failures; tests/test_llm_circuit.py pins the breaker.
+        "circuit_failures": 0,
     }
     fields.update(overrides)
     return LLMRoleConfig(**fields)

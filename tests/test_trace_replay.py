@@ -88,15 +88,23 @@ class TraceEndpoint:
 
     async def chat(self, request: web.Request) -> web.Response:
         body = await request.json()
-        system, user = (m["content"] for m in body["messages"])
-        task_match = re.match(r"\[iterrefine task=(\w+)", system)
-        assert task_match is not None
-        task, data = task_match.group(1), data_block(user)
+        messages = body["messages"]
+        task_match = re.match(r"\[iterrefine task=(\w+)", messages[0]["content"])
+        if task_match is None:  # run's start-up probe of the endpoint
+            return self.completion(body, "OK")
+        task, data = task_match.group(1), data_block(messages[-1]["content"])
         self.requests.append((task, data))
+        return self.completion(body, self.answer(task, data))
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "trace", "object": "model"}]})
+
+    @staticmethod
+    def completion(body: dict[str, Any], text: str) -> web.Response:
         return web.json_response({
             "id": "trace", "object": "chat.completion", "created": 0, "model": body["model"],
             "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": self.answer(task, data)}}],
+                         "message": {"role": "assistant", "content": text}}],
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
         })
 
@@ -106,6 +114,7 @@ async def serve(endpoint: TraceEndpoint) -> AsyncIterator[str]:
     """The endpoint on a loopback port; yields its OpenAI base URL."""
     app = web.Application()
     app.router.add_post("/v1/chat/completions", endpoint.chat)
+    app.router.add_get("/v1/models", endpoint.models)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

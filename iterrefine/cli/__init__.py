@@ -26,6 +26,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "export",
     "replay",
     "status",
+    "cache",
 )
 
 
@@ -33,12 +34,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="iterrefine",
         description="Curate instruction-tuning data by iterative LLM refinement, on Kafka.",
+        allow_abbrev=False,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _COMMAND_MODULES:
         module = importlib.import_module(f"iterrefine.cli.{name}")
         module.register(sub)
+    _no_abbreviations(parser)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("iterrefine")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
+    """``--max-round`` must be an error, not ``--max-rounds``: for every (sub)command."""
+    parser.allow_abbrev = False
+    for action in parser._actions:  # argparse keeps subparsers only here
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _no_abbreviations(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -89,6 +89,19 @@ def add_llm_args(parser: argparse.ArgumentParser) -> None:
         "the revised instruction, keeping the original's facts)")
     add("--position-swap", action="store_true", default=None,
         help="review in both orders; a revision converges only if it wins both")
+    add_cache_args(parser)
+
+
+def add_cache_args(parser: argparse.ArgumentParser) -> None:
+    """``--cache MODE`` / ``--no-cache``: the LLM response cache, on by default."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--cache", choices=["on", "off", "refresh"], default=None,
+        help="LLM response cache under --data-dir: on (default) answers a repeated question "
+        "from disk, so a rerun pays only for calls not yet answered; refresh asks again and "
+        "overwrites; off neither reads nor writes")
+    group.add_argument("--no-cache", dest="cache", action="store_const", const="off",
+                       help="same as --cache off")
 
 
 def _llm_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -130,12 +143,15 @@ def config_from_args(args: argparse.Namespace) -> Config:
         },
         "data_dir": getattr(args, "data_dir", None),
         "metrics_port": getattr(args, "metrics_port", None),
+        "cache": {"mode": getattr(args, "cache", None)},
         "preset": getattr(args, "preset", None),
     }
     llm = _llm_overrides(args)
     if llm:
         overrides["llm"] = llm
-    config = load_config(getattr(args, "config", None), overrides)
+    # Commands that call LLMs keep their answers unless told otherwise.
+    defaults = {"cache": {"mode": "on"}} if hasattr(args, "cache") else None
+    config = load_config(getattr(args, "config", None), overrides, defaults)
     for role, entry in config.llm.items():
         if not entry.model or not entry.base_url:
             raise ConfigError(f"LLM role {role!r} needs both a model and a base URL")

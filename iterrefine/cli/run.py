@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,8 +15,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from iterrefine import exit_codes
 from iterrefine.cli.common import add_kafka_args, add_llm_args, config_from_args, require_llm
+from iterrefine.config import Config
 from iterrefine.errors import ConfigError
+from iterrefine.exit_codes import run_exit_code
 from iterrefine.logging import configure_logging
 from iterrefine.sim import SimConfig
 
@@ -93,10 +98,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         async def main() -> Any:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
-            import signal
-
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, _stop_or_force, stop)
             return await run_pipeline(
                 config, options, stop=stop,
                 on_ingested=lambda n: progress.update(task, total=n),
@@ -111,11 +114,47 @@ def cmd_run(args: argparse.Namespace) -> int:
     print_summary(Console(), summary, result.paths)
     for problem in result.ingest.problems[:10]:
         print(f"  bad input: {problem}", file=sys.stderr)
+    ingest = result.ingest
+    # Invalid and duplicate input records have a DLQ row each; they are not processing faults.
+    code = run_exit_code(summary, invalid_input=ingest.invalid + ingest.duplicate_ids
+                         + ingest.duplicate_records)
+    if summary.get("aborted"):
+        print(f"iterrefine: error: {summary['aborted']}", file=sys.stderr)
     if not result.complete:
-        print(f"iterrefine: {summary['pending']} items did not finish; their state is in Kafka "
-              "and a later run or worker picks them up", file=sys.stderr)
-        return 1
-    return 0
+        print(f"iterrefine: {summary['pending']} items did not finish; "
+              f"{_where_unfinished_items_are(config)}", file=sys.stderr)
+    elif code == exit_codes.DEAD_LETTERED:
+        print(f"iterrefine: {summary['dlq']} items were dead-lettered (see {result.paths.dlq}"
+              " and the dlq reasons above); exit code 1", file=sys.stderr)
+    return code
+
+
+def _stop_or_force(stop: asyncio.Event) -> None:
+    """First SIGINT/SIGTERM: drain and stop. A second one: leave now."""
+    if not stop.is_set():
+        print("iterrefine: stopping: letting in-flight work finish (press Ctrl-C again to "
+              "exit at once)", file=sys.stderr)
+        stop.set()
+        return
+    print("iterrefine: exiting now without draining; rerun the same command to finish "
+          "(answers already received are cached)", file=sys.stderr)
+    sys.stderr.flush()
+    # The embedded broker and --workers children die with this process (PR_SET_PDEATHSIG).
+    os._exit(exit_codes.FORCED)
+
+
+def _where_unfinished_items_are(config: Config) -> str:
+    """The truth about unfinished items, which depends on where the broker lives."""
+    from iterrefine.broker_state import find_running_broker
+
+    cache = ("the answers already received are in the LLM response cache, so rerunning the "
+             "same command pays only for the calls not yet answered"
+             if config.cache.mode != "off" else
+             "the response cache is off (--no-cache), so a rerun pays for every call again")
+    if not config.kafka.bootstrap_servers and find_running_broker(config.data_dir) is None:
+        return (f"the embedded in-memory broker was stopped with this run, so their pipeline "
+                f"state is lost; {cache}")
+    return f"their state is in Kafka and a later run or worker picks them up; {cache}"
 
 
 def print_summary(console: Console, summary: dict[str, Any], paths: Any) -> None:
@@ -138,6 +177,10 @@ def print_summary(console: Console, summary: dict[str, Any], paths: Any) -> None
         table.add_row(f"LLM {role}", f"{stats['requests']} calls, {stats['errors']} errors, "
                       f"{stats['prompt_tokens']}+{stats['completion_tokens']} tokens, "
                       f"p50 {stats['latency_s'].get('p50')} s")
+        if stats.get("cache_hits") or stats.get("cache_misses"):
+            table.add_row(f"cache {role}", f"{stats['cache_hits']} hits (not paid), "
+                          f"{stats['cache_misses']} misses, "
+                          f"{stats['cache_tokens_saved']} tokens saved")
     if summary.get("truncated"):
         table.add_row("cut off at max_tokens", ", ".join(
             f"{k} {v}" for k, v in sorted(summary["truncated"].items())))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 from typing import Any
 
@@ -60,6 +61,9 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     add("--hang-s", type=float, default=defaults.hang_s, help="how long a hang lasts")
     add("--retry-after-s", type=float, default=defaults.retry_after_s, help="Retry-After on 429")
     add("--seed", type=int, default=defaults.seed, help="seed of latency jitter and faults")
+    add("--require-key-env", metavar="VAR",
+        help="answer 401 unless the bearer key equals this variable's value (to rehearse a "
+        "wrong key)")
     add(
         "--request-log-size",
         type=int,
@@ -86,6 +90,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         retry_after_s=args.retry_after_s,
         seed=args.seed,
         request_log_size=args.request_log_size,
+        api_key=os.environ.get(args.require_key_env) if args.require_key_env else None,
     )
 
 

@@ -12,7 +12,9 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
+from iterrefine.cli.cache import describe_cache
 from iterrefine.cli.common import add_kafka_args, config_from_args, resolve_bootstrap
+from iterrefine.llm.cache import read_stats
 from iterrefine.logging import configure_logging
 
 if TYPE_CHECKING:
@@ -53,10 +55,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         config.kafka, resolve_bootstrap(config), stage_inputs=load_graph(config).inputs(),
         metrics_urls=urls, interval_s=args.interval_s,
     ))
+    cache = read_stats(config.cache_path())
     if args.json:
-        print(json.dumps(msgspec.to_builtins(status), indent=2))
+        print(json.dumps({**msgspec.to_builtins(status),
+                          "llm_cache": msgspec.to_builtins(cache)}, indent=2))
     else:
         print_status(Console(), status)
+        Console().print(describe_cache(cache, config.cache_path()))
     for error in status.metrics_errors:
         print(f"iterrefine: cannot scrape {error}", file=sys.stderr)
     return 1 if status.metrics_errors else 0

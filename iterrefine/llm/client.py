@@ -24,9 +24,9 @@ headers, auth, error types) but take its cheapest documented paths:
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import httpx2
@@ -36,12 +36,21 @@ import structlog
 from prometheus_client import Counter, Histogram
 
 from iterrefine.config import LLMRoleConfig
-from iterrefine.errors import IterrefineError
+from iterrefine.errors import IterrefineError, LLMRetriesExhausted
 from iterrefine.lifecycle import AsyncService
+from iterrefine.llm.cache import (
+    CachedAnswer,
+    ResponseCache,
+    RoleCache,
+    cache_key,
+    without_fence_nonce,
+)
+from iterrefine.llm.circuit import Circuit
+from iterrefine.llm.endpoint_probe import probe_completion, probe_models
 from iterrefine.llm.failures import FailureMap
 from iterrefine.llm.ratelimit import TokenBucket
 from iterrefine.metrics import Metrics
-from iterrefine.retry import Backoff, retry_async
+from iterrefine.retry import Backoff
 
 log = structlog.get_logger("iterrefine.llm")
 
@@ -61,6 +70,10 @@ class ChatResult(msgspec.Struct, frozen=True, kw_only=True):
     #: ``"length"`` means the answer was cut at ``max_tokens``.
     finish_reason: str | None = None
     attempts: int = 1
+    #: The response cache's key for this request (None without a cache).
+    cache_key: str | None = None
+    #: Answered from the response cache: no request was sent.
+    cached: bool = False
 
 
 class LLMStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -73,6 +86,14 @@ class LLMStats(msgspec.Struct, frozen=True, kw_only=True):
     retries: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    #: Calls answered by the response cache (no request sent) and calls it could not answer.
+    cache_hits: int = 0
+    cache_misses: int = 0
+    #: Prompt + completion tokens of the answers the cache gave back.
+    cache_tokens_saved: int = 0
+    #: Endpoint probes while the role's circuit was open.
+    probes: int = 0
+    circuit_opened: int = 0
 
 
 # The wire shape of the few fields we read; the decoder skips everything else without
@@ -141,6 +162,8 @@ class LLMClient(AsyncService):
         metrics: Metrics | None = None,
         http_client: httpx2.AsyncClient | None = None,
         backoff: Backoff | None = None,
+        cache: ResponseCache | None = None,
+        on_circuit_open: Callable[[Circuit], None] | None = None,
     ) -> None:
         self.role = role
         self.config = config
@@ -148,7 +171,7 @@ class LLMClient(AsyncService):
         self._api_key = config.api_key()
         self._metrics = metrics
         self._http_client = http_client
-        self._backoff = backoff or Backoff()
+        self._backoff = backoff or Backoff(base_s=config.retry_base_s, max_s=config.retry_max_s)
         self._semaphore = asyncio.Semaphore(max(1, config.max_concurrency))
         self._request_bucket = (
             TokenBucket.per_minute(config.requests_per_minute)
@@ -160,6 +183,14 @@ class LLMClient(AsyncService):
         )
         self._failures = FailureMap(role, config, self._api_key)
         self._where = self._failures.where
+        self._cache = None if cache is None else RoleCache(cache, role, metrics)
+        self.circuit = Circuit(
+            role, self._where, self._probe_open_circuit,
+            failures_to_open=config.circuit_failures,
+            probe_interval_s=config.probe_interval_s,
+            gauge=None if metrics is None else metrics.llm_circuit_open.labels(role=role),
+            on_open=on_circuit_open,
+        )
         # Children looked up once: labels() costs a lock and a tuple per call.
         self._status_counters: dict[str, Counter] = {}
         self._seconds: Histogram | None = None
@@ -170,6 +201,7 @@ class LLMClient(AsyncService):
                 metrics.llm_tokens_total.labels(role=role, kind="prompt"),
                 metrics.llm_tokens_total.labels(role=role, kind="completion"),
             )
+            metrics.llm_circuit_open.labels(role=role).set(0)
         self._api: openai.AsyncOpenAI | None = None
         self._chat_url = ""
         self._closed = False
@@ -178,6 +210,7 @@ class LLMClient(AsyncService):
         self._retries = 0
         self._prompt_tokens = 0
         self._completion_tokens = 0
+        self._probes = 0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -210,6 +243,7 @@ class LLMClient(AsyncService):
         if self._closed:
             return
         self._closed = True
+        await self.circuit.aclose()
         api, self._api = self._api, None
         if api is not None and self._http_client is None:
             await api.close()
@@ -233,6 +267,11 @@ class LLMClient(AsyncService):
             retries=self._retries,
             prompt_tokens=self._prompt_tokens,
             completion_tokens=self._completion_tokens,
+            cache_hits=0 if self._cache is None else self._cache.hits,
+            cache_misses=0 if self._cache is None else self._cache.misses,
+            cache_tokens_saved=0 if self._cache is None else self._cache.tokens_saved,
+            probes=self._probes,
+            circuit_opened=self.circuit.opened,
         )
 
     async def chat(
@@ -267,37 +306,113 @@ class LLMClient(AsyncService):
             }
         # Encoded once: retries send the same bytes.
         content = _encode_body(body)
-        estimate = estimate_tokens(messages, limit)
         started = time.monotonic()
-        retries = 0
-
-        def on_retry(retry: int, exc: BaseException, delay_s: float) -> None:
-            nonlocal retries
-            retries = retry
-            self._retries += 1
-            log.warning(
-                "llm_retry", role=self.role, model=config.model, retry=retry,
-                delay_s=round(delay_s, 3), error=str(exc),
-            )
-
-        try:
-            # A partial, not an async wrapper: every coroutine in the await chain is
-            # resumed on each socket event of the request.
-            result = await retry_async(
-                functools.partial(self._attempt, api, content, estimate, structured=structured),
-                attempts=config.max_retries + 1,
-                backoff=self._backoff,
-                on_retry=on_retry,
-            )
-        except IterrefineError as exc:
-            log.warning(
-                "llm_failed", role=self.role, model=config.model, attempts=retries + 1,
-                retriable=exc.retriable, error=str(exc),
-            )
-            raise
+        key = None
+        if self._cache is not None:
+            key = cache_key(_encode_body({**body, "messages": without_fence_nonce(messages)}))
+            hit = self._cache.lookup(key)
+            if hit is not None:
+                return ChatResult(
+                    text=hit.text, prompt_tokens=hit.prompt_tokens,
+                    completion_tokens=hit.completion_tokens, model=hit.model,
+                    seconds=time.monotonic() - started, finish_reason=hit.finish_reason,
+                    attempts=0, cache_key=key, cached=True,
+                )
+        result, attempts = await self._call(api, content, estimate_tokens(messages, limit),
+                                            structured=structured)
         return msgspec.structs.replace(
-            result, seconds=time.monotonic() - started, attempts=retries + 1
+            result, seconds=time.monotonic() - started, attempts=attempts, cache_key=key
         )
+
+    def remember(self, reply: object, *, readable: bool) -> None:
+        """Tell the cache whether ``reply`` could be read: only readable answers are kept.
+
+        Called by :func:`iterrefine.llm.tasks.ask` once the task's parser has seen it.
+        """
+        if self._cache is None or not isinstance(reply, ChatResult) or reply.cache_key is None:
+            return
+        if readable and not reply.cached:
+            self._cache.keep(reply.cache_key, CachedAnswer(
+                text=reply.text, model=reply.model, prompt_tokens=reply.prompt_tokens,
+                completion_tokens=reply.completion_tokens, finish_reason=reply.finish_reason,
+            ))
+        elif not readable and reply.cached:
+            self._cache.forget(reply.cache_key)
+
+    async def _call(
+        self, api: openai.AsyncOpenAI, content: bytes, estimate: int, *, structured: bool
+    ) -> tuple[ChatResult, int]:
+        """The one retry layer of an LLM call: the answer and the attempts it took.
+
+        At most ``max_retries + 1`` attempts while the endpoint is up. A failure that
+        opens (or meets) the role's open circuit is not counted: the call waits for the
+        circuit to close and goes on. When the budget runs out the error is raised as
+        :class:`LLMRetriesExhausted`, which the runtime does not retry again, so one
+        call never costs more than its budget (handler retries replay the calls that
+        had succeeded from the response cache).
+        """
+        config = self.config
+        budget = config.max_retries + 1
+        attempt = 0
+        while True:
+            await self.circuit.wait_closed()
+            try:
+                return await self._attempt(api, content, estimate, structured=structured), (
+                    attempt + 1)
+            except IterrefineError as exc:
+                if self.circuit.is_open:
+                    continue  # an outage, not this call's fault: wait for the endpoint
+                attempt += 1
+                if not exc.retriable or attempt >= budget:
+                    log.warning(
+                        "llm_failed", role=self.role, model=config.model, attempts=attempt,
+                        retriable=exc.retriable, error=str(exc),
+                    )
+                    if exc.retriable:
+                        raise LLMRetriesExhausted(
+                            f"{exc} (after {attempt} attempts; raise max_retries for this "
+                            "role if the endpoint needs more patience)") from exc
+                    raise
+                retry_after = getattr(exc, "retry_after_s", None)
+                delay = self._backoff.delay_s(attempt - 1, retry_after)
+                self._retries += 1
+                log.warning(
+                    "llm_retry", role=self.role, model=config.model, retry=attempt,
+                    delay_s=round(delay, 3), error=str(exc),
+                )
+                await asyncio.sleep(delay)
+
+    async def probe(self) -> str | None:
+        """Ask the endpoint whether it is up and takes our key: None if so, else why not.
+
+        ``GET /models`` costs no tokens; a server without that route (404/405) is
+        asked for a one-token completion instead.
+        """
+        api = self._api
+        if api is None:
+            raise RuntimeError(f"{self._where}: call start() or use 'async with' first")
+        self._probes += 1
+        status, problem = await probe_models(api, self._failures)
+        if status in ("404", "405"):
+            status, problem = await probe_completion(api, self._failures, self._chat_url)
+        return problem
+
+    async def _probe_open_circuit(self) -> str | None:
+        """Whether the endpoint is back: a one-token completion, the call that was failing.
+
+        ``GET /models`` can answer while completions fail (a 5xx storm behind a healthy
+        front), so only a rejected key, which ``/models`` shows too, is probed for free.
+        """
+        api = self._api
+        if api is None:
+            return f"{self._where}: client is closed"
+        self._probes += 1
+        if self.circuit.open_reason == "auth":
+            status, problem = await probe_models(api, self._failures)
+            if status not in ("404", "405"):
+                return problem
+        _, problem = await probe_completion(api, self._failures, self._chat_url)
+        return problem
 
     async def _attempt(
         self, api: openai.AsyncOpenAI, content: bytes, estimate: int, *, structured: bool
@@ -330,12 +445,14 @@ class LLMClient(AsyncService):
 
         self._observe(status, seconds)
         if isinstance(outcome, IterrefineError):
+            self.circuit.failed(status, outcome)
             self._errors += 1
             if self._token_bucket is not None and status.isdigit():
                 # The server turned the request away (HTTP status): it used no tokens there.
                 self._token_bucket.adjust(-estimate)
             raise outcome
         result = outcome
+        self.circuit.succeeded()
         self._prompt_tokens += result.prompt_tokens
         self._completion_tokens += result.completion_tokens
         if self._token_bucket is not None and (result.prompt_tokens or result.completion_tokens):

@@ -16,7 +16,7 @@ twice the limit; cut off again, it raises :class:`TruncatedOutput` (an
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Final, Literal, overload
+from typing import Any, Final, Literal, Protocol, overload, runtime_checkable
 
 import msgspec
 import structlog
@@ -65,6 +65,13 @@ def _finish_reason(reply: ChatReply) -> str | None:
     # Replies of simple test doubles may not carry the attribute; LLMClient's always do.
     reason = getattr(reply, "finish_reason", None)
     return reason if isinstance(reason, str) else None
+
+
+@runtime_checkable
+class RemembersAnswers(Protocol):
+    """A client with a response cache (``LLMClient``): it keeps an answer once it is read."""
+
+    def remember(self, reply: object, *, readable: bool) -> None: ...
 
 
 #: The parser that reads each task's answer.
@@ -197,6 +204,7 @@ async def ask(
             max_tokens=limit,
         )
         if _finish_reason(reply) == "length":
+            _remember(client, reply, readable=False)  # a half-written answer is never kept
             if on_truncated is not None:
                 on_truncated(task)
             log.warning("llm_answer_truncated", task=task, max_tokens=limit,
@@ -212,8 +220,9 @@ async def ask(
             continue
         attempt += 1
         try:
-            return parser(reply.text)
+            answer = parser(reply.text)
         except UnparseableOutput as exc:
+            _remember(client, reply, readable=False)
             last_error = exc
             log.warning(
                 "llm_answer_unparseable",
@@ -222,8 +231,17 @@ async def ask(
                 attempts=attempts,
                 error=str(exc),
             )
+        else:
+            _remember(client, reply, readable=True)
+            return answer
     assert last_error is not None  # the loop ran at least once and never returned
     raise last_error
+
+
+def _remember(client: ChatClient, reply: ChatReply, *, readable: bool) -> None:
+    """Tell a caching client whether its answer could be read: only readable ones are kept."""
+    if isinstance(client, RemembersAnswers):
+        client.remember(reply, readable=readable)
 
 
 # ---------------------------------------------------------------- typed helpers

@@ -23,7 +23,12 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from iterrefine.config import Config
-from iterrefine.errors import StageContractError, TransientError, ValidationError
+from iterrefine.errors import (
+    LLMUnavailable,
+    StageContractError,
+    TransientError,
+    ValidationError,
+)
 from iterrefine.kafka import make_consumer, make_producer
 from iterrefine.logging import UNIT_OF_WORK
 from iterrefine.metrics import Metrics
@@ -60,6 +65,23 @@ class _GaveUp(Exception):
         super().__init__(str(cause))
         self.cause = cause
         self.attempts = attempts
+
+
+async def _unless_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Run ``work`` unless ``stop`` is set first (then cancel it): whether it finished."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if task.done():
+        task.result()  # re-raise its error
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
@@ -174,7 +196,15 @@ class StageRunner:
         )
         consumer.subscribe([self._input_topic], listener=_Rebalance(self))
         self._consumer = consumer
-        await consumer.start()
+        if not await _unless_stopped(consumer.start(), stop):
+            # A group that never lets us join (Tansu can keep members of an earlier run)
+            # must not make SIGTERM hang: give up the join and leave.
+            await consumer.stop()
+            if self._own_producer:
+                await self._producer.stop()
+            log.warning("stage_stopped_before_joining", stage=self.stage.name,
+                        group=self.group_id)
+            return
         log.info("stage_started", stage=self.stage.name, topic=self._input_topic,
                  group=self.group_id)
         try:
@@ -229,7 +259,8 @@ class StageRunner:
 
     async def _poll_once(self, consumer: AIOKafkaConsumer) -> None:
         free = self._rt.max_in_flight - self._inflight
-        if free <= 0 or (self._full_since is not None and free < self._refill_at):
+        held = self.stage.hold is not None and self.stage.hold()
+        if held or free <= 0 or (self._full_since is not None and free < self._refill_at):
             await self._wait_for_room(consumer)
             return
         self._full_since = None
@@ -344,6 +375,10 @@ class StageRunner:
         except KafkaError as exc:
             await self._redeliver(record, tracker, outgoing, exc)
             return
+        except LLMUnavailable as exc:  # the endpoint is down, not the item: never dead-letter
+            log.warning("handler_abandoned", reason=exc.reason, message=str(exc)[:300])
+            self._abandoned(tracker)  # stays uncommitted: a later run or worker redoes it
+            return
         except Exception:  # a bug in the runtime itself: keep the partition from advancing
             log.exception("stage_internal_error")
             self._abandoned(tracker)
@@ -433,6 +468,8 @@ class StageRunner:
                         raise _GaveUp(first, attempts=1) from first
                     outputs = await self._retry_handler(item, first)
         except _GaveUp as gave_up:  # handed to the dead-letter policy, never swallowed
+            if isinstance(gave_up.cause, LLMUnavailable):
+                raise gave_up.cause from None
             return [self._give_up(record, item, gave_up.cause, attempts=gave_up.attempts)]
         try:
             return self._outputs(item, self._checked(outputs), started)

@@ -116,6 +116,9 @@ class Stage:
     decode: Decoder = decode_envelope
     outputs: tuple[str, ...] = field(default=(), kw_only=True)
     waits: bool = field(default=True, kw_only=True)
+    #: While this returns True the runner takes no new messages, keeping its group
+    #: membership as with a full window (set when an LLM role the stage calls is down).
+    hold: Callable[[], bool] | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         if not self.outputs:

@@ -50,6 +50,8 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
     sample_interval_ms: float = 100.0
     series_size: int = 6000
     models: tuple[str, ...] = DEFAULT_SIM_MODELS
+    #: When set, ``/v1`` answers 401 to any other bearer key (to rehearse a wrong key).
+    api_key: str | None = None
 
     def __post_init__(self) -> None:
         shares = {

@@ -184,7 +184,7 @@ class SimServer(AsyncService):
     # -- app -------------------------------------------------------------------------
 
     def _app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._auth])
         app.router.add_post("/v1/chat/completions", self._chat_completions)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/v1/models/{model}", self._model)
@@ -193,6 +193,18 @@ class SimServer(AsyncService):
         app.router.add_get("/requests", self._requests)
         app.router.add_get("/health", self._health)
         return app
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """With ``api_key`` set, the /v1 API wants exactly that bearer key (like OpenAI)."""
+        key = self.config.api_key
+        if (key is not None and request.path.startswith("/v1/")
+                and request.headers.get("Authorization") != f"Bearer {key}"):
+            self.stats.request("unauthorized")
+            self.stats.finished(401)
+            return _error(401, "sim: incorrect API key provided", "invalid_api_key")
+        response: web.StreamResponse = await handler(request)
+        return response
 
     async def _sample_forever(self) -> None:
         interval_s = self.config.sample_interval_ms / 1000.0

@@ -1,0 +1,40 @@
+"""What the exit code of ``iterrefine run`` says (documented in README.md, "Exit codes").
+
+    0    every item reached a terminal topic and none was dead-lettered for a
+         processing reason (invalid input records in the DLQ do not count)
+    1    the run finished, but items were dead-lettered for processing reasons
+         (unreadable answers, exhausted retries, ...); also when no item at all was
+         curated or rejected, so an all-DLQ run never exits 0
+    2    nothing useful could start, or the run was stopped by a problem only the
+         operator can fix: bad flags or config, output not writable, an LLM endpoint
+         down or rejecting the key at preflight, or the key rejected mid-run
+    3    cut short: SIGTERM/Ctrl-C or --timeout-s came first, some items did not finish
+    130  a second Ctrl-C: exited at once, without draining
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+OK = 0
+DEAD_LETTERED = 1
+USAGE = 2
+CUT_SHORT = 3
+FORCED = 130
+
+
+def processing_dead_letters(summary: Mapping[str, Any], *, invalid_input: int) -> int:
+    """DLQ rows that are not invalid input records (each of those has one DLQ row)."""
+    return max(0, int(summary["dlq"]) - invalid_input)
+
+
+def run_exit_code(summary: Mapping[str, Any], *, invalid_input: int) -> int:
+    if summary.get("aborted"):
+        return USAGE
+    if not summary["complete"]:
+        return CUT_SHORT
+    nothing_out = summary["curated"] + summary["rejected"] == 0 and summary["items_in"] > 0
+    if processing_dead_letters(summary, invalid_input=invalid_input) or nothing_out:
+        return DEAD_LETTERED
+    return OK

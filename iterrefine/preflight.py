@@ -1,0 +1,154 @@
+"""Checks ``iterrefine run`` makes before it ingests anything, so nothing is paid for in vain.
+
+Each failure is a :class:`PreflightError` (a :class:`ConfigError`: exit code 2) whose
+message names the fix, and the whole set takes a few seconds at most:
+
+* every output file (curated, rejected, DLQ) can be written: its directory exists or
+  can be made, and the path is not a directory;
+* every LLM role answers and accepts its key (:meth:`LLMClient.probe`: ``GET
+  /models``, or a one-token completion where that route does not exist).
+
+Config keys are checked when the config is parsed (unknown keys are errors there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import msgspec
+import structlog
+
+from iterrefine.config import CacheConfig, Config
+from iterrefine.errors import ConfigError
+from iterrefine.llm.circuit import Circuit
+from iterrefine.llm.client import LLMClient
+from iterrefine.llm.roles import LLMRoles
+from iterrefine.runtime import StageRunner
+
+log = structlog.get_logger("iterrefine.preflight")
+
+#: Per role; connection refusals answer at once, a black-holed host takes this long.
+PROBE_TIMEOUT_S = 5.0
+
+
+class PreflightError(ConfigError):
+    """Something ``run`` would only have found out after paying for the pipeline."""
+
+    reason = "preflight"
+
+
+def check_output_paths(paths: Iterable[Path]) -> None:
+    """Each path's directory exists (made if missing) and takes a new file; none is a dir."""
+    for path in paths:
+        if path.is_dir():
+            raise PreflightError(f"output {path} is a directory: give a file name, e.g. "
+                                 f"{path / 'curated.jsonl'}")
+        parent = path.parent
+        blocker = next((p for p in (parent, *parent.parents) if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise PreflightError(f"output {path} cannot be created: {blocker} is not a "
+                                 "directory; choose an output path in a writable directory")
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PreflightError(
+                f"cannot create the directory of output {path}: {exc.strerror or exc}; "
+                "choose an output path in a writable directory") from None
+        try:
+            # A real file in the real directory: os.access would miss read-only mounts.
+            handle, probe = tempfile.mkstemp(prefix=".iterrefine-preflight-", dir=parent)
+        except OSError as exc:
+            raise PreflightError(
+                f"cannot write to {parent} (for output {path}): {exc.strerror or exc}; choose "
+                "a writable directory or fix its permissions") from None
+        os.close(handle)
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PreflightError(f"output {path} exists and is read-only: remove it or choose "
+                                 "another output path")
+
+
+async def check_llm_endpoints(config: Config) -> None:
+    """Probe every configured role on clients of its own (no cache, no circuit)."""
+    quiet = msgspec.structs.replace(config, cache=CacheConfig(mode="off"))
+    async with LLMRoles(quiet) as roles:
+        await check_llm_roles(roles[role] for role in roles)
+
+
+async def check_llm_roles(clients: Iterable[LLMClient]) -> None:
+    """Every role's endpoint answers and takes its key; all roles are asked at once."""
+    clients = list(clients)
+    started = time.monotonic()
+
+    async def one(client: LLMClient) -> str | None:
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                return await client.probe()
+        except TimeoutError:
+            return (f"LLM role {client.role!r} at {client.config.base_url}: no answer within "
+                    f"{PROBE_TIMEOUT_S:g} s; check base_url and that the server is running")
+
+    problems = [p for p in await asyncio.gather(*(one(c) for c in clients)) if p is not None]
+    if problems:
+        raise PreflightError(
+            "an LLM endpoint is not usable, nothing was ingested or paid for:\n  "
+            + "\n  ".join(problems))
+    log.info("preflight_ok", roles=[c.role for c in clients],
+             seconds=round(time.monotonic() - started, 3))
+
+
+class RunAbort:
+    """Ends ``run`` early for a problem only the operator can fix; ``problem`` says which.
+
+    As ``on_circuit_open``: a key rejected mid-run. A probe cannot fix a wrong key and
+    ``run`` is not a long-lived worker waiting for an operator, so the circuit is given
+    up (the waiting calls leave their messages uncommitted, none are dead-lettered)
+    and ``stop`` is set. Outages are not problems here: their calls wait.
+    """
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+        self.problem: str | None = None
+
+    def abort(self, problem: str) -> None:
+        if self.problem is None:
+            self.problem = problem
+            log.error("run_aborted", problem=problem)
+        self._stop.set()
+
+    def __call__(self, circuit: Circuit) -> None:
+        if circuit.open_reason != "auth":
+            return  # an outage: the calls wait for the endpoint, the run goes on
+        circuit.give_up("the API key was rejected")
+        self.abort(f"the LLM endpoint of role {circuit.role!r} rejected the API key mid-run; "
+                   "fix api_key_env (or the key it names) and rerun the same command: "
+                   "answers already received are cached")
+
+
+async def watch_group_joins(
+    runners: Sequence[StageRunner], *, timeout_s: float, bootstrap: str, abort: RunAbort,
+) -> None:
+    """Abort the run when its stages cannot join their consumer groups in time.
+
+    Seen on the embedded Tansu broker: after ``run --workers N`` against a ``broker
+    up`` broker, a later run's JoinGroup was held forever for members that had left.
+    Waiting without end would pay for nothing; say what to do instead.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if runners and all(runner.ready.is_set() for runner in runners):
+            return
+        await asyncio.sleep(0.2)
+    stuck = sorted(runner.group_id for runner in runners if not runner.ready.is_set())
+    abort.abort(
+        f"the stages could not join their consumer groups ({', '.join(stuck) or 'all'}) on "
+        f"{bootstrap} within {timeout_s:g} s; members of an earlier run are probably stuck "
+        "in them. Restart the broker (`iterrefine broker down`, then `iterrefine broker "
+        "up`), or use another --topic-prefix")
