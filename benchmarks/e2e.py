@@ -35,8 +35,10 @@ import asyncio
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
+import cli_run
 import harness
 import simproc
 
@@ -178,6 +180,16 @@ def run(bench: harness.Bench, *, items: int | None = None, processes: int = PROC
         # The shared 2-core machine is noisy (±0.05 in the ratio run to run): report the
         # median run, and every run's wall time.
         ours, ours_stats = sorted(attempts, key=lambda a: a[0].result["wall_s"])[len(attempts) // 2]
+        cli = {workers: _cli_contender(bench, sim, input_path, workers)
+               for workers in sorted({processes, 1}, reverse=True)}
+        sim.reset()
+        script = harness.run_worker(
+            [str(harness.BENCH_DIR / "asyncio_script.py"), "--base-url", sim.base_url,
+             "--input", str(input_path), "--output", str(bench.workdir / "e2e-script.jsonl"),
+             "--pipeline", json.dumps(PIPELINE), "--concurrency", str(2 * CAPACITY)],
+            log_path=bench.log("e2e-asyncio-script"), timeout_s=600,
+        )
+        script_stats = sim.stats(series=False)
         sim.reset()
         base = harness.run_worker(
             [str(harness.BENCH_DIR / "baseline.py"), "--base-url", sim.base_url,
@@ -192,6 +204,8 @@ def run(bench: harness.Bench, *, items: int | None = None, processes: int = PROC
     base_lb = lower_bound(b["items"], base_stats["requests_total"], **bound)
     same = {i["id"]: (i["status"], i["rounds"]) for i in r["items"]} == {
         i["id"]: (i["status"], i["rounds"]) for i in b["items"]}
+    script_lb = lower_bound(script.result["items"], script_stats["requests_total"], **bound)
+    cli_main = cli[processes]
     complete = r["arrived"] == r["expected"] == n
     return {
         "parameters": {
@@ -237,7 +251,68 @@ def run(bench: harness.Bench, *, items: int | None = None, processes: int = PROC
             "outcomes": outcome_mix(b["items"]),
             "sim_series": simproc.sim_series(base_stats, b["t_start"], b["t_done"]),
         },
+        "cli_ratio": cli_main["ratio"],
+        "cli_startup_s": cli[1]["startup_s"],
+        "iterrefine_cli": {f"workers_{w}": c for w, c in cli.items()},
+        "asyncio_script": {
+            "wall_s": round(script.wall_s, 4),
+            "wall_inside_s": script.result["wall_inside_s"],
+            "ratio_to_lower_bound": round(script.wall_s / script_lb["lower_bound_s"], 3),
+            "lower_bound": script_lb,
+            "llm_requests": script_stats["requests_total"],
+            "peak_rss_mb": script.peak_rss_mb,
+            "outcomes": outcome_mix(script.result["items"]),
+        },
         "same_outcomes": same,
+        "loadavg_before": load_before,
+        "loadavg_after": harness.loadavg(),
+    }
+
+
+def _cli_contender(bench: harness.Bench, sim: simproc.SimProcess, input_path: Path,
+                   workers: int) -> dict[str, Any]:
+    """``iterrefine run`` itself, as a user types it, timed from spawn to exit.
+
+    Its own embedded broker (so its own start-up and shutdown are in the time), the same
+    simulator, ``rescore_refined = false`` through a config file. ``startup_s`` = spawn →
+    the simulator's first request.
+    """
+    sim.reset()
+    out = bench.workdir / f"e2e-cli-{workers}.jsonl"
+    config_path = bench.workdir / "e2e-cli.toml"
+    config_path.write_text("[pipeline]\nrescore_refined = false\n")
+    load_before = harness.loadavg()
+    run = cli_run.run_cli(
+        [str(input_path), "-o", str(out), "--config", str(config_path),
+         "--llm-base-url", sim.base_url, "--strong-model", "sim-strong",
+         "--backbone-model", "sim-backbone", "--llm-concurrency", str(2 * CAPACITY),
+         "--workers", str(workers), "--data-dir", str(bench.workdir / f"cli-{workers}")],
+        workdir=bench.workdir, name=f"e2e-cli-{workers}", timeout_s=600)
+    stats = sim.stats(series=False)
+    if run.returncode != 0:
+        raise RuntimeError(f"iterrefine run --workers {workers} exited with {run.returncode}; "
+                           f"see {bench.workdir}/e2e-cli-{workers}.log")
+    items = []
+    for line in out.read_text().splitlines():
+        item = json.loads(line)["item"]
+        items.append({"id": item["id"], "quality": item["quality"], "status": item["status"],
+                      "rounds": item["round"]})
+    bound = lower_bound(items, stats["requests_total"], latency_ms=LATENCY_MS,
+                        capacity=CAPACITY, rescore=False)
+    first = stats.get("first_request_uptime_s")
+    startup = None if first is None else round(
+        stats["started_monotonic"] + first - run.t_start, 3)
+    return {
+        "workers": workers,
+        "wall_s": run.wall_s,
+        "ratio": round(run.wall_s / bound["lower_bound_s"], 3),
+        "startup_s": startup,
+        "summary_wall_time_s": run.summary.get("wall_time_s"),
+        "complete": run.summary.get("complete"),
+        "items": len(items),
+        "lower_bound": bound,
+        "llm_requests": stats["requests_total"],
+        "peak_rss_mb": run.peak_rss_mb,
         "loadavg_before": load_before,
         "loadavg_after": harness.loadavg(),
     }

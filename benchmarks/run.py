@@ -9,11 +9,15 @@ Scenarios (each also a program of its own; see benchmarks/README.md):
 * ``utilization`` — simulator concurrency / capacity in steady state;
 * ``e2e``         — reference workload: iterrefine vs its lower bound and the batch
   baseline (``baseline.py``);
-* ``overhead``    — CPU per item per hop against a zero-latency simulator.
+* ``overhead``    — CPU per item per hop against a zero-latency simulator;
+* ``memory``      — peak RSS of ``iterrefine run`` (and its broker) at 20,000 and
+  200,000 items (full run only: it takes several minutes).
 
 The headline numbers are top-level keys (``runtime_vs_raw_ratio``,
 ``peak_rss_mb_backlog``, ``llm_utilization``, ``e2e_vs_lower_bound``,
-``baseline_speedup``, ``overhead_us_per_item_hop``), each with its target in
+``baseline_speedup``, ``overhead_us_per_item_hop``, ``e2e_cli_vs_lower_bound``,
+``e2e_cli_startup_s``, and in the full run ``rss_mb_run_20k``, ``rss_mb_run_200k``), each
+with its target in
 ``targets``; the details are under ``scenarios``. With ``--out FILE`` the result is
 also written to FILE and drawn to FILE with a ``.png`` suffix. ``--quick`` takes under
 3 minutes on 2 cores, the full run under 20.
@@ -35,11 +39,12 @@ import backlog
 import chart
 import e2e
 import harness
+import memory
 import overhead
 import passthrough
 import utilization
 
-SCENARIOS = ("passthrough", "backlog", "utilization", "e2e", "overhead")
+SCENARIOS = ("passthrough", "backlog", "utilization", "e2e", "overhead", "memory")
 
 #: Headline key → (target as text, predicate, where the value comes from).
 TARGETS: dict[str, tuple[str, Callable[[float], bool]]] = {
@@ -49,6 +54,11 @@ TARGETS: dict[str, tuple[str, Callable[[float], bool]]] = {
     "e2e_vs_lower_bound": ("<= 1.3", lambda v: v <= 1.3),
     "baseline_speedup": ("> 1 (reported)", lambda v: v > 1),
     "overhead_us_per_item_hop": ("reported", lambda v: True),
+    "e2e_cli_vs_lower_bound": ("<= 1.3", lambda v: v <= 1.3),
+    "e2e_cli_startup_s": ("<= 1.0", lambda v: v <= 1.0),
+    "rss_mb_run_20k": ("reported", lambda v: True),
+    # Checked against rss_mb_run_20k in headline(): 10x the input, at most 1.5x the memory.
+    "rss_mb_run_200k": ("<= 1.5 x rss_mb_run_20k", lambda v: True),
 }
 
 
@@ -79,6 +89,8 @@ def _run_scenarios(bench: harness.Bench, only: tuple[str, ...], profile: bool,
         "runtime_async", {}).get("cpu_us_per_item")
     attempt("overhead", lambda: overhead.run(bench, runtime_us_per_hop=runtime_us,
                                              profile=profile))
+    if not bench.quick:  # 200,000 items through `iterrefine run` take minutes
+        attempt("memory", lambda: memory.run(bench))
     return scenarios
 
 
@@ -96,7 +108,13 @@ def headline(scenarios: dict[str, Any]) -> dict[str, Any]:
         "e2e_vs_lower_bound": get("e2e", "ratio"),
         "baseline_speedup": get("e2e", "speedup"),
         "overhead_us_per_item_hop": get("overhead", "overhead_us_per_item_hop"),
+        "e2e_cli_vs_lower_bound": get("e2e", "cli_ratio"),
+        "e2e_cli_startup_s": get("e2e", "cli_startup_s"),
+        "rss_mb_run_20k": get("memory", "by_size", "20000", "peak_rss_mb", "run"),
+        "rss_mb_run_200k": get("memory", "by_size", "200000", "peak_rss_mb", "run"),
     }
+    if scenarios.get("memory") is None or "error" in scenarios["memory"]:
+        del values["rss_mb_run_20k"], values["rss_mb_run_200k"]  # quick runs skip it
     pt = get("passthrough", "contenders") or {}
     details = {
         "runtime_vs_raw_ratio": {
@@ -116,6 +134,18 @@ def headline(scenarios: dict[str, Any]) -> dict[str, Any]:
         "baseline_speedup": {"baseline_wall_s": get("e2e", "baseline", "wall_s"),
                              "iterrefine_wall_s": get("e2e", "iterrefine", "wall_s")},
         "overhead_us_per_item_hop": get("overhead", "split"),
+        "e2e_cli_vs_lower_bound": {
+            "wall_s": get("e2e", "iterrefine_cli", "workers_2", "wall_s"),
+            "summary_wall_time_s": get("e2e", "iterrefine_cli", "workers_2",
+                                       "summary_wall_time_s"),
+            "asyncio_script_ratio": get("e2e", "asyncio_script", "ratio_to_lower_bound"),
+            "pre_warmed_ratio": get("e2e", "ratio")},
+        "e2e_cli_startup_s": {"workers_1_wall_s": get("e2e", "iterrefine_cli", "workers_1",
+                                                      "wall_s")},
+        "rss_mb_run_20k": {"broker": get("memory", "by_size", "20000", "peak_rss_mb", "broker")},
+        "rss_mb_run_200k": {
+            "broker": get("memory", "by_size", "200000", "peak_rss_mb", "broker"),
+            "growth": get("memory", "growth")},
     }
     targets = {
         key: {"value": value, "target": TARGETS[key][0],
@@ -123,6 +153,9 @@ def headline(scenarios: dict[str, Any]) -> dict[str, Any]:
               **({"detail": details[key]} if details.get(key) else {})}
         for key, value in values.items()
     }
+    small, large = values.get("rss_mb_run_20k"), values.get("rss_mb_run_200k")
+    if small and large is not None:
+        targets["rss_mb_run_200k"]["met"] = large <= 1.5 * small
     return {**values, "targets": targets}
 
 

@@ -14,6 +14,8 @@ refinement lifted quality.
 
 from __future__ import annotations
 
+import structlog
+
 from iterrefine.consumers.reentry import fresh
 from iterrefine.consumers.rounds import exhausted_reason, last_readable_revision
 from iterrefine.context import PipelineContext
@@ -23,15 +25,20 @@ from iterrefine.llm.tasks import ask_aligned, ask_score
 from iterrefine.model import Item, Judgement
 from iterrefine.runtime import Handler, Output
 
+log = structlog.get_logger("iterrefine.align")
+
 
 async def rescore(ctx: PipelineContext, item: Item) -> Item:
-    """The judge's scores of the refined item; an unreadable answer just leaves none."""
+    """The judge's scores of the refined item; an unreadable answer leaves none, and says so
+    (a warning and ``iterrefine_rescore_failures_total``)."""
     try:
         answer = await ask_score(ctx.strong, instruction=item.instruction, input=item.input,
                                  output=item.output, parse_retries=ctx.config.parse_retries,
                                  max_tokens=ctx.max_tokens("score"),
                                  on_truncated=ctx.count_truncated("strong"))
-    except UnparseableOutput:
+    except UnparseableOutput as exc:
+        ctx.metrics.rescore_failures_total.inc()
+        log.warning("rescore_failed", item_id=item.id, error=str(exc))
         return item
     if answer.scores is not None:
         ctx.metrics.quality_score.labels("align").observe(answer.scores.mean)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,10 @@ import msgspec
 import structlog
 
 from iterrefine.broker_state import ensure_broker
-from iterrefine.config import Config, LLMRoleConfig
-from iterrefine.export import ExportPaths, write_export
+from iterrefine.config import Config, LLMRoleConfig, StaticPartitions
+from iterrefine.export import ExportPaths
 from iterrefine.extra_workers import ExtraWorkers, add_stats
-from iterrefine.ingest import Ingestor, IngestReport, read_records
+from iterrefine.ingest import Ingestor, IngestReport, RawRecord, read_records
 from iterrefine.kafka import make_producer
 from iterrefine.llm import LLMStats
 from iterrefine.metrics import Metrics
@@ -36,8 +37,10 @@ from iterrefine.preflight import (
     watch_group_joins,
 )
 from iterrefine.presets import preset_rows
+from iterrefine.prespawn import Prespawned
 from iterrefine.runtime import StageRunner
 from iterrefine.sim import SimConfig, SimServer
+from iterrefine.stream_export import StreamingExport
 from iterrefine.summary import build_summary
 from iterrefine.topics import TopicNames, ensure_topics
 from iterrefine.watch import TerminalWatcher
@@ -56,6 +59,11 @@ class RunOptions:
     timeout_s: float | None = None
     #: Stage processes: this one plus ``workers - 1`` children (:mod:`iterrefine.extra_workers`).
     workers: int = 1
+    #: ``time.perf_counter()`` when the command started (the summary's wall time counts
+    #: from there); None: from the call of :func:`run_pipeline`.
+    started_at: float | None = None
+    #: ``workers - 1`` children started before the imports (:mod:`iterrefine.prespawn`).
+    prespawned: Prespawned | None = None
 
 
 @dataclass
@@ -72,6 +80,7 @@ def sim_roles(config: Config, base_url: str, sim: SimConfig) -> Config:
     roles = {
         name: LLMRoleConfig(base_url=base_url, model=f"sim-{name}", max_concurrency=concurrency,
                             timeout_s=max(30.0, sim.latency_ms / 1000 * 20), max_retries=8,
+                            structured_output="json_schema",
                             temperature=config.llm_defaults.temperature)
         for name in ("strong", "backbone")
     }
@@ -79,17 +88,35 @@ def sim_roles(config: Config, base_url: str, sim: SimConfig) -> Config:
 
 
 @contextlib.asynccontextmanager
-async def _bootstrap(config: Config) -> AsyncIterator[str]:
-    """The configured cluster, a running ``broker up`` broker, or a new embedded one."""
+async def _bootstrap(config: Config) -> AsyncIterator[tuple[str, bool]]:
+    """The configured cluster, a running ``broker up`` broker, or a new embedded one.
+
+    Also says whether the broker is this run's own (nobody else can use it then).
+    """
     if config.kafka.bootstrap_servers:
-        yield config.kafka.bootstrap_servers
+        yield config.kafka.bootstrap_servers, False
         return
     bootstrap, broker = await asyncio.to_thread(ensure_broker, config.data_dir)
     try:
-        yield bootstrap
+        yield bootstrap, broker is not None
     finally:
         if broker is not None:
+            if not broker.durable:
+                # Its memory storage dies with it anyway: no graceful exit to wait for
+                # (Tansu took 0.3 s to honour SIGTERM after a run on a busy machine).
+                broker.stop_timeout_s = 0.0
             await asyncio.to_thread(broker.stop)
+
+
+def _static_partitions(config: Config, workers: int) -> Config:
+    """``config`` with each stage process taking a fixed share of partitions (no group joins)."""
+    runtime = msgspec.structs.replace(
+        config.runtime, static_partitions=StaticPartitions(index=0, count=workers))
+    return msgspec.structs.replace(config, runtime=runtime)
+
+
+#: ``RunResult.ingest.ids`` keeps the first this many ids (the run itself needs none).
+KEEP_IDS_UP_TO = 10_000
 
 
 async def run_pipeline(
@@ -106,37 +133,62 @@ async def run_pipeline(
     ``metrics`` lets a caller keep the registry (and serve it) beyond the run;
     with ``options.metrics_port`` the run itself serves ``/metrics``, ``/healthz``
     and ``/readyz`` while it lasts, like ``iterrefine worker`` does.
+
+    The input is read as it is ingested and rows are exported as items arrive
+    (:mod:`iterrefine.stream_export`), so memory does not grow with the input.
     """
-    started = time.perf_counter()
+    started = options.started_at if options.started_at is not None else time.perf_counter()
     stop = stop or asyncio.Event()
-    records = list(read_records(options.input))  # read first: a bad path fails before startup
+    records = iter(read_records(options.input))
+    first = next(records, None)  # read first: a bad path fails before startup
     graph = load_graph(config)  # and so does a bad user stage
     paths = ExportPaths.beside(options.output)
     check_output_paths([paths.curated, paths.rejected, paths.dlq])
     run_abort = RunAbort(stop)
+    export: StreamingExport | None = None
     async with contextlib.AsyncExitStack() as stack:
-        bootstrap = await stack.enter_async_context(_bootstrap(config))
+        bootstrap, owned = await stack.enter_async_context(_bootstrap(config))
+        if owned:
+            config = _static_partitions(config, options.workers)
         if options.sim is not None:
             sim = await stack.enter_async_context(SimServer(options.sim, port=0))
             config = sim_roles(config, sim.base_url, options.sim)
-        metrics = metrics if metrics is not None else Metrics()
+        metrics = metrics if metrics is not None else Metrics(
+            longest_timeout_s=max((r.timeout_s for r in config.llm.values()), default=0.0))
         await check_llm_endpoints(config)  # before ingesting anything
         await ensure_topics(config.kafka, bootstrap, graph.topics())
+        extras = ExtraWorkers(config, bootstrap, options.workers - 1,
+                              prespawned=options.prespawned)
+        if extras.count:
+            # Started first, all at once: they import while this process gets going.
+            await extras.spawn()
+            stack.push_async_callback(extras.stop)
         watcher = TerminalWatcher(config.kafka, bootstrap)
         await watcher.start()
         stack.push_async_callback(watcher.stop)
-        extras = ExtraWorkers(config, bootstrap, options.workers - 1)
-        if extras.count:
-            # Started first: the groups settle once, when this process joins last.
-            await extras.start()
-            stack.push_async_callback(extras.stop)
+        if extras.count and not owned:
+            await extras.wait_ready()  # the groups settle once, when this process joins last
+        elif extras.count:
+            # Static shares need no settling: a late child starts from the committed
+            # offsets (none yet: the beginning). This only collects their READY lines.
+            readiness = asyncio.create_task(extras.wait_ready())
+            stack.callback(readiness.cancel)
 
+        export = StreamingExport(paths)
+        source = records if first is None else itertools.chain([first], records)
+        # With consumer groups, ingest once this process has its share too: a rebalance
+        # mid-run would hold every stage up while the groups re-form. With static shares,
+        # ingest now: the records are in Kafka when the stages first fetch.
+        settle_first = bool(extras.count) and not owned
+        ingesting: asyncio.Task[IngestReport] | None = None if settle_first else (
+            asyncio.create_task(_ingest(config, bootstrap, source, export, metrics)))
         pipeline_stop = asyncio.Event()
         own_ready = asyncio.Event()
         runners: list[StageRunner] = []
         stages: asyncio.Task[dict[str, LLMStats]] = asyncio.create_task(serve_pipeline(
             config, bootstrap, graph=graph, metrics=metrics, metrics_port=options.metrics_port,
             stop=pipeline_stop, on_ready=own_ready.set, simulated=options.sim is not None,
+            topics_ready=True,
             runners_out=runners, on_circuit_open=run_abort,
         ))
         joins = asyncio.create_task(watch_group_joins(
@@ -144,21 +196,38 @@ async def run_pipeline(
             abort=run_abort))
         stack.callback(joins.cancel)
         try:
-            if extras.count:
-                # Ingest once this process has its share too: a rebalance mid-run would
-                # hold every stage up while the groups re-form.
+            if ingesting is None:
                 await _until_set_or_done(own_ready, stages, stop)
-            report = await _ingest(config, bootstrap, records, metrics)
-            if on_ingested is not None:
-                on_ingested(len(report.ids))
+                ingesting = asyncio.create_task(_ingest(config, bootstrap, source, export, metrics))
             deadline = None if options.timeout_s is None else time.monotonic() + options.timeout_s
-            seen = await watcher.wait_for(
-                report.ids,
+            ingest_task = ingesting
+            reported = False
+
+            def ingest_over() -> bool:
+                nonlocal reported
+                if not ingest_task.done():
+                    return False
+                if not reported and on_ingested is not None and not ingest_task.cancelled() \
+                        and ingest_task.exception() is None:
+                    on_ingested(export.expected)
+                reported = True
+                return True
+
+            await watcher.follow(
+                export.offer,
+                done=lambda: ingest_over() and export.complete,
                 on_progress=on_progress,
-                should_stop=lambda: stop.is_set() or stages.done() or (
+                should_stop=lambda: stop.is_set() or stages.done() or extras.exited() or (
+                    ingest_task.done() and ingest_task.exception() is not None) or (
                     deadline is not None and time.monotonic() > deadline),
             )
+            report = await ingesting  # re-raises an ingest failure
+        except BaseException:
+            export.abort()
+            raise
         finally:
+            if ingesting is not None and not ingesting.done():
+                ingesting.cancel()
             # The children leave their groups first, while this process keeps polling and
             # so rejoins at once. The other way round the children were mid-rejoin when
             # told to stop, and the embedded Tansu then kept them as members for good:
@@ -168,31 +237,30 @@ async def run_pipeline(
             # Drains in-flight work and commits; re-raises a stage crash.
             own_stats = await stages
         llm_stats = add_stats(own_stats, child_stats)
-        complete = seen >= len(report.ids)
-        if not complete:
-            log.warning("run_incomplete", expected=len(report.ids), arrived=seen)
-        chosen = [watcher.selection.by_id[i] for i in report.ids if i in watcher.selection.by_id]
-        write_export(chosen, paths)
-        summary = build_summary(
-            chosen,
-            items_in=report.records,
-            invalid_at_ingest=report.invalid,
-            wall_time_s=time.perf_counter() - started,
-            simulated=options.sim is not None,
-            llm_stats=llm_stats,
-            metrics=metrics,
-            duplicates_removed=watcher.selection.duplicates,
-        )
-        # First wins: later records with a taken id are in the DLQ; say how many (README "Input").
-        summary["duplicates_at_ingest"] = {"duplicate_id": report.duplicate_ids,
-                                           "duplicate_record": report.duplicate_records}
-        summary["complete"] = complete
-        summary["pending"] = len(report.ids) - seen
-        summary["aborted"] = run_abort.problem
-        if config.preset is not None:
-            summary["preset"] = {"name": config.preset,
-                                 "settings": msgspec.to_builtins(preset_rows(config))}
-        return RunResult(summary=summary, paths=paths, ingest=report, complete=complete)
+    complete = export.complete
+    if not complete:
+        log.warning("run_incomplete", expected=export.expected, arrived=export.arrived)
+    export.finish()
+    summary = build_summary(
+        export.terminals(),
+        items_in=report.records,
+        invalid_at_ingest=report.invalid,
+        wall_time_s=time.perf_counter() - started,
+        simulated=options.sim is not None,
+        llm_stats=llm_stats,
+        metrics=metrics,
+        duplicates_removed=export.duplicates,
+    )
+    # First wins: later records with a taken id are in the DLQ; say how many (README "Input").
+    summary["duplicates_at_ingest"] = {"duplicate_id": report.duplicate_ids,
+                                       "duplicate_record": report.duplicate_records}
+    summary["complete"] = complete
+    summary["pending"] = export.expected - export.arrived
+    summary["aborted"] = run_abort.problem
+    if config.preset is not None:
+        summary["preset"] = {"name": config.preset,
+                             "settings": msgspec.to_builtins(preset_rows(config))}
+    return RunResult(summary=summary, paths=paths, ingest=report, complete=complete)
 
 
 async def _until_set_or_done(
@@ -210,17 +278,28 @@ async def _until_set_or_done(
 
 
 async def _ingest(
-    config: Config, bootstrap: str, records: list[Any], metrics: Metrics
+    config: Config, bootstrap: str, records: Iterable[RawRecord], export: StreamingExport,
+    metrics: Metrics,
 ) -> IngestReport:
+    """Send ``records`` as they are read; ``export`` learns each id before it is sent."""
     names = TopicNames(config.kafka.topic_prefix)
     producer = make_producer(config.kafka, bootstrap, linger_ms=config.runtime.linger_ms)
     await producer.start()
+    kept: dict[str, None] = {}
+
+    def expect(item_id: str) -> None:
+        export.expect(item_id)
+        if len(kept) < KEEP_IDS_UP_TO:
+            kept.setdefault(item_id, None)
+
     try:
         ingestor = Ingestor(producer, names["items.raw"], names["items.dlq"],
-                            max_item_bytes=config.runtime.max_item_bytes, metrics=metrics)
+                            max_item_bytes=config.runtime.max_item_bytes, keep_ids=False,
+                            metrics=metrics, on_id=expect)
         for record in records:
             await ingestor.send(record)
         await ingestor.flush()
+        ingestor.report.ids = kept
         return ingestor.report
     finally:
         await producer.stop()

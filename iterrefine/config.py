@@ -40,6 +40,20 @@ class KafkaConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     group_instance_id: str | None = None
 
 
+class StaticPartitions(msgspec.Struct, frozen=True, kw_only=True,
+                       forbid_unknown_fields=True):
+    """Take partitions ``p`` with ``p % count == index`` by manual assignment, no group join.
+
+    Set by ``iterrefine run`` only when it started the broker itself: nobody else can
+    be in its consumer groups then, and a join costs seconds on the embedded broker
+    (Tansu completes a JoinGroup after about half the session timeout). The group id is
+    still used for offset commits.
+    """
+
+    index: int = 0
+    count: int = 1
+
+
 class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     #: Messages being processed at once per stage process (across its partitions).
     max_in_flight: int = 256
@@ -67,6 +81,13 @@ class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     #: ``run`` gives up (exit 2, saying why) when its stages have no partitions by then.
     group_join_timeout_s: float = 60.0
     linger_ms: int = 5
+    #: None: join the consumer groups (any cluster). See :class:`StaticPartitions`.
+    static_partitions: StaticPartitions | None = None
+
+
+StructuredOutput = Literal["json_schema", "json_object", "off", "auto"]
+#: The dialects a request can be sent in (``auto`` resolves to one of them).
+Dialect = Literal["json_schema", "json_object", "off"]
 
 
 class LLMRoleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -87,8 +108,13 @@ class LLMRoleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     circuit_failures: int = 5
     #: While the circuit is open: how often to ask the endpoint whether it is back.
     probe_interval_s: float = 5.0
-    #: Ask for JSON-schema structured output (vLLM, OpenAI support it; many servers don't).
-    structured_output: bool = False
+    #: Structured output for the tasks that have a JSON schema, in the endpoint's dialect:
+    #: ``json_schema`` (OpenAI, vLLM), ``json_object`` (llama.cpp: ``{"type": "json_object",
+    #: "schema": ...}``), ``off`` (free text), or ``auto``: a probe request at the role's
+    #: first structured call finds which of them the server enforces
+    #: (:mod:`iterrefine.llm.dialect`). ``true``/``false`` of older configs mean
+    #: ``json_schema``/``off``.
+    structured_output: StructuredOutput = "auto"
     temperature: float = 0.0
     max_tokens: int = 1024
 
@@ -192,6 +218,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     llm: dict[str, LLMRoleConfig] = {}
     llm_defaults: LLMDefaults = LLMDefaults()
     metrics_port: int | None = None
+    #: Address the metrics endpoint binds: loopback by default (it has no authentication);
+    #: ``0.0.0.0`` in a container, where Prometheus scrapes from another host.
+    metrics_host: str = "127.0.0.1"
     data_dir: str = ".iterrefine"
     cache: CacheConfig = CacheConfig()
     #: User stages, inserted into the built-in graph in this order.
@@ -264,9 +293,20 @@ def load_config(
     if isinstance(preset, str):
         raw = apply_preset(preset, raw, Config)
     raw = _with_role_defaults(merge(defaults or {}, raw))
+    _upgrade_structured_output(raw)
     try:
         return msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
         hint = (" (a misspelt or unsupported key: see examples/iterrefine.toml for the valid "
                 "ones)" if "unknown field" in str(exc) else "")
         raise ConfigError(f"invalid configuration: {exc}{hint}") from None
+
+
+def _upgrade_structured_output(raw: dict[str, Any]) -> None:
+    """``structured_output = true/false`` (older configs) as ``"json_schema"``/``"off"``."""
+    roles = raw.get("llm")
+    if not isinstance(roles, dict):
+        return
+    for role in roles.values():
+        if isinstance(role, dict) and isinstance(role.get("structured_output"), bool):
+            role["structured_output"] = "json_schema" if role["structured_output"] else "off"

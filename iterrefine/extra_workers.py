@@ -16,11 +16,14 @@ writes its LLM counters to a JSON file for the run's summary.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
+import shutil
 import signal
+import subprocess
 import sys
-import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -30,6 +33,7 @@ import structlog
 from iterrefine.config import Config
 from iterrefine.errors import IterrefineError
 from iterrefine.llm import LLMStats
+from iterrefine.prespawn import Prespawned
 
 log = structlog.get_logger("iterrefine.run")
 
@@ -42,35 +46,50 @@ class WorkerProcessError(IterrefineError):
 
 
 class ExtraWorkers:
-    """``count`` child processes serving all stages; ``start`` returns once each is ready."""
+    """``count`` child processes serving all stages; ``start`` returns once each is ready.
+
+    ``prespawned``: children the command line started before its own imports
+    (:mod:`iterrefine.prespawn`); they wait for the config files written here.
+    """
 
     def __init__(self, config: Config, bootstrap: str, count: int, *,
-                 ready_timeout_s: float = 120.0) -> None:
+                 ready_timeout_s: float = 120.0, prespawned: Prespawned | None = None) -> None:
         # The run serves /metrics itself (a child binding the same port would fail).
         self._config = msgspec.structs.replace(
             config, metrics_port=None,
             kafka=msgspec.structs.replace(config.kafka, bootstrap_servers=bootstrap))
         self.count = count
         self._ready_timeout_s = ready_timeout_s
-        self._dir: tempfile.TemporaryDirectory[str] | None = None
-        self._procs: list[asyncio.subprocess.Process] = []
+        self._pre = prespawned if prespawned is not None and len(prespawned.procs) == count \
+            else None
+        self._procs: list[subprocess.Popen[bytes]] = []
         self._stopped = False
 
     async def start(self) -> None:
-        if not self.count:
+        """Spawn the children and wait until each is ready."""
+        await self.spawn()
+        await self.wait_ready()
+
+    async def spawn(self) -> None:
+        """Start the children (unless prespawned), all at once, and hand them their config."""
+        if not self.count or self._procs:
             return
-        self._dir = tempfile.TemporaryDirectory(prefix="iterrefine-workers-")
-        workdir = Path(self._dir.name)
-        config_path = workdir / "config.json"
-        config_path.write_bytes(msgspec.json.encode(self._config))
-        config_path.chmod(0o600)
+        pre = self._pre if self._pre is not None else await asyncio.to_thread(
+            Prespawned, self.count)
+        pre.adopted = True
+        self._pre = pre
+        self._procs = pre.procs
         for index in range(self.count):
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "iterrefine.extra_workers", str(config_path),
-                str(workdir / f"stats-{index}.json"), str(os.getpid()),
-                stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
-            )
-            self._procs.append(proc)
+            path = pre.config_path(index)
+            tmp = path.with_suffix(".tmp")
+            tmp.touch(mode=0o600)
+            tmp.write_bytes(msgspec.json.encode(self._child_config(index)))
+            os.replace(tmp, path)  # whole or absent: the child waits for it
+
+    async def wait_ready(self) -> None:
+        """Return once every child has its partitions (stop them all if one fails)."""
+        if not self._procs:
+            return
         try:
             async with asyncio.timeout(self._ready_timeout_s):
                 await asyncio.gather(*(self._ready(proc) for proc in self._procs))
@@ -85,15 +104,30 @@ class ExtraWorkers:
             raise
         log.info("extra_workers_ready", processes=self.count, pids=self.pids)
 
+    def _child_config(self, index: int) -> Config:
+        """The run's config; with static partitions, child ``index`` takes share ``index + 1``."""
+        static = self._config.runtime.static_partitions
+        if static is None:
+            return self._config
+        share = msgspec.structs.replace(static, index=index + 1)
+        return msgspec.structs.replace(
+            self._config, runtime=msgspec.structs.replace(self._config.runtime,
+                                                          static_partitions=share))
+
+    def exited(self) -> bool:
+        """Whether a child has already exited (it would leave its partitions unserved)."""
+        return any(proc.poll() is not None for proc in self._procs)
+
     @staticmethod
-    async def _ready(proc: asyncio.subprocess.Process) -> None:
+    async def _ready(proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None
-        while line := await proc.stdout.readline():
+        stdout = proc.stdout
+        while line := await asyncio.to_thread(stdout.readline):
             if line.decode(errors="replace").strip() == READY:
                 return
-        await proc.wait()
+        code = await asyncio.to_thread(proc.wait)
         raise WorkerProcessError(
-            f"an extra worker process exited with {proc.returncode} before it was ready "
+            f"an extra worker process exited with {code} before it was ready "
             "(its log lines are above); run with --workers 1 to keep everything in one process"
         )
 
@@ -107,20 +141,21 @@ class ExtraWorkers:
             return {}
         self._stopped = True
         for proc in self._procs:
-            if proc.returncode is None:
+            if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         for proc in self._procs:
             try:
-                async with asyncio.timeout(timeout_s):
-                    await proc.wait()
-            except TimeoutError:
+                await asyncio.to_thread(proc.wait, timeout_s)
+            except subprocess.TimeoutExpired:
                 log.warning("extra_worker_killed", pid=proc.pid, after_s=timeout_s)
                 proc.kill()
-                await proc.wait()
-        if self._dir is None:
+                await asyncio.to_thread(proc.wait)
+            if proc.stdout is not None:
+                proc.stdout.close()
+        if self._pre is None:
             return {}
-        totals = _read_stats(Path(self._dir.name))
-        self._dir.cleanup()
+        totals = _read_stats(self._pre.workdir)
+        shutil.rmtree(self._pre.workdir, ignore_errors=True)
         return totals
 
 
@@ -152,6 +187,12 @@ def main(argv: list[str]) -> int:
 
     config_path, stats_path, parent_pid = argv
     die_with_parent(int(parent_pid))  # a SIGKILLed run takes its workers with it
+    # Started before the run knew its broker (iterrefine.prespawn): the imports above are
+    # done; now wait for the config, unless the run has gone meanwhile.
+    while not Path(config_path).exists():
+        if os.getppid() != int(parent_pid):
+            return 0
+        time.sleep(0.005)
     config = msgspec.json.decode(Path(config_path).read_bytes(), type=Config)
     configure_logging(json=True, level="warning", stream=sys.stderr)
     bootstrap = config.kafka.bootstrap_servers
@@ -160,7 +201,8 @@ def main(argv: list[str]) -> int:
     def ready() -> None:
         print(READY, flush=True)
 
-    stats = asyncio.run(serve_pipeline(config, bootstrap, on_ready=ready))
+    # The run created every topic before it started this process.
+    stats = asyncio.run(serve_pipeline(config, bootstrap, on_ready=ready, topics_ready=True))
     tmp = f"{stats_path}.{os.getpid()}.tmp"
     Path(tmp).write_bytes(msgspec.json.encode(stats))
     os.replace(tmp, stats_path)
@@ -169,4 +211,10 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     with contextlib.suppress(KeyboardInterrupt):
-        sys.exit(main(sys.argv[1:]))
+        code = main(sys.argv[1:])
+        # Skip the interpreter's teardown (~0.75 s on a busy machine): the run waits
+        # for this exit. Exit handlers still run.
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

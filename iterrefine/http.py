@@ -22,7 +22,9 @@ class MetricsServer(AsyncService):
         registry: CollectorRegistry,
         port: int,
         *,
-        host: str = "0.0.0.0",  # scraped from other hosts/pods; carries no secrets
+        # Loopback unless told otherwise: the endpoint has no authentication. Containers
+        # pass 0.0.0.0 (``--metrics-host``) so that Prometheus can scrape them.
+        host: str = "127.0.0.1",
         ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self._registry = registry
@@ -52,6 +54,13 @@ class MetricsServer(AsyncService):
         await self._runner.setup()
         await web.TCPSite(self._runner, self._host, self._port).start()
         self._port = int(self._runner.addresses[0][1])  # the OS's pick when asked for 0
+
+    @property
+    def host(self) -> str:
+        """The address served on (after start(): the one the socket is bound to)."""
+        if self._runner is not None and self._runner.addresses:
+            return str(self._runner.addresses[0][0])
+        return self._host
 
     @property
     def port(self) -> int:

@@ -255,6 +255,7 @@ class Ingestor:
         keep_ids: bool = True,
         on_problem: Callable[[str], None] | None = None,
         metrics: Metrics | None = None,
+        on_id: Callable[[str], None] | None = None,
     ) -> None:
         self._producer = producer
         self._topic = topic
@@ -264,6 +265,8 @@ class Ingestor:
         self._keep_ids = keep_ids
         self._on_problem = on_problem
         self._metrics = metrics
+        #: Told each record's key before it is sent (a watcher must know it before it arrives).
+        self._on_id = on_id
         self._pending: list[asyncio.Future[object]] = []
         self._first_wins = FirstWins()
         self.report = IngestReport()
@@ -308,6 +311,8 @@ class Ingestor:
             self._count_dead_letter("too_large")
         if self._keep_ids:
             self.report.ids.setdefault(item_id, None)
+        if self._on_id is not None:
+            self._on_id(item_id)
         future = await self._producer.send(topic, value, key=item_id.encode(), headers=headers)
         self._pending.append(future)
         if len(self._pending) >= self._batch_size:

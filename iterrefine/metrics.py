@@ -10,16 +10,35 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 PREFIX = "iterrefine"
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120)
+#: Latency buckets reach at least this far by default (the longest LLM timeout usual).
+DEFAULT_LONGEST_TIMEOUT_S = 600.0
 _SCORE_BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
 _ROUND_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10)
+
+
+def latency_buckets(longest_timeout_s: float = DEFAULT_LONGEST_TIMEOUT_S) -> tuple[float, ...]:
+    """Bucket edges up to (and including) ``longest_timeout_s``, so that a call running
+    into its timeout lands in a finite bucket rather than beyond the last edge."""
+    edges = list(_LATENCY_BUCKETS)
+    while edges[-1] < longest_timeout_s:
+        edges.append(edges[-1] * 2.5 if edges[-1] * 2.5 < longest_timeout_s else longest_timeout_s)
+    return tuple(edges)
 
 
 class Metrics:
     """The metric families; create one per process (or per test, with its own registry)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        longest_timeout_s: float = DEFAULT_LONGEST_TIMEOUT_S,
+    ) -> None:
+        """``longest_timeout_s``: the longest configured LLM timeout; latency buckets
+        reach it (never below :data:`DEFAULT_LONGEST_TIMEOUT_S`)."""
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        buckets = latency_buckets(max(longest_timeout_s, DEFAULT_LONGEST_TIMEOUT_S))
         self.items_total = Counter(
             f"{PREFIX}_items_total", "Items leaving a stage, by outcome.",
             ["stage", "outcome"], registry=r,
@@ -28,7 +47,7 @@ class Metrics:
             f"{PREFIX}_stage_seconds",
             "Handler time per item (inline stages: one observation per fetched batch, its mean).",
             ["stage"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            buckets=buckets, registry=r,
         )
         self.inflight = Gauge(
             f"{PREFIX}_inflight", "Messages being processed.", ["stage"], registry=r
@@ -47,7 +66,7 @@ class Metrics:
         )
         self.llm_seconds = Histogram(
             f"{PREFIX}_llm_seconds", "LLM request latency.", ["role"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            buckets=buckets, registry=r,
         )
         self.llm_tokens_total = Counter(
             f"{PREFIX}_llm_tokens_total", "LLM tokens by role and kind (prompt/completion).",
@@ -75,6 +94,21 @@ class Metrics:
         self.dlq_total = Counter(
             f"{PREFIX}_dlq_total", "Messages dead-lettered, by stage and reason.",
             ["stage", "reason"], registry=r,
+        )
+        self.llm_answers_total = Counter(
+            f"{PREFIX}_llm_answers_total",
+            "LLM answers by task and how they read: first_try, after_reask or unreadable.",
+            ["task", "outcome"], registry=r,
+        )
+        self.llm_answers_truncated_total = Counter(
+            f"{PREFIX}_llm_answers_truncated_total",
+            "LLM replies cut at max_tokens (finish_reason=length), by task.",
+            ["task"], registry=r,
+        )
+        self.rescore_failures_total = Counter(
+            f"{PREFIX}_rescore_failures_total",
+            "Refined items whose re-score could not be read: curated without a final score.",
+            registry=r,
         )
         self.quality_score = Histogram(
             f"{PREFIX}_quality_score", "Judge scores at scoring and after refinement.",

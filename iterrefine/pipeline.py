@@ -100,6 +100,7 @@ async def serve_pipeline(
     simulated: bool | None = None,
     prompt_version: str = PROMPT_VERSION,
     runners_out: list[StageRunner] | None = None,
+    topics_ready: bool = False,
     on_circuit_open: Callable[[Circuit], None] | None = None,
 ) -> dict[str, LLMStats]:
     """Serve ``stages`` of ``graph`` (default: the config's) until ``stop``; LLM counters.
@@ -107,7 +108,9 @@ async def serve_pipeline(
     Without ``stop``, SIGTERM/SIGINT stop it (drain, commit). ``metrics_port`` serves
     ``/metrics``, ``/healthz`` and ``/readyz`` meanwhile. ``simulated=None`` asks
     the endpoints whether they are the simulator. ``on_ready`` is called once every
-    stage has its first partitions. ``on_circuit_open`` hears when an LLM role's
+    stage has its first partitions. ``topics_ready``: the caller created the graph's
+    topics already (each check costs an admin connection at startup).
+    ``on_circuit_open`` hears when an LLM role's
     endpoint goes down (``run`` stops on a rejected key).
     """
     graph = graph if graph is not None else load_graph(config)
@@ -115,12 +118,13 @@ async def serve_pipeline(
     if stop is None:
         stop = asyncio.Event()
         install_stop_signals(stop)
-    metrics = metrics if metrics is not None else Metrics()
+    metrics = metrics if metrics is not None else Metrics(
+        longest_timeout_s=max((r.timeout_s for r in config.llm.values()), default=0.0))
     runners = runners_out if runners_out is not None else []
     async with contextlib.AsyncExitStack() as stack:
         if metrics_port is not None:
             await stack.enter_async_context(MetricsServer(
-                metrics.registry, metrics_port,
+                metrics.registry, metrics_port, host=config.metrics_host,
                 ready=lambda: bool(runners) and all(r.ready.is_set() for r in runners),
             ))
         roles = await stack.enter_async_context(
@@ -132,7 +136,9 @@ async def serve_pipeline(
         built = [_held_while_roles_down(spec.build(ctx), spec.roles, roles) for spec in specs]
         log.info("worker_starting", stages=[s.name for s in built], bootstrap=bootstrap,
                  simulated=simulated)
-        await ensure_topics(config.kafka, bootstrap, graph.topics())
+        if not topics_ready:
+            await ensure_topics(config.kafka, bootstrap, graph.topics())
         await serve_stages(built, config=config, bootstrap_servers=bootstrap, metrics=metrics,
-                           stop=stop, runners_out=runners, on_ready=on_ready)
+                           stop=stop, runners_out=runners, on_ready=on_ready,
+                           topics_ready=True)
         return roles.stats()

@@ -6,10 +6,11 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from prometheus_client import Histogram
+from prometheus_client import Counter as PromCounter
 
 from iterrefine.export import Terminal
 from iterrefine.llm import LLMStats
+from iterrefine.llm.latency import percentile
 from iterrefine.metrics import Metrics
 from iterrefine.runtime.stage import default_outcome
 from iterrefine.topics import TERMINAL_TOPICS
@@ -24,45 +25,41 @@ def _histogram(values: list[float]) -> dict[str, Any]:
     }
 
 
-def _quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
-    """histogram_quantile over cumulative (upper bound, count) pairs, like Prometheus."""
-    if not buckets or buckets[-1][1] == 0:
-        return None
-    total = buckets[-1][1]
-    rank = q * total
-    lower_bound, lower_count = 0.0, 0.0
-    for upper, count in buckets:
-        if count >= rank:
-            if upper == float("inf"):
-                return lower_bound
-            width = count - lower_count
-            fraction = (rank - lower_count) / width if width else 0.0
-            return round(lower_bound + (upper - lower_bound) * fraction, 4)
-        lower_bound, lower_count = upper, count
-    return lower_bound
+def latency_from_samples(stats: LLMStats) -> dict[str, float | None]:
+    """Mean (exact) and p50/p95/p99 of the raw request latencies one role's client kept.
+
+    Raw timings, not histogram buckets: a bucket edge is not a measurement.
+    """
+    samples = stats.latency_samples_s
+    return {
+        "mean": round(stats.latency_sum_s / stats.requests, 4) if stats.requests else None,
+        "max": round(max(samples), 4) if samples else None,
+        **{name: _rounded(percentile(samples, q))
+           for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))},
+    }
 
 
-def latency_by_role(histogram: Histogram) -> dict[str, dict[str, float | None]]:
-    per_role: dict[str, list[tuple[float, float]]] = {}
-    sums: dict[str, float] = {}
-    for metric in histogram.collect():
-        for sample in metric.samples:
-            role = sample.labels.get("role", "")
-            if sample.name.endswith("_bucket"):
-                per_role.setdefault(role, []).append((float(sample.labels["le"]), sample.value))
-            elif sample.name.endswith("_sum"):
-                sums[role] = sample.value
-    out: dict[str, dict[str, float | None]] = {}
-    for role, buckets in per_role.items():
-        buckets.sort()
-        count = buckets[-1][1] if buckets else 0
-        out[role] = {
-            "mean": round(sums.get(role, 0.0) / count, 4) if count else None,
-            "p50": _quantile(0.5, buckets),
-            "p95": _quantile(0.95, buckets),
-            "p99": _quantile(0.99, buckets),
-        }
-    return out
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def answers_by_task(metrics: Metrics) -> dict[str, dict[str, int]]:
+    """How each task's answers read (first try / after re-ask / unreadable) and truncations."""
+    out: dict[str, dict[str, int]] = {}
+    for family in (metrics.llm_answers_total, metrics.llm_answers_truncated_total):
+        for metric in family.collect():
+            for sample in metric.samples:
+                if not sample.name.endswith("_total"):
+                    continue
+                outcome = sample.labels.get("outcome", "truncated")
+                row = out.setdefault(sample.labels["task"], {})
+                row[outcome] = row.get(outcome, 0) + int(sample.value)
+    return dict(sorted(out.items()))
+
+
+def _counter_total(counter: PromCounter) -> int:
+    return int(sum(s.value for m in counter.collect() for s in m.samples
+                   if s.name.endswith("_total")))
 
 
 def build_summary(
@@ -101,7 +98,6 @@ def build_summary(
             before.append(item.judgement.scores.mean)
         if item.final_judgement is not None and item.final_judgement.scores is not None:
             after.append(item.final_judgement.scores.mean)
-    latency = latency_by_role(metrics.llm_seconds)
     llm = {
         role: {
             "requests": stats.requests,
@@ -109,7 +105,7 @@ def build_summary(
             "retries": stats.retries,
             "prompt_tokens": stats.prompt_tokens,
             "completion_tokens": stats.completion_tokens,
-            "latency_s": latency.get(role, {}),
+            "latency_s": latency_from_samples(stats),
             # Calls the response cache answered (each a request not paid for).
             "cache_hits": stats.cache_hits,
             "cache_misses": stats.cache_misses,
@@ -130,6 +126,8 @@ def build_summary(
         "dlq_reasons": dict(dlq_reasons),
         "duplicates_removed": duplicates_removed,
         "llm": llm,
+        "llm_answers": answers_by_task(metrics),
+        "rescore_failures": _counter_total(metrics.rescore_failures_total),
         "truncated": truncated_by_task(metrics),
     }
 

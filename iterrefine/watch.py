@@ -8,7 +8,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from iterrefine.config import KafkaConfig
-from iterrefine.export import Selection, outcome_of_topic, terminal_of
+from iterrefine.export import Selection, Terminal, outcome_of_topic, terminal_of
 from iterrefine.kafka import make_consumer, true_end_offsets
 from iterrefine.topics import TopicNames
 
@@ -47,16 +47,38 @@ class TerminalWatcher:
 
     async def poll(self, expected: Collection[str], timeout_ms: int = 200) -> int:
         """Read what arrived; return how many expected ids were seen for the first time."""
+        return await self._read(
+            lambda t: self.selection.offer(t) and t.id in expected, timeout_ms)
+
+    async def _read(self, offer: Callable[[Terminal], bool], timeout_ms: int) -> int:
+        """Hand every record that arrived to ``offer``; how many it took as new."""
         assert self._consumer is not None, "start() first"
         batch = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=5000)
         new = 0
         for tp, records in batch.items():
             outcome = outcome_of_topic(self._names, tp.topic)
             for record in records:
-                terminal = terminal_of(record, outcome)
-                if self.selection.offer(terminal) and terminal.id in expected:
+                if offer(terminal_of(record, outcome)):
                     new += 1
         return new
+
+    async def follow(
+        self,
+        offer: Callable[[Terminal], bool],
+        *,
+        done: Callable[[], bool],
+        on_progress: Callable[[int], None] | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+        timeout_ms: int = 100,
+    ) -> None:
+        """Hand arrivals to ``offer`` (e.g. a streaming export) until ``done`` or ``should_stop``.
+
+        Unlike :meth:`wait_for`, nothing is kept here: the ``selection`` stays empty.
+        """
+        while not done() and not should_stop():
+            new = await self._read(offer, timeout_ms)
+            if new and on_progress is not None:
+                on_progress(new)
 
     async def wait_for(
         self,

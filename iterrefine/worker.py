@@ -68,15 +68,18 @@ async def serve_stages(
     stop: asyncio.Event | None = None,
     runners_out: list[StageRunner] | None = None,
     on_ready: Callable[[], None] | None = None,
+    topics_ready: bool = False,
 ) -> None:
     """Run ``stages`` (sharing one producer) until ``stop`` is set or a runner fails.
 
-    ``on_ready`` is called once every stage has its first partitions.
+    ``on_ready`` is called once every stage has its first partitions. ``topics_ready``:
+    the caller created the stages' topics already.
     """
     stop = stop or asyncio.Event()
     metrics = metrics or Metrics()
-    await ensure_topics(config.kafka, bootstrap_servers,
-                        [t for stage in stages for t in (stage.input_topic, *stage.outputs)])
+    if not topics_ready:
+        await ensure_topics(config.kafka, bootstrap_servers,
+                            [t for stage in stages for t in (stage.input_topic, *stage.outputs)])
     config = await _static_membership_checked(config, bootstrap_servers)
     producer = make_producer(config.kafka, bootstrap_servers, linger_ms=config.runtime.linger_ms)
     await producer.start()

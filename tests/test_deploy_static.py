@@ -233,11 +233,12 @@ def test_compose_worker_command_is_a_real_cli_command(stage: str) -> None:
     service = _services()[stage]
     assert service["command"] == [
         "worker", stage, "--bootstrap", "kafka:9092", "--metrics-port", str(METRICS_PORT),
-        "--config", "/etc/iterrefine/iterrefine.toml",
+        "--metrics-host", "0.0.0.0", "--config", "/etc/iterrefine/iterrefine.toml",
     ]
     args = _parse_cli(service["command"])
     assert args.command == "worker" and args.stages == [stage]
     assert args.metrics_port == METRICS_PORT
+    assert args.metrics_host == "0.0.0.0"  # the default is loopback, unreachable in a container
     assert args.bootstrap in _services()["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
     assert args.config in [_compose_default(v).split(":")[1] for v in service["volumes"]]
 
@@ -544,6 +545,7 @@ def test_k8s_deployment_runs_the_stage_worker_with_probes_on_the_metrics_port(st
     args = _parse_cli(container["args"])
     assert args.command == "worker" and args.stages == [stage]
     assert args.metrics_port == METRICS_PORT
+    assert args.metrics_host == "0.0.0.0"  # the default is loopback, unreachable in a pod
     assert container["ports"] == [
         {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}]
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}

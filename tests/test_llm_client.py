@@ -425,10 +425,10 @@ async def test_structured_output_only_when_enabled() -> None:
 
 
 async def test_structured_output_rejection_suggests_turning_it_off() -> None:
-    """A 400 to a json_schema request says to set structured_output = false."""
+    """A 400 to a json_schema request names the other dialects (json_object, off, auto)."""
     handler, _ = sequence(error(400, "response_format not supported"))
     async with llm(handler, structured_output=True) as client:
-        with pytest.raises(LLMError, match="structured_output = false"):
+        with pytest.raises(LLMError, match=r'structured_output = "auto".*"json_object".*"off"'):
             await client.chat(MESSAGES, json_schema={"type": "object"})
 
 

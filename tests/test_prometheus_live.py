@@ -28,6 +28,7 @@ import yaml
 
 from iterrefine._process import free_port
 from iterrefine.app import RunOptions, run_pipeline, sim_roles
+from iterrefine.config import CacheConfig
 from iterrefine.http import MetricsServer
 from iterrefine.metrics import Metrics
 from iterrefine.observability_assets import (
@@ -152,8 +153,10 @@ async def test_every_dashboard_and_alert_expression_runs_on_a_live_scrape(
     async with _prometheus(prometheus_config, tmp_path) as prom, \
             aiohttp.ClientSession() as http, SimServer(FAULTY_SIM, port=0) as sim:
         base = unique_config(retry_base_s=0.02, retry_max_s=0.2)
+        # The cache on, as `run` has it: the dashboard's cache panels need its series.
         config = sim_roles(msgspec.structs.replace(
             base, kafka=msgspec.structs.replace(base.kafka, bootstrap_servers=broker),
+            cache=CacheConfig(mode="on", path=str(tmp_path / "cache.sqlite3")),
         ), sim.base_url, FAULTY_SIM)
 
         async def target_discovered() -> bool:

@@ -102,8 +102,9 @@ async def make_ctx() -> AsyncIterator[Callable[..., Any]]:
                 httpx2.AsyncClient(transport=httpx2.MockTransport(script)))
             roles = {}
             for role in ("strong", "backbone"):
+                # Free text, as scripted; "auto" would first send an untagged probe.
                 config = LLMRoleConfig(base_url="http://llm.test/v1", model=f"{role}-m",
-                                       max_retries=0)
+                                       max_retries=0, structured_output="off")
                 roles[role] = await stack.enter_async_context(
                     LLMClient(role, config, http_client=http))
             ctx = PipelineContext(PipelineConfig(**pipeline), roles, Metrics(),

@@ -92,7 +92,9 @@ class TraceEndpoint:
         task_match = re.match(r"\[iterrefine task=(\w+)", messages[0]["content"])
         if task_match is None:  # run's start-up probe of the endpoint
             return self.completion(body, "OK")
-        task, data = task_match.group(1), data_block(messages[-1]["content"])
+        task, user = task_match.group(1), messages[-1]["content"]
+        # The backbone gets the instruction as a plain message (the traced inputs are empty).
+        data = {"instruction": user.strip()} if task == "answer" else data_block(user)
         self.requests.append((task, data))
         return self.completion(body, self.answer(task, data))
 
@@ -143,7 +145,8 @@ async def test_recorded_run_replays_to_the_recorded_decisions(
             kafka=msgspec.structs.replace(base.kafka, bootstrap_servers=broker),
             pipeline=PipelineConfig(exhausted_policy="keep_last_revision",
                                     alignment_mode="complete"),
-            llm={role: LLMRoleConfig(base_url=base_url, model=f"trace-{role}", max_retries=0)
+            llm={role: LLMRoleConfig(base_url=base_url, model=f"trace-{role}", max_retries=0,
+                                     structured_output="off")  # free text, no dialect probe
                  for role in ("strong", "backbone")},
         )
         result = await run_pipeline(config, RunOptions(input=source, output=tmp_path / "o.jsonl",

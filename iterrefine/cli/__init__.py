@@ -8,7 +8,9 @@ Each subcommand lives in its own module under ``iterrefine.cli`` and exposes
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -77,5 +79,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+def entry() -> None:
+    """The ``iterrefine`` script: :func:`main`, then exit without tearing the interpreter down.
+
+    Once a command has returned, everything it started is stopped and its files are
+    closed; what is left is CPython freeing every object and module one by one, which
+    took 0.75 s after ``iterrefine run`` on a busy 2-core machine. Exit handlers
+    (``atexit``: logging's flush and whatever else registered one) still run.
+    """
+    code = main()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -78,8 +78,11 @@ def add_llm_args(parser: argparse.ArgumentParser) -> None:
     add("--api-key-env", metavar="VAR",
         help="environment variable holding the API key (never pass the key itself)")
     add("--llm-concurrency", type=int, metavar="N", help="max concurrent requests per role")
-    add("--structured-output", action="store_true", default=None,
-        help="ask for JSON-schema structured output (vLLM and OpenAI support it)")
+    # A value is required: an optional one would swallow the INPUT that follows the flag.
+    add("--structured-output", metavar="DIALECT",
+        choices=["json_schema", "json_object", "off", "auto"],
+        help="structured output for both roles: json_schema (OpenAI, vLLM), json_object "
+        "(llama.cpp), off, or auto (default: a probe request finds what the server enforces)")
     add("--max-rounds", type=int, help="refinement rounds before giving up (default 3)")
     add("--exhausted-policy", choices=["keep_original", "drop", "keep_last_revision"],
         help="items that never converged: keep the original (default), drop, or align the "
@@ -143,6 +146,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         },
         "data_dir": getattr(args, "data_dir", None),
         "metrics_port": getattr(args, "metrics_port", None),
+        "metrics_host": getattr(args, "metrics_host", None),
         "cache": {"mode": getattr(args, "cache", None)},
         "preset": getattr(args, "preset", None),
     }

@@ -21,6 +21,7 @@ from iterrefine.config import Config
 from iterrefine.errors import ConfigError
 from iterrefine.exit_codes import run_exit_code
 from iterrefine.logging import configure_logging
+from iterrefine.proctime import process_started_at
 from iterrefine.sim import SimConfig
 
 
@@ -73,6 +74,20 @@ def _sim_config(args: argparse.Namespace) -> SimConfig | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # --workers children first: they import on another core while this process does.
+    prespawned = None
+    if args.workers > 1 and args.input.exists():
+        from iterrefine.prespawn import Prespawned
+
+        prespawned = Prespawned(args.workers - 1)
+    try:
+        return _run(args, prespawned)
+    finally:
+        if prespawned is not None:
+            prespawned.close()  # only if the run never adopted them
+
+
+def _run(args: argparse.Namespace, prespawned: Any) -> int:
     from iterrefine.app import RunOptions, run_pipeline  # heavy imports only for this command
 
     configure_logging(json=args.log_json, level=args.log_level)
@@ -86,7 +101,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     options = RunOptions(input=args.input, output=args.output, sim=sim,
                          metrics_port=config.metrics_port, timeout_s=args.timeout_s,
-                         workers=args.workers)
+                         workers=args.workers, started_at=process_started_at(),
+                         prespawned=prespawned)
     console = Console(stderr=True)
     show = not args.no_progress and console.is_terminal
     with Progress(
@@ -181,6 +197,13 @@ def print_summary(console: Console, summary: dict[str, Any], paths: Any) -> None
             table.add_row(f"cache {role}", f"{stats['cache_hits']} hits (not paid), "
                           f"{stats['cache_misses']} misses, "
                           f"{stats['cache_tokens_saved']} tokens saved")
+    unreadable = {task: row.get("unreadable", 0) for task, row in
+                  summary.get("llm_answers", {}).items() if row.get("unreadable")}
+    if unreadable:
+        table.add_row("unreadable answers", ", ".join(f"{k} {v}" for k, v in unreadable.items()))
+    if summary.get("rescore_failures"):
+        table.add_row("re-score failed", f"{summary['rescore_failures']} refined items "
+                      "curated without a final score")
     if summary.get("truncated"):
         table.add_row("cut off at max_tokens", ", ".join(
             f"{k} {v}" for k, v in sorted(summary["truncated"].items())))

@@ -34,6 +34,10 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
                         "stages), or all")
     parser.add_argument("--metrics-port", type=int, metavar="N",
                         help="serve /metrics, /healthz and /readyz on this port")
+    parser.add_argument("--metrics-host", metavar="ADDR",
+                        help="address the metrics endpoint binds (default 127.0.0.1, this "
+                        "machine only: it has no authentication); in a container use 0.0.0.0 "
+                        "so that Prometheus and the probes can reach it")
     parser.add_argument("--group-instance-id", metavar="ID",
                         help="static group membership id, unique per worker process: on Kafka "
                         "a restart within the session timeout keeps its partitions without a "

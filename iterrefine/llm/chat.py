@@ -7,9 +7,9 @@ the type without depending on the tasks (the stages use those, not the context).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["ChatClient", "ChatReply", "TruncationHook"]
+__all__ = ["AnswerRecorder", "ChatClient", "ChatReply", "TruncationHook"]
 
 
 #: Called with the task's name for every answer cut off at ``max_tokens`` (a metric).
@@ -35,3 +35,10 @@ class ChatClient(Protocol):
         schema_name: str = "answer",
         max_tokens: int | None = None,
     ) -> ChatReply: ...
+
+
+@runtime_checkable
+class AnswerRecorder(Protocol):
+    """A client that counts how its answers read (``LLMClient`` does, into metrics)."""
+
+    def record_answer(self, task: str, outcome: str, *, truncated: int) -> None: ...

@@ -24,6 +24,8 @@ headers, auth, error types) but take its cheapest documented paths:
 from __future__ import annotations
 
 import asyncio
+import functools
+import ssl
 import time
 import warnings
 from collections.abc import Callable
@@ -35,9 +37,10 @@ import openai
 import structlog
 from prometheus_client import Counter, Histogram
 
-from iterrefine.config import LLMRoleConfig
+from iterrefine.config import Dialect, LLMRoleConfig
 from iterrefine.errors import IterrefineError, LLMRetriesExhausted
 from iterrefine.lifecycle import AsyncService
+from iterrefine.llm import dialect as dialects
 from iterrefine.llm.cache import (
     CachedAnswer,
     ResponseCache,
@@ -48,11 +51,15 @@ from iterrefine.llm.cache import (
 from iterrefine.llm.circuit import Circuit
 from iterrefine.llm.endpoint_probe import probe_completion, probe_models
 from iterrefine.llm.failures import FailureMap
+from iterrefine.llm.latency import Reservoir
 from iterrefine.llm.ratelimit import TokenBucket
 from iterrefine.metrics import Metrics
 from iterrefine.retry import Backoff
 
 log = structlog.get_logger("iterrefine.llm")
+
+#: How long an undecided role (its probe could not reach the server) waits to probe again.
+PROBE_RETRY_S = 10.0
 
 # What chat.completions.create asks for: the bearer key (pinned in start()).
 _REQUEST_OPTIONS: openai.RequestOptions = {"security": {"bearer_auth": True}}
@@ -86,6 +93,10 @@ class LLMStats(msgspec.Struct, frozen=True, kw_only=True):
     retries: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    #: Sum of every request's latency (the mean is this over ``requests``).
+    latency_sum_s: float = 0.0
+    #: A bounded uniform sample of raw request latencies, for the summary's percentiles.
+    latency_samples_s: tuple[float, ...] = ()
     #: Calls answered by the response cache (no request sent) and calls it could not answer.
     cache_hits: int = 0
     cache_misses: int = 0
@@ -130,6 +141,23 @@ def estimate_tokens(messages: list[dict[str, str]], max_tokens: int) -> int:
     return sum(len(m.get("content", "")) for m in messages) // 4 + max_tokens
 
 
+@functools.cache
+def _default_tls_context() -> ssl.SSLContext:
+    """httpx's own default context, built once per process and shared by every role."""
+    return httpx2.create_ssl_context()
+
+
+def _tls_context(base_url: str) -> ssl.SSLContext:
+    """The TLS context for an endpoint; loading the CA bundle costs ~0.13 s of CPU each time.
+
+    A plain ``http://`` endpoint never uses it: it gets a context with no CA loaded,
+    which refuses any certificate, so a redirect to ``https://`` fails closed.
+    """
+    if base_url.lower().startswith("http://"):
+        return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, and trusts nothing
+    return _default_tls_context()
+
+
 def build_http_client(config: LLMRoleConfig) -> httpx2.AsyncClient:
     """openai's aiohttp transport, with a pool sized to the role's concurrency.
 
@@ -141,6 +169,7 @@ def build_http_client(config: LLMRoleConfig) -> httpx2.AsyncClient:
     """
     size = max(1, config.max_concurrency)
     return openai.DefaultAioHttpClient(
+        verify=_tls_context(config.base_url),
         limits=httpx2.Limits(max_connections=size, max_keepalive_connections=size),
         timeout=httpx2.Timeout(config.timeout_s, connect=min(10.0, config.timeout_s)),
         follow_redirects=True,
@@ -202,6 +231,10 @@ class LLMClient(AsyncService):
                 metrics.llm_tokens_total.labels(role=role, kind="completion"),
             )
             metrics.llm_circuit_open.labels(role=role).set(0)
+        setting = dialects.configured(config.structured_output)
+        self._dialect: Dialect | None = None if setting == "auto" else setting
+        self._dialect_lock = asyncio.Lock()
+        self._next_probe = 0.0  # monotonic time before which an undecided role skips probing
         self._api: openai.AsyncOpenAI | None = None
         self._chat_url = ""
         self._closed = False
@@ -210,6 +243,7 @@ class LLMClient(AsyncService):
         self._retries = 0
         self._prompt_tokens = 0
         self._completion_tokens = 0
+        self._latencies = Reservoir()
         self._probes = 0
 
     # -- lifecycle -------------------------------------------------------------------
@@ -267,12 +301,22 @@ class LLMClient(AsyncService):
             retries=self._retries,
             prompt_tokens=self._prompt_tokens,
             completion_tokens=self._completion_tokens,
+            latency_sum_s=self._latencies.total,
+            latency_samples_s=self._latencies.sample(),
             cache_hits=0 if self._cache is None else self._cache.hits,
             cache_misses=0 if self._cache is None else self._cache.misses,
             cache_tokens_saved=0 if self._cache is None else self._cache.tokens_saved,
             probes=self._probes,
             circuit_opened=self.circuit.opened,
         )
+
+    def record_answer(self, task: str, outcome: str, *, truncated: int) -> None:
+        """Count how an answer of ``task`` read (the ask layer calls this)."""
+        if self._metrics is None:
+            return
+        self._metrics.llm_answers_total.labels(task=task, outcome=outcome).inc()
+        if truncated:
+            self._metrics.llm_answers_truncated_total.labels(task=task).inc(truncated)
 
     async def chat(
         self,
@@ -298,12 +342,12 @@ class LLMClient(AsyncService):
             "temperature": config.temperature,
             "max_tokens": limit,
         }
-        structured = json_schema is not None and config.structured_output
-        if structured:
-            body["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": schema_name, "schema": json_schema, "strict": True},
-            }
+        structured = False
+        if json_schema is not None:
+            form = dialects.response_format(await self.dialect(), schema_name, json_schema)
+            if form is not None:
+                body["response_format"] = form
+                structured = True
         # Encoded once: retries send the same bytes.
         content = _encode_body(body)
         started = time.monotonic()
@@ -324,6 +368,33 @@ class LLMClient(AsyncService):
             result, seconds=time.monotonic() - started, attempts=attempts, cache_key=key
         )
 
+    @property
+    def structured_output(self) -> str:
+        """The dialect in use, or ``auto`` while the probe has not decided yet."""
+        return self._dialect or "auto"
+
+    async def dialect(self) -> Dialect:
+        """The structured-output dialect of this role; ``auto`` probes the endpoint once.
+
+        An inconclusive probe (server unreachable) answers ``off`` for now; the role
+        probes again at a call :data:`PROBE_RETRY_S` later (not at every call, which
+        would queue one probe per waiting request behind a dead server).
+        """
+        if self._dialect is not None:
+            return self._dialect
+        async with self._dialect_lock:
+            if self._dialect is None and time.monotonic() >= self._next_probe:
+                self._dialect = await dialects.probe_dialect(
+                    self._probe_send, role=self.role, model=self.config.model)
+                self._next_probe = time.monotonic() + PROBE_RETRY_S
+            return self._dialect or "off"
+
+    async def _probe_send(self, body: dict[str, Any]) -> tuple[int, str] | None:
+        if self._api is None:
+            raise RuntimeError(f"{self._where}: call start() or use 'async with' first")
+        return await dialects.post_probe(self._api, self._chat_url, _encode_body(body),
+                                         options=_REQUEST_OPTIONS,
+                                         timeout_s=min(self.config.timeout_s, 60.0))
     def remember(self, reply: object, *, readable: bool) -> None:
         """Tell the cache whether ``reply`` could be read: only readable answers are kept.
 
@@ -464,6 +535,7 @@ class LLMClient(AsyncService):
         return result
 
     def _observe(self, status: str, seconds: float) -> None:
+        self._latencies.add(seconds)
         if self._seconds is None or self._metrics is None:
             return
         counter = self._status_counters.get(status)

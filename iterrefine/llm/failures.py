@@ -166,8 +166,9 @@ class FailureMap:
             )
         if code in (400, 422) and structured:
             return (
-                "the server may not support JSON-schema structured output: "
-                "set structured_output = false for this role"
+                "the server may not support this structured-output dialect: set "
+                'structured_output = "auto" (probes the server), "json_object" (llama.cpp) '
+                'or "off" for this role'
             )
         if code == 413:
             return "the prompt is too large for this endpoint; lower the item size limits"

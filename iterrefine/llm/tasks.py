@@ -15,6 +15,7 @@ twice the limit; cut off again, it raises :class:`TruncatedOutput` (an
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal, Protocol, overload, runtime_checkable
 
@@ -22,10 +23,11 @@ import msgspec
 import structlog
 
 from iterrefine.errors import TruncatedOutput, UnparseableOutput
-from iterrefine.llm.chat import ChatClient, ChatReply, TruncationHook
+from iterrefine.llm.chat import AnswerRecorder, ChatClient, ChatReply, TruncationHook
 from iterrefine.parsing import (
     SCHEMAS,
     AlignedAnswer,
+    AnswerContext,
     EvaluationAnswer,
     RevisionAnswer,
     ScoreAnswer,
@@ -41,6 +43,7 @@ from iterrefine.prompts import build_messages
 
 __all__ = [
     "PARSERS",
+    "AnswerRecorder",
     "ChatClient",
     "ChatReply",
     "ReviewSample",
@@ -74,8 +77,12 @@ class RemembersAnswers(Protocol):
     def remember(self, reply: object, *, readable: bool) -> None: ...
 
 
-#: The parser that reads each task's answer.
-PARSERS: Final[dict[str, Callable[[str], object]]] = {
+#: How an answer was read: on the first call, after re-asking, or not at all.
+AnswerOutcome = Literal["first_try", "after_reask", "unreadable"]
+
+#: The parser that reads each task's answer; the context (the request's nonce, item
+#: text and instructions) keeps prompt scaffolding and item text out of the fields.
+PARSERS: Final[dict[str, Callable[[str, AnswerContext | None], object]]] = {
     "score": parse_score,
     "answer": clean_answer,
     "evaluate": parse_evaluation,
@@ -193,10 +200,13 @@ async def ask(
     limit = max_tokens
     raised_limit = False
     last_error: UnparseableOutput | None = None
+    truncated = 0
     attempt = 0
     while attempt < attempts:
-        messages = build_messages(task, data, round=round, reask=last_error is not None,
-                                  variant=variant)
+        # A fresh nonce per request: an answer repeating it is an echo of this prompt.
+        nonce = secrets.token_hex(4)
+        messages = build_messages(task, data, round=round, nonce=nonce,
+                                  reask=last_error is not None, variant=variant)
         reply = await client.chat(
             messages,
             json_schema=schema,
@@ -204,12 +214,14 @@ async def ask(
             max_tokens=limit,
         )
         if _finish_reason(reply) == "length":
+            truncated += 1
             _remember(client, reply, readable=False)  # a half-written answer is never kept
             if on_truncated is not None:
                 on_truncated(task)
             log.warning("llm_answer_truncated", task=task, max_tokens=limit,
                         reask=not raised_limit)
             if raised_limit:
+                _record(client, task, "unreadable", truncated)
                 raise TruncatedOutput(
                     f"the {task} answer was cut off at max_tokens={limit} twice",
                     task=task, raw=reply.text,
@@ -220,7 +232,7 @@ async def ask(
             continue
         attempt += 1
         try:
-            answer = parser(reply.text)
+            answer = parser(reply.text, AnswerContext.for_request(messages, data, nonce))
         except UnparseableOutput as exc:
             _remember(client, reply, readable=False)
             last_error = exc
@@ -233,9 +245,16 @@ async def ask(
             )
         else:
             _remember(client, reply, readable=True)
+            _record(client, task, "first_try" if attempt == 1 else "after_reask", truncated)
             return answer
+    _record(client, task, "unreadable", truncated)
     assert last_error is not None  # the loop ran at least once and never returned
     raise last_error
+
+
+def _record(client: ChatClient, task: str, outcome: AnswerOutcome, truncated: int) -> None:
+    if isinstance(client, AnswerRecorder):
+        client.record_answer(task, outcome, truncated=truncated)
 
 
 def _remember(client: ChatClient, reply: ChatReply, *, readable: bool) -> None:

@@ -2,7 +2,12 @@
 
 The schemas follow docs/llm-contract.md and the subset that OpenAI's strict mode,
 vLLM and llama.cpp all accept: every property required, no additional properties, and
-no numeric bounds (ranges are clamped by the parsers instead).
+no numeric bounds (ranges are clamped by the parsers instead). The judges' commentary
+strings carry ``maxLength`` (and suggestions ``maxItems``): llama.cpp's grammar enforces
+them, so a verbose small model's ``reason`` cannot run past ``max_tokens`` and cut the
+whole JSON answer off; ``json_schema`` requests drop these keys
+(:func:`iterrefine.llm.dialect.response_format`). Content fields (revisions, outputs)
+are never bounded: cutting them would lose data.
 """
 
 from __future__ import annotations
@@ -92,27 +97,35 @@ def _object(properties: dict[str, Any]) -> dict[str, Any]:
 
 _SCORE_1_10: Final = {"type": "integer", "description": "1 (very poor) to 10 (excellent)"}
 
+
+def _commentary(max_chars: int, description: str | None = None) -> dict[str, Any]:
+    """A judge's free-text field, bounded where the server's grammar can enforce it."""
+    field: dict[str, Any] = {"type": "string", "maxLength": max_chars}
+    if description is not None:
+        field["description"] = description
+    return field
+
 #: JSON schemas for ``response_format={"type": "json_schema", ...}``, per task; the
 #: ``answer`` task is free text and has none.
 SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     "score": _object(
         {
             "usable": {"type": "boolean"},
-            "reason": {"type": "string"},
+            "reason": _commentary(300),
             "correctness": _SCORE_1_10,
             "completeness": _SCORE_1_10,
             "clarity": _SCORE_1_10,
             "compliance": _SCORE_1_10,
             "reasoning": _SCORE_1_10,
             "verdict": {"type": "string", "enum": ["high", "low"]},
-            "justification": {"type": "string"},
+            "justification": _commentary(400),
         }
     ),
     "evaluate": _object(
         {
             "score": _SCORE_1_10,
-            "evaluation": {"type": "string"},
-            "suggestions": {"type": "array", "items": {"type": "string"}},
+            "evaluation": _commentary(800),
+            "suggestions": {"type": "array", "items": _commentary(300), "maxItems": 5},
         }
     ),
     "refine": _object(
@@ -124,7 +137,7 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     "review": _object(
         {
             "winner": {"type": "string", "enum": ["A", "B", "Tie"]},
-            "explanation": {"type": "string", "description": "at most 100 words"},
+            "explanation": _commentary(800, "at most 100 words"),
         }
     ),
     "align": _object({"output": {"type": "string"}}),

@@ -8,6 +8,7 @@ text (a property test pins this).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any, Final
 
 from iterrefine.errors import UnparseableOutput
@@ -18,7 +19,9 @@ from iterrefine.parsing._answers import (
     VerdictAnswer,
     Winner,
 )
+from iterrefine.parsing._scaffolding import AnswerContext, copied_check, reject_scaffolding
 from iterrefine.parsing._text import (
+    STOP,
     Label,
     Sections,
     find_json_object,
@@ -33,10 +36,24 @@ from iterrefine.parsing._text import (
     scale_value_rest,
     split_sections,
     strip_emphasis,
+    unbracket,
     unparseable,
 )
 
 _DIMENSIONS: Final = ("correctness", "completeness", "clarity", "compliance", "reasoning")
+
+# Labels no answer of ours uses as its own field but a prompt shows (data keys, other
+# tasks' answers): a model echoing them after its answer ends the field there.
+_DATA_KEY_LABELS: Final = (
+    r"instruction[ \t_-]new", r"input[ \t_-]new", r"reference[ \t_]output",
+    r"candidate[ \t_]answer",
+    r"reviewer[ \t_]feedback", r"original[ \t_](?:instruction|input|output)",
+    r"revised[ \t_](?:instruction|input)",
+)
+
+
+def _stop(*spellings: str) -> Label:
+    return Label(STOP, (*_DATA_KEY_LABELS, *spellings))
 
 
 # ---------------------------------------------------------------- score
@@ -58,6 +75,8 @@ _SCORE_LABELS: Final = (
     Label("reasoning", (r"reasoning(?:\s+quality)?",), value_needs_no_separator=True),
     Label("verdict", (r"(?:overall\s+)?verdict", r"overall\s+quality", r"quality")),
     Label("justification", (r"justification", r"rationale")),
+    _stop(r"winner", r"explanation", r"evaluation", r"suggestions", r"instruction", r"input",
+          r"output"),
 )
 _SCORE_PATTERN: Final = label_pattern(_SCORE_LABELS)
 _YES: Final = re.compile(r"(?:yes|true|y|usable)\b", re.IGNORECASE)
@@ -71,7 +90,8 @@ def _usable(value: Any) -> bool | None:
     text = json_text(value)
     if not text:
         return None
-    text = strip_emphasis(text).lstrip("*_[(\"'` ")
+    text = unbracket(strip_emphasis(text)) or ""
+    text = text.lstrip("*_[(\"'` ")
     if _NO.match(text):
         return False
     if _YES.match(text):
@@ -81,6 +101,7 @@ def _usable(value: Any) -> bool | None:
 
 def _verdict(value: Any) -> Verdict | None:
     text = json_text(value)
+    text = unbracket(text) if text else text
     match = _VERDICT_WORD.search(text) if text else None
     if match is None:
         return None
@@ -130,19 +151,23 @@ def _score_fields(sections: Sections) -> dict[str, Any]:
     return fields
 
 
-def parse_score(text: str) -> ScoreAnswer:
+def parse_score(text: str, context: AnswerContext | None = None) -> ScoreAnswer:
     """Read an IQD judgement (``Usable: yes`` … ``Justification: …`` or its JSON form)."""
     body = prepare(text)
-    obj = find_json_object(body, ("verdict", "usable", *_DIMENSIONS))
+    reject_scaffolding("score", text, body, context)
+    copied = copied_check(context)
+    obj = find_json_object(body, ("verdict", "usable", *_DIMENSIONS), copied=copied)
     if obj is not None:
         try:
             return _score_answer("score", text, obj)
         except UnparseableOutput:
             pass  # a stray JSON object; the labelled lines may still be there
-    fields = _score_fields(split_sections(body, _SCORE_LABELS, _SCORE_PATTERN))
+    sections = split_sections(body, _SCORE_LABELS, _SCORE_PATTERN, copied=copied)
+    fields = _score_fields(sections)
     if not all(key in fields for key in ("verdict", *_DIMENSIONS)):
-        inline = inline_to_lines(body, _SCORE_LABELS)
-        fields = _score_fields(split_sections(inline, _SCORE_LABELS, _SCORE_PATTERN)) | fields
+        inline = inline_to_lines(body, _SCORE_LABELS, copied=copied)
+        inline_sections = split_sections(inline, _SCORE_LABELS, _SCORE_PATTERN, copied=copied)
+        fields = _score_fields(inline_sections) | fields
     return _score_answer("score", text, fields)
 
 
@@ -162,11 +187,13 @@ _EVALUATION_LABELS: Final = (
             r"improvements",
         ),
     ),
+    _stop(r"winner", r"verdict", r"usable", r"instruction", r"input", r"output"),
 )
 _EVALUATION_PATTERN: Final = label_pattern(_EVALUATION_LABELS)
 _SCORE_IN_PROSE: Final = (
     re.compile(
-        r"\b(?:score|rating|grade)\b[^\d\n]{0,24}?(\d{1,3}(?:\.\d+)?(?:\s*(?:/|out\s+of)\s*\d{1,3})?)",
+        r"\b(?:score|rating|grade)\b[^\d\n]{0,24}?(\d{1,3}(?:\.\d+)?(?:\s*(?:/|out\s+of)\s*\d{1,3})?)"
+        r"(?!\s*[-–]\s*\d)",
         re.IGNORECASE,
     ),
     re.compile(r"\b(\d{1,2}(?:\.\d+)?\s*(?:/|out\s+of)\s*10)\b", re.IGNORECASE),
@@ -192,22 +219,32 @@ def _evaluation_from_json(raw: str, obj: dict[str, Any]) -> EvaluationAnswer:
     return EvaluationAnswer(score=score, evaluation=evaluation, suggestions=suggestions)
 
 
-def parse_evaluation(text: str) -> EvaluationAnswer:
+def _own_text(body: str, copied: Callable[[str], bool] | None) -> str:
+    """``body`` without the lines that repeat item text: what prose fallbacks may read."""
+    if copied is None:
+        return body
+    return "\n".join(line for line in body.split("\n") if not copied(line))
+
+
+def parse_evaluation(text: str, context: AnswerContext | None = None) -> EvaluationAnswer:
     """Read an evaluation (``Score: 6`` / ``Evaluation:`` / ``Suggestions:`` or JSON)."""
     body = prepare(text)
-    obj = find_json_object(body, ("score",))
+    reject_scaffolding("evaluate", text, body, context)
+    copied = copied_check(context)
+    obj = find_json_object(body, ("score",), copied=copied)
     if obj is not None:
         try:
             return _evaluation_from_json(text, obj)
         except UnparseableOutput:
             pass
-    sections = split_sections(body, _EVALUATION_LABELS, _EVALUATION_PATTERN)
+    sections = split_sections(body, _EVALUATION_LABELS, _EVALUATION_PATTERN, copied=copied)
     readable = (s for s in sections.all("score") if scale_value(s.head) is not None)
     score_section = next(readable, None)
     if score_section is not None:
         score = scale_value(score_section.head)
     else:
-        found = (pattern.search(body) for pattern in _SCORE_IN_PROSE)
+        own = _own_text(body, copied)
+        found = (pattern.search(own) for pattern in _SCORE_IN_PROSE)
         match = next((m for m in found if m is not None), None)
         score = scale_value(match.group(1)) if match is not None else None
     if score is None:
@@ -240,6 +277,7 @@ _REVIEW_LABELS: Final = (
         value_needs_no_separator=True,
     ),
     Label("explanation", (r"explanation", r"reason(?:ing)?", r"rationale", r"justification")),
+    _stop(r"score", r"evaluation", r"suggestions", r"usable", r"correctness"),
 )
 _REVIEW_PATTERN: Final = label_pattern(_REVIEW_LABELS)
 _WINNER_VALUE: Final = re.compile(
@@ -268,6 +306,7 @@ def _winner_word(match: re.Match[str]) -> Winner:
 
 def _winner(value: Any) -> Winner | None:
     text = json_text(value)
+    text = unbracket(text) if text else text
     match = _WINNER_VALUE.match(text) if text else None
     return None if match is None else _winner_word(match)
 
@@ -283,30 +322,33 @@ def _prose_winner(text: str) -> Winner | None:
     return None
 
 
-def parse_verdict(text: str) -> VerdictAnswer:
+def parse_verdict(text: str, context: AnswerContext | None = None) -> VerdictAnswer:
     """Read a pairwise verdict (``Winner: B`` / ``Explanation: …``, or JSON)."""
     body = prepare(text)
-    obj = find_json_object(body, ("winner",))
+    reject_scaffolding("review", text, body, context)
+    copied = copied_check(context)
+    obj = find_json_object(body, ("winner",), copied=copied)
     if obj is not None:
         winner = _winner(obj.get("winner"))
         explanation = json_text(first_key(obj, "explanation", "reason", "rationale"))
         if winner is not None:
             return VerdictAnswer(winner=winner, explanation=one_line(explanation or ""))
     # Line by line first; then with "Label:" split off mid-line for one-line answers.
-    for candidate in (body, inline_to_lines(body, _REVIEW_LABELS)):
-        sections = split_sections(candidate, _REVIEW_LABELS, _REVIEW_PATTERN)
+    for candidate in (body, inline_to_lines(body, _REVIEW_LABELS, copied=copied)):
+        sections = split_sections(candidate, _REVIEW_LABELS, _REVIEW_PATTERN, copied=copied)
         for labelled in sections.all("winner"):
-            match = _WINNER_VALUE.match(labelled.head)
+            head = unbracket(labelled.head) or ""
+            match = _WINNER_VALUE.match(head)
             if match is None:
                 continue
             explained = sections.first("explanation")
             if explained is not None:
                 explanation = explained.text
             else:  # reasons without a label: beside, under or before the winner line
-                beside = _EXPLANATION_LEAD.sub("", labelled.head[match.end() :])
+                beside = _EXPLANATION_LEAD.sub("", head[match.end() :])
                 explanation = beside or labelled.body or "\n".join(sections.preamble)
             return VerdictAnswer(winner=_winner_word(match), explanation=one_line(explanation))
-    winner = _prose_winner(body)
+    winner = _prose_winner(_own_text(body, copied))
     if winner is None:
         raise unparseable("review", "no winner (A, B or Tie)", text)
     return VerdictAnswer(winner=winner, explanation=one_line(body))

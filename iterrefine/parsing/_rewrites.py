@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any, Final
 
 from iterrefine.parsing._answers import AlignedAnswer, RevisionAnswer
+from iterrefine.parsing._scaffolding import AnswerContext, copied_check, reject_scaffolding
 from iterrefine.parsing._text import (
+    STOP,
     Label,
     fenced_blocks,
     find_json_object,
@@ -29,12 +32,21 @@ from iterrefine.parsing._text import (
 # ---------------------------------------------------------------- answer (backbone)
 
 
-def clean_answer(text: str) -> str:
+def clean_answer(text: str, context: AnswerContext | None = None) -> str:
     """The backbone's answer without thinking blocks and surrounding whitespace."""
     answer = prepare(text)
     if not answer:
         raise unparseable("answer", "empty (or only thinking)", text)
+    reject_scaffolding("answer", text, answer, context)
     return answer
+
+
+# Labels of the prompts' data keys: no answer field is called that, so a line starting
+# with one is the model echoing its prompt, and the field before it ends there.
+_DATA_KEY_SPELLINGS: Final = (
+    r"reference[ \t_]output", r"candidate[ \t_]answer", r"reviewer[ \t_]feedback",
+    r"original[ \t_](?:instruction|input|output)", r"revised[ \t_](?:instruction|input)",
+)
 
 
 # ---------------------------------------------------------------- refine
@@ -60,6 +72,14 @@ _REVISION_PATTERNS: Final = (
     label_pattern((Label("instruction", (r"instruction_new",)), Label("input", (r"input_new",)))),
     label_pattern((_INSTRUCTION_LABEL, _INPUT_LABEL)),
 )
+# What ends a revision field besides the other field: the data keys, and the labels of
+# the evaluation and review answers, which the refine prompt shows (its ``evaluation``).
+_REVISION_STOP: Final = label_pattern((
+    Label("instruction", (r"instruction[ \t_-]?new",)),
+    Label("input", (r"input[ \t_-]?new",)),
+    Label(STOP, (*_DATA_KEY_SPELLINGS, r"score", r"evaluation", r"suggestions",
+                 r"winner", r"verdict")),
+))
 _JSON_INSTRUCTION_KEYS: Final = ("instruction_new", "revised_instruction", "new_instruction")
 _JSON_INPUT_KEYS: Final = ("input_new", "revised_input", "new_input")
 # Commentary some models append after the revision, once a blank line separates it.
@@ -90,15 +110,36 @@ def _revision_scope(body: str) -> str:
     return unwrap_fence(body)
 
 
-def _find_label(lines: list[str], pattern: re.Pattern[str], group: str) -> tuple[int, str] | None:
-    """The first line labelled ``group`` (``k0`` instruction, ``k1`` input) and its rest."""
+Copied = Callable[[str], bool] | None
+
+
+def _find_label(
+    lines: list[str], pattern: re.Pattern[str], group: str, copied: Copied = None
+) -> tuple[int, str] | None:
+    """The first line labelled ``group`` (``k0`` instruction, ``k1`` input) and its rest.
+
+    A line repeating item text (``copied``) is content, not a label.
+    """
     for number, line in enumerate(lines):
         match = pattern.match(line)
         if match is None or match.group(group) is None:
             continue
+        if copied is not None and copied(line):
+            continue
         if match.group("sep") is not None or not match.group("rest").strip():
             return number, strip_emphasis(match.group("rest"))
     return None
+
+
+def _field_end(lines: list[str], pattern: re.Pattern[str], copied: Copied) -> int:
+    """Where a field ends: the first label line of ``pattern`` not repeating item text."""
+    for number, line in enumerate(lines):
+        match = pattern.match(line)
+        if match is None or (copied is not None and copied(line)):
+            continue
+        if match.group("sep") is not None or not match.group("rest").strip():
+            return number
+    return len(lines)
 
 
 def _drop_afterword(lines: list[str]) -> list[str]:
@@ -131,15 +172,20 @@ def _empty_placeholder(value: str) -> bool:
     return "\n" not in value and value.strip("*_ ()[]<>.").lower() in _EMPTY_INPUT
 
 
-def parse_revision(text: str) -> RevisionAnswer:
+def parse_revision(text: str, context: AnswerContext | None = None) -> RevisionAnswer:
     """Read a revision (``instruction_new: …`` / ``input_new: …``, or JSON).
 
     The input may span several lines and may be empty; ``<empty>``-style placeholders
     mean empty. Both fields must be present: a missing ``input_new`` could mean "empty"
     or "unchanged", and guessing wrong would silently drop or keep the item's input.
+    Each field ends at the next label the prompt defines (the other field, a data key,
+    the evaluation's ``Score:`` / ``Evaluation:`` / ``Suggestions:``); a line repeating
+    the item's text is never a label.
     """
     body = prepare(text)
-    obj = find_json_object(body, _JSON_INSTRUCTION_KEYS)
+    reject_scaffolding("refine", text, body, context)
+    copied = copied_check(context)
+    obj = find_json_object(body, _JSON_INSTRUCTION_KEYS, copied=copied)
     if obj is not None:
         instruction = json_text(first_key(obj, *_JSON_INSTRUCTION_KEYS))
         input_ = json_text(first_key(obj, *_JSON_INPUT_KEYS))
@@ -148,18 +194,22 @@ def parse_revision(text: str) -> RevisionAnswer:
             return RevisionAnswer(instruction=_META_PREFIX.sub("", instruction), input=input_)
     lines = _revision_scope(body).split("\n")
     for pattern in _REVISION_PATTERNS:
-        found_instruction = _find_label(lines, pattern, "k0")
+        found_instruction = _find_label(lines, pattern, "k0", copied)
         if found_instruction is None:
             continue
         after = found_instruction[0] + 1
-        found_input = _find_label(lines[after:], pattern, "k1")
+        found_input = _find_label(lines[after:], pattern, "k1", copied)
         if found_input is None:
             raise unparseable(
                 "refine", "no input_new line (write it empty for an empty input)", text
             )
         input_at = after + found_input[0]
-        instruction = _revision_value([found_instruction[1], *lines[after:input_at]]).strip()
-        input_ = _revision_value(_drop_afterword([found_input[1], *lines[input_at + 1 :]]))
+        between = lines[after:input_at]
+        between = between[: _field_end(between, _REVISION_STOP, copied)]
+        instruction = _revision_value([found_instruction[1], *between]).strip()
+        rest = lines[input_at + 1 :]
+        rest = rest[: _field_end(rest, _REVISION_STOP, copied)]
+        input_ = _revision_value(_drop_afterword([found_input[1], *rest]))
         if not instruction:
             raise unparseable("refine", "empty instruction_new", text)
         input_ = "" if _empty_placeholder(input_) else input_
@@ -180,6 +230,11 @@ _OUTPUT_LABEL: Final = (
     ),
 )
 _OUTPUT_PATTERN: Final = label_pattern(_OUTPUT_LABEL)
+# An output is free text that may well hold "Score:" or "Suggestions:" lines of its own:
+# only the prompt's unmistakable labels (data keys, the revision's fields) end it.
+_OUTPUT_STOP: Final = label_pattern((
+    Label(STOP, (*_DATA_KEY_SPELLINGS, r"instruction[ \t_-]new", r"input[ \t_-]new")),
+))
 _OUTPUT_KEYS: Final = ("output", "aligned_output", "revised_output", "rewritten_output")
 # A preface naming the rewrite itself; "Here is a list of fruits:" may be the answer.
 _PREFACE: Final = re.compile(
@@ -198,18 +253,21 @@ _JSON_OUTPUT_START: Final = re.compile(
 )
 
 
-def _labelled_output(body: str) -> str | None:
+def _labelled_output(body: str, copied: Copied) -> str | None:
     lines = body.split("\n")
     nonblank = [n for n, line in enumerate(lines) if line.strip()][:_LABEL_WITHIN_LINES]
     for number in nonblank:
+        if copied is not None and copied(lines[number]):
+            continue
         match = _OUTPUT_PATTERN.match(lines[number])
         if match is not None and (match.group("sep") or not match.group("rest").strip()):
             first = strip_emphasis(match.group("rest"))
-            return "\n".join([first, *lines[number + 1 :]]).strip()
+            rest = lines[number + 1 :]
+            return "\n".join([first, *rest[: _field_end(rest, _OUTPUT_STOP, copied)]]).strip()
     return None
 
 
-def _json_output(body: str) -> str | None:
+def _json_output(body: str, copied: Copied) -> str | None:
     candidate = unwrap_fence(body).strip()
     try:
         whole = json.loads(candidate) if candidate.startswith("{") else None
@@ -218,7 +276,7 @@ def _json_output(body: str) -> str | None:
     if isinstance(whole, dict):
         obj: dict[str, Any] | None = {str(k).strip().lower(): v for k, v in whole.items()}
     else:
-        found = find_json_span(body, _OUTPUT_KEYS)
+        found = find_json_span(body, _OUTPUT_KEYS, copied=copied)
         obj = None
         if found is not None:
             inner, start, end = found
@@ -229,16 +287,18 @@ def _json_output(body: str) -> str | None:
     return value.strip() if isinstance(value, str) else None
 
 
-def parse_aligned(text: str) -> AlignedAnswer:
+def parse_aligned(text: str, context: AnswerContext | None = None) -> AlignedAnswer:
     """Read an aligned output (``Output:`` then the text, JSON, or the bare text).
 
     Code fences inside the answer are kept: the output may be code whose fence belongs
     to it.
     """
     body = prepare(text)
-    output = _labelled_output(body)
+    reject_scaffolding("align", text, body, context)
+    copied = copied_check(context)
+    output = _labelled_output(body, copied)
     if output is None:
-        output = _json_output(body)
+        output = _json_output(body, copied)
     if output is None and _JSON_OUTPUT_START.match(unwrap_fence(body)):
         # Structured output cut off mid-object (max_tokens): not an answer to keep.
         raise unparseable("align", "unfinished JSON object", text)

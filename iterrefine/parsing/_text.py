@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -63,24 +63,44 @@ _JSON_DECODER: Final = json.JSONDecoder()
 _MAX_JSON_STARTS: Final = 64
 
 
-def find_json_object(text: str, keys: Iterable[str]) -> dict[str, Any] | None:
+def find_json_object(
+    text: str, keys: Iterable[str], *, copied: Callable[[str], bool] | None = None
+) -> dict[str, Any] | None:
     """The first JSON object in ``text`` having one of ``keys`` (keys compared lower-cased).
 
     The object may be the whole text, inside a code fence, or embedded in prose; nested
-    objects are found too. Keys of the result are lower-cased and stripped.
+    objects are found too. Keys of the result are lower-cased and stripped. When the
+    whole text is one JSON object (structured output), only that object counts, and an
+    embedded object whose text ``copied`` says repeats item text is skipped: item text
+    cannot hand the parser its fields.
     """
-    found = find_json_span(text, keys)
+    found = find_json_span(text, keys, copied=copied)
     return found[0] if found is not None else None
 
 
-def find_json_span(text: str, keys: Iterable[str]) -> tuple[dict[str, Any], int, int] | None:
+def find_json_span(
+    text: str, keys: Iterable[str], *, copied: Callable[[str], bool] | None = None
+) -> tuple[dict[str, Any], int, int] | None:
     """Like :func:`find_json_object`, with the object's start and end offsets in ``text``."""
     wanted = frozenset(keys)
+    whole = unwrap_fence(text).strip()
+    if whole.startswith("{") and whole.endswith("}"):
+        try:
+            value = json.loads(whole)
+        except (ValueError, RecursionError):
+            value = None
+        if isinstance(value, dict):
+            normalised = {str(k).strip().lower(): v for k, v in value.items()}
+            if wanted & normalised.keys():
+                start = text.find(whole)
+                return normalised, max(0, start), max(0, start) + len(whole)
     starts = [m.start() for m in re.finditer(r"\{", text)][:_MAX_JSON_STARTS]
     for start in starts:
         try:
             value, end = _JSON_DECODER.raw_decode(text, start)
         except (ValueError, RecursionError):
+            continue
+        if copied is not None and "\n" not in text[start:end] and copied(text[start:end]):
             continue
         if isinstance(value, dict):
             normalised = {str(k).strip().lower(): v for k, v in value.items()}
@@ -114,11 +134,31 @@ def _clamp_score(value: float) -> int | None:
     return min(10, max(1, math.floor(value + 0.5)))
 
 
+# ``<10>``, ``<yes>``: the prompt's angle brackets copied around a value. A placeholder
+# (``<1-10>``, ``<yes or no>``, ``<A, B or Tie>``) is not a value.
+_BRACKETED: Final = re.compile(r"^[\s*_]*<\s*([^<>\n]*?)\s*>(.*)$", re.DOTALL)
+_PLACEHOLDER: Final = re.compile(r"\d\s*[-–]\s*\d|\bor\b|,|\.\.\.|…", re.IGNORECASE)
+# A range ``7-8`` after the number: ambiguous, or the template's ``1-10`` copied.
+_RANGE_AFTER: Final = re.compile(r"\s*[-–]\s*\d")
+
+
+def unbracket(value: str) -> str | None:
+    """``value`` without angle brackets around it; None when they hold a placeholder."""
+    match = _BRACKETED.match(value)
+    if match is None:
+        return value
+    inner = match.group(1)
+    if not inner or _PLACEHOLDER.search(inner):
+        return None
+    return inner + match.group(2)
+
+
 def scale_value(value: Any) -> int | None:
-    """A 1–10 score from ``8``, ``"8"``, ``"8/10"``, ``"4/5"``, ``"7.5"``…; clamped to 1–10.
+    """A 1–10 score from ``8``, ``"8"``, ``"8/10"``, ``"4/5"``, ``"7.5"``, ``"<8>"``…;
+    clamped to 1–10.
 
     A score out of another maximum is rescaled to ten. Returns None for anything that
-    does not start with a number.
+    does not start with a number, and for a range (``7-8``, the template's ``<1-10>``).
     """
     if isinstance(value, bool):
         return None
@@ -126,8 +166,12 @@ def scale_value(value: Any) -> int | None:
         return _clamp_score(float(value))
     if not isinstance(value, str):
         return None
+    unwrapped = unbracket(value)
+    if unwrapped is None:
+        return None
+    value = unwrapped
     match = _SCALE.match(value)
-    if match is None:
+    if match is None or _RANGE_AFTER.match(value, match.end()):
         return None
     number = float(match.group(1))
     if match.group(2) is not None:
@@ -140,6 +184,7 @@ def scale_value(value: Any) -> int | None:
 
 def scale_value_rest(value: str) -> str:
     """What follows the number in a score field (``"9/10 - good"`` → ``"good"``)."""
+    value = unbracket(value) or value
     match = _SCALE.match(value)
     rest = value[match.end() :] if match else value
     return rest.lstrip(" \t*_])\"'`.,;:-–—").strip()
@@ -222,17 +267,31 @@ def strip_emphasis(value: str) -> str:
     return value
 
 
-def split_sections(text: str, labels: tuple[Label, ...], pattern: re.Pattern[str]) -> Sections:
+#: The key of labels that only end the field before them: labels of the prompt's other
+#: parts (its data keys, other tasks' answers) that a model echoes after its answer.
+STOP: Final = "_stop"
+
+
+def split_sections(
+    text: str,
+    labels: tuple[Label, ...],
+    pattern: re.Pattern[str],
+    *,
+    copied: Callable[[str], bool] | None = None,
+) -> Sections:
     """Split ``text`` into labelled sections (plus the unlabelled preamble before them).
 
     A line is a label line when the label is followed by a separator (``:``, ``-``, …),
     stands alone on its line (a heading), or — for labels that allow it — is followed
-    directly by its value (``Score 9``).
+    directly by its value (``Score 9``). A line that ``copied`` says repeats item text
+    is content, whatever it looks like. A :data:`STOP` label ends the field before it.
     """
     preamble: list[str] = []
     found: list[Section] = []
     for line in text.split("\n"):
         section = _label_line(line, labels, pattern)
+        if section is not None and copied is not None and copied(line):
+            section = None
         if section is not None:
             found.append(section)
         elif found:
@@ -255,18 +314,23 @@ def _label_line(line: str, labels: tuple[Label, ...], pattern: re.Pattern[str]) 
     return Section(label.key, [rest], separated)
 
 
-def inline_to_lines(text: str, labels: tuple[Label, ...]) -> str:
+def inline_to_lines(
+    text: str, labels: tuple[Label, ...], *, copied: Callable[[str], bool] | None = None
+) -> str:
     """Put each ``Label:`` that follows other text on a line of its own.
 
     For answers written on one line (``Winner: B. Explanation: …``); only labels
     followed by a colon count, so that prose mentioning a field name stays intact.
+    Lines that ``copied`` says repeat item text stay whole.
     """
     spellings = "|".join(s for label in labels for s in label.spellings)
-    return re.sub(
+    splitter = re.compile(
         r"(?<=\S)[ \t]*[,;|]?[ \t]+(?=(?:\*\*)?(?:" + spellings + r")(?:\*\*)?[ \t]*:)",
-        "\n",
-        text,
-        flags=re.IGNORECASE,
+        re.IGNORECASE,
+    )
+    return "\n".join(
+        line if copied is not None and copied(line) else splitter.sub("\n", line)
+        for line in text.split("\n")
     )
 
 

@@ -6,7 +6,11 @@ Every request is ``[system, user]``:
   task's instructions (``<task>.md``, system part);
 * user = trusted header lines (``Round: N`` for refine and review, then the template's
   user part) and the item as ONE JSON object fenced by ``<<<DATA nonce>>>`` /
-  ``<<<END DATA nonce>>>`` with a fresh random nonce per request.
+  ``<<<END DATA nonce>>>`` with a fresh random nonce per request;
+* except for ``answer``: the backbone answers the item's instruction (and input) sent
+  as a plain user message, as in the paper's evaluate step. It is asked to *do* the
+  task, so there is no judge to protect; a fence only made small models talk about the
+  fence (SmolLM2-135M answered with the markers and the nonce instead of the task).
 
 Item text is untrusted. It only ever appears inside the JSON object, where a newline is
 ``\\n``, so it cannot put a line of its own into the message nor close the fence (it
@@ -23,6 +27,7 @@ from importlib.resources import files
 from typing import Any, Final, Literal, get_args
 
 __all__ = [
+    "PLAIN_TASKS",
     "PROMPT_VERSION",
     "TASKS",
     "VARIANTS",
@@ -30,6 +35,7 @@ __all__ = [
     "build_messages",
     "data_block",
     "evaluation_text",
+    "plain_request",
     "system_tag",
 ]
 
@@ -65,6 +71,8 @@ _REQUIRED_KEYS: Final[dict[str, frozenset[str]]] = {
 _OPTIONAL_KEYS: Final[dict[str, frozenset[str]]] = {"refine": frozenset({"feedback_set"})}
 _REVIEW_SIDE_KEYS: Final = frozenset({"instruction", "input", "answer"})
 _ROUND_TASKS: Final = frozenset({"refine", "review"})
+#: Tasks whose user message is the item's request itself, unfenced.
+PLAIN_TASKS: Final = frozenset({"answer"})
 
 _NONCE = re.compile(r"[0-9a-f]{8}")
 # json.dumps leaves these unescaped with ensure_ascii=False, yet str.splitlines() (and
@@ -106,6 +114,11 @@ def data_block(data: Mapping[str, Any], nonce: str) -> str:
     for char, escaped in _LINE_BREAKS_JSON_KEEPS.items():
         payload = payload.replace(char, escaped)
     return f"<<<DATA {nonce}>>>\n{payload}\n<<<END DATA {nonce}>>>"
+
+
+def plain_request(instruction: str, input: str) -> str:
+    """An instruction and its input as one plain user message (blank line between)."""
+    return f"{instruction.strip()}\n\n{input.strip()}" if input.strip() else instruction.strip()
 
 
 def evaluation_text(score: int, evaluation: str, suggestions: Sequence[str]) -> str:
@@ -178,6 +191,9 @@ def build_messages(
     system = f"{system_tag(task)}\n{system_part}"
     if reask:
         system = f"{system}\n\n{_REASK_NOTE}"
+    if task in PLAIN_TASKS:
+        user = plain_request(data["instruction"], data["input"])
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
     header = [f"Round: {round}"] if task in _ROUND_TASKS else []
     header.append(user_part)
     user = "\n".join(header) + "\n\n" + data_block(data, nonce)

@@ -24,6 +24,7 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from iterrefine.config import Config
 from iterrefine.errors import (
+    BrokerError,
     LLMUnavailable,
     StageContractError,
     TransientError,
@@ -194,7 +195,9 @@ class StageRunner:
             max_poll_records=self._rt.fetch_max_records,
             fetch_max_wait_ms=self._rt.fetch_max_wait_ms,
         )
-        consumer.subscribe([self._input_topic], listener=_Rebalance(self))
+        static = self._rt.static_partitions
+        if static is None:
+            consumer.subscribe([self._input_topic], listener=_Rebalance(self))
         self._consumer = consumer
         if not await _unless_stopped(consumer.start(), stop):
             # A group that never lets us join (Tansu can keep members of an earlier run)
@@ -205,6 +208,13 @@ class StageRunner:
             log.warning("stage_stopped_before_joining", stage=self.stage.name,
                         group=self.group_id)
             return
+        if static is not None:
+            # No group join (seconds on the embedded broker): take our share directly.
+            # The committed offsets still decide where each partition starts.
+            mine = [TopicPartition(self._input_topic, p)
+                    for p in await self._partitions(consumer) if p % static.count == static.index]
+            consumer.assign(mine)
+            await self._on_assigned(mine)
         log.info("stage_started", stage=self.stage.name, topic=self._input_topic,
                  group=self.group_id)
         try:
@@ -217,6 +227,16 @@ class StageRunner:
                     next_commit = time.monotonic() + self._rt.commit_interval_ms / 1000
         finally:
             await self._shutdown(consumer)
+
+    async def _partitions(self, consumer: AIOKafkaConsumer) -> list[int]:
+        """The input topic's partition numbers (asking the broker if not yet known)."""
+        found = consumer.partitions_for_topic(self._input_topic)
+        if not found:
+            await consumer.topics()  # a metadata request for every topic
+            found = consumer.partitions_for_topic(self._input_topic)
+        if not found:
+            raise BrokerError(f"topic {self._input_topic} does not exist on the broker")
+        return sorted(found)
 
     async def _shutdown(self, consumer: AIOKafkaConsumer) -> None:
         inflight = self._inflight
@@ -709,11 +729,12 @@ class StageRunner:
 
     async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
         consumer = self._consumer
-        for tp in assigned:
+        # One OffsetFetch round trip per partition: send them all at once.
+        committed = await asyncio.gather(*(consumer.committed(tp) for tp in assigned)) \
+            if consumer is not None else [None] * len(assigned)
+        for tp, offset in zip(assigned, committed, strict=True):
             tracker = PartitionTracker()
-            if consumer is not None:
-                committed = await consumer.committed(tp)
-                tracker.committed = committed
+            tracker.committed = offset
             self._trackers[tp] = tracker
         log.info("partitions_assigned", stage=self.stage.name,
                  partitions=sorted(tp.partition for tp in assigned))

@@ -59,8 +59,37 @@ def strip_revision(instruction: str) -> str:
     return instruction if at < 0 else instruction[:at].rstrip()
 
 
-def render(prompt: SimPrompt, config: SimConfig, *, structured: bool) -> str:
-    """The answer text for one request (JSON when ``structured`` and the task has a schema)."""
+def request_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The JSON schema of a request, in either dialect (OpenAI's or llama.cpp's)."""
+    form = response_format or {}
+    inner = form.get("json_schema")
+    schema = inner.get("schema") if isinstance(inner, dict) else form.get("schema")
+    return schema if isinstance(schema, dict) else None
+
+
+def _instance(schema: dict[str, Any]) -> Any:
+    """The simplest value a (small) JSON schema allows: first enum value, else a default."""
+    if schema.get("enum"):
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if kind == "object":
+        properties = schema.get("properties") or {}
+        return {k: _instance(v) for k, v in properties.items() if isinstance(v, dict)}
+    defaults = {"array": [], "boolean": True, "integer": 5, "number": 5, "null": None}
+    return defaults.get(kind, "sim") if isinstance(kind, str) else "sim"
+
+
+def render(
+    prompt: SimPrompt, config: SimConfig, *, structured: bool,
+    schema: dict[str, Any] | None = None,
+) -> str:
+    """The answer text for one request (JSON when ``structured`` and the task has a schema).
+
+    An untagged structured request (a client's dialect probe) gets the simplest JSON
+    its ``schema`` allows, as a server enforcing the schema would give.
+    """
+    if prompt.task == CHAT_TASK and structured and schema is not None:
+        return _json_encoder.encode(_instance(schema)).decode()
     if prompt.task in ("answer", CHAT_TASK):
         return _answer(prompt)
     build, free_text = _TASKS[prompt.task]

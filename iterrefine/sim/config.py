@@ -50,6 +50,10 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
     sample_interval_ms: float = 100.0
     series_size: int = 6000
     models: tuple[str, ...] = DEFAULT_SIM_MODELS
+    #: The ``response_format`` types served: ``json_schema`` (OpenAI form) and
+    #: ``json_object`` (llama.cpp form, schema beside the type). Another type is a 400,
+    #: so a simulator can stand in for a server that knows only one of them.
+    structured_dialects: tuple[str, ...] = ("json_schema", "json_object")
     #: When set, ``/v1`` answers 401 to any other bearer key (to rehearse a wrong key).
     api_key: str | None = None
 

@@ -1,10 +1,10 @@
 """Reading a request the way the simulator needs it: task tag, round, fenced data block.
 
 The layout is docs/llm-contract.md's: the system message starts with
-``[iterrefine task=<task> prompt=<version>]``; the user message has trusted header
-lines (``Round: N``) and one data block between ``<<<DATA nonce>>>`` and
-``<<<END DATA nonce>>>`` holding a JSON object. Only ``str.find`` is used, so a big
-prompt costs one linear scan and no regex backtracking.
+``[iterrefine task=<task> prompt=<version>]``; the user message (except the plain
+``answer`` request) has trusted header lines (``Round: N``) and one data block between
+``<<<DATA nonce>>>`` and ``<<<END DATA nonce>>>`` holding a JSON object. Only
+``str.find`` is used, so a big prompt costs one linear scan and no regex backtracking.
 """
 
 from __future__ import annotations
@@ -46,6 +46,10 @@ def parse_prompt(system: str, user: str) -> SimPrompt:
     if task is None:
         return SimPrompt(CHAT_TASK, 1, {"instruction": user, "input": ""}, user)
     start = user.find(_OPEN)
+    if start < 0 and task == "answer":
+        # The backbone's request is the item itself, unfenced (instruction, blank line,
+        # input): the whole message is what it answers.
+        return SimPrompt(task, 1, {"instruction": user, "input": ""}, "")
     if start < 0:
         raise PromptError(f"task {task!r}: the user message has no <<<DATA nonce>>> block")
     nonce_end = user.find(_MARKER_END, start + len(_OPEN))

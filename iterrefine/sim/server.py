@@ -36,7 +36,7 @@ import msgspec
 from aiohttp import web
 
 from iterrefine.lifecycle import AsyncService
-from iterrefine.sim.answers import render, render_malformed
+from iterrefine.sim.answers import render, render_malformed, request_schema
 from iterrefine.sim.config import SimConfig
 from iterrefine.sim.prompt import PromptError, SimPrompt, parse_prompt
 from iterrefine.sim.stats import RequestLog, SimStats
@@ -283,7 +283,14 @@ class SimServer(AsyncService):
 
         self._next_id += 1
         request_id = f"chatcmpl-sim-{self._next_id:08x}"
-        structured = (body.response_format or {}).get("type") in ("json_schema", "json_object")
+        form = body.response_format or {}
+        kind = form.get("type", "text")
+        if kind != "text" and kind not in self.config.structured_dialects:
+            self.stats.request("invalid")
+            self.stats.finished(400)
+            return _error(400, f"sim: response_format type {kind!r} is not served here",
+                          "invalid_request_error")
+        structured = kind in ("json_schema", "json_object")
         entry: dict[str, Any] = {
             "id": request_id,
             "t_s": round(time.monotonic() - self.stats.started, 6),
@@ -343,7 +350,8 @@ class SimServer(AsyncService):
             if fault == "malformed":
                 content, finish = render_malformed(prompt.task, structured=structured), "length"
             else:
-                content, finish = render(prompt, self.config, structured=structured), "stop"
+                content, finish = render(prompt, self.config, structured=structured,
+                                         schema=request_schema(body.response_format)), "stop"
         finally:
             stats.stop_serving()
             if self._slots is not None:

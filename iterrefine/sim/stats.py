@@ -45,12 +45,16 @@ class SimStats:
         self._last_sample = now
         self._busy_at_sample = 0.0
         self._series.clear()
+        #: When the first request since the reset arrived (a command's time to first call).
+        self.first_request_at: float | None = None
 
     def _advance(self, now: float) -> None:
         self.busy_s += self.concurrency * (now - self._last_change)
         self._last_change = now
 
     def request(self, task: str) -> None:
+        if self.first_request_at is None:
+            self.first_request_at = self._clock()
         self.total += 1
         self.by_task[task] += 1
 
@@ -94,6 +98,8 @@ class SimStats:
         out: dict[str, Any] = {
             "simulator": True,
             "requests_total": self.total,
+            "first_request_uptime_s": None if self.first_request_at is None
+            else round(self.first_request_at - self.started, 6),
             "by_task": dict(self.by_task),
             "by_status": dict(self.by_status),
             "faults": dict(self.faults),

@@ -1,0 +1,72 @@
+"""``iterrefine run`` on a large input: does its memory stay flat as the input grows?
+
+The command runs as a user runs it (its own embedded broker, ``--workers 2``) on small
+Alpaca records at two sizes (20,000 and 200,000; ``--quick`` 2,000 and 20,000),
+against a simulator process with 1 ms latency and no capacity limit that judges every
+item high quality (one LLM call per item: score → route → curated), so the run is
+bound by the pipeline, not by waiting. Reported per size: the wall time and the peak
+RSS (``VmHWM``, sampled every 100 ms from /proc) of the run process, of the embedded
+broker, and of the extra worker process. ``growth`` = large ÷ small (target ≤ 1.5).
+
+Run ``python benchmarks/memory.py [--quick] [--sizes 20000,200000]``; prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import cli_run
+import harness
+import simproc
+
+SIZES = (20_000, 200_000)
+QUICK_SIZES = (2_000, 20_000)
+
+
+def _one(bench: harness.Bench, sim: simproc.SimProcess, n: int) -> dict[str, Any]:
+    input_path = harness.write_jsonl(bench.workdir / f"memory-{n}.jsonl", harness.small_records(n))
+    sim.reset()
+    load_before = harness.loadavg()
+    run = cli_run.run_cli(
+        [str(input_path), "-o", str(bench.workdir / f"memory-{n}.out.jsonl"),
+         "--llm-base-url", sim.base_url, "--strong-model", "sim-strong",
+         "--backbone-model", "sim-backbone", "--llm-concurrency", "256", "--workers", "2",
+         "--data-dir", str(bench.workdir / f"memory-{n}")],
+        workdir=bench.workdir, name=f"memory-{n}", timeout_s=3600)
+    input_path.unlink()
+    return {"items": n, "returncode": run.returncode, "wall_s": run.wall_s,
+            "complete": run.summary.get("complete"), "curated": run.summary.get("curated"),
+            "peak_rss_mb": run.peak_rss_mb, "loadavg_before": load_before,
+            "loadavg_after": harness.loadavg()}
+
+
+def run(bench: harness.Bench, *, sizes: tuple[int, ...] | None = None) -> dict[str, Any]:
+    small, large = sizes or (QUICK_SIZES if bench.quick else SIZES)
+    with simproc.SimProcess(log_path=bench.log("memory-sim"), latency_ms=1.0, capacity=0,
+                            low_share=0.0, reject_share=0.0, lose_prob=0.5) as sim:
+        runs = {str(n): _one(bench, sim, n) for n in (small, large)}
+    a, b = runs[str(small)]["peak_rss_mb"], runs[str(large)]["peak_rss_mb"]
+    growth = {kind: round(b[kind] / a[kind], 3) for kind in a if kind in b and a[kind]}
+    return {"sizes": [small, large], "by_size": runs, "growth": growth,
+            "rss_mb_run_small": a.get("run"), "rss_mb_run_large": b.get("run")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"sizes {QUICK_SIZES}")
+    parser.add_argument("--sizes", help="two comma-separated sizes")
+    args = parser.parse_args()
+    harness.quiet_logging()
+    sizes = tuple(int(x) for x in args.sizes.split(",")) if args.sizes else None
+    with harness.bench_session(args.quick) as bench:
+        result = run(bench, sizes=sizes)
+    json.dump({"machine": harness.machine(), "date": harness.now_iso(), **result},
+              sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""What makes ``iterrefine run`` fast and flat: static partition shares, streaming export."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from iterrefine.app import RunOptions, run_pipeline, sim_roles
+from iterrefine.config import StaticPartitions
+from iterrefine.export import ExportPaths, Terminal, load_rows
+from iterrefine.metrics import Metrics
+from iterrefine.model import Item, item_from_raw
+from iterrefine.runtime import Output, Stage, StageRunner, decode_raw_record
+from iterrefine.sim import SimServer
+from iterrefine.stream_export import StreamingExport
+
+from .helpers import alpaca, committed_vs_end, produce, read_ids, unique_config, wait_until
+from .test_pipeline_e2e import FAST_SIM, assert_conserved, sample_records, write_jsonl
+
+
+def _static(count: int, index: int = 0) -> StaticPartitions:
+    return StaticPartitions(index=index, count=count)
+
+
+async def test_static_shares_split_partitions_and_commit_for_resume(broker: str) -> None:
+    """Two runners with static shares 0/2 and 1/2: no join, disjoint partitions, all committed."""
+    base = unique_config()
+    n = 400
+    await produce(base, broker, f"{base.kafka.topic_prefix}items.raw",
+                  [alpaca(i) for i in range(n)], keys=[f"item-{i}".encode() for i in range(n)])
+
+    def forward(item: Item) -> list[Output]:
+        return [Output("items.scored", item)]
+
+    stop = asyncio.Event()
+    runners = []
+    for index in (0, 1):
+        config = msgspec.structs.replace(base, runtime=msgspec.structs.replace(
+            base.runtime, static_partitions=_static(2, index)))
+        stage = Stage("pass", "items.raw", forward, decode=decode_raw_record,
+                      outputs=("items.scored",))
+        runners.append(StageRunner(stage, config=config, bootstrap_servers=broker))
+    tasks = [asyncio.create_task(r.run(stop)) for r in runners]
+    await wait_until(lambda: sum(r.handled for r in runners) >= n, timeout_s=60)
+    stop.set()
+    await asyncio.gather(*tasks)
+
+    owned = [{tp.partition for tp in r.committed_offsets()} for r in runners]
+    assert owned == [{0, 2, 4, 6}, {1, 3, 5, 7}]
+    assert sorted(set(await read_ids(base, broker, "items.scored"))) == sorted(
+        f"item-{i}" for i in range(n))
+    committed, ends = await committed_vs_end(base, broker, runners[0].group_id, "items.raw")
+    assert committed == ends  # a restart would resume from here, not from the beginning
+
+
+async def test_run_on_its_own_broker_splits_work_between_processes(tmp_path: Path) -> None:
+    """No bootstrap: run starts its broker, both processes take a static share, all items once."""
+    async with SimServer(FAST_SIM, port=0) as sim:
+        base = unique_config(retry_base_s=0.02, retry_max_s=0.2)
+        config = sim_roles(msgspec.structs.replace(base, data_dir=str(tmp_path / "data")),
+                           sim.base_url, FAST_SIM)
+        source = write_jsonl(tmp_path / "input.jsonl", sample_records(60))
+        own = Metrics()
+        result = await run_pipeline(config, RunOptions(
+            input=source, output=tmp_path / "out.jsonl", timeout_s=120, workers=2), metrics=own)
+        served = sim.stats.snapshot(series=False)["requests_total"]
+    assert_conserved(result, set(result.ingest.ids))
+    assert len(result.ingest.ids) == 60 and result.summary["items_in"] == 60
+    own_calls = sum(
+        sample.value for family in own.registry.collect()
+        if family.name == "iterrefine_llm_requests" for sample in family.samples
+        if sample.name == "iterrefine_llm_requests_total"
+    )
+    assert 0 < own_calls < served  # the child served its share of the partitions
+
+
+def _terminal(item_id: str, *, revision: int = 0, ts: int = 1000,
+              outcome: str = "curated") -> Terminal:
+    raw = f'{{"id": "{item_id}", "instruction": "q", "input": "", "output": "a"}}'.encode()
+    item = msgspec.structs.replace(item_from_raw(raw), revision=revision)
+    return Terminal(id=item_id, outcome=outcome, revision=revision,  # type: ignore[arg-type]
+                    timestamp_ms=ts, item=item, meta={}, raw=b"")
+
+
+def test_streaming_export_writes_each_expected_id_once(tmp_path: Path) -> None:
+    """First arrival is written; a same-revision duplicate and a foreign id are not."""
+    export = StreamingExport(ExportPaths.beside(tmp_path / "out.jsonl"))
+    export.expect("a")
+    export.expect("b")
+    assert export.offer(_terminal("a")) is True
+    assert export.offer(_terminal("a", ts=2000)) is False
+    assert export.offer(_terminal("stranger")) is False
+    assert not export.complete
+    assert export.offer(_terminal("b", outcome="rejected")) is True
+    assert export.complete
+    assert export.finish() == {"curated": 1, "rejected": 1, "dlq": 0}
+    assert [r["id"] for r in load_rows(tmp_path / "out.jsonl")] == ["a"]
+    assert [r["id"] for r in load_rows(tmp_path / "out.rejected.jsonl")] == ["b"]
+    assert export.duplicates == 1
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_streaming_export_replaces_a_row_when_a_newer_revision_arrives(tmp_path: Path) -> None:
+    """A newer revision arriving after its older one was written wins, in its own file."""
+    export = StreamingExport(ExportPaths.beside(tmp_path / "out.jsonl"))
+    for item_id in ("a", "b"):
+        export.expect(item_id)
+    export.offer(_terminal("a", revision=0, outcome="rejected"))
+    export.offer(_terminal("b"))
+    export.offer(_terminal("a", revision=1))
+    assert export.finish() == {"curated": 2, "rejected": 0, "dlq": 0}
+    rows = {r["id"]: r for r in load_rows(tmp_path / "out.jsonl")}
+    assert rows["a"]["item"]["revision"] == 1
+    assert load_rows(tmp_path / "out.rejected.jsonl") == []
+    summarised = {t.id: t.revision for t in export.terminals()}
+    assert summarised == {"a": 1, "b": 0}
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_child_configs_take_the_next_static_shares(count: int) -> None:
+    """--workers N on a run-owned broker: child i takes share i + 1 of N."""
+    from iterrefine.extra_workers import ExtraWorkers
+
+    base = unique_config()
+    config = msgspec.structs.replace(base, runtime=msgspec.structs.replace(
+        base.runtime, static_partitions=_static(count + 1)))
+    extras = ExtraWorkers(config, "127.0.0.1:9", count)
+    shares = [extras._child_config(i).runtime.static_partitions for i in range(count)]
+    assert shares == [_static(count + 1, i + 1) for i in range(count)]
+
+
+def test_plain_http_endpoints_get_a_tls_context_that_trusts_nothing() -> None:
+    """http:// roles skip loading the CA bundle (0.13 s each); https:// share one default."""
+    from iterrefine.llm.client import _tls_context
+
+    plain = _tls_context("http://127.0.0.1:8000/v1")
+    assert plain.cert_store_stats()["x509_ca"] == 0
+    assert plain.verify_mode.name == "CERT_REQUIRED"  # a redirect to https fails closed
+    assert _tls_context("https://a.example/v1") is _tls_context("https://b.example/v1")
