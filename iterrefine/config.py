@@ -16,6 +16,7 @@ import msgspec
 
 from iterrefine.errors import ConfigError
 from iterrefine.model import DEFAULT_MAX_ENVELOPE_BYTES, DEFAULT_MAX_RAW_BYTES
+from iterrefine.presets import apply_preset
 
 
 class KafkaConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -134,6 +135,33 @@ class LLMRoleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         return value
 
 
+class TaskTokenLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``max_tokens`` per LLM task; the defaults are the paper's published settings.
+
+    An answer cut off at its limit is asked again once with twice the limit, then
+    treated as unreadable (see :mod:`iterrefine.llm.tasks`).
+    """
+
+    answer: int = 2000
+    score: int = 2000
+    evaluate: int = 2048
+    refine: int = 4096
+    review: int = 4096
+    align: int = 4096
+
+    def of(self, task: str) -> int:
+        value = getattr(self, task, None)
+        if not isinstance(value, int):
+            raise KeyError(f"no token limit for task {task!r}")
+        return value
+
+
+class LLMDefaults(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Settings every LLM role takes unless its own table sets them."""
+
+    temperature: float = 0.0
+
+
 class CacheConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The LLM response cache (:mod:`iterrefine.llm.cache`)."""
 
@@ -146,8 +174,20 @@ class CacheConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 class PipelineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     max_rounds: int = 3
-    #: What happens to an item that never converged within ``max_rounds``.
-    exhausted_policy: Literal["keep_original", "drop"] = "keep_original"
+    #: What happens to an item that never converged within ``max_rounds``: keep the
+    #: original, drop it, or align its last readable revision anyway (the paper's choice;
+    #: the item then says ``converged = false``).
+    exhausted_policy: Literal["keep_original", "drop", "keep_last_revision"] = "keep_original"
+    #: The refiner sees every earlier reviewer's explanation of a loss (the paper's
+    #: "feedback set"), oldest first, bounded: the newest ``feedback_max_entries``
+    #: explanations that fit in ``feedback_max_chars`` characters.
+    feedback_max_entries: int = 5
+    feedback_max_chars: int = 6000
+    max_tokens: TaskTokenLimits = TaskTokenLimits()
+    #: Output alignment: ``anchored`` rewrites the original output for the revision and
+    #: adds no new facts; ``complete`` makes the output fully answer the revision, adding
+    #: what it asks for and keeping the original's facts where they still apply.
+    alignment_mode: Literal["anchored", "complete"] = "anchored"
     #: Review in both orders; B converges only if it wins or ties in both.
     position_swap: bool = False
     #: Extra calls when a model answer cannot be parsed.
@@ -227,6 +267,8 @@ class StageEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    #: A named published setting applied under the file and flags (:mod:`iterrefine.presets`).
+    preset: Literal["paper"] | None = None
     kafka: KafkaConfig = KafkaConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     pipeline: PipelineConfig = PipelineConfig()
@@ -234,6 +276,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     #: Roles: ``strong`` and ``backbone`` are required to run the LLM stages;
     #: ``embedding`` and ``difficulty`` for ``routing_policy = "cluster_quota"``.
     llm: dict[str, LLMRoleConfig] = {}
+    llm_defaults: LLMDefaults = LLMDefaults()
     metrics_port: int | None = None
     #: Address the metrics endpoint binds: loopback by default (it has no authentication);
     #: ``0.0.0.0`` in a container, where Prometheus scrapes from another host.
@@ -271,6 +314,17 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _with_role_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    """Give each ``[llm.ROLE]`` table the ``[llm_defaults]`` it does not set itself."""
+    defaults = raw.get("llm_defaults")
+    roles = raw.get("llm")
+    if not isinstance(defaults, dict) or not isinstance(roles, dict):
+        return raw
+    filled = {name: {**defaults, **table} if isinstance(table, dict) else table
+              for name, table in roles.items()}
+    return {**raw, "llm": filled}
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
@@ -293,7 +347,12 @@ def load_config(
         if isinstance(paths, list):  # anything else is left for the type check below
             here = Path(path).resolve().parent
             raw["import_paths"] = [str(here / p) if isinstance(p, str) else p for p in paths]
-    raw = merge(merge(defaults or {}, raw), overrides or {})
+    # defaults < preset < file < flags: a preset stands for settings the user chose.
+    raw = merge(raw, overrides or {})
+    preset = raw.get("preset")
+    if isinstance(preset, str):
+        raw = apply_preset(preset, raw, Config)
+    raw = _with_role_defaults(merge(defaults or {}, raw))
     _upgrade_structured_output(raw)
     try:
         return msgspec.convert(raw, Config)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from iterrefine.config import PipelineConfig, SelectionConfig
-from iterrefine.llm.chat import ChatClient
+from iterrefine.llm.chat import ChatClient, TruncationHook
 from iterrefine.metrics import Metrics
 from iterrefine.model import Item, Provenance
 
@@ -40,6 +40,15 @@ class PipelineContext:
     @property
     def backbone(self) -> ChatClient:
         return self.llm["backbone"]
+
+    def max_tokens(self, task: str) -> int:
+        """The configured ``max_tokens`` of ``task`` (the paper's values by default)."""
+        return self.config.max_tokens.of(task)
+
+    def count_truncated(self, role: str) -> TruncationHook:
+        """A hook counting ``role``'s cut-off answers per task in ``/metrics``."""
+        counter = self.metrics.llm_truncated_total
+        return lambda task: counter.labels(role=role, task=task).inc()
 
     def stamp(self, item: Item) -> Item:
         """Record which prompts and models touched the item (merged over its history)."""

@@ -74,6 +74,11 @@ class Metrics:
             f"{PREFIX}_llm_tokens_total", "LLM tokens by role and kind (prompt/completion).",
             ["role", "kind"], registry=r,
         )
+        self.llm_truncated_total = Counter(
+            f"{PREFIX}_llm_truncated_total",
+            "LLM answers cut off at max_tokens (finish_reason=length), by role and task.",
+            ["role", "task"], registry=r,
+        )
         self.llm_cache_total = Counter(
             f"{PREFIX}_llm_cache_total", "LLM response cache lookups by role and result "
             "(hit: answered without a request).", ["role", "result"], registry=r,

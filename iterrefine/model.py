@@ -48,8 +48,8 @@ INPUT_REASONS = frozenset({
 Status = Literal[
     "pending",  # still moving through the pipeline
     "high",  # kept as it is (IQD)
-    "refined",  # converged and aligned (FIR + OA)
-    "unrefined",  # round limit reached, original kept (policy keep_original)
+    "refined",  # aligned revision (FIR + OA); ``Item.converged`` says whether it ever won
+    "unrefined",  # round limit reached, original kept (keep_original; or no readable revision)
     "dropped",  # round limit reached, dropped (policy drop)
     "rejected",  # judged unusable at scoring
 ]
@@ -117,6 +117,8 @@ class Round(msgspec.Struct, frozen=True, kw_only=True):
     backbone_answer: str = ""
     winner: Winner = "none"
     explanation: str = ""
+    #: The refine answer could not be read: this round carries no revision of its own.
+    revision_failed: bool = False
 
 
 class Provenance(msgspec.Struct, frozen=True, kw_only=True):
@@ -165,9 +167,15 @@ class Item(msgspec.Struct, frozen=True, kw_only=True):
     rounds: tuple[Round, ...] = ()
     #: The reviewer's explanation of the last loss, handed to the next refine.
     feedback: str | None = None
+    #: ``True`` once a revision won or tied its review; ``False`` when the round limit was
+    #: reached and the last revision was kept anyway (policy ``keep_last_revision``);
+    #: ``None`` while refinement has not ended, and for items never refined.
+    converged: bool | None = None
     status: Status = "pending"
     status_reason: str = ""
     output_aligned: bool = False
+    #: The alignment mode asked for (``anchored`` or ``complete``), once align has run.
+    alignment_mode: Literal["anchored", "complete"] | None = None
     provenance: Provenance = Provenance()
     #: Seconds spent in each stage, summed over rounds.
     timings: dict[str, float] = {}

@@ -89,10 +89,13 @@ def build_summary(
             outcomes["dlq"] += 1
             dlq_reasons[terminal.meta.get("reason", "unknown")] += 1
             continue
-        outcomes[item.status] += 1
-        if item.status == "refined":
+        # A refined item whose last revision never won (keep_last_revision) is its own
+        # outcome: counting it as plain "refined" would overstate convergence.
+        exhausted_refined = item.status == "refined" and item.converged is False
+        outcomes["refined_unconverged" if exhausted_refined else item.status] += 1
+        if item.status == "refined" and not exhausted_refined:
             rounds["converged"][str(item.round)] += 1
-        elif item.status in ("unrefined", "dropped"):
+        elif item.status in ("unrefined", "dropped") or exhausted_refined:
             rounds["exhausted"][str(item.round)] += 1
         if item.judgement is not None and item.judgement.scores is not None:
             before.append(item.judgement.scores.mean)
@@ -135,6 +138,7 @@ def build_summary(
         **_selection(clusters, difficulties, not_reasoning),
         "llm_answers": answers_by_task(metrics),
         "rescore_failures": _counter_total(metrics.rescore_failures_total),
+        "truncated": truncated_by_task(metrics),
     }
 
 
@@ -156,3 +160,14 @@ def _selection(
             "max": ordered[-1] if ordered else None,
         },
     }}
+
+
+def truncated_by_task(metrics: Metrics) -> dict[str, int]:
+    """Answers cut off at max_tokens in this process, as ``{"role/task": count}``."""
+    counts: dict[str, int] = {}
+    for metric in metrics.llm_truncated_total.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total") and sample.value:
+                key = f"{sample.labels['role']}/{sample.labels['task']}"
+                counts[key] = int(sample.value)
+    return counts

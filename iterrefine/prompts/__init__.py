@@ -30,6 +30,7 @@ __all__ = [
     "PLAIN_TASKS",
     "PROMPT_VERSION",
     "TASKS",
+    "VARIANTS",
     "Task",
     "build_messages",
     "data_block",
@@ -44,13 +45,18 @@ PROMPT_VERSION: Final = "2026.11.28-1"
 
 Task = Literal["score", "answer", "evaluate", "refine", "review", "align"]
 TASKS: Final[tuple[Task, ...]] = get_args(Task)
+#: Alternative instructions for a task (``<task>.<variant>.md``): same data keys, same
+#: answer format, same tag line, so parsers and the simulator need not tell them apart.
+VARIANTS: Final[dict[str, tuple[str, ...]]] = {"align": ("complete",)}
 
 # The data keys of each task (docs/llm-contract.md): required, then optional.
 _REQUIRED_KEYS: Final[dict[str, frozenset[str]]] = {
     "score": frozenset({"instruction", "input", "output"}),
     "answer": frozenset({"instruction", "input"}),
     "evaluate": frozenset({"instruction", "input", "reference_output", "candidate_answer"}),
-    "refine": frozenset({"instruction", "input", "reference_output", "evaluation"}),
+    "refine": frozenset(
+        {"instruction", "input", "reference_output", "backbone_answer", "evaluation"}
+    ),
     "review": frozenset({"A", "B"}),
     "align": frozenset(
         {
@@ -62,7 +68,7 @@ _REQUIRED_KEYS: Final[dict[str, frozenset[str]]] = {
         }
     ),
 }
-_OPTIONAL_KEYS: Final[dict[str, frozenset[str]]] = {"refine": frozenset({"reviewer_feedback"})}
+_OPTIONAL_KEYS: Final[dict[str, frozenset[str]]] = {"refine": frozenset({"feedback_set"})}
 _REVIEW_SIDE_KEYS: Final = frozenset({"instruction", "input", "answer"})
 _ROUND_TASKS: Final = frozenset({"refine", "review"})
 #: Tasks whose user message is the item's request itself, unfenced.
@@ -83,7 +89,8 @@ def _load_templates() -> dict[str, tuple[str, str]]:
     """Read every ``<task>.md`` once: (system part, user part)."""
     templates: dict[str, tuple[str, str]] = {}
     package = files(__name__)
-    for task in TASKS:
+    names = [*TASKS, *(f"{task}.{v}" for task, variants in VARIANTS.items() for v in variants)]
+    for task in names:
         text = package.joinpath(f"{task}.md").read_text(encoding="utf-8")
         _, found_system, rest = text.partition("<!-- system -->\n")
         system, found_user, user = rest.partition("<!-- user -->\n")
@@ -145,8 +152,12 @@ def _check_data(task: str, data: Mapping[str, Any], round: int | None) -> None:
             raise ValueError(f"task {task!r} needs round >= 1, got {round!r}")
     elif round is not None:
         raise ValueError(f"round applies to refine and review only, not to {task!r}")
-    if task == "refine" and "reviewer_feedback" in data and round == 1:
-        raise ValueError("reviewer_feedback only exists from round 2 on")
+    if task == "refine" and "feedback_set" in data:
+        if round == 1:
+            raise ValueError("feedback_set only exists from round 2 on")
+        notes = data["feedback_set"]
+        if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+            raise ValueError("feedback_set must be a list of strings, oldest first")
 
 
 def build_messages(
@@ -156,6 +167,7 @@ def build_messages(
     round: int | None = None,
     nonce: str | None = None,
     reask: bool = False,
+    variant: str | None = None,
 ) -> list[dict[str, str]]:
     """Render the ``[system, user]`` messages of one request for ``task``.
 
@@ -163,16 +175,19 @@ def build_messages(
     refine and review and rejected otherwise. ``nonce`` (8 lowercase hex characters) is
     for tests; by default every call draws a fresh one. ``reask`` appends a fixed note to
     the system message when a previous answer could not be parsed: an identical request
-    at temperature 0 would likely get the identical unreadable answer.
+    at temperature 0 would likely get the identical unreadable answer. ``variant`` picks
+    one of the task's alternative instructions (:data:`VARIANTS`).
     """
-    if task not in _TEMPLATES:
+    if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    if variant is not None and variant not in VARIANTS.get(task, ()):
+        raise ValueError(f"task {task!r} has no variant {variant!r}")
     _check_data(task, data, round)
     if nonce is None:
         nonce = secrets.token_hex(4)
     elif not _NONCE.fullmatch(nonce):
         raise ValueError(f"nonce must be 8 lowercase hex characters, got {nonce!r}")
-    system_part, user_part = _TEMPLATES[task]
+    system_part, user_part = _TEMPLATES[task if variant is None else f"{task}.{variant}"]
     system = f"{system_tag(task)}\n{system_part}"
     if reask:
         system = f"{system}\n\n{_REASK_NOTE}"
