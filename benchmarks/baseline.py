@@ -158,10 +158,11 @@ def run_baseline(asker: Asker, records: list[Record], config: PipelineConfig,
         feedback: str | None = None
         for number in range(1, config.max_rounds + 1):
             r.rounds = number
-            data = {"instruction": r.instruction, "input": r.input,
-                    "reference_output": r.output, "evaluation": evaluation}
+            data: dict[str, Any] = {
+                "instruction": r.instruction, "input": r.input, "reference_output": r.output,
+                "backbone_answer": r.backbone_answer, "evaluation": evaluation}
             if number > 1 and feedback is not None:
-                data["reviewer_feedback"] = feedback
+                data["feedback_set"] = [feedback]
             try:
                 revision = asker.ask(r, "sim-strong", "refine", data, parse_revision,
                                      round=number)

@@ -1,11 +1,15 @@
 """OA — Output Alignment.
 
-A converged item has a revised instruction/input but the original reference
-output. The strong model rewrites that output so it answers the revised
-instruction, anchored to the original output's key facts and keywords (no new
-facts, no drift). If the rewrite cannot be read, the original output is kept
-and the item is marked so. Optionally the judge scores the refined item again,
-so users can see whether refinement lifted quality.
+A converged item — or, under the ``keep_last_revision`` policy, an item whose last
+revision never won (``converged = False``) — has a revised instruction/input but the
+original reference output. The strong model rewrites that output so it answers the
+revised instruction. Two modes: ``anchored`` keeps to the original output's key
+facts and keywords (no new facts, no drift); ``complete`` — what the paper's figure
+shows — answers the revised instruction in full, adding what it asks for while
+keeping the original's facts where they still apply. The item records the mode. If
+the rewrite cannot be read, the original output is kept and the item is marked so.
+Optionally the judge scores the refined item again, so users can see whether
+refinement lifted quality.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import structlog
 
 from iterrefine.consumers.reentry import fresh
+from iterrefine.consumers.rounds import exhausted_reason, last_readable_revision
 from iterrefine.context import PipelineContext
 from iterrefine.errors import UnparseableOutput, ValidationError
 from iterrefine.graph import StageSpec
@@ -28,7 +33,9 @@ async def rescore(ctx: PipelineContext, item: Item) -> Item:
     (a warning and ``iterrefine_rescore_failures_total``)."""
     try:
         answer = await ask_score(ctx.strong, instruction=item.instruction, input=item.input,
-                                 output=item.output, parse_retries=ctx.config.parse_retries)
+                                 output=item.output, parse_retries=ctx.config.parse_retries,
+                                 max_tokens=ctx.max_tokens("score"),
+                                 on_truncated=ctx.count_truncated("strong"))
     except UnparseableOutput as exc:
         ctx.metrics.rescore_failures_total.inc()
         log.warning("rescore_failed", item_id=item.id, error=str(exc))
@@ -42,8 +49,10 @@ async def rescore(ctx: PipelineContext, item: Item) -> Item:
 
 
 def handler(ctx: PipelineContext) -> Handler:
+    mode = ctx.config.alignment_mode
+
     async def align(item: Item) -> list[Output]:
-        item = ctx.stamp(item)
+        item = ctx.stamp(item).with_changes(alignment_mode=mode)
         try:
             aligned = await ask_aligned(
                 ctx.strong,
@@ -52,14 +61,19 @@ def handler(ctx: PipelineContext) -> Handler:
                 original_output=item.original.output,
                 revised_instruction=item.instruction,
                 revised_input=item.input,
+                mode=mode,
                 parse_retries=ctx.config.parse_retries,
+                max_tokens=ctx.max_tokens("align"),
+                on_truncated=ctx.count_truncated("strong"),
             )
             item = item.with_changes(output=aligned.output, output_aligned=True,
                                      status="refined")
-        except UnparseableOutput:
+        except UnparseableOutput as exc:  # a cut-off answer (TruncatedOutput) included
+            # An exhausted item keeps its reason (it never won) and gains this one.
+            failure = f"align_unparseable: original output kept ({exc})"
+            reason = "; ".join(filter(None, (item.status_reason, failure)))
             item = item.with_changes(output=item.original.output, output_aligned=False,
-                                     status="refined",
-                                     status_reason="align_unparseable: original output kept")
+                                     status="refined", status_reason=reason)
         if ctx.config.rescore_refined:
             item = await rescore(ctx, item)
         return [Output("items.curated", item)]
@@ -68,12 +82,18 @@ def handler(ctx: PipelineContext) -> Handler:
 
 
 def reset(item: Item, revision: int) -> Item:
-    """Replay into align: only an item whose last revision won its review."""
+    """Replay into align: an item whose last revision won its review, or whose last
+    readable revision was aligned although it never won (``keep_last_revision``)."""
     last = item.rounds[-1] if item.rounds else None
-    if last is None or last.winner not in ("B", "Tie"):
+    if last is not None and last.winner in ("B", "Tie"):
+        return fresh(item, revision).with_changes(
+            instruction=last.instruction, input=last.input, feedback=None, converged=True)
+    kept = last_readable_revision(item) if item.converged is False else None
+    if kept is None or item.status != "refined":
         raise ValidationError("no revision of the item won its review", reason="not_converged")
     return fresh(item, revision).with_changes(
-        instruction=last.instruction, input=last.input, feedback=None)
+        instruction=kept.instruction, input=kept.input, feedback=None, converged=False,
+        status_reason=exhausted_reason(item.round, kept))
 
 
 SPEC = StageSpec(

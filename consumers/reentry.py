@@ -16,7 +16,7 @@ def fresh(item: Item, revision: int) -> Item:
     return item.with_changes(
         revision=revision, status="pending", status_reason="", output_aligned=False,
         final_judgement=None, instruction=original.instruction, input=original.input,
-        output=original.output,
+        output=original.output, converged=None, alignment_mode=None,
     )
 
 

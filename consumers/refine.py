@@ -5,11 +5,14 @@ and the strong model grades that answer against the reference output (1–10)
 with concrete suggestions. The backbone's answer is kept: it is side A of every
 later review.
 
-Refine (every round): the strong model rewrites the instruction and input from
-the evaluation — and, from round 2 on, from the reviewer's explanation of why
-the previous revision lost. The revision goes to review. A rewrite that cannot
-be read (the backbone's answer, the grade or the rewrite) counts as a lost round
-(see :func:`iterrefine.consumers.rounds.lose_round`); the next round evaluates again if needed.
+Refine (every round): the strong model rewrites the original instruction and
+input from what the paper's figure shows it gets — the backbone's answer to that
+instruction, the evaluation of that answer, and, from round 2 on, the *feedback
+set*: every earlier reviewer's explanation of why a revision lost, oldest first
+(bounded in size). The revision goes to review. A rewrite that cannot be read
+(the backbone's answer, the grade or the rewrite) counts as a lost round (see
+:func:`iterrefine.consumers.rounds.lose_round`); the next round evaluates again
+if needed.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from iterrefine.runtime import Handler, Output
 async def evaluate(ctx: PipelineContext, item: Item) -> Item:
     answer = await ask_answer(
         ctx.backbone, instruction=item.instruction, input=item.input,
-        parse_retries=ctx.config.parse_retries,
+        parse_retries=ctx.config.parse_retries, max_tokens=ctx.max_tokens("answer"),
+        on_truncated=ctx.count_truncated("backbone"),
     )
     grade = await ask_evaluation(
         ctx.strong,
@@ -37,12 +41,35 @@ async def evaluate(ctx: PipelineContext, item: Item) -> Item:
         reference_output=item.output,
         candidate_answer=answer,
         parse_retries=ctx.config.parse_retries,
+        max_tokens=ctx.max_tokens("evaluate"),
+        on_truncated=ctx.count_truncated("strong"),
     )
     evaluation = Evaluation(
         backbone_answer=answer, score=grade.score, text=grade.evaluation,
         suggestions=grade.suggestions,
     )
     return item.with_changes(evaluation=evaluation, original_answer=answer)
+
+
+def feedback_set(item: Item, *, max_entries: int, max_chars: int) -> list[str]:
+    """The reviewers' explanations of lost rounds, oldest first, newest kept when bounded.
+
+    Only a judge's preference for the original counts as feedback; a round lost
+    because an answer could not be read carries no critique of the revision. The
+    newest explanations are kept whole while they fit in ``max_chars``; if even the
+    newest does not fit, its beginning is kept.
+    """
+    explanations = [r.explanation for r in item.rounds if r.winner == "A" and r.explanation]
+    kept: list[str] = []
+    budget = max_chars
+    for text in reversed(explanations[-max_entries:] if max_entries > 0 else []):
+        if len(text) > budget:
+            if not kept and budget > 0:
+                kept.append(text[:budget])
+            break
+        kept.append(text)
+        budget -= len(text)
+    return kept[::-1]
 
 
 def handler(ctx: PipelineContext) -> Handler:
@@ -59,15 +86,19 @@ def handler(ctx: PipelineContext) -> Handler:
                 instruction=item.original.instruction,
                 input=item.original.input,
                 reference_output=item.original.output,
+                backbone_answer=item.evaluation.backbone_answer,
                 evaluation=evaluation_text(
                     item.evaluation.score, item.evaluation.text, item.evaluation.suggestions
                 ),
-                reviewer_feedback=item.feedback if number > 1 else None,
+                feedback_set=feedback_set(item, max_entries=ctx.config.feedback_max_entries,
+                                          max_chars=ctx.config.feedback_max_chars),
                 parse_retries=ctx.config.parse_retries,
+                max_tokens=ctx.max_tokens("refine"),
+                on_truncated=ctx.count_truncated("strong"),
             )
         except UnparseableOutput as exc:
             failed = Round(number=number, instruction=item.instruction, input=item.input,
-                           feedback=item.feedback, winner="none",
+                           feedback=item.feedback, winner="none", revision_failed=True,
                            explanation=f"the {exc.task} answer could not be read: {exc}")
             lost = item.with_changes(round=number, rounds=(*item.rounds, failed))
             return [lose_round(ctx, lost, failed.explanation)]

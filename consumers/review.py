@@ -5,7 +5,8 @@ compares A = (original instruction, input, backbone answer) with B = (revised
 instruction, input, backbone answer). If B wins or ties, the item has
 **converged** and goes on to output alignment. If A wins, the revision lost: the
 item is requeued to refine with the judge's explanation as feedback, until the
-round limit; then the exhausted policy decides (keep the original, or drop).
+round limit; then the exhausted policy decides: keep the original, drop the item, or
+(as the paper does) align the last readable revision although it never won.
 
 With position swapping the judge is asked in both orders, and B converges only
 if it wins or ties in both (judges favour one position; this cancels it out).
@@ -29,12 +30,15 @@ async def judge(
     ctx: PipelineContext, number: int, a: ReviewSample, b: ReviewSample
 ) -> tuple[Winner, str]:
     """Winner between original A and revision B (both orders when position swap is on)."""
+    max_tokens, on_truncated = ctx.max_tokens("review"), ctx.count_truncated("strong")
     first = await ask_verdict(ctx.strong, round=number, a=a, b=b,
-                              parse_retries=ctx.config.parse_retries)
+                              parse_retries=ctx.config.parse_retries, max_tokens=max_tokens,
+                              on_truncated=on_truncated)
     if not ctx.config.position_swap or first.winner == "A":
         return first.winner, first.explanation
     swapped = await ask_verdict(ctx.strong, round=number, a=b, b=a,
-                                parse_retries=ctx.config.parse_retries)
+                                parse_retries=ctx.config.parse_retries, max_tokens=max_tokens,
+                                on_truncated=on_truncated)
     # In the swapped order the revision is "A": it must win or tie there too.
     if swapped.winner == "B":
         return "A", swapped.explanation
@@ -51,7 +55,8 @@ def handler(ctx: PipelineContext) -> Handler:
         try:
             revised_answer = await ask_answer(
                 ctx.backbone, instruction=current.instruction, input=current.input,
-                parse_retries=ctx.config.parse_retries,
+                parse_retries=ctx.config.parse_retries, max_tokens=ctx.max_tokens("answer"),
+                on_truncated=ctx.count_truncated("backbone"),
             )
             original = ReviewSample(instruction=item.original.instruction,
                                     input=item.original.input,
@@ -67,7 +72,7 @@ def handler(ctx: PipelineContext) -> Handler:
         if winner in ("B", "Tie"):
             ctx.metrics.refine_rounds.labels("converged").observe(item.round)
             converged = item.with_changes(instruction=current.instruction, input=current.input,
-                                          feedback=None)
+                                          feedback=None, converged=True)
             return [Output("items.align", converged, outcome="align")]
         return [lose_round(ctx, item, explanation)]
 

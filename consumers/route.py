@@ -2,11 +2,12 @@
 
 High-quality items are kept as they are; low-quality but usable items go to
 refinement. The split is a pluggable policy, chosen by ``pipeline.routing_policy``:
-this module ships the threshold policy (the judge said "high" and the mean
-dimension score reaches a bar) under the name ``threshold``; the paper's
-per-cluster top-k selection with a difficulty signal plugs in as another
-:class:`RoutingPolicy`, by name (:data:`POLICIES`) or as ``module:attr`` of a
-factory taking the pipeline context.
+``threshold`` (the judge said "high" and the mean dimension score reaches a bar) or
+``cluster_quota``, the paper's: in every diversity cluster the top ``k_ratio`` by
+(judge level, difficulty) are high, the rest are refined
+(:class:`iterrefine.selection.ClusterQuotaPolicy`). Another :class:`RoutingPolicy`
+plugs in by name (:data:`POLICIES`) or as ``module:attr`` of a factory taking the
+pipeline context.
 """
 
 from __future__ import annotations
@@ -48,7 +49,16 @@ PolicyFactory = Callable[[PipelineContext], RoutingPolicy]
 #: Routing policies by name (``pipeline.routing_policy``).
 POLICIES: dict[str, PolicyFactory] = {
     "threshold": lambda ctx: ThresholdPolicy(ctx.config.high_min_mean_score),
+    "cluster_quota": lambda ctx: _cluster_quota(ctx),
 }
+
+
+def _cluster_quota(ctx: PipelineContext) -> RoutingPolicy:
+    # Imported on use: the selection mechanisms bring numpy, which threshold routing
+    # does not need.
+    from iterrefine.selection.policy import ClusterQuotaPolicy
+
+    return ClusterQuotaPolicy(ctx.selection, ctx.metrics)
 
 
 def policy_for(ctx: PipelineContext) -> RoutingPolicy:
@@ -72,11 +82,16 @@ def policy_for(ctx: PipelineContext) -> RoutingPolicy:
 
 def handler(ctx: PipelineContext, policy: RoutingPolicy | None = None) -> InlineHandler:
     chosen = policy or policy_for(ctx)
+    # A policy that can say why (its rank) records that in the item's lineage.
+    explain = getattr(chosen, "explain", None)
 
     # A plain function, not a coroutine: routing never waits, so the runtime runs it
     # inline, a fetched batch at a time (see iterrefine.runtime.stage).
     def route(item: Item) -> list[Output]:
-        if chosen.quality(item) == "high":
+        quality = chosen.quality(item)
+        if explain is not None:
+            item = explain(item, quality)
+        if quality == "high":
             kept = item.with_changes(quality="high", status="high")
             return [Output("items.curated", kept)]
         return [Output("items.refine", item.with_changes(quality="low"))]

@@ -3,8 +3,11 @@
 The strong model judges each original item on five dimensions (correctness,
 completeness, clarity, instruction/format compliance, reasoning quality), says
 whether it is usable at all, and gives an overall high/low verdict. Unusable
-items leave the pipeline here, with the judge's reason; all others go on to
-routing carrying their judgement. An answer that cannot be read even after
+items leave the pipeline here, with the judge's reason. With the paper's task
+filter on, so do items that involve no reasoning or inference (``not_reasoning``).
+With the paper's selection (``cluster_quota`` routing), the item also gets its
+instruction difficulty and diversity cluster here. All others go on to routing
+carrying their judgement. An answer that cannot be read even after
 re-asking is an error of this stage (dead letter ``unparseable_judge_output``).
 """
 
@@ -25,6 +28,8 @@ def handler(ctx: PipelineContext) -> Handler:
             input=item.input,
             output=item.output,
             parse_retries=ctx.config.parse_retries,
+            max_tokens=ctx.max_tokens("score"),
+            on_truncated=ctx.count_truncated("strong"),
         )
         judgement = Judgement(
             usable=answer.usable,
@@ -32,6 +37,7 @@ def handler(ctx: PipelineContext) -> Handler:
             scores=answer.scores,
             verdict=answer.verdict,
             justification=answer.justification,
+            involves_reasoning=answer.involves_reasoning,
         )
         item = ctx.stamp(item).with_changes(judgement=judgement)
         if judgement.scores is not None:
@@ -39,6 +45,13 @@ def handler(ctx: PipelineContext) -> Handler:
         if not judgement.usable:
             rejected = item.with_changes(status="rejected", status_reason=judgement.reason)
             return [Output("items.rejected", rejected)]
+        if ctx.config.task_filter and judgement.involves_reasoning is False:
+            # The paper's whole data reduction: a QA pair without reasoning steps or
+            # inference is dropped. An answer that does not say keeps the item.
+            rejected = item.with_changes(status="rejected", status_reason="not_reasoning")
+            return [Output("items.rejected", rejected, outcome="not_reasoning")]
+        if ctx.selector is not None:
+            item = await ctx.selector.annotate(item)
         return [Output("items.scored", item, outcome="scored")]
 
     return score

@@ -38,6 +38,7 @@ from iterrefine.preflight import (
     check_output_paths,
     watch_group_joins,
 )
+from iterrefine.presets import preset_rows
 from iterrefine.prespawn import Prespawned
 from iterrefine.runtime import StageRunner
 from iterrefine.sim import SimConfig, SimServer
@@ -79,13 +80,20 @@ class RunResult:
 
 
 def sim_roles(config: Config, base_url: str, sim: SimConfig) -> Config:
-    """Point ``strong`` and ``backbone`` at the simulator (keeping explicit role settings)."""
+    """Point ``strong`` and ``backbone`` at the simulator (keeping explicit role settings).
+
+    With the paper's selection on, ``embedding`` and ``difficulty`` too.
+    """
     concurrency = max(64, sim.capacity * 2) if sim.capacity else 512
+    names = ["strong", "backbone"]
+    if config.pipeline.routing_policy == "cluster_quota":
+        names += ["embedding", "difficulty"]
     roles = {
         name: LLMRoleConfig(base_url=base_url, model=f"sim-{name}", max_concurrency=concurrency,
                             timeout_s=max(30.0, sim.latency_ms / 1000 * 20), max_retries=8,
-                            structured_output="json_schema")
-        for name in ("strong", "backbone")
+                            structured_output="json_schema",
+                            temperature=config.llm_defaults.temperature)
+        for name in names
     }
     return msgspec.structs.replace(config, llm={**roles, **config.llm})
 
@@ -267,6 +275,9 @@ async def run_pipeline(
     summary["aborted"] = run_abort.problem
     if reshape:
         reshape_export(streamed, options.output, options.shape)
+    if config.preset is not None:
+        summary["preset"] = {"name": config.preset,
+                             "settings": msgspec.to_builtins(preset_rows(config))}
     return RunResult(summary=summary, paths=paths, ingest=report, complete=complete)
 
 

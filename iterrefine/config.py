@@ -16,6 +16,7 @@ import msgspec
 
 from iterrefine.errors import ConfigError
 from iterrefine.model import DEFAULT_MAX_ENVELOPE_BYTES, DEFAULT_MAX_RAW_BYTES
+from iterrefine.presets import apply_preset
 
 
 class KafkaConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -134,6 +135,33 @@ class LLMRoleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         return value
 
 
+class TaskTokenLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``max_tokens`` per LLM task; the defaults are the paper's published settings.
+
+    An answer cut off at its limit is asked again once with twice the limit, then
+    treated as unreadable (see :mod:`iterrefine.llm.tasks`).
+    """
+
+    answer: int = 2000
+    score: int = 2000
+    evaluate: int = 2048
+    refine: int = 4096
+    review: int = 4096
+    align: int = 4096
+
+    def of(self, task: str) -> int:
+        value = getattr(self, task, None)
+        if not isinstance(value, int):
+            raise KeyError(f"no token limit for task {task!r}")
+        return value
+
+
+class LLMDefaults(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Settings every LLM role takes unless its own table sets them."""
+
+    temperature: float = 0.0
+
+
 class CacheConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The LLM response cache (:mod:`iterrefine.llm.cache`)."""
 
@@ -146,8 +174,20 @@ class CacheConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 class PipelineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     max_rounds: int = 3
-    #: What happens to an item that never converged within ``max_rounds``.
-    exhausted_policy: Literal["keep_original", "drop"] = "keep_original"
+    #: What happens to an item that never converged within ``max_rounds``: keep the
+    #: original, drop it, or align its last readable revision anyway (the paper's choice;
+    #: the item then says ``converged = false``).
+    exhausted_policy: Literal["keep_original", "drop", "keep_last_revision"] = "keep_original"
+    #: The refiner sees every earlier reviewer's explanation of a loss (the paper's
+    #: "feedback set"), oldest first, bounded: the newest ``feedback_max_entries``
+    #: explanations that fit in ``feedback_max_chars`` characters.
+    feedback_max_entries: int = 5
+    feedback_max_chars: int = 6000
+    max_tokens: TaskTokenLimits = TaskTokenLimits()
+    #: Output alignment: ``anchored`` rewrites the original output for the revision and
+    #: adds no new facts; ``complete`` makes the output fully answer the revision, adding
+    #: what it asks for and keeping the original's facts where they still apply.
+    alignment_mode: Literal["anchored", "complete"] = "anchored"
     #: Review in both orders; B converges only if it wins or ties in both.
     position_swap: bool = False
     #: Extra calls when a model answer cannot be parsed.
@@ -157,9 +197,63 @@ class PipelineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     #: Score refined items again after alignment (one more strong call per refined item),
     #: so dashboards can show whether refinement lifted quality.
     rescore_refined: bool = True
-    #: How route splits high from low: ``threshold`` (above), or ``module:attr`` of a
-    #: factory ``(PipelineContext) -> RoutingPolicy`` (see docs/writing-a-stage.md).
+    #: The paper's task filter: the judge also says whether the item involves reasoning
+    #: or inference, and an item that does not is rejected (reason ``not_reasoning``).
+    task_filter: bool = False
+    #: How route splits high from low: ``threshold`` (above), ``cluster_quota`` (the
+    #: paper's per-cluster top ``k_ratio`` by judge level and difficulty; see
+    #: ``[selection]``), or ``module:attr`` of a factory ``(PipelineContext) ->
+    #: RoutingPolicy`` (see docs/writing-a-stage.md).
     routing_policy: str = "threshold"
+
+
+class SelectionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The paper's selection (IQD stage 2): difficulty, diversity clusters, per-cluster quota.
+
+    Used when ``pipeline.routing_policy = "cluster_quota"``; needs the ``embedding`` and
+    ``difficulty`` LLM roles.
+    """
+
+    #: Number of k-means clusters (the paper: 132).
+    k: int = 132
+    #: Share of every cluster kept as high quality (the paper: 0.8).
+    k_ratio: float = 0.8
+    #: Vectors the model trainer collects before it fits the first centroid model;
+    #: until then items are ranked in one pseudo-cluster (``cluster = None``).
+    warmup: int = 2000
+    #: The trainer refines the centroids with ``partial_fit`` on batches of this size
+    #: and publishes each new version.
+    batch_size: int = 512
+    #: Difficulty metric: ``ifd`` (ppl of the output given the instruction ÷ ppl of the
+    #: output alone: two calls) or ``instruction_ppl`` (what the paper's code ran).
+    difficulty_metric: Literal["ifd", "instruction_ppl"] = "instruction_ppl"
+    #: Recent (judge level, difficulty) keys each cluster ranks a new item against.
+    rank_window: int = 2000
+    #: How hard the quota holds each cluster's high share at ``k_ratio``: a deficit of
+    #: this many highs overrules the rank completely. Smaller holds the share tighter and
+    #: follows the paper's ranking less (benchmarks/selection.py measures both).
+    quota_correction_items: int = 20
+    #: Texts sent to the difficulty and embedding roles are cut to this many characters
+    #: (the template part and, for IFD, the output each to half), so that a long item
+    #: stays inside a small model's context (about 4 characters a token).
+    max_prompt_chars: int = 8000
+    #: Seed of k-means (the paper: ``random_state=0``).
+    random_state: int = 0
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ConfigError(f"selection.k must be at least 1, got {self.k}")
+        if not 0.0 < self.k_ratio <= 1.0:
+            raise ConfigError(f"selection.k_ratio must be in (0, 1], got {self.k_ratio}")
+        if self.warmup < self.k:
+            raise ConfigError(
+                f"selection.warmup ({self.warmup}) must be at least selection.k ({self.k}): "
+                "k-means needs a vector per cluster to start"
+            )
+        if min(self.batch_size, self.rank_window, self.quota_correction_items,
+               self.max_prompt_chars) < 1:
+            raise ConfigError("selection.batch_size, rank_window, quota_correction_items and "
+                              "max_prompt_chars must be at least 1")
 
 
 class StageEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -175,11 +269,16 @@ class StageEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    #: A named published setting applied under the file and flags (:mod:`iterrefine.presets`).
+    preset: Literal["paper"] | None = None
     kafka: KafkaConfig = KafkaConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     pipeline: PipelineConfig = PipelineConfig()
-    #: Roles: ``strong`` and ``backbone`` are required to run the LLM stages.
+    selection: SelectionConfig = SelectionConfig()
+    #: Roles: ``strong`` and ``backbone`` are required to run the LLM stages;
+    #: ``embedding`` and ``difficulty`` for ``routing_policy = "cluster_quota"``.
     llm: dict[str, LLMRoleConfig] = {}
+    llm_defaults: LLMDefaults = LLMDefaults()
     metrics_port: int | None = None
     #: Address the metrics endpoint binds: loopback by default (it has no authentication);
     #: ``0.0.0.0`` in a container, where Prometheus scrapes from another host.
@@ -217,6 +316,17 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _with_role_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    """Give each ``[llm.ROLE]`` table the ``[llm_defaults]`` it does not set itself."""
+    defaults = raw.get("llm_defaults")
+    roles = raw.get("llm")
+    if not isinstance(defaults, dict) or not isinstance(roles, dict):
+        return raw
+    filled = {name: {**defaults, **table} if isinstance(table, dict) else table
+              for name, table in roles.items()}
+    return {**raw, "llm": filled}
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
@@ -239,7 +349,12 @@ def load_config(
         if isinstance(paths, list):  # anything else is left for the type check below
             here = Path(path).resolve().parent
             raw["import_paths"] = [str(here / p) if isinstance(p, str) else p for p in paths]
-    raw = merge(merge(defaults or {}, raw), overrides or {})
+    # defaults < preset < file < flags: a preset stands for settings the user chose.
+    raw = merge(raw, overrides or {})
+    preset = raw.get("preset")
+    if isinstance(preset, str):
+        raw = apply_preset(preset, raw, Config)
+    raw = _with_role_defaults(merge(defaults or {}, raw))
     _upgrade_structured_output(raw)
     try:
         return msgspec.convert(raw, Config)

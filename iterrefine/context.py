@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from iterrefine.config import PipelineConfig
-from iterrefine.llm.chat import ChatClient
+from iterrefine.config import PipelineConfig, SelectionConfig
+from iterrefine.llm.chat import ChatClient, TruncationHook
 from iterrefine.metrics import Metrics
 from iterrefine.model import Item, Provenance
+
+if TYPE_CHECKING:
+    from iterrefine.selection.selector import Selector
 
 
 class Roles(Protocol):
@@ -26,6 +29,10 @@ class PipelineContext:
     metrics: Metrics
     #: Prompt version, model per role, and whether the models are simulated.
     provenance: Provenance
+    #: The paper's selection settings (``routing_policy = "cluster_quota"``).
+    selection: SelectionConfig = SelectionConfig()  # noqa: RUF009  # frozen, immutable
+    #: Gathers difficulty and cluster at scoring; ``None`` unless ``cluster_quota``.
+    selector: Selector | None = None
     #: The stage's own settings: the ``options`` table of its ``[[stages]]`` entry.
     options: Mapping[str, Any] = field(default_factory=dict)
 
@@ -36,6 +43,15 @@ class PipelineContext:
     @property
     def backbone(self) -> ChatClient:
         return self.llm["backbone"]
+
+    def max_tokens(self, task: str) -> int:
+        """The configured ``max_tokens`` of ``task`` (the paper's values by default)."""
+        return self.config.max_tokens.of(task)
+
+    def count_truncated(self, role: str) -> TruncationHook:
+        """A hook counting ``role``'s cut-off answers per task in ``/metrics``."""
+        counter = self.metrics.llm_truncated_total
+        return lambda task: counter.labels(role=role, task=task).inc()
 
     def stamp(self, item: Item) -> Item:
         """Record which prompts and models touched the item (merged over its history)."""

@@ -15,6 +15,7 @@ runtime dead-letters a message whose handler raised a non-retriable error.
     ├── LLMUnavailable            a role's endpoint is down for good (e.g. its key is
     │                             rejected): the message is abandoned, never dead-lettered
     ├── UnparseableOutput         the model's answer could not be read after all attempts
+    │   └── TruncatedOutput       the answer was cut off at max_tokens, twice
     └── StageContractError        a handler wrote to an undeclared topic or returned no outputs
 """
 
@@ -115,6 +116,13 @@ class UnparseableOutput(IterrefineError):
         self.task = task
         #: The last raw answer, kept (truncated) for the DLQ and logs.
         self.raw = raw[:2000]
+
+
+class TruncatedOutput(UnparseableOutput):
+    """The model's answer was cut off at ``max_tokens`` even after a re-ask with a higher
+    limit. It is unreadable by policy: a half-written text must never pass as complete."""
+
+    reason = "truncated_llm_output"
 
 
 class StageContractError(IterrefineError):

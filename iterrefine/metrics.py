@@ -14,6 +14,8 @@ _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 3
 DEFAULT_LONGEST_TIMEOUT_S = 600.0
 _SCORE_BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
 _ROUND_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10)
+# Difficulty spans IFD ratios (~0.3–1.5) and instruction perplexities (the paper's: 8–71).
+_DIFFICULTY_BUCKETS = (0.25, 0.5, 0.75, 1, 1.5, 2, 5, 10, 20, 50, 100, 250, 1000)
 
 
 def latency_buckets(longest_timeout_s: float = DEFAULT_LONGEST_TIMEOUT_S) -> tuple[float, ...]:
@@ -72,6 +74,11 @@ class Metrics:
             f"{PREFIX}_llm_tokens_total", "LLM tokens by role and kind (prompt/completion).",
             ["role", "kind"], registry=r,
         )
+        self.llm_truncated_total = Counter(
+            f"{PREFIX}_llm_truncated_total",
+            "LLM answers cut off at max_tokens (finish_reason=length), by role and task.",
+            ["role", "task"], registry=r,
+        )
         self.llm_cache_total = Counter(
             f"{PREFIX}_llm_cache_total", "LLM response cache lookups by role and result "
             "(hit: answered without a request).", ["role", "result"], registry=r,
@@ -108,4 +115,24 @@ class Metrics:
         self.quality_score = Histogram(
             f"{PREFIX}_quality_score", "Judge scores at scoring and after refinement.",
             ["stage"], buckets=_SCORE_BUCKETS, registry=r,
+        )
+        self.selection_items_total = Counter(
+            f"{PREFIX}_selection_items_total",
+            "Items routed by the cluster quota, by cluster (\"warmup\" before the first "
+            "centroid model) and quality.",
+            ["cluster", "quality"], registry=r,
+        )
+        self.selection_high_share = Gauge(
+            f"{PREFIX}_selection_high_share",
+            "Running share of a cluster's items routed high (target: selection.k_ratio).",
+            ["cluster"], registry=r,
+        )
+        self.selection_difficulty = Histogram(
+            f"{PREFIX}_selection_difficulty", "Instruction difficulty of scored items.",
+            ["metric"], buckets=_DIFFICULTY_BUCKETS, registry=r,
+        )
+        self.selection_model_version = Gauge(
+            f"{PREFIX}_selection_model_version",
+            "Version of the shared centroid model this process assigns clusters with.",
+            registry=r,
         )

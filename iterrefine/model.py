@@ -26,6 +26,10 @@ from iterrefine.formats.chat import chat_fields, is_chat_record
 from iterrefine.ids import json_type, normalise_id
 from iterrefine.jsonguard import DEFAULT_MAX_JSON_DEPTH, check_before_parsing, duplicate_key
 
+# Re-exported: part of the item model.
+from iterrefine.selection_state import Difficulty as Difficulty
+from iterrefine.selection_state import Selection as Selection
+
 SCHEMA = "iterrefine.item/1"
 DEFAULT_MAX_RAW_BYTES = 64 * 1024
 #: An envelope grows with the rounds it records; it is bounded separately.
@@ -44,8 +48,8 @@ INPUT_REASONS = frozenset({
 Status = Literal[
     "pending",  # still moving through the pipeline
     "high",  # kept as it is (IQD)
-    "refined",  # converged and aligned (FIR + OA)
-    "unrefined",  # round limit reached, original kept (policy keep_original)
+    "refined",  # aligned revision (FIR + OA); ``Item.converged`` says whether it ever won
+    "unrefined",  # round limit reached, original kept (keep_original; or no readable revision)
     "dropped",  # round limit reached, dropped (policy drop)
     "rejected",  # judged unusable at scoring
 ]
@@ -89,6 +93,9 @@ class Judgement(msgspec.Struct, frozen=True, kw_only=True):
     scores: Scores | None
     verdict: Literal["high", "low"]
     justification: str
+    #: The paper's task filter: does the item involve reasoning steps or inference?
+    #: ``None`` when the judge did not say.
+    involves_reasoning: bool | None = None
 
 
 class Evaluation(msgspec.Struct, frozen=True, kw_only=True):
@@ -110,6 +117,8 @@ class Round(msgspec.Struct, frozen=True, kw_only=True):
     backbone_answer: str = ""
     winner: Winner = "none"
     explanation: str = ""
+    #: The refine answer could not be read: this round carries no revision of its own.
+    revision_failed: bool = False
 
 
 class Provenance(msgspec.Struct, frozen=True, kw_only=True):
@@ -147,6 +156,10 @@ class Item(msgspec.Struct, frozen=True, kw_only=True):
     #: The judge's scores of the refined item (optional re-score after alignment).
     final_judgement: Judgement | None = None
     quality: Literal["high", "low"] | None = None
+    #: Instruction difficulty (``routing_policy = "cluster_quota"``).
+    difficulty: Difficulty | None = None
+    #: Diversity cluster and selection decision (``routing_policy = "cluster_quota"``).
+    selection: Selection | None = None
     evaluation: Evaluation | None = None
     #: The backbone's answer to the original instruction: side A of every review.
     original_answer: str | None = None
@@ -154,9 +167,15 @@ class Item(msgspec.Struct, frozen=True, kw_only=True):
     rounds: tuple[Round, ...] = ()
     #: The reviewer's explanation of the last loss, handed to the next refine.
     feedback: str | None = None
+    #: ``True`` once a revision won or tied its review; ``False`` when the round limit was
+    #: reached and the last revision was kept anyway (policy ``keep_last_revision``);
+    #: ``None`` while refinement has not ended, and for items never refined.
+    converged: bool | None = None
     status: Status = "pending"
     status_reason: str = ""
     output_aligned: bool = False
+    #: The alignment mode asked for (``anchored`` or ``complete``), once align has run.
+    alignment_mode: Literal["anchored", "complete"] | None = None
     provenance: Provenance = Provenance()
     #: Seconds spent in each stage, summed over rounds.
     timings: dict[str, float] = {}

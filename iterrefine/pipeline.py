@@ -72,7 +72,8 @@ def pipeline_context(
         models={role: entry.model for role, entry in config.llm.items()},
         simulated=simulated,
     )
-    return PipelineContext(config.pipeline, roles, metrics, provenance)
+    return PipelineContext(config.pipeline, roles, metrics, provenance,
+                           selection=config.selection)
 
 
 def _held_while_roles_down(stage: Stage, role_names: Sequence[str], roles: LLMRoles) -> Stage:
@@ -135,6 +136,15 @@ async def serve_pipeline(
             simulated = await _simulated(config)
         ctx = pipeline_context(config, roles, metrics, simulated=simulated,
                                prompt_version=prompt_version)
+        selecting = config.pipeline.routing_policy == "cluster_quota"
+        if selecting and any(spec.name == "score" for spec in specs):
+            # The paper's selection gathers difficulty and cluster at scoring (numpy and
+            # scikit-learn are imported only when it is on).
+            from iterrefine.selection import selector_for
+
+            selector = await stack.enter_async_context(
+                selector_for(config, bootstrap, roles, metrics))
+            ctx = dataclasses.replace(ctx, selector=selector)
         built = [_held_while_roles_down(spec.build(ctx), spec.roles, roles) for spec in specs]
         log.info("worker_starting", stages=[s.name for s in built], bootstrap=bootstrap,
                  simulated=simulated)

@@ -317,6 +317,13 @@ def _section(title: str, header: list[str], rows: list[list[str]]) -> str:
     return f"<h2>{html.escape(title)}</h2>\n{content}"
 
 
+def _cluster_row(cluster: str, counts: Mapping[str, Any]) -> list[str]:
+    items = _number(counts.get("items")) or 0.0
+    high = _number(counts.get("high")) or 0.0
+    share = _fmt(100 * high / items, 1) if items else "-"
+    return [cluster, _fmt(items), _fmt(high), share]
+
+
 def _html_sections(summary: Summary) -> list[str]:
     totals = [
         [label, _fmt(value, 1 if key == "wall_time_s" else 0)]
@@ -344,6 +351,14 @@ def _html_sections(summary: Summary) -> list[str]:
               ("requests", "errors", "prompt_tokens", "completion_tokens")),
             *(_fmt(_number(latency.get(q)), 3) for q in ("mean", *_QUANTILES)),
         ])
+    selection = _mapping(summary.get("selection"))
+    cluster_rows = [_cluster_row(str(c), _mapping(raw))
+                    for c, raw in _mapping(selection.get("clusters")).items()]
+    sections = [] if not selection else [_section(
+        f"Selection (cluster quota; not_reasoning rejected: "
+        f"{_fmt(_number(selection.get('not_reasoning')))}, difficulty p50: "
+        f"{_fmt(_number(_mapping(selection.get('difficulty')).get('p50')), 2)})",
+        ["cluster", "items", "high", "high %"], cluster_rows)]
     return [
         _section("Totals", ["", "value"], totals),
         _section("Outcomes", ["outcome", "items"], outcomes),
@@ -352,6 +367,7 @@ def _html_sections(summary: Summary) -> list[str]:
         _section("Dead-letter reasons", ["reason", "messages"], dlq),
         _section("LLM", ["role", "requests", "errors", "prompt tokens", "completion tokens",
                          "mean s", "p50 s", "p95 s", "p99 s"], llm_rows),
+        *sections,
     ]
 
 

@@ -79,6 +79,9 @@ def build_summary(
     after: list[float] = []
     dlq_reasons: Counter[str] = Counter()
     counts = {default_outcome(topic): 0 for topic in TERMINAL_TOPICS}
+    clusters: dict[str, Counter[str]] = {}
+    difficulties: list[float] = []
+    not_reasoning = 0
     for terminal in terminals:
         counts[terminal.outcome] += 1
         item = terminal.item
@@ -86,15 +89,24 @@ def build_summary(
             outcomes["dlq"] += 1
             dlq_reasons[terminal.meta.get("reason", "unknown")] += 1
             continue
-        outcomes[item.status] += 1
-        if item.status == "refined":
+        # A refined item whose last revision never won (keep_last_revision) is its own
+        # outcome: counting it as plain "refined" would overstate convergence.
+        exhausted_refined = item.status == "refined" and item.converged is False
+        outcomes["refined_unconverged" if exhausted_refined else item.status] += 1
+        if item.status == "refined" and not exhausted_refined:
             rounds["converged"][str(item.round)] += 1
-        elif item.status in ("unrefined", "dropped"):
+        elif item.status in ("unrefined", "dropped") or exhausted_refined:
             rounds["exhausted"][str(item.round)] += 1
         if item.judgement is not None and item.judgement.scores is not None:
             before.append(item.judgement.scores.mean)
         if item.final_judgement is not None and item.final_judgement.scores is not None:
             after.append(item.final_judgement.scores.mean)
+        not_reasoning += item.status_reason == "not_reasoning"
+        if item.difficulty is not None:
+            difficulties.append(item.difficulty.value)
+        if item.selection is not None and item.quality is not None:
+            cluster = "warmup" if item.selection.cluster is None else str(item.selection.cluster)
+            clusters.setdefault(cluster, Counter())[item.quality] += 1
     llm = {
         role: {
             "requests": stats.requests,
@@ -123,6 +135,39 @@ def build_summary(
         "dlq_reasons": dict(dlq_reasons),
         "duplicates_removed": duplicates_removed,
         "llm": llm,
+        **_selection(clusters, difficulties, not_reasoning),
         "llm_answers": answers_by_task(metrics),
         "rescore_failures": _counter_total(metrics.rescore_failures_total),
+        "truncated": truncated_by_task(metrics),
     }
+
+
+def _selection(
+    clusters: dict[str, Counter[str]], difficulties: list[float], not_reasoning: int
+) -> dict[str, Any]:
+    """The paper's selection, when it ran: per-cluster sizes and high counts, difficulty."""
+    if not clusters and not not_reasoning:
+        return {}
+    ordered = sorted(difficulties)
+    return {"selection": {
+        "not_reasoning": not_reasoning,
+        "clusters": {c: {"items": sum(n.values()), "high": n["high"]}
+                     for c, n in sorted(clusters.items())},
+        "difficulty": {
+            "count": len(ordered),
+            "p50": ordered[len(ordered) // 2] if ordered else None,
+            "min": ordered[0] if ordered else None,
+            "max": ordered[-1] if ordered else None,
+        },
+    }}
+
+
+def truncated_by_task(metrics: Metrics) -> dict[str, int]:
+    """Answers cut off at max_tokens in this process, as ``{"role/task": count}``."""
+    counts: dict[str, int] = {}
+    for metric in metrics.llm_truncated_total.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total") and sample.value:
+                key = f"{sample.labels['role']}/{sample.labels['task']}"
+                counts[key] = int(sample.value)
+    return counts

@@ -78,16 +78,19 @@ class TaskSpec:
     simulate: Simulate | None = None
     #: The free-text form of a JSON answer (used when structured output is off).
     simulate_text: Callable[[dict[str, Any]], str] | None = None
+    #: Alternative instructions (name → template): same keys, same answer format.
+    variants: Mapping[str, str] = field(default_factory=dict)
     #: System and user parts of ``template`` (filled in from it).
     parts: tuple[str, str] = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
-        _, found_system, rest = self.template.partition(SYSTEM_MARKER)
-        system, found_user, user = rest.partition(USER_MARKER)
-        if not (found_system and found_user):
-            raise ValueError(f"the template of task {self.name!r} lacks a {SYSTEM_MARKER!r} "
-                             f"or {USER_MARKER!r} line")
-        object.__setattr__(self, "parts", (system.strip(), user.strip()))
+        object.__setattr__(self, "parts", _split(self.name, self.template))
+        for variant, text in self.variants.items():
+            _split(f"{self.name}.{variant}", text)  # a broken variant fails here, not later
+
+    def variant_parts(self, variant: str) -> tuple[str, str]:
+        """System and user parts of one of the task's alternative instructions."""
+        return _split(f"{self.name}.{variant}", self.variants[variant])
 
     def simulated_answer(self, prompt: SimPrompt, config: SimConfig, *, structured: bool) -> str:
         """The simulator's answer text (JSON when ``structured`` and the task has a schema)."""
@@ -99,6 +102,15 @@ class TaskSpec:
         if structured or self.simulate_text is None:
             return msgspec.json.encode(answer).decode()
         return self.simulate_text(answer)
+
+
+def _split(name: str, template: str) -> tuple[str, str]:
+    _, found_system, rest = template.partition(SYSTEM_MARKER)
+    system, found_user, user = rest.partition(USER_MARKER)
+    if not (found_system and found_user):
+        raise ValueError(f"the template of task {name!r} lacks a {SYSTEM_MARKER!r} "
+                         f"or {USER_MARKER!r} line")
+    return system.strip(), user.strip()
 
 
 #: Every task by name: the built-in six, then any registered by user modules.
@@ -134,8 +146,12 @@ def _check_review(data: Mapping[str, Any], round: int | None) -> None:
 
 
 def _check_refine(data: Mapping[str, Any], round: int | None) -> None:
-    if "reviewer_feedback" in data and round == 1:
-        raise ValueError("reviewer_feedback only exists from round 2 on")
+    if "feedback_set" in data:
+        if round == 1:
+            raise ValueError("feedback_set only exists from round 2 on")
+        notes = data["feedback_set"]
+        if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+            raise ValueError("feedback_set must be a list of strings, oldest first")
 
 
 # ---------------------------------------------------------------- the built-in six
@@ -153,8 +169,8 @@ for _spec in (
              parse=parse_evaluation, answer=EvaluationAnswer, schema=SCHEMAS["evaluate"],
              simulate=sim.evaluate, simulate_text=sim.evaluate_text),
     TaskSpec(name="refine", template=builtin_template("refine"),
-             required=_ITEM | {"reference_output", "evaluation"},
-             optional=frozenset({"reviewer_feedback"}), rounds=True, check=_check_refine,
+             required=_ITEM | {"reference_output", "backbone_answer", "evaluation"},
+             optional=frozenset({"feedback_set"}), rounds=True, check=_check_refine,
              parse=parse_revision, answer=RevisionAnswer, schema=SCHEMAS["refine"],
              simulate=sim.refine, simulate_text=sim.refine_text),
     TaskSpec(name="review", template=builtin_template("review"),
@@ -165,7 +181,8 @@ for _spec in (
              required=frozenset({"original_instruction", "original_input", "original_output",
                                  "revised_instruction", "revised_input"}),
              parse=parse_aligned, answer=AlignedAnswer, schema=SCHEMAS["align"],
-             simulate=sim.align, simulate_text=sim.align_text),
+             simulate=sim.align, simulate_text=sim.align_text,
+             variants={"complete": builtin_template("align.complete")}),
 ):
     register_task(_spec)
 
@@ -183,5 +200,6 @@ def prompt_digest(specs: Mapping[str, TaskSpec] | None = None, *, extra: str = "
     for name in sorted(chosen):
         spec = chosen[name]
         digest.update(json.dumps([name, spec.template, sorted(spec.required),
-                                  sorted(spec.optional), spec.rounds]).encode())
+                                  sorted(spec.optional), spec.rounds,
+                                  sorted(spec.variants.items())]).encode())
     return digest.hexdigest()

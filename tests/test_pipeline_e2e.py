@@ -129,11 +129,12 @@ async def test_requeue_carries_the_judges_explanation(
 @pytest.mark.parametrize(("policy", "where", "status"), [
     ("keep_original", "curated", "unrefined"),
     ("drop", "rejected", "dropped"),
+    ("keep_last_revision", "curated", "refined"),
 ])
 async def test_round_limit_policies(
     broker: str, tmp_path: Path, policy: str, where: str, status: str
 ) -> None:
-    """Items that never converge are kept as originals or dropped, per policy."""
+    """Items that never converge are kept as originals, dropped, or aligned as last revised."""
     never = SimConfig(latency_ms=2, capacity=64, low_share=1.0, reject_share=0.0, lose_prob=1.0)
     async with SimServer(never, port=0) as sim:
         config = pipeline_config(broker, sim, max_rounds=2, exhausted_policy=policy)
@@ -147,6 +148,12 @@ async def test_round_limit_policies(
     if policy == "keep_original":
         by_instruction = {r["instruction"] for r in records}
         assert all(row["instruction"] in by_instruction for row in chosen)
+    if policy == "keep_last_revision":
+        for row in chosen:
+            item = row["item"]
+            assert item["converged"] is False and item["output_aligned"]
+            assert row["instruction"] == item["rounds"][-1]["instruction"]
+        assert result.summary["outcomes"] == {"refined_unconverged": 20}
     assert result.summary["rounds"]["exhausted"] == {"2": 20}
 
 

@@ -31,6 +31,7 @@ DATA: dict[str, dict[str, Any]] = {
         "instruction": "Name a woodwind.",
         "input": "",
         "reference_output": "The zurna.",
+        "backbone_answer": "A flute.",
         "evaluation": evaluation_text(6, "Vague.", ["Ask for one example."]),
     },
     "review": {
@@ -128,13 +129,15 @@ def test_nonce_is_fresh_per_call() -> None:
     assert len(nonces) == 20
 
 
-def test_refine_round_two_carries_reviewer_feedback() -> None:
-    """From round 2 the refine data block carries the reviewer's feedback."""
-    data = dict(DATA["refine"], reviewer_feedback="A was clearer about the format.")
-    user = build_messages("refine", data, round=2, nonce="12345678")[1]["content"]
+def test_refine_round_two_carries_the_feedback_set() -> None:
+    """From round 2 the refine data block carries the feedback set, oldest first."""
+    notes = ["A kept the list.", "A was clearer about the format."]
+    data = dict(DATA["refine"], feedback_set=notes)
+    user = build_messages("refine", data, round=3, nonce="12345678")[1]["content"]
     before, payload, _ = split_user(user, "12345678")
-    assert before[0] == "Round: 2"
-    assert json.loads(payload)["reviewer_feedback"] == "A was clearer about the format."
+    assert before[0] == "Round: 3"
+    assert json.loads(payload)["feedback_set"] == notes
+    assert json.loads(payload)["backbone_answer"] == "A flute."
 
 
 @pytest.mark.parametrize(
@@ -145,7 +148,9 @@ def test_refine_round_two_carries_reviewer_feedback() -> None:
         ("score", dict(DATA["score"], extra="x"), None, None),
         ("score", DATA["score"], 1, None),
         ("refine", DATA["refine"], None, None),
-        ("refine", dict(DATA["refine"], reviewer_feedback="f"), 1, None),
+        ("refine", dict(DATA["refine"], feedback_set=["f"]), 1, None),
+        ("refine", dict(DATA["refine"], feedback_set="f"), 2, None),
+        ("refine", {k: v for k, v in DATA["refine"].items() if k != "backbone_answer"}, 1, None),
         ("review", {"A": {"instruction": "x"}, "B": {}}, 1, None),
         ("score", DATA["score"], None, "XYZ"),
     ],
@@ -174,3 +179,15 @@ def test_evaluation_text_is_in_the_evaluate_format() -> None:
         "Score: 6\n\nEvaluation: Vague.\n\nSuggestions:\n1. Ask for one example.\n"
         "2. Name the region."
     )
+
+
+def test_complete_alignment_is_a_variant_of_align_with_the_same_contract() -> None:
+    """align's complete variant: same tag line and data block, different instructions."""
+    anchored = build_messages("align", DATA["align"], nonce="0badcafe")
+    complete = build_messages("align", DATA["align"], nonce="0badcafe", variant="complete")
+    assert complete[0]["content"].splitlines()[0] == anchored[0]["content"].splitlines()[0]
+    assert complete[1]["content"].endswith(anchored[1]["content"].split("\n\n", 1)[1])
+    assert "Add no new facts" in anchored[0]["content"]
+    assert "fully answers the revised instruction" in complete[0]["content"]
+    with pytest.raises(ValueError):
+        build_messages("score", DATA["score"], variant="complete")

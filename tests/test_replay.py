@@ -204,6 +204,21 @@ def test_each_stage_reset_restores_what_the_stage_expects() -> None:
         assert raised.value.reason == reason
 
 
+def test_reset_for_align_keeps_an_exhausted_items_last_revision() -> None:
+    """Replaying align: a kept-but-lost revision (keep_last_revision) is realigned as such."""
+    lost = [Round(number=n, instruction=f"Q{n}?", input="", feedback=None, winner="A",
+                  explanation="worse") for n in (1, 2)]
+    failed = Round(number=3, instruction="Q?", input="", feedback=None, revision_failed=True)
+    done = _item(quality="low", rounds=(*lost, failed), round=3, status="refined",
+                 converged=False, instruction="Q2?", output="A aligned.", output_aligned=True,
+                 alignment_mode="complete")
+    again = _reset(done, "align", 99)
+    assert (again.instruction, again.converged, again.alignment_mode) == ("Q2?", False, None)
+    assert again.status == "pending" and "round 2" in again.status_reason
+    with pytest.raises(ValidationError):  # kept as the original: nothing to align
+        _reset(done.with_changes(status="unrefined"), "align", 99)
+
+
 def test_targets_and_times_are_checked_with_the_fix_in_the_message() -> None:
     """Terminal topics need --to; raw records only go to score; times must be ISO 8601."""
     names = TopicNames("iterrefine.")

@@ -39,6 +39,7 @@ DATA: dict[str, dict[str, Any]] = {
         "instruction": ITEM["instruction"],
         "input": "",
         "reference_output": ITEM["output"],
+        "backbone_answer": "String; woodwind.",
         "evaluation": "Score: 5\nEvaluation: partial.\nSuggestions:\n1. Be specific.",
     },
     "review": {
@@ -56,7 +57,8 @@ DATA: dict[str, dict[str, Any]] = {
 
 FREE_TEXT = {
     "score": r"Usable: (yes|no)\nReason: .+\nCorrectness: \d+\nCompleteness: \d+\nClarity: \d+\n"
-    r"Compliance: \d+\nReasoning: \d+\nVerdict: (high|low)\nJustification: .+",
+    r"Compliance: \d+\nReasoning: \d+\nInvolves reasoning: (yes|no)\nVerdict: (high|low)\n"
+    r"Justification: .+",
     "evaluate": r"Score: \d+\n\nEvaluation: .+\n\nSuggestions:\n1\. .+\n2\. .+\n3\. .+",
     "refine": r"instruction_new: .+ \[sim-rev r1\] .+\ninput_new:( .*)?",
     "review": r"Winner: (A|B|Tie)\nExplanation: .+",
@@ -72,6 +74,7 @@ JSON_KEYS = {
         "clarity",
         "compliance",
         "reasoning",
+        "involves_reasoning",
         "verdict",
         "justification",
     },
@@ -346,7 +349,7 @@ async def test_request_log_traces_review_feedback_into_next_refine() -> None:
         verdict = json.loads(await ask(c, "review", pair, round_no=1, structured=True))
         assert verdict["winner"] == "A" and "round 1" in verdict["explanation"]
         await ask(
-            c, "refine", dict(DATA["refine"], reviewer_feedback=verdict["explanation"]), round_no=2
+            c, "refine", dict(DATA["refine"], feedback_set=[verdict["explanation"]]), round_no=2
         )
         await ask(c, "answer", DATA["answer"])
         log = await get_json(server, "/requests")

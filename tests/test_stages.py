@@ -13,12 +13,14 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import httpx2
+import msgspec
 import pytest
 
 from iterrefine.config import LLMRoleConfig, PipelineConfig
 from iterrefine.consumers import build_stages
+from iterrefine.consumers.refine import feedback_set
 from iterrefine.context import PipelineContext
-from iterrefine.errors import UnparseableOutput
+from iterrefine.errors import TruncatedOutput, UnparseableOutput
 from iterrefine.llm import LLMClient
 from iterrefine.metrics import Metrics
 from iterrefine.model import (
@@ -32,8 +34,10 @@ from iterrefine.model import (
     new_item,
 )
 from iterrefine.runtime import Output
+from iterrefine.summary import truncated_by_task
 
-Answers = dict[str, Callable[[dict[str, Any]], str]]
+#: Per task: the answer text, or (text, finish_reason) for a cut-off answer.
+Answers = dict[str, Callable[[dict[str, Any]], str | tuple[str, str]]]
 
 HIGH = ("Usable: yes\nReason: fine\nCorrectness: 9\nCompleteness: 9\nClarity: 9\n"
         "Compliance: 9\nReasoning: 9\nVerdict: high\nJustification: solid")
@@ -51,11 +55,11 @@ def task_of(request: httpx2.Request) -> tuple[str, dict[str, Any]]:
     return task.group(1), body
 
 
-def completion(text: str) -> httpx2.Response:
+def completion(text: str, finish_reason: str = "stop") -> httpx2.Response:
     return httpx2.Response(200, json={
         "id": "c", "object": "chat.completion", "created": 0, "model": "m",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                     "finish_reason": "stop"}],
+                     "finish_reason": finish_reason}],
         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
     })
 
@@ -70,7 +74,8 @@ class Scripted:
     def __call__(self, request: httpx2.Request) -> httpx2.Response:
         task, body = task_of(request)
         self.calls.append((task, body))
-        return completion(self.answers[task](body))
+        answer = self.answers[task](body)
+        return completion(*answer) if isinstance(answer, tuple) else completion(answer)
 
     def count(self, task: str) -> int:
         return sum(1 for t, _ in self.calls if t == task)
@@ -78,6 +83,13 @@ class Scripted:
 
 def always(text: str) -> Callable[[dict[str, Any]], str]:
     return lambda _body: text
+
+
+def cut_off_below(limit: int, text: str) -> Callable[[dict[str, Any]], str | tuple[str, str]]:
+    """Answers ``text`` when allowed at least ``limit`` tokens, else its first half, cut off."""
+    def answer(body: dict[str, Any]) -> str | tuple[str, str]:
+        return text if body["max_tokens"] >= limit else (text[: len(text) // 2], "length")
+    return answer
 
 
 @pytest.fixture
@@ -200,14 +212,68 @@ async def test_review_loss_requeues_with_the_explanation(make_ctx: Any) -> None:
     assert out.item.feedback == "B lost the context."
 
 
+def refine_data(body: dict[str, Any]) -> dict[str, Any]:
+    """The JSON object in a request's fenced data block."""
+    user = body["messages"][-1]["content"]
+    match = re.search(r"<<<DATA (\w+)>>>\n(.*)\n<<<END DATA \1>>>", user, re.DOTALL)
+    assert match is not None
+    data: dict[str, Any] = json.loads(match.group(2))
+    return data
+
+
+def lost_round(number: int, explanation: str) -> Round:
+    return Round(number=number, instruction=f"Say hello, take {number}.", input="",
+                 feedback=None, winner="A", explanation=explanation)
+
+
 async def test_round_two_refine_request_carries_the_feedback(make_ctx: Any) -> None:
     """From round 2 on, the refine request includes the reviewer's feedback."""
     ctx, script = await make_ctx({"refine": always(REVISION)})
-    lost = in_review(1).with_changes(feedback="B lost the context.")
+    lost = in_review(1).with_changes(rounds=(lost_round(1, "B lost the context."),),
+                                     feedback="B lost the context.")
     await stage_handler(ctx, "refine")(lost)
     (_, body), = [c for c in script.calls if c[0] == "refine"]
     assert "B lost the context." in body["messages"][-1]["content"]
     assert "Round: 2" in body["messages"][-1]["content"]
+
+
+async def test_refine_gets_the_backbone_answer_and_every_earlier_feedback(
+    make_ctx: Any,
+) -> None:
+    """Round 3 refine: backbone answer, and both earlier losses' explanations, oldest first."""
+    ctx, script = await make_ctx({"refine": always(REVISION)})
+    item = in_review(2).with_changes(
+        rounds=(lost_round(1, "first critique"), lost_round(2, "second critique")),
+        feedback="second critique")
+    await stage_handler(ctx, "refine")(item)
+    (_, body), = [c for c in script.calls if c[0] == "refine"]
+    data = refine_data(body)
+    assert data["backbone_answer"] == "hi"
+    assert data["feedback_set"] == ["first critique", "second critique"]
+    assert data["instruction"] == "Say hello"  # every round revises the original
+
+
+async def test_first_refine_has_no_feedback_set(make_ctx: Any) -> None:
+    """Round 1 refine sends the backbone's answer and no feedback set."""
+    ctx, script = await make_ctx({"answer": always("Hello."), "evaluate": always(EVALUATION),
+                                  "refine": always(REVISION)})
+    await stage_handler(ctx, "refine")(an_item(quality="low"))
+    (_, body), = [c for c in script.calls if c[0] == "refine"]
+    data = refine_data(body)
+    assert data["backbone_answer"] == "Hello." and "feedback_set" not in data
+
+
+def test_feedback_set_is_bounded_keeping_the_newest() -> None:
+    """The feedback set keeps the newest explanations that fit, oldest first; skips non-losses."""
+    item = an_item(rounds=(
+        lost_round(1, "a" * 50), lost_round(2, "b" * 50),
+        Round(number=3, instruction="x", input="", feedback=None, winner="none",
+              explanation="the review answer could not be read"),
+        lost_round(4, "c" * 50),
+    ))
+    assert feedback_set(item, max_entries=5, max_chars=120) == ["b" * 50, "c" * 50]
+    assert feedback_set(item, max_entries=1, max_chars=1000) == ["c" * 50]
+    assert feedback_set(item, max_entries=5, max_chars=20) == ["c" * 20]
 
 
 @pytest.mark.parametrize(("policy", "topic", "status"), [
@@ -265,3 +331,125 @@ async def test_align_unparseable_keeps_the_original_output(make_ctx: Any) -> Non
     assert out.item.output == "Hello!" and not out.item.output_aligned
     assert "align_unparseable" in out.item.status_reason
     assert out.item.final_judgement is None  # the optional re-score failed quietly
+
+
+async def test_keep_last_revision_sends_the_last_revision_to_align(make_ctx: Any) -> None:
+    """keep_last_revision: a loss at the limit aligns the last revision, marked unconverged."""
+    ctx, _ = await make_ctx({"answer": always("hi"),
+                             "review": always("Winner: A\nExplanation: worse.")},
+                            max_rounds=3, exhausted_policy="keep_last_revision")
+    out = only(await stage_handler(ctx, "review")(in_review(3)))
+    assert (out.topic, out.outcome) == ("items.align", "exhausted")
+    assert out.item.instruction == "Say hello politely." and out.item.converged is False
+    assert "no revision won in 3 rounds" in out.item.status_reason
+    assert out.item.rounds[-1].winner == "A"
+
+
+async def test_keep_last_revision_skips_an_unreadable_last_revision(make_ctx: Any) -> None:
+    """An unreadable refine in the last round: the newest readable revision is aligned."""
+    ctx, _ = await make_ctx({"refine": always("no idea")},
+                            max_rounds=2, exhausted_policy="keep_last_revision", parse_retries=0)
+    lost_once = in_review(1).with_changes(
+        rounds=(msgspec.structs.replace(in_review(1).rounds[0], winner="A", explanation="w"),),
+        feedback="w")
+    out = only(await stage_handler(ctx, "refine")(lost_once))
+    assert (out.topic, out.outcome) == ("items.align", "exhausted")
+    assert out.item.instruction == "Say hello politely."
+    assert "round 1" in out.item.status_reason and out.item.rounds[-1].revision_failed
+
+
+async def test_keep_last_revision_without_any_readable_revision_keeps_the_original(
+    make_ctx: Any,
+) -> None:
+    """No readable revision at all: keep_last_revision falls back to the original, unrefined."""
+    ctx, _ = await make_ctx({"answer": always("hi"), "evaluate": always(EVALUATION),
+                             "refine": always("no idea")},
+                            max_rounds=1, exhausted_policy="keep_last_revision", parse_retries=0)
+    out = only(await stage_handler(ctx, "refine")(an_item(quality="low")))
+    assert (out.topic, out.item.status) == ("items.curated", "unrefined")
+    assert out.item.instruction == "Say hello" and out.item.converged is False
+    assert "no readable revision" in out.item.status_reason
+
+
+async def test_align_of_an_exhausted_revision_keeps_saying_it_never_won(make_ctx: Any) -> None:
+    """Aligning a kept-but-lost revision: status refined, converged False, reason kept."""
+    ctx, _ = await make_ctx({"align": always("Output:\nHello there, friend!"),
+                             "score": always(HIGH)})
+    exhausted = in_review(3).with_changes(
+        instruction="Say hello politely.", converged=False,
+        status_reason="exhausted: no revision won in 3 rounds; last revision (round 3) aligned")
+    out = only(await stage_handler(ctx, "align")(exhausted))
+    assert (out.topic, out.item.status, out.item.converged) == ("items.curated", "refined", False)
+    assert out.item.output == "Hello there, friend!" and out.item.output_aligned
+    assert out.item.status_reason.startswith("exhausted: no revision won")
+
+
+def truncated_count(ctx: PipelineContext, role: str, task: str) -> float:
+    value = ctx.metrics.registry.get_sample_value(
+        "iterrefine_llm_truncated_total", {"role": role, "task": task})
+    return value or 0.0
+
+
+async def test_stages_ask_with_the_papers_token_limits(make_ctx: Any) -> None:
+    """Each task's request carries its configured max_tokens (paper values by default)."""
+    ctx, script = await make_ctx({"answer": always("Hello."), "evaluate": always(EVALUATION),
+                                  "refine": always(REVISION)})
+    await stage_handler(ctx, "refine")(an_item(quality="low"))
+    limits = {task: body["max_tokens"] for task, body in script.calls}
+    assert limits == {"answer": 2000, "evaluate": 2048, "refine": 4096}
+
+
+async def test_truncated_align_is_reasked_with_a_higher_limit(make_ctx: Any) -> None:
+    """finish_reason=length once: re-asked with twice the limit; the complete answer is used."""
+    ctx, script = await make_ctx({"align": cut_off_below(8192, "Output:\nHello, nice to meet you!"),
+                                  "score": always(HIGH)})
+    out = only(await stage_handler(ctx, "align")(in_review(1)))
+    assert out.item.output == "Hello, nice to meet you!" and out.item.output_aligned
+    assert [b["max_tokens"] for t, b in script.calls if t == "align"] == [4096, 8192]
+    assert truncated_count(ctx, "strong", "align") == 1
+
+
+async def test_truncated_align_twice_is_never_curated_as_complete(make_ctx: Any) -> None:
+    """Cut off at both limits: the half-written output is discarded, the original kept."""
+    ctx, script = await make_ctx({"align": cut_off_below(10**6, "Output:\nHello, nice to see you"),
+                                  "score": always(HIGH)})
+    out = only(await stage_handler(ctx, "align")(in_review(1)))
+    assert out.topic == "items.curated"
+    assert out.item.output == "Hello!" and not out.item.output_aligned
+    assert "align_unparseable" in out.item.status_reason and "cut off" in out.item.status_reason
+    assert script.count("align") == 2
+    assert truncated_count(ctx, "strong", "align") == 2
+    assert truncated_by_task(ctx.metrics) == {"strong/align": 2}  # the run summary's row
+
+
+async def test_truncated_backbone_answer_loses_the_round(make_ctx: Any) -> None:
+    """A backbone answer cut off twice in review is unreadable: the round is lost, not judged."""
+    ctx, script = await make_ctx({"answer": cut_off_below(10**6, "Hello there, how"),
+                                  "review": always("Winner: B\nExplanation: fine.")})
+    out = only(await stage_handler(ctx, "review")(in_review(1)))
+    assert out.topic == "items.refine" and out.item.rounds[-1].winner == "none"
+    assert script.count("review") == 0
+    assert truncated_count(ctx, "backbone", "answer") == 2
+
+
+async def test_truncated_score_raises_for_the_dlq(make_ctx: Any) -> None:
+    """A judge answer cut off twice at scoring raises TruncatedOutput (dead-lettered)."""
+    ctx, _ = await make_ctx({"score": cut_off_below(10**6, HIGH)})
+    with pytest.raises(TruncatedOutput):
+        await stage_handler(ctx, "score")(an_item())
+
+
+@pytest.mark.parametrize(("mode", "phrase"), [
+    ("anchored", "Add no new facts"),
+    ("complete", "fully answers the revised instruction"),
+])
+async def test_alignment_mode_picks_the_prompt_and_is_recorded(
+    make_ctx: Any, mode: str, phrase: str
+) -> None:
+    """alignment_mode chooses the align instructions and is recorded on the item."""
+    ctx, script = await make_ctx({"align": always("Output:\nHello!"), "score": always(HIGH)},
+                                 alignment_mode=mode)
+    out = only(await stage_handler(ctx, "align")(in_review(1)))
+    assert out.item.alignment_mode == mode
+    (_, body), = [c for c in script.calls if c[0] == "align"]
+    assert phrase in body["messages"][0]["content"]

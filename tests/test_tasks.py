@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from iterrefine.errors import LLMTransientError, UnparseableOutput
+from iterrefine.errors import LLMTransientError, TruncatedOutput, UnparseableOutput
 from iterrefine.llm.tasks import (
     ReviewSample,
     ask,
@@ -149,8 +149,9 @@ async def test_typed_helpers_build_the_contract_data() -> None:
         instruction="Sort these.",
         input="3 1 2",
         reference_output="1 2 3",
+        backbone_answer="3 2 1",
         evaluation="Score: 4",
-        reviewer_feedback="The revision dropped the input.",
+        feedback_set=["The revision dropped the input."],
     )
     verdict = await ask_verdict(
         client,
@@ -174,4 +175,56 @@ async def test_typed_helpers_build_the_contract_data() -> None:
     tags = [call["messages"][0]["content"].split()[1] for call in client.calls]
     assert tags == ["task=score", "task=evaluate", "task=refine", "task=review", "task=align"]
     refine_user = client.calls[2]["messages"][1]["content"]
-    assert refine_user.startswith("Round: 2\n") and "reviewer_feedback" in refine_user
+    assert refine_user.startswith("Round: 2\n") and "feedback_set" in refine_user
+
+
+@dataclass
+class CutReply:
+    text: str
+    finish_reason: str | None
+
+
+class LimitedClient:
+    """Answers cut off (finish_reason=length) unless max_tokens reaches ``enough``."""
+
+    def __init__(self, text: str, enough: int) -> None:
+        self.text, self.enough = text, enough
+        self.limits: list[int | None] = []
+
+    async def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        json_schema: dict[str, Any] | None = None,
+        schema_name: str = "answer",
+        max_tokens: int | None = None,
+    ) -> CutReply:
+        self.limits.append(max_tokens)
+        if (max_tokens or 0) >= self.enough:
+            return CutReply(self.text, "stop")
+        return CutReply(self.text[:10], "length")
+
+
+async def test_cut_off_answer_is_reasked_once_with_twice_the_limit() -> None:
+    """finish_reason=length: one re-ask at 2 × max_tokens, counted; the whole answer is parsed."""
+    client = LimitedClient(GOOD_VERDICT, enough=200)
+    seen: list[str] = []
+    answer = await ask(client, "review", REVIEW_DATA, round=1, max_tokens=100,
+                       on_truncated=seen.append)
+    assert answer.winner == "B" and client.limits == [100, 200] and seen == ["review"]
+
+
+async def test_cut_off_twice_raises_truncated_output_without_parsing() -> None:
+    """Cut off again at the higher limit: TruncatedOutput, even though the prefix would parse."""
+    client = LimitedClient("Winner: B\nExplanation: a long story", enough=10**9)
+    with pytest.raises(TruncatedOutput) as caught:
+        await ask(client, "review", REVIEW_DATA, round=1, max_tokens=100, parse_retries=2)
+    assert client.limits == [100, 200]
+    assert isinstance(caught.value, UnparseableOutput) and caught.value.task == "review"
+
+
+async def test_cut_off_without_a_limit_is_reasked_with_a_generous_one() -> None:
+    """No max_tokens given (the role's default applied): the re-ask names 8192."""
+    client = LimitedClient(GOOD_VERDICT, enough=8192)
+    await ask(client, "review", REVIEW_DATA, round=1)
+    assert client.limits == [None, 8192]

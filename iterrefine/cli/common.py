@@ -65,6 +65,10 @@ def add_kafka_args(parser: argparse.ArgumentParser) -> None:
 
 def add_llm_args(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
+    add("--preset", choices=["paper"],
+        help="paper: the published setting of Hu et al. (task filter, cluster quota, "
+        "temperature 0.6, their token limits, 3 rounds, keep_last_revision, complete "
+        "alignment, no position swap); the config file and other flags override it")
     add("--llm-base-url", metavar="URL",
         help="OpenAI-compatible base URL for both roles (e.g. http://vllm:8000/v1)")
     add("--strong-model", metavar="MODEL", help="judge/refiner/aligner model")
@@ -80,8 +84,12 @@ def add_llm_args(parser: argparse.ArgumentParser) -> None:
         help="structured output for both roles: json_schema (OpenAI, vLLM), json_object "
         "(llama.cpp), off, or auto (default: a probe request finds what the server enforces)")
     add("--max-rounds", type=int, help="refinement rounds before giving up (default 3)")
-    add("--exhausted-policy", choices=["keep_original", "drop"],
-        help="items that never converged: keep the original (default) or drop")
+    add("--exhausted-policy", choices=["keep_original", "drop", "keep_last_revision"],
+        help="items that never converged: keep the original (default), drop, or align the "
+        "last revision anyway (marked converged=false)")
+    add("--alignment-mode", choices=["anchored", "complete"],
+        help="output alignment: anchored (default; no new facts) or complete (fully answer "
+        "the revised instruction, keeping the original's facts)")
     add("--position-swap", action="store_true", default=None,
         help="review in both orders; a revision converges only if it wins both")
     add_cache_args(parser)
@@ -134,11 +142,13 @@ def config_from_args(args: argparse.Namespace) -> Config:
             "max_rounds": getattr(args, "max_rounds", None),
             "exhausted_policy": getattr(args, "exhausted_policy", None),
             "position_swap": getattr(args, "position_swap", None),
+            "alignment_mode": getattr(args, "alignment_mode", None),
         },
         "data_dir": getattr(args, "data_dir", None),
         "metrics_port": getattr(args, "metrics_port", None),
         "metrics_host": getattr(args, "metrics_host", None),
         "cache": {"mode": getattr(args, "cache", None)},
+        "preset": getattr(args, "preset", None),
     }
     llm = _llm_overrides(args)
     if llm:

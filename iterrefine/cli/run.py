@@ -219,6 +219,9 @@ def print_summary(console: Console, summary: dict[str, Any], paths: Any) -> None
     if summary.get("rescore_failures"):
         table.add_row("re-score failed", f"{summary['rescore_failures']} refined items "
                       "curated without a final score")
+    if summary.get("truncated"):
+        table.add_row("cut off at max_tokens", ", ".join(
+            f"{k} {v}" for k, v in sorted(summary["truncated"].items())))
     if summary["dlq_reasons"]:
         table.add_row("dlq reasons", ", ".join(f"{k} {v}" for k, v in
                                                sorted(summary["dlq_reasons"].items())))
@@ -226,8 +229,23 @@ def print_summary(console: Console, summary: dict[str, Any], paths: Any) -> None
         table.add_row(name, text)
     table.add_row("wall time", f"{summary['wall_time_s']} s")
     console.print(table)
+    if "preset" in summary:
+        console.print(preset_table(summary["preset"]))
 
 
 def _input_count(spec: InputSpec) -> int | None:
     """The whole input's record count for a trial's estimate (cheap: no validation)."""
     return open_input(InputSpec(spec.source, format=spec.format, split=spec.split)).count()
+
+
+def preset_table(preset: dict[str, Any]) -> Table:
+    """The preset's settings: its value, the value the run used, and why they differ."""
+    table = Table(title=f"preset {preset['name']}")
+    for column in ("setting", "preset", "used", "source"):
+        table.add_column(column)
+    for row in preset["settings"]:
+        used = "-" if row["effective"] is None else json.dumps(row["effective"])
+        source = {"unavailable": "not in this build", "overridden": "overridden by you"}.get(
+            row["source"], row["source"])
+        table.add_row(row["key"], json.dumps(row["preset"]), used, source)
+    return table

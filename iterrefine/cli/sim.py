@@ -54,6 +54,16 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
         help="probability a revision loses its review, per round",
     )
     add("--tie-share", type=float, default=defaults.tie_share, help="share of won reviews as Tie")
+    add("--non-reasoning-share", type=float, default=defaults.non_reasoning_share,
+        help="share the judge says involve no reasoning (the task filter)")
+    add("--embedding-dim", type=int, default=defaults.embedding_dim,
+        help="dimensions of /v1/embeddings vectors")
+    add("--embedding-clusters", type=int, default=defaults.embedding_clusters,
+        help="planted clusters of /v1/embeddings vectors")
+    add("--embedding-noise", type=float, default=defaults.embedding_noise,
+        help="norm of the noise around a planted centre (unit vectors)")
+    add("--embedding-per-token", action="store_true",
+        help="answer one vector per word, as llama.cpp's server does for some models")
     add("--fault-429", type=float, default=0.0, help="rate of 429 answers (with Retry-After)")
     add("--fault-500", type=float, default=0.0, help="rate of 500 answers")
     add("--fault-hang", type=float, default=0.0, help="rate of requests hanging for --hang-s")
@@ -82,6 +92,11 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         reject_share=args.reject_share,
         lose_prob=args.lose_prob,
         tie_share=args.tie_share,
+        non_reasoning_share=args.non_reasoning_share,
+        embedding_dim=args.embedding_dim,
+        embedding_clusters=args.embedding_clusters,
+        embedding_noise=args.embedding_noise,
+        embedding_per_token=args.embedding_per_token,
         fault_429=args.fault_429,
         fault_500=args.fault_500,
         fault_hang=args.fault_hang,

@@ -6,13 +6,19 @@ the type without depending on the tasks (the stages use those, not the context).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["AnswerRecorder", "ChatClient", "ChatReply"]
+__all__ = ["AnswerRecorder", "ChatClient", "ChatReply", "TruncationHook"]
+
+
+#: Called with the task's name for every answer cut off at ``max_tokens`` (a metric).
+TruncationHook = Callable[[str], None]
 
 
 class ChatReply(Protocol):
-    """What :meth:`ChatClient.chat` returns; only the text matters here."""
+    """What :meth:`ChatClient.chat` returns: the text (and, read when present, the
+    ``finish_reason``; see :func:`iterrefine.llm.tasks.ask`)."""
 
     @property
     def text(self) -> str: ...

@@ -534,6 +534,66 @@ class LLMClient(AsyncService):
             completion.inc(result.completion_tokens)
         return result
 
+    async def post_json(self, path: str, body: dict[str, Any]) -> bytes:
+        """The raw 200 body of ``POST {base_url}/{path}`` (``completions``, ``embeddings``).
+
+        The selection roles' calls: the same limits, deadline, error translation, metrics
+        and retry budget as :meth:`chat` (``max_retries + 1`` attempts, then
+        :class:`LLMRetriesExhausted`), not cached. They stay out of the role's circuit:
+        its recovery probe is a chat completion, which an embeddings-only server lacks.
+        """
+        api = self._api
+        if api is None:
+            raise RuntimeError(f"{self._where}: call start() or use 'async with' first")
+        base = api.base_url
+        url = str(base.copy_with(raw_path=base.raw_path + path.lstrip("/").encode()))
+        content = _encode_body({"model": self.config.model, **body})
+        budget = self.config.max_retries + 1
+        attempt = 0
+        while True:
+            try:
+                return await self._raw_attempt(api, url, content)
+            except IterrefineError as exc:
+                attempt += 1
+                if not exc.retriable or attempt >= budget:
+                    log.warning("llm_failed", role=self.role, model=self.config.model,
+                                attempts=attempt, retriable=exc.retriable, error=str(exc))
+                    if exc.retriable:
+                        raise LLMRetriesExhausted(
+                            f"{exc} (after {attempt} attempts; raise max_retries for this "
+                            "role if the endpoint needs more patience)") from exc
+                    raise
+                delay = self._backoff.delay_s(attempt - 1, getattr(exc, "retry_after_s", None))
+                self._retries += 1
+                log.warning("llm_retry", role=self.role, model=self.config.model, retry=attempt,
+                            delay_s=round(delay, 3), error=str(exc))
+                await asyncio.sleep(delay)
+
+    async def _raw_attempt(self, api: openai.AsyncOpenAI, url: str, content: bytes) -> bytes:
+        async with self._semaphore:
+            if self._request_bucket is not None:
+                await self._request_bucket.acquire()
+            self._requests += 1
+            started = time.monotonic()
+            outcome: bytes | IterrefineError
+            try:
+                async with asyncio.timeout(self.config.timeout_s):
+                    response = await api.post(
+                        url, cast_to=httpx2.Response, content=content, options=_REQUEST_OPTIONS
+                    )
+            except TimeoutError:
+                status, outcome = self._failures.timeout()
+            except openai.APIError as exc:
+                status, outcome = self._failures.translate(exc, structured=False)
+            else:
+                status, outcome = "ok", response.content
+            seconds = time.monotonic() - started
+        self._observe(status, seconds)
+        if isinstance(outcome, IterrefineError):
+            self._errors += 1
+            raise outcome
+        return outcome
+
     def _observe(self, status: str, seconds: float) -> None:
         self._latencies.add(seconds)
         if self._seconds is None or self._metrics is None:

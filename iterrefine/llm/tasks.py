@@ -6,19 +6,24 @@ mechanics. An answer that cannot be parsed is asked again, with a note in the sy
 message, up to ``parse_retries`` more times; then the last :class:`UnparseableOutput`
 is raised for the runtime's dead-letter policy. Transport failures are not handled
 here: the client retries those.
+
+An answer cut off at ``max_tokens`` (``finish_reason == "length"``) is never parsed:
+a parser could read a half-written text as complete. It is asked again once with
+twice the limit; cut off again, it raises :class:`TruncatedOutput` (an
+:class:`UnparseableOutput`), so each stage's policy for unreadable answers applies.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal, Protocol, overload, runtime_checkable
 
 import msgspec
 import structlog
 
-from iterrefine.errors import UnparseableOutput
-from iterrefine.llm.chat import AnswerRecorder, ChatClient, ChatReply
+from iterrefine.errors import TruncatedOutput, UnparseableOutput
+from iterrefine.llm.chat import AnswerRecorder, ChatClient, ChatReply, TruncationHook
 from iterrefine.parsing import (
     AlignedAnswer,
     AnswerContext,
@@ -36,6 +41,7 @@ __all__ = [
     "ChatClient",
     "ChatReply",
     "ReviewSample",
+    "TruncationHook",
     "ask",
     "ask_aligned",
     "ask_answer",
@@ -46,6 +52,16 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
+
+
+#: The limit of a re-ask after a cut-off answer when the first request named none.
+_REASK_TOKENS_WITHOUT_LIMIT: Final = 8192
+
+
+def _finish_reason(reply: ChatReply) -> str | None:
+    # Replies of simple test doubles may not carry the attribute; LLMClient's always do.
+    reason = getattr(reply, "finish_reason", None)
+    return reason if isinstance(reason, str) else None
 
 
 @runtime_checkable
@@ -75,6 +91,7 @@ async def ask(
     round: None = None,
     parse_retries: int = 2,
     max_tokens: int | None = None,
+    on_truncated: TruncationHook | None = None,
 ) -> ScoreAnswer: ...
 @overload
 async def ask(
@@ -85,6 +102,7 @@ async def ask(
     round: None = None,
     parse_retries: int = 2,
     max_tokens: int | None = None,
+    on_truncated: TruncationHook | None = None,
 ) -> str: ...
 @overload
 async def ask(
@@ -95,6 +113,7 @@ async def ask(
     round: None = None,
     parse_retries: int = 2,
     max_tokens: int | None = None,
+    on_truncated: TruncationHook | None = None,
 ) -> EvaluationAnswer: ...
 @overload
 async def ask(
@@ -105,6 +124,7 @@ async def ask(
     round: int,
     parse_retries: int = 2,
     max_tokens: int | None = None,
+    on_truncated: TruncationHook | None = None,
 ) -> RevisionAnswer: ...
 @overload
 async def ask(
@@ -115,6 +135,7 @@ async def ask(
     round: int,
     parse_retries: int = 2,
     max_tokens: int | None = None,
+    on_truncated: TruncationHook | None = None,
 ) -> VerdictAnswer: ...
 @overload
 async def ask(
@@ -125,6 +146,8 @@ async def ask(
     round: None = None,
     parse_retries: int = 2,
     max_tokens: int | None = None,
+    on_truncated: TruncationHook | None = None,
+    variant: str | None = None,
 ) -> AlignedAnswer: ...
 @overload
 async def ask(
@@ -135,6 +158,8 @@ async def ask(
     round: int | None = None,
     parse_retries: int = 2,
     max_tokens: int | None = None,
+    on_truncated: TruncationHook | None = None,
+    variant: str | None = None,
 ) -> object: ...
 async def ask(
     client: ChatClient,
@@ -144,12 +169,16 @@ async def ask(
     round: int | None = None,
     parse_retries: int = 2,
     max_tokens: int | None = None,
+    on_truncated: TruncationHook | None = None,
+    variant: str | None = None,
 ) -> object:
     """Ask ``client`` to do ``task`` on ``data`` and return the parsed answer.
 
-    Makes ``1 + parse_retries`` calls at most. Raises the last
-    :class:`UnparseableOutput` when none of the answers can be read; errors from the
-    client (transient or not) propagate unchanged.
+    Makes ``1 + parse_retries`` calls at most, plus one re-ask with twice ``max_tokens``
+    after the first answer cut off at the limit. Raises the last
+    :class:`UnparseableOutput` when none of the answers can be read, and
+    :class:`TruncatedOutput` when the re-ask is cut off too; errors from the client
+    (transient or not) propagate unchanged.
     """
     spec = TASKS.get(task)
     if spec is None:
@@ -158,22 +187,40 @@ async def ask(
         raise ValueError(f"parse_retries must be >= 0, got {parse_retries}")
     parser, schema = spec.parse, spec.schema
     attempts = 1 + parse_retries
+    limit = max_tokens
+    raised_limit = False
     last_error: UnparseableOutput | None = None
     truncated = 0
-    for attempt in range(1, attempts + 1):
+    attempt = 0
+    while attempt < attempts:
         # A fresh nonce per request: an answer repeating it is an echo of this prompt.
         nonce = secrets.token_hex(4)
-        messages = build_messages(
-            task, data, round=round, nonce=nonce, reask=last_error is not None
-        )
+        messages = build_messages(task, data, round=round, nonce=nonce,
+                                  reask=last_error is not None, variant=variant)
         reply = await client.chat(
             messages,
             json_schema=schema,
             schema_name=f"iterrefine_{task}",
-            max_tokens=max_tokens,
+            max_tokens=limit,
         )
-        if getattr(reply, "finish_reason", None) == "length":
+        if _finish_reason(reply) == "length":
             truncated += 1
+            _remember(client, reply, readable=False)  # a half-written answer is never kept
+            if on_truncated is not None:
+                on_truncated(task)
+            log.warning("llm_answer_truncated", task=task, max_tokens=limit,
+                        reask=not raised_limit)
+            if raised_limit:
+                _record(client, task, "unreadable", truncated)
+                raise TruncatedOutput(
+                    f"the {task} answer was cut off at max_tokens={limit} twice",
+                    task=task, raw=reply.text,
+                )
+            # Not a parse attempt: the same request with room to finish.
+            raised_limit = True
+            limit = 2 * limit if limit is not None else _REASK_TOKENS_WITHOUT_LIMIT
+            continue
+        attempt += 1
         try:
             answer = parser(reply.text, AnswerContext.for_request(messages, data, nonce))
         except UnparseableOutput as exc:
@@ -218,19 +265,34 @@ class ReviewSample(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def ask_score(
-    client: ChatClient, *, instruction: str, input: str, output: str, parse_retries: int = 2
+    client: ChatClient,
+    *,
+    instruction: str,
+    input: str,
+    output: str,
+    parse_retries: int = 2,
+    max_tokens: int | None = None,
+    on_truncated: TruncationHook | None = None,
 ) -> ScoreAnswer:
     """IQD: the judge's usability, dimension scores and high/low verdict for an item."""
     data = {"instruction": instruction, "input": input, "output": output}
-    return await ask(client, "score", data, parse_retries=parse_retries)
+    return await ask(client, "score", data, parse_retries=parse_retries,
+                     max_tokens=max_tokens, on_truncated=on_truncated)
 
 
 async def ask_answer(
-    client: ChatClient, *, instruction: str, input: str, parse_retries: int = 2
+    client: ChatClient,
+    *,
+    instruction: str,
+    input: str,
+    parse_retries: int = 2,
+    max_tokens: int | None = None,
+    on_truncated: TruncationHook | None = None,
 ) -> str:
     """The backbone's answer to an instruction (and input)."""
     data = {"instruction": instruction, "input": input}
-    return await ask(client, "answer", data, parse_retries=parse_retries)
+    return await ask(client, "answer", data, parse_retries=parse_retries,
+                     max_tokens=max_tokens, on_truncated=on_truncated)
 
 
 async def ask_evaluation(
@@ -241,6 +303,8 @@ async def ask_evaluation(
     reference_output: str,
     candidate_answer: str,
     parse_retries: int = 2,
+    max_tokens: int | None = None,
+    on_truncated: TruncationHook | None = None,
 ) -> EvaluationAnswer:
     """FIR evaluate: grade the backbone's answer against the reference output."""
     data = {
@@ -249,7 +313,8 @@ async def ask_evaluation(
         "reference_output": reference_output,
         "candidate_answer": candidate_answer,
     }
-    return await ask(client, "evaluate", data, parse_retries=parse_retries)
+    return await ask(client, "evaluate", data, parse_retries=parse_retries,
+                     max_tokens=max_tokens, on_truncated=on_truncated)
 
 
 async def ask_revision(
@@ -259,24 +324,29 @@ async def ask_revision(
     instruction: str,
     input: str,
     reference_output: str,
+    backbone_answer: str,
     evaluation: str,
-    reviewer_feedback: str | None = None,
+    feedback_set: Sequence[str] = (),
     parse_retries: int = 2,
+    max_tokens: int | None = None,
+    on_truncated: TruncationHook | None = None,
 ) -> RevisionAnswer:
-    """FIR refine: rewrite instruction/input from the evaluation (and, from round 2, the
-    reviewer's explanation of why the previous revision lost).
+    """FIR refine: rewrite instruction/input from the backbone's answer and its evaluation
+    (and, from round 2, every earlier reviewer's explanation of a loss, oldest first).
 
     ``evaluation`` is the evaluation as text: :func:`iterrefine.prompts.evaluation_text`.
     """
-    data = {
+    data: dict[str, Any] = {
         "instruction": instruction,
         "input": input,
         "reference_output": reference_output,
+        "backbone_answer": backbone_answer,
         "evaluation": evaluation,
     }
-    if reviewer_feedback is not None:
-        data["reviewer_feedback"] = reviewer_feedback
-    return await ask(client, "refine", data, round=round, parse_retries=parse_retries)
+    if feedback_set:
+        data["feedback_set"] = list(feedback_set)
+    return await ask(client, "refine", data, round=round, parse_retries=parse_retries,
+                     max_tokens=max_tokens, on_truncated=on_truncated)
 
 
 async def ask_verdict(
@@ -286,13 +356,16 @@ async def ask_verdict(
     a: ReviewSample,
     b: ReviewSample,
     parse_retries: int = 2,
+    max_tokens: int | None = None,
+    on_truncated: TruncationHook | None = None,
 ) -> VerdictAnswer:
     """FIR review: the pairwise judge's winner between sample A and sample B.
 
     The winner names a position; with position swapping the caller maps it back.
     """
     data = {"A": msgspec.to_builtins(a), "B": msgspec.to_builtins(b)}
-    return await ask(client, "review", data, round=round, parse_retries=parse_retries)
+    return await ask(client, "review", data, round=round, parse_retries=parse_retries,
+                     max_tokens=max_tokens, on_truncated=on_truncated)
 
 
 async def ask_aligned(
@@ -303,9 +376,16 @@ async def ask_aligned(
     original_output: str,
     revised_instruction: str,
     revised_input: str,
+    mode: Literal["anchored", "complete"] = "anchored",
     parse_retries: int = 2,
+    max_tokens: int | None = None,
+    on_truncated: TruncationHook | None = None,
 ) -> AlignedAnswer:
-    """OA: the reference output rewritten to answer the revised instruction/input."""
+    """OA: the reference output rewritten to answer the revised instruction/input.
+
+    ``anchored`` adds no new facts; ``complete`` answers the revised instruction in
+    full, adding what it calls for and keeping the original's facts where they apply.
+    """
     data = {
         "original_instruction": original_instruction,
         "original_input": original_input,
@@ -313,4 +393,6 @@ async def ask_aligned(
         "revised_instruction": revised_instruction,
         "revised_input": revised_input,
     }
-    return await ask(client, "align", data, parse_retries=parse_retries)
+    return await ask(client, "align", data, parse_retries=parse_retries,
+                     max_tokens=max_tokens, on_truncated=on_truncated,
+                     variant=None if mode == "anchored" else mode)

@@ -37,6 +37,9 @@ class ScoreAnswer(msgspec.Struct, frozen=True, kw_only=True):
     reasoning: int | None
     verdict: Verdict
     justification: str
+    #: The paper's task filter: the item involves reasoning steps or logical inference
+    #: (``None`` when the answer leaves it out).
+    involves_reasoning: bool | None = None
 
     @property
     def scores(self) -> Scores | None:
@@ -119,6 +122,7 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
             "reasoning": _SCORE_1_10,
             "verdict": {"type": "string", "enum": ["high", "low"]},
             "justification": _commentary(400),
+            "involves_reasoning": {"type": "boolean"},
         }
     ),
     "evaluate": _object(

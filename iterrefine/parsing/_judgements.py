@@ -73,6 +73,7 @@ _SCORE_LABELS: Final = (
         value_needs_no_separator=True,
     ),
     Label("reasoning", (r"reasoning(?:\s+quality)?",), value_needs_no_separator=True),
+    Label("involves_reasoning", (r"involves\s+reasoning\??", r"reasoning\s+task\??")),
     Label("verdict", (r"(?:overall\s+)?verdict", r"overall\s+quality", r"quality")),
     Label("justification", (r"justification", r"rationale")),
     _stop(r"winner", r"explanation", r"evaluation", r"suggestions", r"instruction", r"input",
@@ -132,14 +133,18 @@ def _score_answer(task: str, raw: str, fields: dict[str, Any]) -> ScoreAnswer:
         reasoning=scores["reasoning"],
         verdict=verdict or "low",
         justification=one_line(json_text(fields.get("justification")) or ""),
+        involves_reasoning=_usable(fields.get("involves_reasoning")),
     )
 
 
 def _score_fields(sections: Sections) -> dict[str, Any]:
     fields: dict[str, Any] = {}
-    for key in ("usable", "verdict", *_DIMENSIONS):
+    for key in ("usable", "involves_reasoning", "verdict", *_DIMENSIONS):
         # The first occurrence whose value reads: prose may mention a field name earlier.
-        check = _usable if key == "usable" else _verdict if key == "verdict" else scale_value
+        check = (
+            _usable if key in ("usable", "involves_reasoning")
+            else _verdict if key == "verdict" else scale_value
+        )
         for section in sections.all(key):
             if check(section.head) is not None:
                 fields[key] = section.head

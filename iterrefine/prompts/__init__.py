@@ -33,6 +33,7 @@ __all__ = [
     "PROMPT_EDITION",
     "PROMPT_VERSION",
     "TASKS",
+    "VARIANTS",
     "Task",
     "build_messages",
     "data_block",
@@ -45,6 +46,11 @@ __all__ = [
 Task = Literal["score", "answer", "evaluate", "refine", "review", "align"]
 #: The built-in tasks (each one entry of :data:`iterrefine.task_registry.TASKS`).
 TASKS: Final[tuple[str, ...]] = BUILTIN_TASKS
+#: Alternative instructions for a task (``<task>.<variant>.md``): same data keys, same
+#: answer format, same tag line, so parsers and the simulator need not tell them apart.
+VARIANTS: Final[dict[str, tuple[str, ...]]] = {
+    name: tuple(spec.variants) for name, spec in TASK_SPECS.items() if spec.variants
+}
 #: Tasks whose user message is the item's request itself, unfenced.
 PLAIN_TASKS: Final = frozenset({"answer"})
 
@@ -63,8 +69,8 @@ _LAYOUT_REVISION: Final = 2  # 2: plain tasks (answer) send the request unfenced
 #: The prompt generation a person names (bump it for a deliberate new generation).
 PROMPT_EDITION: Final = "2026.11.28-1"
 #: Recorded on every item (``Provenance.prompt_version``): the edition plus a digest of
-#: the built-in templates, data keys and layout, so an edit can never go unversioned
-#: and replays can tell the prompt generations apart.
+#: the built-in templates (variants included), data keys and layout, so an edit can
+#: never go unversioned and replays can tell the prompt generations apart.
 PROMPT_VERSION: Final = (
     f"{PROMPT_EDITION}+"
     f"{prompt_digest(extra=f'{_LAYOUT_REVISION}{_REASK_NOTE}{sorted(PLAIN_TASKS)}')[:10]}"
@@ -125,6 +131,7 @@ def build_messages(
     round: int | None = None,
     nonce: str | None = None,
     reask: bool = False,
+    variant: str | None = None,
 ) -> list[dict[str, str]]:
     """Render the ``[system, user]`` messages of one request for ``task``.
 
@@ -132,17 +139,20 @@ def build_messages(
     refine and review and rejected otherwise. ``nonce`` (8 lowercase hex characters) is
     for tests; by default every call draws a fresh one. ``reask`` appends a fixed note to
     the system message when a previous answer could not be parsed: an identical request
-    at temperature 0 would likely get the identical unreadable answer.
+    at temperature 0 would likely get the identical unreadable answer. ``variant`` picks
+    one of the task's alternative instructions (:data:`VARIANTS`).
     """
     spec = TASK_SPECS.get(task)
     if spec is None:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASK_SPECS)}")
+    if variant is not None and variant not in spec.variants:
+        raise ValueError(f"task {task!r} has no variant {variant!r}")
     _check_data(task, data, round)
     if nonce is None:
         nonce = secrets.token_hex(4)
     elif not _NONCE.fullmatch(nonce):
         raise ValueError(f"nonce must be 8 lowercase hex characters, got {nonce!r}")
-    system_part, user_part = spec.parts
+    system_part, user_part = spec.parts if variant is None else spec.variant_parts(variant)
     system = f"{system_tag(task)}\n{system_part}"
     if reask:
         system = f"{system}\n\n{_REASK_NOTE}"

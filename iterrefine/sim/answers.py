@@ -136,6 +136,8 @@ def _score(prompt: SimPrompt, config: SimConfig) -> dict[str, Any]:
         "usable": usable,
         "reason": reason,
         **scores,
+        # The task filter: a stable share of items is plain recall or rewriting.
+        "involves_reasoning": unit("reasoning", instruction) >= config.non_reasoning_share,
         "verdict": verdict,
         "justification": justification,
     }
@@ -152,6 +154,7 @@ _LOW_JUSTIFICATIONS = (
 def _score_text(a: dict[str, Any]) -> str:
     lines = [f"Usable: {'yes' if a['usable'] else 'no'}", f"Reason: {a['reason']}"]
     lines += [f"{dim.capitalize()}: {a[dim]}" for dim in _DIMENSIONS]
+    lines.append(f"Involves reasoning: {'yes' if a['involves_reasoning'] else 'no'}")
     lines += [f"Verdict: {a['verdict']}", f"Justification: {a['justification']}"]
     return "\n".join(lines)
 

@@ -29,6 +29,17 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
     low_share: float = 0.5
     #: Share of items the judge calls unusable (``Usable: no``).
     reject_share: float = 0.02
+    #: Share of items the judge says involve no reasoning (the paper's task filter
+    #: removed 20% of Dolly).
+    non_reasoning_share: float = 0.2
+    #: Planted structure of ``/v1/embeddings``: vectors of this many dimensions around
+    #: ``embedding_clusters`` seeded centres (an item's cluster is a hash of its text).
+    embedding_dim: int = 64
+    embedding_clusters: int = 16
+    #: Spread of a vector around its centre (the centres are unit vectors).
+    embedding_noise: float = 0.15
+    #: Answer one vector per token (llama.cpp does for some models) instead of one pooled.
+    embedding_per_token: bool = False
     #: Probability that a revision loses its review in a given round.
     lose_prob: float = 0.5
     #: Share of the non-losing reviews answered ``Tie`` instead of the revised side.
@@ -63,6 +74,7 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
             "reject_share": self.reject_share,
             "lose_prob": self.lose_prob,
             "tie_share": self.tie_share,
+            "non_reasoning_share": self.non_reasoning_share,
             "fault_429": self.fault_429,
             "fault_500": self.fault_500,
             "fault_hang": self.fault_hang,
@@ -91,6 +103,9 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
             )
         if self.request_log_size < 1 or self.series_size < 1:
             raise ConfigError("sim: request_log_size and series_size must be at least 1")
+        if self.embedding_dim < 1 or self.embedding_clusters < 1 or self.embedding_noise < 0:
+            raise ConfigError("sim: embedding_dim and embedding_clusters must be at least 1, "
+                              "embedding_noise not negative")
         if self.sample_interval_ms <= 0:
             raise ConfigError("sim: sample_interval_ms must be positive")
 

@@ -7,6 +7,8 @@ carries an ``x-iterrefine-simulator`` header.
 Endpoints::
 
     POST /v1/chat/completions   answers per docs/llm-contract.md (non-streaming)
+    POST /v1/embeddings         planted-cluster vectors (iterrefine.sim.vectors)
+    POST /v1/completions        echoed prompt logprobs for difficulty (iterrefine.sim.vectors)
     GET  /v1/models[/{id}]      the simulated models
     GET  /stats                 counters, busy time, concurrency series (?series=0 omits it)
     POST /stats/reset           zero the counters, the series and the request log
@@ -40,6 +42,7 @@ from iterrefine.sim.answers import render, render_malformed, request_schema
 from iterrefine.sim.config import SimConfig
 from iterrefine.sim.prompt import PromptError, SimPrompt, parse_prompt
 from iterrefine.sim.stats import RequestLog, SimStats
+from iterrefine.sim.vectors import completion_text, echo_logprobs, embedding_answer
 
 OWNER = "iterrefine-simulator"
 _SIM_HEADER = {"x-iterrefine-simulator": "1"}
@@ -57,7 +60,21 @@ class _ChatRequest(msgspec.Struct):
     stream: bool = False
 
 
+class _EmbeddingsRequest(msgspec.Struct):
+    input: str | list[str]
+    model: str = "sim"
+
+
+class _CompletionsRequest(msgspec.Struct):
+    prompt: str
+    model: str = "sim"
+    echo: bool = False
+    logprobs: int | None = None
+
+
 _request_decoder = msgspec.json.Decoder(_ChatRequest)
+_embeddings_decoder = msgspec.json.Decoder(_EmbeddingsRequest)
+_completions_decoder = msgspec.json.Decoder(_CompletionsRequest)
 _encoder = msgspec.json.Encoder()
 
 
@@ -186,6 +203,8 @@ class SimServer(AsyncService):
     def _app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._auth])
         app.router.add_post("/v1/chat/completions", self._chat_completions)
+        app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_post("/v1/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/v1/models/{model}", self._model)
         app.router.add_get("/stats", self._stats)
@@ -383,6 +402,60 @@ class SimServer(AsyncService):
                 },
             }
         )
+
+    # -- selection endpoints ---------------------------------------------------------
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        try:
+            body = _embeddings_decoder.decode(await request.read())
+        except msgspec.MsgspecError as exc:
+            self.stats.finished(400)
+            return _error(400, f"invalid request body: {exc}", "invalid_request_error")
+        inputs = [body.input] if isinstance(body.input, str) else body.input
+        self.stats.request("embeddings")
+        data = [
+            {"object": "embedding", "index": i, "embedding": embedding_answer(text, self.config)}
+            for i, text in enumerate(inputs)
+        ]
+        tokens = sum(1 + len(text) // 4 for text in inputs)
+        self.stats.prompt_tokens += tokens
+        self.stats.finished(200)
+        return _json({"object": "list", "data": data, "model": sim_model_name(body.model),
+                      "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    async def _completions(self, request: web.Request) -> web.Response:
+        try:
+            body = _completions_decoder.decode(await request.read())
+        except msgspec.MsgspecError as exc:
+            self.stats.finished(400)
+            return _error(400, f"invalid request body: {exc}", "invalid_request_error")
+        self.stats.request("completions")
+        delay_s = self._service_time_s()
+        if delay_s > 0.0:
+            await asyncio.sleep(delay_s)
+        logprobs = echo_logprobs(body.prompt)
+        prompt_tokens = logprobs.pop("prompt_tokens")
+        if not body.echo:  # only the generated token
+            logprobs = {key: value[-1:] if isinstance(value, list) else value
+                        for key, value in logprobs.items()}
+        self.stats.prompt_tokens += prompt_tokens
+        self.stats.completion_tokens += 1
+        self.stats.finished(200)
+        self._next_id += 1
+        return _json({
+            "id": f"cmpl-sim-{self._next_id:08x}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": sim_model_name(body.model),
+            "choices": [{
+                "index": 0,
+                "text": completion_text(body.prompt, body.echo),
+                "logprobs": logprobs if body.logprobs is not None else None,
+                "finish_reason": "length",
+            }],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 1,
+                      "total_tokens": prompt_tokens + 1},
+        })
 
     async def _hang(self) -> bool:
         """Sleep ``hang_s`` (past the client's timeout); True if the server closed meanwhile."""

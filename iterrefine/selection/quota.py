@@ -1,0 +1,80 @@
+"""The per-cluster quota, in a stream: keep the top ``k_ratio`` of every cluster high.
+
+The paper ranks each finished cluster by (judge level, difficulty), high level first
+and each level by difficulty descending, and keeps ``round(k_ratio · n)`` items. A
+stream never finishes, so each cluster keeps a window of its recent rank keys and
+ranks every new item against it: the share of the window ranked above the item is
+its *rank*, and the item is high when the rank is below ``k_ratio``. A running-count
+correction holds the realised high share at ``k_ratio``: when the cluster has given
+out fewer highs than ``k_ratio · n`` the bar is lowered by the deficit (relative to the
+window), and raised by a surplus, so the share cannot drift even when the key
+distribution does.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from dataclasses import dataclass, field
+
+#: (judge level: 2 = high verdict, 1 = low; difficulty): larger ranks higher.
+RankKey = tuple[int, float]
+
+
+@dataclass
+class _Cluster:
+    window: deque[RankKey] = field(default_factory=deque)
+    ordered: list[RankKey] = field(default_factory=list)
+    seen: int = 0
+    high: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaDecision:
+    high: bool
+    #: Share of the cluster's window ranked strictly above this item (before it joined).
+    rank: float
+    #: The bar the rank was compared with (``k_ratio`` corrected by the running count).
+    bar: float
+
+
+class ClusterQuota:
+    """Running per-cluster ranks; one instance per routing process."""
+
+    def __init__(self, k_ratio: float, window: int = 2000, correction_items: int = 20) -> None:
+        self.k_ratio = k_ratio
+        self.window = window
+        #: A deficit of this many highs moves the bar by the whole rank range: the
+        #: smaller, the tighter the share is held (and the more the rank is overruled).
+        self.correction_items = correction_items
+        self._clusters: dict[int | None, _Cluster] = {}
+
+    def decide(self, cluster: int | None, key: RankKey) -> QuotaDecision:
+        state = self._clusters.get(cluster)
+        if state is None:
+            state = self._clusters[cluster] = _Cluster()
+        ordered = state.ordered
+        above = len(ordered) - bisect.bisect_right(ordered, key)
+        ties = bisect.bisect_right(ordered, key) - bisect.bisect_left(ordered, key)
+        rank = (above + ties / 2) / len(ordered) if ordered else 0.0
+        # Deficit of highs against the quota so far, counting this item: lower the bar
+        # by it (as a share of the window), raise it by a surplus.
+        deficit = self.k_ratio * (state.seen + 1) - state.high
+        bar = self.k_ratio + (deficit - self.k_ratio) / max(
+            1, min(len(ordered), self.correction_items))
+        high = rank < bar
+        state.seen += 1
+        state.high += high
+        self._remember(state, key)
+        return QuotaDecision(high=high, rank=rank, bar=bar)
+
+    def _remember(self, state: _Cluster, key: RankKey) -> None:
+        state.window.append(key)
+        bisect.insort(state.ordered, key)
+        if len(state.window) > self.window:
+            old = state.window.popleft()
+            del state.ordered[bisect.bisect_left(state.ordered, old)]
+
+    def sizes(self) -> dict[int | None, tuple[int, int]]:
+        """(items seen, of which high) per cluster."""
+        return {c: (s.seen, s.high) for c, s in self._clusters.items()}
