@@ -34,8 +34,7 @@ async def rescore(ctx: PipelineContext, item: Item) -> Item:
     try:
         answer = await ask_score(ctx.strong, instruction=item.instruction, input=item.input,
                                  output=item.output, parse_retries=ctx.config.parse_retries,
-                                 max_tokens=ctx.max_tokens("score"),
-                                 on_truncated=ctx.count_truncated("strong"))
+                                 max_tokens=ctx.max_tokens("score"))
     except UnparseableOutput as exc:
         ctx.metrics.rescore_failures_total.inc()
         log.warning("rescore_failed", item_id=item.id, error=str(exc))
@@ -64,7 +63,6 @@ def handler(ctx: PipelineContext) -> Handler:
                 mode=mode,
                 parse_retries=ctx.config.parse_retries,
                 max_tokens=ctx.max_tokens("align"),
-                on_truncated=ctx.count_truncated("strong"),
             )
             item = item.with_changes(output=aligned.output, output_aligned=True,
                                      status="refined")

@@ -32,7 +32,6 @@ async def evaluate(ctx: PipelineContext, item: Item) -> Item:
     answer = await ask_answer(
         ctx.backbone, instruction=item.instruction, input=item.input,
         parse_retries=ctx.config.parse_retries, max_tokens=ctx.max_tokens("answer"),
-        on_truncated=ctx.count_truncated("backbone"),
     )
     grade = await ask_evaluation(
         ctx.strong,
@@ -42,7 +41,6 @@ async def evaluate(ctx: PipelineContext, item: Item) -> Item:
         candidate_answer=answer,
         parse_retries=ctx.config.parse_retries,
         max_tokens=ctx.max_tokens("evaluate"),
-        on_truncated=ctx.count_truncated("strong"),
     )
     evaluation = Evaluation(
         backbone_answer=answer, score=grade.score, text=grade.evaluation,
@@ -94,7 +92,6 @@ def handler(ctx: PipelineContext) -> Handler:
                                           max_chars=ctx.config.feedback_max_chars),
                 parse_retries=ctx.config.parse_retries,
                 max_tokens=ctx.max_tokens("refine"),
-                on_truncated=ctx.count_truncated("strong"),
             )
         except UnparseableOutput as exc:
             failed = Round(number=number, instruction=item.instruction, input=item.input,

@@ -30,15 +30,13 @@ async def judge(
     ctx: PipelineContext, number: int, a: ReviewSample, b: ReviewSample
 ) -> tuple[Winner, str]:
     """Winner between original A and revision B (both orders when position swap is on)."""
-    max_tokens, on_truncated = ctx.max_tokens("review"), ctx.count_truncated("strong")
+    max_tokens = ctx.max_tokens("review")
     first = await ask_verdict(ctx.strong, round=number, a=a, b=b,
-                              parse_retries=ctx.config.parse_retries, max_tokens=max_tokens,
-                              on_truncated=on_truncated)
+                              parse_retries=ctx.config.parse_retries, max_tokens=max_tokens)
     if not ctx.config.position_swap or first.winner == "A":
         return first.winner, first.explanation
     swapped = await ask_verdict(ctx.strong, round=number, a=b, b=a,
-                                parse_retries=ctx.config.parse_retries, max_tokens=max_tokens,
-                                on_truncated=on_truncated)
+                                parse_retries=ctx.config.parse_retries, max_tokens=max_tokens)
     # In the swapped order the revision is "A": it must win or tie there too.
     if swapped.winner == "B":
         return "A", swapped.explanation
@@ -56,7 +54,6 @@ def handler(ctx: PipelineContext) -> Handler:
             revised_answer = await ask_answer(
                 ctx.backbone, instruction=current.instruction, input=current.input,
                 parse_retries=ctx.config.parse_retries, max_tokens=ctx.max_tokens("answer"),
-                on_truncated=ctx.count_truncated("backbone"),
             )
             original = ReviewSample(instruction=item.original.instruction,
                                     input=item.original.input,

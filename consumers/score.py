@@ -29,7 +29,6 @@ def handler(ctx: PipelineContext) -> Handler:
             output=item.output,
             parse_retries=ctx.config.parse_retries,
             max_tokens=ctx.max_tokens("score"),
-            on_truncated=ctx.count_truncated("strong"),
         )
         judgement = Judgement(
             usable=answer.usable,

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from iterrefine.config import PipelineConfig, SelectionConfig
-from iterrefine.llm.chat import ChatClient, TruncationHook
+from iterrefine.llm.chat import ChatClient
 from iterrefine.metrics import Metrics
 from iterrefine.model import Item, Provenance
 
@@ -48,10 +48,6 @@ class PipelineContext:
         """The configured ``max_tokens`` of ``task`` (the paper's values by default)."""
         return self.config.max_tokens.of(task)
 
-    def count_truncated(self, role: str) -> TruncationHook:
-        """A hook counting ``role``'s cut-off answers per task in ``/metrics``."""
-        counter = self.metrics.llm_truncated_total
-        return lambda task: counter.labels(role=role, task=task).inc()
 
     def stamp(self, item: Item) -> Item:
         """Record which prompts and models touched the item (merged over its history)."""

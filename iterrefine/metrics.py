@@ -102,11 +102,6 @@ class Metrics:
             "LLM answers by task and how they read: first_try, after_reask or unreadable.",
             ["task", "outcome"], registry=r,
         )
-        self.llm_answers_truncated_total = Counter(
-            f"{PREFIX}_llm_answers_truncated_total",
-            "LLM replies cut at max_tokens (finish_reason=length), by task.",
-            ["task"], registry=r,
-        )
         self.rescore_failures_total = Counter(
             f"{PREFIX}_rescore_failures_total",
             "Refined items whose re-score could not be read: curated without a final score.",

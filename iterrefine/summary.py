@@ -46,7 +46,7 @@ def _rounded(value: float | None) -> float | None:
 def answers_by_task(metrics: Metrics) -> dict[str, dict[str, int]]:
     """How each task's answers read (first try / after re-ask / unreadable) and truncations."""
     out: dict[str, dict[str, int]] = {}
-    for family in (metrics.llm_answers_total, metrics.llm_answers_truncated_total):
+    for family in (metrics.llm_answers_total, metrics.llm_truncated_total):
         for metric in family.collect():
             for sample in metric.samples:
                 if not sample.name.endswith("_total"):

@@ -46,7 +46,6 @@ _FAMILIES = {
     "iterrefine_selection_difficulty": "histogram",
     "iterrefine_selection_model_version": "gauge",
     "iterrefine_llm_answers_total": "counter",
-    "iterrefine_llm_answers_truncated_total": "counter",
     "iterrefine_rescore_failures_total": "counter",
     "iterrefine_llm_cache_total": "counter",
     "iterrefine_llm_cache_tokens_saved_total": "counter",

@@ -35,6 +35,7 @@ def refine_data(
     instruction: str = "Summarise the text.", input: str = "Cats sleep a lot."
 ) -> dict[str, Any]:
     return {"instruction": instruction, "input": input, "reference_output": "They sleep.",
+            "backbone_answer": "Cats nap.",
             "evaluation": "Score: 9\n\nEvaluation: Fine.\n\nSuggestions:\n1. Name the length."}
 
 

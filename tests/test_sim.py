@@ -294,7 +294,7 @@ async def test_hang_outlasts_the_client_timeout_and_stops_cleanly() -> None:
 
 @pytest.mark.parametrize("structured", [False, True])
 async def test_malformed_answer_lacks_the_format(structured: bool) -> None:
-    """A malformed answer has none of the contract's fields and finish_reason length."""
+    """A malformed answer has none of the contract's fields (a finished answer, not a cut one)."""
     async with (
         SimServer(SimConfig(fault_malformed=1.0), port=0) as server,
         openai.AsyncOpenAI(base_url=server.base_url, api_key="s", max_retries=0) as c,

@@ -101,13 +101,14 @@ async def make_ctx() -> AsyncIterator[Callable[..., Any]]:
             http = await stack.enter_async_context(
                 httpx2.AsyncClient(transport=httpx2.MockTransport(script)))
             roles = {}
+            metrics = Metrics()  # the clients count answers and truncations into it
             for role in ("strong", "backbone"):
                 # Free text, as scripted; "auto" would first send an untagged probe.
                 config = LLMRoleConfig(base_url="http://llm.test/v1", model=f"{role}-m",
                                        max_retries=0, structured_output="off")
                 roles[role] = await stack.enter_async_context(
-                    LLMClient(role, config, http_client=http))
-            ctx = PipelineContext(PipelineConfig(**pipeline), roles, Metrics(),
+                    LLMClient(role, config, http_client=http, metrics=metrics))
+            ctx = PipelineContext(PipelineConfig(**pipeline), roles, metrics,
                                   Provenance(prompt_version="test", models={}))
             return ctx, script
 

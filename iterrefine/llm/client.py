@@ -316,7 +316,7 @@ class LLMClient(AsyncService):
             return
         self._metrics.llm_answers_total.labels(task=task, outcome=outcome).inc()
         if truncated:
-            self._metrics.llm_answers_truncated_total.labels(task=task).inc(truncated)
+            self._metrics.llm_truncated_total.labels(role=self.role, task=task).inc(truncated)
 
     async def chat(
         self,

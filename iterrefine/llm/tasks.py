@@ -235,7 +235,8 @@ async def ask(
             )
         else:
             _remember(client, reply, readable=True)
-            _record(client, task, "first_try" if attempt == 1 else "after_reask", truncated)
+            first_try = attempt == 1 and not truncated
+            _record(client, task, "first_try" if first_try else "after_reask", truncated)
             return answer
     _record(client, task, "unreadable", truncated)
     assert last_error is not None  # the loop ran at least once and never returned

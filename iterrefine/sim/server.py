@@ -367,7 +367,9 @@ class SimServer(AsyncService):
             if fault == "500":
                 return _error(500, "sim: simulated internal error", "server_error")
             if fault == "malformed":
-                content, finish = render_malformed(prompt.task, structured=structured), "length"
+                # A finished answer the parser cannot read: "length" would be a truncation,
+                # which the ask layer re-asks with more room and never hands to a parser.
+                content, finish = render_malformed(prompt.task, structured=structured), "stop"
             else:
                 content, finish = render(prompt, self.config, structured=structured,
                                          schema=request_schema(body.response_format)), "stop"
