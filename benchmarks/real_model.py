@@ -40,9 +40,11 @@ import msgspec
 from harness import EXAMPLES, loadavg, machine, now_iso, quiet_logging
 
 from iterrefine.app import RunOptions, run_pipeline
-from iterrefine.config import Config, Dialect, LLMRoleConfig, PipelineConfig
+from iterrefine.config import Config, Dialect, LLMRoleConfig, PipelineConfig, TaskTokenLimits
 from iterrefine.llm.client import LLMClient
 from iterrefine.metrics import Metrics
+
+TASK_NAMES = tuple(TaskTokenLimits.__struct_fields__)
 
 #: Text no curated row should contain: the prompt's markers, tag line and answer labels.
 SCAFFOLDING = re.compile(
@@ -125,8 +127,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         write_jsonl(data, records)
         config = Config(
             llm={"strong": role, "backbone": role},
+            # --max-tokens caps every task: the per-task limits (the paper's 2000-4096)
+            # would let a small model ramble for minutes per call.
             pipeline=PipelineConfig(max_rounds=args.max_rounds, parse_retries=args.parse_retries,
-                                    high_min_mean_score=args.high_min_mean_score),
+                                    high_min_mean_score=args.high_min_mean_score,
+                                    max_tokens=TaskTokenLimits(**dict.fromkeys(
+                                        TASK_NAMES, args.max_tokens))),
             data_dir=str(Path(workdir, "state")),
         )
         metrics = Metrics(longest_timeout_s=args.timeout_s)

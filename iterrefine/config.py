@@ -116,6 +116,8 @@ class LLMRoleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     #: ``json_schema``/``off``.
     structured_output: StructuredOutput = "auto"
     temperature: float = 0.0
+    #: For calls that bring no limit of their own (probes, a user task without one); the
+    #: pipeline's tasks use ``[pipeline.max_tokens]``.
     max_tokens: int = 1024
     #: Prices per million prompt / completion tokens, for the run summary's cost (and a
     #: trial's estimate for the whole input); unset = cost not shown.
