@@ -28,7 +28,7 @@ import yaml
 
 from iterrefine._process import free_port
 from iterrefine.app import RunOptions, run_pipeline, sim_roles
-from iterrefine.config import CacheConfig
+from iterrefine.config import CacheConfig, SelectionConfig
 from iterrefine.http import MetricsServer
 from iterrefine.metrics import Metrics
 from iterrefine.observability_assets import (
@@ -56,7 +56,8 @@ pytestmark = pytest.mark.skipif(
 # Faults make the error, retry and DLQ series exist; a few ms per call keeps the run
 # a few seconds long, so that Prometheus scrapes it several times while it works.
 FAULTY_SIM = SimConfig(latency_ms=20, jitter_ms=10, capacity=64, low_share=0.7, lose_prob=0.5,
-                       fault_429=0.05, fault_malformed=0.03, retry_after_s=0.05, seed=11)
+                       fault_429=0.05, fault_malformed=0.03, fault_truncated=0.02,
+                       retry_after_s=0.05, seed=11)
 MALFORMED_LINES = ["{not json", json.dumps([1, 2]), json.dumps({"prompt": "x"})]
 
 
@@ -154,10 +155,13 @@ async def test_every_dashboard_and_alert_expression_runs_on_a_live_scrape(
     async with _prometheus(prometheus_config, tmp_path) as prom, \
             aiohttp.ClientSession() as http, SimServer(FAULTY_SIM, port=0) as sim:
         base = unique_config(retry_base_s=0.02, retry_max_s=0.2)
-        # The cache on, as `run` has it: the dashboard's cache panels need its series.
+        # The cache on, as `run` has it, and the paper's selection: the dashboard's cache
+        # and selection panels need their series.
         config = sim_roles(msgspec.structs.replace(
             base, kafka=msgspec.structs.replace(base.kafka, bootstrap_servers=broker),
             cache=CacheConfig(mode="on", path=str(tmp_path / "cache.sqlite3")),
+            pipeline=msgspec.structs.replace(base.pipeline, routing_policy="cluster_quota"),
+            selection=SelectionConfig(k=3, warmup=15, batch_size=10),
         ), sim.base_url, FAULTY_SIM)
 
         async def target_discovered() -> bool:

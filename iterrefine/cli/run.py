@@ -70,6 +70,8 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     add("--sim-fault-429", type=float, default=0.0, help="share of 429 answers")
     add("--sim-fault-500", type=float, default=0.0, help="share of 500 answers")
     add("--sim-fault-malformed", type=float, default=0.0, help="share of unreadable answers")
+    add("--sim-fault-truncated", type=float, default=0.0,
+        help="share of answers cut at max_tokens (finish_reason length)")
     add_kafka_args(parser)
     add_llm_args(parser)
     parser.set_defaults(func=cmd_run)
@@ -82,7 +84,8 @@ def _sim_config(args: argparse.Namespace) -> SimConfig | None:
         latency_ms=args.sim_latency_ms, jitter_ms=args.sim_jitter_ms, capacity=args.sim_capacity,
         low_share=args.sim_low_share, lose_prob=args.sim_lose_prob,
         fault_429=args.sim_fault_429, fault_500=args.sim_fault_500,
-        fault_malformed=args.sim_fault_malformed, retry_after_s=0.2,
+        fault_malformed=args.sim_fault_malformed, fault_truncated=args.sim_fault_truncated,
+        retry_after_s=0.2,
     )
 
 

@@ -49,6 +49,9 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
     fault_500: float = 0.0
     fault_hang: float = 0.0
     fault_malformed: float = 0.0
+    #: A reply cut at max_tokens (``finish_reason=length``), as real models give when the
+    #: limit is too low: the ask layer re-asks it with more room.
+    fault_truncated: float = 0.0
     #: How long a hanging request sleeps before it is served (past any client timeout).
     hang_s: float = 120.0
     #: Value of ``Retry-After`` on simulated 429s.
@@ -79,6 +82,7 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
             "fault_500": self.fault_500,
             "fault_hang": self.fault_hang,
             "fault_malformed": self.fault_malformed,
+            "fault_truncated": self.fault_truncated,
         }
         for name, value in shares.items():
             if not 0.0 <= value <= 1.0:
@@ -111,4 +115,5 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def fault_total(self) -> float:
-        return self.fault_429 + self.fault_500 + self.fault_hang + self.fault_malformed
+        return (self.fault_429 + self.fault_500 + self.fault_hang + self.fault_malformed
+                + self.fault_truncated)

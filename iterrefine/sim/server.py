@@ -271,6 +271,7 @@ class SimServer(AsyncService):
             ("500", cfg.fault_500),
             ("hang", cfg.fault_hang),
             ("malformed", cfg.fault_malformed),
+            ("truncated", cfg.fault_truncated),
         ):
             if u < rate:
                 return kind
@@ -370,6 +371,8 @@ class SimServer(AsyncService):
                 # A finished answer the parser cannot read: "length" would be a truncation,
                 # which the ask layer re-asks with more room and never hands to a parser.
                 content, finish = render_malformed(prompt.task, structured=structured), "stop"
+            elif fault == "truncated":
+                content, finish = render_malformed(prompt.task, structured=structured), "length"
             else:
                 content, finish = render(prompt, self.config, structured=structured,
                                          schema=request_schema(body.response_format)), "stop"
