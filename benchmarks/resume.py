@@ -29,6 +29,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from iterrefine._process import descendants, pid_alive
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -50,25 +52,6 @@ def reset_sim(port: int) -> None:
     urllib.request.urlopen(request, timeout=5).close()
 
 
-def children(pid: int) -> list[int]:
-    """Every descendant of ``pid`` (Linux /proc)."""
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            kids = [int(k) for k in (task / "children").read_text().split()]
-        except OSError:
-            continue
-        for kid in kids:
-            found += [kid, *children(kid)]
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def curated_ids(path: Path) -> list[str]:
@@ -116,12 +99,12 @@ def main() -> None:
         target = int(clean_requests * args.kill_at)
         while sim_requests(port) < target and killed.poll() is None:
             time.sleep(0.02)
-        family = children(killed.pid)
+        family = descendants(killed.pid)
         killed.send_signal(getattr(signal, f"SIG{args.signal}"))
         killed.wait()
         killed_requests = sim_requests(port)
         time.sleep(2.0)  # parent-death signals, then drains of what survived
-        orphans = [pid for pid in family if alive(pid)]
+        orphans = [pid for pid in family if pid_alive(pid)]
         after_kill = sim_requests(port)
 
         reset_sim(port)

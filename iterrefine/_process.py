@@ -102,6 +102,19 @@ def pid_alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
+def descendants(pid: int) -> list[int]:
+    """Every living descendant of ``pid`` (Linux ``/proc``), children before grandchildren."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids = [int(k) for k in (task / "children").read_text().split()]
+        except OSError:
+            continue  # the task ended while we looked
+        for kid in kids:
+            found += [kid, *descendants(kid)]
+    return found
+
+
 def pid_runs(pid: int, executable_hint: str) -> bool:
     """Whether ``pid`` is alive *and* still runs a program whose command line mentions the hint.
 

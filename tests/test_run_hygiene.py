@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from iterrefine._process import descendants, pid_alive
+
 SAMPLE = Path(__file__).parent.parent / "examples" / "dolly_sample.jsonl"
 
 
@@ -29,24 +31,6 @@ def free_port() -> int:
         return port
 
 
-def descendants(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            kids = [int(k) for k in (task / "children").read_text().split()]
-        except OSError:
-            continue
-        for kid in kids:
-            found += [kid, *descendants(kid)]
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def small_input(tmp_path: Path, n: int = 30) -> Path:
@@ -102,9 +86,9 @@ def test_sigkill_of_run_takes_broker_and_workers_along(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     deadline = time.monotonic() + 5
-    while any(alive(pid) for pid in family) and time.monotonic() < deadline:
+    while any(pid_alive(pid) for pid in family) and time.monotonic() < deadline:
         time.sleep(0.05)
-    survivors = [pid for pid in family if alive(pid)]
+    survivors = [pid for pid in family if pid_alive(pid)]
     for pid in survivors:
         os.kill(pid, signal.SIGKILL)
     assert survivors == []
