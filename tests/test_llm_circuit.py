@@ -116,14 +116,15 @@ async def test_a_rejected_key_opens_at_once_and_give_up_fails_the_waiters() -> N
             await call
 
 
+@pytest.mark.slow
 async def test_the_simulator_stopping_mid_run_dead_letters_nothing(
     broker: str, tmp_path: Path
 ) -> None:
-    """The LLM server goes away for a while mid-run: items wait, 0 reach the DLQ."""
+    """The LLM server goes away for 30 s mid-run: items wait, 0 reach the DLQ."""
     from .test_pipeline_e2e import sample_records, write_jsonl
 
     fast = SimConfig(latency_ms=20, jitter_ms=5, capacity=64)
-    outage_s = 3.0
+    outage_s = 30.0  # the issue's outage: longer than every retry budget
     sim = SimServer(fast, port=0)
     await sim.start()
     port = sim.port
