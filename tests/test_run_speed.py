@@ -134,9 +134,9 @@ def test_child_configs_take_the_next_static_shares(count: int) -> None:
 
 def test_plain_http_endpoints_get_a_tls_context_that_trusts_nothing() -> None:
     """http:// roles skip loading the CA bundle (0.13 s each); https:// share one default."""
-    from iterrefine.llm.client import _tls_context
+    from iterrefine.llm.wire import tls_context
 
-    plain = _tls_context("http://127.0.0.1:8000/v1")
+    plain = tls_context("http://127.0.0.1:8000/v1")
     assert plain.cert_store_stats()["x509_ca"] == 0
     assert plain.verify_mode.name == "CERT_REQUIRED"  # a redirect to https fails closed
-    assert _tls_context("https://a.example/v1") is _tls_context("https://b.example/v1")
+    assert tls_context("https://a.example/v1") is tls_context("https://b.example/v1")

@@ -24,8 +24,6 @@ headers, auth, error types) but take its cheapest documented paths:
 from __future__ import annotations
 
 import asyncio
-import functools
-import ssl
 import time
 import warnings
 from collections.abc import Callable
@@ -53,6 +51,15 @@ from iterrefine.llm.endpoint_probe import probe_completion, probe_models
 from iterrefine.llm.failures import FailureMap
 from iterrefine.llm.latency import Reservoir
 from iterrefine.llm.ratelimit import TokenBucket
+from iterrefine.llm.wire import (
+    ChatResult,
+    LLMStats,
+    build_http_client,
+    decode_completion,
+    encode_body,
+    estimate_tokens,
+    token_count,
+)
 from iterrefine.metrics import Metrics
 from iterrefine.retry import Backoff
 
@@ -63,117 +70,6 @@ PROBE_RETRY_S = 10.0
 
 # What chat.completions.create asks for: the bearer key (pinned in start()).
 _REQUEST_OPTIONS: openai.RequestOptions = {"security": {"bearer_auth": True}}
-
-
-class ChatResult(msgspec.Struct, frozen=True, kw_only=True):
-    """One chat completion: the answer text and what it cost."""
-
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    model: str
-    #: Wall time of the whole call: queueing, rate-limit waits and retries included.
-    seconds: float
-    #: ``"length"`` means the answer was cut at ``max_tokens``.
-    finish_reason: str | None = None
-    attempts: int = 1
-    #: The response cache's key for this request (None without a cache).
-    cache_key: str | None = None
-    #: Answered from the response cache: no request was sent.
-    cached: bool = False
-
-
-class LLMStats(msgspec.Struct, frozen=True, kw_only=True):
-    """Cumulative counters of one client, for the run summary."""
-
-    #: HTTP requests sent, retries included.
-    requests: int = 0
-    #: Requests that failed (any status other than ok).
-    errors: int = 0
-    retries: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    #: Sum of every request's latency (the mean is this over ``requests``).
-    latency_sum_s: float = 0.0
-    #: A bounded uniform sample of raw request latencies, for the summary's percentiles.
-    latency_samples_s: tuple[float, ...] = ()
-    #: Calls answered by the response cache (no request sent) and calls it could not answer.
-    cache_hits: int = 0
-    cache_misses: int = 0
-    #: Prompt + completion tokens of the answers the cache gave back.
-    cache_tokens_saved: int = 0
-    #: Endpoint probes while the role's circuit was open.
-    probes: int = 0
-    circuit_opened: int = 0
-
-
-# The wire shape of the few fields we read; the decoder skips everything else without
-# building it. ``Any`` where a junk value should fall back (model, finish reason, token
-# counts) rather than fail a call whose answer is fine.
-
-
-class _Message(msgspec.Struct, frozen=True, gc=False):
-    content: str | None = None
-
-
-class _Choice(msgspec.Struct, frozen=True, gc=False):
-    message: _Message
-    finish_reason: Any = None
-
-
-class _Usage(msgspec.Struct, frozen=True, gc=False):
-    prompt_tokens: Any = None
-    completion_tokens: Any = None
-
-
-class _Completion(msgspec.Struct, frozen=True, gc=False):
-    choices: list[_Choice]
-    model: Any = None
-    usage: _Usage | None = None
-
-
-_encode_body = msgspec.json.Encoder().encode
-_decode_completion = msgspec.json.Decoder(_Completion).decode
-
-
-def estimate_tokens(messages: list[dict[str, str]], max_tokens: int) -> int:
-    """Pre-call estimate for the tokens/min bucket: prompt chars / 4 + the completion budget."""
-    return sum(len(m.get("content", "")) for m in messages) // 4 + max_tokens
-
-
-@functools.cache
-def _default_tls_context() -> ssl.SSLContext:
-    """httpx's own default context, built once per process and shared by every role."""
-    return httpx2.create_ssl_context()
-
-
-def _tls_context(base_url: str) -> ssl.SSLContext:
-    """The TLS context for an endpoint; loading the CA bundle costs ~0.13 s of CPU each time.
-
-    A plain ``http://`` endpoint never uses it: it gets a context with no CA loaded,
-    which refuses any certificate, so a redirect to ``https://`` fails closed.
-    """
-    if base_url.lower().startswith("http://"):
-        return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, and trusts nothing
-    return _default_tls_context()
-
-
-def build_http_client(config: LLMRoleConfig) -> httpx2.AsyncClient:
-    """openai's aiohttp transport, with a pool sized to the role's concurrency.
-
-    It needs markedly less CPU per request than httpx2's own pool (see the module
-    docstring). When given an ``http_client``,
-    openai uses it as is, with httpx2's pool defaults (100 connections), not
-    openai's; either would cap a role running a few hundred requests at once, so
-    the pool matches ``max_concurrency``.
-    """
-    size = max(1, config.max_concurrency)
-    return openai.DefaultAioHttpClient(
-        verify=_tls_context(config.base_url),
-        limits=httpx2.Limits(max_connections=size, max_keepalive_connections=size),
-        timeout=httpx2.Timeout(config.timeout_s, connect=min(10.0, config.timeout_s)),
-        follow_redirects=True,
-    )
 
 
 class LLMClient(AsyncService):
@@ -223,10 +119,10 @@ class LLMClient(AsyncService):
         # Children looked up once: labels() costs a lock and a tuple per call.
         self._status_counters: dict[str, Counter] = {}
         self._seconds: Histogram | None = None
-        self._token_counters: tuple[Counter, Counter] | None = None
+        self.token_counters: tuple[Counter, Counter] | None = None
         if metrics is not None:
             self._seconds = metrics.llm_seconds.labels(role=role)
-            self._token_counters = (
+            self.token_counters = (
                 metrics.llm_tokens_total.labels(role=role, kind="prompt"),
                 metrics.llm_tokens_total.labels(role=role, kind="completion"),
             )
@@ -349,11 +245,11 @@ class LLMClient(AsyncService):
                 body["response_format"] = form
                 structured = True
         # Encoded once: retries send the same bytes.
-        content = _encode_body(body)
+        content = encode_body(body)
         started = time.monotonic()
         key = None
         if self._cache is not None:
-            key = cache_key(_encode_body({**body, "messages": without_fence_nonce(messages)}))
+            key = cache_key(encode_body({**body, "messages": without_fence_nonce(messages)}))
             hit = self._cache.lookup(key)
             if hit is not None:
                 return ChatResult(
@@ -392,7 +288,7 @@ class LLMClient(AsyncService):
     async def _probe_send(self, body: dict[str, Any]) -> tuple[int, str] | None:
         if self._api is None:
             raise RuntimeError(f"{self._where}: call start() or use 'async with' first")
-        return await dialects.post_probe(self._api, self._chat_url, _encode_body(body),
+        return await dialects.post_probe(self._api, self._chat_url, encode_body(body),
                                          options=_REQUEST_OPTIONS,
                                          timeout_s=min(self.config.timeout_s, 60.0))
     def remember(self, reply: object, *, readable: bool) -> None:
@@ -528,8 +424,8 @@ class LLMClient(AsyncService):
         self._completion_tokens += result.completion_tokens
         if self._token_bucket is not None and (result.prompt_tokens or result.completion_tokens):
             self._token_bucket.adjust(result.prompt_tokens + result.completion_tokens - estimate)
-        if self._token_counters is not None:
-            prompt, completion = self._token_counters
+        if self.token_counters is not None:
+            prompt, completion = self.token_counters
             prompt.inc(result.prompt_tokens)
             completion.inc(result.completion_tokens)
         return result
@@ -547,7 +443,7 @@ class LLMClient(AsyncService):
             raise RuntimeError(f"{self._where}: call start() or use 'async with' first")
         base = api.base_url
         url = str(base.copy_with(raw_path=base.raw_path + path.lstrip("/").encode()))
-        content = _encode_body({"model": self.config.model, **body})
+        content = encode_body({"model": self.config.model, **body})
         budget = self.config.max_retries + 1
         attempt = 0
         while True:
@@ -611,7 +507,7 @@ class LLMClient(AsyncService):
         (An HTML page from a wrong base_url, JSON of another shape, a cut-off body.)
         """
         try:
-            completion = _decode_completion(body)
+            completion = decode_completion(body)
         except msgspec.DecodeError as exc:  # ValidationError included
             return self._failures.invalid_response(str(exc))
         if not completion.choices:
@@ -622,14 +518,10 @@ class LLMClient(AsyncService):
         finish_reason = choice.finish_reason
         return "ok", ChatResult(
             text=choice.message.content or "",
-            prompt_tokens=0 if usage is None else _token_count(usage.prompt_tokens),
-            completion_tokens=0 if usage is None else _token_count(usage.completion_tokens),
+            prompt_tokens=0 if usage is None else token_count(usage.prompt_tokens),
+            completion_tokens=0 if usage is None else token_count(usage.completion_tokens),
             model=model if isinstance(model, str) else self.config.model,
             seconds=0.0,  # set by chat(), which sees the whole call
             finish_reason=finish_reason if isinstance(finish_reason, str) else None,
         )
 
-
-def _token_count(value: object) -> int:
-    """A usage count, or 0 when the server left it out or sent something else."""
-    return value if isinstance(value, int) and value >= 0 else 0

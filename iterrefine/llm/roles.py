@@ -13,7 +13,8 @@ from iterrefine.config import Config
 from iterrefine.lifecycle import AsyncService
 from iterrefine.llm.cache import CacheMode, ResponseCache
 from iterrefine.llm.circuit import Circuit
-from iterrefine.llm.client import LLMClient, LLMStats
+from iterrefine.llm.client import LLMClient
+from iterrefine.llm.wire import LLMStats
 from iterrefine.metrics import Metrics
 from iterrefine.retry import Backoff
 

@@ -1,0 +1,133 @@
+"""The wire side of an LLM role: its HTTP pool and TLS, the body codec, and what a call returns.
+
+:mod:`iterrefine.llm.client` drives calls (limits, retries, cache, circuit); this module
+holds the pieces it sends and reads: the aiohttp-backed pool sized to the role, the
+msgspec codec that decodes only the few fields we read, and the result records.
+"""
+
+from __future__ import annotations
+
+import functools
+import ssl
+from typing import Any
+
+import httpx2
+import msgspec
+import openai
+
+from iterrefine.config import LLMRoleConfig
+
+
+class ChatResult(msgspec.Struct, frozen=True, kw_only=True):
+    """One chat completion: the answer text and what it cost."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    model: str
+    #: Wall time of the whole call: queueing, rate-limit waits and retries included.
+    seconds: float
+    #: ``"length"`` means the answer was cut at ``max_tokens``.
+    finish_reason: str | None = None
+    attempts: int = 1
+    #: The response cache's key for this request (None without a cache).
+    cache_key: str | None = None
+    #: Answered from the response cache: no request was sent.
+    cached: bool = False
+
+
+class LLMStats(msgspec.Struct, frozen=True, kw_only=True):
+    """Cumulative counters of one client, for the run summary."""
+
+    #: HTTP requests sent, retries included.
+    requests: int = 0
+    #: Requests that failed (any status other than ok).
+    errors: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    #: Sum of every request's latency (the mean is this over ``requests``).
+    latency_sum_s: float = 0.0
+    #: A bounded uniform sample of raw request latencies, for the summary's percentiles.
+    latency_samples_s: tuple[float, ...] = ()
+    #: Calls answered by the response cache (no request sent) and calls it could not answer.
+    cache_hits: int = 0
+    cache_misses: int = 0
+    #: Prompt + completion tokens of the answers the cache gave back.
+    cache_tokens_saved: int = 0
+    #: Endpoint probes while the role's circuit was open.
+    probes: int = 0
+    circuit_opened: int = 0
+
+
+# The wire shape of the few fields we read; the decoder skips everything else without
+# building it. ``Any`` where a junk value should fall back (model, finish reason, token
+# counts) rather than fail a call whose answer is fine.
+
+
+class _Message(msgspec.Struct, frozen=True, gc=False):
+    content: str | None = None
+
+
+class _Choice(msgspec.Struct, frozen=True, gc=False):
+    message: _Message
+    finish_reason: Any = None
+
+
+class _Usage(msgspec.Struct, frozen=True, gc=False):
+    prompt_tokens: Any = None
+    completion_tokens: Any = None
+
+
+class _Completion(msgspec.Struct, frozen=True, gc=False):
+    choices: list[_Choice]
+    model: Any = None
+    usage: _Usage | None = None
+
+
+encode_body = msgspec.json.Encoder().encode
+decode_completion = msgspec.json.Decoder(_Completion).decode
+
+
+def estimate_tokens(messages: list[dict[str, str]], max_tokens: int) -> int:
+    """Pre-call estimate for the tokens/min bucket: prompt chars / 4 + the completion budget."""
+    return sum(len(m.get("content", "")) for m in messages) // 4 + max_tokens
+
+
+@functools.cache
+def _defaulttls_context() -> ssl.SSLContext:
+    """httpx's own default context, built once per process and shared by every role."""
+    return httpx2.create_ssl_context()
+
+
+def tls_context(base_url: str) -> ssl.SSLContext:
+    """The TLS context for an endpoint; loading the CA bundle costs ~0.13 s of CPU each time.
+
+    A plain ``http://`` endpoint never uses it: it gets a context with no CA loaded,
+    which refuses any certificate, so a redirect to ``https://`` fails closed.
+    """
+    if base_url.lower().startswith("http://"):
+        return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, and trusts nothing
+    return _defaulttls_context()
+
+
+def build_http_client(config: LLMRoleConfig) -> httpx2.AsyncClient:
+    """openai's aiohttp transport, with a pool sized to the role's concurrency.
+
+    It needs markedly less CPU per request than httpx2's own pool (see the docstring of
+    :mod:`iterrefine.llm.client`). When given an ``http_client``, openai uses it as is,
+    with httpx2's pool defaults (100 connections), not openai's; either would cap a role
+    running a few hundred requests at once, so the pool matches ``max_concurrency``.
+    """
+    size = max(1, config.max_concurrency)
+    return openai.DefaultAioHttpClient(
+        verify=tls_context(config.base_url),
+        limits=httpx2.Limits(max_connections=size, max_keepalive_connections=size),
+        timeout=httpx2.Timeout(config.timeout_s, connect=min(10.0, config.timeout_s)),
+        follow_redirects=True,
+    )
+
+
+def token_count(value: object) -> int:
+    """A usage count, or 0 when the server left it out or sent something else."""
+    return value if isinstance(value, int) and value >= 0 else 0
