@@ -53,9 +53,10 @@ pytestmark = pytest.mark.skipif(
     reason="prometheus/promtool not installed (apt-get install prometheus); CI installs it",
 )
 
-# Faults make the error, retry and DLQ series exist; a few ms per call keeps the run
-# a few seconds long, so that Prometheus scrapes it several times while it works.
-FAULTY_SIM = SimConfig(latency_ms=20, jitter_ms=10, capacity=64, low_share=0.7, lose_prob=0.5,
+# Faults make the error, retry and DLQ series exist; 150 ms per call keeps the run a few
+# seconds long (run starts in well under a second now), so that Prometheus, scraping every
+# second, scrapes it several times while it works.
+FAULTY_SIM = SimConfig(latency_ms=150, jitter_ms=50, capacity=64, low_share=0.7, lose_prob=0.5,
                        fault_429=0.05, fault_malformed=0.03, fault_truncated=0.02,
                        retry_after_s=0.05, seed=11)
 MALFORMED_LINES = ["{not json", json.dumps([1, 2]), json.dumps({"prompt": "x"})]
