@@ -16,10 +16,7 @@ Run ``python benchmarks/backlog.py [--quick] [--sizes 50000,200000]``; prints JS
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import sys
 from typing import Any
 
 import harness
@@ -72,17 +69,8 @@ def run(bench: harness.Bench, *, sizes: tuple[int, ...] | None = None) -> dict[s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2,000 and 8,000 items")
-    parser.add_argument("--sizes", help="comma-separated backlog sizes")
-    args = parser.parse_args()
-    harness.quiet_logging()
-    sizes = tuple(int(s) for s in args.sizes.split(",")) if args.sizes else None
-    with harness.bench_session(args.quick) as bench:
-        result = run(bench, sizes=sizes)
-    json.dump({"machine": harness.machine(), "date": harness.now_iso(), **result},
-              sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    harness.sized_main(run, doc=__doc__, quick_help="2,000 and 8,000 items",
+                       sizes_help="comma-separated backlog sizes")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ then its own, and the driver's event loop never competes with it.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as dt
 import hashlib
@@ -25,7 +26,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -234,6 +235,22 @@ def emit_result(result: dict[str, Any]) -> None:
     """A worker's one line of output on stdout (logs go to stderr)."""
     sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
     sys.stdout.flush()
+
+
+def sized_main(
+    run: Callable[..., dict[str, Any]], *, doc: str | None, quick_help: str, sizes_help: str
+) -> None:
+    """The command line of a benchmark that runs at a few sizes: parse, run, print JSON."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--sizes", help=sizes_help)
+    args = parser.parse_args()
+    quiet_logging()
+    sizes = tuple(int(x) for x in args.sizes.split(",")) if args.sizes else None
+    with bench_session(args.quick) as bench:
+        result = run(bench, sizes=sizes)
+    json.dump({"machine": machine(), "date": now_iso(), **result}, sys.stdout, indent=2)
+    sys.stdout.write("\n")
 
 
 def quiet_logging() -> None:

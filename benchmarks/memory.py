@@ -13,9 +13,6 @@ Run ``python benchmarks/memory.py [--quick] [--sizes 20000,200000]``; prints JSO
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from typing import Any
 
 import cli_run
@@ -55,17 +52,8 @@ def run(bench: harness.Bench, *, sizes: tuple[int, ...] | None = None) -> dict[s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help=f"sizes {QUICK_SIZES}")
-    parser.add_argument("--sizes", help="two comma-separated sizes")
-    args = parser.parse_args()
-    harness.quiet_logging()
-    sizes = tuple(int(x) for x in args.sizes.split(",")) if args.sizes else None
-    with harness.bench_session(args.quick) as bench:
-        result = run(bench, sizes=sizes)
-    json.dump({"machine": harness.machine(), "date": harness.now_iso(), **result},
-              sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    harness.sized_main(run, doc=__doc__, quick_help=f"sizes {QUICK_SIZES}",
+                       sizes_help="two comma-separated sizes")
 
 
 if __name__ == "__main__":
