@@ -40,8 +40,9 @@ from iterrefine.preflight import (
 )
 from iterrefine.presets import preset_rows
 from iterrefine.prespawn import Prespawned
+from iterrefine.proctime import Timeline
 from iterrefine.runtime import StageRunner
-from iterrefine.sim import SimConfig, SimServer
+from iterrefine.sim import SimConfig
 from iterrefine.stream_export import StreamingExport
 from iterrefine.summary import build_summary
 from iterrefine.topics import TopicNames, ensure_topics
@@ -119,10 +120,20 @@ async def _bootstrap(config: Config) -> AsyncIterator[tuple[str, bool]]:
             await asyncio.to_thread(broker.stop)
 
 
-def _static_partitions(config: Config, workers: int) -> Config:
-    """``config`` with each stage process taking a fixed share of partitions (no group joins)."""
+#: The longest a consumer lets the run's own broker hold an empty fetch. Tansu answers
+#: a fetch when its max wait ends even if records arrived meanwhile (Kafka answers at
+#: once), so each hop between stages waited half of it on average: 51 ms per hop at the
+#: default 100 ms, over the up to 10 hops of an item. On a broker nobody else uses, the
+#: price of a short wait is a few hundred empty fetches a second over loopback.
+OWN_BROKER_FETCH_MAX_WAIT_MS = 10
+
+
+def _for_own_broker(config: Config, workers: int) -> Config:
+    """``config`` for a broker this run started: each stage process takes a fixed share of
+    partitions (no group joins), and fetches are held briefly."""
     runtime = msgspec.structs.replace(
-        config.runtime, static_partitions=StaticPartitions(index=0, count=workers))
+        config.runtime, static_partitions=StaticPartitions(index=0, count=workers),
+        fetch_max_wait_ms=min(config.runtime.fetch_max_wait_ms, OWN_BROKER_FETCH_MAX_WAIT_MS))
     return msgspec.structs.replace(config, runtime=runtime)
 
 
@@ -149,6 +160,8 @@ async def run_pipeline(
     (:mod:`iterrefine.stream_export`), so memory does not grow with the input.
     """
     started = options.started_at if options.started_at is not None else time.perf_counter()
+    timeline = Timeline(started)
+    timeline.mark("imports")  # and argument parsing: everything before this function
     stop = stop or asyncio.Event()
     # Opened first (a bad path or format fails before startup), then streamed into ingest.
     records = open_input(options.input_spec or InputSpec(str(options.input))).records()
@@ -164,22 +177,28 @@ async def run_pipeline(
     export: StreamingExport | None = None
     async with contextlib.AsyncExitStack() as stack:
         bootstrap, owned = await stack.enter_async_context(_bootstrap(config))
+        timeline.mark("broker")
         if owned:
-            config = _static_partitions(config, options.workers)
+            config = _for_own_broker(config, options.workers)
         if options.sim is not None:
+            from iterrefine.sim import SimServer  # aiohttp.web and numpy: only for --llm sim
+
             sim = await stack.enter_async_context(SimServer(options.sim, port=0))
             config = sim_roles(config, sim.base_url, options.sim)
         metrics = metrics if metrics is not None else Metrics(
             longest_timeout_s=max((r.timeout_s for r in config.llm.values()), default=0.0))
         await check_llm_endpoints(config)  # before ingesting anything
+        timeline.mark("preflight")
         await ensure_topics(config.kafka, bootstrap, graph.topics())
+        timeline.mark("topics")
         extras = ExtraWorkers(config, bootstrap, options.workers - 1,
                               prespawned=options.prespawned)
         if extras.count:
             # Started first, all at once: they import while this process gets going.
             await extras.spawn()
             stack.push_async_callback(extras.stop)
-        watcher = TerminalWatcher(config.kafka, bootstrap)
+        watcher = TerminalWatcher(config.kafka, bootstrap,
+                                  fetch_max_wait_ms=config.runtime.fetch_max_wait_ms)
         await watcher.start()
         stack.push_async_callback(watcher.stop)
         if extras.count and not owned:
@@ -207,6 +226,8 @@ async def run_pipeline(
             topics_ready=True,
             runners_out=runners, on_circuit_open=run_abort,
         ))
+        own_ready_mark = asyncio.create_task(_mark_when(own_ready, timeline, "stages_ready"))
+        stack.callback(own_ready_mark.cancel)
         joins = asyncio.create_task(watch_group_joins(
             runners, timeout_s=config.runtime.group_join_timeout_s, bootstrap=bootstrap,
             abort=run_abort))
@@ -226,6 +247,8 @@ async def run_pipeline(
                 if not reported and on_ingested is not None and not ingest_task.cancelled() \
                         and ingest_task.exception() is None:
                     on_ingested(export.expected)
+                if not reported:
+                    timeline.mark("ingested")
                 reported = True
                 return True
 
@@ -237,6 +260,7 @@ async def run_pipeline(
                     ingest_task.done() and ingest_task.exception() is not None) or (
                     deadline is not None and time.monotonic() > deadline),
             )
+            timeline.mark("last_item")
             report = await ingesting  # re-raises an ingest failure
         except BaseException:
             export.abort()
@@ -252,7 +276,9 @@ async def run_pipeline(
             pipeline_stop.set()
             # Drains in-flight work and commits; re-raises a stage crash.
             own_stats = await stages
+            timeline.mark("stages_stopped")
         llm_stats = add_stats(own_stats, child_stats)
+    timeline.mark("broker_stopped")
     complete = export.complete
     if not complete:
         log.warning("run_incomplete", expected=export.expected, arrived=export.arrived)
@@ -275,10 +301,18 @@ async def run_pipeline(
     summary["aborted"] = run_abort.problem
     if reshape:
         reshape_export(streamed, options.output, options.shape)
+    timeline.mark("exported")
+    # Seconds since the command started at which each phase ended.
+    summary["timeline"] = timeline.marks
     if config.preset is not None:
         summary["preset"] = {"name": config.preset,
                              "settings": msgspec.to_builtins(preset_rows(config))}
     return RunResult(summary=summary, paths=paths, ingest=report, complete=complete)
+
+
+async def _mark_when(event: asyncio.Event, timeline: Timeline, phase: str) -> None:
+    await event.wait()
+    timeline.mark(phase)
 
 
 async def _until_set_or_done(
