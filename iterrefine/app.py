@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,19 +176,20 @@ async def run_pipeline(
     run_abort = RunAbort(stop)
     export: StreamingExport | None = None
     async with contextlib.AsyncExitStack() as stack:
-        bootstrap, owned = await stack.enter_async_context(_bootstrap(config))
-        timeline.mark("broker")
-        if owned:
-            config = _for_own_broker(config, options.workers)
         if options.sim is not None:
             from iterrefine.sim import SimServer  # aiohttp.web and numpy: only for --llm sim
 
             sim = await stack.enter_async_context(SimServer(options.sim, port=0))
             config = sim_roles(config, sim.base_url, options.sim)
+        # Asked while the broker starts; answered before anything is ingested.
+        preflight = asyncio.create_task(_checked(check_llm_endpoints(config), timeline))
+        stack.callback(preflight.cancel)
+        bootstrap, owned = await stack.enter_async_context(_bootstrap(config))
+        timeline.mark("broker")
+        if owned:
+            config = _for_own_broker(config, options.workers)
         metrics = metrics if metrics is not None else Metrics(
             longest_timeout_s=max((r.timeout_s for r in config.llm.values()), default=0.0))
-        await check_llm_endpoints(config)  # before ingesting anything
-        timeline.mark("preflight")
         await ensure_topics(config.kafka, bootstrap, graph.topics())
         timeline.mark("topics")
         extras = ExtraWorkers(config, bootstrap, options.workers - 1,
@@ -209,6 +210,7 @@ async def run_pipeline(
             readiness = asyncio.create_task(extras.wait_ready())
             stack.callback(readiness.cancel)
 
+        await preflight  # every endpoint answers and takes its key: nothing was paid yet
         export = StreamingExport(streamed)
         source = records if first is None else itertools.chain([first], records)
         # With consumer groups, ingest once this process has its share too: a rebalance
@@ -268,11 +270,15 @@ async def run_pipeline(
         finally:
             if ingesting is not None and not ingesting.done():
                 ingesting.cancel()
-            # The children leave their groups first, while this process keeps polling and
-            # so rejoins at once. The other way round the children were mid-rejoin when
+            # In consumer groups the children leave first, while this process keeps polling
+            # and so rejoins at once. The other way round the children were mid-rejoin when
             # told to stop, and the embedded Tansu then kept them as members for good:
             # every later JoinGroup of these groups hung (2 of 2 tries before, 0 of 3 after).
-            child_stats = await extras.stop()
+            # Static shares have no group to disturb: everything stops at once.
+            children = asyncio.create_task(extras.stop())
+            if owned:
+                pipeline_stop.set()
+            child_stats = await children
             pipeline_stop.set()
             # Drains in-flight work and commits; re-raises a stage crash.
             own_stats = await stages
@@ -308,6 +314,11 @@ async def run_pipeline(
         summary["preset"] = {"name": config.preset,
                              "settings": msgspec.to_builtins(preset_rows(config))}
     return RunResult(summary=summary, paths=paths, ingest=report, complete=complete)
+
+
+async def _checked(check: Awaitable[None], timeline: Timeline) -> None:
+    await check
+    timeline.mark("preflight")
 
 
 async def _mark_when(event: asyncio.Event, timeline: Timeline, phase: str) -> None:
