@@ -308,6 +308,8 @@ def _cli_contender(bench: harness.Bench, sim: simproc.SimProcess, input_path: Pa
         "ratio": round(run.wall_s / bound["lower_bound_s"], 3),
         "startup_s": startup,
         "summary_wall_time_s": run.summary.get("wall_time_s"),
+        # When each phase of the command ended, seconds since it started (its summary).
+        "timeline": run.summary.get("timeline"),
         "complete": run.summary.get("complete"),
         "items": len(items),
         "lower_bound": bound,
