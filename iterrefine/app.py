@@ -21,7 +21,6 @@ from typing import Any
 import msgspec
 import structlog
 
-from iterrefine.broker_state import ensure_broker
 from iterrefine.config import Config, LLMRoleConfig, StaticPartitions
 from iterrefine.export import ExportPaths
 from iterrefine.extra_workers import ExtraWorkers, add_stats
@@ -40,6 +39,7 @@ from iterrefine.preflight import (
 )
 from iterrefine.presets import preset_rows
 from iterrefine.prespawn import Prespawned
+from iterrefine.run_broker import input_bytes, start_run_broker
 from iterrefine.runtime import StageRunner
 from iterrefine.sim import SimConfig, SimServer
 from iterrefine.stream_export import StreamingExport
@@ -99,15 +99,17 @@ def sim_roles(config: Config, base_url: str, sim: SimConfig) -> Config:
 
 
 @contextlib.asynccontextmanager
-async def _bootstrap(config: Config) -> AsyncIterator[tuple[str, bool]]:
+async def _bootstrap(config: Config, input_size: int | None) -> AsyncIterator[tuple[str, bool]]:
     """The configured cluster, a running ``broker up`` broker, or a new embedded one.
 
+    A new one keeps its records on disk for a big input (:mod:`iterrefine.run_broker`).
     Also says whether the broker is this run's own (nobody else can use it then).
     """
     if config.kafka.bootstrap_servers:
         yield config.kafka.bootstrap_servers, False
         return
-    bootstrap, broker = await asyncio.to_thread(ensure_broker, config.data_dir)
+    bootstrap, broker = await asyncio.to_thread(
+        start_run_broker, config.data_dir, config.broker, input_size)
     try:
         yield bootstrap, broker is not None
     finally:
@@ -163,7 +165,9 @@ async def run_pipeline(
     run_abort = RunAbort(stop)
     export: StreamingExport | None = None
     async with contextlib.AsyncExitStack() as stack:
-        bootstrap, owned = await stack.enter_async_context(_bootstrap(config))
+        bootstrap, owned = await stack.enter_async_context(
+            _bootstrap(config, input_bytes(options.input_spec or InputSpec(str(options.input)),
+                                           first)))
         if owned:
             config = _static_partitions(config, options.workers)
         if options.sim is not None:
