@@ -62,17 +62,17 @@ async def curate(roles: LLMRoles, record: dict[str, Any], config: PipelineConfig
                                   reference_output=output, candidate_answer=answer,
                                   parse_retries=retries)
     evaluation = evaluation_text(graded.score, graded.evaluation, graded.suggestions)
-    feedback: str | None = None
+    feedback: list[str] = []  # every reviewer's explanation of a loss, oldest first
     winner = None
     for number in range(1, config.max_rounds + 1):
         out["rounds"] = number
         try:
             revision = await ask_revision(
                 strong, round=number, instruction=instruction, input=input_,
-                reference_output=output, evaluation=evaluation,
-                reviewer_feedback=feedback if number > 1 else None, parse_retries=retries)
+                reference_output=output, backbone_answer=answer, evaluation=evaluation,
+                feedback_set=feedback, parse_retries=retries)
         except UnparseableOutput as exc:
-            feedback = f"the refiner's answer could not be read: {exc}"
+            feedback.append(f"the refiner's answer could not be read: {exc}")
             continue
         revised = await ask_answer(backbone, instruction=revision.instruction,
                                    input=revision.input, parse_retries=retries)
@@ -84,12 +84,12 @@ async def curate(roles: LLMRoles, record: dict[str, Any], config: PipelineConfig
                                answer=revised),
                 parse_retries=retries)
         except UnparseableOutput as exc:
-            feedback = f"the reviewer's answer could not be read: {exc}"
+            feedback.append(f"the reviewer's answer could not be read: {exc}")
             continue
         if verdict.winner in ("B", "Tie"):
             winner = revision
             break
-        feedback = verdict.explanation
+        feedback.append(verdict.explanation)
     if winner is None:
         out["status"] = "unrefined" if config.exhausted_policy == "keep_original" else "dropped"
         return out

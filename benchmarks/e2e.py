@@ -40,6 +40,7 @@ from typing import Any
 
 import cli_run
 import harness
+import msgspec
 import simproc
 
 from iterrefine.config import PipelineConfig
@@ -60,7 +61,8 @@ def chain_calls(item: dict[str, Any], *, rescore: bool) -> int:
     if item["quality"] != "low":
         return 1  # scored, then kept as high or rejected
     refined = item["status"] == "refined"
-    return 1 + 2 + 3 * item["rounds"] + (1 if refined else 0) + (1 if refined and rescore else 0)
+    rounds: int = item["rounds"]
+    return 1 + 2 + 3 * rounds + (1 if refined else 0) + (1 if refined and rescore else 0)
 
 
 def lower_bound(items: list[dict[str, Any]], total_calls: int, *, latency_ms: float,
@@ -161,7 +163,7 @@ def run(bench: harness.Bench, *, items: int | None = None, processes: int = PROC
     n = items or 200
     records = harness.reference_records(n)
     input_path = harness.write_jsonl(bench.workdir / f"e2e-{n}.jsonl", records)
-    pipeline = PipelineConfig(**PIPELINE)
+    pipeline = msgspec.convert(PIPELINE, PipelineConfig)
     load_before = harness.loadavg()
     with simproc.SimProcess(log_path=bench.log("e2e-sim"), latency_ms=LATENCY_MS,
                             capacity=CAPACITY, low_share=1.0, reject_share=0.0,
@@ -199,12 +201,17 @@ def run(bench: harness.Bench, *, items: int | None = None, processes: int = PROC
         base_stats = sim.stats()
         knobs = sim.knobs
     r, b = ours.result, base.result
-    bound = {"latency_ms": LATENCY_MS, "capacity": CAPACITY, "rescore": False}
-    ours_lb = lower_bound(r["items"], ours_stats["requests_total"], **bound)
-    base_lb = lower_bound(b["items"], base_stats["requests_total"], **bound)
+
+    def bound(items: list[dict[str, Any]], total_calls: int) -> dict[str, Any]:
+        """This workload's lower bound for one contender's run."""
+        return lower_bound(items, total_calls, latency_ms=LATENCY_MS, capacity=CAPACITY,
+                           rescore=False)
+
+    ours_lb = bound(r["items"], ours_stats["requests_total"])
+    base_lb = bound(b["items"], base_stats["requests_total"])
     same = {i["id"]: (i["status"], i["rounds"]) for i in r["items"]} == {
         i["id"]: (i["status"], i["rounds"]) for i in b["items"]}
-    script_lb = lower_bound(script.result["items"], script_stats["requests_total"], **bound)
+    script_lb = bound(script.result["items"], script_stats["requests_total"])
     cli_main = cli[processes]
     complete = r["arrived"] == r["expected"] == n
     return {
@@ -221,8 +228,8 @@ def run(bench: harness.Bench, *, items: int | None = None, processes: int = PROC
             "wall_s": r["wall_s"],
             "wall_s_of_each_run": [a[0].result["wall_s"] for a in attempts],
             "ratio_of_each_run": [
-                round(a[0].result["wall_s"] / lower_bound(
-                    a[0].result["items"], a[1]["requests_total"], **bound)["lower_bound_s"], 3)
+                round(a[0].result["wall_s"] / bound(
+                    a[0].result["items"], a[1]["requests_total"])["lower_bound_s"], 3)
                 for a in attempts],
             "startup_s": r["startup_s"],
             "wall_incl_startup_s": round(r["wall_s"] + r["startup_s"], 3),
@@ -308,6 +315,8 @@ def _cli_contender(bench: harness.Bench, sim: simproc.SimProcess, input_path: Pa
         "ratio": round(run.wall_s / bound["lower_bound_s"], 3),
         "startup_s": startup,
         "summary_wall_time_s": run.summary.get("wall_time_s"),
+        # When each phase of the command ended, seconds since it started (its summary).
+        "timeline": run.summary.get("timeline"),
         "complete": run.summary.get("complete"),
         "items": len(items),
         "lower_bound": bound,

@@ -22,7 +22,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks.harness import loadavg, machine
+from harness import loadavg, machine
 
 ROOT = Path(__file__).parent.parent
 # ru_maxrss is inherited from the parent (which built the data), so the peak is read from

@@ -29,6 +29,7 @@ from typing import Any
 
 import cpu_profile
 import harness
+import msgspec
 import simproc
 
 from iterrefine.config import PipelineConfig
@@ -47,7 +48,7 @@ def run(bench: harness.Bench, *, items: int | None = None,
     with simproc.SimProcess(log_path=bench.log("overhead-sim"), latency_ms=0, capacity=0,
                             low_share=1.0, reject_share=0.0, lose_prob=LOSE_PROB) as sim:
         config = harness.bench_config(bench.bootstrap, bench.prefix("overhead"),
-                                      pipeline=PipelineConfig(**PIPELINE))
+                                      pipeline=msgspec.convert(PIPELINE, PipelineConfig))
         sim_cpu_before = sim.cpu_s() or 0.0
         sim.reset()
         worker = simproc.run_pipeline_worker(bench, sim, config, name="overhead-iterrefine",
@@ -58,7 +59,7 @@ def run(bench: harness.Bench, *, items: int | None = None,
         if profile:
             raw = bench.workdir / "overhead-profile.txt"
             config = harness.bench_config(bench.bootstrap, bench.prefix("overhead-prof"),
-                                          pipeline=PipelineConfig(**PIPELINE))
+                                          pipeline=msgspec.convert(PIPELINE, PipelineConfig))
             simproc.run_pipeline_worker(bench, sim, config, name="overhead-profile",
                                         input_path=input_path, timeout_s=900,
                                         wrap=harness.py_spy(raw))

@@ -88,14 +88,15 @@ def main() -> None:
                     "--data-dir", str(data_dir), "--workers", str(args.workers),
                     "--no-progress", "--log-level", "error"]
 
-        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
         started = time.monotonic()
-        clean = subprocess.run(command(work / "clean", work / "clean.jsonl"), check=False, **quiet)
+        clean = subprocess.run(command(work / "clean", work / "clean.jsonl"), check=False,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         clean_s = time.monotonic() - started
         clean_requests = sim_requests(port)
 
         reset_sim(port)
-        killed = subprocess.Popen(command(work / "resumed", work / "resumed.jsonl"), **quiet)
+        killed = subprocess.Popen(command(work / "resumed", work / "resumed.jsonl"),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         target = int(clean_requests * args.kill_at)
         while sim_requests(port) < target and killed.poll() is None:
             time.sleep(0.02)
@@ -110,7 +111,7 @@ def main() -> None:
         reset_sim(port)
         started = time.monotonic()
         rerun = subprocess.run(command(work / "resumed", work / "resumed.jsonl"), check=False,
-                               **quiet)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         rerun_s = time.monotonic() - started
         rerun_requests = sim_requests(port)
         same = curated_ids(work / "clean.jsonl") == curated_ids(work / "resumed.jsonl")

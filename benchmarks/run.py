@@ -139,6 +139,7 @@ def headline(scenarios: dict[str, Any]) -> dict[str, Any]:
             "wall_s": get("e2e", "iterrefine_cli", "workers_2", "wall_s"),
             "summary_wall_time_s": get("e2e", "iterrefine_cli", "workers_2",
                                        "summary_wall_time_s"),
+            "timeline": get("e2e", "iterrefine_cli", "workers_2", "timeline"),
             "asyncio_script_ratio": get("e2e", "asyncio_script", "ratio_to_lower_bound"),
             "pre_warmed_ratio": get("e2e", "ratio")},
         "e2e_cli_startup_s": {"workers_1_wall_s": get("e2e", "iterrefine_cli", "workers_1",

@@ -72,14 +72,16 @@ async def _scores(args: argparse.Namespace) -> dict[str, Any]:
     rows = [row for line in SAMPLE.read_text().splitlines()
             if len((row := json.loads(line))["instruction"] + row["input"] + row["output"])
             < args.max_chars][: args.items]
-    role = {"model": "smollm2-135m-instruct", "max_concurrency": 1, "timeout_s": 300,
-            "max_retries": 1}
-    completions = LLMRoleConfig(base_url=args.completions_url, **role)  # type: ignore[arg-type]
-    embeddings = LLMRoleConfig(base_url=args.embeddings_url, **role)  # type: ignore[arg-type]
+
+    def role(base_url: str) -> LLMRoleConfig:
+        return LLMRoleConfig(base_url=base_url, model="smollm2-135m-instruct",
+                             max_concurrency=1, timeout_s=300, max_retries=1)
+
+    completions, embeddings = role(args.completions_url), role(args.embeddings_url)
     results: dict[str, Any] = {"items": len(rows)}
     async with LLMClient("difficulty", completions) as dc, LLMClient("embedding", embeddings) as ec:
         for metric in ("instruction_ppl", "ifd"):
-            scorer = DifficultyScorer(dc, metric, "smollm2-135m-instruct")  # type: ignore[arg-type]
+            scorer = DifficultyScorer(dc, metric, "smollm2-135m-instruct")
             values, errors, started = [], [], time.perf_counter()
             for row in rows:
                 try:

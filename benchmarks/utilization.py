@@ -25,6 +25,7 @@ import sys
 from typing import Any
 
 import harness
+import msgspec
 import simproc
 
 from iterrefine.config import PipelineConfig
@@ -78,7 +79,7 @@ def run(bench: harness.Bench, *, items: int | None = None, profile: bool = False
                             lose_prob=LOSE_PROB) as sim:
         sim.reset()
         config = harness.bench_config(bench.bootstrap, bench.prefix("util"),
-                                      pipeline=PipelineConfig(**PIPELINE))
+                                      pipeline=msgspec.convert(PIPELINE, PipelineConfig))
         worker = simproc.run_pipeline_worker(bench, sim, config, name="util-iterrefine",
                                              input_path=input_path, timeout_s=900)
         stats = sim.stats()

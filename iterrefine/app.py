@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,9 +39,10 @@ from iterrefine.preflight import (
 )
 from iterrefine.presets import preset_rows
 from iterrefine.prespawn import Prespawned
+from iterrefine.proctime import Timeline
 from iterrefine.run_broker import input_bytes, start_run_broker
 from iterrefine.runtime import StageRunner
-from iterrefine.sim import SimConfig, SimServer
+from iterrefine.sim import SimConfig
 from iterrefine.stream_export import StreamingExport
 from iterrefine.summary import build_summary
 from iterrefine.topics import TopicNames, ensure_topics
@@ -121,10 +122,20 @@ async def _bootstrap(config: Config, input_size: int | None) -> AsyncIterator[tu
             await asyncio.to_thread(broker.stop)
 
 
-def _static_partitions(config: Config, workers: int) -> Config:
-    """``config`` with each stage process taking a fixed share of partitions (no group joins)."""
+#: The longest a consumer lets the run's own broker hold an empty fetch. Tansu answers
+#: a fetch when its max wait ends even if records arrived meanwhile (Kafka answers at
+#: once), so each hop between stages waited half of it on average: 51 ms per hop at the
+#: default 100 ms, over the up to 10 hops of an item. On a broker nobody else uses, the
+#: price of a short wait is a few hundred empty fetches a second over loopback.
+OWN_BROKER_FETCH_MAX_WAIT_MS = 10
+
+
+def _for_own_broker(config: Config, workers: int) -> Config:
+    """``config`` for a broker this run started: each stage process takes a fixed share of
+    partitions (no group joins), and fetches are held briefly."""
     runtime = msgspec.structs.replace(
-        config.runtime, static_partitions=StaticPartitions(index=0, count=workers))
+        config.runtime, static_partitions=StaticPartitions(index=0, count=workers),
+        fetch_max_wait_ms=min(config.runtime.fetch_max_wait_ms, OWN_BROKER_FETCH_MAX_WAIT_MS))
     return msgspec.structs.replace(config, runtime=runtime)
 
 
@@ -151,6 +162,8 @@ async def run_pipeline(
     (:mod:`iterrefine.stream_export`), so memory does not grow with the input.
     """
     started = options.started_at if options.started_at is not None else time.perf_counter()
+    timeline = Timeline(started)
+    timeline.mark("imports")  # and argument parsing: everything before this function
     stop = stop or asyncio.Event()
     # Opened first (a bad path or format fails before startup), then streamed into ingest.
     records = open_input(options.input_spec or InputSpec(str(options.input))).records()
@@ -165,25 +178,31 @@ async def run_pipeline(
     run_abort = RunAbort(stop)
     export: StreamingExport | None = None
     async with contextlib.AsyncExitStack() as stack:
-        bootstrap, owned = await stack.enter_async_context(
-            _bootstrap(config, input_bytes(options.input_spec or InputSpec(str(options.input)),
-                                           first)))
-        if owned:
-            config = _static_partitions(config, options.workers)
         if options.sim is not None:
+            from iterrefine.sim import SimServer  # aiohttp.web and numpy: only for --llm sim
+
             sim = await stack.enter_async_context(SimServer(options.sim, port=0))
             config = sim_roles(config, sim.base_url, options.sim)
+        # Asked while the broker starts; answered before anything is ingested.
+        preflight = asyncio.create_task(_checked(check_llm_endpoints(config), timeline))
+        stack.callback(preflight.cancel)
+        input_size = input_bytes(options.input_spec or InputSpec(str(options.input)), first)
+        bootstrap, owned = await stack.enter_async_context(_bootstrap(config, input_size))
+        timeline.mark("broker")
+        if owned:
+            config = _for_own_broker(config, options.workers)
         metrics = metrics if metrics is not None else Metrics(
             longest_timeout_s=max((r.timeout_s for r in config.llm.values()), default=0.0))
-        await check_llm_endpoints(config)  # before ingesting anything
         await ensure_topics(config.kafka, bootstrap, graph.topics())
+        timeline.mark("topics")
         extras = ExtraWorkers(config, bootstrap, options.workers - 1,
                               prespawned=options.prespawned)
         if extras.count:
             # Started first, all at once: they import while this process gets going.
             await extras.spawn()
             stack.push_async_callback(extras.stop)
-        watcher = TerminalWatcher(config.kafka, bootstrap)
+        watcher = TerminalWatcher(config.kafka, bootstrap,
+                                  fetch_max_wait_ms=config.runtime.fetch_max_wait_ms)
         await watcher.start()
         stack.push_async_callback(watcher.stop)
         if extras.count and not owned:
@@ -194,6 +213,7 @@ async def run_pipeline(
             readiness = asyncio.create_task(extras.wait_ready())
             stack.callback(readiness.cancel)
 
+        await preflight  # every endpoint answers and takes its key: nothing was paid yet
         export = StreamingExport(streamed)
         source = records if first is None else itertools.chain([first], records)
         # With consumer groups, ingest once this process has its share too: a rebalance
@@ -211,6 +231,8 @@ async def run_pipeline(
             topics_ready=True,
             runners_out=runners, on_circuit_open=run_abort,
         ))
+        own_ready_mark = asyncio.create_task(_mark_when(own_ready, timeline, "stages_ready"))
+        stack.callback(own_ready_mark.cancel)
         joins = asyncio.create_task(watch_group_joins(
             runners, timeout_s=config.runtime.group_join_timeout_s, bootstrap=bootstrap,
             abort=run_abort))
@@ -230,6 +252,8 @@ async def run_pipeline(
                 if not reported and on_ingested is not None and not ingest_task.cancelled() \
                         and ingest_task.exception() is None:
                     on_ingested(export.expected)
+                if not reported:
+                    timeline.mark("ingested")
                 reported = True
                 return True
 
@@ -241,6 +265,7 @@ async def run_pipeline(
                     ingest_task.done() and ingest_task.exception() is not None) or (
                     deadline is not None and time.monotonic() > deadline),
             )
+            timeline.mark("last_item")
             report = await ingesting  # re-raises an ingest failure
         except BaseException:
             export.abort()
@@ -248,15 +273,21 @@ async def run_pipeline(
         finally:
             if ingesting is not None and not ingesting.done():
                 ingesting.cancel()
-            # The children leave their groups first, while this process keeps polling and
-            # so rejoins at once. The other way round the children were mid-rejoin when
+            # In consumer groups the children leave first, while this process keeps polling
+            # and so rejoins at once. The other way round the children were mid-rejoin when
             # told to stop, and the embedded Tansu then kept them as members for good:
             # every later JoinGroup of these groups hung (2 of 2 tries before, 0 of 3 after).
-            child_stats = await extras.stop()
+            # Static shares have no group to disturb: everything stops at once.
+            children = asyncio.create_task(extras.stop())
+            if owned:
+                pipeline_stop.set()
+            child_stats = await children
             pipeline_stop.set()
             # Drains in-flight work and commits; re-raises a stage crash.
             own_stats = await stages
+            timeline.mark("stages_stopped")
         llm_stats = add_stats(own_stats, child_stats)
+    timeline.mark("broker_stopped")
     complete = export.complete
     if not complete:
         log.warning("run_incomplete", expected=export.expected, arrived=export.arrived)
@@ -279,10 +310,23 @@ async def run_pipeline(
     summary["aborted"] = run_abort.problem
     if reshape:
         reshape_export(streamed, options.output, options.shape)
+    timeline.mark("exported")
+    # Seconds since the command started at which each phase ended.
+    summary["timeline"] = timeline.marks
     if config.preset is not None:
         summary["preset"] = {"name": config.preset,
                              "settings": msgspec.to_builtins(preset_rows(config))}
     return RunResult(summary=summary, paths=paths, ingest=report, complete=complete)
+
+
+async def _checked(check: Awaitable[None], timeline: Timeline) -> None:
+    await check
+    timeline.mark("preflight")
+
+
+async def _mark_when(event: asyncio.Event, timeline: Timeline, phase: str) -> None:
+    await event.wait()
+    timeline.mark(phase)
 
 
 async def _until_set_or_done(

@@ -23,7 +23,6 @@ from iterrefine.consumers import PIPELINE
 from iterrefine.context import PipelineContext
 from iterrefine.errors import ConfigError
 from iterrefine.graph import StageGraph, StageSpec, load_object
-from iterrefine.http import MetricsServer
 from iterrefine.llm import LLMRoles, LLMStats
 from iterrefine.llm.circuit import Circuit
 from iterrefine.llm.probe import is_simulator
@@ -126,6 +125,8 @@ async def serve_pipeline(
     runners = runners_out if runners_out is not None else []
     async with contextlib.AsyncExitStack() as stack:
         if metrics_port is not None:
+            from iterrefine.http import MetricsServer  # aiohttp's server: only when asked
+
             await stack.enter_async_context(MetricsServer(
                 metrics.registry, metrics_port, host=config.metrics_host,
                 ready=lambda: bool(runners) and all(r.ready.is_set() for r in runners),

@@ -32,3 +32,19 @@ def process_age_s() -> float:
 def process_started_at() -> float:
     """The process start on the ``time.perf_counter()`` clock."""
     return time.perf_counter() - process_age_s()
+
+
+class Timeline:
+    """When each phase of a command ended, in seconds since ``origin`` (perf_counter).
+
+    ``iterrefine run`` reports it in its summary (``timeline``) so that a slow start or
+    a slow exit shows which phase took the time.
+    """
+
+    def __init__(self, origin: float) -> None:
+        self._origin = origin
+        self.marks: dict[str, float] = {}
+
+    def mark(self, phase: str) -> None:
+        """``phase`` ended now (the first mark of a phase counts)."""
+        self.marks.setdefault(phase, round(time.perf_counter() - self._origin, 3))

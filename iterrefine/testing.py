@@ -208,7 +208,8 @@ async def run_records(
         config = isolated_config(llm.base_url, base=config)
         graph = graph if graph is not None else load_graph(config)
         await ensure_topics(config.kafka, bootstrap, graph.topics())
-        watcher = TerminalWatcher(config.kafka, bootstrap)
+        watcher = TerminalWatcher(config.kafka, bootstrap,
+                                  fetch_max_wait_ms=config.runtime.fetch_max_wait_ms)
         await watcher.start()
         stack.push_async_callback(watcher.stop)
         stop = asyncio.Event()

@@ -20,15 +20,20 @@ class TerminalWatcher:
     Group-less: it never disturbs the pipeline's consumer groups.
     """
 
-    def __init__(self, config: KafkaConfig, bootstrap_servers: str) -> None:
+    def __init__(self, config: KafkaConfig, bootstrap_servers: str, *,
+                 fetch_max_wait_ms: int = 100) -> None:
         self._config = config
         self._bootstrap = bootstrap_servers
+        # The last item is seen this much later at most (the stages' own setting, not
+        # aiokafka's 500 ms: a run ends when this sees its last item).
+        self._fetch_max_wait_ms = fetch_max_wait_ms
         self._names = TopicNames(config.topic_prefix)
         self._consumer: AIOKafkaConsumer | None = None
         self.selection = Selection()
 
     async def start(self) -> None:
-        consumer = make_consumer(self._config, self._bootstrap, group_id=None)
+        consumer = make_consumer(self._config, self._bootstrap, group_id=None,
+                                 fetch_max_wait_ms=self._fetch_max_wait_ms)
         await consumer.start()
         self._consumer = consumer
         partitions = [

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 
 import msgspec
@@ -75,6 +77,41 @@ async def test_run_on_its_own_broker_splits_work_between_processes(tmp_path: Pat
         if sample.name == "iterrefine_llm_requests_total"
     )
     assert 0 < own_calls < served  # the child served its share of the partitions
+    timeline = result.summary["timeline"]  # seconds since the start, phase by phase
+    assert set(timeline) == {"imports", "broker", "preflight", "topics", "stages_ready",
+                             "ingested", "last_item", "stages_stopped", "broker_stopped",
+                             "exported"}
+    in_order = ["imports", "broker", "topics", "stages_ready", "last_item", "stages_stopped",
+                "broker_stopped", "exported"]
+    assert [timeline[p] for p in in_order] == sorted(timeline[p] for p in in_order)
+    assert timeline["preflight"] <= timeline["ingested"] <= timeline["last_item"]
+
+
+def test_fetches_on_the_runs_own_broker_are_held_briefly() -> None:
+    """Tansu holds an empty fetch for its whole max wait: on run's own broker it is short."""
+    from iterrefine.app import OWN_BROKER_FETCH_MAX_WAIT_MS, _for_own_broker
+
+    base = unique_config()
+    assert base.runtime.fetch_max_wait_ms > OWN_BROKER_FETCH_MAX_WAIT_MS
+    own = _for_own_broker(base, 2)
+    assert own.runtime.fetch_max_wait_ms == OWN_BROKER_FETCH_MAX_WAIT_MS
+    assert own.runtime.static_partitions == _static(2)
+
+
+def test_the_run_command_imports_neither_the_simulator_nor_other_commands() -> None:
+    """`iterrefine run` against an endpoint loads only what it uses (start-up time)."""
+    code = (
+        "import sys\n"
+        "from iterrefine.cli import build_parser\n"
+        "build_parser('run').parse_args(['run', 'in.jsonl', '-o', 'out.jsonl'])\n"
+        "import iterrefine.app, iterrefine.pipeline\n"
+        "heavy = ['iterrefine.sim.server', 'numpy', 'aiohttp.web', 'iterrefine.cli.view',\n"
+        "         'iterrefine.cli.show', 'iterrefine.viewer']\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def _terminal(item_id: str, *, revision: int = 0, ts: int = 1000,

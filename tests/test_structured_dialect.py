@@ -3,6 +3,7 @@ echo handling, through the real openai client (MockTransport or the simulator ov
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -105,9 +106,24 @@ async def test_auto_probe_picks_json_object_on_a_llama_cpp_server() -> None:
     probes = [b for b in bodies if is_probe(b)]
     assert [p["response_format"]["type"] for p in probes] == ["json_schema", "json_object"]
     assert all(p["max_tokens"] == 16 for p in probes)  # cheap
+    tasks = [b["response_format"]["type"] for b in bodies if not is_probe(b)]
+    # The first call went out in json_schema while the probe ran (refused: a 500, unpaid),
+    # then in the probed dialect; probed once, not per call.
+    assert tasks == ["json_schema", "json_object", "json_object"]
+
+
+async def test_calls_do_not_wait_for_the_probe_on_an_enforcing_server() -> None:
+    """auto: calls made while the probe is out go at once in json_schema, one request each."""
+    def openai_like(body: dict[str, Any]) -> httpx2.Response:
+        return reply('{"probe": "ok"}' if is_probe(body) else SCORE_JSON)
+
+    async with client(openai_like, structured_output="auto") as (llm, bodies):
+        answers = await asyncio.gather(*(ask(llm, "score", SCORE_DATA) for _ in range(3)))
+        assert await llm.dialect() == "json_schema"
+    assert all(a.verdict == "high" for a in answers)
     tasks = [b for b in bodies if not is_probe(b)]
-    assert len(tasks) == 2  # probed once, not per call
-    assert all(b["response_format"]["type"] == "json_object" for b in tasks)
+    assert len(tasks) == 3 and sum(is_probe(b) for b in bodies) == 1
+    assert all(b["response_format"]["type"] == "json_schema" for b in tasks)
 
 
 async def test_auto_probe_falls_back_to_off_when_nothing_is_enforced() -> None:
@@ -118,8 +134,10 @@ async def test_auto_probe_falls_back_to_off_when_nothing_is_enforced() -> None:
                                 "Reasoning")) + "\nVerdict: low\nJustification: ok")
 
     async with client(prose, structured_output="auto") as (llm, bodies):
+        first = await ask(llm, "score", SCORE_DATA)  # sent while the probe is out
+        assert await llm.dialect() == "off"
         answer = await ask(llm, "score", SCORE_DATA)
-    assert answer.verdict == "low"
+    assert first.verdict == answer.verdict == "low"  # the free text read either way
     assert "response_format" not in bodies[-1]
 
 
@@ -127,7 +145,7 @@ async def test_unreachable_probe_decides_nothing_and_probes_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A probe that gets 503 leaves the dialect open: off for now, probe again later."""
-    monkeypatch.setattr("iterrefine.llm.client.PROBE_RETRY_S", 0.0)
+    monkeypatch.setattr("iterrefine.llm.dialect_choice.PROBE_RETRY_S", 0.0)
     state = {"up": False}
 
     def flaky(body: dict[str, Any]) -> httpx2.Response:
@@ -214,10 +232,16 @@ async def test_undecided_role_does_not_probe_at_every_call() -> None:
         return reply(SCORE_JSON)
 
     async with client(down, structured_output="auto") as (llm, bodies):
+        await ask(llm, "score", SCORE_DATA)  # starts the probe
+        assert await llm.dialect() == "off"
         for _ in range(3):
             await ask(llm, "score", SCORE_DATA)
     assert sum(is_probe(b) for b in bodies) == 1
-    assert all("response_format" not in b for b in bodies if not is_probe(b))
+    # The first call went out while the probe was out (in its first dialect); the later
+    # ones, after the probe could not tell, as free text.
+    tasks = [b for b in bodies if not is_probe(b)]
+    assert tasks[0]["response_format"]["type"] == "json_schema"
+    assert all("response_format" not in b for b in tasks[1:])
 
 
 def test_commentary_is_bounded_for_grammars_and_content_never() -> None:

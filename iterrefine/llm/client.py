@@ -47,6 +47,7 @@ from iterrefine.llm.cache import (
     without_fence_nonce,
 )
 from iterrefine.llm.circuit import Circuit
+from iterrefine.llm.dialect_choice import DialectChoice
 from iterrefine.llm.endpoint_probe import probe_completion, probe_models
 from iterrefine.llm.failures import FailureMap
 from iterrefine.llm.latency import Reservoir
@@ -64,9 +65,6 @@ from iterrefine.metrics import Metrics
 from iterrefine.retry import Backoff
 
 log = structlog.get_logger("iterrefine.llm")
-
-#: How long an undecided role (its probe could not reach the server) waits to probe again.
-PROBE_RETRY_S = 10.0
 
 # What chat.completions.create asks for: the bearer key (pinned in start()).
 _REQUEST_OPTIONS: openai.RequestOptions = {"security": {"bearer_auth": True}}
@@ -127,10 +125,8 @@ class LLMClient(AsyncService):
                 metrics.llm_tokens_total.labels(role=role, kind="completion"),
             )
             metrics.llm_circuit_open.labels(role=role).set(0)
-        setting = dialects.configured(config.structured_output)
-        self._dialect: Dialect | None = None if setting == "auto" else setting
-        self._dialect_lock = asyncio.Lock()
-        self._next_probe = 0.0  # monotonic time before which an undecided role skips probing
+        self._dialect = DialectChoice(config.structured_output, self._probe_send, role=role,
+                                      model=config.model)
         self._api: openai.AsyncOpenAI | None = None
         self._chat_url = ""
         self._closed = False
@@ -173,6 +169,7 @@ class LLMClient(AsyncService):
         if self._closed:
             return
         self._closed = True
+        await self._dialect.aclose()
         await self.circuit.aclose()
         api, self._api = self._api, None
         if api is not None and self._http_client is None:
@@ -230,20 +227,39 @@ class LLMClient(AsyncService):
         api = self._api
         if api is None:
             raise RuntimeError(f"{self._where}: call start() or use 'async with' first")
+        limit = max_tokens if max_tokens is not None else self.config.max_tokens
+        form: dict[str, Any] | None = None
+        if json_schema is not None:
+            guess = None if self.circuit.is_open else self._dialect.speculative()
+            if guess is not None:
+                speculative = dialects.response_format(guess, schema_name, json_schema)
+                try:
+                    return await self._complete(api, messages, limit, speculative,
+                                                speculative=True)
+                except IterrefineError as exc:  # the probe decides; then sent as usual
+                    log.info("llm_speculative_dialect_failed", role=self.role, dialect=guess,
+                             error=str(exc))
+            form = dialects.response_format(await self.dialect(), schema_name, json_schema)
+        return await self._complete(api, messages, limit, form, speculative=False)
+
+    async def _complete(
+        self, api: openai.AsyncOpenAI, messages: list[dict[str, str]], limit: int,
+        form: dict[str, Any] | None, *, speculative: bool,
+    ) -> ChatResult:
+        """One call with ``response_format`` ``form``: from the cache, or paid for.
+
+        ``speculative``: sent in a guessed dialect while the probe is out, so one attempt
+        and outside the circuit (a server refusing the dialect is not down).
+        """
         config = self.config
-        limit = max_tokens if max_tokens is not None else config.max_tokens
         body: dict[str, Any] = {
             "model": config.model,
             "messages": messages,
             "temperature": config.temperature,
             "max_tokens": limit,
         }
-        structured = False
-        if json_schema is not None:
-            form = dialects.response_format(await self.dialect(), schema_name, json_schema)
-            if form is not None:
-                body["response_format"] = form
-                structured = True
+        if form is not None:
+            body["response_format"] = form
         # Encoded once: retries send the same bytes.
         content = encode_body(body)
         started = time.monotonic()
@@ -258,8 +274,14 @@ class LLMClient(AsyncService):
                     seconds=time.monotonic() - started, finish_reason=hit.finish_reason,
                     attempts=0, cache_key=key, cached=True,
                 )
-        result, attempts = await self._call(api, content, estimate_tokens(messages, limit),
-                                            structured=structured)
+        estimate = estimate_tokens(messages, limit)
+        if speculative:
+            result = await self._attempt(api, content, estimate, structured=True,
+                                         speculative=True)
+            attempts = 1
+        else:
+            result, attempts = await self._call(api, content, estimate,
+                                                structured=form is not None)
         return msgspec.structs.replace(
             result, seconds=time.monotonic() - started, attempts=attempts, cache_key=key
         )
@@ -267,23 +289,11 @@ class LLMClient(AsyncService):
     @property
     def structured_output(self) -> str:
         """The dialect in use, or ``auto`` while the probe has not decided yet."""
-        return self._dialect or "auto"
+        return self._dialect.current
 
     async def dialect(self) -> Dialect:
-        """The structured-output dialect of this role; ``auto`` probes the endpoint once.
-
-        An inconclusive probe (server unreachable) answers ``off`` for now; the role
-        probes again at a call :data:`PROBE_RETRY_S` later (not at every call, which
-        would queue one probe per waiting request behind a dead server).
-        """
-        if self._dialect is not None:
-            return self._dialect
-        async with self._dialect_lock:
-            if self._dialect is None and time.monotonic() >= self._next_probe:
-                self._dialect = await dialects.probe_dialect(
-                    self._probe_send, role=self.role, model=self.config.model)
-                self._next_probe = time.monotonic() + PROBE_RETRY_S
-            return self._dialect or "off"
+        """The structured-output dialect of this role (``auto``: probed once)."""
+        return await self._dialect.decide()
 
     async def _probe_send(self, body: dict[str, Any]) -> tuple[int, str] | None:
         if self._api is None:
@@ -382,7 +392,8 @@ class LLMClient(AsyncService):
         return problem
 
     async def _attempt(
-        self, api: openai.AsyncOpenAI, content: bytes, estimate: int, *, structured: bool
+        self, api: openai.AsyncOpenAI, content: bytes, estimate: int, *, structured: bool,
+        speculative: bool = False,
     ) -> ChatResult:
         async with self._semaphore:
             if self._request_bucket is not None:
@@ -412,7 +423,8 @@ class LLMClient(AsyncService):
 
         self._observe(status, seconds)
         if isinstance(outcome, IterrefineError):
-            self.circuit.failed(status, outcome)
+            if not speculative:
+                self.circuit.failed(status, outcome)
             self._errors += 1
             if self._token_bucket is not None and status.isdigit():
                 # The server turned the request away (HTTP status): it used no tokens there.
