@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
 from iterrefine._process import descendants, pid_alive
-from iterrefine.config import BrokerConfig, load_config
+from iterrefine.config import BrokerConfig, Config, load_config
 from iterrefine.errors import ConfigError
 from iterrefine.formats.inputs import InputSpec
 from iterrefine.ingest import RawRecord
@@ -187,3 +187,15 @@ def test_disk_run_dies_whole_on_sigkill_and_the_next_run_cleans_up(tmp_path: Pat
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["items_in"] == 120 and summary["complete"] is True
     assert not list((tmp_path / "d").glob(f"{SCRATCH_PREFIX}*"))
+
+
+def test_fetches_on_a_disk_broker_keep_their_configured_wait() -> None:
+    """Each fetch costs a disk broker S3 requests, so run's 10 ms holds apply to memory only."""
+    from iterrefine.app import OWN_BROKER_FETCH_MAX_WAIT_MS, _for_own_broker
+
+    base = Config()
+    on_disk = _for_own_broker(base, 2, on_disk=True)
+    assert on_disk.runtime.fetch_max_wait_ms == base.runtime.fetch_max_wait_ms
+    assert on_disk.runtime.static_partitions is not None
+    in_memory = _for_own_broker(base, 2)
+    assert in_memory.runtime.fetch_max_wait_ms == OWN_BROKER_FETCH_MAX_WAIT_MS
