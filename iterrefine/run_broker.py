@@ -3,14 +3,14 @@
 Tansu 0.6.0's memory storage keeps every record until the broker stops: it accepts
 ``retention.ms``/``retention.bytes`` but never enforces them, and ``DeleteRecords`` is
 unimplemented (docs/broker-notes.md). So a run's memory broker grows with its input
-(545 MB at 200,000 small one-call items). A big input therefore gets a broker that
-spills to disk: Tansu on a scratch SeaweedFS store (:mod:`iterrefine.seaweed`), which
+(77 MB at 20,000 small one-call items, 600 MB at 200,000). A big input therefore gets
+a broker that spills to disk: Tansu on a scratch SeaweedFS store (:mod:`iterrefine.seaweed`), which
 stayed near 150–200 MB for Tansu and SeaweedFS together from 20,000 to 200,000 items.
 That store belongs to the run alone: created fresh under the data dir, killed and
 deleted when the run ends, like the memory broker's state. Small inputs keep memory
 storage, which starts in milliseconds (SeaweedFS takes about 1.5 s) and is faster.
 
-"Big" is the input's size on disk, ``[broker] disk_above_mb`` (1 MB: about 9,000
+"Big" is the input's size on disk, ``[broker] disk_above_mb`` (1 MB: about 8,000
 small Alpaca records or 1,000 Dolly ones); ``[broker] storage`` or
 ``--broker-storage`` forces either storage.
 """
