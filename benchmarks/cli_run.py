@@ -2,8 +2,9 @@
 
 Wall time is the driver's stopwatch from spawn to exit. Peak memory is sampled every
 100 ms from /proc as the high-water mark (``VmHWM``) of the run process and of each of
-its descendants: the embedded broker (``tansu``) and ``--workers`` children. The
-command's own summary (``--summary``) is returned too.
+its descendants: the embedded broker (``tansu``, plus ``weed`` when it runs on durable
+storage) and ``--workers`` children. The command's own summary (``--summary``) is
+returned too.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ class CliRun:
     t_start: float
     wall_s: float
     summary: dict[str, Any]
-    #: Peak VmHWM (MB) per process kind: "run", "broker", "worker".
+    #: Peak VmHWM (MB) per process kind: "run", "broker", "worker"; with durable storage
+    #: also "tansu" and "weed", whose sum is "broker".
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
 
 
@@ -45,14 +47,32 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+#: Broker-side processes: Tansu, and SeaweedFS (``weed``) behind it on durable storage.
+BROKER_PARTS = ("tansu", "weed")
+
+
 def _kind(pid: int, root: int) -> str:
+    """"run", "worker", or a broker part ("tansu", "weed")."""
     if pid == root:
         return "run"
     try:
         comm = Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return "other"
-    return "broker" if comm.startswith("tansu") else "worker"
+    return next((part for part in BROKER_PARTS if comm.startswith(part)), "worker")
+
+
+def _add_sample(peaks: dict[str, float], sample: dict[str, float]) -> None:
+    """Fold one sample's high-water marks into ``peaks``.
+
+    "broker" is the sum of the broker parts' high-water marks in the same sample: an
+    upper bound of their combined resident memory (each part peaked at some time).
+    """
+    for kind, hwm in sample.items():
+        peaks[kind] = max(peaks.get(kind, 0.0), hwm)
+    parts = [sample[part] for part in BROKER_PARTS if part in sample]
+    if parts:
+        peaks["broker"] = max(peaks.get("broker", 0.0), round(sum(parts), 1))
 
 
 def run_cli(args: list[str], *, workdir: Path, name: str, timeout_s: float = 1800,
@@ -71,13 +91,15 @@ def run_cli(args: list[str], *, workdir: Path, name: str, timeout_s: float = 180
         def sample() -> None:
             while not finished.wait(0.1):
                 pending = [proc.pid]
+                seen: dict[str, float] = {}
                 while pending:
                     pid = pending.pop()
                     pending += _children(pid)
                     hwm = proc_status_mb(pid, "VmHWM")
                     if hwm is not None:
                         kind = _kind(pid, proc.pid)
-                        peaks[kind] = max(peaks.get(kind, 0.0), hwm)
+                        seen[kind] = max(seen.get(kind, 0.0), hwm)
+                _add_sample(peaks, seen)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()

@@ -238,17 +238,24 @@ def emit_result(result: dict[str, Any]) -> None:
 
 
 def sized_main(
-    run: Callable[..., dict[str, Any]], *, doc: str | None, quick_help: str, sizes_help: str
+    run: Callable[..., dict[str, Any]], *, doc: str | None, quick_help: str, sizes_help: str,
+    add_args: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> None:
-    """The command line of a benchmark that runs at a few sizes: parse, run, print JSON."""
+    """The command line of a benchmark that runs at a few sizes: parse, run, print JSON.
+
+    ``add_args`` adds flags of its own; they reach ``run`` as keyword arguments.
+    """
     parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--sizes", help=sizes_help)
+    if add_args is not None:
+        add_args(parser)
     args = parser.parse_args()
     quiet_logging()
+    extra = {k: v for k, v in vars(args).items() if k not in ("quick", "sizes")}
     sizes = tuple(int(x) for x in args.sizes.split(",")) if args.sizes else None
     with bench_session(args.quick) as bench:
-        result = run(bench, sizes=sizes)
+        result = run(bench, sizes=sizes, **extra)
     json.dump({"machine": machine(), "date": now_iso(), **result}, sys.stdout, indent=2)
     sys.stdout.write("\n")
 

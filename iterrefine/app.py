@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from iterrefine.broker_state import ensure_broker
+from iterrefine.broker import EmbeddedBroker
 from iterrefine.config import Config, LLMRoleConfig, StaticPartitions
 from iterrefine.export import ExportPaths
 from iterrefine.extra_workers import ExtraWorkers, add_stats
@@ -41,6 +41,7 @@ from iterrefine.preflight import (
 from iterrefine.presets import preset_rows
 from iterrefine.prespawn import Prespawned
 from iterrefine.proctime import Timeline
+from iterrefine.run_broker import input_bytes, start_run_broker
 from iterrefine.runtime import StageRunner
 from iterrefine.sim import SimConfig
 from iterrefine.stream_export import StreamingExport
@@ -100,17 +101,20 @@ def sim_roles(config: Config, base_url: str, sim: SimConfig) -> Config:
 
 
 @contextlib.asynccontextmanager
-async def _bootstrap(config: Config) -> AsyncIterator[tuple[str, bool]]:
+async def _bootstrap(config: Config, input_size: int | None,
+                     ) -> AsyncIterator[tuple[str, EmbeddedBroker | None]]:
     """The configured cluster, a running ``broker up`` broker, or a new embedded one.
 
-    Also says whether the broker is this run's own (nobody else can use it then).
+    A new one keeps its records on disk for a big input (:mod:`iterrefine.run_broker`).
+    Also gives the broker if it is this run's own (nobody else can use it then).
     """
     if config.kafka.bootstrap_servers:
-        yield config.kafka.bootstrap_servers, False
+        yield config.kafka.bootstrap_servers, None
         return
-    bootstrap, broker = await asyncio.to_thread(ensure_broker, config.data_dir)
+    bootstrap, broker = await asyncio.to_thread(
+        start_run_broker, config.data_dir, config.broker, input_size)
     try:
-        yield bootstrap, broker is not None
+        yield bootstrap, broker
     finally:
         if broker is not None:
             if not broker.durable:
@@ -128,12 +132,18 @@ async def _bootstrap(config: Config) -> AsyncIterator[tuple[str, bool]]:
 OWN_BROKER_FETCH_MAX_WAIT_MS = 10
 
 
-def _for_own_broker(config: Config, workers: int) -> Config:
+def _for_own_broker(config: Config, workers: int, *, on_disk: bool = False) -> Config:
     """``config`` for a broker this run started: each stage process takes a fixed share of
-    partitions (no group joins), and fetches are held briefly."""
+    partitions (no group joins), and fetches are held briefly.
+
+    Not on disk storage: there every fetch costs the broker S3 requests (metadata and
+    watermark reads, a listing of the partition when behind): a 20,000-item disk run took
+    56 s with 10 ms holds and 36 s with the default (benchmarks/memory.py).
+    """
+    wait_ms = config.runtime.fetch_max_wait_ms
     runtime = msgspec.structs.replace(
         config.runtime, static_partitions=StaticPartitions(index=0, count=workers),
-        fetch_max_wait_ms=min(config.runtime.fetch_max_wait_ms, OWN_BROKER_FETCH_MAX_WAIT_MS))
+        fetch_max_wait_ms=wait_ms if on_disk else min(wait_ms, OWN_BROKER_FETCH_MAX_WAIT_MS))
     return msgspec.structs.replace(config, runtime=runtime)
 
 
@@ -184,10 +194,12 @@ async def run_pipeline(
         # Asked while the broker starts; answered before anything is ingested.
         preflight = asyncio.create_task(_checked(check_llm_endpoints(config), timeline))
         stack.callback(preflight.cancel)
-        bootstrap, owned = await stack.enter_async_context(_bootstrap(config))
+        input_size = input_bytes(options.input_spec or InputSpec(str(options.input)), first)
+        bootstrap, own_broker = await stack.enter_async_context(_bootstrap(config, input_size))
         timeline.mark("broker")
-        if owned:
-            config = _for_own_broker(config, options.workers)
+        owned = own_broker is not None
+        if own_broker is not None:
+            config = _for_own_broker(config, options.workers, on_disk=own_broker.durable)
         metrics = metrics if metrics is not None else Metrics(
             longest_timeout_s=max((r.timeout_s for r in config.llm.values()), default=0.0))
         await ensure_topics(config.kafka, bootstrap, graph.topics())

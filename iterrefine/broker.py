@@ -15,6 +15,10 @@ Everything listens on 127.0.0.1 only. Data dir layout::
     DATA_DIR/s3/                  SeaweedFS data (durable)
     DATA_DIR/s3-credentials.json  S3 key pair shared by both processes (durable)
     DATA_DIR/broker.json          written by `iterrefine broker up` only
+
+A ``scratch`` broker is durable storage used as spill space only (``iterrefine run``
+on a big input, :mod:`iterrefine.run_broker`): its processes die with their owner
+and ``stop()`` kills them without grace and deletes the data dir.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import socket
 import struct
 import time
@@ -109,7 +114,8 @@ class EmbeddedBroker:
 
     ``with``/``async with`` it, or call ``start()`` and ``stop()`` (both blocking;
     the async form runs them in a thread). ``port=None`` picks a free port.
-    Memory storage unless ``durable``, which needs ``data_dir``.
+    Memory storage unless ``durable``, which needs ``data_dir``; ``scratch`` (durable
+    only) deletes that dir at ``stop()``.
     """
 
     def __init__(
@@ -122,7 +128,11 @@ class EmbeddedBroker:
         s3_ready_timeout_s: float = 60.0,
         stop_timeout_s: float = 10.0,
         die_with_parent: bool = False,
+        scratch: bool = False,
     ) -> None:
+        if scratch and not durable:
+            raise ConfigError("a scratch broker is a durable one whose data is discarded: "
+                              "pass durable=True with scratch=True.")
         if durable and data_dir is None:
             raise ConfigError(
                 "the durable embedded broker keeps its data in a directory: pass --data-dir DIR "
@@ -137,6 +147,8 @@ class EmbeddedBroker:
         #: Tansu gets SIGTERM when this process dies (for ``run``'s own broker; never for
         #: ``broker up``, whose broker outlives the command on purpose).
         self.die_with_parent = die_with_parent
+        #: Storage is spill space, not durability: nothing in it is read after ``stop()``.
+        self.scratch = scratch
         self.port: int | None = None
         self.pid: int | None = None
         self.s3: SeaweedS3 | None = None
@@ -175,6 +187,7 @@ class EmbeddedBroker:
                     log_path=self.data_dir / "weed.log",
                     credentials=load_or_create_credentials(self.data_dir / "s3-credentials.json"),
                     ready_timeout_s=self.s3_ready_timeout_s,
+                    die_with_parent=self.die_with_parent,
                 )
                 self.s3.start()
                 storage = S3_STORAGE
@@ -221,14 +234,24 @@ class EmbeddedBroker:
         )
 
     def stop(self) -> None:
-        """Stop Tansu, then its S3 store (SIGTERM, SIGKILL after ``stop_timeout_s``)."""
+        """Stop Tansu, then its S3 store (SIGTERM, SIGKILL after ``stop_timeout_s``).
+
+        A scratch broker's data is discarded, so it gets no grace (``weed`` alone waits
+        a second before it exits on SIGTERM) and its data dir is deleted.
+        """
+        grace = 0.0 if self.scratch else self.stop_timeout_s
         if self.pid is not None:
-            stop_pid(self.pid, timeout_s=self.stop_timeout_s)
+            stop_pid(self.pid, timeout_s=grace)
             log.info("broker.stopped", port=self.port, pid=self.pid)
             self.pid = None
         if self.s3 is not None:
-            self.s3.stop()
+            if self.scratch:
+                self.s3.stop(timeout_s=grace)
+            else:
+                self.s3.stop()
             self.s3 = None
+        if self.scratch and self.data_dir is not None:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def detach(self) -> None:
         """Leave the processes running beyond this object (``iterrefine broker up``)."""

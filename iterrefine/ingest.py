@@ -283,12 +283,12 @@ class Ingestor:
             self.report.invalid += 1
             if item_id in self._first_wins:  # the same bad bytes again: a row of its own
                 item_id = raw_id(where.encode() + b"\0" + record.data)
-            self._first_wins.check(item_id, fingerprint, where)
+            self._first_wins.check(item_id, fingerprint, record.origin, record.line)
             self._tell(f"{where}: {problem} (sent to the DLQ)")
             log.warning("invalid_record", origin=record.origin, line=record.line,
                         reason=problem.reason, item_id=item_id)
         else:
-            duplicate = self._first_wins.check(item_id, fingerprint, where)
+            duplicate = self._first_wins.check(item_id, fingerprint, record.origin, record.line)
         headers = [
             ("iterrefine.ingest.origin", record.origin.encode()),
             ("iterrefine.ingest.line", str(record.line).encode()),

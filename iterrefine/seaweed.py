@@ -10,6 +10,13 @@ the ``-bucket`` only when it has them. Without an identity it refuses every
 write with 403 — and Tansu then still acks produce requests while failing to
 persist them. So a random key pair is generated once per data dir, kept in
 ``s3-credentials.json`` (mode 0600), and given to both processes.
+
+Memory: left alone, ``weed mini`` grew to ~340 MB after 20,000 small items (Go's
+collector lets the heap double; the volume server keeps its needle index in memory).
+It runs lean here: the Go heap is held near ``GOMEMLIMIT`` (64 MiB unless the
+environment sets one), the needle index lives in LevelDB, and the S3 read cache is
+off (Tansu reads each batch about once). Measured: ~130 MB resident at 20,000 items,
+~170 MB at 200,000 (about 88 MB of that is the mapped binary).
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ BUCKET = "tansu"
 #: whatever ``-admin.port.grpc`` says; keeping that relation silences its reconnect loop.
 _ADMIN_GRPC_OFFSET = 10_000
 _START_ATTEMPTS = 3
+#: Go heap target of ``weed`` (a soft limit: the collector works harder near it).
+GO_MEMORY_LIMIT = "64MiB"
 
 
 class S3Credentials(msgspec.Struct, frozen=True, kw_only=True):
@@ -113,11 +122,13 @@ class SeaweedS3:
     """``weed mini`` serving one bucket from ``data_dir``; ``start()``/``stop()`` or ``with``."""
 
     def __init__(self, data_dir: Path, *, log_path: Path, credentials: S3Credentials,
-                 ready_timeout_s: float = 60.0) -> None:
+                 ready_timeout_s: float = 60.0, die_with_parent: bool = False) -> None:
         self.data_dir = data_dir
         self.log_path = log_path
         self.credentials = credentials
         self.ready_timeout_s = ready_timeout_s
+        #: ``weed`` gets SIGTERM when this process dies (a ``run``'s own store).
+        self.die_with_parent = die_with_parent
         self.pid: int | None = None
         self.ports: dict[str, int] = {}
 
@@ -142,7 +153,8 @@ class SeaweedS3:
         started = time.monotonic()
         for attempt in range(1, _START_ATTEMPTS + 1):
             self.ports = _pick_ports()
-            self.pid = spawn(self._argv(binary), env=self._env(), log_path=self.log_path)
+            self.pid = spawn(self._argv(binary), env=self._env(), log_path=self.log_path,
+                             die_with_parent=self.die_with_parent)
             if self._wait_ready():
                 log.info("seaweed.started", pid=self.pid, s3_port=self.ports["s3.port"],
                          startup_s=round(time.monotonic() - started, 3))
@@ -176,6 +188,7 @@ class SeaweedS3:
             "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
             f"-bucket={BUCKET}",
+            "-volume.index=leveldb", "-s3.cacheCapacityMB=0",
             *(f"-{name}={port}" for name, port in self.ports.items()),
         ]
 
@@ -184,6 +197,7 @@ class SeaweedS3:
         env.pop("S3_BUCKET", None)
         env["AWS_ACCESS_KEY_ID"] = self.credentials.access_key_id
         env["AWS_SECRET_ACCESS_KEY"] = self.credentials.secret_access_key
+        env.setdefault("GOMEMLIMIT", GO_MEMORY_LIMIT)
         return env
 
     def _wait_ready(self) -> bool:

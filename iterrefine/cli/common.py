@@ -144,6 +144,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             "position_swap": getattr(args, "position_swap", None),
             "alignment_mode": getattr(args, "alignment_mode", None),
         },
+        "broker": {"storage": getattr(args, "broker_storage", None)},
         "data_dir": getattr(args, "data_dir", None),
         "metrics_port": getattr(args, "metrics_port", None),
         "metrics_host": getattr(args, "metrics_host", None),

@@ -60,6 +60,10 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
         help="stage processes (default 1): N - 1 more join this one's consumer groups; each "
         "role's LLM limits apply per process. One process sends a few hundred LLM calls a "
         "second at most, so use up to one per core for large inputs")
+    add("--broker-storage", choices=["auto", "memory", "disk"],
+        help="where the run's own embedded broker keeps records: memory (fastest, grows with "
+        "the input), disk (a scratch store under --data-dir, deleted after the run: flat "
+        "memory), or auto (default): disk for inputs of [broker] disk_above_mb (1 MB) and more")
     add("--no-progress", action="store_true", help="no progress bar")
     add("--llm", choices=["sim"], help="sim: start the built-in LLM simulator (not a model)")
     add("--sim-latency-ms", type=float, default=100.0, help="simulator mean latency (100)")
@@ -186,8 +190,8 @@ def _where_unfinished_items_are(config: Config) -> str:
              if config.cache.mode != "off" else
              "the response cache is off (--no-cache), so a rerun pays for every call again")
     if not config.kafka.bootstrap_servers and find_running_broker(config.data_dir) is None:
-        return (f"the embedded in-memory broker was stopped with this run, so their pipeline "
-                f"state is lost; {cache}")
+        return (f"the run's own embedded broker was stopped with it (its storage is discarded), "
+                f"so their pipeline state is lost; {cache}")
     return f"their state is in Kafka and a later run or worker picks them up; {cache}"
 
 
