@@ -36,8 +36,6 @@ log = structlog.get_logger("iterrefine.ingest")
 #: Records above this cannot travel as one Kafka message (producer max_request_size is 4 MiB).
 WIRE_LIMIT_BYTES = 1024 * 1024
 _OVERSIZE_HEAD_BYTES = 64 * 1024
-#: Ingest yields to the event loop after this many records (see :meth:`Ingestor.send`).
-YIELD_EVERY = 16
 #: Editors on Windows start files with it; `cat a.jsonl b.jsonl` puts it mid-stream.
 BOM = b"\xef\xbb\xbf"
 
@@ -319,11 +317,14 @@ class Ingestor:
         self._pending.append(future)
         if len(self._pending) >= self._batch_size:
             await self.flush()
-        elif self.report.records % YIELD_EVERY == 0:
+        elif _is_power_of_two(self.report.records):
             # aiokafka's send() returns without yielding while its buffer has room: a loop
             # of sends kept the producer's sender from running, so the first records left
             # only when the loop flushed (the score stage began 0.1 s after ingest started
-            # on 200 records). Yielding lets each batch go when its linger is up.
+            # on 200 records). Yielding after record 1, 2, 4, ... lets the first ones go at
+            # once; later ones still leave in big batches at each flush (yielding every 16
+            # records made batches of a few records: on a disk broker each is an object,
+            # and a 200,000-record run took 1.9x as long).
             await asyncio.sleep(0)
         return item_id
 
@@ -351,6 +352,10 @@ class Ingestor:
             raise
         for future in pending:
             future.result()
+
+
+def _is_power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
 
 
 def _ingest_dead_letter(reason: str, message: str) -> list[tuple[str, bytes]]:

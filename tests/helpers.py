@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -11,6 +14,7 @@ from typing import Any
 
 from aiokafka.structs import TopicPartition
 
+from iterrefine._process import descendants, pid_alive
 from iterrefine.config import Config, KafkaConfig, RuntimeConfig
 from iterrefine.consumers import PIPELINE
 from iterrefine.kafka import make_consumer, make_producer, read_to_end, true_end_offsets
@@ -97,3 +101,27 @@ async def committed_vs_end(
     finally:
         await reader.stop()
     return committed, {tp.partition: end for tp, end in ends.items()}
+
+
+def sigkill_when_it_has_children(proc: subprocess.Popen[bytes], children: int = 2) -> list[int]:
+    """SIGKILL ``proc`` once it has ``children`` descendants; their pids, none left alive.
+
+    Survivors are killed (so a failing test leaves no orphans) and asserted absent.
+    """
+    try:
+        deadline = time.monotonic() + 60
+        while len(descendants(proc.pid)) < children and time.monotonic() < deadline:
+            time.sleep(0.1)
+        family = descendants(proc.pid)
+        assert len(family) >= children
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 5
+    while any(pid_alive(pid) for pid in family) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    survivors = [pid for pid in family if pid_alive(pid)]
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert survivors == []
+    return family

@@ -5,17 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
-from iterrefine._process import descendants, pid_alive
+from iterrefine._process import pid_alive
 from iterrefine.config import BrokerConfig, Config, load_config
 from iterrefine.errors import ConfigError
 from iterrefine.formats.inputs import InputSpec
@@ -27,6 +25,8 @@ from iterrefine.run_broker import (
     remove_stale_scratch,
     start_run_broker,
 )
+
+from .helpers import sigkill_when_it_has_children
 
 MB = 1024 * 1024
 SAMPLE = Path(__file__).parent.parent / "examples" / "dolly_sample.jsonl"
@@ -164,21 +164,7 @@ def test_disk_run_dies_whole_on_sigkill_and_the_next_run_cleans_up(tmp_path: Pat
     """kill -9 of a disk run takes tansu and weed along; the next run finishes and removes
     the scratch store the killed one left."""
     with _run(tmp_path, "--sim-latency-ms", "2000") as proc:
-        try:
-            deadline = time.monotonic() + 60
-            while len(descendants(proc.pid)) < 2 and time.monotonic() < deadline:
-                time.sleep(0.1)  # weed, then tansu
-            family = descendants(proc.pid)
-            assert len(family) >= 2
-        finally:
-            proc.send_signal(signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while any(pid_alive(pid) for pid in family) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    survivors = [pid for pid in family if pid_alive(pid)]
-    for pid in survivors:
-        os.kill(pid, signal.SIGKILL)
-    assert survivors == []
+        sigkill_when_it_has_children(proc)  # weed, then tansu
     assert list((tmp_path / "d").glob(f"{SCRATCH_PREFIX}*"))  # left behind by the kill
     with _run(tmp_path, "--sim-latency-ms", "5", "--sim-jitter-ms", "0",
               "--summary", str(tmp_path / "s.json")) as again:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from iterrefine._process import descendants, pid_alive
+from .helpers import sigkill_when_it_has_children
 
 SAMPLE = Path(__file__).parent.parent / "examples" / "dolly_sample.jsonl"
 
@@ -76,22 +74,7 @@ def test_sigkill_of_run_takes_broker_and_workers_along(tmp_path: Path) -> None:
          "-o", str(tmp_path / "o.jsonl"), "--llm", "sim", "--workers", "2", "--no-progress",
          "--data-dir", str(tmp_path / "d"), "--log-level", "warning"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while len(descendants(proc.pid)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)  # the broker, then the worker child
-        family = descendants(proc.pid)
-        assert len(family) >= 2
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    deadline = time.monotonic() + 5
-    while any(pid_alive(pid) for pid in family) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    survivors = [pid for pid in family if pid_alive(pid)]
-    for pid in survivors:
-        os.kill(pid, signal.SIGKILL)
-    assert survivors == []
+    sigkill_when_it_has_children(proc)  # the broker, then the worker child
 
 
 @pytest.mark.slow
