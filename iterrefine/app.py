@@ -174,7 +174,8 @@ async def run_pipeline(
     timeline.mark("imports")  # and argument parsing: everything before this function
     stop = stop or asyncio.Event()
     # Opened first (a bad path or format fails before startup), then streamed into ingest.
-    records = open_input(options.input_spec or InputSpec(str(options.input))).records()
+    spec = options.input_spec or InputSpec(str(options.input))
+    records = open_input(spec).records()
     first = next(records, None)
     graph = load_graph(config)  # and so does a bad user stage
     paths = output_paths(options.output)  # .parquet names its rejected file alike
@@ -194,7 +195,7 @@ async def run_pipeline(
         # Asked while the broker starts; answered before anything is ingested.
         preflight = asyncio.create_task(_checked(check_llm_endpoints(config), timeline))
         stack.callback(preflight.cancel)
-        input_size = input_bytes(options.input_spec or InputSpec(str(options.input)), first)
+        input_size = input_bytes(spec, first)
         bootstrap, own_broker = await stack.enter_async_context(_bootstrap(config, input_size))
         timeline.mark("broker")
         owned = own_broker is not None
@@ -233,15 +234,18 @@ async def run_pipeline(
             asyncio.create_task(_ingest(config, bootstrap, source, export, metrics)))
         pipeline_stop = asyncio.Event()
         own_ready = asyncio.Event()
+
+        def stages_ready() -> None:
+            own_ready.set()
+            timeline.mark("stages_ready")
+
         runners: list[StageRunner] = []
         stages: asyncio.Task[dict[str, LLMStats]] = asyncio.create_task(serve_pipeline(
             config, bootstrap, graph=graph, metrics=metrics, metrics_port=options.metrics_port,
-            stop=pipeline_stop, on_ready=own_ready.set, simulated=options.sim is not None,
+            stop=pipeline_stop, on_ready=stages_ready, simulated=options.sim is not None,
             topics_ready=True,
             runners_out=runners, on_circuit_open=run_abort,
         ))
-        own_ready_mark = asyncio.create_task(_mark_when(own_ready, timeline, "stages_ready"))
-        stack.callback(own_ready_mark.cancel)
         joins = asyncio.create_task(watch_group_joins(
             runners, timeout_s=config.runtime.group_join_timeout_s, bootstrap=bootstrap,
             abort=run_abort))
@@ -331,11 +335,6 @@ async def run_pipeline(
 async def _checked(check: Awaitable[None], timeline: Timeline) -> None:
     await check
     timeline.mark("preflight")
-
-
-async def _mark_when(event: asyncio.Event, timeline: Timeline, phase: str) -> None:
-    await event.wait()
-    timeline.mark(phase)
 
 
 async def _until_set_or_done(
