@@ -481,6 +481,28 @@ async def test_default_transport_talks_to_the_simulator() -> None:
         assert result.model == "sim-test-model" and result.finish_reason == "stop"
 
 
+async def test_a_burst_of_first_calls_works_out_the_platform_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """openai settles its platform header on a client's first request, in a thread per
+    concurrent request until one finishes; the client settles it once, at start."""
+    import openai._base_client
+
+    real = openai._base_client.get_platform
+    calls: list[float] = []
+
+    def counted() -> Any:
+        calls.append(time.monotonic())
+        return real()
+
+    monkeypatch.setattr(openai._base_client, "get_platform", counted)
+    handler, arrivals = sequence(completion())
+    async with llm(handler) as client:
+        assert len(calls) == 1  # at start, before any call
+        await asyncio.gather(*(client.chat(MESSAGES) for _ in range(40)))
+    assert len(arrivals) == 40 and len(calls) == 1
+
+
 async def test_default_transport_maps_server_errors_and_deadlines() -> None:
     """Over real HTTP a 500 is transient and a hanging server hits the timeout_s deadline."""
     async with (

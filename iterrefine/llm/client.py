@@ -59,6 +59,7 @@ from iterrefine.llm.wire import (
     decode_completion,
     encode_body,
     estimate_tokens,
+    settle_platform,
     token_count,
 )
 from iterrefine.metrics import Metrics
@@ -163,6 +164,7 @@ class LLMClient(AsyncService):
         # given an absolute URL, openai skips the merge (a URL copy and re-parse) per call.
         base = api.base_url
         self._chat_url = str(base.copy_with(raw_path=base.raw_path + b"chat/completions"))
+        await settle_platform(api)
         self._api = api
 
     async def aclose(self) -> None:
@@ -368,7 +370,6 @@ class LLMClient(AsyncService):
         api = self._api
         if api is None:
             raise RuntimeError(f"{self._where}: call start() or use 'async with' first")
-        self._probes += 1
         status, problem = await probe_models(api, self._failures)
         if status in ("404", "405"):
             status, problem = await probe_completion(api, self._failures, self._chat_url)

@@ -7,6 +7,7 @@ msgspec codec that decodes only the few fields we read, and the result records.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import ssl
 from typing import Any
@@ -126,6 +127,21 @@ def build_http_client(config: LLMRoleConfig) -> httpx2.AsyncClient:
         timeout=httpx2.Timeout(config.timeout_s, connect=min(10.0, config.timeout_s)),
         follow_redirects=True,
     )
+
+
+async def settle_platform(api: openai.AsyncOpenAI) -> None:
+    """Work out openai's platform header once, before the client's first burst of calls.
+
+    openai does it on a client's first request, in a worker thread, and until one has
+    finished every concurrent first request starts its own: a stage's first batch of a
+    few hundred calls queued as many threads running ``platform.platform()`` (which
+    reads the interpreter binary) before any request left. ``_platform`` is private;
+    ``tests/test_llm_client.py`` checks that this still settles it.
+    """
+    if getattr(api, "_platform", "") is None:
+        from openai._base_client import get_platform
+
+        api._platform = await asyncio.to_thread(get_platform)
 
 
 def token_count(value: object) -> int:
