@@ -29,12 +29,12 @@ from iterrefine.formats.inputs import InputSpec, open_input
 from iterrefine.formats.outputs import Shape, output_paths, reshape_export
 from iterrefine.ingest import Ingestor, IngestReport, RawRecord
 from iterrefine.kafka import make_producer
-from iterrefine.llm import LLMStats
+from iterrefine.llm import LLMRoles, LLMStats
 from iterrefine.metrics import Metrics
 from iterrefine.pipeline import load_graph, serve_pipeline
 from iterrefine.preflight import (
     RunAbort,
-    check_llm_endpoints,
+    check_llm_roles,
     check_output_paths,
     watch_group_joins,
 )
@@ -131,10 +131,15 @@ async def _bootstrap(config: Config, input_size: int | None,
 #: price of a short wait is a few hundred empty fetches a second over loopback.
 OWN_BROKER_FETCH_MAX_WAIT_MS = 10
 
+#: The broker retry backoff on the run's own broker: aiokafka sits one backoff out before
+#: a consumer first reads its partitions' committed offsets, which held every stage's
+#: first fetch back 100 ms at Kafka's default. Retries over loopback cost next to nothing.
+OWN_BROKER_RETRY_BACKOFF_MS = 10
+
 
 def _for_own_broker(config: Config, workers: int, *, on_disk: bool = False) -> Config:
     """``config`` for a broker this run started: each stage process takes a fixed share of
-    partitions (no group joins), and fetches are held briefly.
+    partitions (no group joins), fetches are held briefly and retries wait briefly.
 
     Not on disk storage: there every fetch costs the broker S3 requests (metadata and
     watermark reads, a listing of the partition when behind): a 20,000-item disk run took
@@ -144,7 +149,9 @@ def _for_own_broker(config: Config, workers: int, *, on_disk: bool = False) -> C
     runtime = msgspec.structs.replace(
         config.runtime, static_partitions=StaticPartitions(index=0, count=workers),
         fetch_max_wait_ms=wait_ms if on_disk else min(wait_ms, OWN_BROKER_FETCH_MAX_WAIT_MS))
-    return msgspec.structs.replace(config, runtime=runtime)
+    kafka = msgspec.structs.replace(config.kafka, retry_backoff_ms=min(
+        config.kafka.retry_backoff_ms, OWN_BROKER_RETRY_BACKOFF_MS))
+    return msgspec.structs.replace(config, runtime=runtime, kafka=kafka)
 
 
 #: ``RunResult.ingest.ids`` keeps the first this many ids (the run itself needs none).
@@ -192,8 +199,15 @@ async def run_pipeline(
 
             sim = await stack.enter_async_context(SimServer(options.sim, port=0))
             config = sim_roles(config, sim.base_url, options.sim)
-        # Asked while the broker starts; answered before anything is ingested.
-        preflight = asyncio.create_task(_checked(check_llm_endpoints(config), timeline))
+        metrics = metrics if metrics is not None else Metrics(
+            longest_timeout_s=max((r.timeout_s for r in config.llm.values()), default=0.0))
+        # The stages' own clients, probed while the broker starts and answered before
+        # anything is ingested: their first burst of calls then finds a connection open
+        # per role and openai's per-client set-up done (see wire.settle_platform).
+        roles = await stack.enter_async_context(
+            LLMRoles(config, metrics=metrics, on_circuit_open=run_abort))
+        preflight = asyncio.create_task(
+            _checked(check_llm_roles(roles[role] for role in roles), timeline))
         stack.callback(preflight.cancel)
         input_size = input_bytes(spec, first)
         bootstrap, own_broker = await stack.enter_async_context(_bootstrap(config, input_size))
@@ -201,8 +215,6 @@ async def run_pipeline(
         owned = own_broker is not None
         if own_broker is not None:
             config = _for_own_broker(config, options.workers, on_disk=own_broker.durable)
-        metrics = metrics if metrics is not None else Metrics(
-            longest_timeout_s=max((r.timeout_s for r in config.llm.values()), default=0.0))
         await ensure_topics(config.kafka, bootstrap, graph.topics())
         timeline.mark("topics")
         extras = ExtraWorkers(config, bootstrap, options.workers - 1,
@@ -243,8 +255,7 @@ async def run_pipeline(
         stages: asyncio.Task[dict[str, LLMStats]] = asyncio.create_task(serve_pipeline(
             config, bootstrap, graph=graph, metrics=metrics, metrics_port=options.metrics_port,
             stop=pipeline_stop, on_ready=stages_ready, simulated=options.sim is not None,
-            topics_ready=True,
-            runners_out=runners, on_circuit_open=run_abort,
+            topics_ready=True, runners_out=runners, roles=roles,
         ))
         joins = asyncio.create_task(watch_group_joins(
             runners, timeout_s=config.runtime.group_join_timeout_s, bootstrap=bootstrap,

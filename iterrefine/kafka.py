@@ -94,6 +94,7 @@ def client_kwargs(config: KafkaConfig, bootstrap_servers: str) -> dict[str, Any]
         "bootstrap_servers": bootstrap_servers,
         "client_id": config.client_id,
         "security_protocol": config.security_protocol,
+        "retry_backoff_ms": config.retry_backoff_ms,
     }
     if config.security_protocol in ("SSL", "SASL_SSL"):
         kwargs["ssl_context"] = _ssl_context(config)

@@ -104,6 +104,7 @@ async def serve_pipeline(
     runners_out: list[StageRunner] | None = None,
     topics_ready: bool = False,
     on_circuit_open: Callable[[Circuit], None] | None = None,
+    roles: LLMRoles | None = None,
 ) -> dict[str, LLMStats]:
     """Serve ``stages`` of ``graph`` (default: the config's) until ``stop``; LLM counters.
 
@@ -113,7 +114,8 @@ async def serve_pipeline(
     stage has its first partitions. ``topics_ready``: the caller created the graph's
     topics already (each check costs an admin connection at startup).
     ``on_circuit_open`` hears when an LLM role's
-    endpoint goes down (``run`` stops on a rejected key).
+    endpoint goes down (``run`` stops on a rejected key). ``roles``: clients the caller
+    started and closes (``run`` probes them first); otherwise the stages' own.
     """
     graph = graph if graph is not None else load_graph(config)
     specs = graph.select(stages)
@@ -131,8 +133,9 @@ async def serve_pipeline(
                 metrics.registry, metrics_port, host=config.metrics_host,
                 ready=lambda: bool(runners) and all(r.ready.is_set() for r in runners),
             ))
-        roles = await stack.enter_async_context(
-            LLMRoles(config, metrics=metrics, on_circuit_open=on_circuit_open))
+        if roles is None:
+            roles = await stack.enter_async_context(
+                LLMRoles(config, metrics=metrics, on_circuit_open=on_circuit_open))
         if simulated is None:
             simulated = await _simulated(config)
         ctx = pipeline_context(config, roles, metrics, simulated=simulated,

@@ -21,14 +21,11 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import msgspec
 import structlog
 
-from iterrefine.config import CacheConfig, Config
 from iterrefine.errors import ConfigError
 from iterrefine.llm.circuit import Circuit
 from iterrefine.llm.client import LLMClient
-from iterrefine.llm.roles import LLMRoles
 from iterrefine.runtime import StageRunner
 
 log = structlog.get_logger("iterrefine.preflight")
@@ -73,13 +70,6 @@ def check_output_paths(paths: Iterable[Path]) -> None:
         if path.exists() and not os.access(path, os.W_OK):
             raise PreflightError(f"output {path} exists and is read-only: remove it or choose "
                                  "another output path")
-
-
-async def check_llm_endpoints(config: Config) -> None:
-    """Probe every configured role on clients of its own (no cache, no circuit)."""
-    quiet = msgspec.structs.replace(config, cache=CacheConfig(mode="off"))
-    async with LLMRoles(quiet) as roles:
-        await check_llm_roles(roles[role] for role in roles)
 
 
 async def check_llm_roles(clients: Iterable[LLMClient]) -> None:

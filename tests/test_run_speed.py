@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
+from collections import Counter
 from pathlib import Path
 
 import msgspec
@@ -87,15 +89,88 @@ async def test_run_on_its_own_broker_splits_work_between_processes(tmp_path: Pat
     assert timeline["preflight"] <= timeline["ingested"] <= timeline["last_item"]
 
 
-def test_fetches_on_the_runs_own_broker_are_held_briefly() -> None:
-    """Tansu holds an empty fetch for its whole max wait: on run's own broker it is short."""
-    from iterrefine.app import OWN_BROKER_FETCH_MAX_WAIT_MS, _for_own_broker
+def test_fetches_on_the_runs_own_broker_are_held_briefly_and_retried_soon() -> None:
+    """Tansu holds an empty fetch for its whole max wait, and aiokafka waits a retry
+    backoff before a consumer's first fetch: on run's own broker both are short."""
+    from iterrefine.app import (
+        OWN_BROKER_FETCH_MAX_WAIT_MS,
+        OWN_BROKER_RETRY_BACKOFF_MS,
+        _for_own_broker,
+    )
+    from iterrefine.kafka import client_kwargs
 
     base = unique_config()
     assert base.runtime.fetch_max_wait_ms > OWN_BROKER_FETCH_MAX_WAIT_MS
+    assert base.kafka.retry_backoff_ms > OWN_BROKER_RETRY_BACKOFF_MS
     own = _for_own_broker(base, 2)
     assert own.runtime.fetch_max_wait_ms == OWN_BROKER_FETCH_MAX_WAIT_MS
     assert own.runtime.static_partitions == _static(2)
+    assert client_kwargs(own.kafka, "x:1")["retry_backoff_ms"] == OWN_BROKER_RETRY_BACKOFF_MS
+
+
+async def test_a_stopped_runner_does_not_wait_out_its_poll(broker: str) -> None:
+    """Stop while the runner waits for records: it leaves at once, not after
+    fetch_timeout_ms (it used to add 0.1 s to the end of every run)."""
+    base = unique_config()
+    config = msgspec.structs.replace(base, runtime=msgspec.structs.replace(
+        base.runtime, fetch_timeout_ms=30_000, static_partitions=_static(1)))
+    await produce(config, broker, f"{base.kafka.topic_prefix}items.raw", [alpaca(0)])
+
+    def forward(item: Item) -> list[Output]:
+        return [Output("items.scored", item)]
+
+    runner = StageRunner(Stage("score", "items.raw", forward, decode=decode_raw_record,
+                               outputs=("items.scored",)),
+                         config=config, bootstrap_servers=broker)
+    stop = asyncio.Event()
+    running = asyncio.create_task(runner.run(stop))
+    await wait_until(lambda: runner.handled == 1, timeout_s=30)
+    await asyncio.sleep(0.2)  # waiting in getmany for more by now
+    stop.set()
+    started = time.monotonic()
+    await asyncio.wait_for(running, timeout=10)
+    assert time.monotonic() - started < 5.0  # far below the 30 s poll
+
+
+async def test_a_fetched_batch_is_started_a_few_records_per_loop_turn(broker: str) -> None:
+    """Records start dispatch_batch at a time, with a loop turn between, so the requests
+    of the first ones leave before the last ones are even started."""
+    base = unique_config()
+    config = msgspec.structs.replace(base, runtime=msgspec.structs.replace(
+        base.runtime, dispatch_batch=4, static_partitions=_static(1)))
+    topic = f"{base.kafka.topic_prefix}items.raw"
+    n = 40
+    await produce(config, broker, topic, [alpaca(i) for i in range(n)],
+                  keys=[b"same-partition"] * n)
+    turns = 0
+    started_at_turn: list[int] = []
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    async def forward(item: Item) -> list[Output]:
+        started_at_turn.append(turns)
+        await asyncio.sleep(0)
+        return [Output("items.scored", item)]
+
+    runner = StageRunner(Stage("score", "items.raw", forward, decode=decode_raw_record,
+                               outputs=("items.scored",)),
+                         config=config, bootstrap_servers=broker)
+    stop = asyncio.Event()
+    ticker = asyncio.create_task(count_turns())
+    running = asyncio.create_task(runner.run(stop))
+    try:
+        await wait_until(lambda: len(started_at_turn) == n, timeout_s=30)
+    finally:
+        stop.set()
+        await running
+        ticker.cancel()
+    per_turn = Counter(started_at_turn)
+    assert max(per_turn.values()) <= 4, per_turn
+    assert len(per_turn) >= n // 4
 
 
 def test_the_run_command_imports_neither_the_simulator_nor_other_commands() -> None:

@@ -120,6 +120,9 @@ class StageRunner:
         self._metrics = metrics or Metrics()
         self._limits = Limits(self._rt.max_item_bytes, self._rt.max_envelope_bytes)
         self._backoff = Backoff(base_s=self._rt.retry_base_s, max_s=self._rt.retry_max_s)
+        # Inline handlers send nothing, and do best with big batches; see dispatch_batch.
+        self._per_poll = self._rt.fetch_max_records if stage.inline else min(
+            self._rt.fetch_max_records, self._rt.dispatch_batch)
         if stage.inline:
             inline = cast(InlineHandler, stage.handler)
             self._inline: InlineHandler | None = inline
@@ -220,7 +223,11 @@ class StageRunner:
         try:
             next_commit = time.monotonic() + self._rt.commit_interval_ms / 1000
             while not stop.is_set():
-                await self._poll_once(consumer)
+                # Raced with stop: a poll waits up to fetch_timeout_ms for records, and a
+                # stop should not wait for it. A cancelled poll took no records (aiokafka
+                # hands them over only when getmany returns).
+                if not await _unless_stopped(self._poll_once(consumer), stop):
+                    break
                 if time.monotonic() >= next_commit:
                     await self._commit()
                     self._update_lag()
@@ -287,12 +294,14 @@ class StageRunner:
         if self._paused:
             consumer.resume(*consumer.assignment())
             self._paused = False
-        batch = await consumer.getmany(
-            timeout_ms=self._rt.fetch_timeout_ms,
-            max_records=min(free, self._rt.fetch_max_records),
-        )
+        want = min(free, self._per_poll)
+        batch = await consumer.getmany(timeout_ms=self._rt.fetch_timeout_ms, max_records=want)
         self._dispatch(consumer, batch)
         self._m_inflight.set(self._inflight)  # every poll, so it falls back to 0 when idle
+        if sum(map(len, batch.values())) >= want:
+            # More may be buffered, and getmany hands it over without yielding: let the
+            # records just started run (and their requests leave) before the next ones.
+            await asyncio.sleep(0)
 
     async def _wait_for_room(self, consumer: AIOKafkaConsumer) -> None:
         """The window is full: take nothing more until a worthwhile part of it is free.
