@@ -69,10 +69,10 @@ async def accepted_by_aiokafka(kwargs: dict[str, Any]) -> None:
 
 
 async def test_plaintext_has_no_security_arguments() -> None:
-    """The default is PLAINTEXT with our client id and nothing else."""
+    """The default is PLAINTEXT with our client id and Kafka's retry backoff, nothing else."""
     kwargs = kwargs_for(client_id="curator-7")
     assert kwargs == {"bootstrap_servers": BOOTSTRAP, "client_id": "curator-7",
-                      "security_protocol": "PLAINTEXT"}
+                      "security_protocol": "PLAINTEXT", "retry_backoff_ms": 100}
     await accepted_by_aiokafka(kwargs)
 
 

@@ -51,7 +51,9 @@ class DialectChoice:
             return None
         if self._first_probe is None:
             self._first_probe = asyncio.create_task(self.decide())
-        if self._first_probe.done():
+        # Over once a probe has answered, here or through decide() (which can run first
+        # when the first call finished without ever yielding to the task it started).
+        if self._first_probe.done() or self._next_probe:
             self._speculating = False
             return None
         return dialects.PROBE_ORDER[0]

@@ -251,6 +251,7 @@ class StageRunner:
             log.info("stage_draining", stage=self.stage.name, inflight=inflight,
                      deadline_s=self._rt.drain_timeout_s)
             await self._drain(list(self._trackers), self._rt.drain_timeout_s)
+        self._m_inflight.set(self._inflight)  # the last poll was cut short by the stop
         await self._commit()
         await consumer.stop()
         if self._own_producer and self._producer is not None:
