@@ -17,9 +17,15 @@ ROOT = Path(__file__).parent.parent
 
 
 def write_worker_config(path: Path, config: Config, *, bootstrap: str | None = None) -> Path:
-    """A TOML file with the test's topic prefix and short group timeouts."""
+    """A TOML file with the test's topic prefix, short group timeouts and its own data dir.
+
+    The data dir holds the LLM response cache: left at the default (``.iterrefine`` under
+    the workers' working directory, the checkout), a rerun of a test on the same machine
+    was answered from an earlier run's cache and its simulators saw no calls.
+    """
     rt = config.runtime
     lines = [
+        f'data_dir = "{path.parent / "worker-data"}"',
         "[kafka]",
         f'topic_prefix = "{config.kafka.topic_prefix}"',
         f"partitions = {config.kafka.partitions}",
