@@ -153,8 +153,7 @@ def _for_own_broker(config: Config, workers: int, *, on_disk: bool = False) -> C
         rt, static_partitions=StaticPartitions(index=0, count=workers),
         fetch_max_wait_ms=rt.fetch_max_wait_ms if on_disk else min(
             rt.fetch_max_wait_ms, OWN_BROKER_FETCH_MAX_WAIT_MS),
-        dispatch_batch=max(rt.dispatch_batch, rt.fetch_max_records) if on_disk
-        else rt.dispatch_batch)
+        dispatch_batch=rt.fetch_max_records if on_disk else rt.dispatch_batch)
     kafka = msgspec.structs.replace(config.kafka, retry_backoff_ms=min(
         config.kafka.retry_backoff_ms, OWN_BROKER_RETRY_BACKOFF_MS))
     return msgspec.structs.replace(config, runtime=runtime, kafka=kafka)
