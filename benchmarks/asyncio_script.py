@@ -4,7 +4,7 @@ What a skilled user would write instead of iterrefine: read the file, start one
 coroutine per item that makes the item's LLM calls one after another (score; if low:
 backbone answer, evaluate, then refine → backbone answer → review rounds, align if a
 revision won), ``asyncio.gather`` them all, write the results. The calls go through
-iterrefine's ask layer (:mod:`iterrefine.llm.tasks`: the same prompts, parsers and
+iterrefine's ask layer (:mod:`iterrefine.tasks.ask`: the same prompts, parsers and
 re-asks, on the same openai-based client with the same concurrency limit), so the
 LLM work equals iterrefine's and only the execution differs. ``rescore_refined`` is
 off, as in ``e2e.py``.
@@ -28,7 +28,7 @@ import harness
 from iterrefine.config import Config, LLMRoleConfig, PipelineConfig
 from iterrefine.errors import UnparseableOutput
 from iterrefine.llm import LLMRoles
-from iterrefine.llm.tasks import (
+from iterrefine.tasks.ask import (
     ReviewSample,
     ask_aligned,
     ask_answer,
@@ -37,7 +37,7 @@ from iterrefine.llm.tasks import (
     ask_score,
     ask_verdict,
 )
-from iterrefine.prompts import evaluation_text
+from iterrefine.tasks.prompts import evaluation_text
 
 
 async def curate(roles: LLMRoles, record: dict[str, Any], config: PipelineConfig,

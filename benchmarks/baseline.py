@@ -19,8 +19,8 @@ refine ⇄ review + align      36       rounds one after another: refine, backbo
 Each phase starts when the previous one has finished every item (a barrier: the next
 script reads the previous one's output file). This module reproduces that execution
 shape — phases, barriers, pool sizes, per-item sequential rounds — with iterrefine's
-prompts (:func:`iterrefine.prompts.build_messages`) and parsers
-(:mod:`iterrefine.parsing`) and the sync ``openai.OpenAI`` client, so that it makes
+prompts (:func:`iterrefine.tasks.prompts.build_messages`) and parsers
+(:mod:`iterrefine.tasks.parsing`) and the sync ``openai.OpenAI`` client, so that it makes
 exactly the LLM calls iterrefine makes (same tasks, same data, same re-asks on an
 unreadable answer, no rescore) and only the execution differs.
 
@@ -44,7 +44,7 @@ import openai
 
 from iterrefine.config import PipelineConfig
 from iterrefine.errors import UnparseableOutput
-from iterrefine.parsing import (
+from iterrefine.tasks.parsing import (
     AlignedAnswer,
     EvaluationAnswer,
     RevisionAnswer,
@@ -57,7 +57,7 @@ from iterrefine.parsing import (
     parse_score,
     parse_verdict,
 )
-from iterrefine.prompts import build_messages, evaluation_text
+from iterrefine.tasks.prompts import build_messages, evaluation_text
 
 #: Thread pool sizes of the authors' scripts (their API key lists).
 POOLS = {"score": 27, "answer": 18, "evaluate": 54, "refine_loop": 36}

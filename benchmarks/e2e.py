@@ -44,7 +44,7 @@ import msgspec
 import simproc
 
 from iterrefine.config import PipelineConfig
-from iterrefine.prompts import build_messages
+from iterrefine.tasks.prompts import build_messages
 
 LATENCY_MS = 500.0
 CAPACITY = 256

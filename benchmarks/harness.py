@@ -262,7 +262,7 @@ def sized_main(
 
 def quiet_logging() -> None:
     """Workers log warnings only, to stderr: per-item info logs are not what we measure."""
-    from iterrefine.logging import configure_logging
+    from iterrefine.observe.logging import configure_logging
 
     configure_logging(json=True, level="warning", stream=sys.stderr)
 
@@ -290,7 +290,7 @@ class Bench:
 @contextlib.contextmanager
 def bench_session(quick: bool, workdir: Path | None = None) -> Iterator[Bench]:
     """Start the embedded broker (memory storage) for one benchmark invocation."""
-    from iterrefine.broker import EmbeddedBroker
+    from iterrefine.broker.embedded import EmbeddedBroker
 
     work = workdir or Path(os.environ.get("TMPDIR", "/tmp")) / f"iterrefine-bench-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
@@ -362,8 +362,8 @@ async def produce(config: Config, topic_logical: str, values: Sequence[bytes]) -
     import asyncio
 
     from iterrefine.consumers import PIPELINE
-    from iterrefine.kafka import make_producer
-    from iterrefine.topics import TopicNames, ensure_topics
+    from iterrefine.kafka.clients import make_producer
+    from iterrefine.kafka.topics import TopicNames, ensure_topics
 
     assert config.kafka.bootstrap_servers is not None
     await ensure_topics(config.kafka, config.kafka.bootstrap_servers, PIPELINE.topics())

@@ -2,7 +2,7 @@
 
 Writes the same N Dolly-sample records as JSON lines, a JSON array, Parquet, CSV and
 a saved Hugging Face dataset, then reads each in a fresh process through
-``iterrefine.formats.inputs.open_input`` (what ``iterrefine run`` does) and records
+``iterrefine.io.inputs.open_input`` (what ``iterrefine run`` does) and records
 the wall time and the peak RSS while opening and iterating, above the RSS once the
 readers' libraries are imported. A saved HF dataset is memory-mapped: its pages count
 in RSS but are file-backed. Streaming readers keep
@@ -29,7 +29,7 @@ ROOT = Path(__file__).parent.parent
 # /proc after resetting it (Linux: "5" > clear_refs resets VmHWM to the current RSS).
 _READ = """
 import sys, time
-from iterrefine.formats.inputs import InputSpec, open_input
+from iterrefine.io.inputs import InputSpec, open_input
 def kib(key):
     for line in open('/proc/self/status'):
         if line.startswith(key):

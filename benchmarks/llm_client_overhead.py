@@ -46,8 +46,8 @@ from prometheus_client import CollectorRegistry
 
 from iterrefine.config import LLMRoleConfig
 from iterrefine.llm import LLMClient
-from iterrefine.metrics import Metrics
-from iterrefine.prompts import build_messages
+from iterrefine.observe.metrics import Metrics
+from iterrefine.tasks.prompts import build_messages
 
 MODEL = "bench"
 Messages = list[dict[str, str]]

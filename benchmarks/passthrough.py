@@ -3,7 +3,7 @@
 The same backlog of small Alpaca records (``items.raw``, 8 partitions) is drained into
 ``items.scored`` by each contender, one worker process each, same broker:
 
-* ``runtime``: :func:`iterrefine.worker.serve_stages` running one stage whose handler
+* ``runtime``: :func:`iterrefine.runtime.serve.serve_stages` running one stage whose handler
   returns ``[Output("items.scored", item)]`` (decode = ``decode_raw_record``, as the
   score stage; the runtime encodes the item envelope). The handler never waits, so it
   is a plain function and the runtime runs it inline, a fetched batch per task (as it
@@ -38,11 +38,12 @@ import cpu_profile
 import harness
 from aiokafka.structs import OffsetAndMetadata
 
-from iterrefine.kafka import make_consumer, make_producer
-from iterrefine.model import Item, Source, encode_item, item_from_raw
+from iterrefine.item.model import Item, Source, encode_item
+from iterrefine.item.records import item_from_raw
+from iterrefine.kafka.clients import make_consumer, make_producer
+from iterrefine.kafka.topics import TopicNames
 from iterrefine.runtime import Output, Stage, decode_raw_record
-from iterrefine.topics import TopicNames
-from iterrefine.worker import serve_stages
+from iterrefine.runtime.serve import serve_stages
 
 CONTENDERS = ("runtime", "aiokafka_loop", "runtime_async", "aiokafka_loop_bytes")
 

@@ -2,8 +2,8 @@
 
 Spawned by ``backlog.py``, ``utilization.py``, ``e2e.py`` and ``overhead.py`` (never
 run by hand). It does what ``iterrefine run`` does — one process, the graph's stages
-built and served by :func:`iterrefine.pipeline.serve_pipeline`, ``LLMRoles`` pointed at
-the simulator by :func:`iterrefine.app.sim_roles`, a :class:`TerminalWatcher` on the
+built and served by :func:`iterrefine.app.pipeline.serve_pipeline`, ``LLMRoles`` pointed at
+the simulator by :func:`iterrefine.app.run.sim_roles`, a :class:`TerminalWatcher` on the
 terminal topics — with two differences that make it measurable:
 
 * it waits until every stage has its partitions before it ingests, so the timed window
@@ -12,7 +12,7 @@ terminal topics — with two differences that make it measurable:
 * ``--drain N`` mode ingests nothing and runs until the stages have handled ``N``
   messages already waiting in their input topic (a backlog);
 * ``--processes N`` first starts N - 1 extra stage processes in the same consumer
-  groups, as ``iterrefine run --workers N`` does (:class:`iterrefine.extra_workers.
+  groups, as ``iterrefine run --workers N`` does (:class:`iterrefine.app._extra_workers.
   ExtraWorkers`); this process joins last, so the groups are settled when it ingests.
 
 Prints one ``RESULT {json}`` line: timings on the system-wide monotonic clock (so the
@@ -31,17 +31,17 @@ from typing import Any
 
 import harness
 
-from iterrefine.app import sim_roles
-from iterrefine.extra_workers import ExtraWorkers, add_stats
-from iterrefine.ingest import Ingestor, read_records
-from iterrefine.kafka import make_producer
+from iterrefine.app._extra_workers import ExtraWorkers, add_stats
+from iterrefine.app.pipeline import load_graph, serve_pipeline
+from iterrefine.app.run import sim_roles
+from iterrefine.io.ingest import Ingestor, read_records
+from iterrefine.io.watch import TerminalWatcher
+from iterrefine.kafka.clients import make_producer
+from iterrefine.kafka.topics import TopicNames, ensure_topics
 from iterrefine.llm import LLMStats
-from iterrefine.metrics import Metrics
-from iterrefine.pipeline import load_graph, serve_pipeline
+from iterrefine.observe.metrics import Metrics
 from iterrefine.runtime import StageRunner
 from iterrefine.sim import SimConfig
-from iterrefine.topics import TopicNames, ensure_topics
-from iterrefine.watch import TerminalWatcher
 
 
 async def _wait_ready(runners: list[StageRunner], expected: int, timeout_s: float) -> None:

@@ -1,6 +1,6 @@
 """The pipeline on real model output: how answers read, and whether scaffolding leaks.
 
-Runs ``iterrefine run``'s own path (:func:`iterrefine.app.run_pipeline`: the embedded
+Runs ``iterrefine run``'s own path (:func:`iterrefine.app.run.run_pipeline`: the embedded
 broker, the five stages, the exporter) on the first ``--items`` Dolly-sample items
 against one real OpenAI-compatible endpoint, used for both roles, and prints one JSON
 object:
@@ -13,7 +13,7 @@ object:
   labels (``instruction_new:``, ``input_new:``, ``Evaluation:``, ``Suggestions:``,
   ``Winner:``) — with the same count over the input items for comparison;
 * the structured-output dialect used (``--structured-output auto`` probes the server
-  first, as a role does; see ``iterrefine.llm.dialect``).
+  first, as a role does; see ``iterrefine.llm._dialect``).
 
 A real model is slow (SmolLM2-135M on 2 busy cores: ~60-150 tokens/s, one request at a
 time), so use few items and concurrency 1-2. This is a benchmark, not a test::
@@ -39,10 +39,10 @@ from typing import Any
 import msgspec
 from harness import EXAMPLES, loadavg, machine, now_iso, quiet_logging
 
-from iterrefine.app import RunOptions, run_pipeline
+from iterrefine.app.run import RunOptions, run_pipeline
 from iterrefine.config import Config, Dialect, LLMRoleConfig, PipelineConfig, TaskTokenLimits
 from iterrefine.llm.client import LLMClient
-from iterrefine.metrics import Metrics
+from iterrefine.observe.metrics import Metrics
 
 TASK_NAMES = tuple(TaskTokenLimits.__struct_fields__)
 

@@ -29,7 +29,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from iterrefine._process import descendants, pid_alive
+from iterrefine.processes import descendants, pid_alive
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,7 +1,7 @@
 """The paper's selection in a stream against its batch procedure, on planted clusters.
 
 20,000 simulated items (``--quick``: 5,000) with vectors from the simulator's planted
-cluster structure (``iterrefine.sim.vectors.embedding``: ``--planted`` seeded centres,
+cluster structure (``iterrefine.sim._vectors.embedding``: ``--planted`` seeded centres,
 noise of norm ``--noise``), a judge level (2 for 60% of the items, by text hash) and an
 instruction-perplexity difficulty computed from the simulator's echoed logprobs (the
 same decoding and perplexity code as the ``difficulty`` role).
@@ -45,7 +45,8 @@ import msgspec
 import numpy as np
 
 from iterrefine.config import SelectionConfig
-from iterrefine.model import Difficulty, Judgement, Original, Selection, new_item
+from iterrefine.item.model import Difficulty, Judgement, Original, Selection
+from iterrefine.item.records import new_item
 from iterrefine.selection import (
     Assigner,
     ClusterQuotaPolicy,
@@ -56,8 +57,8 @@ from iterrefine.selection import (
     perplexity,
 )
 from iterrefine.sim import SimConfig
+from iterrefine.sim._vectors import echo_logprobs, embedding, planted_cluster
 from iterrefine.sim.answers import unit
-from iterrefine.sim.vectors import echo_logprobs, embedding, planted_cluster
 
 _VOCABULARY = [f"w{n}" for n in range(400)]
 
@@ -133,7 +134,7 @@ def _route_workers(routed: list[Any], k_ratio: float) -> dict[str, Any]:
     import simproc
 
     from iterrefine.config import PipelineConfig
-    from iterrefine.model import encode_item
+    from iterrefine.item.model import encode_item
 
     values = [encode_item(item) for item in routed]
     out: dict[str, Any] = {}

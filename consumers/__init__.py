@@ -2,7 +2,7 @@
 
 Installed as ``iterrefine.consumers``. Each module declares its stage as data
 (``SPEC``: name, input topic, output topics, whether it waits, replay rule); the
-pipeline is their :class:`~iterrefine.graph.StageGraph`, in order.
+pipeline is their :class:`~iterrefine.graph.spec.StageGraph`, in order.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from iterrefine.consumers import align, refine, review, route, score
-from iterrefine.context import PipelineContext
-from iterrefine.graph import StageGraph
+from iterrefine.graph.context import PipelineContext
+from iterrefine.graph.spec import StageGraph
 from iterrefine.runtime import Stage
 
 #: The paper's pipeline: IQD (score, route), FIR (refine ⇄ review), OA (align).

@@ -18,12 +18,12 @@ import structlog
 
 from iterrefine.consumers.reentry import fresh
 from iterrefine.consumers.rounds import exhausted_reason, last_readable_revision
-from iterrefine.context import PipelineContext
 from iterrefine.errors import UnparseableOutput, ValidationError
-from iterrefine.graph import StageSpec
-from iterrefine.llm.tasks import ask_aligned, ask_score
-from iterrefine.model import Item, Judgement
+from iterrefine.graph.context import PipelineContext
+from iterrefine.graph.spec import StageSpec
+from iterrefine.item.model import Item, Judgement
 from iterrefine.runtime import Handler, Output
+from iterrefine.tasks.ask import ask_aligned, ask_score
 
 log = structlog.get_logger("iterrefine.align")
 

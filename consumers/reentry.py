@@ -7,7 +7,7 @@ the current ones; the stage then clears (or checks) what it is about to redo.
 
 from __future__ import annotations
 
-from iterrefine.model import Item
+from iterrefine.item.model import Item
 
 
 def fresh(item: Item, revision: int) -> Item:

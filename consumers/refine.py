@@ -19,13 +19,13 @@ from __future__ import annotations
 
 from iterrefine.consumers.reentry import before_refinement
 from iterrefine.consumers.rounds import LOST_ROUND_TOPICS, lose_round
-from iterrefine.context import PipelineContext
 from iterrefine.errors import UnparseableOutput
-from iterrefine.graph import StageSpec
-from iterrefine.llm.tasks import ask_answer, ask_evaluation, ask_revision
-from iterrefine.model import Evaluation, Item, Round
-from iterrefine.prompts import evaluation_text
+from iterrefine.graph.context import PipelineContext
+from iterrefine.graph.spec import StageSpec
+from iterrefine.item.model import Evaluation, Item, Round
 from iterrefine.runtime import Handler, Output
+from iterrefine.tasks.ask import ask_answer, ask_evaluation, ask_revision
+from iterrefine.tasks.prompts import evaluation_text
 
 
 async def evaluate(ctx: PipelineContext, item: Item) -> Item:

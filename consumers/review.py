@@ -18,12 +18,12 @@ import msgspec
 
 from iterrefine.consumers.reentry import fresh
 from iterrefine.consumers.rounds import LOST_ROUND_TOPICS, lose_round
-from iterrefine.context import PipelineContext
 from iterrefine.errors import UnparseableOutput, ValidationError
-from iterrefine.graph import StageSpec
-from iterrefine.llm.tasks import ReviewSample, ask_answer, ask_verdict
-from iterrefine.model import Item, Winner
+from iterrefine.graph.context import PipelineContext
+from iterrefine.graph.spec import StageSpec
+from iterrefine.item.model import Item, Winner
 from iterrefine.runtime import Handler, Output
+from iterrefine.tasks.ask import ReviewSample, ask_answer, ask_verdict
 
 
 async def judge(

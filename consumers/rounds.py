@@ -8,8 +8,8 @@ limit; then the exhausted policy decides: keep the original, drop the item, or
 
 from __future__ import annotations
 
-from iterrefine.context import PipelineContext
-from iterrefine.model import Item, Round
+from iterrefine.graph.context import PipelineContext
+from iterrefine.item.model import Item, Round
 from iterrefine.runtime import Output
 
 #: Everywhere a lost round can send the item.

@@ -16,10 +16,10 @@ from collections.abc import Callable
 from typing import Literal, Protocol
 
 from iterrefine.consumers.reentry import before_refinement
-from iterrefine.context import PipelineContext
 from iterrefine.errors import ConfigError, ValidationError
-from iterrefine.graph import StageSpec, load_object
-from iterrefine.model import Item
+from iterrefine.graph.context import PipelineContext
+from iterrefine.graph.spec import StageSpec, load_object
+from iterrefine.item.model import Item
 from iterrefine.runtime import InlineHandler, Output
 
 Quality = Literal["high", "low"]

@@ -13,11 +13,11 @@ re-asking is an error of this stage (dead letter ``unparseable_judge_output``).
 
 from __future__ import annotations
 
-from iterrefine.context import PipelineContext
-from iterrefine.graph import StageSpec
-from iterrefine.llm.tasks import ask_score
-from iterrefine.model import Item, Judgement
+from iterrefine.graph.context import PipelineContext
+from iterrefine.graph.spec import StageSpec
+from iterrefine.item.model import Item, Judgement
 from iterrefine.runtime import Handler, Output, decode_raw_record
+from iterrefine.tasks.ask import ask_score
 
 
 def handler(ctx: PipelineContext) -> Handler:

@@ -24,33 +24,33 @@ _EXPORTS: dict[str, str] = {
     "ConfigError": "iterrefine.errors",
     "Handler": "iterrefine.runtime.stage",
     "InlineHandler": "iterrefine.runtime.stage",
-    "Item": "iterrefine.model",
+    "Item": "iterrefine.item.model",
     "IterrefineError": "iterrefine.errors",
     "Output": "iterrefine.runtime.stage",
-    "PipelineContext": "iterrefine.context",
-    "ReviewSample": "iterrefine.llm.tasks",
+    "PipelineContext": "iterrefine.graph.context",
+    "ReviewSample": "iterrefine.tasks.ask",
     "RoutingPolicy": "iterrefine.consumers.route",
-    "RunOptions": "iterrefine.app",
-    "RunResult": "iterrefine.app",
+    "RunOptions": "iterrefine.app.run",
+    "RunResult": "iterrefine.app.run",
     "Stage": "iterrefine.runtime.stage",
     "StageContractError": "iterrefine.errors",
-    "StageGraph": "iterrefine.graph",
+    "StageGraph": "iterrefine.graph.spec",
     "StageRunner": "iterrefine.runtime.runner",
-    "StageSpec": "iterrefine.graph",
+    "StageSpec": "iterrefine.graph.spec",
     "TransientError": "iterrefine.errors",
     "UnparseableOutput": "iterrefine.errors",
     "ValidationError": "iterrefine.errors",
-    "ask": "iterrefine.llm.tasks",
-    "ask_aligned": "iterrefine.llm.tasks",
-    "ask_answer": "iterrefine.llm.tasks",
-    "ask_evaluation": "iterrefine.llm.tasks",
-    "ask_revision": "iterrefine.llm.tasks",
-    "ask_score": "iterrefine.llm.tasks",
-    "ask_verdict": "iterrefine.llm.tasks",
+    "ask": "iterrefine.tasks.ask",
+    "ask_aligned": "iterrefine.tasks.ask",
+    "ask_answer": "iterrefine.tasks.ask",
+    "ask_evaluation": "iterrefine.tasks.ask",
+    "ask_revision": "iterrefine.tasks.ask",
+    "ask_score": "iterrefine.tasks.ask",
+    "ask_verdict": "iterrefine.tasks.ask",
     "load_config": "iterrefine.config",
-    "load_graph": "iterrefine.pipeline",
-    "run_pipeline": "iterrefine.app",
-    "serve_pipeline": "iterrefine.pipeline",
+    "load_graph": "iterrefine.app.pipeline",
+    "run_pipeline": "iterrefine.app.run",
+    "serve_pipeline": "iterrefine.app.pipeline",
 }
 
 __all__ = [
@@ -91,11 +91,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from iterrefine.app import RunOptions, RunResult, run_pipeline
+    from iterrefine.app.pipeline import load_graph, serve_pipeline
+    from iterrefine.app.run import RunOptions, RunResult, run_pipeline
     from iterrefine.config import Config, load_config
     from iterrefine.consumers import PIPELINE
     from iterrefine.consumers.route import RoutingPolicy
-    from iterrefine.context import PipelineContext
     from iterrefine.errors import (
         ConfigError,
         IterrefineError,
@@ -104,9 +104,13 @@ if TYPE_CHECKING:
         UnparseableOutput,
         ValidationError,
     )
-    from iterrefine.graph import StageGraph, StageSpec
+    from iterrefine.graph.context import PipelineContext
+    from iterrefine.graph.spec import StageGraph, StageSpec
+    from iterrefine.item.model import Item
     from iterrefine.llm.chat import ChatClient
-    from iterrefine.llm.tasks import (
+    from iterrefine.runtime.runner import StageRunner
+    from iterrefine.runtime.stage import Handler, InlineHandler, Output, Stage
+    from iterrefine.tasks.ask import (
         ReviewSample,
         ask,
         ask_aligned,
@@ -116,10 +120,6 @@ if TYPE_CHECKING:
         ask_score,
         ask_verdict,
     )
-    from iterrefine.model import Item
-    from iterrefine.pipeline import load_graph, serve_pipeline
-    from iterrefine.runtime.runner import StageRunner
-    from iterrefine.runtime.stage import Handler, InlineHandler, Output, Stage
 
 
 def __getattr__(name: str) -> Any:

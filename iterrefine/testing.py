@@ -34,21 +34,21 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from iterrefine.broker import EmbeddedBroker
+from iterrefine.app.pipeline import load_graph, serve_pipeline
+from iterrefine.broker.embedded import EmbeddedBroker
 from iterrefine.config import CacheConfig, Config, LLMRoleConfig
-from iterrefine.export import Terminal
-from iterrefine.graph import StageGraph
-from iterrefine.ingest import Ingestor, RawRecord
-from iterrefine.kafka import make_producer
+from iterrefine.graph.spec import StageGraph
+from iterrefine.io.export import Terminal
+from iterrefine.io.ingest import Ingestor, RawRecord
+from iterrefine.io.watch import TerminalWatcher
+from iterrefine.item.model import Item
+from iterrefine.kafka.clients import make_producer
+from iterrefine.kafka.topics import TopicNames, ensure_topics
 from iterrefine.lifecycle import AsyncService
-from iterrefine.model import Item
-from iterrefine.pipeline import load_graph, serve_pipeline
 from iterrefine.sim import SimConfig
 from iterrefine.sim.answers import render, request_schema
 from iterrefine.sim.prompt import CHAT_TASK, PromptError, parse_prompt
 from iterrefine.sim.server import OWNER
-from iterrefine.topics import TopicNames, ensure_topics
-from iterrefine.watch import TerminalWatcher
 
 __all__ = ["Answer", "PipelineResult", "ScriptedLLM", "isolated_config", "run_records"]
 

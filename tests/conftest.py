@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from iterrefine.broker import EmbeddedBroker
+from iterrefine.broker.embedded import EmbeddedBroker
 
 
 @pytest.fixture(scope="session")

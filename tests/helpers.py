@@ -14,11 +14,11 @@ from typing import Any
 
 from aiokafka.structs import TopicPartition
 
-from iterrefine._process import descendants, pid_alive
 from iterrefine.config import Config, KafkaConfig, RuntimeConfig
 from iterrefine.consumers import PIPELINE
-from iterrefine.kafka import make_consumer, make_producer, read_to_end, true_end_offsets
-from iterrefine.topics import TopicNames, ensure_topics
+from iterrefine.kafka.clients import make_consumer, make_producer, read_to_end, true_end_offsets
+from iterrefine.kafka.topics import TopicNames, ensure_topics
+from iterrefine.processes import descendants, pid_alive
 
 #: Short group timeouts: Tansu completes a join after about half the session timeout.
 TEST_RUNTIME: dict[str, Any] = {

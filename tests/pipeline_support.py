@@ -7,14 +7,14 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Collection
 
+from iterrefine.app.pipeline import serve_pipeline
 from iterrefine.config import Config
 from iterrefine.consumers import PIPELINE
-from iterrefine.export import Selection, outcome_of_topic, terminal_of
-from iterrefine.kafka import read_to_end
-from iterrefine.pipeline import serve_pipeline
-from iterrefine.prompts import PROMPT_VERSION
-from iterrefine.topics import TopicNames, ensure_topics
-from iterrefine.watch import TerminalWatcher
+from iterrefine.io.export import Selection, outcome_of_topic, terminal_of
+from iterrefine.io.watch import TerminalWatcher
+from iterrefine.kafka.clients import read_to_end
+from iterrefine.kafka.topics import TopicNames, ensure_topics
+from iterrefine.tasks.prompts import PROMPT_VERSION
 
 
 @contextlib.asynccontextmanager

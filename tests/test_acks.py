@@ -8,8 +8,8 @@ from typing import Any
 from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaTimeoutError
 
-from iterrefine.runtime.acks import AckGroup, Outgoing, Sent
-from iterrefine.runtime.offsets import PartitionTracker
+from iterrefine.runtime._acks import AckGroup, Outgoing, Sent
+from iterrefine.runtime._offsets import PartitionTracker
 
 
 def _record(offset: int) -> ConsumerRecord:

@@ -18,10 +18,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-from iterrefine._process import free_port, pid_alive
-from iterrefine.broker import EmbeddedBroker, broker_answers
-from iterrefine.broker_state import ensure_broker
+from iterrefine.broker.embedded import EmbeddedBroker, broker_answers
+from iterrefine.broker.state import ensure_broker
 from iterrefine.errors import BrokerError, ConfigError
+from iterrefine.processes import free_port, pid_alive
 
 
 def _topic() -> str:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from iterrefine.config import Config, load_config
+from iterrefine.config.presets import PAPER, TOGETHER, preset_rows
 from iterrefine.errors import ConfigError
-from iterrefine.presets import PAPER, TOGETHER, preset_rows
 
 ROOT = Path(__file__).parent.parent
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from iterrefine.app.pipeline import load_graph
 from iterrefine.config import load_config
-from iterrefine.pipeline import load_graph
 from iterrefine.testing import ScriptedLLM, run_records
 
 ROOT = Path(__file__).resolve().parents[1]

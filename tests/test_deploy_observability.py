@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from iterrefine.observability_assets import (
+from iterrefine.observe.assets import (
     alert_expressions,
     dashboard_expressions,
     dashboard_panels,
@@ -85,7 +85,7 @@ def _panel_exprs(title: str) -> list[str]:
 
 
 def test_fixed_metric_list_matches_metrics_module() -> None:
-    """The names deploy/ may use are exactly what iterrefine.metrics exports."""
+    """The names deploy/ may use are exactly what iterrefine.observe.metrics exports."""
     assert exported_series_names() == FIXED_SERIES
 
 

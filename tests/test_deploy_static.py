@@ -30,11 +30,11 @@ import yaml
 from iterrefine.cli import build_parser
 from iterrefine.config import Config, load_config
 from iterrefine.consumers import PIPELINE, build_stages
-from iterrefine.context import PipelineContext
-from iterrefine.metrics import Metrics
-from iterrefine.model import Provenance
+from iterrefine.graph.context import PipelineContext
+from iterrefine.item.model import Provenance
+from iterrefine.kafka.topics import TopicNames
+from iterrefine.observe.metrics import Metrics
 from iterrefine.runtime import StageRunner
-from iterrefine.topics import TopicNames
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from iterrefine.app import RunOptions, run_pipeline
+from iterrefine.app.run import RunOptions, run_pipeline
 from iterrefine.cli.ingest import ingest
 from iterrefine.config import Config
-from iterrefine.ingest import RawRecord, chunked_lines
-from iterrefine.metrics import Metrics
+from iterrefine.io.ingest import RawRecord, chunked_lines
+from iterrefine.observe.metrics import Metrics
 from iterrefine.sim import SimServer
 
 from .helpers import wait_until

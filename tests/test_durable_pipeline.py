@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 from aiokafka.structs import TopicPartition
 
-from iterrefine._process import free_port, pid_alive
 from iterrefine.cli.ingest import ingest
 from iterrefine.config import Config, KafkaConfig
-from iterrefine.export import load_rows
-from iterrefine.ingest import read_records
-from iterrefine.kafka import make_consumer, true_end_offsets
+from iterrefine.io.export import load_rows
+from iterrefine.io.ingest import read_records
+from iterrefine.kafka.clients import make_consumer, true_end_offsets
+from iterrefine.kafka.topics import TopicNames
+from iterrefine.processes import free_port, pid_alive
 from iterrefine.sim import SimConfig, SimServer
-from iterrefine.topics import TopicNames
 
 from .helpers import unique_config, wait_until
 from .pipeline_support import newest

@@ -31,7 +31,7 @@ def test_all_is_pinned_and_sorted() -> None:
 
 def test_every_public_name_resolves_to_its_defining_object() -> None:
     """Each name loads, and is the object its module defines (not a copy)."""
-    from iterrefine.graph import StageSpec
+    from iterrefine.graph.spec import StageSpec
     from iterrefine.runtime.stage import Output
 
     for name in iterrefine.__all__:

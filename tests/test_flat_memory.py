@@ -9,11 +9,11 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from iterrefine.duplicates import FirstWins, bytes_fingerprint
-from iterrefine.export import ExportPaths, Terminal
-from iterrefine.idtable import IntTable
-from iterrefine.model import item_from_raw
-from iterrefine.stream_export import StreamingExport
+from iterrefine.io._duplicates import FirstWins, bytes_fingerprint
+from iterrefine.io._idtable import IntTable
+from iterrefine.io.export import ExportPaths, Terminal
+from iterrefine.io.stream_export import StreamingExport
+from iterrefine.item.records import item_from_raw
 
 ORIGIN = "/data/a-long-directory-name/instructions-2026-11-28.jsonl"
 

@@ -11,9 +11,9 @@ import pytest
 
 from iterrefine.cli import main
 from iterrefine.errors import ConfigError, ValidationError
-from iterrefine.formats.inputs import InputSpec, open_input
-from iterrefine.logging import configure_logging
-from iterrefine.model import item_from_raw
+from iterrefine.io.inputs import InputSpec, open_input
+from iterrefine.item.records import item_from_raw
+from iterrefine.observe.logging import configure_logging
 
 ROWS = [
     {"id": f"r{i}", "instruction": f"Question {i}?", "input": "", "output": f"Answer {i}."}

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from iterrefine.app import RunOptions, run_pipeline
-from iterrefine.export import Terminal
-from iterrefine.formats.inputs import InputSpec
-from iterrefine.formats.outputs import read_rows, shaped_row
-from iterrefine.model import item_from_raw
+from iterrefine.app.run import RunOptions, run_pipeline
+from iterrefine.io.export import Terminal
+from iterrefine.io.inputs import InputSpec
+from iterrefine.io.outputs import read_rows, shaped_row
+from iterrefine.item.records import item_from_raw
 from iterrefine.sim import SimServer
 
 from .test_pipeline_e2e import FAST_SIM, pipeline_config, sample_records, write_jsonl

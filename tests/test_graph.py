@@ -10,11 +10,12 @@ import pytest
 
 from iterrefine.config import PipelineConfig
 from iterrefine.consumers import PIPELINE, route
-from iterrefine.context import PipelineContext
 from iterrefine.errors import ConfigError
-from iterrefine.graph import StageGraph, StageSpec, load_object
-from iterrefine.metrics import Metrics
-from iterrefine.model import Item, Original, Provenance, new_item
+from iterrefine.graph.context import PipelineContext
+from iterrefine.graph.spec import StageGraph, StageSpec, load_object
+from iterrefine.item.model import Item, Original, Provenance
+from iterrefine.item.records import new_item
+from iterrefine.observe.metrics import Metrics
 from iterrefine.runtime import InlineHandler, Output, Stage
 
 

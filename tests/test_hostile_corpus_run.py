@@ -9,8 +9,8 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-from iterrefine.export import load_rows
-from iterrefine.model import item_from_raw
+from iterrefine.io.export import load_rows
+from iterrefine.item.records import item_from_raw
 
 from .hostile_corpus import BAD, DUPLICATES, corpus, good_lines
 

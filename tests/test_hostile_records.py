@@ -12,11 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iterrefine.errors import ConfigError, ValidationError
-from iterrefine.export import ExportPaths, Terminal, load_rows, terminal_of, write_export
-from iterrefine.ids import normalise_id
-from iterrefine.ingest import read_records
-from iterrefine.jsonguard import duplicate_key, scan_duplicate_key, split_array
-from iterrefine.model import INPUT_REASONS, decode_item, encode_item, item_from_raw
+from iterrefine.io.export import ExportPaths, Terminal, load_rows, terminal_of, write_export
+from iterrefine.io.ingest import read_records
+from iterrefine.item._ids import normalise_id
+from iterrefine.item.jsonguard import duplicate_key, scan_duplicate_key, split_array
+from iterrefine.item.model import INPUT_REASONS, decode_item, encode_item
+from iterrefine.item.records import item_from_raw
 from iterrefine.runtime.stage import RecordLike
 
 from .hostile_corpus import BAD, corpus, good_lines

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from iterrefine.config import Config
-from iterrefine.ingest import RawRecord, chunked_lines, key_for
-from iterrefine.kafka import read_to_end
+from iterrefine.io.ingest import RawRecord, chunked_lines, key_for
+from iterrefine.kafka.clients import read_to_end
+from iterrefine.kafka.topics import TopicNames
 from iterrefine.runtime.dlq import headers_dict
 from iterrefine.sim import SimServer
-from iterrefine.topics import TopicNames
 
 from .helpers import alpaca, unique_config, wait_until
 from .pipeline_support import newest, pipeline, start_watcher, wait_for_ids

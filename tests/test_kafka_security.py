@@ -17,7 +17,7 @@ from iterrefine.cli import build_parser
 from iterrefine.cli.common import config_from_args
 from iterrefine.config import KafkaConfig
 from iterrefine.errors import ConfigError
-from iterrefine.kafka import client_kwargs
+from iterrefine.kafka.clients import client_kwargs
 
 BOOTSTRAP = "kafka-1.example:9093"
 

@@ -13,10 +13,10 @@ from prometheus_client import CollectorRegistry
 from iterrefine.config import CacheConfig, Config, LLMRoleConfig
 from iterrefine.llm import LLMClient, LLMRoles
 from iterrefine.llm.cache import CachedAnswer, ResponseCache, clear, read_stats
-from iterrefine.llm.tasks import ask_score
-from iterrefine.metrics import Metrics
-from iterrefine.prompts import build_messages
+from iterrefine.observe.metrics import Metrics
 from iterrefine.sim import SimConfig, SimServer
+from iterrefine.tasks.ask import ask_score
+from iterrefine.tasks.prompts import build_messages
 
 GOOD_SCORE = (
     "Usable: yes\nReason: clear.\nCorrectness: 8\nCompleteness: 7\nClarity: 9\n"

@@ -15,12 +15,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from iterrefine.app import RunOptions, run_pipeline, sim_roles
+from iterrefine.app.run import RunOptions, run_pipeline, sim_roles
 from iterrefine.config import LLMRoleConfig
 from iterrefine.errors import LLMRetriesExhausted, LLMUnavailable
 from iterrefine.llm import LLMClient
 from iterrefine.llm.circuit import Circuit
-from iterrefine.metrics import Metrics
+from iterrefine.observe.metrics import Metrics
 from iterrefine.retry import Backoff, is_retriable
 from iterrefine.sim import SimConfig, SimServer
 

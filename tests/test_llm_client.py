@@ -21,11 +21,11 @@ import iterrefine.llm
 from iterrefine.config import Config, LLMRoleConfig
 from iterrefine.errors import ConfigError, LLMError, LLMTransientError
 from iterrefine.llm import ChatResult, LLMClient, LLMRoles, TokenBucket
-from iterrefine.llm.failures import parse_retry_after
-from iterrefine.metrics import Metrics
-from iterrefine.prompts import build_messages
+from iterrefine.llm._failures import parse_retry_after
+from iterrefine.observe.metrics import Metrics
 from iterrefine.retry import Backoff
 from iterrefine.sim import SimConfig, SimServer
+from iterrefine.tasks.prompts import build_messages
 
 Handler = (
     Callable[[httpx2.Request], httpx2.Response]

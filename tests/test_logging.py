@@ -12,7 +12,7 @@ import structlog
 from structlog.testing import capture_logs
 
 from iterrefine.errors import ConfigError
-from iterrefine.logging import REDACTED, configure_logging, redact_secrets
+from iterrefine.observe.logging import REDACTED, configure_logging, redact_secrets
 
 PLANTED_KEY = "sk-proj-PLANTEDd0n0tl0g9f8e7d6c5b4a"
 PLANTED_BEARER = "Bearer eyJhbGciOiJIUzI1NiJ9.PLANTED.signature"

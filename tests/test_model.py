@@ -11,14 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iterrefine.errors import ValidationError
-from iterrefine.model import (
-    Item,
-    Round,
-    decode_item,
-    encode_item,
-    item_from_raw,
-    stable_id,
-)
+from iterrefine.item.model import Item, Round, decode_item, encode_item
+from iterrefine.item.records import item_from_raw, stable_id
 
 
 def raw(**fields: object) -> bytes:

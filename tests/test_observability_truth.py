@@ -9,17 +9,18 @@ import httpx2
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
+from iterrefine.app._summary import build_summary, latency_from_samples
 from iterrefine.cli import build_parser
 from iterrefine.cli.common import config_from_args
 from iterrefine.config import Config, LLMRoleConfig, PipelineConfig
 from iterrefine.consumers.align import rescore
-from iterrefine.context import PipelineContext
-from iterrefine.http import MetricsServer
+from iterrefine.graph.context import PipelineContext
+from iterrefine.item.model import Original, Provenance
+from iterrefine.item.records import new_item
 from iterrefine.llm import LLMClient, LLMStats
 from iterrefine.llm.latency import Reservoir, percentile
-from iterrefine.metrics import Metrics
-from iterrefine.model import Original, Provenance, new_item
-from iterrefine.summary import build_summary, latency_from_samples
+from iterrefine.observe.http import MetricsServer
+from iterrefine.observe.metrics import Metrics
 
 
 def completion(text: str) -> httpx2.Response:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from iterrefine.export import load_rows
+from iterrefine.io.export import load_rows
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 

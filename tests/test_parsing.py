@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iterrefine.errors import UnparseableOutput
-from iterrefine.parsing import (
+from iterrefine.tasks.parsing import (
     SCHEMAS,
     AlignedAnswer,
     EvaluationAnswer,

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from iterrefine.errors import UnparseableOutput
-from iterrefine.parsing import (
+from iterrefine.tasks.parsing import (
     AnswerContext,
     clean_answer,
     parse_aligned,
@@ -21,7 +21,7 @@ from iterrefine.parsing import (
     parse_score,
     parse_verdict,
 )
-from iterrefine.prompts import build_messages
+from iterrefine.tasks.prompts import build_messages
 
 NONCE = "0badc0de"
 

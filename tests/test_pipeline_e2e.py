@@ -11,10 +11,10 @@ from typing import Any
 import msgspec
 import pytest
 
-from iterrefine.app import RunOptions, RunResult, run_pipeline, sim_roles
+from iterrefine.app.run import RunOptions, RunResult, run_pipeline, sim_roles
 from iterrefine.config import Config, PipelineConfig
-from iterrefine.export import load_rows
-from iterrefine.metrics import Metrics
+from iterrefine.io.export import load_rows
+from iterrefine.observe.metrics import Metrics
 from iterrefine.sim import SimConfig, SimServer
 
 from .helpers import unique_config

@@ -8,18 +8,18 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from iterrefine.app.pipeline import serve_pipeline
 from iterrefine.config import Config
 from iterrefine.consumers import PIPELINE
-from iterrefine.ingest import Ingestor, RawRecord
-from iterrefine.kafka import make_producer, read_to_end
-from iterrefine.model import Item
-from iterrefine.pipeline import serve_pipeline
+from iterrefine.io.ingest import Ingestor, RawRecord
+from iterrefine.item.model import Item
+from iterrefine.kafka.clients import make_producer, read_to_end
+from iterrefine.kafka.topics import TopicNames, ensure_topics
 from iterrefine.runtime import Output, Stage, StageRunner, decode_raw_record
 from iterrefine.runtime.dlq import headers_dict
+from iterrefine.runtime.serve import serve_stages
 from iterrefine.runtime.stage import Limits, RecordLike
 from iterrefine.sim import SimServer
-from iterrefine.topics import TopicNames, ensure_topics
-from iterrefine.worker import serve_stages
 
 from .helpers import alpaca, committed_vs_end, unique_config, wait_until
 from .test_pipeline_e2e import FAST_SIM, pipeline_config, sample_records

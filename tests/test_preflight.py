@@ -12,11 +12,11 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from iterrefine.app import RunOptions, run_pipeline, sim_roles
+from iterrefine.app._preflight import PreflightError, check_output_paths
+from iterrefine.app.exit_codes import CUT_SHORT, DEAD_LETTERED, OK, USAGE, run_exit_code
+from iterrefine.app.run import RunOptions, run_pipeline, sim_roles
 from iterrefine.config import load_config
 from iterrefine.errors import ConfigError
-from iterrefine.exit_codes import CUT_SHORT, DEAD_LETTERED, OK, USAGE, run_exit_code
-from iterrefine.preflight import PreflightError, check_output_paths
 from iterrefine.sim import SimConfig, SimServer
 
 from .helpers import unique_config, wait_until

@@ -26,18 +26,18 @@ import msgspec
 import pytest
 import yaml
 
-from iterrefine._process import free_port
-from iterrefine.app import RunOptions, run_pipeline, sim_roles
+from iterrefine.app.run import RunOptions, run_pipeline, sim_roles
 from iterrefine.config import CacheConfig, SelectionConfig
-from iterrefine.http import MetricsServer
-from iterrefine.metrics import Metrics
-from iterrefine.observability_assets import (
+from iterrefine.observe.assets import (
     alert_expressions,
     dashboard_expressions,
     expand_grafana_variables,
     exported_series_names,
     metric_names,
 )
+from iterrefine.observe.http import MetricsServer
+from iterrefine.observe.metrics import Metrics
+from iterrefine.processes import free_port
 from iterrefine.sim import SimConfig, SimServer
 
 from .helpers import unique_config, wait_until
@@ -203,7 +203,7 @@ async def test_every_dashboard_and_alert_expression_runs_on_a_live_scrape(
         assert [float(r["value"][1]) > 0 for r in during["data"]["result"]] == [True]
 
         names = set((await _api(http, prom, "label/__name__/values"))["data"])
-        # Every family of iterrefine.metrics has samples in the scrape, faults included.
+        # Every family of iterrefine.observe.metrics has samples in the scrape, faults included.
         assert exported_series_names() <= names, exported_series_names() - names
         statuses = set((await _api(http, prom, "label/status/values"))["data"])
         assert {"ok", "429"} <= statuses

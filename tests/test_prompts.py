@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from iterrefine.prompts import (
+from iterrefine.tasks.prompts import (
     PLAIN_TASKS,
     PROMPT_VERSION,
     TASKS,

@@ -13,25 +13,18 @@ from typing import Any
 import msgspec
 import pytest
 
-from iterrefine.app import RunOptions, run_pipeline
+from iterrefine.app.run import RunOptions, run_pipeline
 from iterrefine.config import Config
 from iterrefine.consumers import PIPELINE, build_stages
-from iterrefine.context import PipelineContext
 from iterrefine.errors import ConfigError, ValidationError
-from iterrefine.kafka import read_to_end
-from iterrefine.metrics import Metrics
-from iterrefine.model import (
-    Item,
-    Judgement,
-    Provenance,
-    Round,
-    Scores,
-    new_item,
-    original_from_record,
-)
-from iterrefine.replay import ReplayRange, parse_time_ms, replay, resolve_target
+from iterrefine.graph.context import PipelineContext
+from iterrefine.item.model import Item, Judgement, Provenance, Round, Scores
+from iterrefine.item.records import new_item, original_from_record
+from iterrefine.kafka.clients import read_to_end
+from iterrefine.kafka.topics import TopicNames
+from iterrefine.observe.metrics import Metrics
 from iterrefine.sim import SimServer
-from iterrefine.topics import TopicNames
+from iterrefine.tools.replay import ReplayRange, parse_time_ms, replay, resolve_target
 
 from .helpers import alpaca, committed_vs_end, produce, unique_config
 from .pipeline_support import newest, pipeline, start_watcher, wait_for_ids

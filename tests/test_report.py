@@ -13,7 +13,7 @@ import pytest
 
 from iterrefine.cli import main
 from iterrefine.errors import ConfigError
-from iterrefine.report import load_summary, render_html, render_png, write_report
+from iterrefine.tools.report import load_summary, render_html, render_png, write_report
 
 SUMMARY = Path(__file__).parent / "data" / "summary_example.json"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

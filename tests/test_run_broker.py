@@ -13,18 +13,18 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
-from iterrefine._process import pid_alive
-from iterrefine.config import BrokerConfig, Config, load_config
-from iterrefine.errors import ConfigError
-from iterrefine.formats.inputs import InputSpec
-from iterrefine.ingest import RawRecord
-from iterrefine.run_broker import (
+from iterrefine.app._run_broker import (
     SCRATCH_PREFIX,
     choose_storage,
     input_bytes,
     remove_stale_scratch,
     start_run_broker,
 )
+from iterrefine.config import BrokerConfig, Config, load_config
+from iterrefine.errors import ConfigError
+from iterrefine.io.ingest import RawRecord
+from iterrefine.io.inputs import InputSpec
+from iterrefine.processes import pid_alive
 
 from .helpers import sigkill_when_it_has_children
 
@@ -178,7 +178,7 @@ def test_disk_run_dies_whole_on_sigkill_and_the_next_run_cleans_up(tmp_path: Pat
 def test_fetches_on_a_disk_broker_keep_their_configured_wait_and_batches_stay_whole() -> None:
     """Each fetch costs a disk broker S3 requests and each produced batch is an object it
     lists, so run's 10 ms holds and 16-record dispatch apply to memory only."""
-    from iterrefine.app import OWN_BROKER_FETCH_MAX_WAIT_MS, _for_own_broker
+    from iterrefine.app.run import OWN_BROKER_FETCH_MAX_WAIT_MS, _for_own_broker
 
     base = Config()
     on_disk = _for_own_broker(base, 2, on_disk=True)

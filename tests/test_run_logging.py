@@ -17,10 +17,10 @@ import msgspec
 import pytest
 import structlog
 
-from iterrefine.app import RunOptions, RunResult, run_pipeline, sim_roles
+from iterrefine.app.run import RunOptions, RunResult, run_pipeline, sim_roles
 from iterrefine.config import PipelineConfig
-from iterrefine.export import load_rows
-from iterrefine.logging import configure_logging
+from iterrefine.io.export import load_rows
+from iterrefine.observe.logging import configure_logging
 from iterrefine.sim import SimConfig, SimServer
 
 from .helpers import unique_config

@@ -12,14 +12,15 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from iterrefine.app import RunOptions, run_pipeline, sim_roles
+from iterrefine.app.run import RunOptions, run_pipeline, sim_roles
 from iterrefine.config import StaticPartitions
-from iterrefine.export import ExportPaths, Terminal, load_rows
-from iterrefine.metrics import Metrics
-from iterrefine.model import Item, item_from_raw
+from iterrefine.io.export import ExportPaths, Terminal, load_rows
+from iterrefine.io.stream_export import StreamingExport
+from iterrefine.item.model import Item
+from iterrefine.item.records import item_from_raw
+from iterrefine.observe.metrics import Metrics
 from iterrefine.runtime import Output, Stage, StageRunner, decode_raw_record
 from iterrefine.sim import SimServer
-from iterrefine.stream_export import StreamingExport
 
 from .helpers import alpaca, committed_vs_end, produce, read_ids, unique_config, wait_until
 from .test_pipeline_e2e import FAST_SIM, assert_conserved, sample_records, write_jsonl
@@ -92,12 +93,12 @@ async def test_run_on_its_own_broker_splits_work_between_processes(tmp_path: Pat
 def test_fetches_on_the_runs_own_broker_are_held_briefly_and_retried_soon() -> None:
     """Tansu holds an empty fetch for its whole max wait, and aiokafka waits a retry
     backoff before a consumer's first fetch: on run's own broker both are short."""
-    from iterrefine.app import (
+    from iterrefine.app.run import (
         OWN_BROKER_FETCH_MAX_WAIT_MS,
         OWN_BROKER_RETRY_BACKOFF_MS,
         _for_own_broker,
     )
-    from iterrefine.kafka import client_kwargs
+    from iterrefine.kafka.clients import client_kwargs
 
     base = unique_config()
     assert base.runtime.fetch_max_wait_ms > OWN_BROKER_FETCH_MAX_WAIT_MS
@@ -179,9 +180,9 @@ def test_the_run_command_imports_neither_the_simulator_nor_other_commands() -> N
         "import sys\n"
         "from iterrefine.cli import build_parser\n"
         "build_parser('run').parse_args(['run', 'in.jsonl', '-o', 'out.jsonl'])\n"
-        "import iterrefine.app, iterrefine.pipeline\n"
+        "import iterrefine.app.run, iterrefine.app.pipeline\n"
         "heavy = ['iterrefine.sim.server', 'numpy', 'aiohttp.web', 'iterrefine.cli.view',\n"
-        "         'iterrefine.cli.show', 'iterrefine.viewer']\n"
+        "         'iterrefine.cli.show', 'iterrefine.tools.viewer']\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -234,7 +235,7 @@ def test_streaming_export_replaces_a_row_when_a_newer_revision_arrives(tmp_path:
 @pytest.mark.parametrize("count", [1, 3])
 def test_child_configs_take_the_next_static_shares(count: int) -> None:
     """--workers N on a run-owned broker: child i takes share i + 1 of N."""
-    from iterrefine.extra_workers import ExtraWorkers
+    from iterrefine.app._extra_workers import ExtraWorkers
 
     base = unique_config()
     config = msgspec.structs.replace(base, runtime=msgspec.structs.replace(
@@ -246,7 +247,7 @@ def test_child_configs_take_the_next_static_shares(count: int) -> None:
 
 def test_plain_http_endpoints_get_a_tls_context_that_trusts_nothing() -> None:
     """http:// roles skip loading the CA bundle (0.13 s each); https:// share one default."""
-    from iterrefine.llm.wire import tls_context
+    from iterrefine.llm._wire import tls_context
 
     plain = tls_context("http://127.0.0.1:8000/v1")
     assert plain.cert_store_stats()["x509_ca"] == 0

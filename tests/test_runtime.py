@@ -17,12 +17,12 @@ import pytest
 
 from iterrefine.config import Config
 from iterrefine.errors import LLMError, LLMTransientError
-from iterrefine.kafka import read_to_end
-from iterrefine.model import Item
+from iterrefine.item.model import Item
+from iterrefine.kafka.clients import read_to_end
+from iterrefine.kafka.topics import TopicNames
 from iterrefine.runtime import Output, Stage, StageRunner, decode_raw_record
 from iterrefine.runtime.dlq import headers_dict
-from iterrefine.topics import TopicNames
-from iterrefine.worker import serve_stages
+from iterrefine.runtime.serve import serve_stages
 
 from .helpers import alpaca, committed_vs_end, produce, read_ids, unique_config, wait_until
 

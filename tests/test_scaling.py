@@ -15,13 +15,13 @@ from structlog.testing import capture_logs
 from iterrefine.cli.ingest import ingest
 from iterrefine.config import Config
 from iterrefine.consumers import PIPELINE
-from iterrefine.ingest import read_records
-from iterrefine.kafka import make_admin
-from iterrefine.model import Item
+from iterrefine.io.ingest import read_records
+from iterrefine.item.model import Item
+from iterrefine.kafka.clients import make_admin
+from iterrefine.kafka.topics import ensure_topics
 from iterrefine.runtime import Output, Stage, StageRunner
+from iterrefine.runtime.serve import serve_stages
 from iterrefine.sim import SimConfig, SimServer
-from iterrefine.topics import ensure_topics
-from iterrefine.worker import serve_stages
 
 from .helpers import committed_vs_end, unique_config, wait_until
 from .pipeline_support import newest, start_watcher, wait_for_ids

@@ -13,9 +13,8 @@ import pytest
 
 from iterrefine.config import LLMRoleConfig, SelectionConfig, load_config
 from iterrefine.errors import ConfigError, LLMError
+from iterrefine.item.model import Difficulty, Judgement, Selection
 from iterrefine.llm import LLMClient
-from iterrefine.model import Difficulty, Judgement, Selection
-from iterrefine.parsing import SCHEMAS, parse_score
 from iterrefine.selection import (
     Assigner,
     ClusterQuota,
@@ -29,7 +28,8 @@ from iterrefine.selection import (
 )
 from iterrefine.selection.difficulty import prompt_logprobs
 from iterrefine.sim import SimConfig, SimServer
-from iterrefine.sim.vectors import embedding, planted_cluster
+from iterrefine.sim._vectors import embedding, planted_cluster
+from iterrefine.tasks.parsing import SCHEMAS, parse_score
 
 from .test_stages import HIGH, always, an_item, make_ctx, stage_handler
 

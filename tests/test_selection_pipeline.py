@@ -9,8 +9,8 @@ import msgspec
 import pytest
 
 from iterrefine.config import SelectionConfig
-from iterrefine.report import render_html
 from iterrefine.sim import SimServer
+from iterrefine.tools.report import render_html
 
 from .test_pipeline_e2e import assert_conserved, pipeline_config, run, sample_records, sim
 

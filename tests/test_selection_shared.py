@@ -11,7 +11,7 @@ import pytest
 from iterrefine.config import SelectionConfig
 from iterrefine.selection import SharedCentroids
 from iterrefine.sim import SimConfig
-from iterrefine.sim.vectors import embedding
+from iterrefine.sim._vectors import embedding
 
 from .helpers import unique_config, wait_until
 

@@ -14,12 +14,13 @@ import aiohttp
 import pytest
 
 from iterrefine.cli import main
-from iterrefine.export import Terminal
-from iterrefine.formats.outputs import write_outputs
-from iterrefine.logging import configure_logging
-from iterrefine.model import Evaluation, Judgement, Round, Scores, item_from_raw
-from iterrefine.story import stories_from_export
-from iterrefine.viewer import Viewer
+from iterrefine.io.export import Terminal
+from iterrefine.io.outputs import write_outputs
+from iterrefine.item.model import Evaluation, Judgement, Round, Scores
+from iterrefine.item.records import item_from_raw
+from iterrefine.observe.logging import configure_logging
+from iterrefine.tools.story import stories_from_export
+from iterrefine.tools.viewer import Viewer
 
 ORIGINAL = "Explain photosynthesis."
 REFINED = "Explain step by step how plants turn light into chemical energy."
@@ -129,7 +130,7 @@ async def test_show_reads_the_terminal_topics_without_from(
     argv = ["export", "-o", str(shaped), "--shape", "alpaca", "--bootstrap", broker,
             "--topic-prefix", config.kafka.topic_prefix]
     assert await asyncio.to_thread(main, argv) == 0
-    from iterrefine.formats.outputs import read_rows
+    from iterrefine.io.outputs import read_rows
 
     rows = list(read_rows(shaped)) + list(read_rows(tmp_path / "export.rejected.parquet"))
     assert {r["id"] for r in rows} == {r["id"] for r in records}
@@ -201,8 +202,8 @@ async def test_item_page_in_headless_chromium(tmp_path: Path) -> None:
 
 def test_list_filters_by_cluster_once_items_have_one(tmp_path: Path) -> None:
     """Items carrying a cluster (from a selection stage) get a cluster column and filter."""
-    from iterrefine.story import story_of_row
-    from iterrefine.viewer.pages import list_page
+    from iterrefine.tools.story import story_of_row
+    from iterrefine.tools.viewer._pages import list_page
 
     paths, _ = write_outputs(_terminals()[:1], tmp_path / "out.jsonl")
     row = json.loads(paths.curated.read_text())

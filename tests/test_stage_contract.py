@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from iterrefine.kafka import read_to_end
-from iterrefine.model import Item
+from iterrefine.item.model import Item
+from iterrefine.kafka.clients import read_to_end
+from iterrefine.kafka.topics import TopicNames
 from iterrefine.runtime import Output, Stage, decode_raw_record
 from iterrefine.runtime.dlq import headers_dict
-from iterrefine.topics import TopicNames
 
 from .helpers import alpaca, committed_vs_end, read_ids, unique_config
 from .test_runtime import run_until_done

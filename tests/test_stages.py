@@ -16,25 +16,17 @@ import httpx2
 import msgspec
 import pytest
 
+from iterrefine.app._summary import truncated_by_task
 from iterrefine.config import LLMRoleConfig, PipelineConfig
 from iterrefine.consumers import build_stages
 from iterrefine.consumers.refine import feedback_set
-from iterrefine.context import PipelineContext
 from iterrefine.errors import TruncatedOutput, UnparseableOutput
+from iterrefine.graph.context import PipelineContext
+from iterrefine.item.model import Evaluation, Item, Judgement, Original, Provenance, Round, Scores
+from iterrefine.item.records import new_item
 from iterrefine.llm import LLMClient
-from iterrefine.metrics import Metrics
-from iterrefine.model import (
-    Evaluation,
-    Item,
-    Judgement,
-    Original,
-    Provenance,
-    Round,
-    Scores,
-    new_item,
-)
+from iterrefine.observe.metrics import Metrics
 from iterrefine.runtime import Output
-from iterrefine.summary import truncated_by_task
 
 #: Per task: the answer text, or (text, finish_reason) for a cut-off answer.
 Answers = dict[str, Callable[[dict[str, Any]], str | tuple[str, str]]]

@@ -12,15 +12,15 @@ import msgspec
 import pytest
 import structlog
 
-from iterrefine._process import free_port
-from iterrefine.app import RunOptions, RunResult, run_pipeline, sim_roles
+from iterrefine.app.run import RunOptions, RunResult, run_pipeline, sim_roles
 from iterrefine.cli import main
 from iterrefine.config import Config
 from iterrefine.consumers import PIPELINE
-from iterrefine.http import MetricsServer
-from iterrefine.metrics import Metrics
+from iterrefine.observe.http import MetricsServer
+from iterrefine.observe.metrics import Metrics
+from iterrefine.processes import free_port
 from iterrefine.sim import SimConfig, SimServer
-from iterrefine.status import metrics_url, pipeline_status, rounds_distribution
+from iterrefine.tools.status import metrics_url, pipeline_status, rounds_distribution
 
 from .helpers import unique_config, wait_until
 

@@ -13,15 +13,15 @@ import httpx2
 import pytest
 from prometheus_client import CollectorRegistry
 
+from iterrefine.app._summary import answers_by_task
 from iterrefine.config import LLMRoleConfig, load_config
 from iterrefine.errors import UnparseableOutput
 from iterrefine.llm import LLMClient
-from iterrefine.llm.dialect import without_length_bounds
-from iterrefine.llm.tasks import ask, ask_revision
-from iterrefine.metrics import Metrics
-from iterrefine.parsing import SCHEMAS
+from iterrefine.llm._dialect import without_length_bounds
+from iterrefine.observe.metrics import Metrics
 from iterrefine.sim import SimConfig, SimServer
-from iterrefine.summary import answers_by_task
+from iterrefine.tasks.ask import ask, ask_revision
+from iterrefine.tasks.parsing import SCHEMAS
 
 SCORE_JSON = json.dumps({
     "usable": True, "reason": "ok", "correctness": 8, "completeness": 8, "clarity": 8,
@@ -145,7 +145,7 @@ async def test_unreachable_probe_decides_nothing_and_probes_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A probe that gets 503 leaves the dialect open: off for now, probe again later."""
-    monkeypatch.setattr("iterrefine.llm.dialect_choice.PROBE_RETRY_S", 0.0)
+    monkeypatch.setattr("iterrefine.llm._dialect_choice.PROBE_RETRY_S", 0.0)
     state = {"up": False}
 
     def flaky(body: dict[str, Any]) -> httpx2.Response:

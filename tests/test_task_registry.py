@@ -11,12 +11,12 @@ import pytest
 from iterrefine.config import LLMRoleConfig
 from iterrefine.errors import UnparseableOutput
 from iterrefine.llm import LLMClient
-from iterrefine.llm.tasks import ask
-from iterrefine.parsing import AnswerContext
-from iterrefine.prompts import PROMPT_EDITION, PROMPT_VERSION, build_messages
-from iterrefine.sim import SimConfig, SimServer
+from iterrefine.sim import SimConfig, SimServer, register_simulated_answer
 from iterrefine.sim.prompt import SimPrompt
-from iterrefine.task_registry import BUILTIN_TASKS, TASKS, TaskSpec, prompt_digest, register_task
+from iterrefine.tasks.ask import ask
+from iterrefine.tasks.parsing import AnswerContext
+from iterrefine.tasks.prompts import PROMPT_EDITION, PROMPT_VERSION, build_messages
+from iterrefine.tasks.registry import BUILTIN_TASKS, TASKS, TaskSpec, prompt_digest, register_task
 
 
 class Toxicity(msgspec.Struct, frozen=True):
@@ -41,8 +41,8 @@ TOXICITY = TaskSpec(
     required=frozenset({"instruction"}), parse=_parse_toxicity, answer=Toxicity,
     schema={"type": "object", "properties": {"toxic": {"type": "boolean"}},
             "required": ["toxic"], "additionalProperties": False},
-    simulate=_simulate_toxicity,
 )
+register_simulated_answer("toxicity", _simulate_toxicity)
 
 
 def test_prompt_version_follows_every_template_edit() -> None:

@@ -9,7 +9,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from iterrefine.errors import LLMTransientError, TruncatedOutput, UnparseableOutput
-from iterrefine.llm.tasks import (
+from iterrefine.tasks.ask import (
     ReviewSample,
     ask,
     ask_aligned,
@@ -18,7 +18,7 @@ from iterrefine.llm.tasks import (
     ask_score,
     ask_verdict,
 )
-from iterrefine.parsing import SCHEMAS, RevisionAnswer, VerdictAnswer
+from iterrefine.tasks.parsing import SCHEMAS, RevisionAnswer, VerdictAnswer
 
 GOOD_VERDICT = "Winner: B\nExplanation: B names the expected format."
 REVIEW_DATA = {

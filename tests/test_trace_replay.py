@@ -27,9 +27,9 @@ import msgspec
 import pytest
 from aiohttp import web
 
-from iterrefine.app import RunOptions, run_pipeline
+from iterrefine.app.run import RunOptions, run_pipeline
 from iterrefine.config import LLMRoleConfig, PipelineConfig
-from iterrefine.export import load_rows
+from iterrefine.io.export import load_rows
 
 from .helpers import unique_config
 

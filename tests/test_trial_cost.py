@@ -12,9 +12,9 @@ from pathlib import Path
 import structlog
 from rich.console import Console
 
+from iterrefine.app.pricing import cost_summary
 from iterrefine.cli.progress import run_progress
 from iterrefine.config import LLMRoleConfig
-from iterrefine.pricing import cost_summary
 
 from .test_pipeline_e2e import sample_records, write_jsonl
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from iterrefine.worddiff import similarity, word_diff
+from iterrefine.tools.worddiff import similarity, word_diff
 
 
 @given(st.text(max_size=200), st.text(max_size=200))

@@ -15,8 +15,8 @@ from typing import Any
 
 import structlog
 
-from iterrefine.broker import EmbeddedBroker
-from iterrefine.broker_state import (
+from iterrefine.broker.embedded import EmbeddedBroker
+from iterrefine.broker.state import (
     STATE_FILE,
     BrokerState,
     is_live,

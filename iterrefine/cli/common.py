@@ -26,7 +26,7 @@ def resolve_bootstrap(config: Config) -> str:
     """The configured cluster, else the running ``iterrefine broker up`` broker."""
     if config.kafka.bootstrap_servers:
         return config.kafka.bootstrap_servers
-    from iterrefine.broker_state import find_running_broker
+    from iterrefine.broker.state import find_running_broker
 
     running = find_running_broker(config.data_dir)
     if running is None:

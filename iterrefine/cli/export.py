@@ -9,11 +9,11 @@ from typing import Any
 
 from iterrefine.cli.common import add_kafka_args, config_from_args, resolve_bootstrap
 from iterrefine.config import Config
-from iterrefine.export import Selection, outcome_of_topic, terminal_of
-from iterrefine.formats.outputs import SHAPES, Shape, check_output, output_paths, write_outputs
-from iterrefine.kafka import read_to_end
-from iterrefine.logging import configure_logging
-from iterrefine.topics import TopicNames
+from iterrefine.io.export import Selection, outcome_of_topic, terminal_of
+from iterrefine.io.outputs import SHAPES, Shape, check_output, output_paths, write_outputs
+from iterrefine.kafka.clients import read_to_end
+from iterrefine.kafka.topics import TopicNames
+from iterrefine.observe.logging import configure_logging
 
 
 def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is private

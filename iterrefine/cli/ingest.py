@@ -11,18 +11,18 @@ from typing import Any
 
 from iterrefine.cli.common import add_kafka_args, config_from_args, resolve_bootstrap
 from iterrefine.config import Config
-from iterrefine.formats.inputs import (
+from iterrefine.io.ingest import Ingestor, IngestReport, RawRecord, stdin_records
+from iterrefine.io.inputs import (
     FORMATS_HELP,
     INPUT_FORMATS,
     InputFormat,
     InputSpec,
     open_input,
 )
-from iterrefine.ingest import Ingestor, IngestReport, RawRecord, stdin_records
-from iterrefine.kafka import make_producer
-from iterrefine.logging import configure_logging
-from iterrefine.topics import TopicNames, ensure_topics
-from iterrefine.worker import install_stop_signals
+from iterrefine.kafka.clients import make_producer
+from iterrefine.kafka.topics import TopicNames, ensure_topics
+from iterrefine.observe.logging import configure_logging
+from iterrefine.runtime.serve import install_stop_signals
 
 
 def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is private

@@ -22,7 +22,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from iterrefine.logging import configure_logging
+from iterrefine.observe.logging import configure_logging
 
 
 @contextmanager

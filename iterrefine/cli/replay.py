@@ -1,4 +1,7 @@
-"""``iterrefine replay``: re-feed a range of a topic into the pipeline (see iterrefine.replay)."""
+"""``iterrefine replay``: re-feed a range of a topic into the pipeline.
+
+The mechanism is :mod:`iterrefine.tools.replay`.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,11 @@ import argparse
 import asyncio
 from typing import Any
 
+from iterrefine.app.pipeline import load_graph
 from iterrefine.cli.common import add_kafka_args, config_from_args, resolve_bootstrap
 from iterrefine.consumers import STAGE_NAMES
-from iterrefine.logging import configure_logging
-from iterrefine.pipeline import load_graph
-from iterrefine.replay import ReplayRange, describe_ranges, parse_time_ms, replay
+from iterrefine.observe.logging import configure_logging
+from iterrefine.tools.replay import ReplayRange, describe_ranges, parse_time_ms, replay
 
 
 def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is private

@@ -31,7 +31,7 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
 
 def cmd_report(args: argparse.Namespace) -> int:
     # matplotlib takes a noticeable fraction of a second to import; only pay it here.
-    from iterrefine.report import load_summary, write_report
+    from iterrefine.tools.report import load_summary, write_report
 
     summary = load_summary(args.summary)
     output: Path = args.output

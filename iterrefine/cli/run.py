@@ -14,17 +14,17 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from iterrefine import exit_codes
+from iterrefine.app import exit_codes
+from iterrefine.app.exit_codes import run_exit_code
+from iterrefine.app.pricing import cost_summary, describe_cost
 from iterrefine.cli.common import add_kafka_args, add_llm_args, config_from_args, require_llm
 from iterrefine.cli.progress import run_progress
 from iterrefine.config import Config
 from iterrefine.errors import ConfigError
-from iterrefine.exit_codes import run_exit_code
-from iterrefine.formats.inputs import FORMATS_HELP, INPUT_FORMATS, InputSpec, open_input
-from iterrefine.formats.outputs import SHAPES, check_output
-from iterrefine.logging import configure_logging
-from iterrefine.pricing import cost_summary, describe_cost
-from iterrefine.proctime import process_started_at
+from iterrefine.io.inputs import FORMATS_HELP, INPUT_FORMATS, InputSpec, open_input
+from iterrefine.io.outputs import SHAPES, check_output
+from iterrefine.observe.logging import configure_logging
+from iterrefine.observe.proctime import process_started_at
 from iterrefine.sim import SimConfig
 
 
@@ -97,7 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # --workers children first: they import on another core while this process does.
     prespawned = None
     if args.workers > 1 and args.input.exists():
-        from iterrefine.prespawn import Prespawned
+        from iterrefine.app.prespawn import Prespawned
 
         prespawned = Prespawned(args.workers - 1)
     try:
@@ -108,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, prespawned: Any) -> int:
-    from iterrefine.app import RunOptions, run_pipeline  # heavy imports only for this command
+    from iterrefine.app.run import RunOptions, run_pipeline  # heavy imports only for this command
 
     configure_logging(json=args.log_json, level=args.log_level)
     config = config_from_args(args)
@@ -183,7 +183,7 @@ def _stop_or_force(stop: asyncio.Event) -> None:
 
 def _where_unfinished_items_are(config: Config) -> str:
     """The truth about unfinished items, which depends on where the broker lives."""
-    from iterrefine.broker_state import find_running_broker
+    from iterrefine.broker.state import find_running_broker
 
     cache = ("the answers already received are in the LLM response cache, so rerunning the "
              "same command pays only for the calls not yet answered"

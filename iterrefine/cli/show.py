@@ -19,15 +19,15 @@ from rich.table import Table
 from rich.text import Text
 
 from iterrefine.cli.common import add_kafka_args, config_from_args, resolve_bootstrap
-from iterrefine.logging import configure_logging
-from iterrefine.story import (
+from iterrefine.observe.logging import configure_logging
+from iterrefine.tools.story import (
     Story,
     find_story,
     stories_from_export,
     stories_from_selection,
     terminal_selection,
 )
-from iterrefine.worddiff import word_diff
+from iterrefine.tools.worddiff import word_diff
 
 _STYLES = {"equal": "", "delete": "red strike", "insert": "green underline"}
 

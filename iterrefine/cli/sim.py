@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from iterrefine.logging import configure_logging
+from iterrefine.observe.logging import configure_logging
 from iterrefine.sim import SimConfig, SimServer
 
 log = structlog.get_logger()

@@ -15,10 +15,10 @@ from rich.table import Table
 from iterrefine.cli.cache import describe_cache
 from iterrefine.cli.common import add_kafka_args, config_from_args, resolve_bootstrap
 from iterrefine.llm.cache import read_stats
-from iterrefine.logging import configure_logging
+from iterrefine.observe.logging import configure_logging
 
 if TYPE_CHECKING:
-    from iterrefine.status import PipelineStatus
+    from iterrefine.tools.status import PipelineStatus
 
 
 def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is private
@@ -45,8 +45,10 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from iterrefine.pipeline import load_graph
-    from iterrefine.status import pipeline_status  # aiokafka and aiohttp only for this command
+    from iterrefine.app.pipeline import load_graph
+    from iterrefine.tools.status import (
+        pipeline_status,  # aiokafka and aiohttp only for this command
+    )
 
     configure_logging(json=args.log_json, level=args.log_level)
     config = config_from_args(args)

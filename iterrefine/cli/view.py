@@ -11,8 +11,8 @@ from typing import Any
 
 from iterrefine.cli.common import add_kafka_args
 from iterrefine.cli.show import load_stories
-from iterrefine.logging import configure_logging
-from iterrefine.viewer import Viewer
+from iterrefine.observe.logging import configure_logging
+from iterrefine.tools.viewer import Viewer
 
 
 def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is private

@@ -15,7 +15,7 @@ from iterrefine.cli.common import (
 )
 from iterrefine.consumers import STAGE_NAMES
 from iterrefine.errors import ConfigError
-from iterrefine.logging import configure_logging
+from iterrefine.observe.logging import configure_logging
 
 
 def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is private
@@ -49,7 +49,7 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from iterrefine.pipeline import load_graph, missing_roles, serve_pipeline
+    from iterrefine.app.pipeline import load_graph, missing_roles, serve_pipeline
 
     configure_logging(json=args.log_json, level=args.log_level)
     config = config_from_args(args)

@@ -5,12 +5,12 @@ temperature, ``max_tokens``, response format and its JSON schema), so anything t
 could change the answer changes the key; the endpoint URL and API key are left out
 on purpose, so a restarted simulator on a new port or a rotated key still hits. One
 thing is taken out of the messages first: the random nonce of the data fence
-(:mod:`iterrefine.prompts`), drawn afresh per request so that item text cannot close
+(:mod:`iterrefine.tasks.prompts`), drawn afresh per request so that item text cannot close
 the fence. It says nothing about the question, and keeping it would make every key
 unique (:func:`without_fence_nonce`).
 
 Only *readable* answers are stored: the client hands back the key with each answer,
-and :func:`iterrefine.llm.tasks.ask` calls :meth:`ResponseCache.put` (through the
+and :func:`iterrefine.tasks.ask.ask` calls :meth:`ResponseCache.put` (through the
 client's ``remember``) only after the task's parser accepted the text. An answer the
 parser rejected is re-asked with a different prompt (a different key) and never
 becomes a cached "good" answer; a cached answer a newer parser rejects is deleted.
@@ -39,7 +39,7 @@ from typing import Literal
 import msgspec
 import structlog
 
-from iterrefine.metrics import Metrics
+from iterrefine.observe.metrics import Metrics
 
 log = structlog.get_logger("iterrefine.llm")
 
@@ -85,7 +85,7 @@ class CacheStats(msgspec.Struct, frozen=True, kw_only=True):
     tokens_saved: int
 
 
-#: The opening fence line of :func:`iterrefine.prompts.data_block`. Item text is one JSON
+#: The opening fence line of :func:`iterrefine.tasks.prompts.data_block`. Item text is one JSON
 #: line inside the fence, so it can never start a line: the first match is the real one.
 _FENCE = re.compile(r"^<<<DATA ([0-9a-f]{8})>>>$", re.MULTILINE)
 

@@ -1,6 +1,6 @@
 """What a pipeline stage needs of an LLM role: a chat endpoint (protocols only).
 
-Kept apart from :mod:`iterrefine.llm.tasks` so that the pipeline context can name
+Kept apart from :mod:`iterrefine.tasks.ask` so that the pipeline context can name
 the type without depending on the tasks (the stages use those, not the context).
 """
 
@@ -18,7 +18,7 @@ TruncationHook = Callable[[str], None]
 
 class ChatReply(Protocol):
     """What :meth:`ChatClient.chat` returns: the text (and, read when present, the
-    ``finish_reason``; see :func:`iterrefine.llm.tasks.ask`)."""
+    ``finish_reason``; see :func:`iterrefine.tasks.ask.ask`)."""
 
     @property
     def text(self) -> str: ...

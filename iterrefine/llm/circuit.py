@@ -5,7 +5,7 @@ down (refused or dropped connections, timeouts, a run of 5xx answers) or turns t
 key away (401/403), its :class:`Circuit` opens: every call of that role waits in
 :meth:`Circuit.wait_closed` instead of spending its retry budget and ending in the
 DLQ. The stages that call the role take no new messages meanwhile
-(:attr:`iterrefine.runtime.Stage.hold`, wired in :mod:`iterrefine.pipeline`) and keep
+(:attr:`iterrefine.runtime.Stage.hold`, wired in :mod:`iterrefine.app.pipeline`) and keep
 their group membership the way the runner does whenever its window is full. One
 probe per ``probe_interval_s`` asks whether the endpoint is back (a one-token
 completion, the call that was failing; ``GET /models`` for a rejected key); the first
@@ -35,7 +35,7 @@ from iterrefine.errors import LLMUnavailable
 
 log = structlog.get_logger("iterrefine.llm")
 
-#: Metric statuses (see :mod:`iterrefine.llm.failures`) that say the endpoint is down.
+#: Metric statuses (see :mod:`iterrefine.llm._failures`) that say the endpoint is down.
 OUTAGE_STATUSES = frozenset({"connection", "timeout", "500", "502", "503", "504"})
 #: Statuses that say the endpoint refuses our key: no request of this role can succeed.
 AUTH_STATUSES = frozenset({"401", "403"})

@@ -38,21 +38,12 @@ from prometheus_client import Counter, Histogram
 from iterrefine.config import Dialect, LLMRoleConfig
 from iterrefine.errors import IterrefineError, LLMRetriesExhausted
 from iterrefine.lifecycle import AsyncService
-from iterrefine.llm import dialect as dialects
-from iterrefine.llm.cache import (
-    CachedAnswer,
-    ResponseCache,
-    RoleCache,
-    cache_key,
-    without_fence_nonce,
-)
-from iterrefine.llm.circuit import Circuit
-from iterrefine.llm.dialect_choice import DialectChoice
-from iterrefine.llm.endpoint_probe import probe_completion, probe_models
-from iterrefine.llm.failures import FailureMap
-from iterrefine.llm.latency import Reservoir
-from iterrefine.llm.ratelimit import TokenBucket
-from iterrefine.llm.wire import (
+from iterrefine.llm import _dialect as dialects
+from iterrefine.llm._dialect_choice import DialectChoice
+from iterrefine.llm._endpoint_probe import probe_completion, probe_models
+from iterrefine.llm._failures import FailureMap
+from iterrefine.llm._ratelimit import TokenBucket
+from iterrefine.llm._wire import (
     ChatResult,
     LLMStats,
     build_http_client,
@@ -62,7 +53,16 @@ from iterrefine.llm.wire import (
     settle_platform,
     token_count,
 )
-from iterrefine.metrics import Metrics
+from iterrefine.llm.cache import (
+    CachedAnswer,
+    ResponseCache,
+    RoleCache,
+    cache_key,
+    without_fence_nonce,
+)
+from iterrefine.llm.circuit import Circuit
+from iterrefine.llm.latency import Reservoir
+from iterrefine.observe.metrics import Metrics
 from iterrefine.retry import Backoff
 
 log = structlog.get_logger("iterrefine.llm")
@@ -306,7 +306,7 @@ class LLMClient(AsyncService):
     def remember(self, reply: object, *, readable: bool) -> None:
         """Tell the cache whether ``reply`` could be read: only readable answers are kept.
 
-        Called by :func:`iterrefine.llm.tasks.ask` once the task's parser has seen it.
+        Called by :func:`iterrefine.tasks.ask.ask` once the task's parser has seen it.
         """
         if self._cache is None or not isinstance(reply, ChatResult) or reply.cache_key is None:
             return

@@ -1,6 +1,6 @@
 """The stage runtime: concurrent, at-least-once, contiguous-prefix commits."""
 
-from iterrefine.runtime.offsets import PartitionTracker
+from iterrefine.runtime._offsets import PartitionTracker
 from iterrefine.runtime.runner import StageRunner
 from iterrefine.runtime.stage import (
     Handler,

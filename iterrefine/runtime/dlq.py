@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from iterrefine.errors import IterrefineError
-from iterrefine.model import Item, raw_id
+from iterrefine.item.model import Item
+from iterrefine.item.records import raw_id
 from iterrefine.runtime.stage import RecordLike
 
 _MAX_MESSAGE_CHARS = 1000

@@ -4,7 +4,7 @@ One runner drives one stage in one process. Many messages of one partition are
 handled at once (LLM calls are slow), bounded by ``max_in_flight``; an input counts
 as done only after every output it produced was acknowledged by the broker
 (at-least-once), and per partition only the contiguous prefix of done offsets is
-committed (:mod:`iterrefine.runtime.offsets`).
+committed (:mod:`iterrefine.runtime._offsets`).
 """
 
 from __future__ import annotations
@@ -30,14 +30,15 @@ from iterrefine.errors import (
     TransientError,
     ValidationError,
 )
-from iterrefine.kafka import make_consumer, make_producer
-from iterrefine.logging import UNIT_OF_WORK
-from iterrefine.metrics import Metrics
-from iterrefine.model import Item, encode_item
+from iterrefine.item.model import Item, encode_item
+from iterrefine.kafka.clients import make_consumer, make_producer
+from iterrefine.kafka.topics import DLQ_TOPIC, TopicNames
+from iterrefine.observe.logging import UNIT_OF_WORK
+from iterrefine.observe.metrics import Metrics
 from iterrefine.retry import Backoff, is_retriable
-from iterrefine.runtime.acks import AckGroup, Outgoing, Sent
+from iterrefine.runtime._acks import AckGroup, Outgoing, Sent
+from iterrefine.runtime._offsets import PartitionTracker
 from iterrefine.runtime.dlq import dlq_headers, dlq_key, dlq_reason
-from iterrefine.runtime.offsets import PartitionTracker
 from iterrefine.runtime.stage import (
     Handler,
     InlineHandler,
@@ -46,7 +47,6 @@ from iterrefine.runtime.stage import (
     Stage,
     default_outcome,
 )
-from iterrefine.topics import DLQ_TOPIC, TopicNames
 
 log = structlog.get_logger("iterrefine.runtime")
 

@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from iterrefine.errors import ConfigError
-from iterrefine.model import (
+from iterrefine.item.model import (
     DEFAULT_MAX_ENVELOPE_BYTES,
     DEFAULT_MAX_RAW_BYTES,
     Item,
     Source,
     decode_item,
-    item_from_raw,
 )
+from iterrefine.item.records import item_from_raw
 
 
 class RecordLike(Protocol):

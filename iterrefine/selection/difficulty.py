@@ -22,7 +22,7 @@ from typing import Any, Final, Literal, Protocol
 import msgspec
 
 from iterrefine.errors import LLMError
-from iterrefine.model import Difficulty
+from iterrefine.item.model import Difficulty
 
 Metric = Literal["ifd", "instruction_ppl"]
 

@@ -14,8 +14,8 @@ from typing import Literal
 import msgspec
 
 from iterrefine.config import SelectionConfig
-from iterrefine.metrics import Metrics
-from iterrefine.model import Item
+from iterrefine.item.model import Item
+from iterrefine.observe.metrics import Metrics
 from iterrefine.selection.quota import ClusterQuota, QuotaDecision
 
 Quality = Literal["high", "low"]

@@ -4,8 +4,8 @@ Runs in the score stage, right after the judge (and the task filter), for items 
 stay in the pipeline: the ``difficulty`` role scores the instruction from completion
 logprobs while the ``embedding`` role embeds it; the vector is assigned to the shared
 centroid model's nearest cluster and handed to the trainer, then dropped. The item
-leaves with its :class:`~iterrefine.model.Difficulty` and
-:class:`~iterrefine.model.Selection` (cluster id and model version, no vector).
+leaves with its :class:`~iterrefine.item.model.Difficulty` and
+:class:`~iterrefine.item.model.Selection` (cluster id and model version, no vector).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from iterrefine.config import Config
-from iterrefine.metrics import Metrics
-from iterrefine.model import Item, Selection
+from iterrefine.item.model import Item, Selection
+from iterrefine.observe.metrics import Metrics
 from iterrefine.selection.difficulty import DifficultyScorer, RawPoster
 from iterrefine.selection.embeddings import Embedder, Vector
 from iterrefine.selection.shared import SharedCentroids

@@ -38,9 +38,9 @@ from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from iterrefine.config import KafkaConfig, SelectionConfig
-from iterrefine.kafka import client_kwargs, make_admin, make_consumer, true_end_offsets
+from iterrefine.kafka.clients import client_kwargs, make_admin, make_consumer, true_end_offsets
 from iterrefine.lifecycle import AsyncService
-from iterrefine.metrics import Metrics
+from iterrefine.observe.metrics import Metrics
 from iterrefine.selection.centroids import (
     Assigner,
     CentroidModel,

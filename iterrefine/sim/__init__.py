@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 from iterrefine.sim.config import SimConfig
 
 if TYPE_CHECKING:
+    from iterrefine.sim.answers import register_simulated_answer
     from iterrefine.sim.server import SimServer
 
-__all__ = ["SimConfig", "SimServer"]
+__all__ = ["SimConfig", "SimServer", "register_simulated_answer"]
 
 
 def __getattr__(name: str) -> Any:
@@ -24,4 +25,8 @@ def __getattr__(name: str) -> Any:
         from iterrefine.sim.server import SimServer
 
         return SimServer
+    if name == "register_simulated_answer":
+        from iterrefine.sim.answers import register_simulated_answer
+
+        return register_simulated_answer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

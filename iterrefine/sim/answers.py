@@ -13,6 +13,8 @@ the marker, so position-swapped reviews name the same side.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -87,16 +89,18 @@ def render(
 
     An untagged structured request (a client's dialect probe) gets the simplest JSON
     its ``schema`` allows, as a server enforcing the schema would give. Each task's
-    answer is its registry entry's (:mod:`iterrefine.task_registry`), which points at
-    the functions below.
+    answer comes from the simulator's own table by task name (the built-in six below,
+    user tasks by :func:`register_simulated_answer`).
     """
     if prompt.task == CHAT_TASK and structured and schema is not None:
         return _json_encoder.encode(_instance(schema)).decode()
     if prompt.task == CHAT_TASK:
         return _answer(prompt)
-    from iterrefine.task_registry import TASKS  # imported late: the registry imports us
-
-    return TASKS[prompt.task].simulated_answer(prompt, config, structured=structured)
+    simulated = _SIMULATED.get(prompt.task)
+    if simulated is None:
+        raise ValueError(f"the simulator has no answer for task {prompt.task!r}: "
+                         "register one with iterrefine.sim.register_simulated_answer")
+    return simulated.render(prompt, config, structured=structured)
 
 
 # -- score ---------------------------------------------------------------------------
@@ -369,15 +373,43 @@ def render_malformed(task: str, *, structured: bool) -> str:
     return _MALFORMED_TEXT.get(task, "")
 
 
-# -- what the task registry's entries point at ------------------------------------------
+# -- answers by task name ----------------------------------------------------------------
 
-score, score_text = _score, _score_text
-evaluate, evaluate_text = _evaluate, _evaluate_text
-refine, refine_text = _refine, _refine_text
-review, review_text = _review, _review_text
-align, align_text = _align, _align_text
+#: A simulated answer: its JSON form (a dict), or the answer text itself.
+Simulate = Callable[[SimPrompt, SimConfig], "dict[str, Any] | str"]
 
 
-def answer(prompt: SimPrompt, config: SimConfig) -> str:
-    """The backbone's answer (free text only)."""
-    return _answer(prompt)
+@dataclass(frozen=True)
+class SimulatedAnswer:
+    """How the simulator answers one task: a JSON form, and its free-text rendering."""
+
+    simulate: Simulate
+    #: The free-text form of a JSON answer (used when structured output is off).
+    text: Callable[[dict[str, Any]], str] | None = None
+
+    def render(self, prompt: SimPrompt, config: SimConfig, *, structured: bool) -> str:
+        answer = self.simulate(prompt, config)
+        if isinstance(answer, str):
+            return answer
+        if structured or self.text is None:
+            return _json_encoder.encode(answer).decode()
+        return self.text(answer)
+
+
+_SIMULATED: dict[str, SimulatedAnswer] = {
+    "score": SimulatedAnswer(_score, _score_text),
+    "answer": SimulatedAnswer(lambda prompt, config: _answer(prompt)),
+    "evaluate": SimulatedAnswer(_evaluate, _evaluate_text),
+    "refine": SimulatedAnswer(_refine, _refine_text),
+    "review": SimulatedAnswer(_review, _review_text),
+    "align": SimulatedAnswer(_align, _align_text),
+}
+
+
+def register_simulated_answer(
+    task: str, simulate: Simulate, text: Callable[[dict[str, Any]], str] | None = None,
+) -> None:
+    """Teach the simulator to answer ``task`` (a user task registered with
+    :func:`iterrefine.tasks.registry.register_task`): ``simulate`` returns the JSON form
+    (a dict) or the text; ``text`` renders the JSON form when structured output is off."""
+    _SIMULATED[task] = SimulatedAnswer(simulate, text)

@@ -13,6 +13,8 @@ from typing import Any
 
 import msgspec
 
+from iterrefine.tasks.registry import TASKS
+
 #: Task name used for requests without our tag line (a plain chat request).
 CHAT_TASK = "chat"
 
@@ -80,8 +82,6 @@ def _task_from_tag(system: str) -> str | None:
         part.split("=", 1) for part in text[len(_TAG_PREFIX) : close].split() if "=" in part
     )
     task = fields.get("task")
-    from iterrefine.task_registry import TASKS  # imported late: the registry imports us
-
     if task not in TASKS:
         raise PromptError(f"unknown task in the system tag line: {task!r}")
     return task

@@ -7,8 +7,8 @@ carries an ``x-iterrefine-simulator`` header.
 Endpoints::
 
     POST /v1/chat/completions   answers per docs/llm-contract.md (non-streaming)
-    POST /v1/embeddings         planted-cluster vectors (iterrefine.sim.vectors)
-    POST /v1/completions        echoed prompt logprobs for difficulty (iterrefine.sim.vectors)
+    POST /v1/embeddings         planted-cluster vectors (iterrefine.sim._vectors)
+    POST /v1/completions        echoed prompt logprobs for difficulty (iterrefine.sim._vectors)
     GET  /v1/models[/{id}]      the simulated models
     GET  /stats                 counters, busy time, concurrency series (?series=0 omits it)
     POST /stats/reset           zero the counters, the series and the request log
@@ -38,11 +38,11 @@ import msgspec
 from aiohttp import web
 
 from iterrefine.lifecycle import AsyncService
+from iterrefine.sim._stats import RequestLog, SimStats
+from iterrefine.sim._vectors import completion_text, echo_logprobs, embedding_answer
 from iterrefine.sim.answers import render, render_malformed, request_schema
 from iterrefine.sim.config import SimConfig
 from iterrefine.sim.prompt import PromptError, SimPrompt, parse_prompt
-from iterrefine.sim.stats import RequestLog, SimStats
-from iterrefine.sim.vectors import completion_text, echo_logprobs, embedding_answer
 
 OWNER = "iterrefine-simulator"
 _SIM_HEADER = {"x-iterrefine-simulator": "1"}

@@ -10,10 +10,10 @@ import random
 import sys
 
 from iterrefine.config import Config, KafkaConfig, RuntimeConfig
-from iterrefine.logging import configure_logging
-from iterrefine.model import Item
+from iterrefine.item.model import Item
+from iterrefine.observe.logging import configure_logging
 from iterrefine.runtime import Output, Stage, decode_raw_record
-from iterrefine.worker import install_stop_signals, serve_stages
+from iterrefine.runtime.serve import install_stop_signals, serve_stages
 
 
 async def main() -> None:

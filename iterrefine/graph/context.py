@@ -1,0 +1,61 @@
+"""What a pipeline stage needs besides its item: LLM roles, policy, metrics, provenance."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from iterrefine.config import PipelineConfig, SelectionConfig
+from iterrefine.item.model import Item, Provenance
+from iterrefine.llm.chat import ChatClient
+from iterrefine.observe.metrics import Metrics
+
+if TYPE_CHECKING:
+    from iterrefine.selection.selector import Selector
+
+
+class Roles(Protocol):
+    """LLM clients by role name (``LLMRoles`` in production, a plain dict in tests)."""
+
+    def __getitem__(self, role: str, /) -> ChatClient: ...
+
+
+@dataclass(frozen=True)
+class PipelineContext:
+    config: PipelineConfig
+    #: ``strong`` (judge, refiner, aligner) and ``backbone`` (answers instructions).
+    llm: Roles
+    metrics: Metrics
+    #: Prompt version, model per role, and whether the models are simulated.
+    provenance: Provenance
+    #: The paper's selection settings (``routing_policy = "cluster_quota"``).
+    selection: SelectionConfig = SelectionConfig()  # noqa: RUF009  # frozen, immutable
+    #: Gathers difficulty and cluster at scoring; ``None`` unless ``cluster_quota``.
+    selector: Selector | None = None
+    #: The stage's own settings: the ``options`` table of its ``[[stages]]`` entry.
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def strong(self) -> ChatClient:
+        return self.llm["strong"]
+
+    @property
+    def backbone(self) -> ChatClient:
+        return self.llm["backbone"]
+
+    def max_tokens(self, task: str) -> int:
+        """The configured ``max_tokens`` of ``task`` (the paper's values by default)."""
+        return self.config.max_tokens.of(task)
+
+
+    def stamp(self, item: Item) -> Item:
+        """Record which prompts and models touched the item (merged over its history)."""
+        models = {**item.provenance.models, **self.provenance.models}
+        return item.with_changes(
+            provenance=Provenance(
+                prompt_version=self.provenance.prompt_version,
+                models=models,
+                simulated=item.provenance.simulated or self.provenance.simulated,
+            )
+        )

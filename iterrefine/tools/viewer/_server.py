@@ -1,0 +1,77 @@
+"""The viewer's HTTP server: aiohttp on 127.0.0.1, pages rendered per request."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from types import TracebackType
+
+from aiohttp import web
+
+from iterrefine.tools.story import Story
+from iterrefine.tools.viewer._pages import item_page, list_page
+
+#: Defence in depth behind escaping: the pages need no script, no remote resource.
+_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                               "form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+class Viewer:
+    """Serves ``stories`` read once at start; ``async with Viewer(...) as v: v.url``."""
+
+    def __init__(self, stories: Iterable[Story], *, source: str, port: int = 0,
+                 host: str = "127.0.0.1") -> None:
+        self.stories = list(stories)
+        self._by_id = {story.id: story for story in self.stories}
+        self._source = source
+        self._host = host
+        self._port = port
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/", self._list)
+        app.router.add_get("/item/{id}", self._item)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://{self._host}:{port}/"
+
+    async def aclose(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Viewer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    def _html(self, text: str, status: int = 200) -> web.Response:
+        return web.Response(text=text, content_type="text/html", charset="utf-8",
+                            status=status, headers=_HEADERS)
+
+    async def _list(self, request: web.Request) -> web.Response:
+        query = request.query
+        filters = {key: query.get(key, "") for key in ("status", "rounds", "change", "cluster")}
+        try:
+            page = max(0, int(query.get("page", "0")))
+        except ValueError:
+            page = 0
+        return self._html(list_page(self.stories, filters, page, self._source))
+
+    async def _item(self, request: web.Request) -> web.Response:
+        story = self._by_id.get(request.match_info["id"])
+        if story is None:
+            return self._html("<!doctype html><p>no such item. <a href='/'>all items</a></p>",
+                              status=404)
+        return self._html(item_page(story))
