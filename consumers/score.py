@@ -16,7 +16,7 @@ from __future__ import annotations
 from iterrefine.graph.context import PipelineContext
 from iterrefine.graph.spec import StageSpec
 from iterrefine.item.model import Item, Judgement
-from iterrefine.runtime import Handler, Output, decode_raw_record
+from iterrefine.runtime import Handler, Output
 from iterrefine.tasks.ask import ask_score
 
 
@@ -63,6 +63,6 @@ def reset(item: Item, revision: int) -> Item:
 
 SPEC = StageSpec(
     name="score", input_topic="items.raw", outputs=("items.scored", "items.rejected"),
-    waits=True, handler=handler, decode=decode_raw_record, reset=reset, roles=("strong",),
+    waits=True, handler=handler, reset=reset, roles=("strong",),
     summary="the LLM judge scores every raw record; unusable items are rejected",
 )

@@ -5,8 +5,10 @@ everything else lives in modules a user need not import. They load on first use,
 so that ``iterrefine --help`` does not pay for Kafka and HTTP clients it never uses.
 
 A stage of your own is a :class:`StageSpec` in your module plus a ``[[stages]]``
-entry in the config (docs/writing-a-stage.md); :mod:`iterrefine.testing` runs it
-against scripted LLM answers and the embedded broker.
+entry in the config (docs/writing-a-stage.md); an LLM task of your own is a
+:class:`TaskSpec` passed to :func:`register_task`. :mod:`iterrefine.testing` runs a
+stage in-process against scripted LLM answers (milliseconds), or a whole graph on the
+embedded broker.
 """
 
 from __future__ import annotations
@@ -32,14 +34,14 @@ _EXPORTS: dict[str, str] = {
     "RoutingPolicy": "iterrefine.consumers.route",
     "RunOptions": "iterrefine.app.run",
     "RunResult": "iterrefine.app.run",
-    "Stage": "iterrefine.runtime.stage",
     "StageContractError": "iterrefine.errors",
     "StageGraph": "iterrefine.graph.spec",
-    "StageRunner": "iterrefine.runtime.runner",
     "StageSpec": "iterrefine.graph.spec",
     "TransientError": "iterrefine.errors",
     "UnparseableOutput": "iterrefine.errors",
     "ValidationError": "iterrefine.errors",
+    "AnswerContext": "iterrefine.tasks.parsing",
+    "TaskSpec": "iterrefine.tasks.registry",
     "ask": "iterrefine.tasks.ask",
     "ask_aligned": "iterrefine.tasks.ask",
     "ask_answer": "iterrefine.tasks.ask",
@@ -48,6 +50,8 @@ _EXPORTS: dict[str, str] = {
     "ask_score": "iterrefine.tasks.ask",
     "ask_verdict": "iterrefine.tasks.ask",
     "load_config": "iterrefine.config",
+    "register_simulated_answer": "iterrefine.sim",
+    "register_task": "iterrefine.tasks.registry",
     "load_graph": "iterrefine.app.pipeline",
     "run_pipeline": "iterrefine.app.run",
     "serve_pipeline": "iterrefine.app.pipeline",
@@ -55,6 +59,7 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [
     "PIPELINE",
+    "AnswerContext",
     "ChatClient",
     "Config",
     "ConfigError",
@@ -68,11 +73,10 @@ __all__ = [
     "RoutingPolicy",
     "RunOptions",
     "RunResult",
-    "Stage",
     "StageContractError",
     "StageGraph",
-    "StageRunner",
     "StageSpec",
+    "TaskSpec",
     "TransientError",
     "UnparseableOutput",
     "ValidationError",
@@ -86,6 +90,8 @@ __all__ = [
     "ask_verdict",
     "load_config",
     "load_graph",
+    "register_simulated_answer",
+    "register_task",
     "run_pipeline",
     "serve_pipeline",
 ]
@@ -108,8 +114,8 @@ if TYPE_CHECKING:
     from iterrefine.graph.spec import StageGraph, StageSpec
     from iterrefine.item.model import Item
     from iterrefine.llm.chat import ChatClient
-    from iterrefine.runtime.runner import StageRunner
-    from iterrefine.runtime.stage import Handler, InlineHandler, Output, Stage
+    from iterrefine.runtime.stage import Handler, InlineHandler, Output
+    from iterrefine.sim import register_simulated_answer
     from iterrefine.tasks.ask import (
         ReviewSample,
         ask,
@@ -120,6 +126,8 @@ if TYPE_CHECKING:
         ask_score,
         ask_verdict,
     )
+    from iterrefine.tasks.parsing import AnswerContext
+    from iterrefine.tasks.registry import TaskSpec, register_task
 
 
 def __getattr__(name: str) -> Any:

@@ -12,7 +12,7 @@ import pytest
 
 from iterrefine.app.pipeline import load_graph
 from iterrefine.config import load_config
-from iterrefine.testing import ScriptedLLM, run_records
+from iterrefine.testing import ScriptedLLM, StageKit, make_item, run_records
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "custom_stage"
@@ -24,13 +24,29 @@ HIGH = json.dumps({"usable": True, "reason": "fine", "correctness": 9, "complete
                    "justification": "a clear, correct item"})
 
 
-def test_the_example_config_inserts_the_stage_before_route() -> None:
-    """[[stages]] before = route: the user stage reads items.scored, route its topic."""
+@pytest.mark.unit
+def test_the_example_config_places_the_stage_before_the_judge() -> None:
+    """[[stages]] before = score: the user stage reads items.raw, score its topic."""
     graph = load_graph(load_config(CONFIG))
-    assert graph.names == ("score", "near_duplicates", "route", "refine", "review", "align")
-    assert graph.inputs()["near_duplicates"] == "items.scored"
-    assert graph.inputs()["route"] == "items.near_duplicates"
+    assert graph.names == ("near_duplicates", "score", "route", "refine", "review", "align")
+    assert graph.inputs()["near_duplicates"] == "items.raw"
+    assert graph.inputs()["score"] == "items.near_duplicates"
     assert not graph["near_duplicates"].waits
+
+
+@pytest.mark.unit
+async def test_in_process_a_duplicate_is_rejected_and_the_first_one_passes() -> None:
+    """StageKit: the filter's own decision, in milliseconds, with no broker and no LLM."""
+    config = load_config(CONFIG)
+    async with StageKit(config=config, options={"compare_input": True}) as kit:
+        first = await kit.handle("near_duplicates", make_item("Name a colour.", output="Red."))
+        twin = await kit.handle("near_duplicates", make_item(" name A colour!", output="Blue."))
+        other = await kit.handle("near_duplicates",
+                                 make_item("Name a colour.", input="warm", output="Red."))
+    assert [o.topic for o in first + twin + other] == [
+        "items.near_duplicates", "items.rejected", "items.near_duplicates"]
+    assert twin[0].item.status == "rejected" and first[0].item.id in twin[0].item.status_reason
+    assert kit.requests == []  # a filter before the judge costs no call
 
 
 async def test_near_duplicates_are_rejected_with_their_reason(broker: str) -> None:
@@ -47,7 +63,8 @@ async def test_near_duplicates_are_rejected_with_their_reason(broker: str) -> No
         ["a", "c", "b"], ["b", "c", "a"])  # whichever twin arrives first is kept
     (rejected,) = result.rejected
     assert "duplicate" in rejected.status_reason
-    assert {task for task, _ in llm.requests} == {"score"}
+    # Before the judge: the duplicate was never scored, so the judge saw two items, not three.
+    assert [request.task for request in llm.requests] == ["score", "score"]
 
 
 @pytest.mark.slow
@@ -69,6 +86,10 @@ def test_the_documented_command_puts_duplicates_in_the_rejected_file(
     assert len(duplicates) == 3, rejected
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["items_in"] == 13 and summary["complete"]
+    # The 3 duplicates never reached the judge: 10 scores for 13 records (plus the
+    # re-score of each refined item after alignment).
+    scored = sum(summary["llm_answers"]["score"].values())
+    assert scored == 10 + summary["outcomes"].get("refined", 0), summary["llm_answers"]
 
 
 def test_a_stage_writing_to_a_topic_nobody_reads_stops_the_run_before_it_starts(

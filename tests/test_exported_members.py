@@ -8,12 +8,13 @@ import sys
 import iterrefine
 
 EXPECTED = [
-    "PIPELINE", "ChatClient", "Config", "ConfigError", "Handler", "InlineHandler", "Item",
-    "IterrefineError", "Output", "PipelineContext", "ReviewSample", "RoutingPolicy",
-    "RunOptions", "RunResult", "Stage", "StageContractError", "StageGraph", "StageRunner",
-    "StageSpec", "TransientError", "UnparseableOutput", "ValidationError", "__version__", "ask",
-    "ask_aligned", "ask_answer", "ask_evaluation", "ask_revision", "ask_score", "ask_verdict",
-    "load_config", "load_graph", "run_pipeline", "serve_pipeline",
+    "PIPELINE", "AnswerContext", "ChatClient", "Config", "ConfigError", "Handler",
+    "InlineHandler", "Item", "IterrefineError", "Output", "PipelineContext", "ReviewSample",
+    "RoutingPolicy", "RunOptions", "RunResult", "StageContractError", "StageGraph",
+    "StageSpec", "TaskSpec", "TransientError", "UnparseableOutput", "ValidationError",
+    "__version__", "ask", "ask_aligned", "ask_answer", "ask_evaluation", "ask_revision",
+    "ask_score", "ask_verdict", "load_config", "load_graph", "register_simulated_answer",
+    "register_task", "run_pipeline", "serve_pipeline",
 ]
 
 

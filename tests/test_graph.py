@@ -17,6 +17,9 @@ from iterrefine.item.model import Item, Original, Provenance
 from iterrefine.item.records import new_item
 from iterrefine.observe.metrics import Metrics
 from iterrefine.runtime import InlineHandler, Output, Stage
+from iterrefine.runtime.stage import decode_envelope, decode_raw_record
+
+pytestmark = pytest.mark.unit
 
 
 def _keep(ctx: PipelineContext) -> InlineHandler:
@@ -68,6 +71,31 @@ def test_inserting_a_stage_before_route_rewires_route_to_its_topic() -> None:
         PIPELINE.inserted(without_own, before="route")
     with pytest.raises(ConfigError, match="unknown stage 'nope'"):
         PIPELINE.inserted(DEDUP, before="nope")
+
+
+def test_a_stage_placed_before_score_reads_raw_records_decoded_for_it() -> None:
+    """`before = score` with no input_topic: the stage reads items.raw with the raw decoder."""
+    placed = StageSpec(name="dedup", outputs=("items.dedup", "items.rejected"), waits=False,
+                       handler=_keep)
+    graph = PIPELINE.inserted(placed, before="score")
+    assert graph.inputs()["dedup"] == "items.raw" and graph.inputs()["score"] == "items.dedup"
+    ctx = PipelineContext(PipelineConfig(), {}, Metrics(), Provenance(prompt_version="t"))
+    by_name = {stage.name: stage for stage in graph.build(ctx)}
+    assert by_name["dedup"].decoder is decode_raw_record
+    assert by_name["score"].decoder is decode_envelope  # score now reads envelopes
+
+
+def test_input_topic_and_before_cannot_disagree() -> None:
+    """A spec that reads one topic but is placed before a stage reading another is refused."""
+    with pytest.raises(ConfigError, match=r"declares input_topic 'items\.scored'.*before "
+                                          r"'score'.*drop input_topic"):
+        PIPELINE.inserted(DEDUP, before="score")
+    agreeing = StageSpec(name="dedup", input_topic="items.raw",
+                         outputs=("items.dedup",), waits=False, handler=_keep)
+    assert PIPELINE.inserted(agreeing, before="score").inputs()["dedup"] == "items.raw"
+    nowhere = StageSpec(name="dedup", outputs=("items.rejected",), waits=False, handler=_keep)
+    with pytest.raises(ConfigError, match="says nowhere where it reads"):
+        StageGraph([*PIPELINE, nowhere])
 
 
 def test_stage_selection_and_references_fail_with_the_fix() -> None:

@@ -1,12 +1,13 @@
-"""A user stage: drop near-duplicate items before routing.
+"""A user stage: drop near-duplicate items before the paid judge sees them.
 
 Two items are near-duplicates when their instruction (and, with the option
 ``compare_input``, their input) match once normalised: case, accents,
 punctuation and spacing ignored. The first one seen goes on to
-route; later ones go to ``items.rejected`` with a reason naming the item they
-duplicate. Inserted between score and route by ``iterrefine.toml`` beside this file
-(``[[stages]]`` with ``before = "route"``), it reads ``items.scored`` and writes the
-items route should see to ``items.near_duplicates``.
+score; later ones go to ``items.rejected`` with a reason naming the item they
+duplicate, and cost no LLM call at all. Placed in front of score by
+``iterrefine.toml`` beside this file (``[[stages]]`` with ``before = "score"``), it
+reads what score read (``items.raw``: the records arrive decoded into items) and
+writes the items score should see to ``items.near_duplicates``.
 
 The memory of what was seen is this process's: with several worker processes, a
 duplicate whose twin went to another process's partition passes. That is the
@@ -50,7 +51,7 @@ def handler(ctx: PipelineContext) -> InlineHandler:
 
 SPEC = StageSpec(
     name="near_duplicates",
-    input_topic="items.scored",
+    # No input_topic: the config places it (before = "score"), so it reads score's topic.
     outputs=("items.near_duplicates", "items.rejected"),
     waits=False,  # a dictionary lookup: run inline, a fetched batch at a time
     handler=handler,

@@ -21,7 +21,7 @@ import structlog
 from iterrefine.config import Config
 from iterrefine.consumers import PIPELINE
 from iterrefine.errors import ConfigError
-from iterrefine.graph.context import PipelineContext
+from iterrefine.graph.context import PipelineContext, Roles
 from iterrefine.graph.spec import StageGraph, StageSpec, load_object
 from iterrefine.item.model import Provenance
 from iterrefine.kafka.topics import ensure_topics
@@ -62,7 +62,7 @@ def missing_roles(config: Config, specs: Iterable[StageSpec]) -> list[str]:
 
 
 def pipeline_context(
-    config: Config, roles: LLMRoles, metrics: Metrics, *, simulated: bool,
+    config: Config, roles: Roles, metrics: Metrics, *, simulated: bool,
     prompt_version: str = PROMPT_VERSION,
 ) -> PipelineContext:
     """What the stages get: policy config, LLM roles, metrics, and the provenance stamp."""

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from iterrefine.errors import ConfigError
 from iterrefine.item.model import Item
 from iterrefine.kafka.topics import DLQ_TOPIC, INGEST_TOPIC, TERMINAL_TOPICS
-from iterrefine.runtime.stage import Decoder, Handler, InlineHandler, Stage, decode_envelope
+from iterrefine.runtime.stage import Handler, InlineHandler, Stage
 
 if TYPE_CHECKING:
     from iterrefine.graph.context import PipelineContext
@@ -37,18 +37,24 @@ HandlerFactory = Callable[["PipelineContext"], Handler | InlineHandler]
 ReplayReset = Callable[[Item, int], Item]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StageSpec:
-    """One stage of the graph, declared as data beside its handler."""
+    """One stage of the graph, declared as data beside its handler.
+
+    Where it reads is said once: either ``input_topic`` here, or ``before = "<stage>"``
+    in its ``[[stages]]`` entry (it then reads that stage's topic). A record is decoded
+    by its topic (:func:`iterrefine.runtime.stage.decoder_for`): a stage reading
+    ``items.raw`` gets raw records validated into items without asking for it.
+    """
 
     name: str
-    input_topic: str
+    #: The logical topic it reads; None: placed by ``before`` in the config.
+    input_topic: str | None = None
     #: Every logical topic the handler may write (the DLQ is always allowed).
     outputs: tuple[str, ...]
     #: True for an ``async def`` handler; False for a plain function run inline.
     waits: bool
     handler: HandlerFactory
-    decode: Decoder = decode_envelope
     #: How a replayed item re-enters this stage; None: replay cannot target it.
     reset: ReplayReset | None = None
     #: LLM roles the handler calls (``worker`` requires them to be configured).
@@ -64,11 +70,20 @@ class StageSpec:
         if not self.outputs:
             raise ConfigError(f"stage {self.name!r} declares no output topics")
 
+    @property
+    def topic(self) -> str:
+        """The topic it reads (a spec in a graph always has one)."""
+        if self.input_topic is None:
+            raise ConfigError(
+                f"stage {self.name!r} says nowhere where it reads: give its StageSpec an "
+                "input_topic, or place it with before = \"<stage>\" in its [[stages]] entry")
+        return self.input_topic
+
     def build(self, ctx: PipelineContext) -> Stage:
         """The runnable stage, its handler built on ``ctx`` (with this stage's options)."""
         own = replace(ctx, options=self.options) if self.options else ctx
-        return Stage(self.name, self.input_topic, self.handler(own), decode=self.decode,
-                     outputs=self.outputs, waits=self.waits)
+        return Stage(self.name, self.topic, self.handler(own), outputs=self.outputs,
+                     waits=self.waits)
 
     def with_options(self, options: Mapping[str, Any]) -> StageSpec:
         """This spec with ``options`` for its handler (``ctx.options``)."""
@@ -91,7 +106,7 @@ class StageGraph:
         self._check()
 
     def _check(self) -> None:
-        read = {spec.input_topic for spec in self}
+        read = {spec.topic for spec in self}
         for spec in self:
             if spec.input_topic in TERMINAL_TOPICS:
                 raise ConfigError(
@@ -128,17 +143,17 @@ class StageGraph:
 
     def inputs(self) -> dict[str, str]:
         """Stage name → the logical topic it reads (its group is prefix + name)."""
-        return {spec.name: spec.input_topic for spec in self}
+        return {spec.name: spec.topic for spec in self}
 
     def readers(self, topic: str) -> list[str]:
         """The stages that read ``topic``, in graph order."""
-        return [spec.name for spec in self if spec.input_topic == topic]
+        return [spec.name for spec in self if spec.topic == topic]
 
     def topics(self) -> tuple[str, ...]:
         """Every logical topic of the pipeline, in order: inputs, then terminals and DLQ."""
         ordered: dict[str, None] = {INGEST_TOPIC: None}
         for spec in self:
-            ordered.setdefault(spec.input_topic, None)
+            ordered.setdefault(spec.topic, None)
         for spec in self:
             for topic in spec.outputs:
                 if topic not in TERMINAL_TOPICS:
@@ -168,13 +183,19 @@ class StageGraph:
         if before is None:
             return StageGraph([*self, spec])
         target = self[before]
+        if spec.input_topic not in (None, target.topic):
+            raise ConfigError(
+                f"stage {spec.name!r} declares input_topic {spec.input_topic!r} but is placed "
+                f"before {before!r}, which reads {target.topic!r}: a stage placed with before "
+                f"reads that stage's topic, so drop input_topic from its StageSpec (or set it "
+                f"to {target.topic!r})")
         own = f"items.{spec.name}"
         if own not in spec.outputs:
             raise ConfigError(
                 f"stage {spec.name!r} is inserted before {before!r}, so it passes items on "
                 f"through {own}: declare {own!r} among its outputs and write the items "
                 f"{before} should see there")
-        placed = spec.reading(target.input_topic)
+        placed = spec.reading(target.topic)
         specs: list[StageSpec] = []
         for existing in self:
             if existing.name == before:
@@ -195,7 +216,7 @@ def load_object(reference: str, *, what: str) -> Any:
     except ImportError as exc:
         raise ConfigError(
             f"cannot import module {module_name!r} of {what} {reference!r}: {exc}. Install it, "
-            "or list its directory in pipeline.import_paths") from None
+            "or list its directory in import_paths (a top-level key of the config file)") from None
     for part in attr.split("."):
         try:
             target = getattr(target, part)

@@ -26,7 +26,6 @@ from iterrefine.config import Config
 from iterrefine.errors import (
     BrokerError,
     LLMUnavailable,
-    StageContractError,
     TransientError,
     ValidationError,
 )
@@ -508,32 +507,12 @@ class StageRunner:
 
     def _checked(self, result: object) -> Sequence[Output]:
         """``result`` if it is a list of outputs to declared topics; else StageContractError."""
-        name = self.stage.name
-        if inspect.iscoroutine(result):
-            result.close()  # never awaited: closing it avoids a "never awaited" warning
-            raise StageContractError(
-                f"the {name} handler returned a coroutine, but the stage is declared "
-                "waits=False: declare it waits=True", reason="handler_returned_coroutine")
-        if not isinstance(result, list | tuple):
-            raise StageContractError(
-                f"the {name} handler returned {type(result).__name__}, not a list of Output",
-                reason="bad_handler_result")
-        for out in result:
-            if not isinstance(out, Output) or not isinstance(out.item, Item):
-                raise StageContractError(
-                    f"the {name} handler returned {out!r:.200}, not an Output of an Item",
-                    reason="bad_handler_result")
-            if out.topic not in self._destinations:
-                raise StageContractError(
-                    f"the {name} handler wrote to {out.topic!r}, which the stage does not "
-                    f"declare (outputs: {', '.join(self.stage.outputs)})",
-                    reason="undeclared_output_topic")
-        return result
+        return self.stage.checked(result)
 
     def _decode(self, record: ConsumerRecord, unit: dict[str, Any]) -> Item | Outgoing:
         """The record's item, or (undecodable, invalid) its dead letter."""
         try:
-            item = self.stage.decode(record, self._limits)
+            item = self.stage.decoder(record, self._limits)
         except Exception as exc:  # any decoder failure is this record's, never the partition's
             if not isinstance(exc, ValidationError):
                 exc = ValidationError(f"the decoder raised {type(exc).__name__}: "

@@ -13,11 +13,12 @@ stage says which (``waits``); the runtime does not inspect the handler.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from iterrefine.errors import ConfigError
+from iterrefine.errors import ConfigError, StageContractError
 from iterrefine.item.model import (
     DEFAULT_MAX_ENVELOPE_BYTES,
     DEFAULT_MAX_RAW_BYTES,
@@ -26,6 +27,7 @@ from iterrefine.item.model import (
     decode_item,
 )
 from iterrefine.item.records import item_from_raw
+from iterrefine.kafka.topics import DLQ_TOPIC, INGEST_TOPIC
 
 
 class RecordLike(Protocol):
@@ -98,6 +100,16 @@ def decode_envelope(record: RecordLike, limits: Limits) -> Item:
     return decode_item(record.value or b"", max_bytes=limits.max_envelope_bytes)
 
 
+def decoder_for(topic: str) -> Decoder:
+    """How a record of ``topic`` becomes an item: the topic decides, never the stage.
+
+    ``items.raw`` holds records as a data pipeline wrote them (validated into a fresh
+    item); every other topic holds whole item envelopes. So a stage placed in front of
+    ``score`` gets raw records decoded without knowing it.
+    """
+    return decode_raw_record if topic == INGEST_TOPIC else decode_envelope
+
+
 @dataclass(frozen=True)
 class Stage:
     """A stage ready to run: where it reads, what it may write, and its handler.
@@ -113,7 +125,8 @@ class Stage:
     name: str
     input_topic: str  # logical
     handler: Handler | InlineHandler
-    decode: Decoder = decode_envelope
+    #: None: the input topic's decoder (:func:`decoder_for`).
+    decode: Decoder | None = None
     outputs: tuple[str, ...] = field(default=(), kw_only=True)
     waits: bool = field(default=True, kw_only=True)
     #: While this returns True the runner takes no new messages, keeping its group
@@ -127,8 +140,42 @@ class Stage:
                 "logical topic its handler may write (e.g. ('items.curated',))"
             )
         object.__setattr__(self, "outputs", tuple(self.outputs))
+        if self.decode is None:
+            object.__setattr__(self, "decode", decoder_for(self.input_topic))
+
+    @property
+    def decoder(self) -> Decoder:
+        """The decoder in use (set from the input topic when none was given)."""
+        assert self.decode is not None  # filled in by __post_init__
+        return self.decode
 
     @property
     def inline(self) -> bool:
         """The handler never waits: the runtime runs it inline (see the module docstring)."""
         return not self.waits
+
+    def checked(self, result: object) -> Sequence[Output]:
+        """``result`` if it is a list of outputs to declared topics; else StageContractError.
+
+        The one contract check, used by the runner and by the in-process test kit.
+        """
+        if inspect.iscoroutine(result):
+            result.close()  # never awaited: closing it avoids a "never awaited" warning
+            raise StageContractError(
+                f"the {self.name} handler returned a coroutine, but the stage is declared "
+                "waits=False: declare it waits=True", reason="handler_returned_coroutine")
+        if not isinstance(result, list | tuple):
+            raise StageContractError(
+                f"the {self.name} handler returned {type(result).__name__}, not a list of "
+                "Output", reason="bad_handler_result")
+        for out in result:
+            if not isinstance(out, Output) or not isinstance(out.item, Item):
+                raise StageContractError(
+                    f"the {self.name} handler returned {out!r:.200}, not an Output of an Item",
+                    reason="bad_handler_result")
+            if out.topic not in self.outputs and out.topic != DLQ_TOPIC:
+                raise StageContractError(
+                    f"the {self.name} handler wrote to {out.topic!r}, which the stage does not "
+                    f"declare (outputs: {', '.join(self.outputs)})",
+                    reason="undeclared_output_topic")
+        return result

@@ -52,7 +52,6 @@ from iterrefine.item.model import decode_item, encode_item
 from iterrefine.item.records import item_from_raw, raw_id
 from iterrefine.kafka.clients import make_consumer, make_producer, true_end_offsets
 from iterrefine.kafka.topics import DLQ_TOPIC, INGEST_TOPIC, TopicNames, ensure_topics
-from iterrefine.runtime import decode_raw_record
 
 log = structlog.get_logger("iterrefine.replay")
 #: Where a replayed record came from: ``topic/partition/offset``.
@@ -92,7 +91,7 @@ class ReplayReport:
 
 
 def _reads_raw(spec: StageSpec) -> bool:
-    return spec.decode is decode_raw_record
+    return spec.topic == INGEST_TOPIC
 
 
 def resolve_target(
@@ -254,7 +253,7 @@ async def replay(
     names = TopicNames(config.topic_prefix)
     source, stage = resolve_target(graph, names, topic, to_stage)
     spec = graph[stage]
-    report = ReplayReport(source=names[source], target=names[spec.input_topic], stage=stage)
+    report = ReplayReport(source=names[source], target=names[spec.topic], stage=stage)
     await ensure_topics(config, bootstrap_servers, graph.topics())
     consumer = make_consumer(config, bootstrap_servers, group_id=None)
     producer: AIOKafkaProducer | None = None

@@ -1,22 +1,8 @@
-"""A test kit for pipeline stages: scripted LLM answers and the real embedded broker.
+"""A graph on a real broker: :func:`run_records` runs records until each is terminal.
 
-Test a stage (or a whole graph) the way it runs in production, in a few lines::
-
-    from iterrefine.consumers import PIPELINE
-    from iterrefine.testing import ScriptedLLM, run_records
-
-    async def test_my_stage() -> None:
-        graph = PIPELINE.inserted(MY_SPEC, before="route")
-        async with ScriptedLLM({"score": HIGH_SCORE_ANSWER}) as llm:
-            result = await run_records([{"instruction": "Q?", "output": "A."}],
-                                       graph=graph, llm=llm)
-        assert result.curated[0].status == "high"
-
-:class:`ScriptedLLM` is an OpenAI-compatible server on 127.0.0.1: a task in its
-script gets the scripted answer (a string, or a function of the request's data
-block), every other task the simulator's answer. :func:`run_records` ingests
-records into a private topic set on a broker (the one given, or a new embedded
-one), serves the graph's stages, and returns what reached each terminal topic.
+It ingests records into a private topic set on a broker (the one given, or a new
+embedded one), serves the graph's stages against a :class:`ScriptedLLM`, and returns
+what reached each terminal topic, as ``iterrefine run`` would export it.
 """
 
 from __future__ import annotations
@@ -24,15 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from aiohttp import web
 
 from iterrefine.app.pipeline import load_graph, serve_pipeline
 from iterrefine.broker.embedded import EmbeddedBroker
@@ -44,16 +28,7 @@ from iterrefine.io.watch import TerminalWatcher
 from iterrefine.item.model import Item
 from iterrefine.kafka.clients import make_producer
 from iterrefine.kafka.topics import TopicNames, ensure_topics
-from iterrefine.lifecycle import AsyncService
-from iterrefine.sim import SimConfig
-from iterrefine.sim.answers import render, request_schema
-from iterrefine.sim.prompt import CHAT_TASK, PromptError, parse_prompt
-from iterrefine.sim.server import OWNER
-
-__all__ = ["Answer", "PipelineResult", "ScriptedLLM", "isolated_config", "run_records"]
-
-#: A scripted answer: fixed text, or text made from the request's data block.
-Answer = str | Callable[[dict[str, Any]], str]
+from iterrefine.testing._http import ScriptedLLM
 
 #: Group timeouts short enough for tests: Tansu completes a join in about half the
 #: session timeout.
@@ -63,79 +38,6 @@ _TEST_RUNTIME: dict[str, Any] = {
     "session_timeout_ms": 3000,
     "heartbeat_interval_ms": 500,
 }
-
-
-class ScriptedLLM(AsyncService):
-    """``async with ScriptedLLM({"score": "..."}) as llm:`` serves ``llm.base_url``.
-
-    ``requests`` records each task request as ``(task, data)``, so a test can check
-    what its stage asked (a client's untagged structured-output probe is answered
-    like the simulator does, and not recorded).
-    """
-
-    def __init__(self, answers: Mapping[str, Answer] | None = None,
-                 sim: SimConfig | None = None) -> None:
-        self.answers = dict(answers or {})
-        self._sim = sim if sim is not None else SimConfig()
-        self.requests: list[tuple[str, dict[str, Any]]] = []
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_get("/v1/models", self._models)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))  # port 0: a free one, known before serving
-        self._port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
-
-    async def aclose(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    @property
-    def base_url(self) -> str:
-        if self._port is None:
-            raise RuntimeError("ScriptedLLM not started")
-        return f"http://127.0.0.1:{self._port}/v1"
-
-    async def _models(self, request: web.Request) -> web.Response:
-        # Owned by the simulator: output made with scripted answers is marked simulated.
-        models = [{"id": m, "object": "model", "owned_by": OWNER} for m in self._sim.models]
-        return web.json_response({"object": "list", "data": models})
-
-    async def _chat(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        messages = body.get("messages", [])
-        system = next((m["content"] for m in messages if m.get("role") == "system"), "")
-        user = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
-        try:
-            prompt = parse_prompt(system, user)
-        except PromptError as exc:
-            return web.json_response({"error": {"message": str(exc)}}, status=400)
-        if prompt.task != CHAT_TASK:  # not a client's untagged structured-output probe
-            self.requests.append((prompt.task, prompt.data))
-        scripted = self.answers.get(prompt.task)
-        if scripted is None:
-            response_format = body.get("response_format")
-            structured = (response_format or {}).get("type") in ("json_schema", "json_object")
-            content = render(prompt, self._sim, structured=structured,
-                             schema=request_schema(response_format))
-        else:
-            content = scripted(prompt.data) if callable(scripted) else scripted
-        return web.json_response({
-            "id": f"chatcmpl-scripted-{len(self.requests)}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": str(body.get("model", "scripted")),
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": content}}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-        })
 
 
 def isolated_config(llm_base_url: str | None = None, *, base: Config | None = None) -> Config:
