@@ -19,6 +19,8 @@ from iterrefine.consumers import PIPELINE
 from iterrefine.kafka.clients import make_consumer, make_producer, read_to_end, true_end_offsets
 from iterrefine.kafka.topics import TopicNames, ensure_topics
 from iterrefine.processes import descendants, pid_alive
+from iterrefine.runtime import Stage, StageRunner
+from iterrefine.runtime.serve import serve_stages
 
 #: Short group timeouts: Tansu completes a join after about half the session timeout.
 TEST_RUNTIME: dict[str, Any] = {
@@ -125,3 +127,32 @@ def sigkill_when_it_has_children(proc: subprocess.Popen[bytes], children: int = 
         os.kill(pid, signal.SIGKILL)
     assert survivors == []
     return family
+
+
+async def run_in_background(
+    stage: Stage, config: Config, broker: str
+) -> tuple[asyncio.Event, asyncio.Task[None], list[StageRunner]]:
+    stop = asyncio.Event()
+    runners: list[StageRunner] = []
+    task = asyncio.create_task(
+        serve_stages([stage], config=config, bootstrap_servers=broker, stop=stop,
+                     runners_out=runners)
+    )
+    await wait_until(lambda: bool(runners) and runners[0].ready.is_set(), timeout_s=30)
+    return stop, task, runners
+
+
+async def run_until_done(
+    stage: Stage, config: Config, broker: str, values: list[bytes], *,
+    keys: list[bytes] | None = None, timeout_s: float = 60,
+) -> StageRunner:
+    """Produce ``values`` to items.raw, run ``stage`` until each was handled or
+    dead-lettered, then stop it (drain, commit) and return its runner."""
+    topics = TopicNames(config.kafka.topic_prefix)
+    await produce(config, broker, topics["items.raw"], values, keys=keys)
+    stop, task, runners = await run_in_background(stage, config, broker)
+    await wait_until(lambda: runners[0].handled + runners[0].dead_lettered >= len(values),
+                     timeout_s=timeout_s)
+    stop.set()
+    await task
+    return runners[0]

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaTimeoutError
 
 from iterrefine.runtime._acks import AckGroup, Outgoing, Sent
 from iterrefine.runtime._offsets import PartitionTracker
+
+pytestmark = pytest.mark.unit
 
 
 def _record(offset: int) -> ConsumerRecord:

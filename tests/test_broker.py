@@ -77,6 +77,7 @@ def test_taken_port_is_a_broker_error_naming_port_and_fix() -> None:
     assert "iterrefine broker down" in message
 
 
+@pytest.mark.unit
 def test_probe_rejects_a_listener_that_does_not_speak_kafka() -> None:
     """Readiness means answering ApiVersions, not merely accepting a TCP connection."""
     with socket.socket() as silent:

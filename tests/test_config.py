@@ -15,6 +15,7 @@ from iterrefine.errors import ConfigError
 ROOT = Path(__file__).parent.parent
 
 
+@pytest.mark.unit
 def test_example_config_loads() -> None:
     """examples/iterrefine.toml parses into a Config with both LLM roles."""
     config = load_config(ROOT / "examples" / "iterrefine.toml")
@@ -22,6 +23,7 @@ def test_example_config_loads() -> None:
     assert config.pipeline.max_rounds == 3
 
 
+@pytest.mark.unit
 def test_flags_override_file_values(tmp_path: Path) -> None:
     """An override wins over the file; an unset (None) override leaves the file alone."""
     path = tmp_path / "c.toml"
@@ -31,6 +33,7 @@ def test_flags_override_file_values(tmp_path: Path) -> None:
     assert config.kafka.topic_prefix == "x."
 
 
+@pytest.mark.unit
 def test_bad_config_is_a_config_error(tmp_path: Path) -> None:
     """A wrong type in the file gives ConfigError naming the field."""
     path = tmp_path / "c.toml"
@@ -65,6 +68,7 @@ def test_run_with_zero_workers_says_what_to_pass(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.unit
 def test_paper_preset_sets_the_published_setting() -> None:
     """preset = "paper": the paper's rounds, policy, alignment, temperature and token limits."""
     config = load_config(overrides={"preset": "paper"})
@@ -77,6 +81,7 @@ def test_paper_preset_sets_the_published_setting() -> None:
             limits.align) == (2000, 2000, 2048, 4096, 4096, 4096)
 
 
+@pytest.mark.unit
 def test_preset_sits_under_the_file_and_the_flags(tmp_path: Path) -> None:
     """Precedence: defaults < preset < config file < flags; the summary rows say which won."""
     path = tmp_path / "c.toml"
@@ -101,6 +106,7 @@ def test_preset_sits_under_the_file_and_the_flags(tmp_path: Path) -> None:
     assert "llm.strong.temperature" not in rows
 
 
+@pytest.mark.unit
 def test_preset_flag_overrides_no_preset_in_the_file_and_unknown_names_fail() -> None:
     """--preset works without a file; an unknown preset name is a ConfigError."""
     assert load_config(overrides={"preset": "paper"}).preset == "paper"
@@ -110,6 +116,7 @@ def test_preset_flag_overrides_no_preset_in_the_file_and_unknown_names_fail() ->
         load_config(overrides={"preset": "nope"})
 
 
+@pytest.mark.unit
 def test_preset_keys_this_build_lacks_are_skipped_and_reported() -> None:
     """Preset keys with no setting in this build, or whose group is incomplete, are skipped."""
     config = load_config(overrides={"preset": "paper"})
@@ -132,6 +139,7 @@ def _has(config: Config, key: str) -> bool:
     return True
 
 
+@pytest.mark.unit
 def test_cli_flags_override_the_preset_flag() -> None:
     """`run --preset paper --max-rounds 2 --alignment-mode anchored`: the flags win."""
     from iterrefine.cli import build_parser

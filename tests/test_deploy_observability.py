@@ -84,11 +84,13 @@ def _panel_exprs(title: str) -> list[str]:
     return [t["expr"] for t in targets]
 
 
+@pytest.mark.unit
 def test_fixed_metric_list_matches_metrics_module() -> None:
     """The names deploy/ may use are exactly what iterrefine.observe.metrics exports."""
     assert exported_series_names() == FIXED_SERIES
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("expr", "names"),
     [
@@ -111,6 +113,7 @@ def test_metric_names_are_parsed_out_of_promql(expr: str, names: set[str]) -> No
     assert metric_names(expr) == names
 
 
+@pytest.mark.unit
 def test_dashboard_uses_only_fixed_metrics() -> None:
     """Every dashboard expression selects only known iterrefine series (or up)."""
     exprs = dashboard_expressions(DASHBOARD)
@@ -121,6 +124,7 @@ def test_dashboard_uses_only_fixed_metrics() -> None:
         assert names <= ALLOWED, f"unknown metric(s) {names - ALLOWED} in {expr!r}"
 
 
+@pytest.mark.unit
 def test_alerts_use_only_fixed_metrics() -> None:
     """Every alert expression selects only known iterrefine series (or up)."""
     exprs = alert_expressions(ALERTS)
@@ -131,6 +135,7 @@ def test_alerts_use_only_fixed_metrics() -> None:
         assert names <= ALLOWED, f"unknown metric(s) {names - ALLOWED} in {expr!r}"
 
 
+@pytest.mark.unit
 def test_alerts_have_severity_and_annotations() -> None:
     """Each alert carries a severity label and summary/description annotations."""
     doc = yaml.safe_load(ALERTS.read_text(encoding="utf-8"))
@@ -150,6 +155,7 @@ def test_alerts_have_severity_and_annotations() -> None:
         assert "for" in rule, rule["alert"]
 
 
+@pytest.mark.unit
 def test_dashboard_is_provisionable() -> None:
     """Schema version, fixed datasource uid, no ${DS} input, unique panel ids."""
     dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
@@ -168,6 +174,7 @@ def test_dashboard_is_provisionable() -> None:
             assert target["datasource"]["uid"] == "prometheus", panel["title"]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("title", "must_select"),
     [
@@ -190,6 +197,7 @@ def test_dashboard_has_required_panel(title: str, must_select: str) -> None:
     assert any(must_select in metric_names(e) for e in exprs)
 
 
+@pytest.mark.unit
 def test_latency_panel_shows_three_quantiles_per_role() -> None:
     """LLM latency is histogram_quantile 0.5/0.95/0.99 grouped by role and le."""
     exprs = _panel_exprs("LLM latency p50 / p95 / p99 by role")
@@ -197,6 +205,7 @@ def test_latency_panel_shows_three_quantiles_per_role() -> None:
         assert any(e.startswith(f"histogram_quantile({q},") and "by (role, le)" in e for e in exprs)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "title", ["Quality score before / after refinement", "Quality score distribution (range)"]
 )
@@ -208,6 +217,7 @@ def test_quality_panels_compare_score_and_align_stage(title: str) -> None:
     assert 'stage="review"' not in joined  # review observes no quality score
 
 
+@pytest.mark.unit
 def test_quality_stage_labels_are_the_ones_consumers_observe() -> None:
     """The stage labels the quality panels filter on are the ones consumers/ pass to labels()."""
     observed = set()
@@ -221,6 +231,7 @@ def test_quality_stage_labels_are_the_ones_consumers_observe() -> None:
     assert charted == observed
 
 
+@pytest.mark.unit
 def test_error_ratio_counts_every_non_ok_status() -> None:
     """The LLM error ratio divides status!="ok" by all requests, per role."""
     (expr,) = _panel_exprs("LLM error ratio")
@@ -228,6 +239,7 @@ def test_error_ratio_counts_every_non_ok_status() -> None:
     assert "by (role)" in expr
 
 
+@pytest.mark.unit
 def test_prometheus_scrapes_every_stage_under_job_iterrefine() -> None:
     """The scrape job is named iterrefine and targets each compose service on :9100."""
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))
@@ -237,6 +249,7 @@ def test_prometheus_scrapes_every_stage_under_job_iterrefine() -> None:
     assert targets == {f"{s}:9100" for s in ("score", "route", "refine", "review", "align")}
 
 
+@pytest.mark.unit
 def test_grafana_provisioning_points_at_prometheus_and_dashboards() -> None:
     """Datasource uid prometheus at prometheus:9090; file provider at the mounted dir."""
     grafana = DEPLOY / "grafana" / "provisioning"

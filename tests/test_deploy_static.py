@@ -162,6 +162,7 @@ def _dockerfile_uid() -> int:
     return int(user.split(":")[0])
 
 
+@pytest.mark.unit
 def test_dockerfile_is_multistage_slim_and_runs_iterrefine_as_non_root() -> None:
     """Wheels are built in one slim stage; the other runs `iterrefine` as a numeric non-root uid."""
     args = dict(c.value[0].split("=", 1) for c in _dockerfile() if c.cmd == "ARG")
@@ -177,6 +178,7 @@ def test_dockerfile_is_multistage_slim_and_runs_iterrefine_as_non_root() -> None
     assert f"127.0.0.1:{METRICS_PORT}/healthz" in healthcheck.value[-1]
 
 
+@pytest.mark.unit
 def test_dockerfile_copies_only_what_the_dockerignore_lets_through() -> None:
     """Every COPY source exists and is allow-listed by deploy/Dockerfile.dockerignore."""
     allowed = {line.strip("!/") for line in
@@ -194,6 +196,7 @@ def test_dockerfile_copies_only_what_the_dockerignore_lets_through() -> None:
 # ---------------------------------------------------------------- docker-compose
 
 
+@pytest.mark.unit
 def test_every_deploy_yaml_parses() -> None:
     """Every YAML file under deploy/ parses, multi-document files included."""
     paths = sorted([*DEPLOY.rglob("*.yml"), *DEPLOY.rglob("*.yaml")])
@@ -202,6 +205,7 @@ def test_every_deploy_yaml_parses() -> None:
         assert _yaml_docs(path), f"{path} is empty"
 
 
+@pytest.mark.unit
 def test_compose_file_validates_against_the_compose_spec() -> None:
     """docker-compose.yml fits the Compose Specification schema (vendored by check-jsonschema)."""
     vendored = resources.files("check_jsonschema.builtin_schemas.vendor")
@@ -212,6 +216,7 @@ def test_compose_file_validates_against_the_compose_spec() -> None:
     assert not errors, errors
 
 
+@pytest.mark.unit
 def test_compose_has_broker_workers_observability_and_profiles() -> None:
     """Compose runs KRaft Kafka, one worker per stage, Prometheus, Grafana, and opt-in extras."""
     services = _services()
@@ -227,6 +232,7 @@ def test_compose_has_broker_workers_observability_and_profiles() -> None:
     assert not any(profiles[s] for s in (*STAGES, "kafka", "prometheus", "grafana"))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("stage", STAGES)
 def test_compose_worker_command_is_a_real_cli_command(stage: str) -> None:
     """Each stage service runs `iterrefine worker STAGE` with flags the real parser accepts."""
@@ -243,6 +249,7 @@ def test_compose_worker_command_is_a_real_cli_command(stage: str) -> None:
     assert args.config in [_compose_default(v).split(":")[1] for v in service["volumes"]]
 
 
+@pytest.mark.unit
 def test_every_compose_command_of_the_image_parses() -> None:
     """ingest and sim-llm commands parse with the real CLI; the cli service only prints help."""
     image = _services()["score"]["image"]
@@ -262,6 +269,7 @@ def test_every_compose_command_of_the_image_parses() -> None:
     assert (DEPLOY / mounts[str(source.parent)] / source.name).is_file()
 
 
+@pytest.mark.unit
 def test_compose_image_tags_follow_the_project_version() -> None:
     """Compose and Kubernetes run the image tagged with the installed project's version."""
     tag = version("iterrefine")
@@ -272,6 +280,7 @@ def test_compose_image_tags_follow_the_project_version() -> None:
         assert _container(stage)["image"] == f"iterrefine:{tag}"
 
 
+@pytest.mark.unit
 def test_compose_configs_load_and_grace_outlasts_the_drain() -> None:
     """The mounted configs load; SIGTERM grace > drain deadline ≥ the longest LLM timeout."""
     config = _compose_config()
@@ -286,6 +295,7 @@ def test_compose_configs_load_and_grace_outlasts_the_drain() -> None:
         assert _services()[stage].get("stop_signal", "SIGTERM") == "SIGTERM"
 
 
+@pytest.mark.unit
 def test_compose_topic_init_creates_exactly_the_pipeline_topics() -> None:
     """The kafka-topics one-shot creates the graph's topics with the configured partitions."""
     config = _compose_config()
@@ -302,6 +312,7 @@ def test_compose_topic_init_creates_exactly_the_pipeline_topics() -> None:
         assert depends["kafka"]["condition"] == "service_healthy"
 
 
+@pytest.mark.unit
 def test_compose_workers_wait_for_the_llm_servers_of_the_active_profile() -> None:
     """Workers wait for healthy vllm/sim servers, and skip them when their profile is off."""
     for stage in STAGES:
@@ -311,6 +322,7 @@ def test_compose_workers_wait_for_the_llm_servers_of_the_active_profile() -> Non
             assert _services()[server]["profiles"] and _services()[server]["healthcheck"]
 
 
+@pytest.mark.unit
 def test_compose_interpolates_only_defaulted_variables() -> None:
     """Outside comments, every `$` is `$$` (for the container) or a `${VAR:-default}`."""
     for line in COMPOSE_FILE.read_text().splitlines():
@@ -338,6 +350,7 @@ def test_compose_llm_endpoints_match_the_vllm_profile() -> None:
     assert int(strong_tp.split("=")[1]) == len(gpus[0])
 
 
+@pytest.mark.unit
 def test_compose_secrets_come_from_ignored_files_never_inline() -> None:
     """API keys reach containers via git-ignored env files with templates, never inline values."""
     config = _compose_config()
@@ -364,6 +377,7 @@ def test_compose_secrets_come_from_ignored_files_never_inline() -> None:
                 assert key.endswith("__FILE") or value in (None, "admin"), (name, key)
 
 
+@pytest.mark.unit
 def test_compose_observability_mounts_match_prometheus_and_grafana_layout() -> None:
     """Prometheus scrapes each worker's metrics port; Grafana mounts provisioning and dashboards."""
     prom_config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
@@ -388,6 +402,7 @@ def test_compose_observability_mounts_match_prometheus_and_grafana_layout() -> N
 # ---------------------------------------------------------------- Kubernetes
 
 
+@pytest.mark.unit
 def test_kustomization_lists_every_manifest_but_the_secret_template() -> None:
     """kustomization.yaml applies every manifest once, never the placeholder Secret."""
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
@@ -401,6 +416,7 @@ def test_kustomization_lists_every_manifest_but_the_secret_template() -> None:
             assert obj["metadata"]["namespace"] == namespace
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("k8s_version", K8S_VERSIONS)
 def test_core_objects_validate_against_the_kubernetes_schemas(k8s_version: str) -> None:
     """Namespace, ConfigMap, Secret, Deployments and PDBs pass strict schema validation."""
@@ -508,6 +524,7 @@ TRIGGER_AUTHENTICATION_SCHEMA = {
 }
 
 
+@pytest.mark.unit
 def test_keda_objects_validate_against_schemas_from_the_keda_docs() -> None:
     """Every ScaledObject and TriggerAuthentication fits the schema written from KEDA's docs."""
     schemas = {"ScaledObject": SCALED_OBJECT_SCHEMA,
@@ -526,6 +543,7 @@ def test_keda_objects_validate_against_schemas_from_the_keda_docs() -> None:
     assert {obj["kind"] for _, obj in _k8s_objects()} == known
 
 
+@pytest.mark.unit
 def test_k8s_config_loads_and_grace_outlasts_the_drain() -> None:
     """The ConfigMap's TOML loads; terminationGracePeriodSeconds > drain ≥ longest LLM timeout."""
     config = _k8s_config()
@@ -535,6 +553,7 @@ def test_k8s_config_loads_and_grace_outlasts_the_drain() -> None:
         assert pod["terminationGracePeriodSeconds"] >= config.runtime.drain_timeout_s + 20
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("stage", STAGES)
 def test_k8s_deployment_runs_the_stage_worker_with_probes_on_the_metrics_port(stage: str) -> None:
     """Args parse with the real CLI; probes, port, annotations and config mount agree."""
@@ -564,6 +583,7 @@ def test_k8s_deployment_runs_the_stage_worker_with_probes_on_the_metrics_port(st
     assert config_path.name in configmap["data"]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("stage", STAGES)
 def test_k8s_pods_are_non_root_with_a_read_only_root(stage: str) -> None:
     """Pods run as the image's non-root uid, without privilege escalation or capabilities."""
@@ -594,6 +614,7 @@ def test_k8s_env_provides_every_secret_the_config_names(stage: str) -> None:
         assert ref["key"] in _secret_keys()
 
 
+@pytest.mark.unit
 def test_k8s_secret_template_holds_placeholders_only() -> None:
     """The committed Secret is a template with placeholder values; KEDA's refs resolve in it."""
     secret = _k8s("Secret", "iterrefine-secrets")
@@ -642,6 +663,7 @@ def test_keda_wiring_is_the_documented_stage_topology() -> None:
     }
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("stage", STAGES)
 def test_pdb_covers_the_stage_pods(stage: str) -> None:
     """Each stage has a PodDisruptionBudget selecting exactly its Deployment's pods."""
@@ -651,6 +673,7 @@ def test_pdb_covers_the_stage_pods(stage: str) -> None:
     assert pdb["spec"]["maxUnavailable"] == 1
 
 
+@pytest.mark.unit
 def test_readme_operations_section_names_only_existing_deploy_files() -> None:
     """Every deploy/ path the README's Operations section mentions exists (secrets aside)."""
     readme = (ROOT / "README.md").read_text()

@@ -19,16 +19,19 @@ from iterrefine.sim import SimServer
 
 from .helpers import wait_until
 from .hostile_corpus import corpus
-from .pipeline_support import newest, pipeline, start_watcher, wait_for_ids
-from .test_pipeline_e2e import FAST_SIM, assert_conserved, pipeline_config, write_jsonl
+from .pipeline_support import (
+    assert_conserved,
+    newest,
+    pipeline,
+    pipeline_config,
+    start_watcher,
+    wait_for_ids,
+    write_jsonl,
+)
 
 ROOT = Path(__file__).parent.parent
 
 
-@pytest.fixture
-async def sim() -> AsyncIterator[SimServer]:
-    async with SimServer(FAST_SIM, port=0) as server:
-        yield server
 
 
 async def test_the_first_record_with_an_id_wins_on_every_run(
@@ -114,6 +117,7 @@ def test_ingest_command_survives_the_malformed_corpus(broker: str, tmp_path: Pat
     assert b"Traceback" not in done.stderr
 
 
+@pytest.mark.unit
 async def test_a_bom_opening_stdin_is_not_part_of_the_first_record() -> None:
     """A UTF-8 BOM at the start of a piped stream is dropped like at a file's start."""
     async def chunks() -> AsyncIterator[bytes]:

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,8 +24,7 @@ from iterrefine.processes import free_port, pid_alive
 from iterrefine.sim import SimConfig, SimServer
 
 from .helpers import unique_config, wait_until
-from .pipeline_support import newest
-from .test_pipeline_e2e import sample_records, write_jsonl
+from .pipeline_support import newest, sample_records, write_jsonl
 from .worker_procs import ROOT, WorkerProc, stop_all, write_worker_config
 
 pytestmark = pytest.mark.slow  # long integration tests: `pytest -m "not slow"` skips them
@@ -48,9 +47,8 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[SimServer]:
-    async with SimServer(SIM, port=0) as server:
-        yield server
+def sim_config() -> SimConfig:
+    return SIM
 
 
 def broker_up(data_dir: Path, port: int) -> dict[str, int | str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import iterrefine
 
 EXPECTED = [
@@ -24,12 +26,14 @@ def _isort_key(name: str) -> tuple[int, str]:
     return kind, name
 
 
+@pytest.mark.unit
 def test_all_is_pinned_and_sorted() -> None:
     """__all__ lists exactly the public names, sorted as ruff sorts (changes are deliberate)."""
     assert iterrefine.__all__ == EXPECTED
     assert iterrefine.__all__ == sorted(iterrefine.__all__, key=_isort_key)
 
 
+@pytest.mark.unit
 def test_every_public_name_resolves_to_its_defining_object() -> None:
     """Each name loads, and is the object its module defines (not a copy)."""
     from iterrefine.graph.spec import StageSpec

@@ -15,6 +15,8 @@ from iterrefine.io.export import ExportPaths, Terminal
 from iterrefine.io.stream_export import StreamingExport
 from iterrefine.item.records import item_from_raw
 
+pytestmark = pytest.mark.unit
+
 ORIGIN = "/data/a-long-directory-name/instructions-2026-11-28.jsonl"
 
 

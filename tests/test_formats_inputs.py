@@ -32,6 +32,7 @@ def _ids(spec: InputSpec) -> list[str]:
     return [item_from_raw(r.data).id for r in open_input(spec).records()]
 
 
+@pytest.mark.unit
 def test_parquet_is_read_by_record_batches_with_ids_and_row_numbers(tmp_path: Path) -> None:
     """A Parquet file of several row groups yields every row, its id kept, numbered from 1."""
     pa = pytest.importorskip("pyarrow")
@@ -46,6 +47,7 @@ def test_parquet_is_read_by_record_batches_with_ids_and_row_numbers(tmp_path: Pa
     assert source.count() == 10
 
 
+@pytest.mark.unit
 def test_parquet_nulls_are_absent_fields(tmp_path: Path) -> None:
     """A null cell is a missing field: a null id falls back to the content hash."""
     pa = pytest.importorskip("pyarrow")
@@ -58,6 +60,7 @@ def test_parquet_nulls_are_absent_fields(tmp_path: Path) -> None:
     assert len(item.id) == 24  # the stable content hash
 
 
+@pytest.mark.unit
 def test_csv_with_byte_order_mark_and_quoted_newlines(tmp_path: Path) -> None:
     """CSV rows become records; a BOM and a newline inside a quoted cell are handled."""
     path = tmp_path / "data.csv"
@@ -70,6 +73,7 @@ def test_csv_with_byte_order_mark_and_quoted_newlines(tmp_path: Path) -> None:
     assert source.count() == 2
 
 
+@pytest.mark.unit
 def test_saved_hugging_face_dataset_is_read(tmp_path: Path) -> None:
     """A directory written by datasets' save_to_disk is detected and read (DatasetDict too)."""
     datasets = pytest.importorskip("datasets")
@@ -83,6 +87,7 @@ def test_saved_hugging_face_dataset_is_read(tmp_path: Path) -> None:
         open_input(InputSpec(str(path), split="test"))
 
 
+@pytest.mark.unit
 def test_single_turn_chat_records_map_to_alpaca_fields() -> None:
     """OpenAI messages and ShareGPT conversations: user → instruction, assistant → output."""
     openai = item_from_raw(json.dumps({"messages": [
@@ -97,6 +102,7 @@ def test_single_turn_chat_records_map_to_alpaca_fields() -> None:
                                                                             "sharegpt")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("record", [
     {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
                   {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]},
@@ -110,6 +116,7 @@ def test_multi_turn_chat_is_rejected_as_multi_turn(record: dict[str, object]) ->
     assert caught.value.reason == "multi_turn"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("name", "content"), [
     ("data.parquet", b"instruction,output\nQ,A\n"),  # text named .parquet
     ("data.jsonl", b"PAR1\x00\x01binary"),           # Parquet bytes named .jsonl
@@ -136,6 +143,7 @@ def test_run_exits_2_on_unreadable_input_without_starting(
     assert not (tmp_path / "out.jsonl").exists()
 
 
+@pytest.mark.unit
 def test_limit_and_seeded_sample_pick_records(tmp_path: Path) -> None:
     """--limit takes the first N; --sample N --seed S is repeatable and in input order."""
     path = tmp_path / "data.jsonl"
@@ -148,6 +156,7 @@ def test_limit_and_seeded_sample_pick_records(tmp_path: Path) -> None:
     assert open_input(InputSpec(str(path), limit=3)).count() == 10
 
 
+@pytest.mark.unit
 def test_dead_letter_rows_are_read_as_their_original_records(tmp_path: Path) -> None:
     """A row of an exported DLQ file is replaced by the (fixed) original record it carries."""
     fixed = {"id": "x1", "instruction": "Fixed?", "input": "", "output": "Yes."}
@@ -159,6 +168,7 @@ def test_dead_letter_rows_are_read_as_their_original_records(tmp_path: Path) -> 
     assert (item.id, item.instruction) == ("x1", "Fixed?")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("module", "name", "extra"), [
     ("pyarrow", "data.parquet", "parquet"), ("datasets", "ds", "hf")])
 def test_a_missing_extra_says_what_to_install(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +15,7 @@ from iterrefine.io.outputs import read_rows, shaped_row
 from iterrefine.item.records import item_from_raw
 from iterrefine.sim import SimServer
 
-from .test_pipeline_e2e import FAST_SIM, pipeline_config, sample_records, write_jsonl
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[SimServer]:
-    async with SimServer(FAST_SIM, port=0) as server:
-        yield server
+from .pipeline_support import pipeline_config, sample_records, write_jsonl
 
 
 def _chat(i: int, *, turns: int = 1) -> dict[str, Any]:
@@ -87,6 +80,7 @@ async def test_chat_in_messages_out_and_multi_turn_to_dlq_then_rerun(
                                            "value": "Question 99.0: why is the sky blue?"}
 
 
+@pytest.mark.unit
 def test_training_shapes_hold_only_training_fields() -> None:
     """alpaca/sharegpt rows hold id and the training fields; rejected ones add status+reason."""
     item = item_from_raw(json.dumps({"id": "a", "instruction": "Sum?", "input": "1, 2",

@@ -19,8 +19,6 @@ from iterrefine.observe.metrics import Metrics
 from iterrefine.runtime import InlineHandler, Output, Stage
 from iterrefine.runtime.stage import decode_envelope, decode_raw_record
 
-pytestmark = pytest.mark.unit
-
 
 def _keep(ctx: PipelineContext) -> InlineHandler:
     def keep(item: Item) -> list[Output]:
@@ -33,6 +31,7 @@ DEDUP = StageSpec(name="dedup", input_topic="items.scored",
                   outputs=("items.dedup", "items.rejected"), waits=False, handler=_keep)
 
 
+@pytest.mark.unit
 def test_the_builtin_graph_yields_the_pipeline_topics_in_order() -> None:
     """Topics come from the stages: inputs in order, then the terminal topics."""
     assert PIPELINE.names == ("score", "route", "refine", "review", "align")
@@ -42,6 +41,7 @@ def test_the_builtin_graph_yields_the_pipeline_topics_in_order() -> None:
     assert [s.waits for s in PIPELINE] == [True, False, True, True, True]
 
 
+@pytest.mark.unit
 def test_an_output_no_stage_reads_fails_when_the_graph_is_built() -> None:
     """A declared output that is neither read nor terminal is a start-up error naming it."""
     lost = StageSpec(name="lost", input_topic="items.scored", outputs=("items.nowhere",),
@@ -57,6 +57,7 @@ def test_an_output_no_stage_reads_fails_when_the_graph_is_built() -> None:
         Stage("x", "items.raw", lambda item: [], outputs=())
 
 
+@pytest.mark.unit
 def test_inserting_a_stage_before_route_rewires_route_to_its_topic() -> None:
     """`before = route`: the new stage reads items.scored, route reads items.dedup."""
     graph = PIPELINE.inserted(DEDUP, before="route")
@@ -73,6 +74,7 @@ def test_inserting_a_stage_before_route_rewires_route_to_its_topic() -> None:
         PIPELINE.inserted(DEDUP, before="nope")
 
 
+@pytest.mark.unit
 def test_a_stage_placed_before_score_reads_raw_records_decoded_for_it() -> None:
     """`before = score` with no input_topic: the stage reads items.raw with the raw decoder."""
     placed = StageSpec(name="dedup", outputs=("items.dedup", "items.rejected"), waits=False,
@@ -85,6 +87,7 @@ def test_a_stage_placed_before_score_reads_raw_records_decoded_for_it() -> None:
     assert by_name["score"].decoder is decode_envelope  # score now reads envelopes
 
 
+@pytest.mark.unit
 def test_input_topic_and_before_cannot_disagree() -> None:
     """A spec that reads one topic but is placed before a stage reading another is refused."""
     with pytest.raises(ConfigError, match=r"declares input_topic 'items\.scored'.*before "
@@ -98,6 +101,7 @@ def test_input_topic_and_before_cannot_disagree() -> None:
         StageGraph([*PIPELINE, nowhere])
 
 
+@pytest.mark.unit
 def test_stage_selection_and_references_fail_with_the_fix() -> None:
     """Unknown stage names list the graph's; bad module:attr references say what is wrong."""
     assert [s.name for s in PIPELINE.select(["all"])] == list(PIPELINE.names)
@@ -128,6 +132,7 @@ def _route_ctx(policy: str) -> PipelineContext:
     return PipelineContext(config, {}, Metrics(), Provenance())
 
 
+@pytest.mark.unit
 def test_the_routing_policy_is_chosen_by_name_or_module_attr() -> None:
     """pipeline.routing_policy: `threshold`, or module:attr of a factory; else a clear error."""
     item = new_item(Original(instruction="Q?", input="", output="A."))
@@ -158,6 +163,7 @@ def test_worker_rejects_an_unknown_stage_naming_the_graphs() -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.unit
 def test_a_stage_entrys_options_reach_its_handler_factory() -> None:
     """`options` of a [[stages]] entry become ctx.options for that stage only."""
     seen: list[object] = []

@@ -19,16 +19,18 @@ from iterrefine.runtime.dlq import headers_dict
 from iterrefine.sim import SimServer
 
 from .helpers import alpaca, unique_config, wait_until
-from .pipeline_support import newest, pipeline, start_watcher, wait_for_ids
-from .test_pipeline_e2e import FAST_SIM, pipeline_config, sample_records
+from .pipeline_support import (
+    newest,
+    pipeline,
+    pipeline_config,
+    sample_records,
+    start_watcher,
+    wait_for_ids,
+)
 
 ROOT = Path(__file__).parent.parent
 
 
-@pytest.fixture
-async def sim() -> AsyncIterator[SimServer]:
-    async with SimServer(FAST_SIM, port=0) as server:
-        yield server
 
 
 async def start_ingest(config: Config, broker: str) -> asyncio.subprocess.Process:
@@ -136,6 +138,7 @@ async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
         yield part
 
 
+@pytest.mark.unit
 async def test_chunked_lines_split_cut_and_number_lines() -> None:
     """Lines across chunk borders join; blank lines count; long lines keep head and size."""
     lines = [r async for r in chunked_lines(

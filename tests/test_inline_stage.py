@@ -10,6 +10,8 @@ from __future__ import annotations
 import collections
 import json
 
+import pytest
+
 from iterrefine.errors import LLMError, LLMTransientError
 from iterrefine.item.model import Item
 from iterrefine.kafka.clients import read_to_end
@@ -17,10 +19,10 @@ from iterrefine.kafka.topics import TopicNames
 from iterrefine.runtime import Output, Stage, decode_raw_record
 from iterrefine.runtime.dlq import headers_dict
 
-from .helpers import alpaca, committed_vs_end, read_ids, unique_config
-from .test_runtime import run_until_done
+from .helpers import alpaca, committed_vs_end, read_ids, run_until_done, unique_config
 
 
+@pytest.mark.unit
 def test_the_declared_flag_decides_inline_not_the_handler_shape() -> None:
     """A stage runs inline iff it says waits=False, whatever its handler looks like."""
     async def waits(item: Item) -> list[Output]:

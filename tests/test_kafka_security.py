@@ -68,6 +68,7 @@ async def accepted_by_aiokafka(kwargs: dict[str, Any]) -> None:
     AIOKafkaClient(**kwargs)
 
 
+@pytest.mark.unit
 async def test_plaintext_has_no_security_arguments() -> None:
     """The default is PLAINTEXT with our client id and Kafka's retry backoff, nothing else."""
     kwargs = kwargs_for(client_id="curator-7")
@@ -133,6 +134,7 @@ async def test_sasl_plain_and_scram_take_the_password_from_env_or_file(
         await accepted_by_aiokafka(scram)
 
 
+@pytest.mark.unit
 def test_missing_password_env_is_a_config_error_with_the_fix(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -143,6 +145,7 @@ def test_missing_password_env_is_a_config_error_with_the_fix(
                    sasl_username="u", sasl_password_env="KAFKA_PW")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("settings", "message"), [
     ({"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN", "sasl_username": "u"},
      "needs a SASL password: pass --sasl-password-env"),
@@ -172,6 +175,7 @@ def test_a_key_that_does_not_match_the_certificate_is_a_config_error(certs: Cert
         kwargs_for(security_protocol="SSL", ssl_keyfile=str(certs.client_key))
 
 
+@pytest.mark.unit
 def test_cli_flags_reach_the_kafka_config() -> None:
     """Every security flag lands in KafkaConfig; there is no flag for the password itself."""
     args = build_parser().parse_args([

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx2
+import pytest
 from prometheus_client import CollectorRegistry
 
 from iterrefine.config import CacheConfig, Config, LLMRoleConfig
@@ -29,6 +30,7 @@ def answer(text: str = "hi") -> CachedAnswer:
     return CachedAnswer(text=text, model="m", prompt_tokens=10, completion_tokens=2)
 
 
+@pytest.mark.unit
 def test_put_get_delete_and_lifetime_counters(tmp_path: Path) -> None:
     """A stored answer comes back; a missing one is a miss; counters add up across handles."""
     path = tmp_path / "c.sqlite3"
@@ -51,6 +53,7 @@ def test_put_get_delete_and_lifetime_counters(tmp_path: Path) -> None:
     assert stats is not None and (stats.entries, stats.hits) == (0, 0)
 
 
+@pytest.mark.unit
 def test_refresh_mode_never_reads_but_writes(tmp_path: Path) -> None:
     """--cache refresh asks again (every lookup misses) and overwrites what it gets."""
     path = tmp_path / "c.sqlite3"
@@ -96,6 +99,7 @@ def role(base_url: str, **overrides: object) -> LLMRoleConfig:
                          **overrides)  # type: ignore[arg-type]
 
 
+@pytest.mark.unit
 async def test_second_identical_ask_is_answered_from_disk(tmp_path: Path) -> None:
     """The same task on the same item twice: one request, a hit, tokens saved in metrics."""
     metrics = Metrics(CollectorRegistry())
@@ -138,6 +142,7 @@ async def scripted(tmp_path: Path, *texts: str) -> AsyncIterator[tuple[LLMClient
     cache.close()
 
 
+@pytest.mark.unit
 async def test_unreadable_answers_are_never_cached(tmp_path: Path) -> None:
     """An answer the parser rejects is not stored: only the readable re-ask answer is."""
     async with scripted(tmp_path, "gibberish", GOOD_SCORE) as (client, seen):
@@ -152,6 +157,7 @@ async def test_unreadable_answers_are_never_cached(tmp_path: Path) -> None:
         assert len(seen) == 1 and client.stats().cache_hits == 1
 
 
+@pytest.mark.unit
 async def test_key_ignores_the_fence_nonce_but_not_the_question(tmp_path: Path) -> None:
     """Two renderings of one question (different nonces) share a key; another item does not."""
     async with scripted(tmp_path, "an answer") as (client, seen):
@@ -162,6 +168,7 @@ async def test_key_ignores_the_fence_nonce_but_not_the_question(tmp_path: Path) 
         assert len(seen) == 2 and not other.cached
 
 
+@pytest.mark.unit
 async def test_roles_share_one_cache_and_off_means_none(tmp_path: Path) -> None:
     """LLMRoles opens the cache file from config (on) and opens nothing when it is off."""
     llm = {"strong": role("http://llm.test/v1")}
@@ -175,6 +182,7 @@ async def test_roles_share_one_cache_and_off_means_none(tmp_path: Path) -> None:
     assert not (tmp_path / "y").exists()
 
 
+@pytest.mark.unit
 def test_cli_cache_flags_and_defaults(tmp_path: Path) -> None:
     """run defaults to the cache on; --no-cache and --cache refresh override; TOML can turn
     it off; commands that call no LLM have none."""
@@ -216,6 +224,7 @@ def test_cli_cache_stats_and_clear(tmp_path: Path) -> None:
     assert json.loads(cli("stats", "--json"))["entries"] == 0
 
 
+@pytest.mark.unit
 async def test_an_unwritable_cache_path_runs_without_cache(tmp_path: Path) -> None:
     """A read-only place for the cache (k8s root filesystem) warns and runs uncached."""
     from structlog.testing import capture_logs

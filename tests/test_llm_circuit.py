@@ -70,6 +70,7 @@ async def client_for(endpoint: Endpoint, metrics: Metrics | None = None,
         yield client
 
 
+@pytest.mark.unit
 async def test_an_always_failing_call_costs_its_budget_once() -> None:
     """Always 429: max_retries + 1 requests, then a non-retriable error (no handler retry)."""
     endpoint = Endpoint("429")
@@ -79,6 +80,7 @@ async def test_an_always_failing_call_costs_its_budget_once() -> None:
     assert endpoint.chat == 7 and not is_retriable(caught.value)
 
 
+@pytest.mark.unit
 async def test_an_outage_pauses_calls_until_a_probe_answers() -> None:
     """Refused connections open the circuit (metric 1, a log naming the fix); calls wait,
     only probes are sent, and the calls finish once the endpoint is back."""
@@ -102,6 +104,7 @@ async def test_an_outage_pauses_calls_until_a_probe_answers() -> None:
     assert len(opened) == 1 and "base_url" in opened[0]["fix"]
 
 
+@pytest.mark.unit
 async def test_a_rejected_key_opens_at_once_and_give_up_fails_the_waiters() -> None:
     """One 401 opens the circuit; after give_up every waiting call raises LLMUnavailable."""
     endpoint = Endpoint("401")
@@ -121,7 +124,7 @@ async def test_the_simulator_stopping_mid_run_dead_letters_nothing(
     broker: str, tmp_path: Path
 ) -> None:
     """The LLM server goes away for 30 s mid-run: items wait, 0 reach the DLQ."""
-    from .test_pipeline_e2e import sample_records, write_jsonl
+    from .pipeline_support import sample_records, write_jsonl
 
     fast = SimConfig(latency_ms=20, jitter_ms=5, capacity=64)
     outage_s = 30.0  # the issue's outage: longer than every retry budget

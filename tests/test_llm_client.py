@@ -122,6 +122,7 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float:
     return 0.0 if value is None else value
 
 
+@pytest.mark.unit
 async def test_chat_returns_text_and_counts_tokens() -> None:
     """A 200 gives the text, usage tokens, per-client stats and role-labelled metrics."""
     seen: list[httpx2.Request] = []
@@ -152,6 +153,7 @@ async def test_chat_returns_text_and_counts_tokens() -> None:
     assert sample(metrics, "iterrefine_llm_seconds_count", role="strong") == 1
 
 
+@pytest.mark.unit
 async def test_ambient_openai_env_does_not_reach_the_endpoint(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -170,6 +172,7 @@ async def test_ambient_openai_env_does_not_reach_the_endpoint(
     assert "openai-organization" not in seen[0].headers
 
 
+@pytest.mark.unit
 async def test_429_waits_at_least_retry_after() -> None:
     """A 429 is retried no earlier than its retry-after-ms says, then succeeds."""
     handler, arrivals = sequence(error(429, "slow down", **{"retry-after-ms": "150"}), completion())
@@ -183,6 +186,7 @@ async def test_429_waits_at_least_retry_after() -> None:
     assert sample(metrics, "iterrefine_llm_requests_total", role="strong", status="429") == 1
 
 
+@pytest.mark.unit
 def test_parse_retry_after_forms() -> None:
     """Retry-After is read as ms, seconds or an HTTP date; junk and the past give None/0."""
     now = time.time()
@@ -197,6 +201,7 @@ def test_parse_retry_after_forms() -> None:
     assert parse_retry_after(httpx2.Headers({})) is None
 
 
+@pytest.mark.unit
 async def test_500_then_success() -> None:
     """A 5xx is transient: retried, and the second answer is returned."""
     handler, arrivals = sequence(error(500, "boom"), completion("ok"))
@@ -205,6 +210,7 @@ async def test_500_then_success() -> None:
     assert result.text == "ok" and len(arrivals) == 2
 
 
+@pytest.mark.unit
 async def test_read_timeout_then_success() -> None:
     """An httpx2 read timeout is mapped to a retried LLMTransientError, status "timeout"."""
     handler, arrivals = sequence(httpx2.ReadTimeout("slow"), completion("ok"))
@@ -215,6 +221,7 @@ async def test_read_timeout_then_success() -> None:
     assert sample(metrics, "iterrefine_llm_requests_total", role="strong", status="timeout") == 1
 
 
+@pytest.mark.unit
 async def test_total_deadline_bounds_a_slow_server() -> None:
     """timeout_s bounds the whole request even when the transport itself never times out."""
     calls = 0
@@ -233,6 +240,7 @@ async def test_total_deadline_bounds_a_slow_server() -> None:
     assert time.monotonic() - started < 2
 
 
+@pytest.mark.unit
 async def test_connection_error_is_transient() -> None:
     """A refused connection is retried and counted with status "connection"."""
     handler, _ = sequence(httpx2.ConnectError("refused"), completion())
@@ -242,6 +250,7 @@ async def test_connection_error_is_transient() -> None:
     assert sample(metrics, "iterrefine_llm_requests_total", role="strong", status="connection") == 1
 
 
+@pytest.mark.unit
 async def test_401_is_not_retried_and_names_the_fix() -> None:
     """A 401 raises a non-retriable LLMError at once whose message says to check api_key_env."""
     handler, arrivals = sequence(error(401, "Incorrect API key provided"))
@@ -254,6 +263,7 @@ async def test_401_is_not_retried_and_names_the_fix() -> None:
     assert "'test-model'" in message and "http://llm.test/v1" in message
 
 
+@pytest.mark.unit
 async def test_404_names_model_and_base_url() -> None:
     """A 404 (unknown model / wrong path) is an LLMError pointing at model and base_url."""
     handler, _ = sequence(error(404, "model not found"))
@@ -262,6 +272,7 @@ async def test_404_names_model_and_base_url() -> None:
             await client.chat(MESSAGES)
 
 
+@pytest.mark.unit
 async def test_non_json_200_is_an_error_not_a_string() -> None:
     """An HTML 200 (base_url not the API root) raises LLMError instead of passing a str on."""
     handler, _ = sequence(httpx2.Response(200, text="<html>welcome</html>"))
@@ -270,6 +281,7 @@ async def test_non_json_200_is_an_error_not_a_string() -> None:
             await client.chat(MESSAGES)
 
 
+@pytest.mark.unit
 async def test_non_json_200_says_why_and_is_not_retried() -> None:
     """A 200 with a cut-off JSON body fails at once, status invalid_response, saying why."""
     handler, arrivals = sequence(httpx2.Response(200, content=b'{"choices": [{"mess'))
@@ -282,6 +294,7 @@ async def test_non_json_200_says_why_and_is_not_retried() -> None:
     assert sample(metrics, "iterrefine_llm_requests_total", role="strong", status=status) == 1
 
 
+@pytest.mark.unit
 async def test_hollow_completion_is_an_error() -> None:
     """JSON that is not a chat completion (no message, wrong types) raises LLMError."""
     for body in ({"choices": [{"index": 0}]}, {"choices": [{"message": {"content": 5}}]}):
@@ -291,6 +304,7 @@ async def test_hollow_completion_is_an_error() -> None:
                 await client.chat(MESSAGES)
 
 
+@pytest.mark.unit
 async def test_missing_usage_counts_zero() -> None:
     """A server that reports no usage still answers; its tokens count as 0."""
     body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}]}
@@ -301,6 +315,7 @@ async def test_missing_usage_counts_zero() -> None:
     assert result.model == "test-model"
 
 
+@pytest.mark.unit
 async def test_loose_fields_fall_back_instead_of_failing() -> None:
     """Junk usage counts give 0, a non-string model or finish_reason falls back, null text is ""."""
     body = {
@@ -316,6 +331,7 @@ async def test_loose_fields_fall_back_instead_of_failing() -> None:
     assert result.model == "test-model" and result.finish_reason is None
 
 
+@pytest.mark.unit
 async def test_null_usage_counts_zero() -> None:
     """``"usage": null`` is read like a missing usage."""
     body = {"choices": [{"message": {"content": "hi"}}], "usage": None}
@@ -325,6 +341,7 @@ async def test_null_usage_counts_zero() -> None:
     assert (result.text, result.prompt_tokens, result.completion_tokens) == ("hi", 0, 0)
 
 
+@pytest.mark.unit
 async def test_empty_choices_are_retried() -> None:
     """A completion without choices is transient (status empty_response) and retried."""
     handler, arrivals = sequence(httpx2.Response(200, json={"choices": []}), completion("ok"))
@@ -336,6 +353,7 @@ async def test_empty_choices_are_retried() -> None:
     assert sample(metrics, "iterrefine_llm_requests_total", role="strong", status=status) == 1
 
 
+@pytest.mark.unit
 async def test_retries_exhausted_raise_transient() -> None:
     """After max_retries retries of a 503 the LLMTransientError reaches the caller."""
     handler, arrivals = sequence(error(503, "overloaded"))
@@ -346,6 +364,7 @@ async def test_retries_exhausted_raise_transient() -> None:
     assert client.stats().retries == 2 and client.stats().errors == 3
 
 
+@pytest.mark.unit
 async def test_x_should_retry_false_overrides_status() -> None:
     """A 500 with x-should-retry: false is not retried (the server's verdict wins)."""
     handler, arrivals = sequence(error(500, "fatal", **{"x-should-retry": "false"}))
@@ -355,6 +374,7 @@ async def test_x_should_retry_false_overrides_status() -> None:
     assert len(arrivals) == 1
 
 
+@pytest.mark.unit
 async def test_concurrency_limit_is_respected() -> None:
     """No more than max_concurrency requests are at the server at once."""
     current = peak = 0
@@ -372,6 +392,7 @@ async def test_concurrency_limit_is_respected() -> None:
     assert peak == 3
 
 
+@pytest.mark.unit
 async def test_requests_per_minute_spaces_requests() -> None:
     """At 600 rpm (10/s, burst 10) the 13th request waits ~0.3 s for the bucket."""
     handler, arrivals = sequence(completion())
@@ -382,6 +403,7 @@ async def test_requests_per_minute_spaces_requests() -> None:
     assert sorted(arrivals)[9] - started < 0.5  # the burst went out at once (spaced: 0.9 s)
 
 
+@pytest.mark.unit
 async def test_tokens_per_minute_is_corrected_by_usage() -> None:
     """The tokens bucket charges an estimate but refunds what usage shows was not spent."""
     # 6000 tokens/min = 100/s; each call is estimated at 100 tokens (max_tokens) but uses 10.
@@ -394,6 +416,7 @@ async def test_tokens_per_minute_is_corrected_by_usage() -> None:
     assert time.monotonic() - started < 1.5
 
 
+@pytest.mark.unit
 async def test_token_bucket_lets_oversized_requests_through_as_debt() -> None:
     """A request larger than the bucket passes once it is full, and delays the next one."""
     bucket = TokenBucket(rate_per_s=100, capacity=10)
@@ -402,6 +425,7 @@ async def test_token_bucket_lets_oversized_requests_through_as_debt() -> None:
     assert 0.35 <= waited <= 0.6
 
 
+@pytest.mark.unit
 async def test_structured_output_only_when_enabled() -> None:
     """response_format json_schema is sent only with structured_output on and a schema given."""
     bodies: list[dict[str, Any]] = []
@@ -424,6 +448,7 @@ async def test_structured_output_only_when_enabled() -> None:
     assert "response_format" not in bodies[2]
 
 
+@pytest.mark.unit
 async def test_structured_output_rejection_suggests_turning_it_off() -> None:
     """A 400 to a json_schema request names the other dialects (json_object, off, auto)."""
     handler, _ = sequence(error(400, "response_format not supported"))
@@ -446,6 +471,7 @@ async def test_api_key_never_appears_in_logs_or_errors() -> None:
     assert SECRET not in str(caught.value)
 
 
+@pytest.mark.unit
 async def test_roles_build_one_client_per_role() -> None:
     """LLMRoles serves each configured role, reports stats per role, and a missing one fails."""
     handler, _ = sequence(completion(prompt_tokens=3, completion_tokens=2))
@@ -468,6 +494,7 @@ SCORE_MESSAGES = build_messages(
 )
 
 
+@pytest.mark.unit
 async def test_default_transport_talks_to_the_simulator() -> None:
     """Over real HTTP (openai's aiohttp transport) the answer, usage and model are read."""
     async with (
@@ -481,6 +508,7 @@ async def test_default_transport_talks_to_the_simulator() -> None:
         assert result.model == "sim-test-model" and result.finish_reason == "stop"
 
 
+@pytest.mark.unit
 async def test_a_burst_of_first_calls_works_out_the_platform_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -503,6 +531,7 @@ async def test_a_burst_of_first_calls_works_out_the_platform_once(
     assert len(arrivals) == 40 and len(calls) == 1
 
 
+@pytest.mark.unit
 async def test_default_transport_maps_server_errors_and_deadlines() -> None:
     """Over real HTTP a 500 is transient and a hanging server hits the timeout_s deadline."""
     async with (
@@ -521,6 +550,7 @@ async def test_default_transport_maps_server_errors_and_deadlines() -> None:
             await client.chat(SCORE_MESSAGES)
 
 
+@pytest.mark.unit
 async def test_refused_connection_is_a_connection_error_not_a_timeout(
     unused_tcp_port: int,
 ) -> None:
@@ -533,6 +563,7 @@ async def test_refused_connection_is_a_connection_error_not_a_timeout(
     assert sample(metrics, "iterrefine_llm_requests_total", role="strong", status="connection") == 1
 
 
+@pytest.mark.unit
 def test_missing_key_variable_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     """A role whose api_key_env is unset fails at construction with the fix in the message."""
     monkeypatch.delenv(KEY_ENV)
@@ -540,6 +571,7 @@ def test_missing_key_variable_is_a_config_error(monkeypatch: pytest.MonkeyPatch)
         LLMClient("strong", role_config())
 
 
+@pytest.mark.unit
 async def test_unclosed_client_warns() -> None:
     """A started client dropped without aclose() emits a ResourceWarning."""
     async with httpx2.AsyncClient(transport=httpx2.MockTransport(sequence(completion())[0])) as h:
@@ -550,6 +582,7 @@ async def test_unclosed_client_warns() -> None:
             gc.collect()
 
 
+@pytest.mark.unit
 async def test_chat_requires_start() -> None:
     """chat() on a client that was never started says how to start it."""
     client = LLMClient("strong", role_config())
@@ -557,6 +590,7 @@ async def test_chat_requires_start() -> None:
         await client.chat(MESSAGES)
 
 
+@pytest.mark.unit
 def test_public_surface() -> None:
     """iterrefine.llm exports exactly its public names, sorted."""
     assert iterrefine.llm.__all__ == sorted(iterrefine.llm.__all__)

@@ -14,6 +14,8 @@ from structlog.testing import capture_logs
 from iterrefine.errors import ConfigError
 from iterrefine.observe.logging import REDACTED, configure_logging, redact_secrets
 
+pytestmark = pytest.mark.unit
+
 PLANTED_KEY = "sk-proj-PLANTEDd0n0tl0g9f8e7d6c5b4a"
 PLANTED_BEARER = "Bearer eyJhbGciOiJIUzI1NiJ9.PLANTED.signature"
 

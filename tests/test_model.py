@@ -14,6 +14,8 @@ from iterrefine.errors import ValidationError
 from iterrefine.item.model import Item, Round, decode_item, encode_item
 from iterrefine.item.records import item_from_raw, stable_id
 
+pytestmark = pytest.mark.unit
+
 
 def raw(**fields: object) -> bytes:
     return json.dumps(fields).encode()

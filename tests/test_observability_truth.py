@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx2
+import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
@@ -21,6 +22,8 @@ from iterrefine.llm import LLMClient, LLMStats
 from iterrefine.llm.latency import Reservoir, percentile
 from iterrefine.observe.http import MetricsServer
 from iterrefine.observe.metrics import Metrics
+
+pytestmark = pytest.mark.unit
 
 
 def completion(text: str) -> httpx2.Response:

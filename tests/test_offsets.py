@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from iterrefine.runtime import PartitionTracker
+
+pytestmark = pytest.mark.unit
 
 
 def test_commit_point_waits_for_the_first_unfinished_offset() -> None:

@@ -28,6 +28,8 @@ from iterrefine.tasks.parsing import (
     parse_verdict,
 )
 
+pytestmark = pytest.mark.unit
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "real_llm_outputs.jsonl"
 
 

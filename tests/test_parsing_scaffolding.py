@@ -23,6 +23,8 @@ from iterrefine.tasks.parsing import (
 )
 from iterrefine.tasks.prompts import build_messages
 
+pytestmark = pytest.mark.unit
+
 NONCE = "0badc0de"
 
 

@@ -4,79 +4,24 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
-from iterrefine.app.run import RunOptions, RunResult, run_pipeline, sim_roles
-from iterrefine.config import Config, PipelineConfig
-from iterrefine.io.export import load_rows
+from iterrefine.app.run import RunOptions, run_pipeline
 from iterrefine.observe.metrics import Metrics
 from iterrefine.sim import SimConfig, SimServer
 
-from .helpers import unique_config
-
-EXAMPLES = Path(__file__).parent.parent / "examples"
-FAST_SIM = SimConfig(latency_ms=5, jitter_ms=3, capacity=64, low_share=0.6, lose_prob=0.5,
-                     retry_after_s=0.05)
-
-
-def sample_records(n: int = 200) -> list[dict[str, Any]]:
-    """``n`` Dolly-sample items (the 120 real ones, then reworded copies)."""
-    lines = (EXAMPLES / "dolly_sample.jsonl").read_text().splitlines()
-    base = [json.loads(line) for line in lines]
-    records = list(base)
-    while len(records) < n:
-        source = base[len(records) % len(base)]
-        records.append({**source, "instruction": f"Briefly: {source['instruction']}"})
-    return records[:n]
-
-
-def write_jsonl(path: Path, rows: list[Any]) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[SimServer]:
-    async with SimServer(FAST_SIM, port=0) as server:
-        yield server
-
-
-def pipeline_config(broker: str, sim: SimServer, **pipeline: Any) -> Config:
-    base = unique_config(retry_base_s=0.02, retry_max_s=0.2)
-    config = msgspec.structs.replace(
-        base,
-        kafka=msgspec.structs.replace(base.kafka, bootstrap_servers=broker),
-        pipeline=PipelineConfig(**pipeline),
-    )
-    return sim_roles(config, sim.base_url, FAST_SIM)
-
-
-async def run(config: Config, tmp_path: Path, records: list[Any]) -> RunResult:
-    source = write_jsonl(tmp_path / "input.jsonl", records)
-    return await run_pipeline(config, RunOptions(input=source, output=tmp_path / "out.jsonl",
-                                                 timeout_s=120))
-
-
-def all_rows(result: RunResult) -> dict[str, list[dict[str, Any]]]:
-    return {
-        "curated": load_rows(result.paths.curated),
-        "rejected": load_rows(result.paths.rejected),
-        "dlq": load_rows(result.paths.dlq),
-    }
-
-
-def assert_conserved(result: RunResult, expected_ids: set[str]) -> dict[str, list[dict[str, Any]]]:
-    rows = all_rows(result)
-    ids = [row["id"] for kind in rows.values() for row in kind]
-    assert len(ids) == len(set(ids)), "an item appears in more than one row"
-    assert set(ids) == expected_ids
-    assert result.complete
-    return rows
+from .pipeline_support import (
+    all_rows,
+    assert_conserved,
+    pipeline_config,
+    run,
+    sample_records,
+    write_jsonl,
+)
 
 
 @pytest.mark.slow

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-
-import pytest
 
 from iterrefine.app.pipeline import serve_pipeline
 from iterrefine.config import Config
@@ -22,7 +19,7 @@ from iterrefine.runtime.stage import Limits, RecordLike
 from iterrefine.sim import SimServer
 
 from .helpers import alpaca, committed_vs_end, unique_config, wait_until
-from .test_pipeline_e2e import FAST_SIM, pipeline_config, sample_records
+from .pipeline_support import pipeline_config, sample_records
 
 #: Stage → its input topic, for every stage of the pipeline.
 INPUTS = PIPELINE.inputs()
@@ -38,10 +35,6 @@ POISONS: list[bytes | None] = [
 ]
 
 
-@pytest.fixture
-async def sim() -> AsyncIterator[SimServer]:
-    async with SimServer(FAST_SIM, port=0) as server:
-        yield server
 
 
 async def produce_everywhere(config: Config, broker: str, topic: str) -> int:

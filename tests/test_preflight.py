@@ -20,7 +20,7 @@ from iterrefine.errors import ConfigError
 from iterrefine.sim import SimConfig, SimServer
 
 from .helpers import unique_config, wait_until
-from .test_pipeline_e2e import sample_records, write_jsonl
+from .pipeline_support import sample_records, write_jsonl
 
 SAMPLE = Path(__file__).parent.parent / "examples" / "dolly_sample.jsonl"
 KEY_ENV = "ITERREFINE_PREFLIGHT_TEST_KEY"
@@ -46,6 +46,7 @@ async def cli(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, 
     return proc.returncode, err.decode(), time.monotonic() - started
 
 
+@pytest.mark.unit
 def test_output_paths_are_checked_before_anything_runs(tmp_path: Path) -> None:
     """A directory, a path under a file, and a read-only directory fail; a new dir is made."""
     with pytest.raises(PreflightError, match="is a directory"):
@@ -61,6 +62,7 @@ def test_output_paths_are_checked_before_anything_runs(tmp_path: Path) -> None:
             check_output_paths([locked / "out.jsonl"])
 
 
+@pytest.mark.unit
 def test_unknown_config_keys_are_errors(tmp_path: Path) -> None:
     """`max_round = 1` (a typo of max_rounds) is rejected instead of silently ignored."""
     path = tmp_path / "c.toml"
@@ -69,6 +71,7 @@ def test_unknown_config_keys_are_errors(tmp_path: Path) -> None:
         load_config(path)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("summary", "invalid", "code"),
     [

@@ -6,7 +6,6 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +26,19 @@ from iterrefine.sim import SimServer
 from iterrefine.tools.replay import ReplayRange, parse_time_ms, replay, resolve_target
 
 from .helpers import alpaca, committed_vs_end, produce, unique_config
-from .pipeline_support import newest, pipeline, start_watcher, wait_for_ids
-from .test_pipeline_e2e import FAST_SIM, pipeline_config, sample_records, write_jsonl
+from .pipeline_support import (
+    newest,
+    pipeline,
+    pipeline_config,
+    sample_records,
+    start_watcher,
+    wait_for_ids,
+    write_jsonl,
+)
 
 ROOT = Path(__file__).parent.parent
 
 
-@pytest.fixture
-async def sim() -> AsyncIterator[SimServer]:
-    async with SimServer(FAST_SIM, port=0) as server:
-        yield server
 
 
 @pytest.mark.slow
@@ -165,6 +167,7 @@ def _item(**changes: Any) -> Item:
     return judged.with_changes(**changes)
 
 
+@pytest.mark.unit
 def test_each_stage_reset_restores_what_the_stage_expects() -> None:
     """Each target stage gets the item as it would arrive there, with later state cleared."""
     lost = Round(number=1, instruction="Q1?", input="", feedback=None, backbone_answer="a",
@@ -197,6 +200,7 @@ def test_each_stage_reset_restores_what_the_stage_expects() -> None:
         assert raised.value.reason == reason
 
 
+@pytest.mark.unit
 def test_reset_for_align_keeps_an_exhausted_items_last_revision() -> None:
     """Replaying align: a kept-but-lost revision (keep_last_revision) is realigned as such."""
     lost = [Round(number=n, instruction=f"Q{n}?", input="", feedback=None, winner="A",
@@ -212,6 +216,7 @@ def test_reset_for_align_keeps_an_exhausted_items_last_revision() -> None:
         _reset(done.with_changes(status="unrefined"), "align", 99)
 
 
+@pytest.mark.unit
 def test_targets_and_times_are_checked_with_the_fix_in_the_message() -> None:
     """Terminal topics need --to; raw records only go to score; times must be ISO 8601."""
     names = TopicNames("iterrefine.")
@@ -231,6 +236,7 @@ def test_targets_and_times_are_checked_with_the_fix_in_the_message() -> None:
         parse_time_ms("yesterday")
 
 
+@pytest.mark.unit
 def test_built_stages_read_the_topics_the_graph_declares() -> None:
     """The stages built from the graph read what replay and status take from it."""
     ctx = PipelineContext(Config().pipeline, {}, Metrics(), Provenance())

@@ -57,6 +57,7 @@ def test_cli_html_embeds_the_png_and_the_counts(tmp_path: Path) -> None:
     assert "simulated LLM" in page
 
 
+@pytest.mark.unit
 def test_simulated_runs_are_labelled(summary: dict[str, Any]) -> None:
     """A simulated run says so in the title; a real one does not."""
     assert "simulated LLM" in render_html(summary, b"png")
@@ -66,6 +67,7 @@ def test_simulated_runs_are_labelled(summary: dict[str, Any]) -> None:
     assert "LLM simulator" not in page
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "partial",
     [
@@ -84,11 +86,13 @@ def test_missing_or_odd_keys_still_render(partial: dict[str, Any], tmp_path: Pat
     assert "<img" in paths[1].read_text(encoding="utf-8")
 
 
+@pytest.mark.unit
 def test_render_png_is_deterministic_size(summary: dict[str, Any]) -> None:
     """The figure has a fixed size, whatever the data."""
     assert _png_size(render_png(summary)) == _png_size(render_png({}))
 
 
+@pytest.mark.unit
 def test_unreadable_summary_is_a_config_error(tmp_path: Path) -> None:
     """A missing, malformed or non-object summary names the file in a ConfigError."""
     bad = tmp_path / "bad.json"
@@ -108,6 +112,7 @@ def test_cli_reports_errors_without_traceback(
     assert "cannot read run summary" in capsys.readouterr().err
 
 
+@pytest.mark.unit
 def test_html_escapes_summary_text(summary: dict[str, Any]) -> None:
     """Strings from the summary (e.g. DLQ reasons) cannot inject markup."""
     hostile = {**summary, "dlq_reasons": {"<script>alert(1)</script>": 1}}

@@ -38,6 +38,7 @@ def _dead_pid() -> int:
     return child.pid
 
 
+@pytest.mark.unit
 def test_auto_storage_goes_to_disk_from_the_threshold_on() -> None:
     """auto: memory below disk_above_mb, disk at and above it."""
     settings = BrokerConfig(disk_above_mb=2.0)
@@ -46,6 +47,7 @@ def test_auto_storage_goes_to_disk_from_the_threshold_on() -> None:
     assert choose_storage(BrokerConfig(), 200_000 * 110) == "disk"  # the 200k benchmark input
 
 
+@pytest.mark.unit
 def test_unknown_size_keeps_memory_and_a_forced_storage_wins() -> None:
     """A hub id of unknown size stays in memory under auto; memory/disk ignore the size."""
     assert choose_storage(BrokerConfig(), None) == "memory"
@@ -53,6 +55,7 @@ def test_unknown_size_keeps_memory_and_a_forced_storage_wins() -> None:
     assert choose_storage(BrokerConfig(storage="memory"), 10**12) == "memory"
 
 
+@pytest.mark.unit
 def test_the_readme_sample_stays_in_memory() -> None:
     """The 120-item sample (fast start matters there) is far below the default threshold."""
     size = input_bytes(InputSpec(str(SAMPLE)), None)
@@ -60,6 +63,7 @@ def test_the_readme_sample_stays_in_memory() -> None:
     assert choose_storage(BrokerConfig(), size) == "memory"
 
 
+@pytest.mark.unit
 def test_input_bytes_of_a_file_a_dataset_dir_a_trial_and_a_hub_id(tmp_path: Path) -> None:
     """File size; a directory's total; a trial as N first-record sizes (capped); hub id unknown."""
     data = tmp_path / "in.jsonl"
@@ -77,6 +81,7 @@ def test_input_bytes_of_a_file_a_dataset_dir_a_trial_and_a_hub_id(tmp_path: Path
     assert input_bytes(InputSpec("someone/dataset", format="hf", limit=7), first) == 700
 
 
+@pytest.mark.unit
 def test_broker_table_parses_and_rejects_unknown_storage(tmp_path: Path) -> None:
     """[broker] storage/disk_above_mb come from the file; a wrong storage is a ConfigError."""
     good = tmp_path / "good.toml"
@@ -175,6 +180,7 @@ def test_disk_run_dies_whole_on_sigkill_and_the_next_run_cleans_up(tmp_path: Pat
     assert not list((tmp_path / "d").glob(f"{SCRATCH_PREFIX}*"))
 
 
+@pytest.mark.unit
 def test_fetches_on_a_disk_broker_keep_their_configured_wait_and_batches_stay_whole() -> None:
     """Each fetch costs a disk broker S3 requests and each produced batch is an object it
     lists, so run's 10 ms holds and 16-record dispatch apply to memory only."""

@@ -9,7 +9,6 @@ import logging
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -130,9 +129,8 @@ def test_undecodable_records_are_dead_lettered_with_their_coordinates(
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[SimServer]:
-    async with SimServer(NOISY_SIM, port=0) as server:
-        yield server
+def sim_config() -> SimConfig:
+    return NOISY_SIM
 
 
 @pytest.mark.slow

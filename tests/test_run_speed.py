@@ -23,7 +23,7 @@ from iterrefine.runtime import Output, Stage, StageRunner, decode_raw_record
 from iterrefine.sim import SimServer
 
 from .helpers import alpaca, committed_vs_end, produce, read_ids, unique_config, wait_until
-from .test_pipeline_e2e import FAST_SIM, assert_conserved, sample_records, write_jsonl
+from .pipeline_support import FAST_SIM, assert_conserved, sample_records, write_jsonl
 
 
 def _static(count: int, index: int = 0) -> StaticPartitions:
@@ -90,6 +90,7 @@ async def test_run_on_its_own_broker_splits_work_between_processes(tmp_path: Pat
     assert timeline["preflight"] <= timeline["ingested"] <= timeline["last_item"]
 
 
+@pytest.mark.unit
 def test_fetches_on_the_runs_own_broker_are_held_briefly_and_retried_soon() -> None:
     """Tansu holds an empty fetch for its whole max wait, and aiokafka waits a retry
     backoff before a consumer's first fetch: on run's own broker both are short."""
@@ -198,6 +199,7 @@ def _terminal(item_id: str, *, revision: int = 0, ts: int = 1000,
                     timestamp_ms=ts, item=item, meta={}, raw=b"")
 
 
+@pytest.mark.unit
 def test_streaming_export_writes_each_expected_id_once(tmp_path: Path) -> None:
     """First arrival is written; a same-revision duplicate and a foreign id are not."""
     export = StreamingExport(ExportPaths.beside(tmp_path / "out.jsonl"))
@@ -216,6 +218,7 @@ def test_streaming_export_writes_each_expected_id_once(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.partial"))
 
 
+@pytest.mark.unit
 def test_streaming_export_replaces_a_row_when_a_newer_revision_arrives(tmp_path: Path) -> None:
     """A newer revision arriving after its older one was written wins, in its own file."""
     export = StreamingExport(ExportPaths.beside(tmp_path / "out.jsonl"))
@@ -245,6 +248,7 @@ def test_child_configs_take_the_next_static_shares(count: int) -> None:
     assert shares == [_static(count + 1, i + 1) for i in range(count)]
 
 
+@pytest.mark.unit
 def test_plain_http_endpoints_get_a_tls_context_that_trusts_nothing() -> None:
     """http:// roles skip loading the CA bundle (0.13 s each); https:// share one default."""
     from iterrefine.llm._wire import tls_context

@@ -20,42 +20,21 @@ from iterrefine.errors import LLMError, LLMTransientError
 from iterrefine.item.model import Item
 from iterrefine.kafka.clients import read_to_end
 from iterrefine.kafka.topics import TopicNames
-from iterrefine.runtime import Output, Stage, StageRunner, decode_raw_record
+from iterrefine.runtime import Output, Stage, decode_raw_record
 from iterrefine.runtime.dlq import headers_dict
-from iterrefine.runtime.serve import serve_stages
 
-from .helpers import alpaca, committed_vs_end, produce, read_ids, unique_config, wait_until
+from .helpers import (
+    alpaca,
+    committed_vs_end,
+    produce,
+    read_ids,
+    run_in_background,
+    run_until_done,
+    unique_config,
+    wait_until,
+)
 
 WORKER = Path(__file__).parent / "workers" / "passthrough_worker.py"
-
-
-async def run_in_background(
-    stage: Stage, config: Config, broker: str
-) -> tuple[asyncio.Event, asyncio.Task[None], list[StageRunner]]:
-    stop = asyncio.Event()
-    runners: list[StageRunner] = []
-    task = asyncio.create_task(
-        serve_stages([stage], config=config, bootstrap_servers=broker, stop=stop,
-                     runners_out=runners)
-    )
-    await wait_until(lambda: bool(runners) and runners[0].ready.is_set(), timeout_s=30)
-    return stop, task, runners
-
-
-async def run_until_done(
-    stage: Stage, config: Config, broker: str, values: list[bytes], *,
-    keys: list[bytes] | None = None, timeout_s: float = 60,
-) -> StageRunner:
-    """Produce ``values`` to items.raw, run ``stage`` until each was handled or
-    dead-lettered, then stop it (drain, commit) and return its runner."""
-    topics = TopicNames(config.kafka.topic_prefix)
-    await produce(config, broker, topics["items.raw"], values, keys=keys)
-    stop, task, runners = await run_in_background(stage, config, broker)
-    await wait_until(lambda: runners[0].handled + runners[0].dead_lettered >= len(values),
-                     timeout_s=timeout_s)
-    stop.set()
-    await task
-    return runners[0]
 
 
 async def test_out_of_order_completions_commit_exactly_the_end(broker: str) -> None:

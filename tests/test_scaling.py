@@ -24,8 +24,7 @@ from iterrefine.runtime.serve import serve_stages
 from iterrefine.sim import SimConfig, SimServer
 
 from .helpers import committed_vs_end, unique_config, wait_until
-from .pipeline_support import newest, start_watcher, wait_for_ids
-from .test_pipeline_e2e import sample_records, write_jsonl
+from .pipeline_support import newest, sample_records, start_watcher, wait_for_ids, write_jsonl
 from .worker_procs import WorkerProc, stop_all, write_worker_config
 
 pytestmark = pytest.mark.slow  # long integration tests: `pytest -m "not slow"` skips them

@@ -30,10 +30,12 @@ from iterrefine.selection.difficulty import prompt_logprobs
 from iterrefine.sim import SimConfig, SimServer
 from iterrefine.sim._vectors import embedding, planted_cluster
 from iterrefine.tasks.parsing import SCHEMAS, parse_score
+from iterrefine.testing import StageKit, make_item, only
 
-from .test_stages import HIGH, always, an_item, make_ctx, stage_handler
+from .scripted_answers import HIGH
 
-__all__ = ["make_ctx"]  # the fixture, re-used
+pytestmark = pytest.mark.unit
+
 SCORE_TEXT = """Usable: yes
 Reason: fine.
 Correctness: 8
@@ -181,11 +183,11 @@ NO_REASONING = HIGH.replace("Verdict: high", "Involves reasoning: no\nVerdict: h
 
 @pytest.mark.parametrize("task_filter", [True, False])
 async def test_task_filter_rejects_items_without_reasoning_only_when_on(
-    make_ctx: Any, task_filter: bool
+    task_filter: bool,
 ) -> None:
     """Filter on: items.rejected with reason not_reasoning; off: scored, the answer kept."""
-    ctx, _ = await make_ctx({"score": always(NO_REASONING)}, task_filter=task_filter)
-    (out,) = await stage_handler(ctx, "score")(an_item())
+    async with StageKit({"score": NO_REASONING}, pipeline={"task_filter": task_filter}) as kit:
+        out = only(await kit.handle("score", make_item()))
     assert out.item.judgement.involves_reasoning is False
     if task_filter:
         assert (out.topic, out.outcome, out.item.status_reason) == (
@@ -194,15 +196,15 @@ async def test_task_filter_rejects_items_without_reasoning_only_when_on(
         assert out.topic == "items.scored"
 
 
-async def test_cluster_quota_routes_by_cluster_and_records_the_decision(make_ctx: Any) -> None:
+async def test_cluster_quota_routes_by_cluster_and_records_the_decision() -> None:
     """Route under cluster_quota writes decision and rank into the item's selection."""
-    ctx, _ = await make_ctx({}, routing_policy="cluster_quota")
-    route = stage_handler(ctx, "route")
     judged = Judgement(usable=True, reason="", scores=None, verdict="high", justification="")
     difficulties = np.random.default_rng(1).permutation(50).astype(float)
-    outs = [route(an_item(judgement=judged, difficulty=Difficulty(
-                value=value, metric="instruction_ppl", model="m"),
-                selection=Selection(cluster=3, model_version=1)))[0] for value in difficulties]
+    async with StageKit(pipeline={"routing_policy": "cluster_quota"}) as kit:
+        outs = [only(await kit.handle("route", make_item(judgement=judged, difficulty=Difficulty(
+                    value=value, metric="instruction_ppl", model="m"),
+                    selection=Selection(cluster=3, model_version=1))))
+                for value in difficulties]
     decisions = [o.item.selection.decision for o in outs]
     assert decisions == [o.item.quality for o in outs]
     assert abs(sum(d == "high" for d in decisions) - 40) <= 2  # k_ratio 0.8 of cluster 3

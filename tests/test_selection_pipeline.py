@@ -12,9 +12,7 @@ from iterrefine.config import SelectionConfig
 from iterrefine.sim import SimServer
 from iterrefine.tools.report import render_html
 
-from .test_pipeline_e2e import assert_conserved, pipeline_config, run, sample_records, sim
-
-__all__ = ["sim"]  # the fixture, re-used
+from .pipeline_support import assert_conserved, pipeline_config, run, sample_records
 
 
 @pytest.mark.slow

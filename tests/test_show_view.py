@@ -114,7 +114,7 @@ async def test_show_reads_the_terminal_topics_without_from(
     """Without --from, show reads the item from the terminal topics of a real run."""
     from iterrefine.sim import SimServer
 
-    from .test_pipeline_e2e import FAST_SIM, pipeline_config, run, sample_records
+    from .pipeline_support import FAST_SIM, pipeline_config, run, sample_records
 
     async with SimServer(FAST_SIM, port=0) as sim:
         config = pipeline_config(broker, sim)
@@ -137,6 +137,7 @@ async def test_show_reads_the_terminal_topics_without_from(
     assert set(rows[0]) >= {"id", "instruction", "input", "output"} and "item" not in rows[0]
 
 
+@pytest.mark.unit
 async def test_viewer_lists_filters_and_escapes_item_text(tmp_path: Path) -> None:
     """The list filters by status/rounds/score change; item text with <script> is escaped."""
     paths, _ = write_outputs(_terminals(), tmp_path / "out.jsonl")
@@ -200,6 +201,7 @@ async def test_item_page_in_headless_chromium(tmp_path: Path) -> None:
     assert "<script>alert" not in hostile and "&lt;script&gt;alert" in hostile
 
 
+@pytest.mark.unit
 def test_list_filters_by_cluster_once_items_have_one(tmp_path: Path) -> None:
     """Items carrying a cluster (from a selection stage) get a cluster column and filter."""
     from iterrefine.tools.story import story_of_row

@@ -19,6 +19,8 @@ from iterrefine.cli import sim as sim_cli
 from iterrefine.errors import ConfigError
 from iterrefine.sim import SimConfig, SimServer
 
+pytestmark = pytest.mark.unit
+
 ITEM = {
     "instruction": "Identify which instrument is string or woodwind: Panduri, Zurna",
     "input": "",
@@ -122,9 +124,8 @@ async def get_json(sim: SimServer, path: str, method: str = "GET") -> Any:
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[SimServer]:
-    async with SimServer(SimConfig(), port=0) as server:
-        yield server
+def sim_config() -> SimConfig:
+    return SimConfig()
 
 
 @pytest.fixture

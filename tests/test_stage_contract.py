@@ -20,8 +20,7 @@ from iterrefine.kafka.topics import TopicNames
 from iterrefine.runtime import Output, Stage, decode_raw_record
 from iterrefine.runtime.dlq import headers_dict
 
-from .helpers import alpaca, committed_vs_end, read_ids, unique_config
-from .test_runtime import run_until_done
+from .helpers import alpaca, committed_vs_end, read_ids, run_until_done, unique_config
 
 N = 24
 

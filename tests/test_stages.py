@@ -21,14 +21,9 @@ from iterrefine.item.model import Evaluation, Item, Judgement, Round, Scores
 from iterrefine.tasks.prompts import PROMPT_VERSION
 from iterrefine.testing import Answer, Reply, ScriptedRequest, StageKit, make_item, only
 
-pytestmark = pytest.mark.unit
+from .scripted_answers import EVALUATION, HIGH, REVISION, UNUSABLE
 
-HIGH = ("Usable: yes\nReason: fine\nCorrectness: 9\nCompleteness: 9\nClarity: 9\n"
-        "Compliance: 9\nReasoning: 9\nVerdict: high\nJustification: solid")
-LOW = HIGH.replace(": 9", ": 4").replace("Verdict: high", "Verdict: low")
-UNUSABLE = "Usable: no\nReason: the output is unrelated\nVerdict: low\nJustification: off topic"
-EVALUATION = "Score: 5\n\nEvaluation: partial.\n\nSuggestions:\n1. Be specific.\n2. Add units."
-REVISION = "instruction_new: Say hello politely.\ninput_new:"
+pytestmark = pytest.mark.unit
 
 MakeKit = Callable[..., Awaitable[StageKit]]
 

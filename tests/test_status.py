@@ -76,6 +76,7 @@ def _restore_logging() -> Iterator[None]:
     root.setLevel(level)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("address", "url"), [
     ("127.0.0.1:9100", "http://127.0.0.1:9100/metrics"),
     ("http://score:9100", "http://score:9100/metrics"),
@@ -86,6 +87,7 @@ def test_metrics_addresses_become_urls(address: str, url: str) -> None:
     assert metrics_url(address) == url
 
 
+@pytest.mark.unit
 def test_rounds_distribution_from_cumulative_buckets() -> None:
     """Cumulative le buckets become items per round count; wide buckets get a range label."""
     cumulative = {1.0: 4, 2.0: 6, 3.0: 6, 6.0: 6, 8.0: 7, 10.0: 7, float("inf"): 9}

@@ -23,6 +23,8 @@ from iterrefine.sim import SimConfig, SimServer
 from iterrefine.tasks.ask import ask, ask_revision
 from iterrefine.tasks.parsing import SCHEMAS
 
+pytestmark = pytest.mark.unit
+
 SCORE_JSON = json.dumps({
     "usable": True, "reason": "ok", "correctness": 8, "completeness": 8, "clarity": 8,
     "compliance": 8, "reasoning": 8, "verdict": "high", "justification": "fine",

@@ -18,6 +18,8 @@ from iterrefine.tasks.parsing import AnswerContext
 from iterrefine.tasks.prompts import PROMPT_EDITION, PROMPT_VERSION, build_messages
 from iterrefine.tasks.registry import BUILTIN_TASKS, TASKS, TaskSpec, prompt_digest, register_task
 
+pytestmark = pytest.mark.unit
+
 
 class Toxicity(msgspec.Struct, frozen=True):
     toxic: bool

@@ -20,6 +20,8 @@ from iterrefine.tasks.ask import (
 )
 from iterrefine.tasks.parsing import SCHEMAS, RevisionAnswer, VerdictAnswer
 
+pytestmark = pytest.mark.unit
+
 GOOD_VERDICT = "Winner: B\nExplanation: B names the expected format."
 REVIEW_DATA = {
     "A": {"instruction": "Sort these.", "input": "3 1 2", "answer": "1 2 3"},

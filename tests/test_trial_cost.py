@@ -9,6 +9,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
 import structlog
 from rich.console import Console
 
@@ -16,7 +17,7 @@ from iterrefine.app.pricing import cost_summary
 from iterrefine.cli.progress import run_progress
 from iterrefine.config import LLMRoleConfig
 
-from .test_pipeline_e2e import sample_records, write_jsonl
+from .pipeline_support import sample_records, write_jsonl
 
 ROOT = Path(__file__).parent.parent
 
@@ -26,6 +27,7 @@ def _stats(requests: int, prompt: int, completion: int) -> dict[str, int]:
             "completion_tokens": completion}
 
 
+@pytest.mark.unit
 def test_money_is_tokens_times_role_prices_and_a_trial_scales_to_the_input() -> None:
     """Per-role prices per million tokens give money; a 10-of-40 trial estimates ×4."""
     roles = {
@@ -71,6 +73,7 @@ async def test_limit_runs_a_trial_and_the_summary_estimates_the_whole_input(
     assert cost["estimate_full_input"]["calls"] == round(cost["run"]["calls"] * 4)
 
 
+@pytest.mark.unit
 def test_log_lines_print_above_the_live_bar() -> None:
     """While the bar is live, log events go through the bar's console (not raw stderr)."""
     buffer = io.StringIO()

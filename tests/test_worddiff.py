@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from iterrefine.tools.worddiff import similarity, word_diff
+
+pytestmark = pytest.mark.unit
 
 
 @given(st.text(max_size=200), st.text(max_size=200))
