@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,12 +28,11 @@ from iterrefine.app._preflight import (
     check_output_paths,
     watch_group_joins,
 )
-from iterrefine.app._run_broker import input_bytes, start_run_broker
+from iterrefine.app._run_broker import for_own_broker, input_bytes, run_broker
 from iterrefine.app._summary import build_summary
 from iterrefine.app.pipeline import load_graph, serve_pipeline
 from iterrefine.app.prespawn import Prespawned
-from iterrefine.broker.embedded import EmbeddedBroker
-from iterrefine.config import Config, LLMRoleConfig, StaticPartitions
+from iterrefine.config import Config, LLMRoleConfig
 from iterrefine.config.presets import preset_rows
 from iterrefine.io.export import ExportPaths
 from iterrefine.io.ingest import Ingestor, IngestReport, RawRecord
@@ -101,65 +100,6 @@ def sim_roles(config: Config, base_url: str, sim: SimConfig) -> Config:
     return msgspec.structs.replace(config, llm={**roles, **config.llm})
 
 
-@contextlib.asynccontextmanager
-async def _bootstrap(config: Config, input_size: int | None,
-                     ) -> AsyncIterator[tuple[str, EmbeddedBroker | None]]:
-    """The configured cluster, a running ``broker up`` broker, or a new embedded one.
-
-    A new one keeps its records on disk for a big input (:mod:`iterrefine.app._run_broker`).
-    Also gives the broker if it is this run's own (nobody else can use it then).
-    """
-    if config.kafka.bootstrap_servers:
-        yield config.kafka.bootstrap_servers, None
-        return
-    bootstrap, broker = await asyncio.to_thread(
-        start_run_broker, config.data_dir, config.broker, input_size)
-    try:
-        yield bootstrap, broker
-    finally:
-        if broker is not None:
-            if not broker.durable:
-                # Its memory storage dies with it anyway: no graceful exit to wait for
-                # (Tansu took 0.3 s to honour SIGTERM after a run on a busy machine).
-                broker.stop_timeout_s = 0.0
-            await asyncio.to_thread(broker.stop)
-
-
-#: The longest a consumer lets the run's own broker hold an empty fetch. Tansu answers
-#: a fetch when its max wait ends even if records arrived meanwhile (Kafka answers at
-#: once), so each hop between stages waited half of it on average: 51 ms per hop at the
-#: default 100 ms, over the up to 10 hops of an item. On a broker nobody else uses, the
-#: price of a short wait is a few hundred empty fetches a second over loopback.
-OWN_BROKER_FETCH_MAX_WAIT_MS = 10
-
-#: The broker retry backoff on the run's own broker: aiokafka sits one backoff out before
-#: a consumer first reads its partitions' committed offsets, which held every stage's
-#: first fetch back 100 ms at Kafka's default. Retries over loopback cost next to nothing.
-OWN_BROKER_RETRY_BACKOFF_MS = 10
-
-
-def _for_own_broker(config: Config, workers: int, *, on_disk: bool = False) -> Config:
-    """``config`` for a broker this run started: each stage process takes a fixed share of
-    partitions (no group joins), fetches are held briefly and retries wait briefly.
-
-    Not on disk storage: there every fetch costs the broker S3 requests (metadata and
-    watermark reads, a listing of the partition when behind): a 20,000-item disk run took
-    56 s with 10 ms holds and 36 s with the default (benchmarks/memory.py). On disk a
-    stage also starts a fetched batch all at once (``dispatch_batch``): its outputs then
-    leave in a few large produce batches, and each batch is an object Tansu lists at every
-    fetch. Started 16 at a time, an 80,000-item disk run took 135 s instead of 103 s.
-    """
-    rt = config.runtime
-    runtime = msgspec.structs.replace(
-        rt, static_partitions=StaticPartitions(index=0, count=workers),
-        fetch_max_wait_ms=rt.fetch_max_wait_ms if on_disk else min(
-            rt.fetch_max_wait_ms, OWN_BROKER_FETCH_MAX_WAIT_MS),
-        dispatch_batch=rt.fetch_max_records if on_disk else rt.dispatch_batch)
-    kafka = msgspec.structs.replace(config.kafka, retry_backoff_ms=min(
-        config.kafka.retry_backoff_ms, OWN_BROKER_RETRY_BACKOFF_MS))
-    return msgspec.structs.replace(config, runtime=runtime, kafka=kafka)
-
-
 #: ``RunResult.ingest.ids`` keeps the first this many ids (the run itself needs none).
 KEEP_IDS_UP_TO = 10_000
 
@@ -216,11 +156,11 @@ async def run_pipeline(
             _checked(check_llm_roles(roles[role] for role in roles), timeline))
         stack.callback(preflight.cancel)
         input_size = input_bytes(spec, first)
-        bootstrap, own_broker = await stack.enter_async_context(_bootstrap(config, input_size))
+        bootstrap, own_broker = await stack.enter_async_context(run_broker(config, input_size))
         timeline.mark("broker")
         owned = own_broker is not None
         if own_broker is not None:
-            config = _for_own_broker(config, options.workers, on_disk=own_broker.durable)
+            config = for_own_broker(config, options.workers, on_disk=own_broker.durable)
         await ensure_topics(config.kafka, bootstrap, graph.topics())
         timeline.mark("topics")
         extras = ExtraWorkers(config, bootstrap, options.workers - 1,
