@@ -3,8 +3,8 @@
 Each :class:`LLMClient` owns an ``openai.AsyncOpenAI`` on its own connection pool
 and adds what a stream processor needs on top of it: bounded concurrency,
 requests/min and tokens/min limits, a total per-request deadline, our own retries
-(openai's are switched off so that there is one retry policy in the process, the
-one in :mod:`iterrefine.retry`), error translation into :mod:`iterrefine.errors`,
+(openai's are switched off so that there is one retry loop for every call of a role,
+:mod:`iterrefine.llm._retries`), error translation into :mod:`iterrefine.errors`,
 token accounting and metrics. The API key is never logged and is scrubbed from
 any server message we pass on.
 
@@ -36,13 +36,14 @@ import structlog
 from prometheus_client import Counter, Histogram
 
 from iterrefine.config import Dialect, LLMRoleConfig
-from iterrefine.errors import IterrefineError, LLMRetriesExhausted
+from iterrefine.errors import IterrefineError
 from iterrefine.lifecycle import AsyncService
 from iterrefine.llm import _dialect as dialects
 from iterrefine.llm._dialect_choice import DialectChoice
 from iterrefine.llm._endpoint_probe import probe_completion, probe_models
 from iterrefine.llm._failures import FailureMap
 from iterrefine.llm._ratelimit import TokenBucket
+from iterrefine.llm._retries import Retries
 from iterrefine.llm._wire import (
     ChatResult,
     LLMStats,
@@ -95,7 +96,8 @@ class LLMClient(AsyncService):
         self._api_key = config.api_key()
         self._metrics = metrics
         self._http_client = http_client
-        self._backoff = backoff or Backoff(base_s=config.retry_base_s, max_s=config.retry_max_s)
+        self._retries = Retries(role, config, backoff or Backoff(
+            base_s=config.retry_base_s, max_s=config.retry_max_s))
         self._semaphore = asyncio.Semaphore(max(1, config.max_concurrency))
         self._request_bucket = (
             TokenBucket.per_minute(config.requests_per_minute)
@@ -133,7 +135,6 @@ class LLMClient(AsyncService):
         self._closed = False
         self._requests = 0
         self._errors = 0
-        self._retries = 0
         self._prompt_tokens = 0
         self._completion_tokens = 0
         self._latencies = Reservoir()
@@ -193,7 +194,7 @@ class LLMClient(AsyncService):
         return LLMStats(
             requests=self._requests,
             errors=self._errors,
-            retries=self._retries,
+            retries=self._retries.count,
             prompt_tokens=self._prompt_tokens,
             completion_tokens=self._completion_tokens,
             latency_sum_s=self._latencies.total,
@@ -282,8 +283,9 @@ class LLMClient(AsyncService):
                                          speculative=True)
             attempts = 1
         else:
-            result, attempts = await self._call(api, content, estimate,
-                                                structured=form is not None)
+            result, attempts = await self._retries.call(
+                lambda: self._attempt(api, content, estimate, structured=form is not None),
+                circuit=self.circuit)
         return msgspec.structs.replace(
             result, seconds=time.monotonic() - started, attempts=attempts, cache_key=key
         )
@@ -317,49 +319,6 @@ class LLMClient(AsyncService):
             ))
         elif not readable and reply.cached:
             self._cache.forget(reply.cache_key)
-
-    async def _call(
-        self, api: openai.AsyncOpenAI, content: bytes, estimate: int, *, structured: bool
-    ) -> tuple[ChatResult, int]:
-        """The one retry layer of an LLM call: the answer and the attempts it took.
-
-        At most ``max_retries + 1`` attempts while the endpoint is up. A failure that
-        opens (or meets) the role's open circuit is not counted: the call waits for the
-        circuit to close and goes on. When the budget runs out the error is raised as
-        :class:`LLMRetriesExhausted`, which the runtime does not retry again, so one
-        call never costs more than its budget (handler retries replay the calls that
-        had succeeded from the response cache).
-        """
-        config = self.config
-        budget = config.max_retries + 1
-        attempt = 0
-        while True:
-            await self.circuit.wait_closed()
-            try:
-                return await self._attempt(api, content, estimate, structured=structured), (
-                    attempt + 1)
-            except IterrefineError as exc:
-                if self.circuit.is_open:
-                    continue  # an outage, not this call's fault: wait for the endpoint
-                attempt += 1
-                if not exc.retriable or attempt >= budget:
-                    log.warning(
-                        "llm_failed", role=self.role, model=config.model, attempts=attempt,
-                        retriable=exc.retriable, error=str(exc),
-                    )
-                    if exc.retriable:
-                        raise LLMRetriesExhausted(
-                            f"{exc} (after {attempt} attempts; raise max_retries for this "
-                            "role if the endpoint needs more patience)") from exc
-                    raise
-                retry_after = getattr(exc, "retry_after_s", None)
-                delay = self._backoff.delay_s(attempt - 1, retry_after)
-                self._retries += 1
-                log.warning(
-                    "llm_retry", role=self.role, model=config.model, retry=attempt,
-                    delay_s=round(delay, 3), error=str(exc),
-                )
-                await asyncio.sleep(delay)
 
     async def probe(self) -> str | None:
         """Ask the endpoint whether it is up and takes our key: None if so, else why not.
@@ -457,26 +416,8 @@ class LLMClient(AsyncService):
         base = api.base_url
         url = str(base.copy_with(raw_path=base.raw_path + path.lstrip("/").encode()))
         content = encode_body({"model": self.config.model, **body})
-        budget = self.config.max_retries + 1
-        attempt = 0
-        while True:
-            try:
-                return await self._raw_attempt(api, url, content)
-            except IterrefineError as exc:
-                attempt += 1
-                if not exc.retriable or attempt >= budget:
-                    log.warning("llm_failed", role=self.role, model=self.config.model,
-                                attempts=attempt, retriable=exc.retriable, error=str(exc))
-                    if exc.retriable:
-                        raise LLMRetriesExhausted(
-                            f"{exc} (after {attempt} attempts; raise max_retries for this "
-                            "role if the endpoint needs more patience)") from exc
-                    raise
-                delay = self._backoff.delay_s(attempt - 1, getattr(exc, "retry_after_s", None))
-                self._retries += 1
-                log.warning("llm_retry", role=self.role, model=self.config.model, retry=attempt,
-                            delay_s=round(delay, 3), error=str(exc))
-                await asyncio.sleep(delay)
+        answer, _ = await self._retries.call(lambda: self._raw_attempt(api, url, content))
+        return answer
 
     async def _raw_attempt(self, api: openai.AsyncOpenAI, url: str, content: bytes) -> bytes:
         async with self._semaphore:
