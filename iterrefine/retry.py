@@ -1,18 +1,14 @@
 """Jittered exponential backoff, honouring a server's ``Retry-After``.
 
-Used by the LLM client and the stage runtime alike, so both retry the same way.
+Used by the LLM client (:mod:`iterrefine.llm._retries`) and the stage runtime alike,
+so both wait the same way between attempts.
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
-from iterrefine.errors import IterrefineError, TransientError
-
-T = TypeVar("T")
+from iterrefine.errors import IterrefineError
 
 
 class Backoff:
@@ -39,24 +35,3 @@ class Backoff:
 def is_retriable(exc: BaseException) -> bool:
     return isinstance(exc, IterrefineError) and exc.retriable
 
-
-async def retry_async(
-    call: Callable[[], Awaitable[T]],
-    *,
-    attempts: int,
-    backoff: Backoff,
-    on_retry: Callable[[int, BaseException, float], None] | None = None,
-) -> T:
-    """Run ``call`` until it succeeds, raises a non-retriable error, or ``attempts`` run out."""
-    for attempt in range(attempts):
-        try:
-            return await call()
-        except Exception as exc:
-            if not is_retriable(exc) or attempt == attempts - 1:
-                raise
-            retry_after = exc.retry_after_s if isinstance(exc, TransientError) else None
-            delay = backoff.delay_s(attempt, retry_after)
-            if on_retry is not None:
-                on_retry(attempt + 1, exc, delay)
-            await asyncio.sleep(delay)
-    raise AssertionError("unreachable: attempts must be >= 1")

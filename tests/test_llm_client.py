@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 import iterrefine.llm
 from iterrefine.config import Config, LLMRoleConfig
-from iterrefine.errors import ConfigError, LLMError, LLMTransientError
+from iterrefine.errors import ConfigError, LLMError, LLMRetriesExhausted, LLMTransientError
 from iterrefine.llm import ChatResult, LLMClient, LLMRoles, TokenBucket
 from iterrefine.llm._failures import parse_retry_after
 from iterrefine.observe.metrics import Metrics
@@ -372,6 +372,30 @@ async def test_x_should_retry_false_overrides_status() -> None:
         with pytest.raises(LLMError):
             await client.chat(MESSAGES)
     assert len(arrivals) == 1
+
+
+@pytest.mark.unit
+async def test_post_json_retries_with_the_chat_budget() -> None:
+    """A raw post (embeddings, completions) retries a 503 as chat does and returns the body."""
+    handler, arrivals = sequence(error(503, "overloaded"), httpx2.Response(200, content=b"{}"))
+    async with llm(handler) as client:
+        assert await client.post_json("embeddings", {"input": "x"}) == b"{}"
+    assert len(arrivals) == 2
+    stats = client.stats()
+    assert (stats.requests, stats.errors, stats.retries) == (2, 1, 1)
+
+
+@pytest.mark.unit
+async def test_post_json_gives_up_after_its_budget_outside_the_circuit() -> None:
+    """max_retries + 1 raw posts, then LLMRetriesExhausted; the role's circuit stays shut."""
+    handler, arrivals = sequence(error(503, "overloaded"))
+    with structlog.testing.capture_logs() as logs:
+        async with llm(handler, max_retries=2, circuit_failures=1) as client:
+            with pytest.raises(LLMRetriesExhausted, match="after 3 attempts"):
+                await client.post_json("completions", {"prompt": "x"})
+            assert not client.circuit.is_open
+    assert len(arrivals) == 3
+    assert [entry["event"] for entry in logs] == ["llm_retry", "llm_retry", "llm_failed"]
 
 
 @pytest.mark.unit

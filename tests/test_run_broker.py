@@ -184,13 +184,13 @@ def test_disk_run_dies_whole_on_sigkill_and_the_next_run_cleans_up(tmp_path: Pat
 def test_fetches_on_a_disk_broker_keep_their_configured_wait_and_batches_stay_whole() -> None:
     """Each fetch costs a disk broker S3 requests and each produced batch is an object it
     lists, so run's 10 ms holds and 16-record dispatch apply to memory only."""
-    from iterrefine.app.run import OWN_BROKER_FETCH_MAX_WAIT_MS, _for_own_broker
+    from iterrefine.app._run_broker import OWN_BROKER_FETCH_MAX_WAIT_MS, for_own_broker
 
     base = Config()
-    on_disk = _for_own_broker(base, 2, on_disk=True)
+    on_disk = for_own_broker(base, 2, on_disk=True)
     assert on_disk.runtime.fetch_max_wait_ms == base.runtime.fetch_max_wait_ms
     assert on_disk.runtime.static_partitions is not None
     assert on_disk.runtime.dispatch_batch == base.runtime.fetch_max_records
-    in_memory = _for_own_broker(base, 2)
+    in_memory = for_own_broker(base, 2)
     assert in_memory.runtime.fetch_max_wait_ms == OWN_BROKER_FETCH_MAX_WAIT_MS
     assert in_memory.runtime.dispatch_batch == base.runtime.dispatch_batch

@@ -94,17 +94,17 @@ async def test_run_on_its_own_broker_splits_work_between_processes(tmp_path: Pat
 def test_fetches_on_the_runs_own_broker_are_held_briefly_and_retried_soon() -> None:
     """Tansu holds an empty fetch for its whole max wait, and aiokafka waits a retry
     backoff before a consumer's first fetch: on run's own broker both are short."""
-    from iterrefine.app.run import (
+    from iterrefine.app._run_broker import (
         OWN_BROKER_FETCH_MAX_WAIT_MS,
         OWN_BROKER_RETRY_BACKOFF_MS,
-        _for_own_broker,
+        for_own_broker,
     )
     from iterrefine.kafka.clients import client_kwargs
 
     base = unique_config()
     assert base.runtime.fetch_max_wait_ms > OWN_BROKER_FETCH_MAX_WAIT_MS
     assert base.kafka.retry_backoff_ms > OWN_BROKER_RETRY_BACKOFF_MS
-    own = _for_own_broker(base, 2)
+    own = for_own_broker(base, 2)
     assert own.runtime.fetch_max_wait_ms == OWN_BROKER_FETCH_MAX_WAIT_MS
     assert own.runtime.static_partitions == _static(2)
     assert client_kwargs(own.kafka, "x:1")["retry_backoff_ms"] == OWN_BROKER_RETRY_BACKOFF_MS

@@ -14,20 +14,28 @@ Small inputs keep memory storage, which starts in milliseconds (SeaweedFS takes 
 "Big" is the input's size on disk, ``[broker] disk_above_mb`` (1 MB: about 8,000
 small Alpaca records or 1,000 Dolly ones); ``[broker] storage`` or
 ``--broker-storage`` forces either storage.
+
+A broker the run started is nobody else's, so the run's stages use it differently
+(:func:`for_own_broker`): fixed partition shares instead of consumer groups, short
+fetch holds and retry backoffs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Literal
 
+import msgspec
 import structlog
 
 from iterrefine.broker.embedded import EmbeddedBroker
 from iterrefine.broker.state import ensure_broker, find_running_broker
-from iterrefine.config import BrokerConfig
+from iterrefine.config import BrokerConfig, Config, StaticPartitions
 from iterrefine.io.ingest import RawRecord
 from iterrefine.io.inputs import InputSpec
 from iterrefine.processes import pid_alive
@@ -102,6 +110,65 @@ def start_run_broker(
                             scratch=True, die_with_parent=True)
     broker.start()
     return broker.bootstrap_servers, broker
+
+
+@contextlib.asynccontextmanager
+async def run_broker(config: Config, input_size: int | None,
+                     ) -> AsyncIterator[tuple[str, EmbeddedBroker | None]]:
+    """The configured cluster, a running ``broker up`` broker, or a new embedded one.
+
+    A new one keeps its records on disk for a big input (:func:`start_run_broker`).
+    Also gives the broker if it is this run's own (nobody else can use it then).
+    """
+    if config.kafka.bootstrap_servers:
+        yield config.kafka.bootstrap_servers, None
+        return
+    bootstrap, broker = await asyncio.to_thread(
+        start_run_broker, config.data_dir, config.broker, input_size)
+    try:
+        yield bootstrap, broker
+    finally:
+        if broker is not None:
+            if not broker.durable:
+                # Its memory storage dies with it anyway: no graceful exit to wait for
+                # (Tansu took 0.3 s to honour SIGTERM after a run on a busy machine).
+                broker.stop_timeout_s = 0.0
+            await asyncio.to_thread(broker.stop)
+
+
+#: The longest a consumer lets the run's own broker hold an empty fetch. Tansu answers
+#: a fetch when its max wait ends even if records arrived meanwhile (Kafka answers at
+#: once), so each hop between stages waited half of it on average: 51 ms per hop at the
+#: default 100 ms, over the up to 10 hops of an item. On a broker nobody else uses, the
+#: price of a short wait is a few hundred empty fetches a second over loopback.
+OWN_BROKER_FETCH_MAX_WAIT_MS = 10
+
+#: The broker retry backoff on the run's own broker: aiokafka sits one backoff out before
+#: a consumer first reads its partitions' committed offsets, which held every stage's
+#: first fetch back 100 ms at Kafka's default. Retries over loopback cost next to nothing.
+OWN_BROKER_RETRY_BACKOFF_MS = 10
+
+
+def for_own_broker(config: Config, workers: int, *, on_disk: bool = False) -> Config:
+    """``config`` for a broker this run started: each stage process takes a fixed share of
+    partitions (no group joins), fetches are held briefly and retries wait briefly.
+
+    Not on disk storage: there every fetch costs the broker S3 requests (metadata and
+    watermark reads, a listing of the partition when behind): a 20,000-item disk run took
+    56 s with 10 ms holds and 36 s with the default (benchmarks/memory.py). On disk a
+    stage also starts a fetched batch all at once (``dispatch_batch``): its outputs then
+    leave in a few large produce batches, and each batch is an object Tansu lists at every
+    fetch. Started 16 at a time, an 80,000-item disk run took 135 s instead of 103 s.
+    """
+    rt = config.runtime
+    runtime = msgspec.structs.replace(
+        rt, static_partitions=StaticPartitions(index=0, count=workers),
+        fetch_max_wait_ms=rt.fetch_max_wait_ms if on_disk else min(
+            rt.fetch_max_wait_ms, OWN_BROKER_FETCH_MAX_WAIT_MS),
+        dispatch_batch=rt.fetch_max_records if on_disk else rt.dispatch_batch)
+    kafka = msgspec.structs.replace(config.kafka, retry_backoff_ms=min(
+        config.kafka.retry_backoff_ms, OWN_BROKER_RETRY_BACKOFF_MS))
+    return msgspec.structs.replace(config, runtime=runtime, kafka=kafka)
 
 
 def _mb(size: int | None) -> float | None:

@@ -5,6 +5,20 @@ Starts what is missing (embedded broker, LLM simulator), runs the stage graph
 terminal topics until every ingested item has arrived, then exports and
 summarises. The stages are the same ones a deployment runs as separate
 ``iterrefine worker`` processes.
+
+:func:`run_pipeline` reads top-down, a phase a step:
+
+1. open the input and check the outputs: a bad path, format or user stage fails
+   before anything starts;
+2. start the LLM roles (on the simulator if asked) and probe them in the background;
+3. start or find the broker (:mod:`iterrefine.app._run_broker`), create the topics,
+   spawn the extra worker processes and start the watcher of the terminal topics;
+4. once every role has answered its probe, ingest while the stages run, follow the
+   terminal topics, and stop the stages in the right order
+   (:mod:`iterrefine.app._run_stages`);
+5. finish the export and summarise.
+
+What steps 2 and 3 start is on one exit stack, stopped in reverse order after step 4.
 """
 
 from __future__ import annotations
@@ -13,7 +27,7 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,32 +35,26 @@ from typing import Any
 import msgspec
 import structlog
 
-from iterrefine.app._extra_workers import ExtraWorkers, add_stats
-from iterrefine.app._preflight import (
-    RunAbort,
-    check_llm_roles,
-    check_output_paths,
-    watch_group_joins,
-)
-from iterrefine.app._run_broker import input_bytes, start_run_broker
+from iterrefine.app._extra_workers import ExtraWorkers
+from iterrefine.app._preflight import RunAbort, check_llm_roles, check_output_paths
+from iterrefine.app._run_broker import for_own_broker, input_bytes, run_broker
+from iterrefine.app._run_stages import StageRun, Started
 from iterrefine.app._summary import build_summary
-from iterrefine.app.pipeline import load_graph, serve_pipeline
+from iterrefine.app.pipeline import load_graph
 from iterrefine.app.prespawn import Prespawned
-from iterrefine.broker.embedded import EmbeddedBroker
-from iterrefine.config import Config, LLMRoleConfig, StaticPartitions
+from iterrefine.config import Config, LLMRoleConfig
 from iterrefine.config.presets import preset_rows
+from iterrefine.graph.spec import StageGraph
 from iterrefine.io.export import ExportPaths
-from iterrefine.io.ingest import Ingestor, IngestReport, RawRecord
+from iterrefine.io.ingest import IngestReport, RawRecord
 from iterrefine.io.inputs import InputSpec, open_input
 from iterrefine.io.outputs import Shape, output_paths, reshape_export
 from iterrefine.io.stream_export import StreamingExport
 from iterrefine.io.watch import TerminalWatcher
-from iterrefine.kafka.clients import make_producer
-from iterrefine.kafka.topics import TopicNames, ensure_topics
+from iterrefine.kafka.topics import ensure_topics
 from iterrefine.llm import LLMRoles, LLMStats
 from iterrefine.observe.metrics import Metrics
 from iterrefine.observe.proctime import Timeline
-from iterrefine.runtime import StageRunner
 from iterrefine.sim import SimConfig
 
 log = structlog.get_logger("iterrefine.run")
@@ -101,69 +109,6 @@ def sim_roles(config: Config, base_url: str, sim: SimConfig) -> Config:
     return msgspec.structs.replace(config, llm={**roles, **config.llm})
 
 
-@contextlib.asynccontextmanager
-async def _bootstrap(config: Config, input_size: int | None,
-                     ) -> AsyncIterator[tuple[str, EmbeddedBroker | None]]:
-    """The configured cluster, a running ``broker up`` broker, or a new embedded one.
-
-    A new one keeps its records on disk for a big input (:mod:`iterrefine.app._run_broker`).
-    Also gives the broker if it is this run's own (nobody else can use it then).
-    """
-    if config.kafka.bootstrap_servers:
-        yield config.kafka.bootstrap_servers, None
-        return
-    bootstrap, broker = await asyncio.to_thread(
-        start_run_broker, config.data_dir, config.broker, input_size)
-    try:
-        yield bootstrap, broker
-    finally:
-        if broker is not None:
-            if not broker.durable:
-                # Its memory storage dies with it anyway: no graceful exit to wait for
-                # (Tansu took 0.3 s to honour SIGTERM after a run on a busy machine).
-                broker.stop_timeout_s = 0.0
-            await asyncio.to_thread(broker.stop)
-
-
-#: The longest a consumer lets the run's own broker hold an empty fetch. Tansu answers
-#: a fetch when its max wait ends even if records arrived meanwhile (Kafka answers at
-#: once), so each hop between stages waited half of it on average: 51 ms per hop at the
-#: default 100 ms, over the up to 10 hops of an item. On a broker nobody else uses, the
-#: price of a short wait is a few hundred empty fetches a second over loopback.
-OWN_BROKER_FETCH_MAX_WAIT_MS = 10
-
-#: The broker retry backoff on the run's own broker: aiokafka sits one backoff out before
-#: a consumer first reads its partitions' committed offsets, which held every stage's
-#: first fetch back 100 ms at Kafka's default. Retries over loopback cost next to nothing.
-OWN_BROKER_RETRY_BACKOFF_MS = 10
-
-
-def _for_own_broker(config: Config, workers: int, *, on_disk: bool = False) -> Config:
-    """``config`` for a broker this run started: each stage process takes a fixed share of
-    partitions (no group joins), fetches are held briefly and retries wait briefly.
-
-    Not on disk storage: there every fetch costs the broker S3 requests (metadata and
-    watermark reads, a listing of the partition when behind): a 20,000-item disk run took
-    56 s with 10 ms holds and 36 s with the default (benchmarks/memory.py). On disk a
-    stage also starts a fetched batch all at once (``dispatch_batch``): its outputs then
-    leave in a few large produce batches, and each batch is an object Tansu lists at every
-    fetch. Started 16 at a time, an 80,000-item disk run took 135 s instead of 103 s.
-    """
-    rt = config.runtime
-    runtime = msgspec.structs.replace(
-        rt, static_partitions=StaticPartitions(index=0, count=workers),
-        fetch_max_wait_ms=rt.fetch_max_wait_ms if on_disk else min(
-            rt.fetch_max_wait_ms, OWN_BROKER_FETCH_MAX_WAIT_MS),
-        dispatch_batch=rt.fetch_max_records if on_disk else rt.dispatch_batch)
-    kafka = msgspec.structs.replace(config.kafka, retry_backoff_ms=min(
-        config.kafka.retry_backoff_ms, OWN_BROKER_RETRY_BACKOFF_MS))
-    return msgspec.structs.replace(config, runtime=runtime, kafka=kafka)
-
-
-#: ``RunResult.ingest.ids`` keeps the first this many ids (the run itself needs none).
-KEEP_IDS_UP_TO = 10_000
-
-
 async def run_pipeline(
     config: Config,
     options: RunOptions,
@@ -182,142 +127,168 @@ async def run_pipeline(
     The input is read as it is ingested and rows are exported as items arrive
     (:mod:`iterrefine.io.stream_export`), so memory does not grow with the input.
     """
-    started = options.started_at if options.started_at is not None else time.perf_counter()
-    timeline = Timeline(started)
+    started_at = options.started_at if options.started_at is not None else time.perf_counter()
+    timeline = Timeline(started_at)
     timeline.mark("imports")  # and argument parsing: everything before this function
     stop = stop or asyncio.Event()
     # Opened first (a bad path or format fails before startup), then streamed into ingest.
-    spec = options.input_spec or InputSpec(str(options.input))
-    records = open_input(spec).records()
-    first = next(records, None)
+    source = _Input.open(options)
     graph = load_graph(config)  # and so does a bad user stage
-    paths = output_paths(options.output)  # .parquet names its rejected file alike
-    # Rows stream out as full JSON lines; another shape or Parquet is written from them.
-    reshape = options.shape != "full" or paths != ExportPaths.beside(options.output)
-    streamed = (ExportPaths.beside(options.output.with_name(f".{options.output.name}.full.jsonl"))
-                if reshape else paths)
-    check_output_paths([paths.curated, paths.rejected, paths.dlq])
+    outputs = _Outputs.check(options)
     run_abort = RunAbort(stop)
-    export: StreamingExport | None = None
     async with contextlib.AsyncExitStack() as stack:
-        if options.sim is not None:
-            from iterrefine.sim import SimServer  # aiohttp.web and numpy: only for --llm sim
-
-            sim = await stack.enter_async_context(SimServer(options.sim, port=0))
-            config = sim_roles(config, sim.base_url, options.sim)
-        metrics = metrics if metrics is not None else Metrics(
-            longest_timeout_s=max((r.timeout_s for r in config.llm.values()), default=0.0))
-        # The stages' own clients, probed while the broker starts and answered before
-        # anything is ingested: their first burst of calls then finds a connection open
-        # per role and openai's per-client set-up done (see wire.settle_platform).
-        roles = await stack.enter_async_context(
-            LLMRoles(config, metrics=metrics, on_circuit_open=run_abort))
-        preflight = asyncio.create_task(
-            _checked(check_llm_roles(roles[role] for role in roles), timeline))
-        stack.callback(preflight.cancel)
-        input_size = input_bytes(spec, first)
-        bootstrap, own_broker = await stack.enter_async_context(_bootstrap(config, input_size))
-        timeline.mark("broker")
-        owned = own_broker is not None
-        if own_broker is not None:
-            config = _for_own_broker(config, options.workers, on_disk=own_broker.durable)
-        await ensure_topics(config.kafka, bootstrap, graph.topics())
-        timeline.mark("topics")
-        extras = ExtraWorkers(config, bootstrap, options.workers - 1,
-                              prespawned=options.prespawned)
-        if extras.count:
-            # Started first, all at once: they import while this process gets going.
-            await extras.spawn()
-            stack.push_async_callback(extras.stop)
-        watcher = TerminalWatcher(config.kafka, bootstrap,
-                                  fetch_max_wait_ms=config.runtime.fetch_max_wait_ms)
-        await watcher.start()
-        stack.push_async_callback(watcher.stop)
-        if extras.count and not owned:
-            await extras.wait_ready()  # the groups settle once, when this process joins last
-        elif extras.count:
-            # Static shares need no settling: a late child starts from the committed
-            # offsets (none yet: the beginning). This only collects their READY lines.
-            readiness = asyncio.create_task(extras.wait_ready())
-            stack.callback(readiness.cancel)
-
-        await preflight  # every endpoint answers and takes its key: nothing was paid yet
-        export = StreamingExport(streamed)
-        source = records if first is None else itertools.chain([first], records)
-        # With consumer groups, ingest once this process has its share too: a rebalance
-        # mid-run would hold every stage up while the groups re-form. With static shares,
-        # ingest now: the records are in Kafka when the stages first fetch.
-        settle_first = bool(extras.count) and not owned
-        ingesting: asyncio.Task[IngestReport] | None = None if settle_first else (
-            asyncio.create_task(_ingest(config, bootstrap, source, export, metrics)))
-        pipeline_stop = asyncio.Event()
-        own_ready = asyncio.Event()
-
-        def stages_ready() -> None:
-            own_ready.set()
-            timeline.mark("stages_ready")
-
-        runners: list[StageRunner] = []
-        stages: asyncio.Task[dict[str, LLMStats]] = asyncio.create_task(serve_pipeline(
-            config, bootstrap, graph=graph, metrics=metrics, metrics_port=options.metrics_port,
-            stop=pipeline_stop, on_ready=stages_ready, simulated=options.sim is not None,
-            topics_ready=True, runners_out=runners, roles=roles,
-        ))
-        joins = asyncio.create_task(watch_group_joins(
-            runners, timeout_s=config.runtime.group_join_timeout_s, bootstrap=bootstrap,
-            abort=run_abort))
-        stack.callback(joins.cancel)
-        try:
-            if ingesting is None:
-                await _until_set_or_done(own_ready, stages, stop)
-                ingesting = asyncio.create_task(_ingest(config, bootstrap, source, export, metrics))
-            deadline = None if options.timeout_s is None else time.monotonic() + options.timeout_s
-            ingest_task = ingesting
-            reported = False
-
-            def ingest_over() -> bool:
-                nonlocal reported
-                if not ingest_task.done():
-                    return False
-                if not reported and on_ingested is not None and not ingest_task.cancelled() \
-                        and ingest_task.exception() is None:
-                    on_ingested(export.expected)
-                if not reported:
-                    timeline.mark("ingested")
-                reported = True
-                return True
-
-            await watcher.follow(
-                export.offer,
-                done=lambda: ingest_over() and export.complete,
-                on_progress=on_progress,
-                should_stop=lambda: stop.is_set() or stages.done() or extras.exited() or (
-                    ingest_task.done() and ingest_task.exception() is not None) or (
-                    deadline is not None and time.monotonic() > deadline),
-            )
-            timeline.mark("last_item")
-            report = await ingesting  # re-raises an ingest failure
-        except BaseException:
-            export.abort()
-            raise
-        finally:
-            if ingesting is not None and not ingesting.done():
-                ingesting.cancel()
-            # In consumer groups the children leave first, while this process keeps polling
-            # and so rejoins at once. The other way round the children were mid-rejoin when
-            # told to stop, and the embedded Tansu then kept them as members for good:
-            # every later JoinGroup of these groups hung (2 of 2 tries before, 0 of 3 after).
-            # Static shares have no group to disturb: everything stops at once.
-            children = asyncio.create_task(extras.stop())
-            if owned:
-                pipeline_stop.set()
-            child_stats = await children
-            pipeline_stop.set()
-            # Drains in-flight work and commits; re-raises a stage crash.
-            own_stats = await stages
-            timeline.mark("stages_stopped")
-        llm_stats = add_stats(own_stats, child_stats)
+        llm = await _start_llm(stack, config, options.sim, metrics, run_abort, timeline)
+        started = await _start_kafka(stack, llm, options, source, graph, timeline)
+        await llm.preflight  # every endpoint answers and takes its key: nothing was paid yet
+        export = StreamingExport(outputs.streamed)
+        report, llm_stats = await StageRun(
+            started, source.records, export, timeline=timeline, stop=stop, abort=run_abort,
+            timeout_s=options.timeout_s, on_ingested=on_ingested, on_progress=on_progress,
+        ).run(stack)
     timeline.mark("broker_stopped")
+    summary = _summarise(export, report, llm_stats, started, started_at=started_at,
+                         abort=run_abort)
+    if outputs.reshape:
+        reshape_export(outputs.streamed, options.output, options.shape)
+    timeline.mark("exported")
+    # Seconds since the command started at which each phase ended.
+    summary["timeline"] = timeline.marks
+    if started.config.preset is not None:  # the settings as the run used them
+        summary["preset"] = {"name": started.config.preset,
+                             "settings": msgspec.to_builtins(preset_rows(started.config))}
+    return RunResult(summary=summary, paths=outputs.paths, ingest=report,
+                     complete=export.complete)
+
+
+# -- 1. the input and the outputs, before anything starts ---------------------------------
+
+
+@dataclass(frozen=True)
+class _Input:
+    spec: InputSpec
+    #: Read already, so that a bad format fails before startup; the broker's storage
+    #: follows its size.
+    first: RawRecord | None
+    #: Every record, ``first`` included, read as ingest sends them.
+    records: Iterator[RawRecord]
+
+    @classmethod
+    def open(cls, options: RunOptions) -> _Input:
+        spec = options.input_spec or InputSpec(str(options.input))
+        records = open_input(spec).records()
+        first = next(records, None)
+        return cls(spec, first,
+                   records if first is None else itertools.chain([first], records))
+
+
+@dataclass(frozen=True)
+class _Outputs:
+    paths: ExportPaths
+    #: Where rows stream as they arrive: ``paths`` itself, or full JSON lines beside it
+    #: that another shape or Parquet is written from at the end (``reshape``).
+    streamed: ExportPaths
+    reshape: bool
+
+    @classmethod
+    def check(cls, options: RunOptions) -> _Outputs:
+        """Where the rows go, each path checked writable."""
+        paths = output_paths(options.output)  # .parquet names its rejected file alike
+        # Rows stream out as full JSON lines; another shape or Parquet is written from them.
+        reshape = options.shape != "full" or paths != ExportPaths.beside(options.output)
+        streamed = (ExportPaths.beside(
+            options.output.with_name(f".{options.output.name}.full.jsonl"))
+            if reshape else paths)
+        check_output_paths([paths.curated, paths.rejected, paths.dlq])
+        return cls(paths, streamed, reshape)
+
+
+# -- 2. the LLM roles, probed while the broker starts ------------------------------------
+
+
+@dataclass(frozen=True)
+class _LLM:
+    #: The run's config, with the simulator's roles when it runs.
+    config: Config
+    metrics: Metrics
+    roles: LLMRoles
+    #: Every role probed (:func:`check_llm_roles`); awaited before anything is ingested.
+    preflight: asyncio.Task[None]
+
+
+async def _start_llm(
+    stack: contextlib.AsyncExitStack, config: Config, sim_config: SimConfig | None,
+    metrics: Metrics | None, run_abort: RunAbort, timeline: Timeline,
+) -> _LLM:
+    """Start the simulator if asked, then a client per role; probe them in the background."""
+    if sim_config is not None:
+        from iterrefine.sim import SimServer  # aiohttp.web and numpy: only for --llm sim
+
+        sim = await stack.enter_async_context(SimServer(sim_config, port=0))
+        config = sim_roles(config, sim.base_url, sim_config)
+    metrics = metrics if metrics is not None else Metrics(
+        longest_timeout_s=max((r.timeout_s for r in config.llm.values()), default=0.0))
+    # The stages' own clients, probed while the broker starts and answered before
+    # anything is ingested: their first burst of calls then finds a connection open
+    # per role and openai's per-client set-up done (see wire.settle_platform).
+    roles = await stack.enter_async_context(
+        LLMRoles(config, metrics=metrics, on_circuit_open=run_abort))
+    preflight = asyncio.create_task(
+        _checked(check_llm_roles(roles[role] for role in roles), timeline))
+    stack.callback(preflight.cancel)
+    return _LLM(config, metrics, roles, preflight)
+
+
+async def _checked(check: Awaitable[None], timeline: Timeline) -> None:
+    await check
+    timeline.mark("preflight")
+
+
+# -- 3. the broker, the topics, the extra worker processes and the watcher -----------------
+
+
+async def _start_kafka(
+    stack: contextlib.AsyncExitStack, llm: _LLM, options: RunOptions, source: _Input,
+    graph: StageGraph, timeline: Timeline,
+) -> Started:
+    """Everything the stages run on, its stopping pushed on ``stack``."""
+    bootstrap, own_broker = await stack.enter_async_context(
+        run_broker(llm.config, input_bytes(source.spec, source.first)))
+    timeline.mark("broker")
+    config = llm.config if own_broker is None else for_own_broker(
+        llm.config, options.workers, on_disk=own_broker.durable)
+    owned = own_broker is not None
+    await ensure_topics(config.kafka, bootstrap, graph.topics())
+    timeline.mark("topics")
+    extras = ExtraWorkers(config, bootstrap, options.workers - 1,
+                          prespawned=options.prespawned)
+    if extras.count:
+        # Started first, all at once: they import while this process gets going.
+        await extras.spawn()
+        stack.push_async_callback(extras.stop)
+    watcher = TerminalWatcher(config.kafka, bootstrap,
+                              fetch_max_wait_ms=config.runtime.fetch_max_wait_ms)
+    await watcher.start()
+    stack.push_async_callback(watcher.stop)
+    if extras.count and not owned:
+        await extras.wait_ready()  # the groups settle once, when this process joins last
+    elif extras.count:
+        # Static shares need no settling: a late child starts from the committed
+        # offsets (none yet: the beginning). This only collects their READY lines.
+        readiness = asyncio.create_task(extras.wait_ready())
+        stack.callback(readiness.cancel)
+    return Started(config=config, bootstrap=bootstrap, owned=owned, graph=graph,
+                   metrics=llm.metrics, roles=llm.roles, extras=extras, watcher=watcher,
+                   metrics_port=options.metrics_port, simulated=options.sim is not None)
+
+
+# -- 5. the summary ------------------------------------------------------------------------
+
+
+def _summarise(
+    export: StreamingExport, report: IngestReport, llm_stats: dict[str, LLMStats],
+    started: Started, *, started_at: float, abort: RunAbort,
+) -> dict[str, Any]:
+    """Finish the streamed export and count what it holds, the ingest and the LLM calls."""
     complete = export.complete
     if not complete:
         log.warning("run_incomplete", expected=export.expected, arrived=export.arrived)
@@ -326,10 +297,10 @@ async def run_pipeline(
         export.terminals(),
         items_in=report.records,
         invalid_at_ingest=report.invalid,
-        wall_time_s=time.perf_counter() - started,
-        simulated=options.sim is not None,
+        wall_time_s=time.perf_counter() - started_at,
+        simulated=started.simulated,
         llm_stats=llm_stats,
-        metrics=metrics,
+        metrics=started.metrics,
         duplicates_removed=export.duplicates,
     )
     # First wins: later records with a taken id are in the DLQ; say how many (README "Input").
@@ -337,60 +308,5 @@ async def run_pipeline(
                                        "duplicate_record": report.duplicate_records}
     summary["complete"] = complete
     summary["pending"] = export.expected - export.arrived
-    summary["aborted"] = run_abort.problem
-    if reshape:
-        reshape_export(streamed, options.output, options.shape)
-    timeline.mark("exported")
-    # Seconds since the command started at which each phase ended.
-    summary["timeline"] = timeline.marks
-    if config.preset is not None:
-        summary["preset"] = {"name": config.preset,
-                             "settings": msgspec.to_builtins(preset_rows(config))}
-    return RunResult(summary=summary, paths=paths, ingest=report, complete=complete)
-
-
-async def _checked(check: Awaitable[None], timeline: Timeline) -> None:
-    await check
-    timeline.mark("preflight")
-
-
-async def _until_set_or_done(
-    event: asyncio.Event, task: asyncio.Task[Any], stop: asyncio.Event
-) -> None:
-    """Wait for ``event``, or for ``task`` to end first (a stage crash surfaces there),
-    or for ``stop``."""
-    waiting = asyncio.create_task(event.wait())
-    stopping = asyncio.create_task(stop.wait())
-    try:
-        await asyncio.wait([waiting, task, stopping], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiting.cancel()
-        stopping.cancel()
-
-
-async def _ingest(
-    config: Config, bootstrap: str, records: Iterable[RawRecord], export: StreamingExport,
-    metrics: Metrics,
-) -> IngestReport:
-    """Send ``records`` as they are read; ``export`` learns each id before it is sent."""
-    names = TopicNames(config.kafka.topic_prefix)
-    producer = make_producer(config.kafka, bootstrap, linger_ms=config.runtime.linger_ms)
-    await producer.start()
-    kept: dict[str, None] = {}
-
-    def expect(item_id: str) -> None:
-        export.expect(item_id)
-        if len(kept) < KEEP_IDS_UP_TO:
-            kept.setdefault(item_id, None)
-
-    try:
-        ingestor = Ingestor(producer, names["items.raw"], names["items.dlq"],
-                            max_item_bytes=config.runtime.max_item_bytes, keep_ids=False,
-                            metrics=metrics, on_id=expect)
-        for record in records:
-            await ingestor.send(record)
-        await ingestor.flush()
-        ingestor.report.ids = kept
-        return ingestor.report
-    finally:
-        await producer.stop()
+    summary["aborted"] = abort.problem
+    return summary

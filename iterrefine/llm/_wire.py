@@ -17,6 +17,8 @@ import msgspec
 import openai
 
 from iterrefine.config import LLMRoleConfig
+from iterrefine.errors import IterrefineError
+from iterrefine.llm._failures import FailureMap
 
 
 class ChatResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -147,3 +149,30 @@ async def settle_platform(api: openai.AsyncOpenAI) -> None:
 def token_count(value: object) -> int:
     """A usage count, or 0 when the server left it out or sent something else."""
     return value if isinstance(value, int) and value >= 0 else 0
+
+
+def read_completion(
+    body: bytes, failures: FailureMap, *, model: str,
+) -> tuple[str, ChatResult | IterrefineError]:
+    """The answer of a 200 and its metric status, or the error saying why the body is
+    not a chat completion (an HTML page from a wrong base_url, JSON of another shape, a
+    cut-off body). ``model``: the role's, for a server that names none.
+    """
+    try:
+        completion = decode_completion(body)
+    except msgspec.DecodeError as exc:  # ValidationError included
+        return failures.invalid_response(str(exc))
+    if not completion.choices:
+        return failures.empty_response()
+    choice = completion.choices[0]
+    usage = completion.usage
+    served = completion.model
+    finish_reason = choice.finish_reason
+    return "ok", ChatResult(
+        text=choice.message.content or "",
+        prompt_tokens=0 if usage is None else token_count(usage.prompt_tokens),
+        completion_tokens=0 if usage is None else token_count(usage.completion_tokens),
+        model=served if isinstance(served, str) else model,
+        seconds=0.0,  # set by LLMClient.chat(), which sees the whole call
+        finish_reason=finish_reason if isinstance(finish_reason, str) else None,
+    )

@@ -3,10 +3,10 @@
 Each :class:`LLMClient` owns an ``openai.AsyncOpenAI`` on its own connection pool
 and adds what a stream processor needs on top of it: bounded concurrency,
 requests/min and tokens/min limits, a total per-request deadline, our own retries
-(openai's are switched off so that there is one retry policy in the process, the
-one in :mod:`iterrefine.retry`), error translation into :mod:`iterrefine.errors`,
-token accounting and metrics. The API key is never logged and is scrubbed from
-any server message we pass on.
+(openai's are switched off so that there is one retry loop for every call of a role,
+:mod:`iterrefine.llm._retries`), error translation into :mod:`iterrefine.errors`,
+token accounting and metrics (:mod:`iterrefine.llm._tally`). The API key is never
+logged and is scrubbed from any server message we pass on.
 
 One process has to keep a few hundred requests a second in flight, next to its
 Kafka consumers, so the per-request CPU of the SDK matters (measured by
@@ -33,25 +33,25 @@ import httpx2
 import msgspec
 import openai
 import structlog
-from prometheus_client import Counter, Histogram
 
 from iterrefine.config import Dialect, LLMRoleConfig
-from iterrefine.errors import IterrefineError, LLMRetriesExhausted
+from iterrefine.errors import IterrefineError
 from iterrefine.lifecycle import AsyncService
 from iterrefine.llm import _dialect as dialects
 from iterrefine.llm._dialect_choice import DialectChoice
 from iterrefine.llm._endpoint_probe import probe_completion, probe_models
 from iterrefine.llm._failures import FailureMap
 from iterrefine.llm._ratelimit import TokenBucket
+from iterrefine.llm._retries import Retries
+from iterrefine.llm._tally import Tally
 from iterrefine.llm._wire import (
     ChatResult,
     LLMStats,
     build_http_client,
-    decode_completion,
     encode_body,
     estimate_tokens,
+    read_completion,
     settle_platform,
-    token_count,
 )
 from iterrefine.llm.cache import (
     CachedAnswer,
@@ -61,7 +61,6 @@ from iterrefine.llm.cache import (
     without_fence_nonce,
 )
 from iterrefine.llm.circuit import Circuit
-from iterrefine.llm.latency import Reservoir
 from iterrefine.observe.metrics import Metrics
 from iterrefine.retry import Backoff
 
@@ -93,9 +92,9 @@ class LLMClient(AsyncService):
         self.config = config
         # Read now so that a missing key is a ConfigError at startup, not at the first item.
         self._api_key = config.api_key()
-        self._metrics = metrics
         self._http_client = http_client
-        self._backoff = backoff or Backoff(base_s=config.retry_base_s, max_s=config.retry_max_s)
+        self._retries = Retries(role, config, backoff or Backoff(
+            base_s=config.retry_base_s, max_s=config.retry_max_s))
         self._semaphore = asyncio.Semaphore(max(1, config.max_concurrency))
         self._request_bucket = (
             TokenBucket.per_minute(config.requests_per_minute)
@@ -115,28 +114,14 @@ class LLMClient(AsyncService):
             gauge=None if metrics is None else metrics.llm_circuit_open.labels(role=role),
             on_open=on_circuit_open,
         )
-        # Children looked up once: labels() costs a lock and a tuple per call.
-        self._status_counters: dict[str, Counter] = {}
-        self._seconds: Histogram | None = None
-        self.token_counters: tuple[Counter, Counter] | None = None
         if metrics is not None:
-            self._seconds = metrics.llm_seconds.labels(role=role)
-            self.token_counters = (
-                metrics.llm_tokens_total.labels(role=role, kind="prompt"),
-                metrics.llm_tokens_total.labels(role=role, kind="completion"),
-            )
             metrics.llm_circuit_open.labels(role=role).set(0)
+        self._tally = Tally(role, metrics)
         self._dialect = DialectChoice(config.structured_output, self._probe_send, role=role,
                                       model=config.model)
         self._api: openai.AsyncOpenAI | None = None
         self._chat_url = ""
         self._closed = False
-        self._requests = 0
-        self._errors = 0
-        self._retries = 0
-        self._prompt_tokens = 0
-        self._completion_tokens = 0
-        self._latencies = Reservoir()
         self._probes = 0
 
     # -- lifecycle -------------------------------------------------------------------
@@ -190,28 +175,12 @@ class LLMClient(AsyncService):
     # -- calls -----------------------------------------------------------------------
 
     def stats(self) -> LLMStats:
-        return LLMStats(
-            requests=self._requests,
-            errors=self._errors,
-            retries=self._retries,
-            prompt_tokens=self._prompt_tokens,
-            completion_tokens=self._completion_tokens,
-            latency_sum_s=self._latencies.total,
-            latency_samples_s=self._latencies.sample(),
-            cache_hits=0 if self._cache is None else self._cache.hits,
-            cache_misses=0 if self._cache is None else self._cache.misses,
-            cache_tokens_saved=0 if self._cache is None else self._cache.tokens_saved,
-            probes=self._probes,
-            circuit_opened=self.circuit.opened,
-        )
+        return self._tally.stats(retries=self._retries.count, probes=self._probes,
+                                 circuit_opened=self.circuit.opened, cache=self._cache)
 
     def record_answer(self, task: str, outcome: str, *, truncated: int) -> None:
         """Count how an answer of ``task`` read (the ask layer calls this)."""
-        if self._metrics is None:
-            return
-        self._metrics.llm_answers_total.labels(task=task, outcome=outcome).inc()
-        if truncated:
-            self._metrics.llm_truncated_total.labels(role=self.role, task=task).inc(truncated)
+        self._tally.answer(task, outcome, truncated=truncated)
 
     async def chat(
         self,
@@ -282,8 +251,9 @@ class LLMClient(AsyncService):
                                          speculative=True)
             attempts = 1
         else:
-            result, attempts = await self._call(api, content, estimate,
-                                                structured=form is not None)
+            result, attempts = await self._retries.call(
+                lambda: self._attempt(api, content, estimate, structured=form is not None),
+                circuit=self.circuit)
         return msgspec.structs.replace(
             result, seconds=time.monotonic() - started, attempts=attempts, cache_key=key
         )
@@ -303,6 +273,7 @@ class LLMClient(AsyncService):
         return await dialects.post_probe(self._api, self._chat_url, encode_body(body),
                                          options=_REQUEST_OPTIONS,
                                          timeout_s=min(self.config.timeout_s, 60.0))
+
     def remember(self, reply: object, *, readable: bool) -> None:
         """Tell the cache whether ``reply`` could be read: only readable answers are kept.
 
@@ -317,49 +288,6 @@ class LLMClient(AsyncService):
             ))
         elif not readable and reply.cached:
             self._cache.forget(reply.cache_key)
-
-    async def _call(
-        self, api: openai.AsyncOpenAI, content: bytes, estimate: int, *, structured: bool
-    ) -> tuple[ChatResult, int]:
-        """The one retry layer of an LLM call: the answer and the attempts it took.
-
-        At most ``max_retries + 1`` attempts while the endpoint is up. A failure that
-        opens (or meets) the role's open circuit is not counted: the call waits for the
-        circuit to close and goes on. When the budget runs out the error is raised as
-        :class:`LLMRetriesExhausted`, which the runtime does not retry again, so one
-        call never costs more than its budget (handler retries replay the calls that
-        had succeeded from the response cache).
-        """
-        config = self.config
-        budget = config.max_retries + 1
-        attempt = 0
-        while True:
-            await self.circuit.wait_closed()
-            try:
-                return await self._attempt(api, content, estimate, structured=structured), (
-                    attempt + 1)
-            except IterrefineError as exc:
-                if self.circuit.is_open:
-                    continue  # an outage, not this call's fault: wait for the endpoint
-                attempt += 1
-                if not exc.retriable or attempt >= budget:
-                    log.warning(
-                        "llm_failed", role=self.role, model=config.model, attempts=attempt,
-                        retriable=exc.retriable, error=str(exc),
-                    )
-                    if exc.retriable:
-                        raise LLMRetriesExhausted(
-                            f"{exc} (after {attempt} attempts; raise max_retries for this "
-                            "role if the endpoint needs more patience)") from exc
-                    raise
-                retry_after = getattr(exc, "retry_after_s", None)
-                delay = self._backoff.delay_s(attempt - 1, retry_after)
-                self._retries += 1
-                log.warning(
-                    "llm_retry", role=self.role, model=config.model, retry=attempt,
-                    delay_s=round(delay, 3), error=str(exc),
-                )
-                await asyncio.sleep(delay)
 
     async def probe(self) -> str | None:
         """Ask the endpoint whether it is up and takes our key: None if so, else why not.
@@ -401,7 +329,7 @@ class LLMClient(AsyncService):
                 await self._request_bucket.acquire()
             if self._token_bucket is not None:
                 await self._token_bucket.acquire(estimate)
-            self._requests += 1
+            self._tally.requests += 1
             started = time.monotonic()
             outcome: ChatResult | IterrefineError
             try:
@@ -419,28 +347,24 @@ class LLMClient(AsyncService):
             except openai.APIError as exc:
                 status, outcome = self._failures.translate(exc, structured=structured)
             else:
-                status, outcome = self._read(response.content)
+                status, outcome = read_completion(response.content, self._failures,
+                                                  model=self.config.model)
             seconds = time.monotonic() - started
 
-        self._observe(status, seconds)
+        self._tally.observe(status, seconds)
         if isinstance(outcome, IterrefineError):
             if not speculative:
                 self.circuit.failed(status, outcome)
-            self._errors += 1
+            self._tally.errors += 1
             if self._token_bucket is not None and status.isdigit():
                 # The server turned the request away (HTTP status): it used no tokens there.
                 self._token_bucket.adjust(-estimate)
             raise outcome
         result = outcome
         self.circuit.succeeded()
-        self._prompt_tokens += result.prompt_tokens
-        self._completion_tokens += result.completion_tokens
+        self._tally.tokens(result.prompt_tokens, result.completion_tokens)
         if self._token_bucket is not None and (result.prompt_tokens or result.completion_tokens):
             self._token_bucket.adjust(result.prompt_tokens + result.completion_tokens - estimate)
-        if self.token_counters is not None:
-            prompt, completion = self.token_counters
-            prompt.inc(result.prompt_tokens)
-            completion.inc(result.completion_tokens)
         return result
 
     async def post_json(self, path: str, body: dict[str, Any]) -> bytes:
@@ -457,32 +381,14 @@ class LLMClient(AsyncService):
         base = api.base_url
         url = str(base.copy_with(raw_path=base.raw_path + path.lstrip("/").encode()))
         content = encode_body({"model": self.config.model, **body})
-        budget = self.config.max_retries + 1
-        attempt = 0
-        while True:
-            try:
-                return await self._raw_attempt(api, url, content)
-            except IterrefineError as exc:
-                attempt += 1
-                if not exc.retriable or attempt >= budget:
-                    log.warning("llm_failed", role=self.role, model=self.config.model,
-                                attempts=attempt, retriable=exc.retriable, error=str(exc))
-                    if exc.retriable:
-                        raise LLMRetriesExhausted(
-                            f"{exc} (after {attempt} attempts; raise max_retries for this "
-                            "role if the endpoint needs more patience)") from exc
-                    raise
-                delay = self._backoff.delay_s(attempt - 1, getattr(exc, "retry_after_s", None))
-                self._retries += 1
-                log.warning("llm_retry", role=self.role, model=self.config.model, retry=attempt,
-                            delay_s=round(delay, 3), error=str(exc))
-                await asyncio.sleep(delay)
+        answer, _ = await self._retries.call(lambda: self._raw_attempt(api, url, content))
+        return answer
 
     async def _raw_attempt(self, api: openai.AsyncOpenAI, url: str, content: bytes) -> bytes:
         async with self._semaphore:
             if self._request_bucket is not None:
                 await self._request_bucket.acquire()
-            self._requests += 1
+            self._tally.requests += 1
             started = time.monotonic()
             outcome: bytes | IterrefineError
             try:
@@ -497,44 +403,8 @@ class LLMClient(AsyncService):
             else:
                 status, outcome = "ok", response.content
             seconds = time.monotonic() - started
-        self._observe(status, seconds)
+        self._tally.observe(status, seconds)
         if isinstance(outcome, IterrefineError):
-            self._errors += 1
+            self._tally.errors += 1
             raise outcome
         return outcome
-
-    def _observe(self, status: str, seconds: float) -> None:
-        self._latencies.add(seconds)
-        if self._seconds is None or self._metrics is None:
-            return
-        counter = self._status_counters.get(status)
-        if counter is None:
-            counter = self._metrics.llm_requests_total.labels(role=self.role, status=status)
-            self._status_counters[status] = counter
-        counter.inc()
-        self._seconds.observe(seconds)
-
-    def _read(self, body: bytes) -> tuple[str, ChatResult | IterrefineError]:
-        """The answer of a 200, or the error saying why the body is not a chat completion.
-
-        (An HTML page from a wrong base_url, JSON of another shape, a cut-off body.)
-        """
-        try:
-            completion = decode_completion(body)
-        except msgspec.DecodeError as exc:  # ValidationError included
-            return self._failures.invalid_response(str(exc))
-        if not completion.choices:
-            return self._failures.empty_response()
-        choice = completion.choices[0]
-        usage = completion.usage
-        model = completion.model
-        finish_reason = choice.finish_reason
-        return "ok", ChatResult(
-            text=choice.message.content or "",
-            prompt_tokens=0 if usage is None else token_count(usage.prompt_tokens),
-            completion_tokens=0 if usage is None else token_count(usage.completion_tokens),
-            model=model if isinstance(model, str) else self.config.model,
-            seconds=0.0,  # set by chat(), which sees the whole call
-            finish_reason=finish_reason if isinstance(finish_reason, str) else None,
-        )
-
