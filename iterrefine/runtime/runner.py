@@ -36,7 +36,8 @@ from iterrefine.kafka.topics import DLQ_TOPIC, TopicNames
 from iterrefine.observe.logging import UNIT_OF_WORK
 from iterrefine.observe.metrics import Metrics
 from iterrefine.retry import Backoff, is_retriable
-from iterrefine.runtime._acks import AckGroup, Outgoing, Sent
+from iterrefine.runtime._acks import AckGroup
+from iterrefine.runtime._messages import Outgoing, Sent
 from iterrefine.runtime._offsets import PartitionTracker
 from iterrefine.runtime.dlq import dlq_headers, dlq_key, dlq_reason
 from iterrefine.runtime.stage import (
@@ -413,7 +414,7 @@ class StageRunner:
             log.exception("stage_internal_error")
             self._abandoned(tracker)
             return
-        self._await_acks(tracker, [(record, outgoing, futures)])
+        self._await_acks(tracker, [Sent(record=record, outgoing=outgoing, acks=futures)])
 
     async def _process_inline(
         self, records: list[ConsumerRecord], tracker: PartitionTracker
@@ -446,7 +447,7 @@ class StageRunner:
                 except KafkaError as exc:
                     self._redeliver_later(record, tracker, outgoing, exc)
                     continue
-                sent.append((record, outgoing, futures))
+                sent.append(Sent(record=record, outgoing=outgoing, acks=futures))
         except asyncio.CancelledError:
             for _ in records[position:]:
                 self._abandoned(tracker)  # stay uncommitted: the next owner redoes them
@@ -559,9 +560,8 @@ class StageRunner:
         encoded: list[Outgoing] = []
         for item, out in zip(items, outputs, strict=True):
             topic, default_outcome = self._destinations[out.topic]
-            encoded.append(
-                (topic, item.id.encode(), encode_item(item), None, out.outcome or default_outcome)
-            )
+            encoded.append(Outgoing(topic=topic, key=item.id.encode(), value=encode_item(item),
+                                    outcome=out.outcome or default_outcome))
         return encoded
 
     def _give_up(
@@ -604,7 +604,8 @@ class StageRunner:
         headers = dlq_headers(record, stage=self.stage.name, exc=exc, attempts=attempts,
                               item=item)
         key = item.id.encode() if item is not None else dlq_key(record)
-        return (self._dlq_topic, key, record.value or b"", headers, "dlq")
+        return Outgoing(topic=self._dlq_topic, key=key, value=record.value or b"",
+                        headers=headers, outcome="dlq")
 
     # ------------------------------------------------------------------ delivery
 
@@ -617,12 +618,13 @@ class StageRunner:
         """
         assert self._producer is not None
         futures = []
-        for topic, key, value, headers, _ in outgoing:
-            same = self._same_partitions.get(topic)
+        for out in outgoing:
+            same = self._same_partitions.get(out.topic)
             if same is None:
-                same = await self._learn_partitioning(topic)
+                same = await self._learn_partitioning(out.topic)
             futures.append(await self._producer.send(
-                topic, value, key=key, headers=headers, partition=partition if same else None,
+                out.topic, out.value, key=out.key, headers=out.headers,
+                partition=partition if same else None,
             ))
         return futures
 
@@ -642,10 +644,10 @@ class StageRunner:
     def _delivered(self, tracker: PartitionTracker, messages: list[Sent]) -> None:
         """Every output of these inputs is acknowledged: they may now be committed."""
         counts: dict[str, int] = {}
-        for record, outgoing, _ in messages:
-            tracker.finished(record.offset)
-            for *_, outcome in outgoing:
-                counts[outcome] = counts.get(outcome, 0) + 1
+        for sent in messages:
+            tracker.finished(sent.record.offset)
+            for out in sent.outgoing:
+                counts[out.outcome] = counts.get(out.outcome, 0) + 1
         for outcome, n in counts.items():  # one metric update per outcome, not per message
             self._count(outcome, n)
         self._release_slots(len(messages))
@@ -681,7 +683,7 @@ class StageRunner:
                 except KafkaError as exc:
                     error = exc
                     continue
-                self._delivered(tracker, [(record, outgoing, [])])
+                self._delivered(tracker, [Sent(record=record, outgoing=outgoing, acks=[])])
                 return
         except asyncio.CancelledError:
             self._abandoned(tracker)
