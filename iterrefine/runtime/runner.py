@@ -16,6 +16,7 @@ import time
 from collections.abc import Coroutine, Sequence
 from typing import Any, cast
 
+import msgspec
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.abc import ConsumerRebalanceListener
@@ -52,21 +53,17 @@ from iterrefine.runtime.stage import (
 log = structlog.get_logger("iterrefine.runtime")
 
 
-class _Retriable(Exception):
+class RetryInTask(msgspec.Struct, frozen=True):
     """An inline handler failed in a way worth retrying: that message leaves the batch."""
 
-    def __init__(self, cause: Exception) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
+    cause: Exception
 
 
-class _GaveUp(Exception):
+class GaveUp(msgspec.Struct, frozen=True, kw_only=True):
     """The handler failed for good: ``cause`` goes to the DLQ after ``attempts`` tries."""
 
-    def __init__(self, cause: Exception, *, attempts: int) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-        self.attempts = attempts
+    cause: Exception
+    attempts: int
 
 
 async def _unless_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
@@ -435,13 +432,13 @@ class StageRunner:
                 started = time.perf_counter()
                 try:
                     outgoing = self._handle_inline(record, unit, self._inline)
-                except _Retriable as retriable:  # retried with backoff in a task of its own
-                    tp = TopicPartition(record.topic, record.partition)
-                    self._spawn(tp, self._process(record, tracker, retriable.cause))
-                    continue
                 finally:
                     timed += 1
                     handler_s += time.perf_counter() - started
+                if isinstance(outgoing, RetryInTask):  # retried with backoff in a task of its own
+                    tp = TopicPartition(record.topic, record.partition)
+                    self._spawn(tp, self._process(record, tracker, outgoing.cause))
+                    continue
                 try:
                     futures = await self._send(outgoing, record.partition)
                 except KafkaError as exc:
@@ -463,7 +460,7 @@ class StageRunner:
 
     def _handle_inline(
         self, record: ConsumerRecord, unit: dict[str, Any], handler: InlineHandler
-    ) -> list[Outgoing]:
+    ) -> list[Outgoing] | RetryInTask:
         decoded = self._decode(record, unit)
         if not isinstance(decoded, Item):
             return [decoded]
@@ -471,7 +468,7 @@ class StageRunner:
             outputs = self._checked(handler(decoded))
         except Exception as exc:  # user code: retried or dead-lettered, never lost
             if is_retriable(exc):
-                raise _Retriable(exc) from exc
+                return RetryInTask(exc)
             return [self._give_up(record, decoded, exc, attempts=1)]
         try:
             # No per-item timing: an inline handler's microseconds are not worth an item field.
@@ -488,20 +485,18 @@ class StageRunner:
             return [decoded]
         item = decoded
         started = time.perf_counter()
-        try:
-            if first_error is not None:
-                outputs = await self._retry_handler(item, first_error)
-            else:
-                try:
-                    outputs = await self._handler(item)  # the fast path: no retry machinery
-                except Exception as first:
-                    if not is_retriable(first):
-                        raise _GaveUp(first, attempts=1) from first
-                    outputs = await self._retry_handler(item, first)
-        except _GaveUp as gave_up:  # handed to the dead-letter policy, never swallowed
-            if isinstance(gave_up.cause, LLMUnavailable):
-                raise gave_up.cause from None
-            return [self._give_up(record, item, gave_up.cause, attempts=gave_up.attempts)]
+        if first_error is not None:
+            outputs = await self._retry_handler(item, first_error)
+        else:
+            try:
+                outputs = await self._handler(item)  # the fast path: no retry machinery
+            except Exception as first:  # a non-retriable one gives up at once, attempts=1
+                outputs = await self._retry_handler(item, first)
+        if isinstance(outputs, GaveUp):  # handed to the dead-letter policy, never swallowed
+            if isinstance(outputs.cause, LLMUnavailable):
+                # The endpoint is down, not the item: the message is abandoned (see _process).
+                raise outputs.cause from None
+            return [self._give_up(record, item, outputs.cause, attempts=outputs.attempts)]
         try:
             return self._outputs(item, self._checked(outputs), started)
         except Exception as exc:  # an undeclared topic, not a list, an unencodable item
@@ -571,12 +566,16 @@ class StageRunner:
                     message=str(cause)[:300], attempts=attempts)
         return self._dead_letter(record, cause, attempts=attempts, item=item)
 
-    async def _retry_handler(self, item: Item, error: Exception) -> Sequence[Output]:
-        """Retry after a retriable failure with jittered backoff (Retry-After honoured)."""
+    async def _retry_handler(self, item: Item, error: Exception) -> Sequence[Output] | GaveUp:
+        """Retry after a retriable failure with jittered backoff (Retry-After honoured).
+
+        The handler's outputs, or how it failed for good: a non-retriable error (at once)
+        or the last error once ``retry_max_attempts`` tries are used up.
+        """
         attempts = 1
         while True:
             if not is_retriable(error) or attempts >= self._rt.retry_max_attempts:
-                raise _GaveUp(error, attempts=attempts) from error
+                return GaveUp(cause=error, attempts=attempts)
             retry_after = error.retry_after_s if isinstance(error, TransientError) else None
             delay = self._backoff.delay_s(attempts - 1, retry_after)
             self._log_retry(attempts, error, delay)
