@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import time
-from collections.abc import Coroutine, Sequence
-from typing import Any, cast
+from collections.abc import Coroutine
+from typing import Any
 
-import msgspec
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.abc import ConsumerRebalanceListener
@@ -24,46 +22,19 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from iterrefine.config import Config
-from iterrefine.errors import (
-    BrokerError,
-    LLMUnavailable,
-    StageContractError,
-    TransientError,
-    ValidationError,
-)
-from iterrefine.item.model import Item, encode_item
+from iterrefine.errors import BrokerError, LLMUnavailable
 from iterrefine.kafka.clients import make_consumer, make_producer
-from iterrefine.kafka.topics import DLQ_TOPIC, TopicNames
-from iterrefine.observe.logging import UNIT_OF_WORK
+from iterrefine.kafka.topics import TopicNames
 from iterrefine.observe.metrics import Metrics
-from iterrefine.retry import Backoff, is_retriable
+from iterrefine.retry import Backoff
 from iterrefine.runtime._acks import AckGroup
+from iterrefine.runtime._failures import DeadLetters
+from iterrefine.runtime._handling import Handling, RetryInTask, enter_unit_of_work
 from iterrefine.runtime._messages import Outgoing, Sent
 from iterrefine.runtime._offsets import PartitionTracker
-from iterrefine.runtime.dlq import dlq_headers, dlq_key, dlq_reason
-from iterrefine.runtime.stage import (
-    Handler,
-    InlineHandler,
-    Limits,
-    Output,
-    Stage,
-    default_outcome,
-)
+from iterrefine.runtime.stage import Limits, Stage
 
 log = structlog.get_logger("iterrefine.runtime")
-
-
-class RetryInTask(msgspec.Struct, frozen=True):
-    """An inline handler failed in a way worth retrying: that message leaves the batch."""
-
-    cause: Exception
-
-
-class GaveUp(msgspec.Struct, frozen=True, kw_only=True):
-    """The handler failed for good: ``cause`` goes to the DLQ after ``attempts`` tries."""
-
-    cause: Exception
-    attempts: int
 
 
 async def _unless_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
@@ -113,40 +84,21 @@ class StageRunner:
         self._bootstrap = bootstrap_servers
         self._topics = TopicNames(config.kafka.topic_prefix)
         self._input_topic = self._topics[stage.input_topic]
-        self._dlq_topic = self._topics["items.dlq"]
         self.group_id = group_id or f"{config.kafka.topic_prefix}{stage.name}"
         self._metrics = metrics or Metrics()
-        self._limits = Limits(self._rt.max_item_bytes, self._rt.max_envelope_bytes)
         self._backoff = Backoff(base_s=self._rt.retry_base_s, max_s=self._rt.retry_max_s)
         # Inline handlers send nothing, and do best with big batches; see dispatch_batch.
         self._per_poll = self._rt.fetch_max_records if stage.inline else min(
             self._rt.fetch_max_records, self._rt.dispatch_batch)
-        if stage.inline:
-            inline = cast(InlineHandler, stage.handler)
-            self._inline: InlineHandler | None = inline
-
-            async def retried(item: Item) -> Sequence[Output]:  # for the retry path
-                return inline(item)
-
-            self._handler: Handler = retried
-        else:
-            self._inline = None
-            declared = stage.handler
-
-            async def waiting(item: Item) -> Sequence[Output]:
-                # A stage declared as waiting may still hand over a plain function:
-                # that only costs the inline speed-up, so it is served, not refused.
-                result = declared(item)
-                if inspect.isawaitable(result):
-                    return await result
-                return result
-
-            self._handler = waiting
-        #: Declared logical topic → (full topic, default outcome label); nothing else.
-        self._destinations = {
-            name: (self._topics[name], default_outcome(name))
-            for name in (*stage.outputs, DLQ_TOPIC)
-        }
+        self._dead_letters = DeadLetters(stage.name, topic=self._topics["items.dlq"],
+                                         metrics=self._metrics)
+        self._m_seconds = self._metrics.stage_seconds.labels(stage.name)
+        self._handling = Handling(
+            stage, topics=self._topics,
+            limits=Limits(self._rt.max_item_bytes, self._rt.max_envelope_bytes),
+            backoff=self._backoff, retry_max_attempts=self._rt.retry_max_attempts,
+            dead_letters=self._dead_letters, seconds=self._m_seconds,
+        )
         #: Output topic → whether it has the input topic's partitions (see _send).
         self._same_partitions: dict[str, bool] = {}
         self._own_producer = producer is None
@@ -169,10 +121,7 @@ class StageRunner:
         self._commit_lock = asyncio.Lock()
         #: Set once the consumer got its first assignment (readiness).
         self.ready = asyncio.Event()
-        self.handled = 0
-        self.dead_lettered = 0
         self._m_inflight = self._metrics.inflight.labels(stage.name)
-        self._m_seconds = self._metrics.stage_seconds.labels(stage.name)
         self._m_outcomes: dict[str, Any] = {}
         self._lag_partitions: set[int] = set()
 
@@ -347,7 +296,7 @@ class StageRunner:
             for record in records:
                 tracker.received(record.offset)
             self._inflight += len(records)
-            if self._inline is not None:
+            if self._handling.inline is not None:
                 self._spawn(tp, self._process_inline(records, tracker))
                 continue
             # One task per message, each in its own context (see UNIT_OF_WORK). Starting
@@ -373,15 +322,6 @@ class StageRunner:
 
     # ------------------------------------------------------------------ processing
 
-    def _enter(self, record: ConsumerRecord) -> dict[str, Any]:
-        """Describe ``record`` as the unit of work: every event logged for it says so."""
-        unit = {
-            "stage": self.stage.name, "topic": record.topic,
-            "partition": record.partition, "offset": record.offset,
-        }
-        UNIT_OF_WORK.set(unit)
-        return unit
-
     async def _process(
         self, record: ConsumerRecord, tracker: PartitionTracker,
         first_error: Exception | None = None,
@@ -392,10 +332,10 @@ class StageRunner:
         and delivery retries included) says where its message came from.
         ``first_error``: the inline batch already tried once and failed retriably.
         """
-        unit = self._enter(record)
+        unit = enter_unit_of_work(self.stage.name, record)
         outgoing: list[Outgoing] = []
         try:
-            outgoing = await self._handle(record, unit, first_error)
+            outgoing = await self._handling.handle(record, unit, first_error)
             futures = await self._send(outgoing, record.partition)
         except asyncio.CancelledError:
             self._abandoned(tracker)  # stays uncommitted: the next owner processes it again
@@ -421,17 +361,18 @@ class StageRunner:
         One task for the batch; each message is decoded, handled and queued in the
         producer in turn (in offset order), and the batch shares one ack counter.
         """
-        assert self._inline is not None
+        handler = self._handling.inline
+        assert handler is not None
         sent: list[Sent] = []
         position = 0  # records before this one are sent or handed elsewhere
         timed, handler_s = 0, 0.0
         try:
             for position in range(len(records)):
                 record = records[position]
-                unit = self._enter(record)
+                unit = enter_unit_of_work(self.stage.name, record)
                 started = time.perf_counter()
                 try:
-                    outgoing = self._handle_inline(record, unit, self._inline)
+                    outgoing = self._handling.handle_inline(record, unit, handler)
                 finally:
                     timed += 1
                     handler_s += time.perf_counter() - started
@@ -457,154 +398,6 @@ class StageRunner:
             self._await_acks(tracker, sent)
             if timed:  # one observation per batch: its mean time per item
                 self._m_seconds.observe(handler_s / timed)
-
-    def _handle_inline(
-        self, record: ConsumerRecord, unit: dict[str, Any], handler: InlineHandler
-    ) -> list[Outgoing] | RetryInTask:
-        decoded = self._decode(record, unit)
-        if not isinstance(decoded, Item):
-            return [decoded]
-        try:
-            outputs = self._checked(handler(decoded))
-        except Exception as exc:  # user code: retried or dead-lettered, never lost
-            if is_retriable(exc):
-                return RetryInTask(exc)
-            return [self._give_up(record, decoded, exc, attempts=1)]
-        try:
-            # No per-item timing: an inline handler's microseconds are not worth an item field.
-            return self._encode([out.item for out in outputs], outputs)
-        except Exception as exc:  # an output item that cannot be encoded
-            return [self._give_up(record, decoded, exc, attempts=1)]
-
-    async def _handle(
-        self, record: ConsumerRecord, unit: dict[str, Any], first_error: Exception | None,
-    ) -> list[Outgoing]:
-        """Decode and run the handler; any failure becomes a dead letter (the policy)."""
-        decoded = self._decode(record, unit)
-        if not isinstance(decoded, Item):
-            return [decoded]
-        item = decoded
-        started = time.perf_counter()
-        if first_error is not None:
-            outputs = await self._retry_handler(item, first_error)
-        else:
-            try:
-                outputs = await self._handler(item)  # the fast path: no retry machinery
-            except Exception as first:  # a non-retriable one gives up at once, attempts=1
-                outputs = await self._retry_handler(item, first)
-        if isinstance(outputs, GaveUp):  # handed to the dead-letter policy, never swallowed
-            if isinstance(outputs.cause, LLMUnavailable):
-                # The endpoint is down, not the item: the message is abandoned (see _process).
-                raise outputs.cause from None
-            return [self._give_up(record, item, outputs.cause, attempts=outputs.attempts)]
-        try:
-            return self._outputs(item, self._checked(outputs), started)
-        except Exception as exc:  # an undeclared topic, not a list, an unencodable item
-            return [self._give_up(record, item, exc, attempts=1)]
-
-    def _checked(self, result: object) -> Sequence[Output]:
-        """``result`` if it is a list of outputs to declared topics; else StageContractError."""
-        name = self.stage.name
-        if inspect.iscoroutine(result):
-            result.close()  # never awaited: closing it avoids a "never awaited" warning
-            raise StageContractError(
-                f"the {name} handler returned a coroutine, but the stage is declared "
-                "waits=False: declare it waits=True", reason="handler_returned_coroutine")
-        if not isinstance(result, list | tuple):
-            raise StageContractError(
-                f"the {name} handler returned {type(result).__name__}, not a list of Output",
-                reason="bad_handler_result")
-        for out in result:
-            if not isinstance(out, Output) or not isinstance(out.item, Item):
-                raise StageContractError(
-                    f"the {name} handler returned {out!r:.200}, not an Output of an Item",
-                    reason="bad_handler_result")
-            if out.topic not in self._destinations:
-                raise StageContractError(
-                    f"the {name} handler wrote to {out.topic!r}, which the stage does not "
-                    f"declare (outputs: {', '.join(self.stage.outputs)})",
-                    reason="undeclared_output_topic")
-        return result
-
-    def _decode(self, record: ConsumerRecord, unit: dict[str, Any]) -> Item | Outgoing:
-        """The record's item, or (undecodable, invalid) its dead letter."""
-        try:
-            item = self.stage.decode(record, self._limits)
-        except Exception as exc:  # any decoder failure is this record's, never the partition's
-            if not isinstance(exc, ValidationError):
-                exc = ValidationError(f"the decoder raised {type(exc).__name__}: "
-                                      f"{str(exc)[:200]}", reason="undecodable")
-            # No item, but the DLQ row's id: the producer's key, else a hash of the bytes.
-            unit["item_id"] = dlq_key(record).decode("utf-8", "replace")
-            return self._dead_letter(record, exc, attempts=1)
-        unit["item_id"] = item.id
-        unit["round"] = item.round
-        return item
-
-    def _outputs(self, item: Item, outputs: Sequence[Output], started: float) -> list[Outgoing]:
-        """Encode a waiting handler's outputs, each with the time the stage took."""
-        elapsed = time.perf_counter() - started
-        self._m_seconds.observe(elapsed)
-        return self._encode(
-            [out.item.add_timing(self.stage.name, elapsed) for out in outputs], outputs
-        )
-
-    def _encode(self, items: list[Item], outputs: Sequence[Output]) -> list[Outgoing]:
-        """``outputs`` as messages; ``items`` are what to write (the outputs' items or copies)."""
-        self.handled += 1
-        encoded: list[Outgoing] = []
-        for item, out in zip(items, outputs, strict=True):
-            topic, default_outcome = self._destinations[out.topic]
-            encoded.append(Outgoing(topic=topic, key=item.id.encode(), value=encode_item(item),
-                                    outcome=out.outcome or default_outcome))
-        return encoded
-
-    def _give_up(
-        self, record: ConsumerRecord, item: Item, cause: Exception, *, attempts: int
-    ) -> Outgoing:
-        log.warning("handler_failed", error=type(cause).__name__, reason=dlq_reason(cause),
-                    message=str(cause)[:300], attempts=attempts)
-        return self._dead_letter(record, cause, attempts=attempts, item=item)
-
-    async def _retry_handler(self, item: Item, error: Exception) -> Sequence[Output] | GaveUp:
-        """Retry after a retriable failure with jittered backoff (Retry-After honoured).
-
-        The handler's outputs, or how it failed for good: a non-retriable error (at once)
-        or the last error once ``retry_max_attempts`` tries are used up.
-        """
-        attempts = 1
-        while True:
-            if not is_retriable(error) or attempts >= self._rt.retry_max_attempts:
-                return GaveUp(cause=error, attempts=attempts)
-            retry_after = error.retry_after_s if isinstance(error, TransientError) else None
-            delay = self._backoff.delay_s(attempts - 1, retry_after)
-            self._log_retry(attempts, error, delay)
-            await asyncio.sleep(delay)
-            attempts += 1
-            try:
-                return await self._handler(item)
-            except Exception as exc:
-                error = exc
-
-    @staticmethod
-    def _log_retry(attempt: int, exc: BaseException, delay_s: float) -> None:
-        log.info("handler_retry", attempt=attempt, error=type(exc).__name__,
-                 delay_s=round(delay_s, 3))
-
-    def _dead_letter(
-        self, record: ConsumerRecord, exc: BaseException, *, attempts: int,
-        item: Item | None = None,
-    ) -> Outgoing:
-        reason = dlq_reason(exc)
-        self.dead_lettered += 1
-        self._metrics.dlq_total.labels(self.stage.name, reason).inc()
-        # item_id, stage, topic, partition and offset come from the unit of work.
-        log.warning("dead_lettered", reason=reason, message=str(exc)[:300])
-        headers = dlq_headers(record, stage=self.stage.name, exc=exc, attempts=attempts,
-                              item=item)
-        key = item.id.encode() if item is not None else dlq_key(record)
-        return Outgoing(topic=self._dlq_topic, key=key, value=record.value or b"",
-                        headers=headers, outcome="dlq")
 
     # ------------------------------------------------------------------ delivery
 
@@ -667,7 +460,7 @@ class StageRunner:
         error: BaseException,
     ) -> None:
         """The broker did not take the outputs: retry until it does (or we are cancelled)."""
-        self._enter(record)
+        enter_unit_of_work(self.stage.name, record)
         attempt = 0
         try:
             while True:
@@ -767,6 +560,15 @@ class StageRunner:
                      partitions=sorted(tp.partition for tp in mine))
 
     # ------------------------------------------------------------------ introspection
+
+    @property
+    def handled(self) -> int:
+        """Inputs whose outputs were encoded (and sent, or being sent)."""
+        return self._handling.handled
+
+    @property
+    def dead_lettered(self) -> int:
+        return self._dead_letters.dead_lettered
 
     @property
     def inflight(self) -> int:
