@@ -19,7 +19,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
-from aiokafka.structs import OffsetAndMetadata, TopicPartition
+from aiokafka.structs import TopicPartition
 
 from iterrefine.config import Config
 from iterrefine.errors import BrokerError, LLMUnavailable
@@ -28,10 +28,12 @@ from iterrefine.kafka.topics import TopicNames
 from iterrefine.observe.metrics import Metrics
 from iterrefine.retry import Backoff
 from iterrefine.runtime._acks import AckGroup
+from iterrefine.runtime._commits import Commits
 from iterrefine.runtime._failures import DeadLetters
 from iterrefine.runtime._handling import Handling, RetryInTask, enter_unit_of_work
 from iterrefine.runtime._messages import Outgoing, Sent
 from iterrefine.runtime._offsets import PartitionTracker
+from iterrefine.runtime._window import Window
 from iterrefine.runtime.stage import Limits, Stage
 
 log = structlog.get_logger("iterrefine.runtime")
@@ -104,26 +106,17 @@ class StageRunner:
         self._own_producer = producer is None
         self._producer = producer
         self._consumer: AIOKafkaConsumer | None = None
-        self._trackers: dict[TopicPartition, PartitionTracker] = {}
-        self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
-        self._inflight = 0
-        self._slot_freed = asyncio.Event()
-        self._progress = asyncio.Event()  # a message finished (drains wait on it)
+        self._window = Window(self._rt.max_in_flight,
+                              gauge=self._metrics.inflight.labels(stage.name))
+        self._commits = Commits(stage.name, metrics=self._metrics)
         self._paused = False
         #: When the window last filled up (None while there is room).
         self._full_since: float | None = None
         #: A full window calls getmany this often, well inside max_poll_interval_ms.
         self._keepalive_s = self._rt.max_poll_interval_ms / 1000 / 4
-        # Once full, fetch again only when a quarter of the window is free: refilling one
-        # slot at a time makes every getmany return a record or two, and a fetch round
-        # trip costs far more than the record.
-        self._refill_at = max(1, self._rt.max_in_flight // 4)
-        self._commit_lock = asyncio.Lock()
         #: Set once the consumer got its first assignment (readiness).
         self.ready = asyncio.Event()
-        self._m_inflight = self._metrics.inflight.labels(stage.name)
         self._m_outcomes: dict[str, Any] = {}
-        self._lag_partitions: set[int] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -176,8 +169,8 @@ class StageRunner:
                 if not await _unless_stopped(self._poll_once(consumer), stop):
                     break
                 if time.monotonic() >= next_commit:
-                    await self._commit()
-                    self._update_lag()
+                    await self._commits.commit(consumer)
+                    self._commits.update_lag(consumer)
                     next_commit = time.monotonic() + self._rt.commit_interval_ms / 1000
         finally:
             await self._shutdown(consumer)
@@ -193,13 +186,13 @@ class StageRunner:
         return sorted(found)
 
     async def _shutdown(self, consumer: AIOKafkaConsumer) -> None:
-        inflight = self._inflight
+        inflight = self._window.inflight
         if inflight:
             log.info("stage_draining", stage=self.stage.name, inflight=inflight,
                      deadline_s=self._rt.drain_timeout_s)
-            await self._drain(list(self._trackers), self._rt.drain_timeout_s)
-        self._m_inflight.set(self._inflight)  # the last poll was cut short by the stop
-        await self._commit()
+            await self._drain(self._commits.partitions, self._rt.drain_timeout_s)
+        self._window.report()  # the last poll was cut short by the stop
+        await self._commits.commit(self._consumer)
         await consumer.stop()
         if self._own_producer and self._producer is not None:
             await self._producer.stop()
@@ -213,29 +206,15 @@ class StageRunner:
         the partition next processes it again.
         """
         deadline = time.monotonic() + timeout_s
-        tasks = {t for tp in partitions for t in self._tasks.get(tp, ())}
-        if tasks:
-            _, late = await asyncio.wait(tasks, timeout=timeout_s)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-        trackers = [self._trackers[tp] for tp in partitions if tp in self._trackers]
-        # Acks arrive through future callbacks, each of which sets _progress.
-        while any(t.inflight for t in trackers):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            self._progress.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(remaining):
-                    await self._progress.wait()
+        await self._window.finish_tasks(partitions, timeout_s)
+        await self._window.wait_for_acks(self._commits.trackers(partitions), deadline)
 
     # ------------------------------------------------------------------ fetching
 
     async def _poll_once(self, consumer: AIOKafkaConsumer) -> None:
-        free = self._rt.max_in_flight - self._inflight
+        free = self._window.free
         held = self.stage.hold is not None and self.stage.hold()
-        if held or free <= 0 or (self._full_since is not None and free < self._refill_at):
+        if held or free <= 0 or (self._full_since is not None and free < self._window.refill_at):
             await self._wait_for_room(consumer)
             return
         self._full_since = None
@@ -245,7 +224,7 @@ class StageRunner:
         want = min(free, self._per_poll)
         batch = await consumer.getmany(timeout_ms=self._rt.fetch_timeout_ms, max_records=want)
         self._dispatch(consumer, batch)
-        self._m_inflight.set(self._inflight)  # every poll, so it falls back to 0 when idle
+        self._window.report()  # every poll, so it falls back to 0 when idle
         if sum(map(len, batch.values())) >= want:
             # More may be buffered, and getmany hands it over without yielding: let the
             # records just started run (and their requests leave) before the next ones.
@@ -263,11 +242,8 @@ class StageRunner:
         now = time.monotonic()
         if self._full_since is None:
             self._full_since = now
-        self._slot_freed.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._rt.fetch_timeout_ms / 1000):
-                await self._slot_freed.wait()
-        self._m_inflight.set(self._inflight)
+        await self._window.wait_for_room(self._rt.fetch_timeout_ms / 1000)
+        self._window.report()
         if now - self._full_since < self._keepalive_s:
             return
         # Pause the whole current assignment every time: a rebalance meanwhile may
@@ -288,37 +264,19 @@ class StageRunner:
         for tp, records in batch.items():
             if tp not in assignment:
                 continue  # taken away meanwhile: its new owner reads from the committed offset
-            tracker = self._trackers.get(tp)
-            if tracker is None or tracker.revoked:
-                # Never skip a record of a partition we own: the position has moved past it,
-                # so skipping would lose it until the next rebalance.
-                tracker = self._trackers[tp] = PartitionTracker()
+            tracker = self._commits.tracker(tp)
             for record in records:
                 tracker.received(record.offset)
-            self._inflight += len(records)
+            self._window.take(len(records))
             if self._handling.inline is not None:
-                self._spawn(tp, self._process_inline(records, tracker))
+                self._window.spawn(tp, self._process_inline(records, tracker))
                 continue
             # One task per message, each in its own context (see UNIT_OF_WORK). Starting
             # them eagerly would save ~20 µs each, but on Python 3.11 the first step would
             # run inside this task: an asyncio.timeout() entered there would cancel the
             # fetch loop (3.12's eager tasks avoid that).
             for record in records:
-                self._spawn(tp, self._process(record, tracker))
-
-    def _spawn(self, tp: TopicPartition, work: Coroutine[Any, Any, None]) -> None:
-        """Run ``work`` as a task that drains and revokes of ``tp`` wait for."""
-        tasks = self._tasks.setdefault(tp, set())
-        task = asyncio.create_task(work)
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-    def _release_slots(self, n: int) -> None:
-        self._inflight -= n
-        self._progress.set()
-        # Wake the fetch loop only once there is room for a worthwhile batch.
-        if self._rt.max_in_flight - self._inflight >= self._refill_at:
-            self._slot_freed.set()
+                self._window.spawn(tp, self._process(record, tracker))
 
     # ------------------------------------------------------------------ processing
 
@@ -378,7 +336,7 @@ class StageRunner:
                     handler_s += time.perf_counter() - started
                 if isinstance(outgoing, RetryInTask):  # retried with backoff in a task of its own
                     tp = TopicPartition(record.topic, record.partition)
-                    self._spawn(tp, self._process(record, tracker, outgoing.cause))
+                    self._window.spawn(tp, self._process(record, tracker, outgoing.cause))
                     continue
                 try:
                     futures = await self._send(outgoing, record.partition)
@@ -442,18 +400,18 @@ class StageRunner:
                 counts[out.outcome] = counts.get(out.outcome, 0) + 1
         for outcome, n in counts.items():  # one metric update per outcome, not per message
             self._count(outcome, n)
-        self._release_slots(len(messages))
+        self._window.release(len(messages))
 
     def _abandoned(self, tracker: PartitionTracker) -> None:
         tracker.abandoned()
-        self._release_slots(1)
+        self._window.release(1)
 
     def _redeliver_later(
         self, record: ConsumerRecord, tracker: PartitionTracker, outgoing: list[Outgoing],
         error: BaseException,
     ) -> None:
         tp = TopicPartition(record.topic, record.partition)
-        self._spawn(tp, self._redeliver(record, tracker, outgoing, error))
+        self._window.spawn(tp, self._redeliver(record, tracker, outgoing, error))
 
     async def _redeliver(
         self, record: ConsumerRecord, tracker: PartitionTracker, outgoing: list[Outgoing],
@@ -489,72 +447,21 @@ class StageRunner:
             )
         counter.inc(n)
 
-    # ------------------------------------------------------------------ commits
-
-    async def _commit(self, only: list[TopicPartition] | None = None) -> None:
-        consumer = self._consumer
-        if consumer is None:
-            return
-        async with self._commit_lock:
-            offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-            for tp, tracker in self._trackers.items():
-                if only is not None and tp not in only:
-                    continue
-                point = tracker.commit_point()
-                if point is not None:
-                    tracker.to_commit = point
-                if tracker.to_commit is not None and tracker.to_commit != tracker.committed:
-                    offsets[tp] = OffsetAndMetadata(tracker.to_commit, "")
-            if not offsets:
-                return
-            try:
-                await consumer.commit(offsets)
-            except KafkaError as exc:
-                # Not fatal: the offsets stay pending and go with the next commit; at worst
-                # a rebalance redelivers them (duplicates are removed at export).
-                log.warning("commit_failed", stage=self.stage.name, error=type(exc).__name__)
-                return
-            for tp, meta in offsets.items():
-                self._trackers[tp].committed = meta.offset
-
-    def _update_lag(self) -> None:
-        consumer = self._consumer
-        if consumer is None:
-            return
-        for tp, tracker in self._trackers.items():
-            highwater = consumer.highwater(tp)
-            if highwater is None or tracker.committed is None:
-                continue  # no fetch answered yet: Tansu's ListOffsets would mislead
-            lag = max(0, highwater - tracker.committed)
-            self._metrics.consumer_lag.labels(self.stage.name, str(tp.partition)).set(lag)
-            self._lag_partitions.add(tp.partition)
-
     # ------------------------------------------------------------------ rebalance
 
     async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
-        consumer = self._consumer
-        # One OffsetFetch round trip per partition: send them all at once.
-        committed = await asyncio.gather(*(consumer.committed(tp) for tp in assigned)) \
-            if consumer is not None else [None] * len(assigned)
-        for tp, offset in zip(assigned, committed, strict=True):
-            tracker = PartitionTracker()
-            tracker.committed = offset
-            self._trackers[tp] = tracker
+        await self._commits.assign(self._consumer, assigned)
         log.info("partitions_assigned", stage=self.stage.name,
                  partitions=sorted(tp.partition for tp in assigned))
         self.ready.set()
 
     async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
         """Stop dispatching for ``revoked``, let their work finish up to a deadline, commit."""
-        mine = [tp for tp in revoked if tp in self._trackers]
+        mine = self._commits.owned(revoked)
         await self._drain(mine, self._rt.revoke_drain_timeout_s)
-        await self._commit(only=mine)
-        for tp in mine:
-            self._trackers.pop(tp).revoked = True
-            self._tasks.pop(tp, None)
-            if tp.partition in self._lag_partitions:
-                self._lag_partitions.discard(tp.partition)
-                self._metrics.consumer_lag.remove(self.stage.name, str(tp.partition))
+        await self._commits.commit(self._consumer, only=mine)
+        self._commits.forget(mine)
+        self._window.forget(mine)
         if mine:
             log.info("partitions_revoked", stage=self.stage.name,
                      partitions=sorted(tp.partition for tp in mine))
@@ -572,7 +479,7 @@ class StageRunner:
 
     @property
     def inflight(self) -> int:
-        return self._inflight
+        return self._window.inflight
 
     def committed_offsets(self) -> dict[TopicPartition, int | None]:
-        return {tp: t.committed for tp, t in self._trackers.items()}
+        return self._commits.committed_offsets()
