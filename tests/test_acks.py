@@ -9,7 +9,8 @@ import pytest
 from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaTimeoutError
 
-from iterrefine.runtime._acks import AckGroup, Outgoing, Sent
+from iterrefine.runtime._acks import AckGroup
+from iterrefine.runtime._messages import Outgoing, Sent
 from iterrefine.runtime._offsets import PartitionTracker
 
 pytestmark = pytest.mark.unit
@@ -20,7 +21,7 @@ def _record(offset: int) -> ConsumerRecord:
 
 
 def _outgoing(n: int) -> list[Outgoing]:
-    return [("out", b"k", b"v", None, "scored")] * n
+    return [Outgoing(topic="out", key=b"k", value=b"v", outcome="scored")] * n
 
 
 class _Calls:
@@ -29,7 +30,7 @@ class _Calls:
         self.failed: list[int] = []
 
     def on_delivered(self, _tracker: PartitionTracker, sent: list[Sent]) -> None:
-        self.delivered.append([record.offset for record, _, _ in sent])
+        self.delivered.append([one.record.offset for one in sent])
 
     def on_failed(self, record: ConsumerRecord, _tracker: PartitionTracker,
                   _outgoing: list[Outgoing], _error: BaseException) -> None:
@@ -45,7 +46,8 @@ async def test_delivered_once_when_every_future_is_done_in_any_order() -> None:
     loop = asyncio.get_running_loop()
     futures: list[list[asyncio.Future[Any]]] = [[loop.create_future() for _ in range(k)]
                                                  for k in (1, 2, 0, 3)]
-    sent: list[Sent] = [(_record(i), _outgoing(len(f)), f) for i, f in enumerate(futures)]
+    sent = [Sent(record=_record(i), outgoing=_outgoing(len(f)), acks=f)
+            for i, f in enumerate(futures)]
     calls = _Calls()
     AckGroup(PartitionTracker(), sent, on_delivered=calls.on_delivered,
              on_failed=calls.on_failed)
@@ -62,7 +64,8 @@ async def test_delivered_once_when_every_future_is_done_in_any_order() -> None:
 async def test_a_failed_output_redelivers_only_its_input() -> None:
     loop = asyncio.get_running_loop()
     futures = [[loop.create_future(), loop.create_future()], [loop.create_future()]]
-    sent: list[Sent] = [(_record(i), _outgoing(len(f)), f) for i, f in enumerate(futures)]
+    sent = [Sent(record=_record(i), outgoing=_outgoing(len(f)), acks=f)
+            for i, f in enumerate(futures)]
     calls = _Calls()
     AckGroup(PartitionTracker(), sent, on_delivered=calls.on_delivered,
              on_failed=calls.on_failed)
@@ -76,6 +79,7 @@ async def test_a_failed_output_redelivers_only_its_input() -> None:
 
 async def test_nothing_to_wait_for_is_delivered_at_once() -> None:
     calls = _Calls()
-    AckGroup(PartitionTracker(), [(_record(0), [], [])], on_delivered=calls.on_delivered,
+    AckGroup(PartitionTracker(), [Sent(record=_record(0), outgoing=[], acks=[])],
+             on_delivered=calls.on_delivered,
              on_failed=calls.on_failed)
     assert calls.delivered == [[0]]

@@ -15,12 +15,9 @@ from typing import Any
 from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaError
 
+from iterrefine.runtime._messages import Outgoing, Sent
 from iterrefine.runtime._offsets import PartitionTracker
 
-#: One message to produce: (full topic, key, value, headers, outcome label).
-Outgoing = tuple[str, bytes, bytes, list[tuple[str, bytes]] | None, str]
-#: One input whose outputs were handed to the producer, and the futures of their acks.
-Sent = tuple[ConsumerRecord, list[Outgoing], list["asyncio.Future[Any]"]]
 #: Called once with every input of the group whose outputs were all acknowledged.
 OnDelivered = Callable[[PartitionTracker, list[Sent]], None]
 #: Called once per input whose delivery failed: it must be sent again.
@@ -52,7 +49,7 @@ class AckGroup:
         self._failed: set[int] | None = None
         #: (index in sent, future) for every output, in send order.
         self._futures = [
-            (index, future) for index, (_, _, futures) in enumerate(sent) for future in futures
+            (index, future) for index, one in enumerate(sent) for future in one.acks
         ]
         self._next = 0
         if self._futures:
@@ -83,8 +80,8 @@ class AckGroup:
         self._failed.add(index)
         error = KafkaError("cancelled") if future.cancelled() else future.exception()
         assert error is not None
-        record, outgoing, _ = self._sent[index]
-        self._on_failed(record, self._tracker, outgoing, error)
+        failed = self._sent[index]
+        self._on_failed(failed.record, self._tracker, failed.outgoing, error)
 
     def _finish(self) -> None:
         failed = self._failed

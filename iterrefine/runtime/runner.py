@@ -5,66 +5,48 @@ handled at once (LLM calls are slow), bounded by ``max_in_flight``; an input cou
 as done only after every output it produced was acknowledged by the broker
 (at-least-once), and per partition only the contiguous prefix of done offsets is
 committed (:mod:`iterrefine.runtime._offsets`).
+
+:class:`StageRunner` owns the lifecycle (clients, the poll loop, rebalances, the drain
+on stop) and composes the mechanisms, one private module each:
+
+- ``_fetch``: the poll, backpressure on a full window, dispatch of fetched records;
+- ``_window``: the in-flight window and the tasks working in it;
+- ``_processing``: a task per message, or per fetched batch for inline handlers;
+- ``_handling``: decode, call the handler, check and encode its outputs;
+- ``_failures``: retry with backoff, or give up and dead-letter;
+- ``_delivery``: produce, finish inputs on their acks, redeliver refused messages;
+- ``_commits``: per-partition trackers and the contiguous-prefix commit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import time
-from collections.abc import Coroutine, Sequence
-from typing import Any, cast
+from collections.abc import Coroutine
+from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
-from aiokafka.structs import OffsetAndMetadata, TopicPartition
+from aiokafka.structs import TopicPartition
 
 from iterrefine.config import Config
-from iterrefine.errors import (
-    BrokerError,
-    LLMUnavailable,
-    TransientError,
-    ValidationError,
-)
-from iterrefine.item.model import Item, encode_item
+from iterrefine.errors import BrokerError
 from iterrefine.kafka.clients import make_consumer, make_producer
-from iterrefine.kafka.topics import DLQ_TOPIC, TopicNames
-from iterrefine.observe.logging import UNIT_OF_WORK
+from iterrefine.kafka.topics import TopicNames
 from iterrefine.observe.metrics import Metrics
-from iterrefine.retry import Backoff, is_retriable
-from iterrefine.runtime._acks import AckGroup, Outgoing, Sent
-from iterrefine.runtime._offsets import PartitionTracker
-from iterrefine.runtime.dlq import dlq_headers, dlq_key, dlq_reason
-from iterrefine.runtime.stage import (
-    Handler,
-    InlineHandler,
-    Limits,
-    Output,
-    Stage,
-    default_outcome,
-)
+from iterrefine.retry import Backoff
+from iterrefine.runtime._commits import Commits
+from iterrefine.runtime._delivery import Delivery
+from iterrefine.runtime._failures import DeadLetters
+from iterrefine.runtime._fetch import Fetcher
+from iterrefine.runtime._handling import Handling
+from iterrefine.runtime._processing import Processing
+from iterrefine.runtime._window import Window
+from iterrefine.runtime.stage import Limits, Stage
 
 log = structlog.get_logger("iterrefine.runtime")
-
-
-class _Retriable(Exception):
-    """An inline handler failed in a way worth retrying: that message leaves the batch."""
-
-    def __init__(self, cause: Exception) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-
-
-class _GaveUp(Exception):
-    """The handler failed for good: ``cause`` goes to the DLQ after ``attempts`` tries."""
-
-    def __init__(self, cause: Exception, *, attempts: int) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-        self.attempts = attempts
 
 
 async def _unless_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
@@ -110,72 +92,27 @@ class StageRunner:
     ) -> None:
         self.stage = stage
         self._config = config
-        self._rt = config.runtime
+        self._rt = rt = config.runtime
         self._bootstrap = bootstrap_servers
-        self._topics = TopicNames(config.kafka.topic_prefix)
-        self._input_topic = self._topics[stage.input_topic]
-        self._dlq_topic = self._topics["items.dlq"]
+        topics = TopicNames(config.kafka.topic_prefix)
+        self._input_topic = topics[stage.input_topic]
         self.group_id = group_id or f"{config.kafka.topic_prefix}{stage.name}"
-        self._metrics = metrics or Metrics()
-        self._limits = Limits(self._rt.max_item_bytes, self._rt.max_envelope_bytes)
-        self._backoff = Backoff(base_s=self._rt.retry_base_s, max_s=self._rt.retry_max_s)
-        # Inline handlers send nothing, and do best with big batches; see dispatch_batch.
-        self._per_poll = self._rt.fetch_max_records if stage.inline else min(
-            self._rt.fetch_max_records, self._rt.dispatch_batch)
-        if stage.inline:
-            inline = cast(InlineHandler, stage.handler)
-            self._inline: InlineHandler | None = inline
-
-            async def retried(item: Item) -> Sequence[Output]:  # for the retry path
-                return inline(item)
-
-            self._handler: Handler = retried
-        else:
-            self._inline = None
-            declared = stage.handler
-
-            async def waiting(item: Item) -> Sequence[Output]:
-                # A stage declared as waiting may still hand over a plain function:
-                # that only costs the inline speed-up, so it is served, not refused.
-                result = declared(item)
-                if inspect.isawaitable(result):
-                    return await result
-                return result
-
-            self._handler = waiting
-        #: Declared logical topic → (full topic, default outcome label); nothing else.
-        self._destinations = {
-            name: (self._topics[name], default_outcome(name))
-            for name in (*stage.outputs, DLQ_TOPIC)
-        }
-        #: Output topic → whether it has the input topic's partitions (see _send).
-        self._same_partitions: dict[str, bool] = {}
+        self._metrics = metrics = metrics or Metrics()
+        self._backoff = Backoff(base_s=rt.retry_base_s, max_s=rt.retry_max_s)
         self._own_producer = producer is None
         self._producer = producer
         self._consumer: AIOKafkaConsumer | None = None
-        self._trackers: dict[TopicPartition, PartitionTracker] = {}
-        self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
-        self._inflight = 0
-        self._slot_freed = asyncio.Event()
-        self._progress = asyncio.Event()  # a message finished (drains wait on it)
-        self._paused = False
-        #: When the window last filled up (None while there is room).
-        self._full_since: float | None = None
-        #: A full window calls getmany this often, well inside max_poll_interval_ms.
-        self._keepalive_s = self._rt.max_poll_interval_ms / 1000 / 4
-        # Once full, fetch again only when a quarter of the window is free: refilling one
-        # slot at a time makes every getmany return a record or two, and a fetch round
-        # trip costs far more than the record.
-        self._refill_at = max(1, self._rt.max_in_flight // 4)
-        self._commit_lock = asyncio.Lock()
+        self._seconds = metrics.stage_seconds.labels(stage.name)
+        self._window = Window(rt.max_in_flight, gauge=metrics.inflight.labels(stage.name))
+        self._commits = Commits(stage.name, metrics=metrics)
+        self._dead_letters = DeadLetters(stage.name, topic=topics["items.dlq"], metrics=metrics)
+        self._handling = Handling(
+            stage, topics=topics, limits=Limits(rt.max_item_bytes, rt.max_envelope_bytes),
+            backoff=self._backoff, retry_max_attempts=rt.retry_max_attempts,
+            dead_letters=self._dead_letters, seconds=self._seconds,
+        )
         #: Set once the consumer got its first assignment (readiness).
         self.ready = asyncio.Event()
-        self.handled = 0
-        self.dead_lettered = 0
-        self._m_inflight = self._metrics.inflight.labels(stage.name)
-        self._m_seconds = self._metrics.stage_seconds.labels(stage.name)
-        self._m_outcomes: dict[str, Any] = {}
-        self._lag_partitions: set[int] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -186,17 +123,8 @@ class StageRunner:
                 self._config.kafka, self._bootstrap, linger_ms=self._rt.linger_ms
             )
             await self._producer.start()
-        consumer = make_consumer(
-            self._config.kafka,
-            self._bootstrap,
-            group_id=self.group_id,
-            group_instance_id=self._config.kafka.group_instance_id,
-            max_poll_interval_ms=self._rt.max_poll_interval_ms,
-            session_timeout_ms=self._rt.session_timeout_ms,
-            heartbeat_interval_ms=self._rt.heartbeat_interval_ms,
-            max_poll_records=self._rt.fetch_max_records,
-            fetch_max_wait_ms=self._rt.fetch_max_wait_ms,
-        )
+        producer = self._producer
+        consumer = self._make_consumer()
         static = self._rt.static_partitions
         if static is None:
             consumer.subscribe([self._input_topic], listener=_Rebalance(self))
@@ -206,7 +134,7 @@ class StageRunner:
             # must not make SIGTERM hang: give up the join and leave.
             await consumer.stop()
             if self._own_producer:
-                await self._producer.stop()
+                await producer.stop()
             log.warning("stage_stopped_before_joining", stage=self.stage.name,
                         group=self.group_id)
             return
@@ -219,20 +147,46 @@ class StageRunner:
             await self._on_assigned(mine)
         log.info("stage_started", stage=self.stage.name, topic=self._input_topic,
                  group=self.group_id)
+        fetcher = self._fetcher(producer, consumer)
         try:
             next_commit = time.monotonic() + self._rt.commit_interval_ms / 1000
             while not stop.is_set():
                 # Raced with stop: a poll waits up to fetch_timeout_ms for records, and a
                 # stop should not wait for it. A cancelled poll took no records (aiokafka
                 # hands them over only when getmany returns).
-                if not await _unless_stopped(self._poll_once(consumer), stop):
+                if not await _unless_stopped(fetcher.poll_once(), stop):
                     break
                 if time.monotonic() >= next_commit:
-                    await self._commit()
-                    self._update_lag()
+                    await self._commits.commit(consumer)
+                    self._commits.update_lag(consumer)
                     next_commit = time.monotonic() + self._rt.commit_interval_ms / 1000
         finally:
             await self._shutdown(consumer)
+
+    def _make_consumer(self) -> AIOKafkaConsumer:
+        return make_consumer(
+            self._config.kafka,
+            self._bootstrap,
+            group_id=self.group_id,
+            group_instance_id=self._config.kafka.group_instance_id,
+            max_poll_interval_ms=self._rt.max_poll_interval_ms,
+            session_timeout_ms=self._rt.session_timeout_ms,
+            heartbeat_interval_ms=self._rt.heartbeat_interval_ms,
+            max_poll_records=self._rt.fetch_max_records,
+            fetch_max_wait_ms=self._rt.fetch_max_wait_ms,
+        )
+
+    def _fetcher(self, producer: AIOKafkaProducer, consumer: AIOKafkaConsumer) -> Fetcher:
+        """The fetch → process → deliver chain over the started clients."""
+        delivery = Delivery(
+            self.stage.name, producer=producer, consumer=consumer,
+            input_topic=self._input_topic, window=self._window, backoff=self._backoff,
+            metrics=self._metrics,
+        )
+        processing = Processing(self.stage.name, handling=self._handling, delivery=delivery,
+                                window=self._window, seconds=self._seconds)
+        return Fetcher(self.stage, consumer=consumer, runtime=self._rt, window=self._window,
+                       commits=self._commits, processing=processing)
 
     async def _partitions(self, consumer: AIOKafkaConsumer) -> list[int]:
         """The input topic's partition numbers (asking the broker if not yet known)."""
@@ -245,13 +199,13 @@ class StageRunner:
         return sorted(found)
 
     async def _shutdown(self, consumer: AIOKafkaConsumer) -> None:
-        inflight = self._inflight
+        inflight = self._window.inflight
         if inflight:
             log.info("stage_draining", stage=self.stage.name, inflight=inflight,
                      deadline_s=self._rt.drain_timeout_s)
-            await self._drain(list(self._trackers), self._rt.drain_timeout_s)
-        self._m_inflight.set(self._inflight)  # the last poll was cut short by the stop
-        await self._commit()
+            await self._drain(self._commits.partitions, self._rt.drain_timeout_s)
+        self._window.report()  # the last poll was cut short by the stop
+        await self._commits.commit(self._consumer)
         await consumer.stop()
         if self._own_producer and self._producer is not None:
             await self._producer.stop()
@@ -265,481 +219,24 @@ class StageRunner:
         the partition next processes it again.
         """
         deadline = time.monotonic() + timeout_s
-        tasks = {t for tp in partitions for t in self._tasks.get(tp, ())}
-        if tasks:
-            _, late = await asyncio.wait(tasks, timeout=timeout_s)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-        trackers = [self._trackers[tp] for tp in partitions if tp in self._trackers]
-        # Acks arrive through future callbacks, each of which sets _progress.
-        while any(t.inflight for t in trackers):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            self._progress.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(remaining):
-                    await self._progress.wait()
-
-    # ------------------------------------------------------------------ fetching
-
-    async def _poll_once(self, consumer: AIOKafkaConsumer) -> None:
-        free = self._rt.max_in_flight - self._inflight
-        held = self.stage.hold is not None and self.stage.hold()
-        if held or free <= 0 or (self._full_since is not None and free < self._refill_at):
-            await self._wait_for_room(consumer)
-            return
-        self._full_since = None
-        if self._paused:
-            consumer.resume(*consumer.assignment())
-            self._paused = False
-        want = min(free, self._per_poll)
-        batch = await consumer.getmany(timeout_ms=self._rt.fetch_timeout_ms, max_records=want)
-        self._dispatch(consumer, batch)
-        self._m_inflight.set(self._inflight)  # every poll, so it falls back to 0 when idle
-        if sum(map(len, batch.values())) >= want:
-            # More may be buffered, and getmany hands it over without yielding: let the
-            # records just started run (and their requests leave) before the next ones.
-            await asyncio.sleep(0)
-
-    async def _wait_for_room(self, consumer: AIOKafkaConsumer) -> None:
-        """The window is full: take nothing more until a worthwhile part of it is free.
-
-        Not consuming already stops fetching: aiokafka fetches a partition again only
-        once its buffered records were taken. ``pause()`` would also throw that buffer
-        away (aiokafka drops fetched records of paused partitions), so every refill would
-        fetch it again; pause only when the window stays full so long that getmany must
-        be called to stay in the group (``max_poll_interval_ms``).
-        """
-        now = time.monotonic()
-        if self._full_since is None:
-            self._full_since = now
-        self._slot_freed.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._rt.fetch_timeout_ms / 1000):
-                await self._slot_freed.wait()
-        self._m_inflight.set(self._inflight)
-        if now - self._full_since < self._keepalive_s:
-            return
-        # Pause the whole current assignment every time: a rebalance meanwhile may
-        # have added partitions that are not paused yet.
-        consumer.pause(*consumer.assignment())
-        self._paused = True
-        self._full_since = time.monotonic()
-        # Whatever this returns is dispatched, never dropped: its position has moved.
-        self._dispatch(consumer, await consumer.getmany(timeout_ms=0))
-
-    def _dispatch(
-        self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[ConsumerRecord]]
-    ) -> None:
-        """Start the fetched records: a task each, or a task per batch for inline stages."""
-        if not batch:
-            return
-        assignment = consumer.assignment()
-        for tp, records in batch.items():
-            if tp not in assignment:
-                continue  # taken away meanwhile: its new owner reads from the committed offset
-            tracker = self._trackers.get(tp)
-            if tracker is None or tracker.revoked:
-                # Never skip a record of a partition we own: the position has moved past it,
-                # so skipping would lose it until the next rebalance.
-                tracker = self._trackers[tp] = PartitionTracker()
-            for record in records:
-                tracker.received(record.offset)
-            self._inflight += len(records)
-            if self._inline is not None:
-                self._spawn(tp, self._process_inline(records, tracker))
-                continue
-            # One task per message, each in its own context (see UNIT_OF_WORK). Starting
-            # them eagerly would save ~20 µs each, but on Python 3.11 the first step would
-            # run inside this task: an asyncio.timeout() entered there would cancel the
-            # fetch loop (3.12's eager tasks avoid that).
-            for record in records:
-                self._spawn(tp, self._process(record, tracker))
-
-    def _spawn(self, tp: TopicPartition, work: Coroutine[Any, Any, None]) -> None:
-        """Run ``work`` as a task that drains and revokes of ``tp`` wait for."""
-        tasks = self._tasks.setdefault(tp, set())
-        task = asyncio.create_task(work)
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-    def _release_slots(self, n: int) -> None:
-        self._inflight -= n
-        self._progress.set()
-        # Wake the fetch loop only once there is room for a worthwhile batch.
-        if self._rt.max_in_flight - self._inflight >= self._refill_at:
-            self._slot_freed.set()
-
-    # ------------------------------------------------------------------ processing
-
-    def _enter(self, record: ConsumerRecord) -> dict[str, Any]:
-        """Describe ``record`` as the unit of work: every event logged for it says so."""
-        unit = {
-            "stage": self.stage.name, "topic": record.topic,
-            "partition": record.partition, "offset": record.offset,
-        }
-        UNIT_OF_WORK.set(unit)
-        return unit
-
-    async def _process(
-        self, record: ConsumerRecord, tracker: PartitionTracker,
-        first_error: Exception | None = None,
-    ) -> None:
-        """Handle one message and hand its outputs to the producer; acks finish it later.
-
-        Runs in its own task, hence its own context: every event it logs (dead letters
-        and delivery retries included) says where its message came from.
-        ``first_error``: the inline batch already tried once and failed retriably.
-        """
-        unit = self._enter(record)
-        outgoing: list[Outgoing] = []
-        try:
-            outgoing = await self._handle(record, unit, first_error)
-            futures = await self._send(outgoing, record.partition)
-        except asyncio.CancelledError:
-            self._abandoned(tracker)  # stays uncommitted: the next owner processes it again
-            raise
-        except KafkaError as exc:
-            await self._redeliver(record, tracker, outgoing, exc)
-            return
-        except LLMUnavailable as exc:  # the endpoint is down, not the item: never dead-letter
-            log.warning("handler_abandoned", reason=exc.reason, message=str(exc)[:300])
-            self._abandoned(tracker)  # stays uncommitted: a later run or worker redoes it
-            return
-        except Exception:  # a bug in the runtime itself: keep the partition from advancing
-            log.exception("stage_internal_error")
-            self._abandoned(tracker)
-            return
-        self._await_acks(tracker, [(record, outgoing, futures)])
-
-    async def _process_inline(
-        self, records: list[ConsumerRecord], tracker: PartitionTracker
-    ) -> None:
-        """Handle a fetched batch of one partition with a handler that never waits.
-
-        One task for the batch; each message is decoded, handled and queued in the
-        producer in turn (in offset order), and the batch shares one ack counter.
-        """
-        assert self._inline is not None
-        sent: list[Sent] = []
-        position = 0  # records before this one are sent or handed elsewhere
-        timed, handler_s = 0, 0.0
-        try:
-            for position in range(len(records)):
-                record = records[position]
-                unit = self._enter(record)
-                started = time.perf_counter()
-                try:
-                    outgoing = self._handle_inline(record, unit, self._inline)
-                except _Retriable as retriable:  # retried with backoff in a task of its own
-                    tp = TopicPartition(record.topic, record.partition)
-                    self._spawn(tp, self._process(record, tracker, retriable.cause))
-                    continue
-                finally:
-                    timed += 1
-                    handler_s += time.perf_counter() - started
-                try:
-                    futures = await self._send(outgoing, record.partition)
-                except KafkaError as exc:
-                    self._redeliver_later(record, tracker, outgoing, exc)
-                    continue
-                sent.append((record, outgoing, futures))
-        except asyncio.CancelledError:
-            for _ in records[position:]:
-                self._abandoned(tracker)  # stay uncommitted: the next owner redoes them
-            raise
-        except Exception:  # a bug in the runtime itself: keep the partition from advancing
-            log.exception("stage_internal_error")
-            for _ in records[position:]:
-                self._abandoned(tracker)
-        finally:
-            self._await_acks(tracker, sent)
-            if timed:  # one observation per batch: its mean time per item
-                self._m_seconds.observe(handler_s / timed)
-
-    def _handle_inline(
-        self, record: ConsumerRecord, unit: dict[str, Any], handler: InlineHandler
-    ) -> list[Outgoing]:
-        decoded = self._decode(record, unit)
-        if not isinstance(decoded, Item):
-            return [decoded]
-        try:
-            outputs = self._checked(handler(decoded))
-        except Exception as exc:  # user code: retried or dead-lettered, never lost
-            if is_retriable(exc):
-                raise _Retriable(exc) from exc
-            return [self._give_up(record, decoded, exc, attempts=1)]
-        try:
-            # No per-item timing: an inline handler's microseconds are not worth an item field.
-            return self._encode([out.item for out in outputs], outputs)
-        except Exception as exc:  # an output item that cannot be encoded
-            return [self._give_up(record, decoded, exc, attempts=1)]
-
-    async def _handle(
-        self, record: ConsumerRecord, unit: dict[str, Any], first_error: Exception | None,
-    ) -> list[Outgoing]:
-        """Decode and run the handler; any failure becomes a dead letter (the policy)."""
-        decoded = self._decode(record, unit)
-        if not isinstance(decoded, Item):
-            return [decoded]
-        item = decoded
-        started = time.perf_counter()
-        try:
-            if first_error is not None:
-                outputs = await self._retry_handler(item, first_error)
-            else:
-                try:
-                    outputs = await self._handler(item)  # the fast path: no retry machinery
-                except Exception as first:
-                    if not is_retriable(first):
-                        raise _GaveUp(first, attempts=1) from first
-                    outputs = await self._retry_handler(item, first)
-        except _GaveUp as gave_up:  # handed to the dead-letter policy, never swallowed
-            if isinstance(gave_up.cause, LLMUnavailable):
-                raise gave_up.cause from None
-            return [self._give_up(record, item, gave_up.cause, attempts=gave_up.attempts)]
-        try:
-            return self._outputs(item, self._checked(outputs), started)
-        except Exception as exc:  # an undeclared topic, not a list, an unencodable item
-            return [self._give_up(record, item, exc, attempts=1)]
-
-    def _checked(self, result: object) -> Sequence[Output]:
-        """``result`` if it is a list of outputs to declared topics; else StageContractError."""
-        return self.stage.checked(result)
-
-    def _decode(self, record: ConsumerRecord, unit: dict[str, Any]) -> Item | Outgoing:
-        """The record's item, or (undecodable, invalid) its dead letter."""
-        try:
-            item = self.stage.decoder(record, self._limits)
-        except Exception as exc:  # any decoder failure is this record's, never the partition's
-            if not isinstance(exc, ValidationError):
-                exc = ValidationError(f"the decoder raised {type(exc).__name__}: "
-                                      f"{str(exc)[:200]}", reason="undecodable")
-            # No item, but the DLQ row's id: the producer's key, else a hash of the bytes.
-            unit["item_id"] = dlq_key(record).decode("utf-8", "replace")
-            return self._dead_letter(record, exc, attempts=1)
-        unit["item_id"] = item.id
-        unit["round"] = item.round
-        return item
-
-    def _outputs(self, item: Item, outputs: Sequence[Output], started: float) -> list[Outgoing]:
-        """Encode a waiting handler's outputs, each with the time the stage took."""
-        elapsed = time.perf_counter() - started
-        self._m_seconds.observe(elapsed)
-        return self._encode(
-            [out.item.add_timing(self.stage.name, elapsed) for out in outputs], outputs
-        )
-
-    def _encode(self, items: list[Item], outputs: Sequence[Output]) -> list[Outgoing]:
-        """``outputs`` as messages; ``items`` are what to write (the outputs' items or copies)."""
-        self.handled += 1
-        encoded: list[Outgoing] = []
-        for item, out in zip(items, outputs, strict=True):
-            topic, default_outcome = self._destinations[out.topic]
-            encoded.append(
-                (topic, item.id.encode(), encode_item(item), None, out.outcome or default_outcome)
-            )
-        return encoded
-
-    def _give_up(
-        self, record: ConsumerRecord, item: Item, cause: Exception, *, attempts: int
-    ) -> Outgoing:
-        log.warning("handler_failed", error=type(cause).__name__, reason=dlq_reason(cause),
-                    message=str(cause)[:300], attempts=attempts)
-        return self._dead_letter(record, cause, attempts=attempts, item=item)
-
-    async def _retry_handler(self, item: Item, error: Exception) -> Sequence[Output]:
-        """Retry after a retriable failure with jittered backoff (Retry-After honoured)."""
-        attempts = 1
-        while True:
-            if not is_retriable(error) or attempts >= self._rt.retry_max_attempts:
-                raise _GaveUp(error, attempts=attempts) from error
-            retry_after = error.retry_after_s if isinstance(error, TransientError) else None
-            delay = self._backoff.delay_s(attempts - 1, retry_after)
-            self._log_retry(attempts, error, delay)
-            await asyncio.sleep(delay)
-            attempts += 1
-            try:
-                return await self._handler(item)
-            except Exception as exc:
-                error = exc
-
-    @staticmethod
-    def _log_retry(attempt: int, exc: BaseException, delay_s: float) -> None:
-        log.info("handler_retry", attempt=attempt, error=type(exc).__name__,
-                 delay_s=round(delay_s, 3))
-
-    def _dead_letter(
-        self, record: ConsumerRecord, exc: BaseException, *, attempts: int,
-        item: Item | None = None,
-    ) -> Outgoing:
-        reason = dlq_reason(exc)
-        self.dead_lettered += 1
-        self._metrics.dlq_total.labels(self.stage.name, reason).inc()
-        # item_id, stage, topic, partition and offset come from the unit of work.
-        log.warning("dead_lettered", reason=reason, message=str(exc)[:300])
-        headers = dlq_headers(record, stage=self.stage.name, exc=exc, attempts=attempts,
-                              item=item)
-        key = item.id.encode() if item is not None else dlq_key(record)
-        return (self._dlq_topic, key, record.value or b"", headers, "dlq")
-
-    # ------------------------------------------------------------------ delivery
-
-    async def _send(self, outgoing: list[Outgoing], partition: int) -> list[asyncio.Future[Any]]:
-        """Queue ``outgoing`` in the producer (normally without waiting); futures of the acks.
-
-        An item keeps its partition number from topic to topic when the partition counts
-        match (they do unless someone changed one): its key is its id, so that is where
-        key hashing would put it anyway, and the pure-Python murmur2 is skipped.
-        """
-        assert self._producer is not None
-        futures = []
-        for topic, key, value, headers, _ in outgoing:
-            same = self._same_partitions.get(topic)
-            if same is None:
-                same = await self._learn_partitioning(topic)
-            futures.append(await self._producer.send(
-                topic, value, key=key, headers=headers, partition=partition if same else None,
-            ))
-        return futures
-
-    async def _learn_partitioning(self, topic: str) -> bool:
-        assert self._producer is not None and self._consumer is not None
-        mine = self._consumer.partitions_for_topic(self._input_topic)
-        theirs = await self._producer.partitions_for(topic)
-        same = bool(mine) and mine == theirs
-        self._same_partitions[topic] = same
-        return same
-
-    def _await_acks(self, tracker: PartitionTracker, sent: list[Sent]) -> None:
-        if sent:
-            AckGroup(tracker, sent, on_delivered=self._delivered,
-                     on_failed=self._redeliver_later)
-
-    def _delivered(self, tracker: PartitionTracker, messages: list[Sent]) -> None:
-        """Every output of these inputs is acknowledged: they may now be committed."""
-        counts: dict[str, int] = {}
-        for record, outgoing, _ in messages:
-            tracker.finished(record.offset)
-            for *_, outcome in outgoing:
-                counts[outcome] = counts.get(outcome, 0) + 1
-        for outcome, n in counts.items():  # one metric update per outcome, not per message
-            self._count(outcome, n)
-        self._release_slots(len(messages))
-
-    def _abandoned(self, tracker: PartitionTracker) -> None:
-        tracker.abandoned()
-        self._release_slots(1)
-
-    def _redeliver_later(
-        self, record: ConsumerRecord, tracker: PartitionTracker, outgoing: list[Outgoing],
-        error: BaseException,
-    ) -> None:
-        tp = TopicPartition(record.topic, record.partition)
-        self._spawn(tp, self._redeliver(record, tracker, outgoing, error))
-
-    async def _redeliver(
-        self, record: ConsumerRecord, tracker: PartitionTracker, outgoing: list[Outgoing],
-        error: BaseException,
-    ) -> None:
-        """The broker did not take the outputs: retry until it does (or we are cancelled)."""
-        self._enter(record)
-        attempt = 0
-        try:
-            while True:
-                delay = self._backoff.delay_s(min(attempt, 8))
-                attempt += 1
-                log.warning("delivery_retry", error=type(error).__name__, attempt=attempt,
-                            delay_s=round(delay, 3))
-                await asyncio.sleep(delay)
-                try:
-                    for future in await self._send(outgoing, record.partition):
-                        await future
-                except KafkaError as exc:
-                    error = exc
-                    continue
-                self._delivered(tracker, [(record, outgoing, [])])
-                return
-        except asyncio.CancelledError:
-            self._abandoned(tracker)
-            raise
-
-    def _count(self, outcome: str, n: int) -> None:
-        counter = self._m_outcomes.get(outcome)
-        if counter is None:
-            counter = self._m_outcomes[outcome] = self._metrics.items_total.labels(
-                self.stage.name, outcome
-            )
-        counter.inc(n)
-
-    # ------------------------------------------------------------------ commits
-
-    async def _commit(self, only: list[TopicPartition] | None = None) -> None:
-        consumer = self._consumer
-        if consumer is None:
-            return
-        async with self._commit_lock:
-            offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-            for tp, tracker in self._trackers.items():
-                if only is not None and tp not in only:
-                    continue
-                point = tracker.commit_point()
-                if point is not None:
-                    tracker.to_commit = point
-                if tracker.to_commit is not None and tracker.to_commit != tracker.committed:
-                    offsets[tp] = OffsetAndMetadata(tracker.to_commit, "")
-            if not offsets:
-                return
-            try:
-                await consumer.commit(offsets)
-            except KafkaError as exc:
-                # Not fatal: the offsets stay pending and go with the next commit; at worst
-                # a rebalance redelivers them (duplicates are removed at export).
-                log.warning("commit_failed", stage=self.stage.name, error=type(exc).__name__)
-                return
-            for tp, meta in offsets.items():
-                self._trackers[tp].committed = meta.offset
-
-    def _update_lag(self) -> None:
-        consumer = self._consumer
-        if consumer is None:
-            return
-        for tp, tracker in self._trackers.items():
-            highwater = consumer.highwater(tp)
-            if highwater is None or tracker.committed is None:
-                continue  # no fetch answered yet: Tansu's ListOffsets would mislead
-            lag = max(0, highwater - tracker.committed)
-            self._metrics.consumer_lag.labels(self.stage.name, str(tp.partition)).set(lag)
-            self._lag_partitions.add(tp.partition)
+        await self._window.finish_tasks(partitions, timeout_s)
+        await self._window.wait_for_acks(self._commits.trackers(partitions), deadline)
 
     # ------------------------------------------------------------------ rebalance
 
     async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
-        consumer = self._consumer
-        # One OffsetFetch round trip per partition: send them all at once.
-        committed = await asyncio.gather(*(consumer.committed(tp) for tp in assigned)) \
-            if consumer is not None else [None] * len(assigned)
-        for tp, offset in zip(assigned, committed, strict=True):
-            tracker = PartitionTracker()
-            tracker.committed = offset
-            self._trackers[tp] = tracker
+        await self._commits.assign(self._consumer, assigned)
         log.info("partitions_assigned", stage=self.stage.name,
                  partitions=sorted(tp.partition for tp in assigned))
         self.ready.set()
 
     async def _on_revoked(self, revoked: list[TopicPartition]) -> None:
         """Stop dispatching for ``revoked``, let their work finish up to a deadline, commit."""
-        mine = [tp for tp in revoked if tp in self._trackers]
+        mine = self._commits.owned(revoked)
         await self._drain(mine, self._rt.revoke_drain_timeout_s)
-        await self._commit(only=mine)
-        for tp in mine:
-            self._trackers.pop(tp).revoked = True
-            self._tasks.pop(tp, None)
-            if tp.partition in self._lag_partitions:
-                self._lag_partitions.discard(tp.partition)
-                self._metrics.consumer_lag.remove(self.stage.name, str(tp.partition))
+        await self._commits.commit(self._consumer, only=mine)
+        self._commits.forget(mine)
+        self._window.forget(mine)
         if mine:
             log.info("partitions_revoked", stage=self.stage.name,
                      partitions=sorted(tp.partition for tp in mine))
@@ -747,8 +244,17 @@ class StageRunner:
     # ------------------------------------------------------------------ introspection
 
     @property
+    def handled(self) -> int:
+        """Inputs whose outputs were encoded (and sent, or being sent)."""
+        return self._handling.handled
+
+    @property
+    def dead_lettered(self) -> int:
+        return self._dead_letters.dead_lettered
+
+    @property
     def inflight(self) -> int:
-        return self._inflight
+        return self._window.inflight
 
     def committed_offsets(self) -> dict[TopicPartition, int | None]:
-        return {tp: t.committed for tp, t in self._trackers.items()}
+        return self._commits.committed_offsets()
