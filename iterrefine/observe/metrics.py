@@ -39,8 +39,13 @@ class Metrics:
         """``longest_timeout_s``: the longest configured LLM timeout; latency buckets
         reach it (never below :data:`DEFAULT_LONGEST_TIMEOUT_S`)."""
         self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
         buckets = latency_buckets(max(longest_timeout_s, DEFAULT_LONGEST_TIMEOUT_S))
+        self._stage_families(self.registry, buckets)
+        self._llm_families(self.registry, buckets)
+        self._quality_families(self.registry)
+
+    def _stage_families(self, r: CollectorRegistry, buckets: tuple[float, ...]) -> None:
+        """What the runtime counts: items, handler time, in-flight, lag, rounds, DLQ."""
         self.items_total = Counter(
             f"{PREFIX}_items_total", "Items leaving a stage, by outcome.",
             ["stage", "outcome"], registry=r,
@@ -62,6 +67,13 @@ class Metrics:
             f"{PREFIX}_refine_rounds", "Rounds per item at the end of refinement.",
             ["outcome"], buckets=_ROUND_BUCKETS, registry=r,
         )
+        self.dlq_total = Counter(
+            f"{PREFIX}_dlq_total", "Messages dead-lettered, by stage and reason.",
+            ["stage", "reason"], registry=r,
+        )
+
+    def _llm_families(self, r: CollectorRegistry, buckets: tuple[float, ...]) -> None:
+        """What the LLM clients count: requests, latency, tokens, cut-offs, cache, circuit."""
         self.llm_requests_total = Counter(
             f"{PREFIX}_llm_requests_total", "LLM requests by role and status.",
             ["role", "status"], registry=r,
@@ -93,15 +105,14 @@ class Metrics:
             "1 while a role's endpoint is down or rejects the key (its calls wait).",
             ["role"], registry=r,
         )
-        self.dlq_total = Counter(
-            f"{PREFIX}_dlq_total", "Messages dead-lettered, by stage and reason.",
-            ["stage", "reason"], registry=r,
-        )
         self.llm_answers_total = Counter(
             f"{PREFIX}_llm_answers_total",
             "LLM answers by task and how they read: first_try, after_reask or unreadable.",
             ["task", "outcome"], registry=r,
         )
+
+    def _quality_families(self, r: CollectorRegistry) -> None:
+        """What the stages' decisions count: re-score failures, judge scores, selection."""
         self.rescore_failures_total = Counter(
             f"{PREFIX}_rescore_failures_total",
             "Refined items whose re-score could not be read: curated without a final score.",
