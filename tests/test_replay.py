@@ -248,3 +248,17 @@ def _reset(item: Item, stage: str, revision: int) -> Item:
     reset = PIPELINE[stage].reset
     assert reset is not None
     return reset(item, revision)
+
+
+@pytest.mark.unit
+def test_replay_help_says_answers_come_from_the_cache_unless_refresh(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`replay --help` tells that a replay reuses cached answers unless --cache refresh."""
+    from iterrefine.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser("replay").parse_args(["replay", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "answers come from the workers' LLM response cache unless they run with " \
+           "--cache refresh" in text
