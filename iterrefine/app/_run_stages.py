@@ -82,6 +82,10 @@ class StageRun:
         self._on_progress = on_progress
         #: Tells this process's stages to drain, commit and return.
         self._pipeline_stop = asyncio.Event()
+        #: In consumer groups: tells them to leave their groups once every process has
+        #: committed (:meth:`_stop_stages`).
+        self._leave = asyncio.Event()
+        self._runners: list[StageRunner] = []
         self._own_ready = asyncio.Event()
         self._ingest_reported = False
 
@@ -99,12 +103,13 @@ class StageRun:
         # ingest now: the records are in Kafka when the stages first fetch.
         settle_first = bool(started.extras.count) and not started.owned
         ingesting = None if settle_first else self._start_ingest()
-        runners: list[StageRunner] = []
+        runners = self._runners
         stages: asyncio.Task[dict[str, LLMStats]] = asyncio.create_task(serve_pipeline(
             started.config, started.bootstrap, graph=started.graph, metrics=started.metrics,
             metrics_port=started.metrics_port, stop=self._pipeline_stop,
             on_ready=self._stages_ready, simulated=started.simulated, topics_ready=True,
             runners_out=runners, roles=started.roles,
+            leave=None if started.owned else self._leave,
         ))
         joins = asyncio.create_task(watch_group_joins(
             runners, timeout_s=started.config.runtime.group_join_timeout_s,
@@ -174,20 +179,41 @@ class StageRun:
     ) -> tuple[dict[str, LLMStats], dict[str, LLMStats]]:
         """Stop the extra worker processes and this process's stages: their LLM counters.
 
-        In consumer groups the children leave first, while this process keeps polling
-        and so rejoins at once. The other way round the children were mid-rejoin when
-        told to stop, and the embedded Tansu then kept them as members for good: every
-        later JoinGroup of these groups hung (2 of 2 tries before, 0 of 3 after).
-        Static shares have no group to disturb: everything stops at once.
+        Static shares have no group to disturb: everything stops at once. In consumer
+        groups every process first drains and commits while all stay members, so no
+        commit meets a group that has moved on (noida-db starts a new generation the
+        moment a member leaves and refuses the old one's commits: 3 of 4 runs left 5-19
+        records uncommitted). Then the children leave, while this process is still a
+        member and so rejoins at once; then this one. The other way round the children
+        were mid-rejoin when told to stop, and the embedded Tansu then kept them as
+        members for good: every later JoinGroup of these groups hung.
         """
-        children = asyncio.create_task(self._started.extras.stop())
+        extras = self._started.extras
         if self._started.owned:
+            children = asyncio.create_task(extras.stop())
             self._pipeline_stop.set()
-        child_stats = await children
+            child_stats = await children
+            return await stages, child_stats
+        drain_s = self._started.config.runtime.drain_timeout_s + 10
+        draining = asyncio.create_task(extras.drain(drain_s))
         self._pipeline_stop.set()
+        drained = asyncio.create_task(self._own_drained())
+        try:
+            async with asyncio.timeout(drain_s):
+                await asyncio.wait([stages, drained], return_when=asyncio.FIRST_COMPLETED)
+        except TimeoutError:
+            pass
+        finally:
+            drained.cancel()
+        await draining
+        child_stats = await extras.stop()
+        self._leave.set()
         # Drains in-flight work and commits; re-raises a stage crash.
         own_stats = await stages
         return own_stats, child_stats
+
+    async def _own_drained(self) -> None:
+        await asyncio.gather(*(runner.drained.wait() for runner in self._runners))
 
 
 async def _until_set_or_done(

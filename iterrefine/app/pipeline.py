@@ -114,6 +114,8 @@ async def serve_pipeline(
     topics_ready: bool = False,
     on_circuit_open: Callable[[Circuit], None] | None = None,
     roles: LLMRoles | None = None,
+    leave: asyncio.Event | None = None,
+    on_drained: Callable[[], None] | None = None,
 ) -> dict[str, LLMStats]:
     """Serve ``stages`` of ``graph`` (default: the config's) until ``stop``; LLM counters.
 
@@ -125,6 +127,8 @@ async def serve_pipeline(
     ``on_circuit_open`` hears when an LLM role's
     endpoint goes down (``run`` stops on a rejected key). ``roles``: clients the caller
     started and closes (``run`` probes them first); otherwise the stages' own.
+    ``leave`` and ``on_drained``: commit, then stay in the groups until told to leave
+    (:func:`iterrefine.runtime.serve.serve_stages`).
     """
     graph = graph if graph is not None else load_graph(config)
     specs = graph.select(stages)
@@ -165,5 +169,5 @@ async def serve_pipeline(
                  simulated=simulated)
         await serve_stages(built, config=config, bootstrap_servers=bootstrap, metrics=metrics,
                            stop=stop, runners_out=runners, on_ready=on_ready,
-                           topics_ready=True)
+                           topics_ready=True, leave=leave, on_drained=on_drained)
         return roles.stats()
