@@ -128,9 +128,11 @@ async def test_replay_cli_realigns_refined_items_only(
 
 
 async def test_since_until_select_by_record_time_and_a_replay_never_rereads_itself(
-    broker: str,
+    kafka: str,
 ) -> None:
-    """--since/--until pick the burst in between (offsets_for_times on Tansu + time filter)."""
+    """--since/--until pick the burst in between (offsets_for_times on Tansu + time filter),
+    on both brokers (noida-db answers time lookups as Kafka does)."""
+    broker = kafka
     config = unique_config()
     names = TopicNames(config.kafka.topic_prefix)
     bursts = [[alpaca(100 * b + i) for i in range(20)] for b in range(3)]

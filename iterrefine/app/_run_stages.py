@@ -82,10 +82,6 @@ class StageRun:
         self._on_progress = on_progress
         #: Tells this process's stages to drain, commit and return.
         self._pipeline_stop = asyncio.Event()
-        #: In consumer groups: tells them to leave their groups once every process has
-        #: committed (:meth:`_stop_stages`).
-        self._leave = asyncio.Event()
-        self._runners: list[StageRunner] = []
         self._own_ready = asyncio.Event()
         self._ingest_reported = False
 
@@ -103,13 +99,12 @@ class StageRun:
         # ingest now: the records are in Kafka when the stages first fetch.
         settle_first = bool(started.extras.count) and not started.owned
         ingesting = None if settle_first else self._start_ingest()
-        runners = self._runners
+        runners: list[StageRunner] = []
         stages: asyncio.Task[dict[str, LLMStats]] = asyncio.create_task(serve_pipeline(
             started.config, started.bootstrap, graph=started.graph, metrics=started.metrics,
             metrics_port=started.metrics_port, stop=self._pipeline_stop,
             on_ready=self._stages_ready, simulated=started.simulated, topics_ready=True,
             runners_out=runners, roles=started.roles,
-            leave=None if started.owned else self._leave,
         ))
         joins = asyncio.create_task(watch_group_joins(
             runners, timeout_s=started.config.runtime.group_join_timeout_s,
@@ -180,13 +175,14 @@ class StageRun:
         """Stop the extra worker processes and this process's stages: their LLM counters.
 
         Static shares have no group to disturb: everything stops at once. In consumer
-        groups every process first drains and commits while all stay members, so no
-        commit meets a group that has moved on (noida-db starts a new generation the
-        moment a member leaves and refuses the old one's commits: 3 of 4 runs left 5-19
-        records uncommitted). Then the children leave, while this process is still a
-        member and so rejoins at once; then this one. The other way round the children
-        were mid-rejoin when told to stop, and the embedded Tansu then kept them as
-        members for good: every later JoinGroup of these groups hung.
+        groups the children first drain and commit while every process is still a member,
+        so no commit meets a group that has moved on (noida-db starts a new generation
+        the moment a member leaves and refuses the old one's commits: 3 of 4 runs left
+        5-19 records uncommitted). Then the children leave, while this process keeps
+        polling and so rejoins at once; then this one drains, commits and leaves. With
+        this process stopping first, the children were mid-rejoin when told to stop, and
+        the embedded Tansu then kept them as members for good: every later JoinGroup of
+        these groups hung.
         """
         extras = self._started.extras
         if self._started.owned:
@@ -194,26 +190,12 @@ class StageRun:
             self._pipeline_stop.set()
             child_stats = await children
             return await stages, child_stats
-        drain_s = self._started.config.runtime.drain_timeout_s + 10
-        draining = asyncio.create_task(extras.drain(drain_s))
-        self._pipeline_stop.set()
-        drained = asyncio.create_task(self._own_drained())
-        try:
-            async with asyncio.timeout(drain_s):
-                await asyncio.wait([stages, drained], return_when=asyncio.FIRST_COMPLETED)
-        except TimeoutError:
-            pass
-        finally:
-            drained.cancel()
-        await draining
+        await extras.drain(self._started.config.runtime.drain_timeout_s + 10)
         child_stats = await extras.stop()
-        self._leave.set()
+        self._pipeline_stop.set()
         # Drains in-flight work and commits; re-raises a stage crash.
         own_stats = await stages
         return own_stats, child_stats
-
-    async def _own_drained(self) -> None:
-        await asyncio.gather(*(runner.drained.wait() for runner in self._runners))
 
 
 async def _until_set_or_done(
