@@ -179,7 +179,7 @@ def creation_problem(spec: TopicSpec, code: int, message: str | None, brokers: i
             f"{', '.join(f'{k}={v}' for k, v in sorted(spec.configs.items()))} on a cluster of "
             f"{brokers} broker{'s' * (brokers != 1)}; the broker answered {said}. Fix: correct "
             "the [kafka] setting the broker names, or create the topic yourself as asked "
-            "(README, \"A real Kafka cluster\")")
+            "(README, \"Topics\")")
 
 
 def mismatch_problem(spec: TopicSpec, found: FoundTopic) -> str | None:
