@@ -72,7 +72,8 @@ async def test_run_with_workers_on_a_cluster_commits_everything_and_reruns(
     behind = {stage: b for stage, (b, _) in (await _all_committed(config, kafka)).items()}
     if any(behind.values()) and not on_tansu:
         pytest.xfail(f"noida-db: records left uncommitted {behind} although every process "
-                     "committed before any left (seen in 1 of 7 runs; not explained yet)")
+                     "committed before any left (2 of 7 noida runs while developing this; "
+                     "not explained yet)")
     assert behind == dict.fromkeys(behind, 0), behind
     if on_tansu:
         # Tansu keeps members of a multi-process run's groups: a later run there never
