@@ -5,6 +5,7 @@ runtime dead-letters a message whose handler raised a non-retriable error.
 
     IterrefineError (retriable=False)
     ├── ConfigError               bad or missing configuration; the message says the fix
+    │   └── TopicSetupError       the cluster's topics are not what the pipeline needs
     ├── ValidationError           an input record is not a usable item (reason = short code)
     ├── BrokerError               the embedded broker cannot start / is not reachable
     ├── TransientError (retriable=True)
@@ -39,6 +40,13 @@ class ConfigError(IterrefineError):
     """Configuration is missing or inconsistent; the message says how to fix it."""
 
     reason = "config"
+
+
+class TopicSetupError(ConfigError):
+    """A topic could not be created, or exists unlike the pipeline needs it (partitions,
+    cleanup policy); the message names the topic, what was asked, what exists and the fix."""
+
+    reason = "topic_setup"
 
 
 class ValidationError(IterrefineError):

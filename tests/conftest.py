@@ -1,4 +1,5 @@
-"""Shared fixtures. Kafka tests run against the real embedded broker, never a fake."""
+"""Shared fixtures. Kafka tests run against the real embedded broker, never a fake; the
+production-relevant ones also against a second, independent broker (``kafka``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 from iterrefine.broker.embedded import EmbeddedBroker
 from iterrefine.sim import SimConfig, SimServer
 
+from .brokers import NOIDA_MISSING, NoidaBroker
 from .pipeline_support import FAST_SIM
 
 
@@ -17,6 +19,32 @@ def broker() -> Iterator[str]:
     """Bootstrap servers of a private in-memory Tansu broker, shared by the whole session."""
     with EmbeddedBroker() as embedded:
         yield embedded.bootstrap_servers
+
+
+@pytest.fixture(scope="session")
+def noida() -> Iterator[str]:
+    """Bootstrap servers of a private noida-db broker (Kafka-like where Tansu is lenient),
+    shared by the whole session."""
+    if NOIDA_MISSING is not None:
+        pytest.skip(NOIDA_MISSING)
+    started = NoidaBroker()
+    try:
+        started.start()
+    except (OSError, RuntimeError) as exc:  # e.g. a platform its wheel's binary does not run on
+        pytest.skip(f"noida-db cannot run here, the checks stay Tansu-only: {exc}")
+    try:
+        yield started.bootstrap_servers
+    finally:
+        started.stop()
+
+
+@pytest.fixture(params=["tansu", "noida"])
+def kafka(request: pytest.FixtureRequest) -> str:
+    """Bootstrap servers of each broker in turn: the embedded Tansu, then noida-db.
+
+    ``request.param`` names the broker, for a test that documents where one differs.
+    """
+    return str(request.getfixturevalue("broker" if request.param == "tansu" else "noida"))
 
 
 @pytest.fixture

@@ -235,13 +235,19 @@ def test_compose_has_broker_workers_observability_and_profiles() -> None:
 @pytest.mark.unit
 @pytest.mark.parametrize("stage", STAGES)
 def test_compose_worker_command_is_a_real_cli_command(stage: str) -> None:
-    """Each stage service runs `iterrefine worker STAGE` with flags the real parser accepts."""
+    """Each stage service runs `iterrefine worker STAGE` with flags the real parser accepts,
+    as a static group member of its own (a restart keeps its partitions)."""
     service = _services()[stage]
     assert service["command"] == [
-        "worker", stage, "--bootstrap", "kafka:9092", "--metrics-port", str(METRICS_PORT),
-        "--metrics-host", "0.0.0.0", "--config", "/etc/iterrefine/iterrefine.toml",
+        "worker", stage, "--bootstrap", "kafka:9092", "--group-instance-id", f"{stage}-0",
+        "--metrics-port", str(METRICS_PORT), "--metrics-host", "0.0.0.0",
+        "--config", "/etc/iterrefine/iterrefine.toml",
     ]
     args = _parse_cli(service["command"])
+    assert args.group_instance_id == f"{stage}-0"
+    config = load_config(ROOT / "deploy" / "config" / "iterrefine.toml")
+    # A restart (image start + imports) must fit in the session, or the id buys nothing.
+    assert config.runtime.session_timeout_ms >= 30_000
     assert args.command == "worker" and args.stages == [stage]
     assert args.metrics_port == METRICS_PORT
     assert args.metrics_host == "0.0.0.0"  # the default is loopback, unreachable in a container

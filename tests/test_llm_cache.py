@@ -54,6 +54,30 @@ def test_put_get_delete_and_lifetime_counters(tmp_path: Path) -> None:
 
 
 @pytest.mark.unit
+def test_a_running_process_adds_its_counters_every_few_seconds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long-running worker's hits reach the file while it runs (status reads them),
+    not only when it closes."""
+    import iterrefine.llm.cache as cache_module
+
+    path = tmp_path / "c.sqlite3"
+    worker = ResponseCache(path)
+    worker.put("k", answer())
+    assert worker.get("k") is not None
+    assert worker.get("k") is not None
+    stats = read_stats(path)
+    assert stats is not None and stats.hits == 0  # inside the interval: still pending
+    monkeypatch.setattr(cache_module, "FLUSH_INTERVAL_S", 0.0)
+    assert worker.get("nope") is None  # the next lookup flushes what was pending
+    stats = read_stats(path)
+    assert stats is not None and (stats.hits, stats.misses) == (2, 0)
+    worker.close()
+    stats = read_stats(path)
+    assert stats is not None and (stats.hits, stats.misses) == (2, 1)
+
+
+@pytest.mark.unit
 def test_refresh_mode_never_reads_but_writes(tmp_path: Path) -> None:
     """--cache refresh asks again (every lookup misses) and overwrites what it gets."""
     path = tmp_path / "c.sqlite3"

@@ -128,9 +128,11 @@ async def test_replay_cli_realigns_refined_items_only(
 
 
 async def test_since_until_select_by_record_time_and_a_replay_never_rereads_itself(
-    broker: str,
+    kafka: str,
 ) -> None:
-    """--since/--until pick the burst in between (offsets_for_times on Tansu + time filter)."""
+    """--since/--until pick the burst in between (offsets_for_times on Tansu + time filter),
+    on both brokers (noida-db answers time lookups as Kafka does)."""
+    broker = kafka
     config = unique_config()
     names = TopicNames(config.kafka.topic_prefix)
     bursts = [[alpaca(100 * b + i) for i in range(20)] for b in range(3)]
@@ -248,3 +250,17 @@ def _reset(item: Item, stage: str, revision: int) -> Item:
     reset = PIPELINE[stage].reset
     assert reset is not None
     return reset(item, revision)
+
+
+@pytest.mark.unit
+def test_replay_help_says_answers_come_from_the_cache_unless_refresh(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`replay --help` tells that a replay reuses cached answers unless --cache refresh."""
+    from iterrefine.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser("replay").parse_args(["replay", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "answers come from the workers' LLM response cache unless they run with " \
+           "--cache refresh" in text

@@ -6,7 +6,6 @@ import json
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,22 +47,32 @@ def broker_up(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.mark.slow
-def test_second_run_on_a_reused_broker_after_workers_finishes(
+def test_run_never_silently_shares_a_broker_up_broker_and_refuses_a_busy_pipeline(
     broker_up: str, tmp_path: Path
 ) -> None:
-    """run --workers 2 against a `broker up` broker, then another run there: it finishes."""
+    """With a `broker up` broker holding a backlog, `run` without --bootstrap runs on a
+    broker of its own (the backlog stays untouched); pointed at it, it says so and refuses
+    the busy pipeline (exit 2, naming the backlog); under a prefix of its own it runs there."""
     source = small_input(tmp_path)
-    config = tmp_path / "c.toml"
-    config.write_text("[runtime]\ngroup_join_timeout_s = 30\n")
-    common = ["--llm", "sim", "--data-dir", broker_up, "--config", str(config),
-              "--no-progress", "--log-level", "warning", "--sim-latency-ms", "20",
-              "--sim-jitter-ms", "5"]
-    first = cli("run", str(source), "-o", str(tmp_path / "a.jsonl"), "--workers", "2", *common)
-    assert first.returncode == 0, first.stderr[-2000:]
-    started = time.monotonic()
-    second = cli("run", str(source), "-o", str(tmp_path / "b.jsonl"), *common)
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert time.monotonic() - started < 60
+    bootstrap = json.loads((Path(broker_up) / "broker.json").read_text())["bootstrap_servers"]
+    (tmp_path / "backlog").mkdir()
+    ingested = cli("ingest", str(small_input(tmp_path / "backlog", 5)), "--data-dir", broker_up,
+                   "--log-level", "warning")
+    assert ingested.returncode == 0, ingested.stderr
+    common = ["--llm", "sim", "--data-dir", broker_up, "--no-progress", "--log-level",
+              "warning", "--sim-latency-ms", "20", "--sim-jitter-ms", "5"]
+    own = cli("run", str(source), "-o", str(tmp_path / "own.jsonl"), *common)
+    assert own.returncode == 0, own.stderr[-2000:]
+    refused = cli("run", str(source), "-o", str(tmp_path / "shared.jsonl"),
+                  "--bootstrap", bootstrap, *common)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert f"running on the Kafka cluster at {bootstrap}" in refused.stderr
+    assert ("is busy: 5 records of iterrefine.items.raw not yet processed by group "
+            "iterrefine.score") in refused.stderr
+    # A pipeline of its own on that broker runs there (the rerun: test_production_kafka).
+    shared = cli("run", str(source), "-o", str(tmp_path / "mine.jsonl"), "--bootstrap",
+                 bootstrap, "--topic-prefix", "mine.", "--workers", "2", *common)
+    assert shared.returncode == 0, shared.stderr[-2000:]
 
 
 @pytest.mark.slow

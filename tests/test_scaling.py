@@ -62,11 +62,17 @@ async def feed(config: Config, broker: str, tmp_path: Path, n: int) -> set[str]:
 
 
 async def test_three_refine_workers_survive_one_killed_mid_run(
-    broker: str, sims: tuple[SimServer, SimServer], tmp_path: Path
+    kafka: str, sims: tuple[SimServer, SimServer], tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
-    """SIGKILL one of three refine workers: the others take its partitions; all items end once."""
+    """SIGKILL one of three refine workers: the others take its partitions; all items end
+    once. On noida-db the broker is at fault: it never drops a dead member, so its
+    partitions are never handed over (checked for 3 session timeouts, then xfail)."""
+    broker = kafka
+    on_noida = request.node.callspec.params["kafka"] == "noida"
     victims_sim, others_sim = sims
-    config = unique_config(retry_base_s=0.02, retry_max_s=0.5)
+    # noida-db, like Kafka, refuses session timeouts under 6 s.
+    config = unique_config(retry_base_s=0.02, retry_max_s=0.5, session_timeout_ms=6000)
     settings = write_worker_config(tmp_path / "worker.toml", config, bootstrap=broker)
     common = ["--config", str(settings)]
     workers = [
@@ -89,6 +95,8 @@ async def test_three_refine_workers_survive_one_killed_mid_run(
             marks = {w.name: w.log_size() for w in survivors}
             victim.kill()
             killed_at = time.monotonic()
+            if on_noida:
+                await _xfail_unless_taken_over(survivors, lost_partitions, marks, 18.0)
             await wait_for_ids(watcher, expected, timeout_s=120)
             finished_s = time.monotonic() - killed_at
         finally:
@@ -110,6 +118,23 @@ async def test_three_refine_workers_survive_one_killed_mid_run(
     assert committed == ends  # the survivors finished and committed the victim's backlog
     print(f"\nscaling: {len(expected)} items, victim held {sorted(lost_partitions)}, "
           f"{chosen.duplicates} duplicate terminal records, done {finished_s:.1f} s after kill")
+
+
+async def _xfail_unless_taken_over(
+    survivors: list[WorkerProc], lost: set[int], marks: dict[str, int], within_s: float,
+) -> None:
+    """Wait for the survivors to take ``lost`` over; xfail, saying why, if they never do."""
+    def taken() -> bool:
+        held = set().union(*(w.assignment("refine", after=marks[w.name]) for w in survivors))
+        return lost <= held
+
+    try:
+        await wait_until(taken, timeout_s=within_s, interval_s=0.5)
+    except TimeoutError:
+        pytest.xfail(f"noida-db never drops a dead group member: partitions {sorted(lost)} of "
+                     f"the SIGKILLed worker were not handed over in {within_s:g} s (3 session "
+                     "timeouts; Kafka moves them after one), and a new member's join then "
+                     "hangs for good")
 
 
 async def _member_ids(config: Config, broker: str, group: str) -> list[str]:

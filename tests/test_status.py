@@ -11,11 +11,16 @@ from pathlib import Path
 import msgspec
 import pytest
 import structlog
+from prometheus_client import generate_latest
 
+from iterrefine.app import exit_codes
 from iterrefine.app.run import RunOptions, RunResult, run_pipeline, sim_roles
 from iterrefine.cli import main
 from iterrefine.config import Config
 from iterrefine.consumers import PIPELINE
+from iterrefine.io.export import load_rows
+from iterrefine.kafka.clients import make_producer, read_to_end
+from iterrefine.kafka.topics import TopicNames, ensure_topics
 from iterrefine.observe.http import MetricsServer
 from iterrefine.observe.metrics import Metrics
 from iterrefine.processes import free_port
@@ -88,6 +93,22 @@ def test_metrics_addresses_become_urls(address: str, url: str) -> None:
 
 
 @pytest.mark.unit
+def test_workers_cache_lookups_are_read_and_summed_over_endpoints() -> None:
+    """iterrefine_llm_cache_total of several workers: hits and misses per role, summed."""
+    from iterrefine.tools.status import parse_worker_metrics
+
+    one, two = Metrics(), Metrics()
+    one.llm_cache_total.labels(role="strong", result="hit").inc(3)
+    one.llm_cache_total.labels(role="strong", result="miss").inc(1)
+    two.llm_cache_total.labels(role="strong", result="hit").inc(2)
+    two.llm_cache_total.labels(role="backbone", result="miss").inc(4)
+    texts = [generate_latest(m.registry).decode() for m in (one, two)]
+    total = parse_worker_metrics(texts[0]).plus(parse_worker_metrics(texts[1]))
+    assert total.cache == {"strong": {"hit": 5.0, "miss": 1.0},
+                           "backbone": {"miss": 4.0}}
+
+
+@pytest.mark.unit
 def test_rounds_distribution_from_cumulative_buckets() -> None:
     """Cumulative le buckets become items per round count; wide buckets get a range label."""
     cumulative = {1.0: 4, 2.0: 6, 3.0: 6, 6.0: 6, 8.0: 7, 10.0: 7, float("inf"): 9}
@@ -131,7 +152,8 @@ async def test_status_cli_prints_table_and_json(
 
     assert await asyncio.to_thread(main, common) == 0
     table = capsys.readouterr().out
-    for word in ("score", "route", "refine", "review", "align", "lag", "terminal topics"):
+    for word in ("score", "route", "refine", "review", "align", "lag",
+                 "items: 22 of 22 ingested finished"):
         assert word in table
 
     dead = f"127.0.0.1:{free_port()}"
@@ -177,3 +199,63 @@ async def test_live_metrics_give_rate_inflight_and_rounds(broker: str, tmp_path:
     assert {k: v for k, v in after.rounds.items() if v} == {
         k: v for k, v in result.summary["rounds"].items() if v}
     assert all(s.lag == 0 and s.inflight == 0 and s.items_per_s == 0 for s in after.stages)
+
+
+async def _copy_with_extras(finished: FinishedRun, broker: str) -> Config:
+    """The finished run's records under a new prefix, plus what a SIGKILL and a slow stage
+    leave: one curated record twice, two ingested ids still in the pipeline."""
+    source = finished.config
+    config = unique_config()
+    names, old = TopicNames(config.kafka.topic_prefix), TopicNames(source.kafka.topic_prefix)
+    records = await read_to_end(source.kafka, broker,
+                                [old["items.raw"], *old.terminal()])
+    curated = [r for r in records if old.logical(r.topic) == "items.curated"]
+    copies = [*records, curated[0]]  # redelivered after a kill: the same revision again
+    await ensure_topics(config.kafka, broker, PIPELINE.topics())
+    producer = make_producer(config.kafka, broker)
+    await producer.start()
+    try:
+        for record in copies:
+            await producer.send_and_wait(names[old.logical(record.topic)], record.value,
+                                         key=record.key, headers=list(record.headers or ()))
+        # Two items still in the pipeline; one of them got as far as refinement.
+        for stuck in (b"stuck-0", b"stuck-1"):
+            await producer.send_and_wait(names["items.raw"], b"{}", key=stuck)
+        await producer.send_and_wait(names["items.refine"], b"{}", key=b"stuck-1")
+    finally:
+        await producer.stop()
+    return config
+
+
+async def test_counts_are_items_with_duplicates_apart_and_missing_ones_located(
+    broker: str, finished: FinishedRun, capsys: pytest.CaptureFixture[str],
+    _restore_logging: None, tmp_path: Path,
+) -> None:
+    """A repeated terminal record is not an item; unfinished ids are named by where they
+    are; export writes what finished and exits 3 saying how many are missing and where."""
+    config = await _copy_with_extras(finished, broker)
+    summary = finished.result.summary
+    status = await pipeline_status(config.kafka, broker, stage_inputs=PIPELINE.inputs())
+    items = status.items
+    assert items is not None
+    assert (items.ingested, items.finished, items.missing) == (24, 22, 2)
+    assert items.items == {"items.curated": summary["curated"],
+                           "items.rejected": summary["rejected"], "items.dlq": 2}
+    assert status.terminal["items.curated"] == summary["curated"] + 1  # records: one repeated
+    assert (items.duplicates, items.superseded) == (1, 0)
+    assert items.missing_where == {"items.raw": 1, "items.refine": 1}
+    assert items.missing_examples == ["stuck-0", "stuck-1"]
+
+    out = tmp_path / "out.jsonl"
+    common = ["--bootstrap", broker, "--topic-prefix", config.kafka.topic_prefix]
+    capsys.readouterr()
+    code = await asyncio.to_thread(main, ["export", "-o", str(out), *common])
+    captured = capsys.readouterr()
+    assert code == exit_codes.EXPORT_INCOMPLETE == 3
+    assert "items: 22 of 24 ingested finished; left out 1 repeated records" in captured.out
+    assert ("2 of 24 ingested items have not reached a terminal topic yet (1 in items.raw, "
+            "1 in items.refine; e.g. stuck-0, stuck-1)") in captured.err
+    assert len(load_rows(out)) == summary["curated"]  # each item once
+    code = await asyncio.to_thread(main, ["export", "-o", str(out), "--bootstrap", broker,
+                                          "--topic-prefix", finished.config.kafka.topic_prefix])
+    assert code == 0, capsys.readouterr().err

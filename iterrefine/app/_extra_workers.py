@@ -9,8 +9,10 @@ deployment; Kafka splits the partitions between them and the ``run`` process.
 
 A child gets the run's resolved config (broker, topics, LLM roles — the simulator's
 URL included) as a JSON file; secrets stay in the environment it inherits. It prints
-``READY`` once its stages have partitions, serves until SIGTERM (drain, commit), and
-writes its LLM counters to a JSON file for the run's summary.
+``READY`` once its stages have partitions, serves until SIGTERM (drain, commit, leave),
+and writes its LLM counters to a JSON file for the run's summary. SIGUSR1 asks it to
+drain and commit but stay in its consumer groups; it prints ``DRAINED`` when that is
+done (:meth:`ExtraWorkers.drain`), and leaves on the SIGTERM that follows.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from iterrefine.llm import LLMStats
 log = structlog.get_logger("iterrefine.run")
 
 READY = "READY"
+DRAINED = "DRAINED"
 _STATS = msgspec.json.Decoder(dict[str, LLMStats])
 
 
@@ -104,6 +107,17 @@ class ExtraWorkers:
             raise
         log.info("extra_workers_ready", processes=self.count, pids=self.pids)
 
+    async def drain(self, timeout_s: float) -> None:
+        """Ask every child to drain and commit without leaving its groups (SIGUSR1), and
+        wait until each says so; a child that does not within ``timeout_s`` is left to
+        :meth:`stop`."""
+        live = [proc for proc in self._procs if proc.poll() is None]
+        for proc in live:
+            proc.send_signal(signal.SIGUSR1)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await asyncio.gather(*(self._line(proc, DRAINED) for proc in live))
+
     def _child_config(self, index: int) -> Config:
         """The run's config; with static partitions, child ``index`` takes share ``index + 1``."""
         static = self._config.runtime.static_partitions
@@ -119,12 +133,19 @@ class ExtraWorkers:
         return any(proc.poll() is not None for proc in self._procs)
 
     @staticmethod
-    async def _ready(proc: subprocess.Popen[bytes]) -> None:
+    async def _line(proc: subprocess.Popen[bytes], wanted: str) -> bool:
+        """Read the child's stdout up to the line ``wanted``: whether it came."""
         assert proc.stdout is not None
         stdout = proc.stdout
         while line := await asyncio.to_thread(stdout.readline):
-            if line.decode(errors="replace").strip() == READY:
-                return
+            if line.decode(errors="replace").strip() == wanted:
+                return True
+        return False
+
+    @classmethod
+    async def _ready(cls, proc: subprocess.Popen[bytes]) -> None:
+        if await cls._line(proc, READY):
+            return
         code = await asyncio.to_thread(proc.wait)
         raise WorkerProcessError(
             f"an extra worker process exited with {code} before it was ready "
@@ -181,7 +202,6 @@ def add_stats(a: Mapping[str, LLMStats], b: Mapping[str, LLMStats]) -> dict[str,
 
 def main(argv: list[str]) -> int:
     """The child: serve all stages with the run's config until SIGTERM."""
-    from iterrefine.app.pipeline import serve_pipeline
     from iterrefine.observe.logging import configure_logging
     from iterrefine.processes import die_with_parent
 
@@ -198,15 +218,35 @@ def main(argv: list[str]) -> int:
     bootstrap = config.kafka.bootstrap_servers
     assert bootstrap is not None
 
-    def ready() -> None:
-        print(READY, flush=True)
-
     # The run created every topic before it started this process.
-    stats = asyncio.run(serve_pipeline(config, bootstrap, on_ready=ready, topics_ready=True))
+    stats = asyncio.run(_serve(config, bootstrap))
     tmp = f"{stats_path}.{os.getpid()}.tmp"
     Path(tmp).write_bytes(msgspec.json.encode(stats))
     os.replace(tmp, stats_path)
     return 0
+
+
+async def _serve(config: Config, bootstrap: str) -> dict[str, LLMStats]:
+    """Serve until SIGTERM; SIGUSR1 first drains and commits without leaving the groups."""
+    from iterrefine.app.pipeline import serve_pipeline
+
+    stop, leave = asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGUSR1, stop.set)
+
+    def stop_and_leave() -> None:
+        stop.set()
+        leave.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_and_leave)
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    return await serve_pipeline(
+        config, bootstrap, on_ready=lambda: say(READY), topics_ready=True, stop=stop,
+        leave=leave, on_drained=lambda: say(DRAINED))
 
 
 if __name__ == "__main__":

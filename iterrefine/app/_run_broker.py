@@ -26,18 +26,22 @@ import asyncio
 import contextlib
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Literal
 
 import msgspec
 import structlog
+from aiokafka.structs import TopicPartition
 
 from iterrefine.broker.embedded import EmbeddedBroker
-from iterrefine.broker.state import ensure_broker, find_running_broker
-from iterrefine.config import BrokerConfig, Config, StaticPartitions
+from iterrefine.broker.state import find_running_broker
+from iterrefine.config import BrokerConfig, Config, KafkaConfig, StaticPartitions
+from iterrefine.errors import ConfigError
 from iterrefine.io.ingest import RawRecord
 from iterrefine.io.inputs import InputSpec
+from iterrefine.kafka.clients import make_admin, make_consumer, true_end_offsets
+from iterrefine.kafka.topics import TopicNames
 from iterrefine.processes import pid_alive
 
 log = structlog.get_logger()
@@ -90,17 +94,28 @@ def remove_stale_scratch(data_dir: Path) -> list[Path]:
 
 def start_run_broker(
     data_dir: str | os.PathLike[str], settings: BrokerConfig, size: int | None,
-) -> tuple[str, EmbeddedBroker | None]:
-    """Bootstrap servers of the ``broker up`` broker in ``data_dir``, else of a new one.
+) -> tuple[str, EmbeddedBroker]:
+    """Bootstrap servers of a new embedded broker, this run's own.
 
-    As :func:`iterrefine.broker.state.ensure_broker`, but a new broker's storage
-    follows :func:`choose_storage`. The caller owns a returned broker and must
-    ``stop()`` it (which deletes a scratch store).
+    Never the ``broker up`` broker of ``data_dir`` (a line says it was not used): a run
+    on a broker shares it only when pointed at it. Its storage follows
+    :func:`choose_storage`. The caller owns the returned broker and must ``stop()`` it
+    (which deletes a scratch store).
     """
     root = Path(data_dir)
     storage = choose_storage(settings, size)
-    if storage == "memory" or find_running_broker(root) is not None:
-        return ensure_broker(root)
+    running = find_running_broker(root)
+    if running is not None:
+        # Its topics may hold another pipeline's backlog, and its groups other workers:
+        # a run on it would process them too. Sharing it takes --bootstrap (README).
+        log.info("broker.not_shared", running=running.bootstrap_servers,
+                 fix=f"pass --bootstrap {running.bootstrap_servers} to run on that broker")
+    if storage == "memory":
+        # Ours alone: it must not outlive this process, even when that is SIGKILLed.
+        broker = EmbeddedBroker(data_dir=root if running is None else None,
+                                die_with_parent=True)
+        broker.start()
+        return broker.bootstrap_servers, broker
     root.mkdir(parents=True, exist_ok=True)
     for path in remove_stale_scratch(root):
         log.info("broker.scratch_removed", path=str(path))
@@ -115,7 +130,7 @@ def start_run_broker(
 @contextlib.asynccontextmanager
 async def run_broker(config: Config, input_size: int | None,
                      ) -> AsyncIterator[tuple[str, EmbeddedBroker | None]]:
-    """The configured cluster, a running ``broker up`` broker, or a new embedded one.
+    """The configured cluster, or a new embedded broker of this run's own.
 
     A new one keeps its records on disk for a big input (:func:`start_run_broker`).
     Also gives the broker if it is this run's own (nobody else can use it then).
@@ -128,12 +143,11 @@ async def run_broker(config: Config, input_size: int | None,
     try:
         yield bootstrap, broker
     finally:
-        if broker is not None:
-            if not broker.durable:
-                # Its memory storage dies with it anyway: no graceful exit to wait for
-                # (Tansu took 0.3 s to honour SIGTERM after a run on a busy machine).
-                broker.stop_timeout_s = 0.0
-            await asyncio.to_thread(broker.stop)
+        if not broker.durable:
+            # Its memory storage dies with it anyway: no graceful exit to wait for
+            # (Tansu took 0.3 s to honour SIGTERM after a run on a busy machine).
+            broker.stop_timeout_s = 0.0
+        await asyncio.to_thread(broker.stop)
 
 
 #: The longest a consumer lets the run's own broker hold an empty fetch. Tansu answers
@@ -173,3 +187,70 @@ def for_own_broker(config: Config, workers: int, *, on_disk: bool = False) -> Co
 
 def _mb(size: int | None) -> float | None:
     return None if size is None else round(size / _MB, 2)
+
+
+async def check_pipeline_idle(
+    config: Config, bootstrap: str, stage_inputs: Mapping[str, str],
+) -> None:
+    """Refuse a shared cluster whose pipeline (this topic prefix) is busy, so that the run's
+    stages take only the run's own records: a stage group with members (workers there
+    would take this run's items, and the run theirs), or records a stage group has not
+    committed (the run's stages would process that backlog first)."""
+    kafka = config.kafka
+    names = TopicNames(kafka.topic_prefix)
+    groups = {stage: f"{kafka.topic_prefix}{stage}" for stage in stage_inputs}
+    problems = [f"group {groups[stage]} has {n} member{'s' * (n != 1)} (running workers)"
+                for stage, n in (await _members(kafka, bootstrap, groups)).items() if n]
+    reader = make_consumer(kafka, bootstrap, group_id=None)
+    await reader.start()
+    try:
+        for stage, logical in stage_inputs.items():
+            topic = names[logical]
+            tps = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic)
+                                                            or ())]
+            if not tps:
+                continue
+            starts = await reader.beginning_offsets(tps)
+            ends = await true_end_offsets(reader, tps)
+            committed = await _committed(kafka, bootstrap, groups[stage], tps)
+            behind = sum(ends[tp] - max(starts[tp], committed[tp] or 0) for tp in tps)
+            if behind > 0:
+                problems.append(f"{behind} records of {topic} not yet processed by group "
+                                f"{groups[stage]}")
+    finally:
+        await reader.stop()
+    if problems:
+        raise ConfigError(
+            f"the pipeline {kafka.topic_prefix}* on {bootstrap} is busy: "
+            + "; ".join(problems) + ". A run on a shared cluster takes only its own records: "
+            "pass --topic-prefix NAME. for a pipeline of its own, or let those workers finish "
+            "it (iterrefine status shows where it is) and feed them with iterrefine ingest")
+
+
+async def _members(kafka: KafkaConfig, bootstrap: str, groups: Mapping[str, str],
+                   ) -> dict[str, int]:
+    """Members per stage group now (0 for a group that does not exist)."""
+    admin = make_admin(kafka, bootstrap)
+    await admin.start()
+    counts: dict[str, int] = {}
+    try:
+        # One group per request: the embedded Tansu answers a request for several with a
+        # response aiokafka cannot decode.
+        for group in groups.values():
+            for response in await admin.describe_consumer_groups([group]):
+                for described in response.groups:
+                    counts[described[1]] = len(described[5]) if len(described) > 5 else 0
+    finally:
+        await admin.close()
+    return {stage: counts.get(group, 0) for stage, group in groups.items()}
+
+
+async def _committed(kafka: KafkaConfig, bootstrap: str, group: str,
+                     tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
+    # Never subscribes: asks the coordinator (OffsetFetch) without joining the group.
+    consumer = make_consumer(kafka, bootstrap, group_id=group)
+    await consumer.start()
+    try:
+        return {tp: await consumer.committed(tp) for tp in tps}
+    finally:
+        await consumer.stop()

@@ -174,16 +174,24 @@ class StageRun:
     ) -> tuple[dict[str, LLMStats], dict[str, LLMStats]]:
         """Stop the extra worker processes and this process's stages: their LLM counters.
 
-        In consumer groups the children leave first, while this process keeps polling
-        and so rejoins at once. The other way round the children were mid-rejoin when
-        told to stop, and the embedded Tansu then kept them as members for good: every
-        later JoinGroup of these groups hung (2 of 2 tries before, 0 of 3 after).
-        Static shares have no group to disturb: everything stops at once.
+        Static shares have no group to disturb: everything stops at once. In consumer
+        groups the children first drain and commit while every process is still a member,
+        so no commit meets a group that has moved on (noida-db starts a new generation
+        the moment a member leaves and refuses the old one's commits: 3 of 4 runs left
+        5-19 records uncommitted). Then the children leave, while this process keeps
+        polling and so rejoins at once; then this one drains, commits and leaves. With
+        this process stopping first, the children were mid-rejoin when told to stop, and
+        the embedded Tansu then kept them as members for good: every later JoinGroup of
+        these groups hung.
         """
-        children = asyncio.create_task(self._started.extras.stop())
+        extras = self._started.extras
         if self._started.owned:
+            children = asyncio.create_task(extras.stop())
             self._pipeline_stop.set()
-        child_stats = await children
+            child_stats = await children
+            return await stages, child_stats
+        await extras.drain(self._started.config.runtime.drain_timeout_s + 10)
+        child_stats = await extras.stop()
         self._pipeline_stop.set()
         # Drains in-flight work and commits; re-raises a stage crash.
         own_stats = await stages

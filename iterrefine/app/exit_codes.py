@@ -10,6 +10,13 @@
          down or rejecting the key at preflight, or the key rejected mid-run
     3    cut short: SIGTERM/Ctrl-C or --timeout-s came first, some items did not finish
     130  a second Ctrl-C: exited at once, without draining
+
+``iterrefine export`` has codes of its own (README "Exit codes of iterrefine export"):
+
+    0    every item ingested into items.raw is in a terminal topic, and in the files
+    2    bad flags or config, output not writable, no broker
+    3    incomplete: some ingested items have not reached a terminal topic yet; the files
+         hold those that have, and the message says how many are missing and where
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ DEAD_LETTERED = 1
 USAGE = 2
 CUT_SHORT = 3
 FORCED = 130
+#: ``iterrefine export``: the files are written, but ingested items are still missing.
+EXPORT_INCOMPLETE = 3
 
 
 def processing_dead_letters(summary: Mapping[str, Any], *, invalid_input: int) -> int:

@@ -24,7 +24,7 @@ from iterrefine.errors import ConfigError
 from iterrefine.graph.context import PipelineContext, Roles
 from iterrefine.graph.spec import StageGraph, StageSpec, load_object
 from iterrefine.item.model import Provenance
-from iterrefine.kafka.topics import ensure_topics
+from iterrefine.kafka.topics import MODEL_TOPIC, ensure_topics
 from iterrefine.llm import LLMRoles, LLMStats
 from iterrefine.llm.circuit import Circuit
 from iterrefine.llm.probe import is_simulator
@@ -33,7 +33,7 @@ from iterrefine.runtime import Stage, StageRunner
 from iterrefine.runtime.serve import install_stop_signals, serve_stages
 from iterrefine.tasks.prompts import PROMPT_VERSION
 
-__all__ = ["load_graph", "missing_roles", "pipeline_context", "serve_pipeline"]
+__all__ = ["load_graph", "missing_roles", "pipeline_context", "pipeline_topics", "serve_pipeline"]
 
 log = structlog.get_logger("iterrefine.worker")
 
@@ -53,6 +53,15 @@ def load_graph(config: Config, base: StageGraph = PIPELINE) -> StageGraph:
             spec = spec.with_options(entry.options)
         graph = graph.inserted(spec, before=entry.before)
     return graph
+
+
+def pipeline_topics(config: Config, graph: StageGraph) -> list[str]:
+    """The logical topics a pipeline of ``graph`` uses: the graph's, and the shared
+    selection model's under the paper's selection."""
+    topics = list(graph.topics())
+    if config.pipeline.routing_policy == "cluster_quota":
+        topics.append(MODEL_TOPIC)
+    return topics
 
 
 def missing_roles(config: Config, specs: Iterable[StageSpec]) -> list[str]:
@@ -105,6 +114,8 @@ async def serve_pipeline(
     topics_ready: bool = False,
     on_circuit_open: Callable[[Circuit], None] | None = None,
     roles: LLMRoles | None = None,
+    leave: asyncio.Event | None = None,
+    on_drained: Callable[[], None] | None = None,
 ) -> dict[str, LLMStats]:
     """Serve ``stages`` of ``graph`` (default: the config's) until ``stop``; LLM counters.
 
@@ -116,6 +127,8 @@ async def serve_pipeline(
     ``on_circuit_open`` hears when an LLM role's
     endpoint goes down (``run`` stops on a rejected key). ``roles``: clients the caller
     started and closes (``run`` probes them first); otherwise the stages' own.
+    ``leave`` and ``on_drained``: commit, then stay in the groups until told to leave
+    (:func:`iterrefine.runtime.serve.serve_stages`).
     """
     graph = graph if graph is not None else load_graph(config)
     specs = graph.select(stages)
@@ -125,6 +138,8 @@ async def serve_pipeline(
     metrics = metrics if metrics is not None else Metrics(
         longest_timeout_s=max((r.timeout_s for r in config.llm.values()), default=0.0))
     runners = runners_out if runners_out is not None else []
+    if not topics_ready:  # a topic unlike the graph needs stops here, before any LLM call
+        await ensure_topics(config.kafka, bootstrap, pipeline_topics(config, graph))
     async with contextlib.AsyncExitStack() as stack:
         if metrics_port is not None:
             from iterrefine.observe.http import MetricsServer  # aiohttp's server: only when asked
@@ -152,9 +167,7 @@ async def serve_pipeline(
         built = [_held_while_roles_down(spec.build(ctx), spec.roles, roles) for spec in specs]
         log.info("worker_starting", stages=[s.name for s in built], bootstrap=bootstrap,
                  simulated=simulated)
-        if not topics_ready:
-            await ensure_topics(config.kafka, bootstrap, graph.topics())
         await serve_stages(built, config=config, bootstrap_servers=bootstrap, metrics=metrics,
                            stop=stop, runners_out=runners, on_ready=on_ready,
-                           topics_ready=True)
+                           topics_ready=True, leave=leave, on_drained=on_drained)
         return roles.stats()

@@ -37,10 +37,15 @@ import structlog
 
 from iterrefine.app._extra_workers import ExtraWorkers
 from iterrefine.app._preflight import RunAbort, check_llm_roles, check_output_paths
-from iterrefine.app._run_broker import for_own_broker, input_bytes, run_broker
+from iterrefine.app._run_broker import (
+    check_pipeline_idle,
+    for_own_broker,
+    input_bytes,
+    run_broker,
+)
 from iterrefine.app._run_stages import StageRun, Started
 from iterrefine.app._summary import build_summary
-from iterrefine.app.pipeline import load_graph
+from iterrefine.app.pipeline import load_graph, pipeline_topics
 from iterrefine.app.prespawn import Prespawned
 from iterrefine.config import Config, LLMRoleConfig
 from iterrefine.config.presets import preset_rows
@@ -257,7 +262,9 @@ async def _start_kafka(
     config = llm.config if own_broker is None else for_own_broker(
         llm.config, options.workers, on_disk=own_broker.durable)
     owned = own_broker is not None
-    await ensure_topics(config.kafka, bootstrap, graph.topics())
+    await ensure_topics(config.kafka, bootstrap, pipeline_topics(config, graph))
+    if not owned:
+        await check_pipeline_idle(config, bootstrap, graph.inputs())
     timeline.mark("topics")
     extras = ExtraWorkers(config, bootstrap, options.workers - 1,
                           prespawned=options.prespawned)

@@ -29,7 +29,8 @@ from iterrefine.broker.state import (
 log = structlog.get_logger()
 
 DEFAULT_DATA_DIR = ".iterrefine"
-DEFAULT_PORT = 9092
+#: Not Kafka's 9092: a local Kafka (or a compose stack's) often holds that one.
+DEFAULT_PORT = 19092
 
 
 def _describe(state: BrokerState) -> str:

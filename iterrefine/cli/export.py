@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from pathlib import Path
 from typing import Any
 
+from iterrefine.app import exit_codes
 from iterrefine.cli.common import add_kafka_args, config_from_args, resolve_bootstrap
 from iterrefine.config import Config
-from iterrefine.io.export import Selection, outcome_of_topic, terminal_of
+from iterrefine.io.completeness import Completeness, read_pipeline
 from iterrefine.io.outputs import SHAPES, Shape, check_output, output_paths, write_outputs
-from iterrefine.kafka.clients import read_to_end
-from iterrefine.kafka.topics import TopicNames
 from iterrefine.observe.logging import configure_logging
 
 
@@ -23,7 +23,11 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
         description=(
             "Read items.curated, items.rejected and items.dlq from the beginning and write one "
             "row per item id (its newest revision) to FILE, FILE's .rejected.jsonl and "
-            ".dlq.jsonl."
+            ".dlq.jsonl. Counts are items (distinct ids): repeated records (at-least-once "
+            "redelivery) and older revisions (replays) are counted apart and left out. "
+            "Exits 3 when items ingested into items.raw have not all reached a terminal topic "
+            "yet: the files then hold those that have, and the message says how many are "
+            "missing and in which topics they are."
         ),
     )
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="FILE",
@@ -37,24 +41,31 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
 
 async def export(
     config: Config, bootstrap: str, output: Path, shape: Shape = "full"
-) -> tuple[dict[str, int], int]:
-    names = TopicNames(config.kafka.topic_prefix)
-    records = await read_to_end(config.kafka, bootstrap, names.terminal())
-    selection = Selection()
-    for record in sorted(records, key=lambda r: r.timestamp):
-        selection.offer(terminal_of(record, outcome_of_topic(names, record.topic)))
+) -> tuple[dict[str, int], Completeness]:
+    """Write the newest record of every item id; the counts written and the pipeline's."""
+    from iterrefine.app.pipeline import load_graph, pipeline_topics
+
+    selection, completeness = await read_pipeline(
+        config.kafka, bootstrap, pipeline_topics(config, load_graph(config)))
     _, counts = write_outputs(selection.by_id.values(), output, shape=shape)
-    return counts, selection.duplicates
+    return counts, completeness
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     configure_logging(json=args.log_json, level=args.log_level)
     config = config_from_args(args)
     check_output(args.output, args.shape)
-    counts, duplicates = asyncio.run(
+    counts, done = asyncio.run(
         export(config, resolve_bootstrap(config), args.output, args.shape))
     paths = output_paths(args.output)
     print(f"curated {counts['curated']} → {paths.curated}\nrejected {counts['rejected']} → "
           f"{paths.rejected}\ndlq {counts['dlq']} → {paths.dlq}\n"
-          f"({duplicates} duplicate or superseded records removed)")
-    return 0
+          f"items: {done.finished} of {done.ingested} ingested finished; left out "
+          f"{done.duplicates} repeated records (at-least-once redelivery) and "
+          f"{done.superseded} older revisions (replays)")
+    if not done.complete:
+        print(f"iterrefine: export incomplete: {done.describe_missing()}; the files hold the "
+              f"{done.finished} finished; exit code {exit_codes.EXPORT_INCOMPLETE}",
+              file=sys.stderr)
+        return exit_codes.EXPORT_INCOMPLETE
+    return exit_codes.OK

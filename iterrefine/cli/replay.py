@@ -25,7 +25,11 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
             "groups) and send it to the input topic of the stage that consumes TOPIC, or of "
             "--to STAGE. The running workers process it under their current config and prompt "
             "version; every replayed item gets a newer revision, so `iterrefine export` shows "
-            "the new result in place of the old one. Examples: --topic items.raw --since "
+            "the new result in place of the old one. The answers come from the workers' LLM "
+            "response cache unless they run with --cache refresh: a question asked before "
+            "(same prompt, model and settings) is answered from disk, unpaid, with the same "
+            "answer, so a replay under an unchanged config gives the same results; a new "
+            "prompt version or model asks anew. Examples: --topic items.raw --since "
             "2026-05-01T00:00:00Z re-scores everything ingested since then; --topic "
             "items.curated --from-offset 0 --to align re-aligns every refined item."
         ),
@@ -74,6 +78,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print("skipped: " + ", ".join(f"{reason} {n}" for reason, n in
                                       sorted(report.skipped.items())))
     if report.sent and not args.dry_run:
-        print(f"running `iterrefine worker {report.stage}` processes pick them up; "
-              "`iterrefine export` keeps the newest revision of each item")
+        print(f"running `iterrefine worker {report.stage}` processes pick them up (questions "
+              "asked before are answered from their LLM cache unless they run with --cache "
+              "refresh); `iterrefine export` keeps the newest revision of each item")
     return 0

@@ -19,13 +19,13 @@ from iterrefine.app.exit_codes import run_exit_code
 from iterrefine.app.pricing import cost_summary, describe_cost
 from iterrefine.cli.common import add_kafka_args, add_llm_args, config_from_args, require_llm
 from iterrefine.cli.progress import run_progress
+from iterrefine.cli.sim import add_sim_args, sim_config_from_args
 from iterrefine.config import Config
 from iterrefine.errors import ConfigError
 from iterrefine.io.inputs import FORMATS_HELP, INPUT_FORMATS, InputSpec, open_input
 from iterrefine.io.outputs import SHAPES, check_output
 from iterrefine.observe.logging import configure_logging
 from iterrefine.observe.proctime import process_started_at
-from iterrefine.sim import SimConfig
 
 
 def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is private
@@ -65,32 +65,10 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
         "the input), disk (a scratch store under --data-dir, deleted after the run: flat "
         "memory), or auto (default): disk for inputs of [broker] disk_above_mb (1 MB) and more")
     add("--no-progress", action="store_true", help="no progress bar")
-    add("--llm", choices=["sim"], help="sim: start the built-in LLM simulator (not a model)")
-    add("--sim-latency-ms", type=float, default=100.0, help="simulator mean latency (100)")
-    add("--sim-jitter-ms", type=float, default=50.0, help="simulator latency jitter (50)")
-    add("--sim-capacity", type=int, default=64, help="simulator concurrent capacity (64)")
-    add("--sim-low-share", type=float, default=0.5, help="share judged low quality (0.5)")
-    add("--sim-lose-prob", type=float, default=0.5, help="chance a revision loses a round")
-    add("--sim-fault-429", type=float, default=0.0, help="share of 429 answers")
-    add("--sim-fault-500", type=float, default=0.0, help="share of 500 answers")
-    add("--sim-fault-malformed", type=float, default=0.0, help="share of unreadable answers")
-    add("--sim-fault-truncated", type=float, default=0.0,
-        help="share of answers cut at max_tokens (finish_reason length)")
+    add_sim_args(parser)
     add_kafka_args(parser)
     add_llm_args(parser)
     parser.set_defaults(func=cmd_run)
-
-
-def _sim_config(args: argparse.Namespace) -> SimConfig | None:
-    if args.llm != "sim":
-        return None
-    return SimConfig(
-        latency_ms=args.sim_latency_ms, jitter_ms=args.sim_jitter_ms, capacity=args.sim_capacity,
-        low_share=args.sim_low_share, lose_prob=args.sim_lose_prob,
-        fault_429=args.sim_fault_429, fault_500=args.sim_fault_500,
-        fault_malformed=args.sim_fault_malformed, fault_truncated=args.sim_fault_truncated,
-        retry_after_s=0.2,
-    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -112,7 +90,7 @@ def _run(args: argparse.Namespace, prespawned: Any) -> int:
 
     configure_logging(json=args.log_json, level=args.log_level)
     config = config_from_args(args)
-    sim = _sim_config(args)
+    sim = sim_config_from_args(args)
     if sim is None:
         require_llm(config)
     check_output(args.output, args.shape)
@@ -124,6 +102,11 @@ def _run(args: argparse.Namespace, prespawned: Any) -> int:
                          metrics_port=config.metrics_port, timeout_s=args.timeout_s,
                          workers=args.workers, started_at=process_started_at(),
                          prespawned=prespawned, input_spec=spec, shape=args.shape)
+    if config.kafka.bootstrap_servers:
+        print(f"iterrefine: running on the Kafka cluster at {config.kafka.bootstrap_servers}, "
+              f"topic prefix {config.kafka.topic_prefix} (no broker of its own); its stages "
+              "take only this run's records, and a busy pipeline there is refused",
+              file=sys.stderr)
     console = Console(stderr=True)
     show = not args.no_progress and console.is_terminal
     with run_progress(console, show=show, log_json=args.log_json,
@@ -183,13 +166,11 @@ def _stop_or_force(stop: asyncio.Event) -> None:
 
 def _where_unfinished_items_are(config: Config) -> str:
     """The truth about unfinished items, which depends on where the broker lives."""
-    from iterrefine.broker.state import find_running_broker
-
     cache = ("the answers already received are in the LLM response cache, so rerunning the "
              "same command pays only for the calls not yet answered"
              if config.cache.mode != "off" else
              "the response cache is off (--no-cache), so a rerun pays for every call again")
-    if not config.kafka.bootstrap_servers and find_running_broker(config.data_dir) is None:
+    if not config.kafka.bootstrap_servers:
         return (f"the run's own embedded broker was stopped with it (its storage is discarded), "
                 f"so their pipeline state is lost; {cache}")
     return f"their state is in Kafka and a later run or worker picks them up; {cache}"

@@ -24,6 +24,36 @@ DEFAULT_PORT = 8765
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
+def add_sim_args(parser: argparse.ArgumentParser) -> None:
+    """``--llm sim`` and its knobs: the simulator in this process (``run``, ``worker``)."""
+    add = parser.add_argument
+    add("--llm", choices=["sim"], help="sim: start the built-in LLM simulator in this process "
+        "(not a model; output is marked simulated)")
+    add("--sim-latency-ms", type=float, default=100.0, help="simulator mean latency (100)")
+    add("--sim-jitter-ms", type=float, default=50.0, help="simulator latency jitter (50)")
+    add("--sim-capacity", type=int, default=64, help="simulator concurrent capacity (64)")
+    add("--sim-low-share", type=float, default=0.5, help="share judged low quality (0.5)")
+    add("--sim-lose-prob", type=float, default=0.5, help="chance a revision loses a round")
+    add("--sim-fault-429", type=float, default=0.0, help="share of 429 answers")
+    add("--sim-fault-500", type=float, default=0.0, help="share of 500 answers")
+    add("--sim-fault-malformed", type=float, default=0.0, help="share of unreadable answers")
+    add("--sim-fault-truncated", type=float, default=0.0,
+        help="share of answers cut at max_tokens (finish_reason length)")
+
+
+def sim_config_from_args(args: argparse.Namespace) -> SimConfig | None:
+    """The simulator ``--llm sim`` asks for, or None."""
+    if getattr(args, "llm", None) != "sim":
+        return None
+    return SimConfig(
+        latency_ms=args.sim_latency_ms, jitter_ms=args.sim_jitter_ms, capacity=args.sim_capacity,
+        low_share=args.sim_low_share, lose_prob=args.sim_lose_prob,
+        fault_429=args.sim_fault_429, fault_500=args.sim_fault_500,
+        fault_malformed=args.sim_fault_malformed, fault_truncated=args.sim_fault_truncated,
+        retry_after_s=0.2,
+    )
+
+
 def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is private
     defaults = SimConfig()
     parser = subparsers.add_parser(
@@ -31,7 +61,9 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
         help="run the OpenAI-compatible LLM simulator (a test instrument, not a model)",
         description=(
             "Serve deterministic answers in iterrefine's prompt formats with configurable "
-            "latency, capacity and fault injection. Output made with it is marked as simulated."
+            "latency, capacity and fault injection. Output made with it is marked as simulated. "
+            "Point workers at it with --llm-base-url http://HOST:PORT/v1 --strong-model "
+            "sim-strong --backbone-model sim-backbone (any model name is answered)."
         ),
     )
     add = parser.add_argument

@@ -27,10 +27,12 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
         help="per-stage lag, in-flight, items/s and rounds of a running pipeline",
         description=(
             "Show, for each stage's consumer group, its committed offsets against the true end "
-            "of its input topic (lag), and how many records each terminal topic holds. With "
-            "--metrics, also in-flight messages, items/s (two scrapes --interval-s apart) and "
-            "the refinement rounds distribution from the workers' /metrics endpoints. Exits 1 "
-            "when an endpoint could not be scraped."
+            "of its input topic (lag), and the pipeline in items: distinct ids ingested and "
+            "finished per terminal topic, repeated records (at-least-once redelivery) counted "
+            "apart, and where unfinished items are. With --metrics, also in-flight messages, "
+            "items/s (two scrapes --interval-s apart), the refinement rounds distribution and "
+            "the workers' LLM cache hits from their /metrics endpoints. Exits 1 when an "
+            "endpoint could not be scraped."
         ),
     )
     parser.add_argument(
@@ -88,8 +90,22 @@ def print_status(console: Console, status: PipelineStatus) -> None:
             _number(stage.inflight, 0), _number(stage.items_per_s, 1),
         )
     console.print(table)
-    console.print("terminal topics: " + ", ".join(
-        f"{name.removeprefix('items.')} {count}" for name, count in status.terminal.items()))
+    items = status.items
+    if items is None:
+        console.print("terminal topics (records): " + ", ".join(
+            f"{name.removeprefix('items.')} {count}" for name, count in status.terminal.items()))
+    else:
+        console.print(f"items: {items.finished} of {items.ingested} ingested finished ("
+                      + ", ".join(f"{name.removeprefix('items.')} {count}"
+                                  for name, count in items.items.items())
+                      + f"); {items.duplicates} repeated records (at-least-once redelivery) "
+                      f"and {items.superseded} older revisions not counted")
+        if not items.complete:
+            console.print(f"[bold]{items.describe_missing()}[/]")
+    if status.cache is not None:
+        console.print("workers' LLM cache (live): " + (", ".join(
+            f"{role} {int(r.get('hit', 0))} hits, {int(r.get('miss', 0))} misses"
+            for role, r in sorted(status.cache.items())) or "no lookups yet"))
     if status.rounds is not None:
         for outcome in ("converged", "exhausted"):
             rounds = status.rounds.get(outcome, {})

@@ -26,7 +26,8 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
         ),
     )
     parser.add_argument("--from", dest="source", metavar="EXPORT_FILE", type=Path)
-    parser.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (8765)")
+    # Not 8765: `iterrefine sim-llm` listens there, and both run side by side.
+    parser.add_argument("--port", type=int, default=8766, help="port on 127.0.0.1 (8766)")
     add_kafka_args(parser)
     parser.set_defaults(func=cmd_view)
 

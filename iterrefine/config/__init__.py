@@ -21,6 +21,7 @@ from iterrefine.config._settings import (
     StaticPartitions,
     StructuredOutput,
     TaskTokenLimits,
+    TopicRetention,
 )
 from iterrefine.config._tables import merge
 
@@ -39,6 +40,7 @@ __all__ = [
     "StaticPartitions",
     "StructuredOutput",
     "TaskTokenLimits",
+    "TopicRetention",
     "load_config",
     "merge",
 ]

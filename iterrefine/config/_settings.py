@@ -15,6 +15,30 @@ import msgspec
 from iterrefine.errors import ConfigError
 from iterrefine.item.model import DEFAULT_MAX_ENVELOPE_BYTES, DEFAULT_MAX_RAW_BYTES
 
+_DAY_MS = 24 * 3600 * 1000
+
+
+class TopicRetention(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``retention.ms`` per topic class, set when iterrefine creates a topic (-1: forever).
+
+    The topics are the system of record, so only work in progress expires:
+
+    - ``raw`` (``items.raw``): what was ingested; ``replay`` re-reads it. Forever.
+    - ``intermediate`` (``items.scored``, ``items.refine``, ``items.review``,
+      ``items.align`` and user stages' topics): an item passes through in seconds to
+      minutes; kept a week so that a stopped stage can resume and a ``replay --to STAGE``
+      can re-run a recent range from there.
+    - ``terminal`` (``items.curated``, ``items.rejected``, ``items.dlq``): the results;
+      ``export`` reads them from the beginning. Forever.
+    - ``model`` (``items.selection-model``): compacted (the newest version per key stays);
+      forever, so that a worker started a month later still finds the model.
+    """
+
+    raw: int = -1
+    intermediate: int = 7 * _DAY_MS
+    terminal: int = -1
+    model: int = -1
+
 
 class KafkaConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     #: ``None`` starts the embedded broker.
@@ -22,7 +46,14 @@ class KafkaConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     client_id: str = "iterrefine"
     topic_prefix: str = "iterrefine."
     partitions: int = 8
-    replication_factor: int = 1
+    #: Copies of each partition for the topics iterrefine creates. ``None``: min(3, brokers
+    #: in the cluster), so a production cluster gets 3 and a one-broker one 1.
+    replication_factor: int | None = None
+    #: ``min.insync.replicas`` of the topics iterrefine creates: a write (``acks=all``) is
+    #: acknowledged once this many copies have it. ``None``: 2 from replication 3 on (one
+    #: broker may be down and no acknowledged write lives on one disk only), else 1.
+    min_insync_replicas: int | None = None
+    retention_ms: TopicRetention = TopicRetention()
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None

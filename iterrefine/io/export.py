@@ -89,7 +89,10 @@ class Selection:
 
     def __init__(self) -> None:
         self.by_id: dict[str, Terminal] = {}
+        #: Records not taken or replaced: ``superseded`` ones plus at-least-once repeats.
         self.duplicates = 0
+        #: Of ``duplicates``, those of another revision than the id's other record.
+        self.superseded = 0
 
     def offer(self, terminal: Terminal) -> bool:
         """Take ``terminal`` if it wins; True if its id was not seen before."""
@@ -98,6 +101,8 @@ class Selection:
             self.by_id[terminal.id] = terminal
             return True
         self.duplicates += 1
+        if terminal.revision != current.revision:
+            self.superseded += 1
         newer = terminal.revision > current.revision
         same_but_earlier = (
             terminal.revision == current.revision and terminal.timestamp_ms < current.timestamp_ms

@@ -47,6 +47,8 @@ log = structlog.get_logger("iterrefine.llm")
 CacheMode = Literal["on", "off", "refresh"]
 
 FILE_NAME = "llm-cache.sqlite3"
+#: How often a process adds its hits and misses to the file's totals (and at close).
+FLUSH_INTERVAL_S = 5.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
@@ -136,9 +138,17 @@ class ResponseCache:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._pending = {"hits": 0, "misses": 0, "tokens_saved": 0}
+        self._flushed_at = time.monotonic()
 
     def get(self, key: str) -> CachedAnswer | None:
         """The stored answer for ``key`` (always ``None`` in refresh mode)."""
+        if time.monotonic() - self._flushed_at > FLUSH_INTERVAL_S:
+            # A long-running worker's hits show in `iterrefine status` while it runs.
+            try:
+                self.flush_counters()
+            except sqlite3.Error as exc:  # kept pending: they go with the next flush
+                log.warning("llm_cache_counters_not_flushed", error=str(exc))
+                self._flushed_at = time.monotonic()
         if self.mode == "refresh":
             self._pending["misses"] += 1
             return None
@@ -178,6 +188,7 @@ class ResponseCache:
             list(pending.items()),
         )
         self._pending = dict.fromkeys(self._pending, 0)
+        self._flushed_at = time.monotonic()
 
     def close(self) -> None:
         try:

@@ -113,11 +113,19 @@ class StageRunner:
         )
         #: Set once the consumer got its first assignment (readiness).
         self.ready = asyncio.Event()
+        #: Set once, after a stop, the in-flight work is drained and its offsets committed.
+        self.drained = asyncio.Event()
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Process until ``stop`` is set, then drain, commit and leave the group."""
+    async def run(self, stop: asyncio.Event, leave: asyncio.Event | None = None) -> None:
+        """Process until ``stop`` is set, then drain, commit and leave the group.
+
+        ``leave``: stay in the group after the commit until it is set (:attr:`drained` says
+        when the commit is done). Processes that stop together commit first and leave
+        after, so no member leaves while another still commits: a broker that starts a new
+        generation the moment a member leaves (noida-db) refuses the commits of the old one.
+        """
         if self._producer is None:
             self._producer = make_producer(
                 self._config.kafka, self._bootstrap, linger_ms=self._rt.linger_ms
@@ -137,6 +145,7 @@ class StageRunner:
                 await producer.stop()
             log.warning("stage_stopped_before_joining", stage=self.stage.name,
                         group=self.group_id)
+            self.drained.set()
             return
         if static is not None:
             # No group join (seconds on the embedded broker): take our share directly.
@@ -161,7 +170,7 @@ class StageRunner:
                     self._commits.update_lag(consumer)
                     next_commit = time.monotonic() + self._rt.commit_interval_ms / 1000
         finally:
-            await self._shutdown(consumer)
+            await self._shutdown(consumer, leave)
 
     def _make_consumer(self) -> AIOKafkaConsumer:
         return make_consumer(
@@ -198,19 +207,40 @@ class StageRunner:
             raise BrokerError(f"topic {self._input_topic} does not exist on the broker")
         return sorted(found)
 
-    async def _shutdown(self, consumer: AIOKafkaConsumer) -> None:
+    async def _shutdown(self, consumer: AIOKafkaConsumer, leave: asyncio.Event | None) -> None:
         inflight = self._window.inflight
         if inflight:
             log.info("stage_draining", stage=self.stage.name, inflight=inflight,
                      deadline_s=self._rt.drain_timeout_s)
             await self._drain(self._commits.partitions, self._rt.drain_timeout_s)
         self._window.report()  # the last poll was cut short by the stop
-        await self._commits.commit(self._consumer)
+        committed = await self._commits.commit(self._consumer)
+        if (not committed or self._commits.unsaved) and self._rt.static_partitions is None:
+            await self._commit_after_rejoin()
+        self.drained.set()
+        if leave is not None:
+            await leave.wait()
         await consumer.stop()
         if self._own_producer and self._producer is not None:
             await self._producer.stop()
         log.info("stage_stopped", stage=self.stage.name, handled=self.handled,
                  dead_lettered=self.dead_lettered)
+
+    async def _commit_after_rejoin(self) -> None:
+        """The group refused our last commit (another member left meanwhile): stay until
+        this member has joined the next generation, which commits what was refused
+        (:meth:`Commits.assign`), then leave. Bounded: at worst the next owner redoes it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(10.0, 2 * self._rt.session_timeout_ms / 1000)
+        log.info("stage_rejoining_to_commit", stage=self.stage.name,
+                 partitions=sorted(tp.partition for tp in self._commits.unsaved))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                await self._commits.all_saved.wait()
+        if self._commits.unsaved:
+            log.warning("stage_stopped_with_unsaved_offsets", stage=self.stage.name,
+                        partitions=sorted(tp.partition for tp in self._commits.unsaved),
+                        effect="their next owner processes those records again")
 
     async def _drain(self, partitions: list[TopicPartition], timeout_s: float) -> None:
         """Let ``partitions``' work finish (handlers, then broker acks) up to a deadline.

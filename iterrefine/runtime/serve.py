@@ -59,6 +59,11 @@ async def _when_ready(runners: Sequence[StageRunner], on_ready: Callable[[], Non
     on_ready()
 
 
+async def _when_drained(runners: Sequence[StageRunner], on_drained: Callable[[], None]) -> None:
+    await asyncio.gather(*(runner.drained.wait() for runner in runners))
+    on_drained()
+
+
 async def serve_stages(
     stages: Sequence[Stage],
     *,
@@ -69,11 +74,15 @@ async def serve_stages(
     runners_out: list[StageRunner] | None = None,
     on_ready: Callable[[], None] | None = None,
     topics_ready: bool = False,
+    leave: asyncio.Event | None = None,
+    on_drained: Callable[[], None] | None = None,
 ) -> None:
     """Run ``stages`` (sharing one producer) until ``stop`` is set or a runner fails.
 
     ``on_ready`` is called once every stage has its first partitions. ``topics_ready``:
-    the caller created the stages' topics already.
+    the caller created the stages' topics already. ``leave``: after the stop, the stages
+    commit and stay in their groups until it is set (:meth:`StageRunner.run`);
+    ``on_drained`` is called once all of them have committed.
     """
     stop = stop or asyncio.Event()
     metrics = metrics or Metrics()
@@ -90,16 +99,21 @@ async def serve_stages(
     ]
     if runners_out is not None:
         runners_out.extend(runners)
-    tasks = [asyncio.create_task(r.run(stop), name=f"stage-{r.stage.name}") for r in runners]
-    announcing = None if on_ready is None else asyncio.create_task(_when_ready(runners, on_ready))
+    tasks = [asyncio.create_task(r.run(stop, leave), name=f"stage-{r.stage.name}")
+             for r in runners]
+    announcing = [asyncio.create_task(_when_ready(runners, on_ready))] if on_ready else []
+    if on_drained is not None:
+        announcing.append(asyncio.create_task(_when_drained(runners, on_drained)))
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for task in done:
             if task.exception() is not None:
                 log.error("stage_crashed", stage=task.get_name(), error=repr(task.exception()))
+                if leave is not None:
+                    leave.set()  # a crash must not keep the others waiting to leave
     finally:
-        if announcing is not None:
-            announcing.cancel()
+        for waiting in announcing:
+            waiting.cancel()
         stop.set()  # one stage failing stops the others cleanly (they drain and commit)
         await asyncio.gather(*tasks, return_exceptions=True)
         await producer.stop()

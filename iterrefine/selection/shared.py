@@ -34,11 +34,12 @@ from typing import Any, Final
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.admin import NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError
 
 from iterrefine.config import KafkaConfig, SelectionConfig
-from iterrefine.kafka.clients import client_kwargs, make_admin, make_consumer, true_end_offsets
+from iterrefine.kafka.clients import client_kwargs, make_consumer, true_end_offsets
+from iterrefine.kafka.topics import MODEL_MAX_MESSAGE_BYTES, ensure_topics
+from iterrefine.kafka.topics import MODEL_TOPIC as MODEL_TOPIC  # re-exported by the package
 from iterrefine.lifecycle import AsyncService
 from iterrefine.observe.metrics import Metrics
 from iterrefine.selection.centroids import (
@@ -52,31 +53,14 @@ from iterrefine.selection.embeddings import Vector
 
 log = structlog.get_logger("iterrefine.selection")
 
-MODEL_TOPIC: Final = "items.selection-model"
 _KEY: Final = b"model"
-#: A 4096-dimension model with k = 132 is 2.2 MB per version.
-_MAX_MODEL_BYTES: Final = 32 * 1024 * 1024
 
 
 async def ensure_model_topic(kafka: KafkaConfig, bootstrap: str) -> str:
-    """Create the model topic (1 partition, compacted) if missing; return its full name."""
-    name = kafka.topic_prefix + MODEL_TOPIC
-    admin = make_admin(kafka, bootstrap)
-    await admin.start()
-    try:
-        if name in set(await admin.list_topics()):
-            return name
-        configs = {"cleanup.policy": "compact", "max.message.bytes": str(_MAX_MODEL_BYTES)}
-        with contextlib.suppress(TopicAlreadyExistsError):
-            try:
-                await admin.create_topics(
-                    [NewTopic(name, 1, kafka.replication_factor, topic_configs=configs)])
-            except KafkaError as exc:  # a broker without these configs: plain topic
-                log.warning("selection_model_topic_plain", topic=name, error=repr(exc))
-                await admin.create_topics([NewTopic(name, 1, kafka.replication_factor)])
-        return name
-    finally:
-        await admin.close()
+    """Create the model topic (1 partition, compacted) if missing, check it if not (raises
+    :class:`~iterrefine.errors.TopicSetupError`); return its full name."""
+    await ensure_topics(kafka, bootstrap, [MODEL_TOPIC])
+    return kafka.topic_prefix + MODEL_TOPIC
 
 
 class _Joined(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
@@ -129,12 +113,12 @@ class SharedCentroids(AsyncService):
         self._tp = TopicPartition(topic, 0)
         self._producer = AIOKafkaProducer(
             **client_kwargs(self.kafka, self.bootstrap), acks="all", enable_idempotence=False,
-            max_request_size=_MAX_MODEL_BYTES, compression_type=None,
+            max_request_size=MODEL_MAX_MESSAGE_BYTES, compression_type=None,
         )
         await self._producer.start()
         self._reader = make_consumer(self.kafka, self.bootstrap, group_id=None,
-                                     fetch_max_bytes=_MAX_MODEL_BYTES,
-                                     max_partition_fetch_bytes=_MAX_MODEL_BYTES)
+                                     fetch_max_bytes=MODEL_MAX_MESSAGE_BYTES,
+                                     max_partition_fetch_bytes=MODEL_MAX_MESSAGE_BYTES)
         await self._reader.start()
         await self._load_existing(self._reader, self._tp)
         self._tasks.append(asyncio.create_task(self._tail(self._reader), name="selection-tail"))
