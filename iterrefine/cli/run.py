@@ -24,7 +24,7 @@ from iterrefine.errors import ConfigError
 from iterrefine.io.inputs import FORMATS_HELP, INPUT_FORMATS, InputSpec, open_input
 from iterrefine.io.outputs import SHAPES, check_output
 from iterrefine.observe.logging import configure_logging
-from iterrefine.observe.proctime import process_started_at
+from iterrefine.observe.proctime import command_started_at
 from iterrefine.sim import SimConfig
 
 
@@ -122,7 +122,7 @@ def _run(args: argparse.Namespace, prespawned: Any) -> int:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     options = RunOptions(input=args.input, output=args.output, sim=sim,
                          metrics_port=config.metrics_port, timeout_s=args.timeout_s,
-                         workers=args.workers, started_at=process_started_at(),
+                         workers=args.workers, started_at=command_started_at(),
                          prespawned=prespawned, input_spec=spec, shape=args.shape)
     console = Console(stderr=True)
     show = not args.no_progress and console.is_terminal
