@@ -17,6 +17,7 @@ from rich.table import Table
 from iterrefine.app import exit_codes
 from iterrefine.app.exit_codes import run_exit_code
 from iterrefine.app.pricing import cost_summary, describe_cost
+from iterrefine.cli._run_summary import quality_rows
 from iterrefine.cli.common import add_kafka_args, add_llm_args, config_from_args, require_llm
 from iterrefine.cli.progress import run_progress
 from iterrefine.config import Config
@@ -208,9 +209,8 @@ def print_summary(console: Console, summary: dict[str, Any], paths: Any) -> None
         rounds = summary["rounds"][kind]
         table.add_row(f"rounds ({kind})",
                       ", ".join(f"{r}: {n}" for r, n in rounds.items()) or "-")
-    quality = summary["quality"]
-    table.add_row("judge score mean", f"before {quality['before']['mean']}, "
-                  f"after refinement {quality['after']['mean']}")
+    for name, text in quality_rows(summary["quality"]):
+        table.add_row(name, text)
     for role, stats in summary["llm"].items():
         table.add_row(f"LLM {role}", f"{stats['requests']} calls, {stats['errors']} errors, "
                       f"{stats['prompt_tokens']}+{stats['completion_tokens']} tokens, "
