@@ -42,7 +42,7 @@ from iterrefine.app._run_stages import StageRun, Started
 from iterrefine.app._summary import build_summary
 from iterrefine.app.pipeline import load_graph
 from iterrefine.app.prespawn import Prespawned
-from iterrefine.config import Config, LLMRoleConfig
+from iterrefine.config import Config, LLMRoleConfig, check_endpoints
 from iterrefine.config.presets import preset_rows
 from iterrefine.graph.spec import StageGraph
 from iterrefine.io.export import ExportPaths
@@ -90,23 +90,42 @@ class RunResult:
     complete: bool
 
 
-def sim_roles(config: Config, base_url: str, sim: SimConfig) -> Config:
-    """Point ``strong`` and ``backbone`` at the simulator (keeping explicit role settings).
+#: What a role's own table keeps under ``--llm sim`` when it names no endpoint: the
+#: user's prices and limits, on the simulator's endpoint settings.
+_KEPT_ON_SIM = ("price_in_per_mtok", "price_out_per_mtok", "requests_per_minute",
+                "tokens_per_minute", "max_tokens", "temperature")
+_SIM_ROLES = ("strong", "backbone", "embedding", "difficulty")
 
-    With the paper's selection on, ``embedding`` and ``difficulty`` too.
+
+def sim_roles(config: Config, base_url: str, sim: SimConfig) -> Config:
+    """Point ``strong`` and ``backbone`` at the simulator, over the roles' own settings.
+
+    With the paper's selection on, ``embedding`` and ``difficulty`` too. The simulator
+    wins over an endpoint the config names (``--llm sim`` means no model answers); a
+    role's prices and limits stay, so a simulated run shows what it would cost.
     """
     concurrency = max(64, sim.capacity * 2) if sim.capacity else 512
     names = ["strong", "backbone"]
     if config.pipeline.routing_policy == "cluster_quota":
         names += ["embedding", "difficulty"]
-    roles = {
-        name: LLMRoleConfig(base_url=base_url, model=f"sim-{name}", max_concurrency=concurrency,
-                            timeout_s=max(30.0, sim.latency_ms / 1000 * 20), max_retries=8,
-                            structured_output="json_schema",
-                            temperature=config.llm_defaults.temperature)
-        for name in names
-    }
-    return msgspec.structs.replace(config, llm={**roles, **config.llm})
+    names += [name for name, role in config.llm.items()
+              if name in _SIM_ROLES and name not in names and not role.base_url]
+
+    def on_sim(name: str) -> LLMRoleConfig:
+        default = LLMRoleConfig(
+            base_url=base_url, model=f"sim-{name}", max_concurrency=concurrency,
+            timeout_s=max(30.0, sim.latency_ms / 1000 * 20), max_retries=8,
+            structured_output="json_schema", temperature=config.llm_defaults.temperature)
+        own = config.llm.get(name)
+        if own is None:
+            return default
+        if not own.base_url:  # settings only (prices, limits)
+            return msgspec.structs.replace(
+                default, **{field: getattr(own, field) for field in _KEPT_ON_SIM})
+        return msgspec.structs.replace(own, base_url=base_url, model=default.model,
+                                       api_key_env=None)
+
+    return msgspec.structs.replace(config, llm={**config.llm, **{n: on_sim(n) for n in names}})
 
 
 async def run_pipeline(
@@ -225,6 +244,8 @@ async def _start_llm(
 
         sim = await stack.enter_async_context(SimServer(sim_config, port=0))
         config = sim_roles(config, sim.base_url, sim_config)
+    else:
+        check_endpoints(config)
     metrics = metrics if metrics is not None else Metrics(
         longest_timeout_s=max((r.timeout_s for r in config.llm.values()), default=0.0))
     # The stages' own clients, probed while the broker starts and answered before

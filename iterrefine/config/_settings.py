@@ -111,8 +111,10 @@ Dialect = Literal["json_schema", "json_object", "off"]
 
 
 class LLMRoleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    base_url: str
-    model: str
+    #: Both required for a real endpoint; a table without them (only prices, say) is
+    #: settings for the role the simulator answers under ``--llm sim``.
+    base_url: str = ""
+    model: str = ""
     #: Name of the environment variable that holds the API key (never the key itself).
     api_key_env: str | None = None
     max_concurrency: int = 64
