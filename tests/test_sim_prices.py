@@ -65,7 +65,7 @@ def test_a_table_without_an_endpoint_is_refused_when_no_simulator_answers(
     tmp_path: Path,
 ) -> None:
     """Without `--llm sim`, prices alone are a clear error naming the role and the fix."""
-    with pytest.raises(ConfigError, match="'strong' needs both a model and a base URL.*--llm sim"):
+    with pytest.raises(ConfigError, match=r"'strong' needs both a model and a base URL.*--llm sim"):
         config_from_args(_args(tmp_path, PRICES_ONLY))
     config = load_config(None, {"llm": {"strong": {"price_in_per_mtok": 1.0}}})
     assert config.llm["strong"].base_url == ""  # the API path checks in run_pipeline

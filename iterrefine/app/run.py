@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -36,6 +37,7 @@ import msgspec
 import structlog
 
 from iterrefine.app._extra_workers import ExtraWorkers
+from iterrefine.app._meter import RunMeter, check_cost_cap
 from iterrefine.app._preflight import RunAbort, check_llm_roles, check_output_paths
 from iterrefine.app._run_broker import for_own_broker, input_bytes, run_broker
 from iterrefine.app._run_stages import StageRun, Started
@@ -80,6 +82,9 @@ class RunOptions:
     started_at: float | None = None
     #: ``workers - 1`` children started before the imports (:mod:`iterrefine.app.prespawn`).
     prespawned: Prespawned | None = None
+    #: Log a ``run_progress`` event this often (items, rate, ETA, calls, tokens, money):
+    #: the progress bar of a run whose stderr is not a terminal. None: no such events.
+    progress_every_s: float | None = None
 
 
 @dataclass
@@ -156,17 +161,21 @@ async def run_pipeline(
     outputs = _Outputs.check(options)
     run_abort = RunAbort(stop)
     async with contextlib.AsyncExitStack() as stack:
-        llm = await _start_llm(stack, config, options.sim, metrics, run_abort, timeline)
+        llm = await _start_llm(stack, config, options, metrics, run_abort, timeline)
+        meter = _start_meter(stack, llm, options, stop)
         started = await _start_kafka(stack, llm, options, source, graph, timeline)
         await llm.preflight  # every endpoint answers and takes its key: nothing was paid yet
         export = StreamingExport(outputs.streamed)
         report, llm_stats = await StageRun(
             started, source.records, export, timeline=timeline, stop=stop, abort=run_abort,
-            timeout_s=options.timeout_s, on_ingested=on_ingested, on_progress=on_progress,
+            timeout_s=options.timeout_s, on_ingested=_both(meter.on_ingested, on_ingested),
+            on_progress=_both(meter.on_progress, on_progress),
         ).run(stack)
     timeline.mark("broker_stopped")
     summary = _summarise(export, report, llm_stats, started, started_at=started_at,
                          abort=run_abort)
+    summary["stopped_by_cost_cap"] = (None if meter.cap_reached is None
+                                      else dataclasses.asdict(meter.cap_reached))
     if outputs.reshape:
         reshape_export(outputs.streamed, options.output, options.shape)
     timeline.mark("exported")
@@ -235,10 +244,11 @@ class _LLM:
 
 
 async def _start_llm(
-    stack: contextlib.AsyncExitStack, config: Config, sim_config: SimConfig | None,
+    stack: contextlib.AsyncExitStack, config: Config, options: RunOptions,
     metrics: Metrics | None, run_abort: RunAbort, timeline: Timeline,
 ) -> _LLM:
     """Start the simulator if asked, then a client per role; probe them in the background."""
+    sim_config = options.sim
     if sim_config is not None:
         from iterrefine.sim import SimServer  # aiohttp.web and numpy: only for --llm sim
 
@@ -246,6 +256,7 @@ async def _start_llm(
         config = sim_roles(config, sim.base_url, sim_config)
     else:
         check_endpoints(config)
+    check_cost_cap(config.max_cost, config.llm, workers=options.workers)
     metrics = metrics if metrics is not None else Metrics(
         longest_timeout_s=max((r.timeout_s for r in config.llm.values()), default=0.0))
     # The stages' own clients, probed while the broker starts and answered before
@@ -257,6 +268,28 @@ async def _start_llm(
         _checked(check_llm_roles(roles[role] for role in roles), timeline))
     stack.callback(preflight.cancel)
     return _LLM(config, metrics, roles, preflight)
+
+
+def _start_meter(
+    stack: contextlib.AsyncExitStack, llm: _LLM, options: RunOptions, stop: asyncio.Event,
+) -> RunMeter:
+    """Progress events and the cost cap (:mod:`iterrefine.app._meter`), until the run ends."""
+    meter = RunMeter(llm.roles.stats, llm.config.llm, budget=llm.roles.budget,
+                     progress_every_s=options.progress_every_s, stop=stop)
+    watching = asyncio.create_task(meter.watch())
+    stack.callback(watching.cancel)
+    return meter
+
+
+def _both(first: Callable[[int], None],
+          second: Callable[[int], None] | None) -> Callable[[int], None]:
+    if second is None:
+        return first
+
+    def call(n: int) -> None:
+        first(n)
+        second(n)
+    return call
 
 
 async def _checked(check: Awaitable[None], timeline: Timeline) -> None:

@@ -1,7 +1,9 @@
-"""Rows of ``iterrefine run``'s summary table that need more than one line of wording."""
+"""Parts of ``iterrefine run``'s output that need more than a line: summary rows, the
+cost cap's message, when to log progress."""
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,3 +26,21 @@ def quality_rows(quality: Mapping[str, Any]) -> list[tuple[str, str]]:
              if row["count"]]
     rows.append(("judge score, kept as is", ", ".join(parts) or "-"))
     return rows
+
+
+#: ``run_progress`` events every this many seconds when stderr is not a terminal.
+DEFAULT_PROGRESS_EVERY_S = 10.0
+
+
+def progress_every_s(args: argparse.Namespace, terminal: bool) -> float | None:
+    """``--progress-every-s``, else the default off a terminal (where no bar is drawn)."""
+    if args.progress_every_s is not None:
+        return args.progress_every_s if args.progress_every_s > 0 else None
+    return None if terminal else DEFAULT_PROGRESS_EVERY_S
+
+
+def cost_cap_message(cap: Mapping[str, Any]) -> str:
+    return (f"iterrefine: stopped by the cost cap: {cap['money_at_stop']:,.4f} spent of "
+            f"--max-cost {cap['max_cost']:,.4f} after {cap['items_done']} items; the items "
+            "not finished are not in the output. Rerun the same command with a higher cap: "
+            "answers already received are cached and cost nothing again. Exit code 4")

@@ -150,6 +150,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "metrics_host": getattr(args, "metrics_host", None),
         "cache": {"mode": getattr(args, "cache", None)},
         "preset": getattr(args, "preset", None),
+        "max_cost": getattr(args, "max_cost", None),
     }
     llm = _llm_overrides(args)
     if llm:

@@ -17,7 +17,7 @@ from rich.table import Table
 from iterrefine.app import exit_codes
 from iterrefine.app.exit_codes import run_exit_code
 from iterrefine.app.pricing import cost_summary, describe_cost
-from iterrefine.cli._run_summary import quality_rows
+from iterrefine.cli._run_summary import cost_cap_message, progress_every_s, quality_rows
 from iterrefine.cli.common import add_kafka_args, add_llm_args, config_from_args, require_llm
 from iterrefine.cli.progress import run_progress
 from iterrefine.config import Config
@@ -66,6 +66,12 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
         "the input), disk (a scratch store under --data-dir, deleted after the run: flat "
         "memory), or auto (default): disk for inputs of [broker] disk_above_mb (1 MB) and more")
     add("--no-progress", action="store_true", help="no progress bar")
+    add("--progress-every-s", type=float, metavar="S",
+        help="log a run_progress event every S seconds (items done/total, rate, ETA, calls, "
+        "tokens, money); default 10 when stderr is not a terminal, else none")
+    add("--max-cost", type=float, metavar="MONEY",
+        help="stop new work once the LLM calls cost this much at the roles' prices "
+        "(price_in_per_mtok/price_out_per_mtok; config key max_cost): exit code 4")
     add("--llm", choices=["sim"], help="sim: start the built-in LLM simulator (not a model)")
     add("--sim-latency-ms", type=float, default=100.0, help="simulator mean latency (100)")
     add("--sim-jitter-ms", type=float, default=50.0, help="simulator latency jitter (50)")
@@ -121,12 +127,13 @@ def _run(args: argparse.Namespace, prespawned: Any) -> int:
                      sample=args.sample, seed=args.seed, split=args.split)
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    console = Console(stderr=True)
+    show = not args.no_progress and console.is_terminal
     options = RunOptions(input=args.input, output=args.output, sim=sim,
                          metrics_port=config.metrics_port, timeout_s=args.timeout_s,
                          workers=args.workers, started_at=command_started_at(),
-                         prespawned=prespawned, input_spec=spec, shape=args.shape)
-    console = Console(stderr=True)
-    show = not args.no_progress and console.is_terminal
+                         prespawned=prespawned, input_spec=spec, shape=args.shape,
+                         progress_every_s=progress_every_s(args, console.is_terminal))
     with run_progress(console, show=show, log_json=args.log_json,
                       log_level=args.log_level) as progress:
         task = progress.add_task("items", total=None)
@@ -159,6 +166,8 @@ def _run(args: argparse.Namespace, prespawned: Any) -> int:
                          + ingest.duplicate_records)
     if summary.get("aborted"):
         print(f"iterrefine: error: {summary['aborted']}", file=sys.stderr)
+    if summary.get("stopped_by_cost_cap"):
+        print(cost_cap_message(summary["stopped_by_cost_cap"]), file=sys.stderr)
     if not result.complete:
         print(f"iterrefine: {summary['pending']} items did not finish; "
               f"{_where_unfinished_items_are(config)}", file=sys.stderr)

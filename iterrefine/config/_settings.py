@@ -311,6 +311,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     metrics_host: str = "127.0.0.1"
     data_dir: str = ".iterrefine"
     cache: CacheConfig = CacheConfig()
+    #: ``iterrefine run`` (and :func:`iterrefine.curate`) stop new work once the run's LLM
+    #: calls cost this much at the roles' prices (``price_in_per_mtok``/``_out_``): exit
+    #: code 4. Calls in flight still finish. None: no cap.
+    max_cost: float | None = None
     #: User stages, inserted into the built-in graph in this order.
     stages: tuple[StageEntry, ...] = ()
     #: Directories to import user stages and policies from (relative ones are taken
