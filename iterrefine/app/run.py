@@ -42,8 +42,10 @@ from iterrefine.app._preflight import RunAbort, check_llm_roles, check_output_pa
 from iterrefine.app._run_broker import for_own_broker, input_bytes, run_broker
 from iterrefine.app._run_stages import StageRun, Started
 from iterrefine.app._summary import build_summary
+from iterrefine.app.dataset import read_rows, require_datasets, save_dataset
 from iterrefine.app.pipeline import load_graph
 from iterrefine.app.prespawn import Prespawned
+from iterrefine.app.pricing import cost_summary, trial_drivers
 from iterrefine.config import Config, LLMRoleConfig, check_endpoints
 from iterrefine.config.presets import preset_rows
 from iterrefine.graph.spec import StageGraph
@@ -85,6 +87,9 @@ class RunOptions:
     #: Log a ``run_progress`` event this often (items, rate, ETA, calls, tokens, money):
     #: the progress bar of a run whose stderr is not a terminal. None: no such events.
     progress_every_s: float | None = None
+    #: Also write the curated rows as a Hugging Face ``save_to_disk`` folder with a
+    #: dataset card (:mod:`iterrefine.app.dataset`; the hf extra).
+    dataset_dir: Path | None = None
 
 
 @dataclass
@@ -159,10 +164,14 @@ async def run_pipeline(
     source = _Input.open(options)
     graph = load_graph(config)  # and so does a bad user stage
     outputs = _Outputs.check(options)
+    if options.dataset_dir is not None:
+        require_datasets()
     run_abort = RunAbort(stop)
     async with contextlib.AsyncExitStack() as stack:
         llm = await _start_llm(stack, config, options, metrics, run_abort, timeline)
         meter = _start_meter(stack, llm, options, stop)
+        if source.trial:  # each trial item's cost, for the estimate's interval
+            llm.roles.keep_usage_by_item()
         started = await _start_kafka(stack, llm, options, source, graph, timeline)
         await llm.preflight  # every endpoint answers and takes its key: nothing was paid yet
         export = StreamingExport(outputs.streamed)
@@ -176,6 +185,9 @@ async def run_pipeline(
                          abort=run_abort)
     summary["stopped_by_cost_cap"] = (None if meter.cap_reached is None
                                       else dataclasses.asdict(meter.cap_reached))
+    summary["cost"] = _cost(summary, started.config, source, llm.roles, options.workers)
+    if options.dataset_dir is not None:  # from the full rows, whatever --shape writes
+        save_dataset(summary, read_rows(outputs.streamed.curated), options.dataset_dir)
     if outputs.reshape:
         reshape_export(outputs.streamed, options.output, options.shape)
     timeline.mark("exported")
@@ -194,6 +206,8 @@ async def run_pipeline(
 @dataclass(frozen=True)
 class _Input:
     spec: InputSpec
+    #: Only part of the input runs (``--limit``/``--sample``): the summary estimates the rest.
+    trial: bool
     #: Read already, so that a bad format fails before startup; the broker's storage
     #: follows its size.
     first: RawRecord | None
@@ -205,8 +219,13 @@ class _Input:
         spec = options.input_spec or InputSpec(str(options.input))
         records = open_input(spec).records()
         first = next(records, None)
-        return cls(spec, first,
+        return cls(spec, spec.limit is not None or spec.sample is not None, first,
                    records if first is None else itertools.chain([first], records))
+
+    def count_all(self) -> int | None:
+        """The whole input's record count, for a trial's estimate (no validation)."""
+        spec = self.spec
+        return open_input(InputSpec(spec.source, format=spec.format, split=spec.split)).count()
 
 
 @dataclass(frozen=True)
@@ -336,6 +355,23 @@ async def _start_kafka(
 
 
 # -- 5. the summary ------------------------------------------------------------------------
+
+
+def _cost(summary: dict[str, Any], config: Config, source: _Input, roles: LLMRoles,
+          workers: int) -> dict[str, Any]:
+    """What the run cost; for a trial, the estimate for the whole input.
+
+    Each item's cost is known only when one process made all its calls (``--workers 1``);
+    with more, the estimate is scaled from the totals and states no interval.
+    """
+    cost = cost_summary(
+        summary["llm"], config.llm, items_run=summary["items_in"],
+        items_total=source.count_all() if source.trial else None,
+        usage_by_item=roles.usage_by_item() if source.trial and workers == 1 else None,
+        sampled=source.spec.sample is not None)
+    if "estimate_full_input" in cost:
+        cost["estimate_full_input"]["trial"] = trial_drivers(summary)
+    return cost
 
 
 def _summarise(

@@ -16,13 +16,13 @@ from rich.table import Table
 
 from iterrefine.app import exit_codes
 from iterrefine.app.exit_codes import run_exit_code
-from iterrefine.app.pricing import cost_summary, describe_cost
+from iterrefine.app.pricing import describe_cost
 from iterrefine.cli._run_summary import cost_cap_message, progress_every_s, quality_rows
 from iterrefine.cli.common import add_kafka_args, add_llm_args, config_from_args, require_llm
 from iterrefine.cli.progress import run_progress
 from iterrefine.config import Config
 from iterrefine.errors import ConfigError
-from iterrefine.io.inputs import FORMATS_HELP, INPUT_FORMATS, InputSpec, open_input
+from iterrefine.io.inputs import FORMATS_HELP, INPUT_FORMATS, InputSpec
 from iterrefine.io.outputs import SHAPES, check_output
 from iterrefine.observe.logging import configure_logging
 from iterrefine.observe.proctime import command_started_at
@@ -69,6 +69,9 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     add("--progress-every-s", type=float, metavar="S",
         help="log a run_progress event every S seconds (items done/total, rate, ETA, calls, "
         "tokens, money); default 10 when stderr is not a terminal, else none")
+    add("--save-dataset", type=Path, metavar="DIR",
+        help="also write the curated rows as a Hugging Face save_to_disk folder with a dataset "
+        "card (README.md) made from the summary (needs the hf extra)")
     add("--max-cost", type=float, metavar="MONEY",
         help="stop new work once the LLM calls cost this much at the roles' prices "
         "(price_in_per_mtok/price_out_per_mtok; config key max_cost): exit code 4")
@@ -133,7 +136,8 @@ def _run(args: argparse.Namespace, prespawned: Any) -> int:
                          metrics_port=config.metrics_port, timeout_s=args.timeout_s,
                          workers=args.workers, started_at=command_started_at(),
                          prespawned=prespawned, input_spec=spec, shape=args.shape,
-                         progress_every_s=progress_every_s(args, console.is_terminal))
+                         progress_every_s=progress_every_s(args, console.is_terminal),
+                         dataset_dir=args.save_dataset)
     with run_progress(console, show=show, log_json=args.log_json,
                       log_level=args.log_level) as progress:
         task = progress.add_task("items", total=None)
@@ -151,9 +155,6 @@ def _run(args: argparse.Namespace, prespawned: Any) -> int:
 
         result = asyncio.run(main())
     summary = result.summary
-    trial = spec.limit is not None or spec.sample is not None
-    summary["cost"] = cost_summary(summary["llm"], config.llm, items_run=summary["items_in"],
-                                   items_total=_input_count(spec) if trial else None)
     if args.summary:
         args.summary.parent.mkdir(parents=True, exist_ok=True)
         args.summary.write_text(json.dumps(summary, indent=2) + "\n")
@@ -247,11 +248,6 @@ def print_summary(console: Console, summary: dict[str, Any], paths: Any) -> None
     console.print(table)
     if "preset" in summary:
         console.print(preset_table(summary["preset"]))
-
-
-def _input_count(spec: InputSpec) -> int | None:
-    """The whole input's record count for a trial's estimate (cheap: no validation)."""
-    return open_input(InputSpec(spec.source, format=spec.format, split=spec.split)).count()
 
 
 def preset_table(preset: dict[str, Any]) -> Table:

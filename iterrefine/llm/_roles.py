@@ -96,5 +96,14 @@ class LLMRoles(AsyncService):
     def __iter__(self) -> Iterator[str]:
         return iter(self._clients)
 
+    def keep_usage_by_item(self) -> None:
+        """Every role counts its requests and tokens per item from now on."""
+        for client in self._clients.values():
+            client.keep_usage_by_item()
+
+    def usage_by_item(self) -> dict[str, dict[str, tuple[int, int, int]]]:
+        """Role → item id → (requests, prompt tokens, completion tokens)."""
+        return {role: client.usage_by_item() for role, client in self._clients.items()}
+
     def stats(self) -> dict[str, LLMStats]:
         return {role: client.stats() for role, client in self._clients.items()}

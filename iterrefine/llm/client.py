@@ -182,6 +182,15 @@ class LLMClient(AsyncService):
         return self._tally.stats(retries=self._retries.count, probes=self._probes,
                                  circuit_opened=self.circuit.opened, cache=self._cache)
 
+    def keep_usage_by_item(self) -> None:
+        """Count requests and tokens per item from now on (:meth:`usage_by_item`)."""
+        self._tally.keep_per_item()
+
+    def usage_by_item(self) -> dict[str, tuple[int, int, int]]:
+        """Item id → (requests, prompt tokens, completion tokens); "" for calls of no item."""
+        by_item = self._tally.by_item or {}
+        return {key: (row[0], row[1], row[2]) for key, row in by_item.items()}
+
     def record_answer(self, task: str, outcome: str, *, truncated: int) -> None:
         """Count how an answer of ``task`` read (the ask layer calls this)."""
         self._tally.answer(task, outcome, truncated=truncated)
