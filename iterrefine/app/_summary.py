@@ -110,22 +110,6 @@ def build_summary(
         if item.selection is not None and item.quality is not None:
             cluster = "warmup" if item.selection.cluster is None else str(item.selection.cluster)
             clusters.setdefault(cluster, Counter())[item.quality] += 1
-    llm = {
-        role: {
-            "requests": stats.requests,
-            "errors": stats.errors,
-            "retries": stats.retries,
-            "prompt_tokens": stats.prompt_tokens,
-            "completion_tokens": stats.completion_tokens,
-            "latency_s": latency_from_samples(stats),
-            # Calls the response cache answered (each a request not paid for).
-            "cache_hits": stats.cache_hits,
-            "cache_misses": stats.cache_misses,
-            "cache_tokens_saved": stats.cache_tokens_saved,
-            "circuit_opened": stats.circuit_opened,
-        }
-        for role, stats in llm_stats.items()
-    }
     return {
         "simulated": simulated,
         "wall_time_s": round(wall_time_s, 3),
@@ -140,11 +124,31 @@ def build_summary(
                     **like_for_like.summary()},
         "dlq_reasons": dict(dlq_reasons),
         "duplicates_removed": duplicates_removed,
-        "llm": llm,
+        "llm": _llm_rows(llm_stats),
         **_selection(clusters, difficulties, not_reasoning),
         "llm_answers": answers_by_task(metrics),
         "rescore_failures": _counter_total(metrics.rescore_failures_total),
         "truncated": truncated_by_task(metrics),
+    }
+
+
+def _llm_rows(llm_stats: Mapping[str, LLMStats]) -> dict[str, dict[str, Any]]:
+    """Each role's calls, tokens, latency, cache and circuit counts."""
+    return {
+        role: {
+            "requests": stats.requests,
+            "errors": stats.errors,
+            "retries": stats.retries,
+            "prompt_tokens": stats.prompt_tokens,
+            "completion_tokens": stats.completion_tokens,
+            "latency_s": latency_from_samples(stats),
+            # Calls the response cache answered (each a request not paid for).
+            "cache_hits": stats.cache_hits,
+            "cache_misses": stats.cache_misses,
+            "cache_tokens_saved": stats.cache_tokens_saved,
+            "circuit_opened": stats.circuit_opened,
+        }
+        for role, stats in llm_stats.items()
     }
 
 
