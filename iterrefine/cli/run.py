@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -50,8 +51,10 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     add("--shape", choices=SHAPES, default="full",
         help="rows written: full (with lineage, default), or training-ready alpaca, messages, "
         "sharegpt")
-    add("--limit", type=int, metavar="N", help="a trial: only the first N records")
-    add("--sample", type=int, metavar="N", help="a trial: N records drawn at random")
+    add("--limit", type=int, metavar="N", help="a trial: only the first N records (not a "
+        "sample: its estimate for the whole input has no interval; prefer --sample)")
+    add("--sample", type=int, metavar="N", help="a trial: N records drawn at random; the "
+        "summary estimates the whole input's calls, tokens and money with a 90%% interval")
     add("--seed", type=int, default=0, help="seed of --sample (0)")
     add("--summary", type=Path, metavar="FILE", help="also write the summary as JSON")
     add("--metrics-port", type=int, metavar="N",
@@ -130,14 +133,15 @@ def _run(args: argparse.Namespace, prespawned: Any) -> int:
                      sample=args.sample, seed=args.seed, split=args.split)
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
-    console = Console(stderr=True)
-    show = not args.no_progress and console.is_terminal
     options = RunOptions(input=args.input, output=args.output, sim=sim,
                          metrics_port=config.metrics_port, timeout_s=args.timeout_s,
                          workers=args.workers, started_at=command_started_at(),
-                         prespawned=prespawned, input_spec=spec, shape=args.shape,
-                         progress_every_s=progress_every_s(args, console.is_terminal),
-                         dataset_dir=args.save_dataset)
+                         prespawned=prespawned, input_spec=spec, shape=args.shape)
+    console = Console(stderr=True)
+    show = not args.no_progress and console.is_terminal
+    options = dataclasses.replace(
+        options, progress_every_s=progress_every_s(args, console.is_terminal),
+        dataset_dir=args.save_dataset)
     with run_progress(console, show=show, log_json=args.log_json,
                       log_level=args.log_level) as progress:
         task = progress.add_task("items", total=None)
