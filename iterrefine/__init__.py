@@ -4,6 +4,9 @@ The public names are re-exported here (pinned by tests/test_exported_members.py)
 everything else lives in modules a user need not import. They load on first use,
 so that ``iterrefine --help`` does not pay for Kafka and HTTP clients it never uses.
 
+From Python (a notebook), :func:`curate` runs a curation on records or a file and
+gives back the rows and the summary (docs/python-api.md).
+
 A stage of your own is a :class:`StageSpec` in your module plus a ``[[stages]]``
 entry in the config (docs/writing-a-stage.md); an LLM task of your own is a
 :class:`TaskSpec` passed to :func:`register_task`. :mod:`iterrefine.testing` runs a
@@ -22,6 +25,11 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "PIPELINE": "iterrefine.consumers",
     "ChatClient": "iterrefine.llm.chat",
+    "Curation": "iterrefine.app.api",
+    "acurate": "iterrefine.app.api",
+    "curate": "iterrefine.app.api",
+    "dataset_card": "iterrefine.app.dataset",
+    "save_dataset": "iterrefine.app.dataset",
     "Config": "iterrefine.config",
     "ConfigError": "iterrefine.errors",
     "Handler": "iterrefine.runtime.stage",
@@ -63,6 +71,7 @@ __all__ = [
     "ChatClient",
     "Config",
     "ConfigError",
+    "Curation",
     "Handler",
     "InlineHandler",
     "Item",
@@ -81,6 +90,7 @@ __all__ = [
     "UnparseableOutput",
     "ValidationError",
     "__version__",
+    "acurate",
     "ask",
     "ask_aligned",
     "ask_answer",
@@ -88,15 +98,20 @@ __all__ = [
     "ask_revision",
     "ask_score",
     "ask_verdict",
+    "curate",
+    "dataset_card",
     "load_config",
     "load_graph",
     "register_simulated_answer",
     "register_task",
     "run_pipeline",
+    "save_dataset",
     "serve_pipeline",
 ]
 
 if TYPE_CHECKING:
+    from iterrefine.app.api import Curation, acurate, curate
+    from iterrefine.app.dataset import dataset_card, save_dataset
     from iterrefine.app.pipeline import load_graph, serve_pipeline
     from iterrefine.app.run import RunOptions, RunResult, run_pipeline
     from iterrefine.config import Config, load_config

@@ -14,7 +14,8 @@ runtime dead-letters a message whose handler raised a non-retriable error.
     │   └── DeliveryError         the broker did not acknowledge a produced message
     ├── LLMError                  non-retriable LLM failure (401, 400, model not found, ...)
     ├── LLMUnavailable            a role's endpoint is down for good (e.g. its key is
-    │                             rejected): the message is abandoned, never dead-lettered
+    │   │                         rejected): the message is abandoned, never dead-lettered
+    │   └── CostCapReached        the run's cost cap was reached: no new paid call starts
     ├── UnparseableOutput         the model's answer could not be read after all attempts
     │   └── TruncatedOutput       the answer was cut off at max_tokens, twice
     └── StageContractError        a handler wrote to an undeclared topic or returned no outputs
@@ -112,6 +113,16 @@ class LLMUnavailable(IterrefineError):
     """
 
     reason = "llm_unavailable"
+
+
+class CostCapReached(LLMUnavailable):
+    """The run spent its ``max_cost``: a call the cache cannot answer is not sent.
+
+    Abandoned like :class:`LLMUnavailable`: the message stays uncommitted, and a rerun
+    with a higher cap (answers already received come from the cache) finishes it.
+    """
+
+    reason = "cost_cap"
 
 
 class UnparseableOutput(IterrefineError):

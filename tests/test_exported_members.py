@@ -10,13 +10,14 @@ import pytest
 import iterrefine
 
 EXPECTED = [
-    "PIPELINE", "AnswerContext", "ChatClient", "Config", "ConfigError", "Handler",
+    "PIPELINE", "AnswerContext", "ChatClient", "Config", "ConfigError", "Curation", "Handler",
     "InlineHandler", "Item", "IterrefineError", "Output", "PipelineContext", "ReviewSample",
     "RoutingPolicy", "RunOptions", "RunResult", "StageContractError", "StageGraph",
     "StageSpec", "TaskSpec", "TransientError", "UnparseableOutput", "ValidationError",
-    "__version__", "ask", "ask_aligned", "ask_answer", "ask_evaluation", "ask_revision",
-    "ask_score", "ask_verdict", "load_config", "load_graph", "register_simulated_answer",
-    "register_task", "run_pipeline", "serve_pipeline",
+    "__version__", "acurate", "ask", "ask_aligned", "ask_answer", "ask_evaluation",
+    "ask_revision", "ask_score", "ask_verdict", "curate", "dataset_card", "load_config",
+    "load_graph", "register_simulated_answer", "register_task", "run_pipeline",
+    "save_dataset", "serve_pipeline",
 ]
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from prometheus_client import Counter as PromCounter
 
 from iterrefine.io.export import Terminal
+from iterrefine.item.model import Item
 from iterrefine.kafka.topics import TERMINAL_TOPICS
 from iterrefine.llm import LLMStats
 from iterrefine.llm.latency import percentile
@@ -77,6 +78,7 @@ def build_summary(
     rounds: dict[str, Counter[str]] = {"converged": Counter(), "exhausted": Counter()}
     before: list[float] = []
     after: list[float] = []
+    like_for_like = _LikeForLike()
     dlq_reasons: Counter[str] = Counter()
     counts = {default_outcome(topic): 0 for topic in TERMINAL_TOPICS}
     clusters: dict[str, Counter[str]] = {}
@@ -101,13 +103,38 @@ def build_summary(
             before.append(item.judgement.scores.mean)
         if item.final_judgement is not None and item.final_judgement.scores is not None:
             after.append(item.final_judgement.scores.mean)
+        like_for_like.add(item)
         not_reasoning += item.status_reason == "not_reasoning"
         if item.difficulty is not None:
             difficulties.append(item.difficulty.value)
         if item.selection is not None and item.quality is not None:
             cluster = "warmup" if item.selection.cluster is None else str(item.selection.cluster)
             clusters.setdefault(cluster, Counter())[item.quality] += 1
-    llm = {
+    return {
+        "simulated": simulated,
+        "wall_time_s": round(wall_time_s, 3),
+        "items_in": items_in,
+        "invalid_at_ingest": invalid_at_ingest,
+        **counts,
+        "outcomes": dict(outcomes),
+        "rounds": {k: dict(sorted(v.items())) for k, v in rounds.items()},
+        # before: every scored item; after: the re-scored refined ones. Compare like with
+        # like through "refined" (the same items, before → after) and "kept".
+        "quality": {"before": _histogram(before), "after": _histogram(after),
+                    **like_for_like.summary()},
+        "dlq_reasons": dict(dlq_reasons),
+        "duplicates_removed": duplicates_removed,
+        "llm": _llm_rows(llm_stats),
+        **_selection(clusters, difficulties, not_reasoning),
+        "llm_answers": answers_by_task(metrics),
+        "rescore_failures": _counter_total(metrics.rescore_failures_total),
+        "truncated": truncated_by_task(metrics),
+    }
+
+
+def _llm_rows(llm_stats: Mapping[str, LLMStats]) -> dict[str, dict[str, Any]]:
+    """Each role's calls, tokens, latency, cache and circuit counts."""
+    return {
         role: {
             "requests": stats.requests,
             "errors": stats.errors,
@@ -123,23 +150,48 @@ def build_summary(
         }
         for role, stats in llm_stats.items()
     }
-    return {
-        "simulated": simulated,
-        "wall_time_s": round(wall_time_s, 3),
-        "items_in": items_in,
-        "invalid_at_ingest": invalid_at_ingest,
-        **counts,
-        "outcomes": dict(outcomes),
-        "rounds": {k: dict(sorted(v.items())) for k, v in rounds.items()},
-        "quality": {"before": _histogram(before), "after": _histogram(after)},
-        "dlq_reasons": dict(dlq_reasons),
-        "duplicates_removed": duplicates_removed,
-        "llm": llm,
-        **_selection(clusters, difficulties, not_reasoning),
-        "llm_answers": answers_by_task(metrics),
-        "rescore_failures": _counter_total(metrics.rescore_failures_total),
-        "truncated": truncated_by_task(metrics),
-    }
+
+
+class _LikeForLike:
+    """Judge scores of the same items before and after refinement, and of the items kept."""
+
+    def __init__(self) -> None:
+        self.refined: list[tuple[float, float]] = []
+        #: Refined items curated without a final score (the re-score failed or is off).
+        self.refined_unscored = 0
+        self.kept: dict[str, list[float]] = {"high": [], "unrefined": []}
+
+    def add(self, item: Item) -> None:
+        before = item.judgement.scores if item.judgement is not None else None
+        if before is None:
+            return
+        if item.status == "refined":
+            final = item.final_judgement
+            if final is None or final.scores is None:
+                self.refined_unscored += 1
+            else:
+                self.refined.append((before.mean, final.scores.mean))
+        elif item.status in self.kept:
+            self.kept[item.status].append(before.mean)
+
+    def summary(self) -> dict[str, Any]:
+        pairs = self.refined
+        before = _mean([b for b, _ in pairs])
+        after = _mean([a for _, a in pairs])
+        return {
+            "refined": {
+                "count": len(pairs), "before_mean": before, "after_mean": after,
+                "change_mean": None if before is None or after is None
+                else round(after - before, 3),
+                "without_final_score": self.refined_unscored,
+            },
+            "kept": {status: {"count": len(scores), "mean": _mean(scores)}
+                     for status, scores in self.kept.items()},
+        }
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 3) if values else None
 
 
 def _selection(

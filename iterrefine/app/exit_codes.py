@@ -9,6 +9,8 @@
          operator can fix: bad flags or config, output not writable, an LLM endpoint
          down or rejecting the key at preflight, or the key rejected mid-run
     3    cut short: SIGTERM/Ctrl-C or --timeout-s came first, some items did not finish
+    4    stopped by the cost cap (--max-cost / max_cost): the LLM spend reached it, new
+         work stopped, in-flight work finished; the items not done are not in the output
     130  a second Ctrl-C: exited at once, without draining
 
 ``iterrefine export`` has codes of its own (README "Exit codes of iterrefine export"):
@@ -28,6 +30,7 @@ OK = 0
 DEAD_LETTERED = 1
 USAGE = 2
 CUT_SHORT = 3
+COST_CAP = 4
 FORCED = 130
 #: ``iterrefine export``: the files are written, but ingested items are still missing.
 EXPORT_INCOMPLETE = 3
@@ -41,6 +44,8 @@ def processing_dead_letters(summary: Mapping[str, Any], *, invalid_input: int) -
 def run_exit_code(summary: Mapping[str, Any], *, invalid_input: int) -> int:
     if summary.get("aborted"):
         return USAGE
+    if summary.get("stopped_by_cost_cap"):
+        return COST_CAP
     if not summary["complete"]:
         return CUT_SHORT
     nothing_out = summary["curated"] + summary["rejected"] == 0 and summary["items_in"] > 0

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -36,6 +37,7 @@ import msgspec
 import structlog
 
 from iterrefine.app._extra_workers import ExtraWorkers
+from iterrefine.app._meter import RunMeter, check_cost_cap
 from iterrefine.app._preflight import RunAbort, check_llm_roles, check_output_paths
 from iterrefine.app._run_broker import (
     check_pipeline_idle,
@@ -45,9 +47,11 @@ from iterrefine.app._run_broker import (
 )
 from iterrefine.app._run_stages import StageRun, Started
 from iterrefine.app._summary import build_summary
+from iterrefine.app.dataset import read_rows, require_datasets, save_dataset
 from iterrefine.app.pipeline import load_graph, pipeline_topics
 from iterrefine.app.prespawn import Prespawned
-from iterrefine.config import Config, LLMRoleConfig
+from iterrefine.app.pricing import cost_summary, trial_drivers
+from iterrefine.config import Config, LLMRoleConfig, check_endpoints
 from iterrefine.config.presets import preset_rows
 from iterrefine.graph.spec import StageGraph
 from iterrefine.io.export import ExportPaths
@@ -85,6 +89,12 @@ class RunOptions:
     started_at: float | None = None
     #: ``workers - 1`` children started before the imports (:mod:`iterrefine.app.prespawn`).
     prespawned: Prespawned | None = None
+    #: Log a ``run_progress`` event this often (items, rate, ETA, calls, tokens, money):
+    #: the progress bar of a run whose stderr is not a terminal. None: no such events.
+    progress_every_s: float | None = None
+    #: Also write the curated rows as a Hugging Face ``save_to_disk`` folder with a
+    #: dataset card (:mod:`iterrefine.app.dataset`; the hf extra).
+    dataset_dir: Path | None = None
 
 
 @dataclass
@@ -95,23 +105,42 @@ class RunResult:
     complete: bool
 
 
-def sim_roles(config: Config, base_url: str, sim: SimConfig) -> Config:
-    """Point ``strong`` and ``backbone`` at the simulator (keeping explicit role settings).
+#: What a role's own table keeps under ``--llm sim`` when it names no endpoint: the
+#: user's prices and limits, on the simulator's endpoint settings.
+_KEPT_ON_SIM = ("price_in_per_mtok", "price_out_per_mtok", "requests_per_minute",
+                "tokens_per_minute", "max_tokens", "temperature")
+_SIM_ROLES = ("strong", "backbone", "embedding", "difficulty")
 
-    With the paper's selection on, ``embedding`` and ``difficulty`` too.
+
+def sim_roles(config: Config, base_url: str, sim: SimConfig) -> Config:
+    """Point ``strong`` and ``backbone`` at the simulator, over the roles' own settings.
+
+    With the paper's selection on, ``embedding`` and ``difficulty`` too. The simulator
+    wins over an endpoint the config names (``--llm sim`` means no model answers); a
+    role's prices and limits stay, so a simulated run shows what it would cost.
     """
     concurrency = max(64, sim.capacity * 2) if sim.capacity else 512
     names = ["strong", "backbone"]
     if config.pipeline.routing_policy == "cluster_quota":
         names += ["embedding", "difficulty"]
-    roles = {
-        name: LLMRoleConfig(base_url=base_url, model=f"sim-{name}", max_concurrency=concurrency,
-                            timeout_s=max(30.0, sim.latency_ms / 1000 * 20), max_retries=8,
-                            structured_output="json_schema",
-                            temperature=config.llm_defaults.temperature)
-        for name in names
-    }
-    return msgspec.structs.replace(config, llm={**roles, **config.llm})
+    names += [name for name, role in config.llm.items()
+              if name in _SIM_ROLES and name not in names and not role.base_url]
+
+    def on_sim(name: str) -> LLMRoleConfig:
+        default = LLMRoleConfig(
+            base_url=base_url, model=f"sim-{name}", max_concurrency=concurrency,
+            timeout_s=max(30.0, sim.latency_ms / 1000 * 20), max_retries=8,
+            structured_output="json_schema", temperature=config.llm_defaults.temperature)
+        own = config.llm.get(name)
+        if own is None:
+            return default
+        if not own.base_url:  # settings only (prices, limits)
+            return msgspec.structs.replace(
+                default, **{field: getattr(own, field) for field in _KEPT_ON_SIM})
+        return msgspec.structs.replace(own, base_url=base_url, model=default.model,
+                                       api_key_env=None)
+
+    return msgspec.structs.replace(config, llm={**config.llm, **{n: on_sim(n) for n in names}})
 
 
 async def run_pipeline(
@@ -140,19 +169,30 @@ async def run_pipeline(
     source = _Input.open(options)
     graph = load_graph(config)  # and so does a bad user stage
     outputs = _Outputs.check(options)
+    if options.dataset_dir is not None:
+        require_datasets()
     run_abort = RunAbort(stop)
     async with contextlib.AsyncExitStack() as stack:
-        llm = await _start_llm(stack, config, options.sim, metrics, run_abort, timeline)
+        llm = await _start_llm(stack, config, options, metrics, run_abort, timeline)
+        meter = _start_meter(stack, llm, options, stop)
+        if source.trial:  # each trial item's cost, for the estimate's interval
+            llm.roles.keep_usage_by_item()
         started = await _start_kafka(stack, llm, options, source, graph, timeline)
         await llm.preflight  # every endpoint answers and takes its key: nothing was paid yet
         export = StreamingExport(outputs.streamed)
         report, llm_stats = await StageRun(
             started, source.records, export, timeline=timeline, stop=stop, abort=run_abort,
-            timeout_s=options.timeout_s, on_ingested=on_ingested, on_progress=on_progress,
+            timeout_s=options.timeout_s, on_ingested=_both(meter.on_ingested, on_ingested),
+            on_progress=_both(meter.on_progress, on_progress),
         ).run(stack)
     timeline.mark("broker_stopped")
     summary = _summarise(export, report, llm_stats, started, started_at=started_at,
                          abort=run_abort)
+    summary["stopped_by_cost_cap"] = (None if meter.cap_reached is None
+                                      else dataclasses.asdict(meter.cap_reached))
+    summary["cost"] = _cost(summary, started.config, source, llm.roles, options.workers)
+    if options.dataset_dir is not None:  # from the full rows, whatever --shape writes
+        save_dataset(summary, read_rows(outputs.streamed.curated), options.dataset_dir)
     if outputs.reshape:
         reshape_export(outputs.streamed, options.output, options.shape)
     timeline.mark("exported")
@@ -171,6 +211,8 @@ async def run_pipeline(
 @dataclass(frozen=True)
 class _Input:
     spec: InputSpec
+    #: Only part of the input runs (``--limit``/``--sample``): the summary estimates the rest.
+    trial: bool
     #: Read already, so that a bad format fails before startup; the broker's storage
     #: follows its size.
     first: RawRecord | None
@@ -182,8 +224,13 @@ class _Input:
         spec = options.input_spec or InputSpec(str(options.input))
         records = open_input(spec).records()
         first = next(records, None)
-        return cls(spec, first,
+        return cls(spec, spec.limit is not None or spec.sample is not None, first,
                    records if first is None else itertools.chain([first], records))
+
+    def count_all(self) -> int | None:
+        """The whole input's record count, for a trial's estimate (no validation)."""
+        spec = self.spec
+        return open_input(InputSpec(spec.source, format=spec.format, split=spec.split)).count()
 
 
 @dataclass(frozen=True)
@@ -221,15 +268,19 @@ class _LLM:
 
 
 async def _start_llm(
-    stack: contextlib.AsyncExitStack, config: Config, sim_config: SimConfig | None,
+    stack: contextlib.AsyncExitStack, config: Config, options: RunOptions,
     metrics: Metrics | None, run_abort: RunAbort, timeline: Timeline,
 ) -> _LLM:
     """Start the simulator if asked, then a client per role; probe them in the background."""
+    sim_config = options.sim
     if sim_config is not None:
         from iterrefine.sim import SimServer  # aiohttp.web and numpy: only for --llm sim
 
         sim = await stack.enter_async_context(SimServer(sim_config, port=0))
         config = sim_roles(config, sim.base_url, sim_config)
+    else:
+        check_endpoints(config)
+    check_cost_cap(config.max_cost, config.llm, workers=options.workers)
     metrics = metrics if metrics is not None else Metrics(
         longest_timeout_s=max((r.timeout_s for r in config.llm.values()), default=0.0))
     # The stages' own clients, probed while the broker starts and answered before
@@ -241,6 +292,28 @@ async def _start_llm(
         _checked(check_llm_roles(roles[role] for role in roles), timeline))
     stack.callback(preflight.cancel)
     return _LLM(config, metrics, roles, preflight)
+
+
+def _start_meter(
+    stack: contextlib.AsyncExitStack, llm: _LLM, options: RunOptions, stop: asyncio.Event,
+) -> RunMeter:
+    """Progress events and the cost cap (:mod:`iterrefine.app._meter`), until the run ends."""
+    meter = RunMeter(llm.roles.stats, llm.config.llm, budget=llm.roles.budget,
+                     progress_every_s=options.progress_every_s, stop=stop)
+    watching = asyncio.create_task(meter.watch())
+    stack.callback(watching.cancel)
+    return meter
+
+
+def _both(first: Callable[[int], None],
+          second: Callable[[int], None] | None) -> Callable[[int], None]:
+    if second is None:
+        return first
+
+    def call(n: int) -> None:
+        first(n)
+        second(n)
+    return call
 
 
 async def _checked(check: Awaitable[None], timeline: Timeline) -> None:
@@ -289,6 +362,23 @@ async def _start_kafka(
 
 
 # -- 5. the summary ------------------------------------------------------------------------
+
+
+def _cost(summary: dict[str, Any], config: Config, source: _Input, roles: LLMRoles,
+          workers: int) -> dict[str, Any]:
+    """What the run cost; for a trial, the estimate for the whole input.
+
+    Each item's cost is known only when one process made all its calls (``--workers 1``);
+    with more, the estimate is scaled from the totals and states no interval.
+    """
+    cost = cost_summary(
+        summary["llm"], config.llm, items_run=summary["items_in"],
+        items_total=source.count_all() if source.trial else None,
+        usage_by_item=roles.usage_by_item() if source.trial and workers == 1 else None,
+        sampled=source.spec.sample is not None)
+    if "estimate_full_input" in cost:
+        cost["estimate_full_input"]["trial"] = trial_drivers(summary)
+    return cost
 
 
 def _summarise(

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from iterrefine.errors import IterrefineError
+from iterrefine.observe import proctime as _proctime  # noqa: F401  # the command's start, early
 
 # Imported lazily by name so that `iterrefine --help` stays fast and one broken
 # subcommand cannot take the others down with it: command name -> its module.

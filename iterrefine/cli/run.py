@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -16,16 +17,17 @@ from rich.table import Table
 
 from iterrefine.app import exit_codes
 from iterrefine.app.exit_codes import run_exit_code
-from iterrefine.app.pricing import cost_summary, describe_cost
+from iterrefine.app.pricing import describe_cost
+from iterrefine.cli._run_summary import cost_cap_message, progress_every_s, quality_rows
 from iterrefine.cli.common import add_kafka_args, add_llm_args, config_from_args, require_llm
 from iterrefine.cli.progress import run_progress
 from iterrefine.cli.sim import add_sim_args, sim_config_from_args
 from iterrefine.config import Config
 from iterrefine.errors import ConfigError
-from iterrefine.io.inputs import FORMATS_HELP, INPUT_FORMATS, InputSpec, open_input
+from iterrefine.io.inputs import FORMATS_HELP, INPUT_FORMATS, InputSpec
 from iterrefine.io.outputs import SHAPES, check_output
 from iterrefine.observe.logging import configure_logging
-from iterrefine.observe.proctime import process_started_at
+from iterrefine.observe.proctime import command_started_at
 
 
 def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is private
@@ -49,8 +51,10 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     add("--shape", choices=SHAPES, default="full",
         help="rows written: full (with lineage, default), or training-ready alpaca, messages, "
         "sharegpt")
-    add("--limit", type=int, metavar="N", help="a trial: only the first N records")
-    add("--sample", type=int, metavar="N", help="a trial: N records drawn at random")
+    add("--limit", type=int, metavar="N", help="a trial: only the first N records (not a "
+        "sample: its estimate for the whole input has no interval; prefer --sample)")
+    add("--sample", type=int, metavar="N", help="a trial: N records drawn at random; the "
+        "summary estimates the whole input's calls, tokens and money with a 90%% interval")
     add("--seed", type=int, default=0, help="seed of --sample (0)")
     add("--summary", type=Path, metavar="FILE", help="also write the summary as JSON")
     add("--metrics-port", type=int, metavar="N",
@@ -65,6 +69,15 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
         "the input), disk (a scratch store under --data-dir, deleted after the run: flat "
         "memory), or auto (default): disk for inputs of [broker] disk_above_mb (1 MB) and more")
     add("--no-progress", action="store_true", help="no progress bar")
+    add("--progress-every-s", type=float, metavar="S",
+        help="log a run_progress event every S seconds (items done/total, rate, ETA, calls, "
+        "tokens, money); default 10 when stderr is not a terminal, else none")
+    add("--save-dataset", type=Path, metavar="DIR",
+        help="also write the curated rows as a Hugging Face save_to_disk folder with a dataset "
+        "card (README.md) made from the summary (needs the hf extra)")
+    add("--max-cost", type=float, metavar="MONEY",
+        help="stop new work once the LLM calls cost this much at the roles' prices "
+        "(price_in_per_mtok/price_out_per_mtok; config key max_cost): exit code 4")
     add_sim_args(parser)
     add_kafka_args(parser)
     add_llm_args(parser)
@@ -100,7 +113,7 @@ def _run(args: argparse.Namespace, prespawned: Any) -> int:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     options = RunOptions(input=args.input, output=args.output, sim=sim,
                          metrics_port=config.metrics_port, timeout_s=args.timeout_s,
-                         workers=args.workers, started_at=process_started_at(),
+                         workers=args.workers, started_at=command_started_at(),
                          prespawned=prespawned, input_spec=spec, shape=args.shape)
     if config.kafka.bootstrap_servers:
         print(f"iterrefine: running on the Kafka cluster at {config.kafka.bootstrap_servers}, "
@@ -109,6 +122,9 @@ def _run(args: argparse.Namespace, prespawned: Any) -> int:
               file=sys.stderr)
     console = Console(stderr=True)
     show = not args.no_progress and console.is_terminal
+    options = dataclasses.replace(
+        options, progress_every_s=progress_every_s(args, console.is_terminal),
+        dataset_dir=args.save_dataset)
     with run_progress(console, show=show, log_json=args.log_json,
                       log_level=args.log_level) as progress:
         task = progress.add_task("items", total=None)
@@ -126,9 +142,6 @@ def _run(args: argparse.Namespace, prespawned: Any) -> int:
 
         result = asyncio.run(main())
     summary = result.summary
-    trial = spec.limit is not None or spec.sample is not None
-    summary["cost"] = cost_summary(summary["llm"], config.llm, items_run=summary["items_in"],
-                                   items_total=_input_count(spec) if trial else None)
     if args.summary:
         args.summary.parent.mkdir(parents=True, exist_ok=True)
         args.summary.write_text(json.dumps(summary, indent=2) + "\n")
@@ -141,6 +154,8 @@ def _run(args: argparse.Namespace, prespawned: Any) -> int:
                          + ingest.duplicate_records)
     if summary.get("aborted"):
         print(f"iterrefine: error: {summary['aborted']}", file=sys.stderr)
+    if summary.get("stopped_by_cost_cap"):
+        print(cost_cap_message(summary["stopped_by_cost_cap"]), file=sys.stderr)
     if not result.complete:
         print(f"iterrefine: {summary['pending']} items did not finish; "
               f"{_where_unfinished_items_are(config)}", file=sys.stderr)
@@ -189,9 +204,8 @@ def print_summary(console: Console, summary: dict[str, Any], paths: Any) -> None
         rounds = summary["rounds"][kind]
         table.add_row(f"rounds ({kind})",
                       ", ".join(f"{r}: {n}" for r, n in rounds.items()) or "-")
-    quality = summary["quality"]
-    table.add_row("judge score mean", f"before {quality['before']['mean']}, "
-                  f"after refinement {quality['after']['mean']}")
+    for name, text in quality_rows(summary["quality"]):
+        table.add_row(name, text)
     for role, stats in summary["llm"].items():
         table.add_row(f"LLM {role}", f"{stats['requests']} calls, {stats['errors']} errors, "
                       f"{stats['prompt_tokens']}+{stats['completion_tokens']} tokens, "
@@ -219,11 +233,6 @@ def print_summary(console: Console, summary: dict[str, Any], paths: Any) -> None
     console.print(table)
     if "preset" in summary:
         console.print(preset_table(summary["preset"]))
-
-
-def _input_count(spec: InputSpec) -> int | None:
-    """The whole input's record count for a trial's estimate (cheap: no validation)."""
-    return open_input(InputSpec(spec.source, format=spec.format, split=spec.split)).count()
 
 
 def preset_table(preset: dict[str, Any]) -> Table:

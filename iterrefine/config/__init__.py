@@ -5,7 +5,7 @@ Parsed once in ``main()`` (TOML file, then preset, then CLI flags) into frozen s
 :mod:`.presets` holds the named published settings (``preset = "paper"``).
 """
 
-from iterrefine.config._load import load_config
+from iterrefine.config._load import check_endpoints, load_config
 from iterrefine.config._settings import (
     BrokerConfig,
     CacheConfig,
@@ -41,6 +41,7 @@ __all__ = [
     "StructuredOutput",
     "TaskTokenLimits",
     "TopicRetention",
+    "check_endpoints",
     "load_config",
     "merge",
 ]

@@ -66,6 +66,15 @@ def load_config(
         raise ConfigError(f"invalid configuration: {exc}{hint}") from None
 
 
+def check_endpoints(config: Config) -> None:
+    """Every ``[llm.ROLE]`` names a model and a base URL (unless the simulator answers it)."""
+    for role, entry in config.llm.items():
+        if not entry.model or not entry.base_url:
+            raise ConfigError(
+                f"LLM role {role!r} needs both a model and a base URL (a table with only "
+                "prices or limits is for --llm sim, where the simulator answers the role)")
+
+
 def _upgrade_structured_output(raw: dict[str, Any]) -> None:
     """``structured_output = true/false`` (older configs) as ``"json_schema"``/``"off"``."""
     roles = raw.get("llm")

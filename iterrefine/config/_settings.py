@@ -142,8 +142,10 @@ Dialect = Literal["json_schema", "json_object", "off"]
 
 
 class LLMRoleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    base_url: str
-    model: str
+    #: Both required for a real endpoint; a table without them (only prices, say) is
+    #: settings for the role the simulator answers under ``--llm sim``.
+    base_url: str = ""
+    model: str = ""
     #: Name of the environment variable that holds the API key (never the key itself).
     api_key_env: str | None = None
     max_concurrency: int = 64
@@ -340,6 +342,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     metrics_host: str = "127.0.0.1"
     data_dir: str = ".iterrefine"
     cache: CacheConfig = CacheConfig()
+    #: ``iterrefine run`` (and :func:`iterrefine.curate`) stop new work once the run's LLM
+    #: calls cost this much at the roles' prices (``price_in_per_mtok``/``_out_``): exit
+    #: code 4. Calls in flight still finish. None: no cap.
+    max_cost: float | None = None
     #: User stages, inserted into the built-in graph in this order.
     stages: tuple[StageEntry, ...] = ()
     #: Directories to import user stages and policies from (relative ones are taken

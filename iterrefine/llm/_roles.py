@@ -12,6 +12,7 @@ import structlog
 from iterrefine.config import Config
 from iterrefine.lifecycle import AsyncService
 from iterrefine.llm._wire import LLMStats
+from iterrefine.llm.budget import Budget
 from iterrefine.llm.cache import CacheMode, ResponseCache
 from iterrefine.llm.circuit import Circuit
 from iterrefine.llm.client import LLMClient
@@ -53,6 +54,8 @@ class LLMRoles(AsyncService):
         on_circuit_open: Callable[[Circuit], None] | None = None,
     ) -> None:
         self._config = config
+        #: ``config.max_cost``: every role's calls reserve their worst case under it.
+        self.budget = None if config.max_cost is None else Budget(config.max_cost, config.llm)
         mode = config.cache.mode
         self.cache = None if mode == "off" else _open_cache(config, mode)
         try:
@@ -60,6 +63,7 @@ class LLMRoles(AsyncService):
                 role: LLMClient(
                     role, role_config, metrics=metrics, http_client=http_client,
                     backoff=backoff, cache=self.cache, on_circuit_open=on_circuit_open,
+                    budget=self.budget,
                 )
                 for role, role_config in config.llm.items()
             }
@@ -91,6 +95,15 @@ class LLMRoles(AsyncService):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._clients)
+
+    def keep_usage_by_item(self) -> None:
+        """Every role counts its requests and tokens per item from now on."""
+        for client in self._clients.values():
+            client.keep_usage_by_item()
+
+    def usage_by_item(self) -> dict[str, dict[str, tuple[int, int, int]]]:
+        """Role → item id → (requests, prompt tokens, completion tokens)."""
+        return {role: client.usage_by_item() for role, client in self._clients.items()}
 
     def stats(self) -> dict[str, LLMStats]:
         return {role: client.stats() for role, client in self._clients.items()}

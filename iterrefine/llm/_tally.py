@@ -13,6 +13,7 @@ from prometheus_client import Counter, Histogram
 from iterrefine.llm._wire import LLMStats
 from iterrefine.llm.cache import RoleCache
 from iterrefine.llm.latency import Reservoir
+from iterrefine.observe.logging import UNIT_OF_WORK
 from iterrefine.observe.metrics import Metrics
 
 
@@ -28,6 +29,10 @@ class Tally:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self._latencies = Reservoir()
+        #: Requests and tokens per item id (the unit of work they were made for), once
+        #: :meth:`keep_per_item` is called: a trial's estimate needs each item's cost.
+        #: Calls made outside any item (probes) are under "".
+        self.by_item: dict[str, list[int]] | None = None
         # Children looked up once: labels() costs a lock and a tuple per call.
         self._status_counters: dict[str, Counter] = {}
         self._seconds: Histogram | None = None
@@ -39,9 +44,23 @@ class Tally:
                 metrics.llm_tokens_total.labels(role=role, kind="completion"),
             )
 
+    def keep_per_item(self) -> None:
+        if self.by_item is None:
+            self.by_item = {}
+
+    def _item_row(self, by_item: dict[str, list[int]]) -> list[int]:
+        unit = UNIT_OF_WORK.get()
+        key = str(unit.get("item_id", "")) if unit else ""
+        row = by_item.get(key)
+        if row is None:
+            row = by_item[key] = [0, 0, 0]
+        return row
+
     def observe(self, status: str, seconds: float) -> None:
         """A request ended with metric ``status`` (``ok``, ``429``, ``timeout``, ...)."""
         self._latencies.add(seconds)
+        if self.by_item is not None:
+            self._item_row(self.by_item)[0] += 1
         if self._seconds is None or self._metrics is None:
             return
         counter = self._status_counters.get(status)
@@ -55,6 +74,10 @@ class Tally:
         """An answer's usage, as the server reported it."""
         self.prompt_tokens += prompt
         self.completion_tokens += completion
+        if self.by_item is not None:
+            row = self._item_row(self.by_item)
+            row[1] += prompt
+            row[2] += completion
         if self._token_counters is not None:
             prompt_counter, completion_counter = self._token_counters
             prompt_counter.inc(prompt)

@@ -53,6 +53,7 @@ from iterrefine.llm._wire import (
     read_completion,
     settle_platform,
 )
+from iterrefine.llm.budget import Budget
 from iterrefine.llm.cache import (
     CachedAnswer,
     ResponseCache,
@@ -87,9 +88,12 @@ class LLMClient(AsyncService):
         backoff: Backoff | None = None,
         cache: ResponseCache | None = None,
         on_circuit_open: Callable[[Circuit], None] | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.role = role
         self.config = config
+        #: The run's cost cap, shared by every role (:mod:`iterrefine.llm.budget`).
+        self._budget = budget
         # Read now so that a missing key is a ConfigError at startup, not at the first item.
         self._api_key = config.api_key()
         self._http_client = http_client
@@ -178,6 +182,15 @@ class LLMClient(AsyncService):
         return self._tally.stats(retries=self._retries.count, probes=self._probes,
                                  circuit_opened=self.circuit.opened, cache=self._cache)
 
+    def keep_usage_by_item(self) -> None:
+        """Count requests and tokens per item from now on (:meth:`usage_by_item`)."""
+        self._tally.keep_per_item()
+
+    def usage_by_item(self) -> dict[str, tuple[int, int, int]]:
+        """Item id → (requests, prompt tokens, completion tokens); "" for calls of no item."""
+        by_item = self._tally.by_item or {}
+        return {key: (row[0], row[1], row[2]) for key, row in by_item.items()}
+
     def record_answer(self, task: str, outcome: str, *, truncated: int) -> None:
         """Count how an answer of ``task`` read (the ask layer calls this)."""
         self._tally.answer(task, outcome, truncated=truncated)
@@ -246,14 +259,23 @@ class LLMClient(AsyncService):
                     attempts=0, cache_key=key, cached=True,
                 )
         estimate = estimate_tokens(messages, limit)
-        if speculative:
-            result = await self._attempt(api, content, estimate, structured=True,
-                                         speculative=True)
-            attempts = 1
-        else:
-            result, attempts = await self._retries.call(
-                lambda: self._attempt(api, content, estimate, structured=form is not None),
-                circuit=self.circuit)
+        budget, held = self._budget, 0.0
+        if budget is not None:  # the run's cost cap: the worst case is held before sending
+            held = await budget.reserve(self.role, estimate - limit, limit)
+        used = (0, 0)
+        try:
+            if speculative:
+                result = await self._attempt(api, content, estimate, structured=True,
+                                             speculative=True)
+                attempts = 1
+            else:
+                result, attempts = await self._retries.call(
+                    lambda: self._attempt(api, content, estimate, structured=form is not None),
+                    circuit=self.circuit)
+            used = (result.prompt_tokens, result.completion_tokens)
+        finally:
+            if budget is not None:
+                budget.settle(self.role, held, *used)
         return msgspec.structs.replace(
             result, seconds=time.monotonic() - started, attempts=attempts, cache_key=key
         )
