@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 import structlog
 
 from iterrefine.config import Config
+from iterrefine.config.extras import require_extras_of
 from iterrefine.consumers import PIPELINE
 from iterrefine.errors import ConfigError
 from iterrefine.graph.context import PipelineContext, Roles
@@ -118,6 +119,7 @@ async def serve_pipeline(
     started and closes (``run`` probes them first); otherwise the stages' own.
     """
     graph = graph if graph is not None else load_graph(config)
+    require_extras_of(config)
     specs = graph.select(stages)
     if stop is None:
         stop = asyncio.Event()

@@ -43,6 +43,7 @@ from iterrefine.app._summary import build_summary
 from iterrefine.app.pipeline import load_graph
 from iterrefine.app.prespawn import Prespawned
 from iterrefine.config import Config, LLMRoleConfig
+from iterrefine.config.extras import require_extras_of
 from iterrefine.config.presets import preset_rows
 from iterrefine.graph.spec import StageGraph
 from iterrefine.io.export import ExportPaths
@@ -134,6 +135,7 @@ async def run_pipeline(
     # Opened first (a bad path or format fails before startup), then streamed into ingest.
     source = _Input.open(options)
     graph = load_graph(config)  # and so does a bad user stage
+    require_extras_of(config)  # or a part the config needs that is not installed
     outputs = _Outputs.check(options)
     run_abort = RunAbort(stop)
     async with contextlib.AsyncExitStack() as stack:
