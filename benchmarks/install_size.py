@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.harness import loadavg, machine  # noqa: E402
+from benchmarks.harness import loadavg, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTENDERS = ("core", "disk", "reports", "selection", "parquet", "hf", "all")
@@ -69,7 +69,7 @@ def _tree_of(ref: str | None, into: Path) -> Path:
     if ref is None:
         files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others",
                                 "--exclude-standard"], capture_output=True, check=True).stdout
-        archive = subprocess.run(["tar", "-c", "--null", "-T", "-", "-C", str(ROOT)],
+        archive = subprocess.run(["tar", "-c", "-C", str(ROOT), "--null", "-T", "-"],
                                  input=files, capture_output=True, check=True).stdout
     else:
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], capture_output=True,

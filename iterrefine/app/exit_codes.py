@@ -9,6 +9,8 @@
          operator can fix: bad flags or config, output not writable, an LLM endpoint
          down or rejecting the key at preflight, or the key rejected mid-run
     3    cut short: SIGTERM/Ctrl-C or --timeout-s came first, some items did not finish
+    5    the input held no records (an empty file, blank lines only, a trial of 0):
+         nothing was started or written
     130  a second Ctrl-C: exited at once, without draining
 """
 
@@ -21,6 +23,7 @@ OK = 0
 DEAD_LETTERED = 1
 USAGE = 2
 CUT_SHORT = 3
+EMPTY_INPUT = 5
 FORCED = 130
 
 

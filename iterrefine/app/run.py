@@ -45,6 +45,7 @@ from iterrefine.app.prespawn import Prespawned
 from iterrefine.config import Config, LLMRoleConfig
 from iterrefine.config.extras import require_extras_of
 from iterrefine.config.presets import preset_rows
+from iterrefine.errors import EmptyInput
 from iterrefine.graph.spec import StageGraph
 from iterrefine.io.export import ExportPaths
 from iterrefine.io.ingest import IngestReport, RawRecord
@@ -168,9 +169,9 @@ async def run_pipeline(
 @dataclass(frozen=True)
 class _Input:
     spec: InputSpec
-    #: Read already, so that a bad format fails before startup; the broker's storage
-    #: follows its size.
-    first: RawRecord | None
+    #: Read already, so that a bad format or an empty input fails before startup; the
+    #: broker's storage follows its size.
+    first: RawRecord
     #: Every record, ``first`` included, read as ingest sends them.
     records: Iterator[RawRecord]
 
@@ -179,8 +180,11 @@ class _Input:
         spec = options.input_spec or InputSpec(str(options.input))
         records = open_input(spec).records()
         first = next(records, None)
-        return cls(spec, first,
-                   records if first is None else itertools.chain([first], records))
+        if first is None:
+            trial = "" if spec.limit is None and spec.sample is None else " (in this trial)"
+            raise EmptyInput(f"{spec.source} holds no records{trial}: nothing to curate, "
+                             "nothing was started or written")
+        return cls(spec, first, itertools.chain([first], records))
 
 
 @dataclass(frozen=True)
