@@ -52,6 +52,7 @@ def _venv(where: Path, source: Path, extra: str) -> dict[str, Any]:
 def _main_job(venv: Path, work: Path) -> dict[str, Any]:
     """README's main job, as a 20-record trial, in ``venv``: exit code and curated rows."""
     out = work / "out"
+    work.mkdir(parents=True, exist_ok=True)
     run = subprocess.run(
         [str(venv / "bin" / "iterrefine"), "run", str(ROOT / "examples" / "dolly_sample.jsonl"),
          "-o", str(out / "curated.jsonl"), "--llm", "sim", "--limit", "20", "--no-progress",

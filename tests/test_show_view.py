@@ -205,14 +205,14 @@ async def test_item_page_in_headless_chromium(tmp_path: Path) -> None:
 def test_list_filters_by_cluster_once_items_have_one(tmp_path: Path) -> None:
     """Items carrying a cluster (from a selection stage) get a cluster column and filter."""
     from iterrefine.tools.story import story_of_row
-    from iterrefine.tools.viewer._pages import list_page
+    from iterrefine.tools.viewer._list import ListIndex, list_page
 
     paths, _ = write_outputs(_terminals()[:1], tmp_path / "out.jsonl")
     row = json.loads(paths.curated.read_text())
     plain = story_of_row(row, "curated")
     clustered = story_of_row({**row, "item": {**row["item"], "cluster": 7}}, "curated")
-    assert "<th>cluster</th>" not in list_page([plain], {}, 0, "x")
-    page = list_page([plain, clustered], {"cluster": "7"}, 0, "x")
+    assert "<th>cluster</th>" not in list_page(ListIndex([plain]), {}, "", 0, "x")
+    page = list_page(ListIndex([plain, clustered]), {"cluster": "7"}, "", 0, "x")
     assert "<th>cluster</th>" in page and "1 of 2 items" in page
 
 
