@@ -8,18 +8,26 @@ installed packages' own requirements) is made absent: its top-level modules are 
 ``benchmarks/install_size.py``.
 
 Run as a program: ``python tests/core_install.py ARGV...`` with ``ITERREFINE_ABSENT`` (a
-JSON list of module names) in the environment runs ``iterrefine ARGV...`` that way.
+JSON list of module names) in the environment runs ``iterrefine ARGV...`` that way;
+``python tests/core_install.py --each JSON`` runs each argv of a JSON list in turn, in one
+process, and prints a JSON list of ``{"code", "stderr"}`` (a traceback, if one escaped,
+is in ``stderr``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.metadata as metadata
+import io
 import json
 import os
 import shutil
 import sys
+import traceback
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 #: What `python3 -m venv` puts in every venv (ensurepip), beside the project's own.
@@ -57,6 +65,7 @@ def core_distributions() -> set[str]:
     return closure("iterrefine") | set(_IN_EVERY_VENV)
 
 
+@functools.cache
 def absent_modules() -> list[str]:
     """Top-level modules a core install lacks: every provider of each is beyond the core."""
     from packaging.utils import canonicalize_name
@@ -88,8 +97,29 @@ def _hide(modules: Iterable[str]) -> None:
     shutil.which = without_weed  # type: ignore[assignment]
 
 
+def _each(commands: list[list[str]]) -> list[dict[str, Any]]:
+    from iterrefine.cli import main as iterrefine
+
+    results = []
+    for argv in commands:
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            try:
+                code: object = iterrefine(argv)
+            except SystemExit as exited:
+                code = exited.code
+            except BaseException:
+                traceback.print_exc()
+                code = "traceback"
+        results.append({"code": code, "stderr": err.getvalue()})
+    return results
+
+
 def main() -> int:
     _hide(json.loads(os.environ["ITERREFINE_ABSENT"]))
+    if sys.argv[1:2] == ["--each"]:
+        print(json.dumps(_each(json.loads(sys.argv[2]))))
+        return 0
     from iterrefine.cli import main as iterrefine
 
     return iterrefine(sys.argv[1:])

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -109,17 +110,31 @@ CASES = {
 }
 
 
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict[str, Any], Path]]:
+    """Every case run once, in one core-install process (an interpreter start each cost more
+    than the cases themselves)."""
+    dirs = {case: tmp_path_factory.mktemp(case.split()[0]) for case in CASES}
+    commands = [CASES[case](dirs[case]) for case in CASES]
+    # Relative outputs ("o.jsonl") land in the process's directory: one fresh for all.
+    cwd = tmp_path_factory.mktemp("cwd")
+    result = core("--each", json.dumps(commands), cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = json.loads(result.stdout.splitlines()[-1])
+    return {case: (run, cwd) for case, run in zip(CASES, runs, strict=True)}
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_path_that_needs_an_extra_exits_2_naming_its_install(
-    case: str, tmp_path: Path
+    case: str, outcomes: dict[str, tuple[dict[str, Any], Path]]
 ) -> None:
     """Each extra's path on the core: exit 2, `pip install 'iterrefine[X]'`, no traceback."""
     extra = case.split()[0]
-    result = core(*CASES[case](tmp_path), cwd=tmp_path)
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert f"pip install 'iterrefine[{extra}]'" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert not (tmp_path / "o.jsonl").exists()  # stopped before anything was written
+    run, cwd = outcomes[case]
+    assert run["code"] == 2, run["stderr"][-3000:]
+    assert f"pip install 'iterrefine[{extra}]'" in run["stderr"]
+    assert "Traceback" not in run["stderr"]
+    assert not list(cwd.glob("o.*"))  # stopped before anything was written
 
 
 @pytest.mark.unit
