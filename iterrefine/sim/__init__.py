@@ -4,9 +4,9 @@ Deterministic answers in the formats of docs/llm-contract.md, with configurable
 latency, capacity and fault injection. Never a model: its responses say so.
 
 ``SimServer`` is imported on first use: the server pulls in aiohttp's web framework,
-which ``iterrefine run`` against a real endpoint never needs. Its selection endpoints
-(embeddings, echoed logprobs) import numpy when first called: numpy is the optional
-``selection`` part of iterrefine, and without it they answer 501 naming it.
+which ``iterrefine run`` against a real endpoint never needs. Its embeddings endpoint
+imports numpy when first called: numpy is the optional ``selection`` part of
+iterrefine, and without it that endpoint answers 501 naming it.
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ from aiohttp import web
 from iterrefine.config.extras import has_extra, missing_extra
 from iterrefine.lifecycle import AsyncService
 from iterrefine.sim._stats import RequestLog, SimStats
+from iterrefine.sim._vectors import completion_text, echo_logprobs, embedding_answer
 from iterrefine.sim.answers import render, render_malformed, request_schema
 from iterrefine.sim.config import SimConfig
 from iterrefine.sim.prompt import PromptError, SimPrompt, parse_prompt
@@ -417,12 +418,10 @@ class SimServer(AsyncService):
             self.stats.finished(400)
             return _error(400, f"invalid request body: {exc}", "invalid_request_error")
         inputs = [body.input] if isinstance(body.input, str) else body.input
-        if not has_extra("selection"):  # its vectors are numpy's
+        if not has_extra("selection"):  # the vectors are numpy's
             self.stats.finished(501)
-            return _error(501, str(missing_extra("selection", "the simulator's embeddings")),
-                          "not_implemented")
-        from iterrefine.sim._vectors import embedding_answer
-
+            extra = missing_extra("selection", "the simulator's embeddings")
+            return _error(501, str(extra), "not_implemented")
         self.stats.request("embeddings")
         data = [
             {"object": "embedding", "index": i, "embedding": embedding_answer(text, self.config)}
@@ -440,12 +439,6 @@ class SimServer(AsyncService):
         except msgspec.MsgspecError as exc:
             self.stats.finished(400)
             return _error(400, f"invalid request body: {exc}", "invalid_request_error")
-        if not has_extra("selection"):
-            self.stats.finished(501)
-            return _error(501, str(missing_extra("selection", "the simulator's completions")),
-                          "not_implemented")
-        from iterrefine.sim._vectors import completion_text, echo_logprobs
-
         self.stats.request("completions")
         delay_s = self._service_time_s()
         if delay_s > 0.0:
