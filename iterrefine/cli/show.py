@@ -44,7 +44,8 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
             "the backbone's answers, each round's revision with word diffs, the judge's verdict "
             "and explanation, and the aligned output. Reads an export in the full shape "
             "(--from, .jsonl or .parquet, with its rejected and DLQ files beside it) or, "
-            "without --from, the terminal topics."
+            "without --from, the terminal topics. Word diffs are coloured on a terminal and "
+            "marked [-removed-]{+added+} without colour (piped to a file or a pager)."
         ),
     )
     parser.add_argument("id", metavar="ID")
