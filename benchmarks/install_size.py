@@ -23,9 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.harness import loadavg, machine
+from harness import loadavg, machine  # benchmarks/ is sys.path[0] for a script
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTENDERS = ("core", "disk", "reports", "selection", "parquet", "hf", "all")

@@ -21,7 +21,6 @@ import json
 import re
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import types
@@ -30,10 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from harness import loadavg, machine  # benchmarks/ is sys.path[0] for a script
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.harness import loadavg, machine
 from iterrefine.io.export import Terminal
 from iterrefine.io.outputs import write_outputs
 from iterrefine.item.model import Provenance, Round
