@@ -8,6 +8,7 @@ runtime dead-letters a message whose handler raised a non-retriable error.
     │   └── TopicSetupError       the cluster's topics are not what the pipeline needs
     ├── ValidationError           an input record is not a usable item (reason = short code)
     ├── BrokerError               the embedded broker cannot start / is not reachable
+    ├── EmptyInput                the input holds no records (``run`` exits 5)
     ├── TransientError (retriable=True)
     │   ├── LLMTransientError     429 / 5xx / timeout / connection error from an LLM endpoint
     │   │   └── LLMRetriesExhausted  (retriable=False) the call used its attempt budget
@@ -60,6 +61,12 @@ class BrokerError(IterrefineError):
     """The Kafka broker could not be started or reached."""
 
     reason = "broker"
+
+
+class EmptyInput(IterrefineError):
+    """The input holds no records: nothing to run (``iterrefine run`` exits 5, not 0)."""
+
+    reason = "empty_input"
 
 
 class TransientError(IterrefineError):

@@ -165,7 +165,8 @@ def _dockerfile_uid() -> int:
 @pytest.mark.unit
 def test_dockerfile_is_multistage_slim_and_runs_iterrefine_as_non_root() -> None:
     """Wheels are built in one slim stage; the other runs `iterrefine` as a numeric non-root uid."""
-    args = dict(c.value[0].split("=", 1) for c in _dockerfile() if c.cmd == "ARG")
+    args = dict(c.value[0].split("=", 1) for c in _dockerfile()
+                if c.cmd == "ARG" and "=" in c.value[0])  # not a stage's re-declaration
     images = [c.value[0].replace("${PYTHON_IMAGE}", args["PYTHON_IMAGE"])
               for c in _dockerfile() if c.cmd == "FROM"]
     assert images == ["python:3.11-slim", "python:3.11-slim"]

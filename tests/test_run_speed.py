@@ -257,3 +257,31 @@ def test_plain_http_endpoints_get_a_tls_context_that_trusts_nothing() -> None:
     assert plain.cert_store_stats()["x509_ca"] == 0
     assert plain.verify_mode.name == "CERT_REQUIRED"  # a redirect to https fails closed
     assert tls_context("https://a.example/v1") is tls_context("https://b.example/v1")
+
+
+@pytest.mark.unit
+def test_streaming_export_writes_rows_in_input_order(tmp_path: Path) -> None:
+    """Rows arrive out of order; each file is in input order after finish, late winners
+    at their id's place and superseded rows gone."""
+    export = StreamingExport(ExportPaths.beside(tmp_path / "out.jsonl"))
+    ids = [f"i{n}" for n in range(8)]
+    for item_id in ids:
+        export.expect(item_id)
+    for item_id in ("i5", "i1", "i7", "i0", "i3"):
+        export.offer(_terminal(item_id))
+    for item_id in ("i6", "i2", "i4"):
+        export.offer(_terminal(item_id, outcome="rejected"))
+    export.offer(_terminal("i2", revision=1))  # a newer revision: now curated
+    assert export.finish() == {"curated": 6, "rejected": 2, "dlq": 0}
+    assert [r["id"] for r in load_rows(tmp_path / "out.jsonl")] == [
+        "i0", "i1", "i2", "i3", "i5", "i7"]
+    assert [r["id"] for r in load_rows(tmp_path / "out.rejected.jsonl")] == ["i4", "i6"]
+    assert not list(tmp_path.glob("*.partial*")) and not list(tmp_path.glob("*.tmp"))
+    # Without a late winner too: out-of-order arrivals alone are put back in order.
+    plain = StreamingExport(ExportPaths.beside(tmp_path / "plain.jsonl"))
+    for item_id in ids:
+        plain.expect(item_id)
+    for item_id in reversed(ids):
+        plain.offer(_terminal(item_id))
+    plain.finish()
+    assert [r["id"] for r in load_rows(tmp_path / "plain.jsonl")] == ids

@@ -205,14 +205,14 @@ async def test_item_page_in_headless_chromium(tmp_path: Path) -> None:
 def test_list_filters_by_cluster_once_items_have_one(tmp_path: Path) -> None:
     """Items carrying a cluster (from a selection stage) get a cluster column and filter."""
     from iterrefine.tools.story import story_of_row
-    from iterrefine.tools.viewer._pages import list_page
+    from iterrefine.tools.viewer._list import ListIndex, list_page
 
     paths, _ = write_outputs(_terminals()[:1], tmp_path / "out.jsonl")
     row = json.loads(paths.curated.read_text())
     plain = story_of_row(row, "curated")
     clustered = story_of_row({**row, "item": {**row["item"], "cluster": 7}}, "curated")
-    assert "<th>cluster</th>" not in list_page([plain], {}, 0, "x")
-    page = list_page([plain, clustered], {"cluster": "7"}, 0, "x")
+    assert "<th>cluster</th>" not in list_page(ListIndex([plain]), {}, "", 0, "x")
+    page = list_page(ListIndex([plain, clustered]), {"cluster": "7"}, "", 0, "x")
     assert "<th>cluster</th>" in page and "1 of 2 items" in page
 
 
@@ -241,3 +241,30 @@ async def test_view_command_serves_until_sigterm(tmp_path: Path) -> None:
     finally:
         process.terminate()
         assert await asyncio.wait_for(process.wait(), timeout=30) == 0
+
+
+def test_show_marks_word_diffs_when_there_is_no_colour(
+    export_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Piped (no colour), show's diffs stay readable: [-removed-] and {+added+} markers."""
+    assert main(["show", "plant-1", "--from", str(export_file)]) == 0  # capsys: not a TTY
+    out = capsys.readouterr().out
+    assert "Explain [-photosynthesis-]{+step by step how plants" in out
+
+
+@pytest.mark.unit
+def test_show_colours_diffs_without_markers_on_a_terminal(tmp_path: Path) -> None:
+    """On a colour terminal the diff is styled (strike/underline) and carries no markers."""
+    import io
+
+    from rich.console import Console
+
+    from iterrefine.cli.show import render_story
+
+    paths, _ = write_outputs(_terminals(), tmp_path / "out.jsonl")
+    (story,) = [s for s in stories_from_export(paths.curated) if s.id == "plant-1"]
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=True, color_system="truecolor", width=200)
+    console.print(render_story(story, markers=console.color_system is None))
+    text = buffer.getvalue()
+    assert "\x1b[" in text and "[-" not in text and "{+" not in text

@@ -13,7 +13,9 @@ Small inputs keep memory storage, which starts in milliseconds (SeaweedFS takes 
 
 "Big" is the input's size on disk, ``[broker] disk_above_mb`` (1 MB: about 8,000
 small Alpaca records or 1,000 Dolly ones); ``[broker] storage`` or
-``--broker-storage`` forces either storage.
+``--broker-storage`` forces either storage. SeaweedFS is the optional ``disk`` part of
+iterrefine (``pip install 'iterrefine[disk]'``): without it, ``auto`` keeps memory
+storage and says so in a warning, and a forced ``disk`` stops the run (exit 2).
 
 A broker the run started is nobody else's, so the run's stages use it differently
 (:func:`for_own_broker`): fixed partition shares instead of consumer groups, short
@@ -34,9 +36,10 @@ import msgspec
 import structlog
 from aiokafka.structs import TopicPartition
 
-from iterrefine.broker.embedded import EmbeddedBroker
+from iterrefine.broker.embedded import EmbeddedBroker, disk_storage_available
 from iterrefine.broker.state import find_running_broker
 from iterrefine.config import BrokerConfig, Config, KafkaConfig, StaticPartitions
+from iterrefine.config.extras import install_hint, missing_extra
 from iterrefine.errors import ConfigError
 from iterrefine.io.ingest import RawRecord
 from iterrefine.io.inputs import InputSpec
@@ -73,12 +76,21 @@ def input_bytes(spec: InputSpec, first: RawRecord | None) -> int | None:
 
 
 def choose_storage(settings: BrokerConfig, size: int | None) -> Storage:
-    """``disk`` if forced, or under ``auto`` for an input of at least ``disk_above_mb``."""
+    """``disk`` if forced, or under ``auto`` for an input of at least ``disk_above_mb``
+    when SeaweedFS (the ``disk`` extra) is installed."""
+    if settings.storage == "disk" and not disk_storage_available():
+        raise missing_extra("disk", "--broker-storage disk ([broker] storage = \"disk\")")
     if settings.storage != "auto":
         return settings.storage
-    if size is None:
+    if size is None or size < settings.disk_above_mb * _MB:
         return "memory"
-    return "disk" if size >= settings.disk_above_mb * _MB else "memory"
+    if not disk_storage_available():
+        log.warning("broker.disk_storage_unavailable", input_mb=_mb(size),
+                    disk_above_mb=settings.disk_above_mb, storage="memory",
+                    why="the broker keeps the whole input in memory while the run lasts "
+                    "(about 3 KB per item)", fix=install_hint("disk"))
+        return "memory"
+    return "disk"
 
 
 def remove_stale_scratch(data_dir: Path) -> list[Path]:

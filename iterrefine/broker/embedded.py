@@ -36,7 +36,7 @@ from typing import Self
 
 import structlog
 
-from iterrefine.broker._seaweed import SeaweedS3, load_or_create_credentials
+from iterrefine.broker._seaweed import SeaweedS3, find_weed, load_or_create_credentials
 from iterrefine.errors import BrokerError, ConfigError
 from iterrefine.processes import (
     LOOPBACK,
@@ -67,6 +67,11 @@ def tansu_binary() -> str:
             f"{exc} Or pass --bootstrap HOST:PORT to use an existing Kafka cluster."
         ) from exc
     return path
+
+
+def disk_storage_available() -> bool:
+    """Whether disk storage can start: SeaweedFS (the ``disk`` extra) is installed."""
+    return find_weed() is not None
 
 
 def broker_answers(port: int, *, host: str = LOOPBACK, timeout_s: float = 1.0) -> bool:

@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from iterrefine.cli._parser import SuggestingParser
 from iterrefine.errors import IterrefineError
 from iterrefine.observe import proctime as _proctime  # noqa: F401  # the command's start, early
 
@@ -41,7 +42,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     A typed command needs only its own module: importing the other eleven (and what they
     import) cost ``iterrefine run`` about 0.1 s before its first LLM call.
     """
-    parser = argparse.ArgumentParser(
+    parser = SuggestingParser(
         prog="iterrefine",
         description="Curate instruction-tuning data by iterative LLM refinement, on Kafka.",
         allow_abbrev=False,

@@ -35,16 +35,25 @@ def resolve_bootstrap(config: Config) -> str:
 
 
 def add_kafka_args(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
+    """The options of every command that talks to Kafka, defined here once, in three groups.
+
+    Each command's ``--help`` lists its own options first, then these under their headings.
+    """
+    general = parser.add_argument_group("config and logging")
+    add = general.add_argument
     add("--config", metavar="FILE", help="TOML config file (see examples/iterrefine.toml)")
-    add("--bootstrap", metavar="HOST:PORT",
-        help="Kafka bootstrap servers (default: the embedded broker)")
-    add("--topic-prefix", help="topic name prefix (default iterrefine.)")
-    add("--partitions", type=int, help="partitions per topic when creating them (default 8)")
     add("--data-dir", help="where the embedded broker keeps its state (default .iterrefine)")
     add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     add("--log-json", action="store_true", default=None,
         help="JSON log lines even on a terminal (default: JSON when not a terminal)")
+    kafka = parser.add_argument_group(
+        "Kafka", "The cluster and its topics (default: the embedded broker). The same on "
+        "every command that talks to Kafka; [kafka] in --config sets them too.")
+    add = kafka.add_argument
+    add("--bootstrap", metavar="HOST:PORT",
+        help="Kafka bootstrap servers (default: the embedded broker)")
+    add("--topic-prefix", help="topic name prefix (default iterrefine.)")
+    add("--partitions", type=int, help="partitions per topic when creating them (default 8)")
     add("--client-id", help="Kafka client id, as seen in broker logs and quotas (iterrefine)")
     security = parser.add_argument_group(
         "Kafka security", "SASL and TLS for real clusters. Secrets are read from an environment "

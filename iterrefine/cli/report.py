@@ -30,6 +30,9 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from iterrefine.config.extras import require_extra
+
+    require_extra("reports", "iterrefine report (its plots)")
     # matplotlib takes a noticeable fraction of a second to import; only pay it here.
     from iterrefine.tools.report import load_summary, write_report
 

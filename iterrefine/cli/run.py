@@ -23,9 +23,10 @@ from iterrefine.cli.common import add_kafka_args, add_llm_args, config_from_args
 from iterrefine.cli.progress import run_progress
 from iterrefine.cli.sim import add_sim_args, sim_config_from_args
 from iterrefine.config import Config
-from iterrefine.errors import ConfigError
+from iterrefine.errors import ConfigError, EmptyInput
+from iterrefine.io.guard import OutputGuard
 from iterrefine.io.inputs import FORMATS_HELP, INPUT_FORMATS, InputSpec
-from iterrefine.io.outputs import SHAPES, check_output
+from iterrefine.io.outputs import SHAPES, check_output, output_paths
 from iterrefine.observe.logging import configure_logging
 from iterrefine.observe.proctime import command_started_at
 
@@ -44,8 +45,12 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     add = parser.add_argument
     add("input", type=Path, metavar="INPUT")
     add("-o", "--output", type=Path, required=True, metavar="OUTPUT",
-        help="curated items, .jsonl or .parquet by its name; the rejected items beside it "
-        "(OUTPUT.rejected.jsonl/.parquet) and dead letters in OUTPUT.dlq.jsonl")
+        help="curated items, by its name JSON lines (.jsonl), one JSON array (.json) or "
+        "Parquet (.parquet); the rejected items beside it (OUTPUT.rejected.jsonl/.json/"
+        ".parquet) and dead letters in OUTPUT.dlq.jsonl")
+    add("--overwrite", action="store_true",
+        help="replace the results of an earlier run at OUTPUT (and --summary); without it "
+        "run stops if they exist (a cut-short run's are replaced by its rerun)")
     add("--input-format", choices=INPUT_FORMATS, help=f"default: by name. {FORMATS_HELP}")
     add("--split", help="the split of a Hugging Face dataset (default train)")
     add("--shape", choices=SHAPES, default="full",
@@ -93,6 +98,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         prespawned = Prespawned(args.workers - 1)
     try:
         return _run(args, prespawned)
+    except EmptyInput as exc:  # not a usage error (2), not a success (0)
+        print(f"iterrefine: {exc}", file=sys.stderr)
+        return exit_codes.EMPTY_INPUT
     finally:
         if prespawned is not None:
             prespawned.close()  # only if the run never adopted them
@@ -107,6 +115,8 @@ def _run(args: argparse.Namespace, prespawned: Any) -> int:
     if sim is None:
         require_llm(config)
     check_output(args.output, args.shape)
+    guard = OutputGuard.check(output_paths(args.output).curated, _others(args),
+                              overwrite=args.overwrite)
     spec = InputSpec(str(args.input), format=args.input_format, limit=args.limit,
                      sample=args.sample, seed=args.seed, split=args.split)
     if args.workers < 1:
@@ -141,6 +151,7 @@ def _run(args: argparse.Namespace, prespawned: Any) -> int:
             )
 
         result = asyncio.run(main())
+    guard.finished(complete=result.complete)
     summary = result.summary
     if args.summary:
         args.summary.parent.mkdir(parents=True, exist_ok=True)
@@ -163,6 +174,12 @@ def _run(args: argparse.Namespace, prespawned: Any) -> int:
         print(f"iterrefine: {summary['dlq']} items were dead-lettered (see {result.paths.dlq}"
               " and the dlq reasons above); exit code 1", file=sys.stderr)
     return code
+
+
+def _others(args: argparse.Namespace) -> list[Path]:
+    """The files a run writes beside its curated file (README "Output")."""
+    paths = output_paths(args.output)
+    return [paths.rejected, paths.dlq, *([args.summary] if args.summary else [])]
 
 
 def _stop_or_force(stop: asyncio.Event) -> None:
@@ -238,8 +255,11 @@ def print_summary(console: Console, summary: dict[str, Any], paths: Any) -> None
 def preset_table(preset: dict[str, Any]) -> Table:
     """The preset's settings: its value, the value the run used, and why they differ."""
     table = Table(title=f"preset {preset['name']}")
-    for column in ("setting", "preset", "used", "source"):
-        table.add_column(column)
+    # Keys whole (`pipeline.max_tokens.…` six times said nothing); values fold instead.
+    widest = max((len(row["key"]) for row in preset["settings"]), default=0)
+    table.add_column("setting", no_wrap=True, min_width=widest)
+    for column in ("preset", "used", "source"):
+        table.add_column(column, overflow="fold")
     for row in preset["settings"]:
         used = "-" if row["effective"] is None else json.dumps(row["effective"])
         source = {"unavailable": "not in this build", "overridden": "overridden by you"}.get(

@@ -30,6 +30,9 @@ from iterrefine.tools.story import (
 from iterrefine.tools.worddiff import word_diff
 
 _STYLES = {"equal": "", "delete": "red strike", "insert": "green underline"}
+#: Without colour (piped to a file or `less`, NO_COLOR, a dumb terminal) a word diff is
+#: marked as `git diff --word-diff=plain` marks it.
+_MARKERS = {"equal": ("", ""), "delete": ("[-", "-]"), "insert": ("{+", "+}")}
 
 
 def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is private
@@ -41,7 +44,8 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
             "the backbone's answers, each round's revision with word diffs, the judge's verdict "
             "and explanation, and the aligned output. Reads an export in the full shape "
             "(--from, .jsonl or .parquet, with its rejected and DLQ files beside it) or, "
-            "without --from, the terminal topics."
+            "without --from, the terminal topics. Word diffs are coloured on a terminal and "
+            "marked [-removed-]{+added+} without colour (piped to a file or a pager)."
         ),
     )
     parser.add_argument("id", metavar="ID")
@@ -62,14 +66,20 @@ def load_stories(args: argparse.Namespace) -> Iterator[Story]:
 def cmd_show(args: argparse.Namespace) -> int:
     configure_logging(json=args.log_json, level=args.log_level)
     story = find_story(load_stories(args), args.id)
-    Console().print(render_story(story))
+    console = Console()
+    console.print(render_story(story, markers=console.color_system is None))
     return 0
 
 
-def diff_text(before: str, after: str) -> Text:
+def diff_text(before: str, after: str, *, markers: bool = False) -> Text:
+    """The word diff in colour, or (``markers``) as ``[-removed-]{+added+}`` text."""
     text = Text()
     for op, piece in word_diff(before, after):
-        text.append(piece, style=_STYLES[op])
+        if markers:
+            opening, closing = _MARKERS[op]
+            text.append(f"{opening}{piece}{closing}")
+        else:
+            text.append(piece, style=_STYLES[op])
     return text
 
 
@@ -82,8 +92,11 @@ def _fields(*pairs: tuple[str, RenderableType | str]) -> Table:
     return table
 
 
-def render_story(story: Story) -> RenderableType:
-    """Panels from first to last; dead letters show their reason and original bytes."""
+def render_story(story: Story, *, markers: bool = False) -> RenderableType:
+    """Panels from first to last; dead letters show their reason and original bytes.
+
+    ``markers``: word diffs as ``[-removed-]{+added+}``, for output without colour.
+    """
     if story.item is None:
         row = story.row
         original = row.get("original", row.get("original_base64", ""))
@@ -122,8 +135,9 @@ def render_story(story: Story) -> RenderableType:
         rows: list[tuple[str, RenderableType | str]] = []
         if rnd.feedback:
             rows.append(("feedback", rnd.feedback))
-        rows += [("instruction", diff_text(original.instruction, rnd.instruction)),
-                 ("input", diff_text(original.input, rnd.input)),
+        rows += [("instruction", diff_text(original.instruction, rnd.instruction,
+                                           markers=markers)),
+                 ("input", diff_text(original.input, rnd.input, markers=markers)),
                  ("backbone answer", rnd.backbone_answer),
                  ("verdict", f"winner {rnd.winner}"),
                  ("explanation", rnd.explanation)]
@@ -131,8 +145,10 @@ def render_story(story: Story) -> RenderableType:
                            border_style=style))
     if item.output != original.output or item.output_aligned:
         parts.append(Panel(_fields(("instruction", diff_text(original.instruction,
-                                                             item.instruction)),
-                                   ("input", diff_text(original.input, item.input)),
-                                   ("output", diff_text(original.output, item.output))),
+                                                             item.instruction, markers=markers)),
+                                   ("input", diff_text(original.input, item.input,
+                                                       markers=markers)),
+                                   ("output", diff_text(original.output, item.output,
+                                                        markers=markers))),
                            title="final (aligned output)", border_style="green"))
     return Group(*parts)

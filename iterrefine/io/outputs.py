@@ -9,6 +9,9 @@ Shapes (``--shape``):
   user = instruction + input, assistant = output).
 * ``sharegpt`` — ``id, conversations`` (``from``: system / human / gpt).
 
+The file type follows the output's name: ``.parquet`` is Parquet, ``.json`` one JSON
+array (``out.json``, ``out.rejected.json``), anything else JSON lines.
+
 Rejected rows carry ``status`` and ``reason`` at top level in every shape. Dead
 letters are always written as JSON lines beside the output, whatever its extension:
 they hold the original bytes for a person to fix, and ``iterrefine run`` reads a
@@ -38,11 +41,13 @@ _encoder = msgspec.json.Encoder()
 
 
 def output_paths(output: Path) -> ExportPaths:
-    """``out.parquet`` → ``out.parquet``, ``out.rejected.parquet``, ``out.dlq.jsonl``."""
-    if output.suffix.lower() != ".parquet":
+    """``out.parquet`` → ``out.parquet``, ``out.rejected.parquet``, ``out.dlq.jsonl``
+    (``.json`` alike); any other name as :meth:`ExportPaths.beside`."""
+    suffix = output.suffix.lower()
+    if suffix not in (".parquet", ".json"):
         return ExportPaths.beside(output)
-    stem = output.name[: -len(".parquet")]
-    return ExportPaths(curated=output, rejected=output.with_name(f"{stem}.rejected.parquet"),
+    stem = output.name[: -len(suffix)]
+    return ExportPaths(curated=output, rejected=output.with_name(f"{stem}.rejected{suffix}"),
                        dlq=output.with_name(f"{stem}.dlq.jsonl"))
 
 
@@ -100,10 +105,9 @@ def write_outputs(
     """Write curated, rejected and dead-lettered rows beside ``output``; return paths, counts."""
     paths = output_paths(output)
     paths.curated.parent.mkdir(parents=True, exist_ok=True)
-    parquet = output.suffix.lower() == ".parquet"
     sinks: dict[str, _Sink] = {
-        "curated": _ParquetSink(paths.curated, shape) if parquet else _JsonSink(paths.curated),
-        "rejected": _ParquetSink(paths.rejected, shape) if parquet else _JsonSink(paths.rejected),
+        "curated": _sink(paths.curated, shape),
+        "rejected": _sink(paths.rejected, shape),
         "dlq": _JsonSink(paths.dlq),
     }
     counts = dict.fromkeys(sinks, 0)
@@ -149,10 +153,18 @@ def read_rows(path: Path) -> Iterator[dict[str, Any]]:
                     row["item"] = json.loads(row["item"])
                 yield row
         return
+    if path.suffix.lower() == ".json" and _is_array(path):
+        yield from json.loads(path.read_bytes())  # written whole, read whole
+        return
     with path.open("rb") as handle:
         for line in handle:
             if line.strip():
                 yield json.loads(line)
+
+
+def _is_array(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(1) == b"["
 
 
 def _pyarrow() -> Any:
@@ -182,6 +194,30 @@ class _JsonSink(_Sink):
 
     def close(self) -> None:
         self._handle.close()
+
+
+class _JsonArraySink(_Sink):
+    """One JSON array, a row a line (``[]`` when empty): what ``-o out.json`` promises."""
+
+    def __init__(self, path: Path) -> None:
+        self._handle = path.open("wb")
+        self._handle.write(b"[")
+        self._separator = b"\n"
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._handle.write(self._separator + _encoder.encode(row))
+        self._separator = b",\n"
+
+    def close(self) -> None:
+        self._handle.write(b"\n]\n" if self._separator == b",\n" else b"]\n")
+        self._handle.close()
+
+
+def _sink(path: Path, shape: Shape) -> _Sink:
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return _ParquetSink(path, shape)
+    return _JsonArraySink(path) if suffix == ".json" else _JsonSink(path)
 
 
 class _ParquetSink(_Sink):

@@ -3,8 +3,10 @@
 Deterministic answers in the formats of docs/llm-contract.md, with configurable
 latency, capacity and fault injection. Never a model: its responses say so.
 
-``SimServer`` is imported on first use: the server pulls in aiohttp's web framework and
-numpy, which ``iterrefine run`` against a real endpoint never needs (0.3 s of start-up).
+``SimServer`` is imported on first use: the server pulls in aiohttp's web framework,
+which ``iterrefine run`` against a real endpoint never needs. Its embeddings endpoint
+imports numpy when first called: numpy is the optional ``selection`` part of
+iterrefine, and without it that endpoint answers 501 naming it.
 """
 
 from __future__ import annotations

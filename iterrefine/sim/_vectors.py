@@ -10,6 +10,9 @@ Pure functions of the text (and the simulator's config), like every simulator an
   before a word belongs to it): ``logprob = -(0.3 + 4·h("lp", word))``, halved when the
   word already appeared earlier in the prompt (so an output that repeats its instruction
   is "easier" given it, which is what IFD measures); the first token has no logprob.
+
+numpy (the optional ``selection`` part of iterrefine) is imported by the embeddings only:
+the server answers 501 naming the extra without it, and the logprobs need none.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from typing import Any, Final
-
-import numpy as np
-from numpy.typing import NDArray
+from typing import TYPE_CHECKING, Any, Final
 
 from iterrefine.sim.answers import unit
 from iterrefine.sim.config import SimConfig
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
 
 _WORD: Final = re.compile(r"\s*\S+|\s+$")
 #: The one token a completion generates after an echoed prompt.
@@ -38,6 +42,8 @@ def _seed(*parts: str) -> int:
 
 @functools.lru_cache(maxsize=8)
 def _centres(clusters: int, dim: int) -> NDArray[np.float64]:
+    import numpy as np
+
     rng = np.random.default_rng(_CENTRES_SEED)
     centres = rng.normal(size=(clusters, dim))
     norms: NDArray[np.float64] = np.linalg.norm(centres, axis=1, keepdims=True)
@@ -51,6 +57,8 @@ def planted_cluster(text: str, config: SimConfig) -> int:
 
 def embedding(text: str, config: SimConfig) -> NDArray[np.float64]:
     """The pooled vector of ``text``: its planted centre plus seeded noise."""
+    import numpy as np
+
     dim = config.embedding_dim
     centre = _centres(config.embedding_clusters, dim)[planted_cluster(text, config)]
     noise = np.random.default_rng(_seed("noise", text)).normal(size=dim)
@@ -61,6 +69,8 @@ def embedding(text: str, config: SimConfig) -> NDArray[np.float64]:
 
 def embedding_answer(text: str, config: SimConfig) -> list[float] | list[list[float]]:
     """What ``/v1/embeddings`` answers for one input."""
+    import numpy as np
+
     vector = embedding(text, config)
     if not config.embedding_per_token:
         return [float(x) for x in vector]

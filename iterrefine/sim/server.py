@@ -37,6 +37,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from iterrefine.config.extras import has_extra, missing_extra
 from iterrefine.lifecycle import AsyncService
 from iterrefine.sim._stats import RequestLog, SimStats
 from iterrefine.sim._vectors import completion_text, echo_logprobs, embedding_answer
@@ -417,6 +418,10 @@ class SimServer(AsyncService):
             self.stats.finished(400)
             return _error(400, f"invalid request body: {exc}", "invalid_request_error")
         inputs = [body.input] if isinstance(body.input, str) else body.input
+        if not has_extra("selection"):  # the vectors are numpy's
+            self.stats.finished(501)
+            extra = missing_extra("selection", "the simulator's embeddings")
+            return _error(501, str(extra), "not_implemented")
         self.stats.request("embeddings")
         data = [
             {"object": "embedding", "index": i, "embedding": embedding_answer(text, self.config)}

@@ -1,4 +1,5 @@
-"""HTML pages of the viewer: the item list with filters, and one item side by side.
+"""HTML pages of the viewer: one item side by side, and what every page shares
+(the list page is :mod:`._list`).
 
 Every piece of item or model text goes through :func:`html.escape` (the only way
 text enters a page is :func:`_e`), so an item holding ``<script>`` shows it as text.
@@ -7,14 +8,11 @@ text enters a page is :func:`_e`), so an item holding ``<script>`` shows it as t
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping, Sequence
-from urllib.parse import quote, urlencode
 
 from iterrefine.item.model import Item
 from iterrefine.tools.story import Story
 from iterrefine.tools.worddiff import word_diff
 
-PAGE_SIZE = 200
 _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:1.5rem;color:#1d232a;background:#fafafa}
 a{color:#0b5cad}h1{font-size:1.3rem}h2{font-size:1.1rem;margin-top:1.6rem}
@@ -30,6 +28,8 @@ margin-right:.3rem}
 .loss{color:#9a6700;font-weight:600}
 .sim{color:#82071e;font-weight:600}
 .kv th{width:11rem}.kv td.text{width:auto}
+#items td.text{width:38%}#items td:first-child{white-space:nowrap}
+.same{color:#6a737d;font-style:italic}.nav{margin:.6rem 0}
 """
 
 
@@ -58,64 +58,8 @@ def score_change_kind(story: Story) -> str:
     return "improved" if change > 0 else "worse" if change < 0 else "unchanged"
 
 
-def matches(story: Story, filters: Mapping[str, str]) -> bool:
-    checks = {
-        "status": lambda v: story.status == v or story.outcome == v,
-        "rounds": lambda v: str(story.rounds) == v,
-        "change": lambda v: score_change_kind(story) == v,
-        "cluster": lambda v: str(story.cluster) == v,
-    }
-    return all(checks[key](value) for key, value in filters.items() if value and key in checks)
-
-
-def _select(name: str, label: str, options: Sequence[str], chosen: str) -> str:
-    items = ["<option value=''>all</option>"] + [
-        f"<option value='{_e(o)}'{' selected' if o == chosen else ''}>{_e(o)}</option>"
-        for o in options]
-    return f"<label>{_e(label)} <select name='{name}'>{''.join(items)}</select></label>"
-
-
 def _fmt(score: float | None) -> str:
     return "–" if score is None else f"{score:.2f}"
-
-
-def list_page(stories: Sequence[Story], filters: Mapping[str, str], page: int, source: str) -> str:
-    chosen = [s for s in stories if matches(s, filters)]
-    statuses = sorted({s.status for s in stories} | {s.outcome for s in stories})
-    rounds = sorted({str(s.rounds) for s in stories}, key=int)
-    clusters = sorted({str(s.cluster) for s in stories if s.cluster is not None})
-    form = [_select("status", "status", statuses, filters.get("status", "")),
-            _select("rounds", "rounds", rounds, filters.get("rounds", "")),
-            _select("change", "score change", ["improved", "unchanged", "worse", "unknown"],
-                    filters.get("change", ""))]
-    if clusters:
-        form.append(_select("cluster", "cluster", clusters, filters.get("cluster", "")))
-    start = page * PAGE_SIZE
-    rows = []
-    for story in chosen[start:start + PAGE_SIZE]:
-        text = story.item.original.instruction if story.item else story.reason
-        rows.append(
-            f"<tr><td><a href='/item/{quote(story.id, safe='')}'>{_e(story.id)}</a></td>"
-            f"<td><span class='tag {_e(story.status)}'>{_e(story.status)}</span></td>"
-            f"<td>{story.rounds}</td><td>{_fmt(story.score_before)} → "
-            f"{_fmt(story.score_after)}</td>"
-            + (f"<td>{_e('' if story.cluster is None else story.cluster)}</td>"
-               if clusters else "")
-            + f"<td class=text>{_e(text[:160])}</td></tr>")
-    nav = []
-    query = {k: v for k, v in filters.items() if v}
-    if page > 0:
-        nav.append(f"<a href='/?{_e(urlencode({**query, 'page': page - 1}))}'>← previous</a>")
-    if start + PAGE_SIZE < len(chosen):
-        nav.append(f"<a href='/?{_e(urlencode({**query, 'page': page + 1}))}'>next →</a>")
-    body = (f"<h1>iterrefine — {len(chosen)} of {len(stories)} items</h1>"
-            f"<p>from {_e(source)}</p><form method=get>{''.join(form)}"
-            "<button type=submit>filter</button></form>"
-            "<table><tr><th>id</th><th>status</th><th>rounds</th><th>judge score</th>"
-            f"{'<th>cluster</th>' if clusters else ''}<th>original instruction</th></tr>"
-            f"{''.join(rows)}</table>"
-            f"<p>{' '.join(nav)}</p>")
-    return _page("iterrefine items", body)
 
 
 def _side_by_side(item: Item) -> str:

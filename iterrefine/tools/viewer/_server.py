@@ -8,7 +8,8 @@ from types import TracebackType
 from aiohttp import web
 
 from iterrefine.tools.story import Story
-from iterrefine.tools.viewer._pages import item_page, list_page
+from iterrefine.tools.viewer._list import FILTERS, ListIndex, list_page
+from iterrefine.tools.viewer._pages import item_page
 
 #: Defence in depth behind escaping: the pages need no script, no remote resource.
 _HEADERS = {
@@ -26,6 +27,7 @@ class Viewer:
                  host: str = "127.0.0.1") -> None:
         self.stories = list(stories)
         self._by_id = {story.id: story for story in self.stories}
+        self._index = ListIndex(self.stories)  # the list page's filters, once per item
         self._source = source
         self._host = host
         self._port = port
@@ -62,12 +64,13 @@ class Viewer:
 
     async def _list(self, request: web.Request) -> web.Response:
         query = request.query
-        filters = {key: query.get(key, "") for key in ("status", "rounds", "change", "cluster")}
+        filters = {key: query.get(key, "") for key in FILTERS}
         try:
             page = max(0, int(query.get("page", "0")))
         except ValueError:
             page = 0
-        return self._html(list_page(self.stories, filters, page, self._source))
+        return self._html(list_page(self._index, filters, query.get("q", ""), page,
+                                    self._source))
 
     async def _item(self, request: web.Request) -> web.Response:
         story = self._by_id.get(request.match_info["id"])
