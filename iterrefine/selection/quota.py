@@ -9,6 +9,17 @@ correction holds the realised high share at ``k_ratio``: when the cluster has gi
 out fewer highs than ``k_ratio · n`` the bar is lowered by the deficit (relative to the
 window), and raised by a surplus, so the share cannot drift even when the key
 distribution does.
+
+The ranking is lexicographic, as the paper's: within a cluster, a judge-high item is
+never refined while a judge-low one is kept. A stream decides before it has seen the
+whole cluster, so the rule is kept as an invariant: once a cluster has kept an item of
+level L, every later item of a higher level is kept (bar 1); once it has refined an
+item of level L, every later item of a lower level is refined (bar 0). The count
+correction then makes up the share with the items that follow.
+
+One instance ranks every cluster it sees; for the ranks to be the paper's "one ranking
+per cluster", each cluster must have exactly one owner — the score stage sends all
+items of a cluster to one partition of ``items.scored`` (see ``consumers.score``).
 """
 
 from __future__ import annotations
@@ -27,6 +38,9 @@ class _Cluster:
     ordered: list[RankKey] = field(default_factory=list)
     seen: int = 0
     high: int = 0
+    #: Lowest judge level kept high so far, highest refined (the lexicographic invariant).
+    lowest_kept: int | None = None
+    highest_refined: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +76,18 @@ class ClusterQuota:
         deficit = self.k_ratio * (state.seen + 1) - state.high
         bar = self.k_ratio + (deficit - self.k_ratio) / max(
             1, min(len(ordered), self.correction_items))
+        level = key[0]
         high = rank < bar
+        if state.lowest_kept is not None and level > state.lowest_kept:
+            high, bar = True, 1.0  # a lower level was kept: refining this would invert
+        elif state.highest_refined is not None and level < state.highest_refined:
+            high, bar = False, 0.0  # a higher level was refined: keeping this would invert
+        if high:
+            state.lowest_kept = level if state.lowest_kept is None else min(
+                state.lowest_kept, level)
+        else:
+            state.highest_refined = level if state.highest_refined is None else max(
+                state.highest_refined, level)
         state.seen += 1
         state.high += high
         self._remember(state, key)
