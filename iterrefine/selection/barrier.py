@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -129,6 +130,7 @@ class ExactSelection(AsyncService):
         self._reader: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._sklearn: asyncio.Task[object] | None = None
         self._decisions_topic = ""
         #: What the decision did, for the run summary (empty until decided).
         self.report: dict[str, Any] = {}
@@ -149,6 +151,9 @@ class ExactSelection(AsyncService):
         await self._reader.seek_to_beginning(tp)
         self._tasks.append(asyncio.create_task(_tail(self._reader, self._offer),
                                                name="selection-signals"))
+        # scikit-learn takes seconds to import: while the items are scored, not after.
+        self._sklearn = asyncio.create_task(
+            asyncio.to_thread(importlib.import_module, "sklearn.cluster"))
 
     async def aclose(self) -> None:
         for task in self._tasks:
@@ -156,6 +161,9 @@ class ExactSelection(AsyncService):
         for task in self._tasks:
             with contextlib.suppress(BaseException):
                 await task
+        if self._sklearn is not None:
+            with contextlib.suppress(BaseException):
+                await self._sklearn
         for client in (self._reader, self._producer):
             if client is not None:
                 with contextlib.suppress(Exception):
@@ -203,6 +211,8 @@ class ExactSelection(AsyncService):
             f"{len(rows)} survivors are few for k = {self.config.k} clusters of at least "
             f"{self.config.min_cluster_items} items (selection.min_cluster_items): k = {k}")
         decisions = []
+        if self._sklearn is not None:
+            await self._sklearn
         if rows:
             matrix = vectors.matrix(rows)
             labels = await asyncio.to_thread(exact_clusters, matrix, k,
@@ -211,6 +221,7 @@ class ExactSelection(AsyncService):
             decisions = exact_decisions(
                 labels.tolist(), [vectors.levels[r] for r in rows],
                 [vectors.difficulties[r] for r in rows], self.config.k_ratio)
+        clustered = time.perf_counter()
         for (item_id, _), decision in zip(chosen, decisions, strict=True):
             record = records.Decision(run=self.run_id, id=item_id, cluster=decision.cluster,
                                       position=decision.position, size=decision.size,
@@ -223,7 +234,8 @@ class ExactSelection(AsyncService):
         self.report = {
             "mode": "exact", "clustered": len(decisions), "k": k,
             "k_configured": self.config.k, "high": sum(d.high for d in decisions),
-            "note": note, "decide_s": round(time.perf_counter() - started, 3),
+            "note": note, "cluster_s": round(clustered - started, 3),
+            "decide_s": round(time.perf_counter() - started, 3),
             "vector_dim": vectors.dim,
         }
         if note:
