@@ -25,11 +25,13 @@ items of a cluster to one partition of ``items.scored`` (see ``consumers.score``
 from __future__ import annotations
 
 import bisect
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
 #: (judge level: 2 = high verdict, 1 = low; difficulty): larger ranks higher.
 RankKey = tuple[int, float]
+LOWEST, HIGHEST = 1, 2
 
 
 @dataclass
@@ -82,6 +84,10 @@ class ClusterQuota:
             high, bar = True, 1.0  # a lower level was kept: refining this would invert
         elif state.highest_refined is not None and level < state.highest_refined:
             high, bar = False, 0.0  # a higher level was refined: keeping this would invert
+        elif high and level < HIGHEST and not self._sure(ordered, level, below=True):
+            high, bar = False, 0.0  # keeping it would bind every later judge-high item
+        elif not high and level > LOWEST and not self._sure(ordered, level, below=False):
+            high, bar = True, 1.0  # refining it would bind every later judge-low item
         if high:
             state.lowest_kept = level if state.lowest_kept is None else min(
                 state.lowest_kept, level)
@@ -92,6 +98,21 @@ class ClusterQuota:
         state.high += high
         self._remember(state, key)
         return QuotaDecision(high=high, rank=rank, bar=bar)
+
+    def _sure(self, ordered: list[RankKey], level: int, *, below: bool) -> bool:
+        """Whether the window shows, beyond its noise, that the cluster's cut falls within
+        ``level`` from below (keeping one of them is right: the higher levels make up less
+        than ``k_ratio``) or from above (refining one is right: this level and the higher
+        ones make up more than ``k_ratio``). Such a decision binds the cluster for good
+        (the lexicographic invariant), so it waits for evidence; until then the item gets
+        the side that binds nothing (judge-high kept, judge-low refined)."""
+        n = len(ordered)
+        if n == 0:
+            return False
+        start = bisect.bisect_left(ordered, (level + 1 if below else level, -math.inf))
+        share = (n - start) / n
+        margin = math.sqrt(share * (1.0 - share) / n) + 1.0 / n
+        return share + margin < self.k_ratio if below else share - margin > self.k_ratio
 
     def _remember(self, state: _Cluster, key: RankKey) -> None:
         state.window.append(key)

@@ -295,7 +295,8 @@ class SharedCentroids(AsyncService):
         self._proposing = True
         try:
             # A warm-up fit takes ~a second: off the event loop, which serves items.
-            proposal = await asyncio.to_thread(self._trainer.fit, self._trainer.take(), accepted)
+            proposal = await asyncio.to_thread(self._trainer.fit,
+                                             self._trainer.take(accepted), accepted)
             self._pending = proposal
             assert self._producer is not None and self._tp is not None
             await self._producer.send_and_wait(self._tp.topic, encode_model(proposal),
