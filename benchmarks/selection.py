@@ -63,6 +63,7 @@ from iterrefine.selection import (
     exact_quota,
 )
 from iterrefine.selection._vector_file import VectorFile
+from iterrefine.selection.policy import rank_key
 
 TARGET_GAIN = 0.03
 TARGET_DEVIATION = 0.10
@@ -86,26 +87,30 @@ def online(s: scenarios.Scenario, config: SelectionConfig, *,
     policy = ClusterQuotaPolicy(config)
     rng = np.random.default_rng(3)
     assigner: Assigner | None = None
-    labels, clusters, routed = [], [], []
+    labels, clusters, routed, rules = [], [], [], []
     started = time.perf_counter()
     for item, vector in zip(_items(s.levels, s.difficulties), s.vectors, strict=True):
-        cluster = None if assigner is None else assigner.assign(vector)
+        cluster, cut = (None, None) if assigner is None else assigner.place(vector)
         if random_ids and cluster is not None:
-            cluster = int(rng.integers(0, config.k))
-        trainer.collect(vector)
+            cluster, cut = int(rng.integers(0, config.k)), None
+        version = 0 if assigner is None else assigner.model.version
+        trainer.collect(vector, rank_key(item))
         proposal = trainer.propose(None if assigner is None else assigner.model)
         if proposal is not None:
             trainer.accepted(proposal, proposal)
             assigner = Assigner(proposal)
         item = item.with_changes(selection=Selection(
-            cluster=cluster, model_version=0 if assigner is None else assigner.model.version,
-            mode="online"))
+            cluster=cluster, model_version=version, mode="online",
+            cut_level=None if cut is None else cut[0],
+            cut_difficulty=None if cut is None else cut[1]))
         labels.append(policy.quality(item) == "high")
+        rules.append(policy.quota_rule())
         clusters.append(cluster)
         routed.append(item)
     seconds = time.perf_counter() - started
     model = None if assigner is None else assigner.model
     return {"labels": labels, "clusters": clusters, "routed": routed, "seconds": seconds,
+            "rules": rules,
             "versions": 0 if model is None else model.version,
             "retired": 0 if model is None else model.retired,
             "ids_used": 0 if model is None else model.next_id}
@@ -271,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-100k", action="store_true")
     args = parser.parse_args(argv)
     n = args.items or (5_000 if args.quick else 20_000)
-    config = SelectionConfig(k=132, warmup=min(2000, n // 4), refit_every=min(2000, n // 4),
+    config = SelectionConfig(k=132, warmup=min(500, n // 4), refit_every=min(2000, n // 4),
                              refit_window=min(4000, n // 2))
     builders = {
         "today": lambda: scenarios.today(n, 132, 64, 0.5),
@@ -294,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             scenario_config = msgspec.structs.replace(config, warmup=300, refit_every=300,
                                                       refit_window=900)
         if name == "small_below_warmup":
-            scenario_config = msgspec.structs.replace(config, warmup=2000)
+            scenario_config = msgspec.structs.replace(config, warmup=1000)
         min_size = 20 if len(s.levels) >= 5000 else 10
         results[name] = run_scenario(s, scenario_config, min_size, 132)
     routed = results.get("today", {}).pop("_routed", None)

@@ -253,9 +253,11 @@ class SelectionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     min_cluster_items: int = 10
     #: Share of every cluster kept as high quality (the paper: 0.8).
     k_ratio: float = 0.8
-    #: Vectors the model trainer collects before it fits the first centroid model;
-    #: until then items are ranked in one pseudo-cluster (``cluster = None``).
-    warmup: int = 2000
+    #: Online: vectors the model trainer collects before it fits the first centroid
+    #: model; until then items are ranked in one pseudo-cluster (``cluster = None``).
+    #: Small on purpose: the refits soon replace a rough first model, while every item
+    #: of the warm-up is ranked without clusters (benchmarks/selection.py).
+    warmup: int = 500
     #: The trainer refines the centroids with ``partial_fit`` on batches of this size
     #: and publishes each new version.
     batch_size: int = 512

@@ -29,8 +29,7 @@ class Selection(msgspec.Struct, frozen=True, kw_only=True):
 
     Only the cluster id travels, never the embedding vector. ``cluster`` is ``None``
     while no centroid model exists yet (online warm-up): the item is then ranked in one
-    pseudo-cluster. The decision can be read back from the fields: the item is high iff
-    ``rank < bar``.
+    pseudo-cluster. ``rule`` says what decided, with the fields it used.
     """
 
     cluster: int | None
@@ -48,6 +47,16 @@ class Selection(msgspec.Struct, frozen=True, kw_only=True):
     #: ``round(k_ratio · n) / n``, or 1 for clusters of 1–2; online: ``k_ratio``
     #: corrected by the cluster's running count, or forced by the lexicographic rule).
     bar: float | None = None
+    #: Online: the cluster's quota cut on the trainer's recent items, from the model
+    #: version that assigned the cluster — an item whose (judge level, difficulty) is at
+    #: or above it is high, unless the cluster's running count or the lexicographic rule
+    #: overrules (``bar`` 1 or 0 then). ``None``: no cut (too few recent items).
+    cut_level: int | None = None
+    cut_difficulty: float | None = None
+    #: What decided (``mode`` exact: ``exact``, high iff ``rank < bar``; online: ``rank``,
+    #: ``cut``, ``count``, ``lexicographic`` or ``evidence``, see
+    #: ``iterrefine.selection.quota.QuotaDecision``).
+    rule: str = ""
     #: ``exact`` or ``online`` (``None``: routed before the selection had modes).
     mode: Literal["exact", "online"] | None = None
     #: Exact: items in the cluster; online: items of the cluster routed so far.

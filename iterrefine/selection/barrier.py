@@ -204,7 +204,10 @@ class ExactSelection(AsyncService):
         assert self._vectors is not None and self._producer is not None
         started = time.perf_counter()
         vectors = self._vectors
-        chosen = [(item_id, row) for item_id, row in vectors.rows.items() if pending(item_id)]
+        # In item-id order: the result must not depend on which worker scored what first
+        # (k-means++ seeding follows the row order).
+        chosen = sorted((item_id, row) for item_id, row in vectors.rows.items()
+                        if pending(item_id))
         rows = [row for _, row in chosen]
         k = effective_k(len(rows), self.config.k, self.config.min_cluster_items)
         note = "" if k in (self.config.k, 0) else (

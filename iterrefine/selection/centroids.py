@@ -32,10 +32,15 @@ from numpy.typing import NDArray
 
 from iterrefine.config import SelectionConfig
 from iterrefine.errors import IterrefineError
+from iterrefine.selection._cuts import NO_CUT, cuts, nearest_rows
 from iterrefine.selection.embeddings import Vector
 
 #: Warm-up fits take the best of this many k-means++ starts.
 _WARMUP_INITS: Final = 3
+#: A vector farther than this many mean squared spreads from every centroid is novel;
+#: ``refit_every / 10`` novel vectors (at least ``_MIN_NOVEL``) bring the refit forward.
+_NOVEL_SPREADS: Final = 4.0
+_MIN_NOVEL: Final = 20
 
 
 class CentroidModel(msgspec.Struct, frozen=True, kw_only=True):
@@ -56,6 +61,10 @@ class CentroidModel(msgspec.Struct, frozen=True, kw_only=True):
     #: The lowest id never given out; and how many centroids refits have retired.
     next_id: int = 0
     retired: int = 0
+    #: Per row, the cluster's quota cut on the trainer's recent items (``_cuts``):
+    #: level 0 = no cut (too few recent items).
+    cut_levels: list[int] = []
+    cut_difficulties: list[float] = []
 
     def matrix(self) -> NDArray[np.float64]:
         array = np.frombuffer(self.centroids, dtype="<f4").reshape(self.k, self.dim)
@@ -98,14 +107,27 @@ class Assigner:
                 "start a new model topic (another topic_prefix) for the new model",
                 reason="embedding_dim_mismatch",
             )
+        return self._ids[self._row(vector)]
+
+    def _row(self, vector: Vector) -> int:
         x = vector.astype(np.float64)
         distances = self._norms - 2.0 * (self._centroids @ x)
-        return self._ids[int(np.argmin(distances))]
+        return int(np.argmin(distances))
+
+    def place(self, vector: Vector) -> tuple[int, tuple[int, float] | None]:
+        """(cluster id, its quota cut or None) of ``vector``."""
+        cluster = self.assign(vector)
+        row = self._row(vector)
+        levels = self.model.cut_levels
+        if not levels or levels[row] == NO_CUT:
+            return cluster, None
+        return cluster, (levels[row], self.model.cut_difficulties[row])
 
 
 def model_from_centers(
     centers: NDArray[np.floating], *, version: int, embedding_model: str, trained_on: int,
     writer: str, ids: list[int] | None = None, next_id: int | None = None, retired: int = 0,
+    cut: tuple[list[int], list[float]] = ([], []),
 ) -> CentroidModel:
     k, dim = centers.shape
     data = np.ascontiguousarray(centers, dtype="<f4").tobytes()
@@ -114,6 +136,7 @@ def model_from_centers(
         version=version, k=k, dim=dim, centroids=data, embedding_model=embedding_model,
         trained_on=trained_on, writer=writer, ids=row_ids,
         next_id=max(row_ids) + 1 if next_id is None else next_id, retired=retired,
+        cut_levels=cut[0], cut_difficulties=cut[1],
     )
 
 
@@ -150,10 +173,15 @@ class Trainer:
         self.embedding_model = embedding_model
         self.writer = writer
         self._buffer: list[Vector] = []
-        # The refits' sample: the newest vectors, and how many arrived since the last.
-        self._recent: deque[Vector] = deque(maxlen=config.refit_window)
+        # The newest vectors with their rank keys: the refits' sample and the cuts' items.
+        self._recent: deque[tuple[Vector, tuple[int, float] | None]] = deque(
+            maxlen=max(config.refit_window, config.warmup))
         self._since_refit = 0
         self._refit_next = False
+        # Novelty: vectors far from every centroid of the last fit bring a refit forward.
+        self._centres: NDArray[np.float64] | None = None
+        self._spread = 0.0
+        self._novel = 0
         # The estimator and the accepted version its state corresponds to.
         self._kmeans: object | None = None
         self._kmeans_version = 0
@@ -163,20 +191,24 @@ class Trainer:
     def buffered(self) -> int:
         return len(self._buffer)
 
-    def collect(self, vector: Vector) -> None:
-        """Keep one vector for the next fit (bounded: the newest are kept)."""
+    def collect(self, vector: Vector, key: tuple[int, float] | None = None) -> None:
+        """Keep one vector (and its rank key) for the next fit (bounded: the newest)."""
         self._buffer.append(vector)
         limit = max(self.config.warmup, 4 * self.config.batch_size)
         if len(self._buffer) > limit:
             del self._buffer[: len(self._buffer) - limit]
-        if self.config.refit_every:
-            self._recent.append(vector)
-            self._since_refit += 1
+        self._recent.append((vector, key))
+        self._since_refit += 1
+        if self._centres is not None and self.config.refit_every:
+            x = vector.astype(np.float64)
+            nearest = float(np.min(((self._centres - x) ** 2).sum(axis=1)))
+            self._novel += nearest > _NOVEL_SPREADS * self._spread
 
     def _refit_due(self, accepted: CentroidModel | None) -> bool:
-        return (accepted is not None and bool(self.config.refit_every)
-                and self._since_refit >= self.config.refit_every
-                and len(self._recent) >= accepted.k)
+        every = self.config.refit_every
+        if accepted is None or not every or len(self._recent) < accepted.k:
+            return False
+        return self._since_refit >= every or self._novel >= max(_MIN_NOVEL, every // 10)
 
     def due(self, accepted: CentroidModel | None) -> bool:
         """Whether enough vectors are collected for the version after ``accepted``."""
@@ -190,19 +222,22 @@ class Trainer:
         collected ones, or the newest ``refit_window`` when a refit is due."""
         self._refit_next = self._refit_due(accepted)
         if self._refit_next:
-            self._since_refit = 0
+            self._since_refit = self._novel = 0
             self._buffer = []
-            return np.stack(list(self._recent))
+            return np.stack([vector for vector, _ in
+                             list(self._recent)[-self.config.refit_window:]])
         data, self._buffer = np.stack(self._buffer), []
         return data
 
     def fit(self, data: NDArray[np.float32], accepted: CentroidModel | None) -> CentroidModel:
         """The version after ``accepted`` fitted on ``data`` (CPU-bound: run it off-loop)."""
         if accepted is None:
-            return self._fit_warmup(data)
-        if self._refit_next:
-            return self._refit(data, accepted)
-        return self._refine(data, accepted)
+            model = self._fit_warmup(data)
+        elif self._refit_next:
+            model = self._refit(data, accepted)
+        else:
+            model = self._refine(data, accepted)
+        return self._with_cuts(model)
 
     def propose(self, accepted: CentroidModel | None) -> CentroidModel | None:
         """The next version after ``accepted`` when enough vectors are collected."""
@@ -217,6 +252,20 @@ class Trainer:
         else:
             self._kmeans_version = model.version
         self._trained_on = max(self._trained_on, model.trained_on)
+
+    def _with_cuts(self, model: CentroidModel) -> CentroidModel:
+        """``model`` with each cluster's quota cut on the recent items, and the spread its
+        novelty test measures against."""
+        recent = list(self._recent)
+        if not recent:
+            return model
+        data = np.stack([vector for vector, _ in recent]).astype(np.float64)
+        centres = model.matrix()
+        rows = nearest_rows(centres, data)
+        self._centres = centres
+        self._spread = float(((data - centres[rows]) ** 2).sum(axis=1).mean())
+        found = cuts(centres, data, [key for _, key in recent], self.config.k_ratio)
+        return msgspec.structs.replace(model, cut_levels=found[0], cut_difficulties=found[1])
 
     def _fit_warmup(self, data: NDArray[np.float32]) -> CentroidModel:
         from sklearn.cluster import MiniBatchKMeans  # imported on first use: ~0.5 s

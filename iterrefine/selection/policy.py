@@ -52,8 +52,11 @@ class ClusterQuotaPolicy:
         self._last: tuple[str, QuotaDecision] | None = None
 
     def quality(self, item: Item) -> Quality:
-        cluster = item.selection.cluster if item.selection is not None else None
-        decision = self.quota.decide(cluster, rank_key(item))
+        selection = item.selection
+        cluster = selection.cluster if selection is not None else None
+        cut = None if selection is None or selection.cut_level is None else (
+            selection.cut_level, selection.cut_difficulty or 0.0)
+        decision = self.quota.decide(cluster, rank_key(item), cut)
         self._last = (item.id, decision)
         quality: Quality = "high" if decision.high else "low"
         if self._metrics is not None:
@@ -62,6 +65,10 @@ class ClusterQuotaPolicy:
             seen, high = self.quota.sizes()[cluster]
             self._metrics.selection_high_share.labels(cluster=label).set(high / seen)
         return quality
+
+    def quota_rule(self) -> str:
+        """What decided the last item (``QuotaDecision.rule``)."""
+        return "" if self._last is None else self._last[1].rule
 
     def explain(self, item: Item, quality: Quality) -> Item:
         """``item`` with the decision (rank, bar) recorded in its selection lineage."""
@@ -72,7 +79,8 @@ class ClusterQuotaPolicy:
         seen = self.quota.sizes().get(selection.cluster, (None, 0))[0]
         return item.with_changes(selection=msgspec.structs.replace(
             selection, decision=quality, rank=None if last is None else last.rank,
-            bar=None if last is None else last.bar, mode="online", cluster_items=seen))
+            bar=None if last is None else last.bar, mode="online", cluster_items=seen,
+            rule="" if last is None else last.rule))
 
 
 class ExactQuotaPolicy:
@@ -108,4 +116,4 @@ class ExactQuotaPolicy:
         return item.with_changes(selection=msgspec.structs.replace(
             previous, cluster=decision.cluster, decision=quality,
             rank=decision.position / decision.size, bar=decision.highs / decision.size,
-            mode="exact", cluster_items=decision.size, k=decision.k))
+            mode="exact", cluster_items=decision.size, k=decision.k, rule="exact"))

@@ -35,9 +35,9 @@ from iterrefine.selection.shared import SharedCentroids
 class Centroids(Protocol):
     """What the selector needs of the shared model (``SharedCentroids`` implements it)."""
 
-    def assign(self, vector: Vector) -> tuple[int | None, int]: ...
+    def place(self, vector: Vector) -> tuple[int | None, int, tuple[int, float] | None]: ...
 
-    async def observe(self, vector: Vector) -> None: ...
+    async def observe(self, vector: Vector, key: tuple[int, float] | None = None) -> None: ...
 
 
 class Selector:
@@ -66,16 +66,18 @@ class Selector:
         if self._histogram is not None:
             self._histogram.observe(difficulty.value)
         item = item.with_changes(difficulty=difficulty)
-        cluster, version = None, 0
+        cluster, version, cut = None, 0, None
+        key = rank_key(item)
         if self.sink is not None:
-            level, _ = rank_key(item)
-            await self.sink.send(item.id, level, difficulty.value, embedding.vector)
+            await self.sink.send(item.id, key[0], difficulty.value, embedding.vector)
         elif self.centroids is not None:
-            cluster, version = self.centroids.assign(embedding.vector)
-            await self.centroids.observe(embedding.vector)
+            cluster, version, cut = self.centroids.place(embedding.vector)
+            await self.centroids.observe(embedding.vector, key)
         selection = Selection(
             cluster=cluster, model_version=version, embedding_model=self.embedder.model,
             mode="exact" if self.sink is not None else "online",
+            cut_level=None if cut is None else cut[0],
+            cut_difficulty=None if cut is None else cut[1],
             pooling=embedding.pooling, normalization=embedding.normalization)
         return item.with_changes(selection=selection)
 
