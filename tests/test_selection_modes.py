@@ -170,9 +170,9 @@ def test_exact_mode_outside_run_is_refused_and_auto_follows_the_run() -> None:
 
 
 def test_online_quota_never_refines_a_judge_high_item_while_keeping_a_judge_low_one() -> None:
-    """Clusters whose judge-high share ranges from 5% to 95% (keys in random order): no
-    cluster ends with a refined level-2 item beside a kept level-1 item, and each
-    cluster's high share stays near k_ratio."""
+    """Clusters whose judge-high share ranges from 5% to 95% (keys in random order), and
+    one that drifts: no cluster ends with a refined level-2 item beside a kept level-1
+    item, and each steady cluster's high share stays near k_ratio."""
     rng = np.random.default_rng(8)
     quota = ClusterQuota(0.8)
     labels, levels, clusters = [], [], []
@@ -187,6 +187,11 @@ def test_online_quota_never_refines_a_judge_high_item_while_keeping_a_judge_low_
     for cluster in range(10):
         share = np.mean([h for h, c in zip(labels, clusters, strict=True) if c == cluster])
         assert abs(share - 0.8) < 0.08
+    # A cluster that drifts from 10% to 100% judge-high: once it has kept judge-low
+    # items, it keeps every judge-high one, even when the window alone would refine some.
+    drift = [(2 if rng.random() < 0.1 else 1) for _ in range(100)] + [2] * 1000
+    kept = [quota.decide(99, (level, float(rng.random()))).high for level in drift]
+    assert _inversions(kept, drift, [99] * len(drift)) == 0
 
 
 def test_a_decision_that_binds_the_cluster_waits_for_evidence() -> None:
