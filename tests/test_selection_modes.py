@@ -49,7 +49,7 @@ def test_exact_decisions_rank_each_cluster_like_the_paper() -> None:
     """Positions follow (level, difficulty) descending per cluster; high = top round(0.8n),
     clusters of 1–2 keep everything; the same labels as exact_quota."""
     rng = np.random.default_rng(4)
-    clusters = rng.integers(0, 9, size=300).tolist() + [20, 21, 21]
+    clusters = [*rng.integers(0, 9, size=300).tolist(), 20, 21, 21]
     levels = rng.integers(1, 3, size=303).tolist()
     difficulties = rng.random(303).tolist()
     decisions = exact_decisions(clusters, levels, difficulties, 0.8)

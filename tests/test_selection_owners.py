@@ -51,7 +51,7 @@ def _config() -> Config:
 
 async def _put_in_order(config: Config, broker: str, items: list[Item]) -> None:
     """items.scored as the score stage leaves it: a cluster's items on its one partition."""
-    graph_topics = route.SPEC.outputs + (route.SPEC.topic,)
+    graph_topics = (*route.SPEC.outputs, route.SPEC.topic)
     await ensure_topics(config.kafka, broker, graph_topics)
     producer = make_producer(config.kafka, broker)
     await producer.start()

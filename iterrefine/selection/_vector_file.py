@@ -56,7 +56,7 @@ class VectorFile:
         self._file.seek(row * dim * 4)
         self._file.write(vector)
 
-    def matrix(self, rows: list[int]) -> np.memmap:  # type: ignore[type-arg]  # numpy stub
+    def matrix(self, rows: list[int]) -> np.memmap:
         """``rows`` as one writable memory-mapped float32 matrix (a copy on disk if a subset)."""
         self._file.flush()
         dim = self.dim or 1

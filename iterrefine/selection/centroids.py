@@ -145,7 +145,8 @@ def matched_ids(
 ) -> tuple[list[int], int, int]:
     """Ids for the rows of ``new``: an old centroid's within ``spread`` (squared distance,
     one-to-one, Hungarian), else fresh ones. (ids, next id, how many old ids retired)."""
-    from scipy.optimize import linear_sum_assignment  # scikit-learn's own dependency
+    # scipy comes with scikit-learn; it ships no type stubs.
+    from scipy.optimize import linear_sum_assignment  # type: ignore[import-untyped]
 
     before = old.matrix()
     after = np.asarray(new, dtype=np.float64)
