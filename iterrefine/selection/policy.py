@@ -105,8 +105,10 @@ class ExactQuotaPolicy:
         decision = self._decision(item)
         quality: Quality = "high" if decision.position < decision.highs else "low"
         if self._metrics is not None:
-            self._metrics.selection_items_total.labels(
-                cluster=str(decision.cluster), quality=quality).inc()
+            label = str(decision.cluster)
+            self._metrics.selection_items_total.labels(cluster=label, quality=quality).inc()
+            self._metrics.selection_high_share.labels(cluster=label).set(
+                decision.highs / decision.size)
         return quality
 
     def explain(self, item: Item, quality: Quality) -> Item:
