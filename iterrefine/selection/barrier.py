@@ -12,10 +12,11 @@ Three parts, one per kind of process of ``iterrefine run`` (``--workers N`` incl
 * every route worker (:class:`DecisionTable`) holds its stage until it has read all the
   decisions of the run, then routes each item by its own.
 
-Memory per 100,000 survivors: the decider holds ~15 MB of ids, levels and difficulties,
-k-means' labels and distances (O(n)) and the centroids (k × dim); the vectors stay in the
-file (100k × 4,096 × 4 B = 1.6 GB on disk for an 8B model, 100 MB for a 256-d one),
-read through a memory map. Each route worker holds the decisions: ~20 MB.
+Memory per 100,000 survivors: the decider holds the ids, levels and difficulties, and
+k-means' O(n) labels and distances besides the centroids (k × dim); the vectors stay in
+the file (100k × 4,096 × 4 B = 1.6 GB on disk for an 8B model, 100 MB for a 256-d one),
+read through a memory map (measured: benchmarks/README.md, ``--memory-100k``). Each
+route worker holds the decisions: ~20 MB.
 """
 
 from __future__ import annotations
