@@ -16,7 +16,7 @@ Memory per 100,000 survivors: the decider holds the ids, levels and difficulties
 k-means' O(n) labels and distances besides the centroids (k × dim); the vectors stay in
 the file (100k × 4,096 × 4 B = 1.6 GB on disk for an 8B model, 100 MB for a 256-d one),
 read through a memory map (measured: benchmarks/README.md, ``--memory-100k``). Each
-route worker holds the decisions: ~20 MB.
+route worker holds the decisions: ~30 MB (64-character ids).
 """
 
 from __future__ import annotations
