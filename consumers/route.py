@@ -4,10 +4,13 @@ High-quality items are kept as they are; low-quality but usable items go to
 refinement. The split is a pluggable policy, chosen by ``pipeline.routing_policy``:
 ``threshold`` (the judge said "high" and the mean dimension score reaches a bar) or
 ``cluster_quota``, the paper's: in every diversity cluster the top ``k_ratio`` by
-(judge level, difficulty) are high, the rest are refined
-(:class:`iterrefine.selection.ClusterQuotaPolicy`). Another :class:`RoutingPolicy`
-plugs in by name (:data:`POLICIES`) or as ``module:attr`` of a factory taking the
-pipeline context.
+(judge level, difficulty) are high, the rest are refined. On a finite input
+(``iterrefine run``) that is the paper's exact procedure: route waits until every item
+is scored, then k-means runs over all of them and each item gets its place in its
+cluster (:class:`iterrefine.selection.ExactQuotaPolicy`). Long-running workers rank
+each cluster as its items stream in (:class:`iterrefine.selection.ClusterQuotaPolicy`).
+Another :class:`RoutingPolicy` plugs in by name (:data:`POLICIES`) or as ``module:attr``
+of a factory taking the pipeline context.
 """
 
 from __future__ import annotations
@@ -56,8 +59,10 @@ POLICIES: dict[str, PolicyFactory] = {
 def _cluster_quota(ctx: PipelineContext) -> RoutingPolicy:
     # Imported on use: the selection mechanisms bring numpy, which threshold routing
     # does not need.
-    from iterrefine.selection.policy import ClusterQuotaPolicy
+    from iterrefine.selection.policy import ClusterQuotaPolicy, ExactQuotaPolicy
 
+    if ctx.decisions is not None:
+        return ExactQuotaPolicy(ctx.decisions, ctx.metrics)
     return ClusterQuotaPolicy(ctx.selection, ctx.metrics)
 
 

@@ -6,7 +6,9 @@ whether it is usable at all, and gives an overall high/low verdict. Unusable
 items leave the pipeline here, with the judge's reason. With the paper's task
 filter on, so do items that involve no reasoning or inference (``not_reasoning``).
 With the paper's selection (``cluster_quota`` routing), the item also gets its
-instruction difficulty and diversity cluster here. All others go on to routing
+instruction difficulty and embedding here (online: its diversity cluster too, and it is
+sent to the partition of ``items.scored`` that owns its cluster's quota, so that one
+route worker ranks the whole cluster). All others go on to routing
 carrying their judgement. An answer that cannot be read even after
 re-asking is an error of this stage (dead letter ``unparseable_judge_output``).
 """
@@ -51,9 +53,22 @@ def handler(ctx: PipelineContext) -> Handler:
             return [Output("items.rejected", rejected, outcome="not_reasoning")]
         if ctx.selector is not None:
             item = await ctx.selector.annotate(item)
+            return [Output("items.scored", item, outcome="scored",
+                           partition_by=_quota_owner(item))]
         return [Output("items.scored", item, outcome="scored")]
 
     return score
+
+
+def _quota_owner(item: Item) -> int | None:
+    """Online: the cluster whose partition ranks the item (warm-up items: one, 0).
+
+    Exact: None — the run decides every item at once, whoever routes it.
+    """
+    selection = item.selection
+    if selection is None or selection.mode != "online":
+        return None
+    return selection.cluster or 0
 
 
 def reset(item: Item, revision: int) -> Item:

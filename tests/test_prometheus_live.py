@@ -162,7 +162,8 @@ async def test_every_dashboard_and_alert_expression_runs_on_a_live_scrape(
             base, kafka=msgspec.structs.replace(base.kafka, bootstrap_servers=broker),
             cache=CacheConfig(mode="on", path=str(tmp_path / "cache.sqlite3")),
             pipeline=msgspec.structs.replace(base.pipeline, routing_policy="cluster_quota"),
-            selection=SelectionConfig(k=3, warmup=15, batch_size=10),
+            selection=SelectionConfig(mode="online", k=3, warmup=15, batch_size=10,
+                                      refit_window=30),
         ), sim.base_url, FAULTY_SIM)
 
         async def target_discovered() -> bool:

@@ -238,3 +238,51 @@ async def test_long_items_are_cut_to_max_chars_before_the_difficulty_call() -> N
         found = await scorer.score("Summarise: " + "word " * 5000, "", "ok")
     assert len(prompts) == 1 and len(prompts[0]) == 300
     assert found.value == pytest.approx(np.exp(1.5))
+
+
+class _Model:
+    """The score stage's view of a trained model (real Assigner), without Kafka."""
+
+    def __init__(self, assigner: Assigner) -> None:
+        self.assigner = assigner
+        self.observed: list[tuple[int, float] | None] = []
+
+    def place(self, vector: np.ndarray) -> tuple[int | None, int, tuple[int, float] | None]:
+        cluster, cut = self.assigner.place(vector)
+        return cluster, self.assigner.model.version, cut
+
+    async def observe(self, vector: np.ndarray, key: tuple[int, float] | None = None) -> None:
+        self.observed.append(key)
+
+
+async def test_online_scoring_sends_each_item_to_its_clusters_partition() -> None:
+    """Online, the score stage's output carries partition_by = the item's cluster (one
+    route worker owns each cluster's rank), the trainer hears the item's rank key, and
+    the item records mode, model version and how its vector was pooled."""
+    import dataclasses
+
+    from iterrefine.selection import Selector
+
+    sim_config = SimConfig(embedding_clusters=3, embedding_dim=16)
+    trainer = Trainer(SelectionConfig(k=3, warmup=30), embedding_model="e", writer="w")
+    for i in range(30):
+        trainer.collect(embedding(alpaca_prompt(f"Topic {i}?", ""), sim_config)
+                        .astype(np.float32), (1, 0.0))
+    model = trainer.propose(None)
+    assert model is not None
+    placed = _Model(Assigner(model))
+    async with SimServer(sim_config, port=0) as sim, \
+            LLMClient("embedding", _role(sim, "e")) as e, \
+            LLMClient("difficulty", _role(sim, "d")) as d, \
+            StageKit({"score": HIGH}, pipeline={"routing_policy": "cluster_quota"}) as kit:
+        kit._ctx = dataclasses.replace(kit.ctx, selector=Selector(
+            DifficultyScorer(d, "instruction_ppl", "sim-d"), Embedder(e, "sim-e"), placed))
+        outs = [only(await kit.handle("score", make_item(instruction=f"Why {i}?", output="x")))
+                for i in range(6)]
+    for out in outs:
+        selection = out.item.selection
+        assert selection is not None and selection.cluster is not None
+        assert out.partition_by == selection.cluster
+        assert (selection.mode, selection.model_version, selection.pooling) == (
+            "online", 1, "server")
+    assert placed.observed and all(key is not None and key[0] == 2 for key in placed.observed)

@@ -15,10 +15,11 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from iterrefine.app._extra_workers import ExtraWorkers, add_stats
 from iterrefine.app._preflight import RunAbort, watch_group_joins
+from iterrefine.app._run_selection import decide_at_barrier
 from iterrefine.app.pipeline import serve_pipeline
 from iterrefine.config import Config
 from iterrefine.graph.spec import StageGraph
@@ -31,6 +32,9 @@ from iterrefine.llm import LLMRoles, LLMStats
 from iterrefine.observe.metrics import Metrics
 from iterrefine.observe.proctime import Timeline
 from iterrefine.runtime import StageRunner
+
+if TYPE_CHECKING:
+    from iterrefine.selection import ExactSelection
 
 #: ``RunResult.ingest.ids`` keeps the first this many ids (the run itself needs none).
 KEEP_IDS_UP_TO = 10_000
@@ -53,6 +57,8 @@ class Started:
     watcher: TerminalWatcher
     metrics_port: int | None
     simulated: bool
+    #: The exact selection's decider (``routing_policy = "cluster_quota"``, not online).
+    exact: ExactSelection | None = None
 
 
 class StageRun:
@@ -84,6 +90,8 @@ class StageRun:
         self._pipeline_stop = asyncio.Event()
         self._own_ready = asyncio.Event()
         self._ingest_reported = False
+        #: The exact selection's barrier and decision (None: online or threshold).
+        self._barrier: asyncio.Task[None] | None = None
 
     async def run(
         self, stack: contextlib.AsyncExitStack,
@@ -114,7 +122,14 @@ class StageRun:
             if ingesting is None:
                 await _until_set_or_done(self._own_ready, stages, self._stop)
                 ingesting = self._start_ingest()
+            if started.exact is not None:
+                self._barrier = asyncio.create_task(
+                    decide_at_barrier(started.exact, ingesting, self._export))
+                stack.callback(self._barrier.cancel)
             report = await self._follow(ingesting, stages)
+            if self._barrier is not None and self._barrier.done() \
+                    and not self._barrier.cancelled() and self._barrier.exception():
+                raise self._barrier.exception()  # type: ignore[misc]  # checked just above
         except BaseException:
             self._export.abort()
             raise
@@ -164,9 +179,13 @@ class StageRun:
         self, ingesting: asyncio.Task[IngestReport], stages: asyncio.Task[dict[str, LLMStats]],
         deadline: float | None,
     ) -> bool:
-        """Asked to stop, a stage process ended, ingest failed, or the timeout passed."""
+        """Asked to stop, a stage process ended, ingest or the selection failed, or the
+        timeout passed."""
+        barrier = self._barrier
         return self._stop.is_set() or stages.done() or self._started.extras.exited() or (
             ingesting.done() and ingesting.exception() is not None) or (
+            barrier is not None and barrier.done() and not barrier.cancelled()
+            and barrier.exception() is not None) or (
             deadline is not None and time.monotonic() > deadline)
 
     async def _stop_stages(

@@ -84,6 +84,7 @@ def build_summary(
     clusters: dict[str, Counter[str]] = {}
     difficulties: list[float] = []
     not_reasoning = 0
+    modes: Counter[str] = Counter()
     for terminal in terminals:
         counts[terminal.outcome] += 1
         item = terminal.item
@@ -110,6 +111,7 @@ def build_summary(
         if item.selection is not None and item.quality is not None:
             cluster = "warmup" if item.selection.cluster is None else str(item.selection.cluster)
             clusters.setdefault(cluster, Counter())[item.quality] += 1
+            modes[item.selection.mode or "unknown"] += 1
     return {
         "simulated": simulated,
         "wall_time_s": round(wall_time_s, 3),
@@ -125,7 +127,7 @@ def build_summary(
         "dlq_reasons": dict(dlq_reasons),
         "duplicates_removed": duplicates_removed,
         "llm": _llm_rows(llm_stats),
-        **_selection(clusters, difficulties, not_reasoning),
+        **_selection(clusters, difficulties, not_reasoning, modes),
         "llm_answers": answers_by_task(metrics),
         "rescore_failures": _counter_total(metrics.rescore_failures_total),
         "truncated": truncated_by_task(metrics),
@@ -195,13 +197,19 @@ def _mean(values: list[float]) -> float | None:
 
 
 def _selection(
-    clusters: dict[str, Counter[str]], difficulties: list[float], not_reasoning: int
+    clusters: dict[str, Counter[str]], difficulties: list[float], not_reasoning: int,
+    modes: Counter[str],
 ) -> dict[str, Any]:
-    """The paper's selection, when it ran: per-cluster sizes and high counts, difficulty."""
+    """The paper's selection, when it ran: how many items were clustered and by which
+    mode, per-cluster sizes and high counts, difficulty."""
     if not clusters and not not_reasoning:
         return {}
     ordered = sorted(difficulties)
+    warmup = sum(clusters.get("warmup", Counter()).values())
     return {"selection": {
+        "mode": "+".join(sorted(modes)) or None,
+        "clustered": sum(sum(n.values()) for n in clusters.values()) - warmup,
+        "unclustered_warmup": warmup,
         "not_reasoning": not_reasoning,
         "clusters": {c: {"items": sum(n.values()), "high": n["high"]}
                      for c, n in sorted(clusters.items())},

@@ -85,12 +85,37 @@ def pipeline_context(
                            selection=config.selection)
 
 
-def _held_while_roles_down(stage: Stage, role_names: Sequence[str], roles: LLMRoles) -> Stage:
-    """``stage`` taking no new messages while the circuit of a role it calls is open."""
-    circuits = [roles[name].circuit for name in role_names if name in roles]
-    if not circuits:
+def _held(stage: Stage, spec: StageSpec, roles: LLMRoles, ctx: PipelineContext) -> Stage:
+    """``stage`` taking no new messages while the circuit of a role it calls is open, and
+    (route, exact selection) until the run's decisions are all read."""
+    circuits = [roles[name].circuit for name in spec.roles if name in roles]
+    decisions = ctx.decisions if spec.name == "route" else None
+    if not circuits and decisions is None:
         return stage
-    return dataclasses.replace(stage, hold=lambda: any(c.is_open for c in circuits))
+    return dataclasses.replace(stage, hold=lambda: any(c.is_open for c in circuits) or (
+        decisions is not None and not decisions.complete))
+
+
+async def _with_selection(
+    stack: contextlib.AsyncExitStack, ctx: PipelineContext, config: Config, bootstrap: str,
+    specs: Sequence[StageSpec], roles: LLMRoles, metrics: Metrics,
+) -> PipelineContext:
+    """The paper's selection's parts this process needs (numpy and scikit-learn are
+    imported only when it is on): the score stage's selector, route's decision table."""
+    if config.pipeline.routing_policy != "cluster_quota":
+        return ctx
+    names = {spec.name for spec in specs}
+    from iterrefine.selection import DecisionTable, is_exact, selector_for
+
+    if "score" in names:
+        selector = await stack.enter_async_context(
+            selector_for(config, bootstrap, roles, metrics))
+        ctx = dataclasses.replace(ctx, selector=selector)
+    if "route" in names and is_exact(config.selection):
+        table = await stack.enter_async_context(
+            DecisionTable(config.kafka, bootstrap, config.selection.exact_run_id))
+        ctx = dataclasses.replace(ctx, decisions=table)
+    return ctx
 
 
 async def _simulated(config: Config) -> bool:
@@ -157,16 +182,8 @@ async def serve_pipeline(
             simulated = await _simulated(config)
         ctx = pipeline_context(config, roles, metrics, simulated=simulated,
                                prompt_version=prompt_version)
-        selecting = config.pipeline.routing_policy == "cluster_quota"
-        if selecting and any(spec.name == "score" for spec in specs):
-            # The paper's selection gathers difficulty and cluster at scoring (numpy and
-            # scikit-learn are imported only when it is on).
-            from iterrefine.selection import selector_for
-
-            selector = await stack.enter_async_context(
-                selector_for(config, bootstrap, roles, metrics))
-            ctx = dataclasses.replace(ctx, selector=selector)
-        built = [_held_while_roles_down(spec.build(ctx), spec.roles, roles) for spec in specs]
+        ctx = await _with_selection(stack, ctx, config, bootstrap, specs, roles, metrics)
+        built = [_held(spec.build(ctx), spec, roles, ctx) for spec in specs]
         log.info("worker_starting", stages=[s.name for s in built], bootstrap=bootstrap,
                  simulated=simulated)
         await serve_stages(built, config=config, bootstrap_servers=bootstrap, metrics=metrics,

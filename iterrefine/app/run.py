@@ -45,6 +45,7 @@ from iterrefine.app._run_broker import (
     input_bytes,
     run_broker,
 )
+from iterrefine.app._run_selection import resolve_mode, start_exact
 from iterrefine.app._run_stages import StageRun, Started
 from iterrefine.app._summary import build_summary
 from iterrefine.app.dataset import read_rows, require_datasets, save_dataset
@@ -340,10 +341,12 @@ async def _start_kafka(
     timeline.mark("broker")
     config = llm.config if own_broker is None else for_own_broker(
         llm.config, options.workers, on_disk=own_broker.durable)
+    config = resolve_mode(config)  # before the children get it: they take part too
     owned = own_broker is not None
     await ensure_topics(config.kafka, bootstrap, pipeline_topics(config, graph))
     if not owned:
         await check_pipeline_idle(config, bootstrap, graph.inputs())
+    exact = await start_exact(stack, config, bootstrap)
     timeline.mark("topics")
     extras = ExtraWorkers(config, bootstrap, options.workers - 1,
                           prespawned=options.prespawned)
@@ -364,7 +367,8 @@ async def _start_kafka(
         stack.callback(readiness.cancel)
     return Started(config=config, bootstrap=bootstrap, owned=owned, graph=graph,
                    metrics=llm.metrics, roles=llm.roles, extras=extras, watcher=watcher,
-                   metrics_port=options.metrics_port, simulated=options.sim is not None)
+                   metrics_port=options.metrics_port, simulated=options.sim is not None,
+                   exact=exact)
 
 
 # -- 5. the summary ------------------------------------------------------------------------
@@ -412,4 +416,7 @@ def _summarise(
     summary["complete"] = complete
     summary["pending"] = export.expected - export.arrived
     summary["aborted"] = abort.problem
+    if started.exact is not None and "selection" in summary:
+        # How the clusters were made: the exact procedure's k (and why, on a small input).
+        summary["selection"].update(started.exact.report)
     return summary

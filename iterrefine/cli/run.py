@@ -208,6 +208,18 @@ def _where_unfinished_items_are(config: Config) -> str:
     return f"their state is in Kafka and a later run or worker picks them up; {cache}"
 
 
+def _selection_line(selection: dict[str, Any]) -> str:
+    """How the quota's clusters were made: the mode, how many items, k (and why)."""
+    line = f"{selection['mode']}: {selection['clustered']} items clustered"
+    if selection.get("k") is not None:
+        line += f", k = {selection['k']}"
+        if selection.get("note"):
+            line += f" (configured {selection['k_configured']}: input small for it)"
+    if selection.get("unclustered_warmup"):
+        line += f", {selection['unclustered_warmup']} before the first model (warm-up)"
+    return line
+
+
 def print_summary(console: Console, summary: dict[str, Any], paths: Any) -> None:
     title = "iterrefine run" + (" — SIMULATED LLM (not a model)" if summary["simulated"] else "")
     table = Table(title=title, show_header=False)
@@ -221,6 +233,8 @@ def print_summary(console: Console, summary: dict[str, Any], paths: Any) -> None
         rounds = summary["rounds"][kind]
         table.add_row(f"rounds ({kind})",
                       ", ".join(f"{r}: {n}" for r, n in rounds.items()) or "-")
+    if summary.get("selection", {}).get("mode"):
+        table.add_row("selection", _selection_line(summary["selection"]))
     for name, text in quality_rows(summary["quality"]):
         table.add_row(name, text)
     for role, stats in summary["llm"].items():

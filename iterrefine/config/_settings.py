@@ -269,13 +269,28 @@ class SelectionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     ``difficulty`` LLM roles.
     """
 
+    #: ``exact``: the paper's batch procedure over every stage-1 survivor (k-means over
+    #: all vectors, then the quota), behind a barrier at route: needs a finite input, so
+    #: only ``iterrefine run`` does it. ``online``: a shared centroid model trained as
+    #: items stream, each cluster's quota ranked by its one owner. ``auto``: exact for
+    #: ``run``, online for long-running ``worker`` processes.
+    mode: Literal["auto", "exact", "online"] = "auto"
+    #: Set by ``iterrefine run`` when it runs the exact selection (and handed to its
+    #: ``--workers`` children): the id its signals and decisions carry. Leave it empty.
+    exact_run_id: str = ""
     #: Number of k-means clusters (the paper: 132).
     k: int = 132
+    #: Exact mode on a small input: k is lowered to ``n // min_cluster_items`` when the
+    #: survivors are too few for ``k`` clusters of this mean size (docs/paper.md, "The
+    #: selection as run"). 1 keeps the paper's k whenever k-means can (n ≥ k).
+    min_cluster_items: int = 10
     #: Share of every cluster kept as high quality (the paper: 0.8).
     k_ratio: float = 0.8
-    #: Vectors the model trainer collects before it fits the first centroid model;
-    #: until then items are ranked in one pseudo-cluster (``cluster = None``).
-    warmup: int = 2000
+    #: Online: vectors the model trainer collects before it fits the first centroid
+    #: model; until then items are ranked in one pseudo-cluster (``cluster = None``).
+    #: Small on purpose: the refits soon replace a rough first model, while every item
+    #: of the warm-up is ranked without clusters (benchmarks/selection.py).
+    warmup: int = 500
     #: The trainer refines the centroids with ``partial_fit`` on batches of this size
     #: and publishes each new version.
     batch_size: int = 512
@@ -294,6 +309,19 @@ class SelectionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     max_prompt_chars: int = 8000
     #: Seed of k-means (the paper: ``random_state=0``).
     random_state: int = 0
+    #: Online: the trainer refits the centroids on its ``refit_window`` most recent
+    #: vectors after every ``refit_every`` vectors, so that topics arriving later get
+    #: centroids of their own; a centroid that no longer matches any is retired and its
+    #: cluster id never reused. 0 = never refit (``partial_fit`` only).
+    refit_every: int = 2000
+    refit_window: int = 4000
+    #: How an item's vector is made from the token vectors the ``embedding`` role answers
+    #: (llama.cpp's server with ``--pooling none``): ``mean`` over the tokens (the
+    #: paper's pooling) or the ``last`` token's; a server that answers one vector has
+    #: pooled it itself, and the item records ``server``. Then ``normalize``: ``none``
+    #: (the paper's raw mean hidden state) or ``l2`` (unit length), applied here.
+    pooling: Literal["mean", "last"] = "mean"
+    normalize: Literal["none", "l2"] = "none"
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -306,9 +334,13 @@ class SelectionConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
                 "k-means needs a vector per cluster to start"
             )
         if min(self.batch_size, self.rank_window, self.quota_correction_items,
-               self.max_prompt_chars) < 1:
-            raise ConfigError("selection.batch_size, rank_window, quota_correction_items and "
-                              "max_prompt_chars must be at least 1")
+               self.max_prompt_chars, self.min_cluster_items) < 1:
+            raise ConfigError("selection.batch_size, rank_window, quota_correction_items, "
+                              "max_prompt_chars and min_cluster_items must be at least 1")
+        if self.refit_every < 0 or (self.refit_every and self.refit_window < self.k):
+            raise ConfigError(
+                f"selection.refit_every ({self.refit_every}) must be 0 (never) or positive, "
+                f"with refit_window ({self.refit_window}) at least k ({self.k})")
 
 
 class StageEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

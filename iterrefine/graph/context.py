@@ -12,6 +12,7 @@ from iterrefine.llm.chat import ChatClient
 from iterrefine.observe.metrics import Metrics
 
 if TYPE_CHECKING:
+    from iterrefine.selection.barrier import DecisionTable
     from iterrefine.selection.selector import Selector
 
 
@@ -33,6 +34,8 @@ class PipelineContext:
     selection: SelectionConfig = SelectionConfig()  # noqa: RUF009  # frozen, immutable
     #: Gathers difficulty and cluster at scoring; ``None`` unless ``cluster_quota``.
     selector: Selector | None = None
+    #: The run's exact selection decisions (``iterrefine run``); ``None``: online.
+    decisions: DecisionTable | None = None
     #: The stage's own settings: the ``options`` table of its ``[[stages]]`` entry.
     options: Mapping[str, Any] = field(default_factory=dict)
 

@@ -108,6 +108,10 @@ class StreamingExport:
     def complete(self) -> bool:
         return self.arrived >= self.expected
 
+    def is_pending(self, item_id: str) -> bool:
+        """``item_id`` was ingested by this run and has not reached a terminal topic yet."""
+        return self._state.get(_key(item_id)) == _PENDING
+
     def offer(self, terminal: Terminal) -> bool:
         """Write ``terminal`` if it is the first of an expected id; True if so."""
         key = _key(terminal.id)

@@ -43,6 +43,14 @@ CORE_TOPICS = (INGEST_TOPIC, *TERMINAL_TOPICS)
 MODEL_TOPIC = "items.selection-model"
 #: A 4096-dimension model with k = 132 is 2.2 MB per version.
 MODEL_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+#: The exact selection of a finite run (:mod:`iterrefine.selection.barrier`): every
+#: scored item's signals, and the one decision per item. One partition each: a single
+#: reader sees them all, in order.
+SELECTION_SIGNALS_TOPIC = "items.selection-signals"
+SELECTION_DECISIONS_TOPIC = "items.selection-decisions"
+#: A signal carries an embedding vector (4096 float32 = 16 KiB; far under this).
+SELECTION_MAX_MESSAGE_BYTES = 1024 * 1024
+_SINGLE_PARTITION = frozenset({MODEL_TOPIC, SELECTION_SIGNALS_TOPIC, SELECTION_DECISIONS_TOPIC})
 #: Kafka's rules for a topic name (longer or other characters: the broker refuses it).
 _LEGAL = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 _MAX_NAME = 249
@@ -132,9 +140,11 @@ def topic_specs(
             configs["max.message.bytes"] = str(MODEL_MAX_MESSAGE_BYTES)
         else:
             policy = "delete"
+        if topic in (SELECTION_SIGNALS_TOPIC, SELECTION_DECISIONS_TOPIC):
+            configs["max.message.bytes"] = str(SELECTION_MAX_MESSAGE_BYTES)
         configs["cleanup.policy"] = policy
-        specs.append(TopicSpec(names[topic], kind, 1 if kind == "model" else config.partitions,
-                               replication, policy, configs))
+        partitions = 1 if topic in _SINGLE_PARTITION else config.partitions
+        specs.append(TopicSpec(names[topic], kind, partitions, replication, policy, configs))
     return specs
 
 

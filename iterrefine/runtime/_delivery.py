@@ -59,9 +59,11 @@ class Delivery:
             same = self._same_partitions.get(out.topic)
             if same is None:
                 same = await self._learn_partitioning(out.topic)
+            chosen = partition if same else None
+            if out.partition_by is not None:
+                chosen = out.partition_by % len(await self._producer.partitions_for(out.topic))
             futures.append(await self._producer.send(
-                out.topic, out.value, key=out.key, headers=out.headers,
-                partition=partition if same else None,
+                out.topic, out.value, key=out.key, headers=out.headers, partition=chosen,
             ))
         return futures
 

@@ -178,5 +178,6 @@ class Handling:
         for item, out in zip(items, outputs, strict=True):
             topic, default = self._destinations[out.topic]
             encoded.append(Outgoing(topic=topic, key=item.id.encode(), value=encode_item(item),
-                                    outcome=out.outcome or default))
+                                    outcome=out.outcome or default,
+                                    partition_by=out.partition_by))
         return encoded

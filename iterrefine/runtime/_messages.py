@@ -24,6 +24,8 @@ class Outgoing(msgspec.Struct, frozen=True, kw_only=True):
     headers: list[tuple[str, bytes]] | None = None
     #: The label of ``iterrefine_items_total`` this message counts under once delivered.
     outcome: str
+    #: Partition ``partition_by % partitions`` instead of the input's (``Output``).
+    partition_by: int | None = None
 
 
 class Sent(msgspec.Struct, frozen=True, kw_only=True):

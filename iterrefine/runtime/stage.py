@@ -47,12 +47,16 @@ class Output:
     """One message a handler wants produced.
 
     ``topic`` is logical (``items.curated``); ``outcome`` labels the metric and
-    defaults to the topic's last part (``curated``).
+    defaults to the topic's last part (``curated``). ``partition_by`` sends the message
+    to partition ``partition_by % partitions`` of its topic instead of the input's
+    partition number, so that every message with the same value has one consumer (the
+    online quota: one owner per cluster).
     """
 
     topic: str
     item: Item
     outcome: str | None = None
+    partition_by: int | None = None
 
     @property
     def outcome_label(self) -> str:

@@ -7,14 +7,23 @@ lowest index on a tie).
 
 One worker at a time trains (:class:`Trainer`): it collects ``warmup`` vectors, fits
 scikit-learn's ``MiniBatchKMeans`` on them (version 1), then refines the centroids with
-``partial_fit`` on every ``batch_size`` further vectors (version 2, 3, …). Random
-reassignment of small clusters is off after warm-up: a centroid keeps its id (its
-meaning) from version to version, it only moves.
+``partial_fit`` on every ``batch_size`` further vectors (version 2, 3, …): a centroid
+keeps its id (its meaning) from version to version, it only moves.
+
+``partial_fit`` alone never follows topics that arrive after the warm-up (a centroid
+far from every new vector never moves). So every ``refit_every`` vectors the trainer
+refits from scratch (k-means++ and Lloyd) on its ``refit_window`` most recent vectors,
+then matches the new centroids to the old ones (Hungarian, on squared distance): a new
+centroid within one mean within-cluster spread of an old one inherits its cluster id;
+every other gets a fresh id, and the old centroids left unmatched are retired. Ids are
+never reused, so a cluster id means one region of the space for the whole stream, and
+the route's running rank per cluster id stays meaningful.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections import deque
 from typing import Final
 
 import msgspec
@@ -23,10 +32,15 @@ from numpy.typing import NDArray
 
 from iterrefine.config import SelectionConfig
 from iterrefine.errors import IterrefineError
+from iterrefine.selection._cuts import NO_CUT, cuts, nearest_rows
 from iterrefine.selection.embeddings import Vector
 
 #: Warm-up fits take the best of this many k-means++ starts.
 _WARMUP_INITS: Final = 3
+#: A vector farther than this many mean squared spreads from every centroid is novel;
+#: ``refit_every / 10`` novel vectors (at least ``_MIN_NOVEL``) bring the refit forward.
+_NOVEL_SPREADS: Final = 4.0
+_MIN_NOVEL: Final = 20
 
 
 class CentroidModel(msgspec.Struct, frozen=True, kw_only=True):
@@ -42,10 +56,22 @@ class CentroidModel(msgspec.Struct, frozen=True, kw_only=True):
     trained_on: int
     #: Which worker proposed it (for logs; readers never trust it for ordering).
     writer: str
+    #: The cluster id of each row (empty: the row number, as before refits existed).
+    ids: list[int] = []
+    #: The lowest id never given out; and how many centroids refits have retired.
+    next_id: int = 0
+    retired: int = 0
+    #: Per row, the cluster's quota cut on the trainer's recent items (``_cuts``):
+    #: level 0 = no cut (too few recent items).
+    cut_levels: list[int] = []
+    cut_difficulties: list[float] = []
 
     def matrix(self) -> NDArray[np.float64]:
         array = np.frombuffer(self.centroids, dtype="<f4").reshape(self.k, self.dim)
         return array.astype(np.float64)
+
+    def row_ids(self) -> list[int]:
+        return self.ids or list(range(self.k))
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -71,6 +97,7 @@ class Assigner:
         self.model = model
         self._centroids = model.matrix()
         self._norms = (self._centroids**2).sum(axis=1)
+        self._ids = model.row_ids()
 
     def assign(self, vector: Vector) -> int:
         if vector.shape != (self.model.dim,):
@@ -80,21 +107,63 @@ class Assigner:
                 "start a new model topic (another topic_prefix) for the new model",
                 reason="embedding_dim_mismatch",
             )
+        return self._ids[self._row(vector)]
+
+    def _row(self, vector: Vector) -> int:
         x = vector.astype(np.float64)
         distances = self._norms - 2.0 * (self._centroids @ x)
         return int(np.argmin(distances))
 
+    def place(self, vector: Vector) -> tuple[int, tuple[int, float] | None]:
+        """(cluster id, its quota cut or None) of ``vector``."""
+        cluster = self.assign(vector)
+        row = self._row(vector)
+        levels = self.model.cut_levels
+        if not levels or levels[row] == NO_CUT:
+            return cluster, None
+        return cluster, (levels[row], self.model.cut_difficulties[row])
+
 
 def model_from_centers(
     centers: NDArray[np.floating], *, version: int, embedding_model: str, trained_on: int,
-    writer: str,
+    writer: str, ids: list[int] | None = None, next_id: int | None = None, retired: int = 0,
+    cut: tuple[list[int], list[float]] = ([], []),
 ) -> CentroidModel:
     k, dim = centers.shape
     data = np.ascontiguousarray(centers, dtype="<f4").tobytes()
+    row_ids = list(range(k)) if ids is None else ids
     return CentroidModel(
         version=version, k=k, dim=dim, centroids=data, embedding_model=embedding_model,
-        trained_on=trained_on, writer=writer,
+        trained_on=trained_on, writer=writer, ids=row_ids,
+        next_id=max(row_ids) + 1 if next_id is None else next_id, retired=retired,
+        cut_levels=cut[0], cut_difficulties=cut[1],
     )
+
+
+def matched_ids(
+    new: NDArray[np.floating], old: CentroidModel, spread: float
+) -> tuple[list[int], int, int]:
+    """Ids for the rows of ``new``: an old centroid's within ``spread`` (squared distance,
+    one-to-one, Hungarian), else fresh ones. (ids, next id, how many old ids retired)."""
+    # scipy comes with scikit-learn; it ships no type stubs.
+    from scipy.optimize import linear_sum_assignment  # type: ignore[import-untyped]
+
+    before = old.matrix()
+    after = np.asarray(new, dtype=np.float64)
+    cost = np.maximum((after**2).sum(axis=1)[:, None] + (before**2).sum(axis=1)[None, :]
+                      - 2.0 * after @ before.T, 0.0)
+    rows, cols = linear_sum_assignment(cost)
+    old_ids = old.row_ids()
+    ids = [-1] * len(new)
+    for row, col in zip(rows, cols, strict=True):
+        if cost[row, col] <= spread:
+            ids[row] = old_ids[col]
+    next_id = max(old.next_id, max(old_ids) + 1)
+    for row, found in enumerate(ids):
+        if found < 0:
+            ids[row], next_id = next_id, next_id + 1
+    kept = sum(1 for found in ids if found in set(old_ids))
+    return ids, next_id, len(old_ids) - kept
 
 
 class Trainer:
@@ -105,6 +174,15 @@ class Trainer:
         self.embedding_model = embedding_model
         self.writer = writer
         self._buffer: list[Vector] = []
+        # The newest vectors with their rank keys: the refits' sample and the cuts' items.
+        self._recent: deque[tuple[Vector, tuple[int, float] | None]] = deque(
+            maxlen=max(config.refit_window, config.warmup))
+        self._since_refit = 0
+        self._refit_next = False
+        # Novelty: vectors far from every centroid of the last fit bring a refit forward.
+        self._centres: NDArray[np.float64] | None = None
+        self._spread = 0.0
+        self._novel = 0
         # The estimator and the accepted version its state corresponds to.
         self._kmeans: object | None = None
         self._kmeans_version = 0
@@ -114,32 +192,59 @@ class Trainer:
     def buffered(self) -> int:
         return len(self._buffer)
 
-    def collect(self, vector: Vector) -> None:
-        """Keep one vector for the next fit (bounded: the newest are kept)."""
+    def collect(self, vector: Vector, key: tuple[int, float] | None = None) -> None:
+        """Keep one vector (and its rank key) for the next fit (bounded: the newest)."""
         self._buffer.append(vector)
         limit = max(self.config.warmup, 4 * self.config.batch_size)
         if len(self._buffer) > limit:
             del self._buffer[: len(self._buffer) - limit]
+        self._recent.append((vector, key))
+        self._since_refit += 1
+        if self._centres is not None and self.config.refit_every:
+            x = vector.astype(np.float64)
+            nearest = float(np.min(((self._centres - x) ** 2).sum(axis=1)))
+            self._novel += nearest > _NOVEL_SPREADS * self._spread
+
+    def _refit_due(self, accepted: CentroidModel | None) -> bool:
+        every = self.config.refit_every
+        if accepted is None or not every or len(self._recent) < accepted.k:
+            return False
+        return self._since_refit >= every or self._novel >= max(_MIN_NOVEL, every // 10)
 
     def due(self, accepted: CentroidModel | None) -> bool:
         """Whether enough vectors are collected for the version after ``accepted``."""
+        if self._refit_due(accepted):
+            return True
         need = self.config.warmup if accepted is None else self.config.batch_size
         return len(self._buffer) >= need
 
-    def take(self) -> NDArray[np.float32]:
-        """The collected vectors, as one array; the buffer starts again empty."""
+    def take(self, accepted: CentroidModel | None = None) -> NDArray[np.float32]:
+        """The vectors the next version is fitted on (the buffer starts again empty): the
+        collected ones, or the newest ``refit_window`` when a refit is due."""
+        self._refit_next = self._refit_due(accepted)
+        if self._refit_next:
+            self._since_refit = self._novel = 0
+            self._buffer = []
+            return np.stack([vector for vector, _ in
+                             list(self._recent)[-self.config.refit_window:]])
         data, self._buffer = np.stack(self._buffer), []
         return data
 
     def fit(self, data: NDArray[np.float32], accepted: CentroidModel | None) -> CentroidModel:
         """The version after ``accepted`` fitted on ``data`` (CPU-bound: run it off-loop)."""
-        return self._fit_warmup(data) if accepted is None else self._refine(data, accepted)
+        if accepted is None:
+            model = self._fit_warmup(data)
+        elif self._refit_next:
+            model = self._refit(data, accepted)
+        else:
+            model = self._refine(data, accepted)
+        return self._with_cuts(model)
 
     def propose(self, accepted: CentroidModel | None) -> CentroidModel | None:
         """The next version after ``accepted`` when enough vectors are collected."""
         if not self.due(accepted):
             return None
-        return self.fit(self.take(), accepted)
+        return self.fit(self.take(accepted), accepted)
 
     def accepted(self, model: CentroidModel, proposal: CentroidModel | None) -> None:
         """The model topic accepted ``model``; keep the estimator iff it was our proposal."""
@@ -148,6 +253,20 @@ class Trainer:
         else:
             self._kmeans_version = model.version
         self._trained_on = max(self._trained_on, model.trained_on)
+
+    def _with_cuts(self, model: CentroidModel) -> CentroidModel:
+        """``model`` with each cluster's quota cut on the recent items, and the spread its
+        novelty test measures against."""
+        recent = list(self._recent)
+        if not recent:
+            return model
+        data = np.stack([vector for vector, _ in recent]).astype(np.float64)
+        centres = model.matrix()
+        rows = nearest_rows(centres, data)
+        self._centres = centres
+        self._spread = float(((data - centres[rows]) ** 2).sum(axis=1).mean())
+        found = cuts(centres, data, [key for _, key in recent], self.config.k_ratio)
+        return msgspec.structs.replace(model, cut_levels=found[0], cut_difficulties=found[1])
 
     def _fit_warmup(self, data: NDArray[np.float32]) -> CentroidModel:
         from sklearn.cluster import MiniBatchKMeans  # imported on first use: ~0.5 s
@@ -163,6 +282,21 @@ class Trainer:
         return model_from_centers(
             kmeans.cluster_centers_, version=1, embedding_model=self.embedding_model,
             trained_on=self._trained_on, writer=self.writer,
+        )
+
+    def _refit(self, data: NDArray[np.float32], accepted: CentroidModel) -> CentroidModel:
+        from sklearn.cluster import KMeans
+
+        kmeans = KMeans(n_clusters=accepted.k, n_init=1,
+                        random_state=self.config.random_state + accepted.version).fit(data)
+        spread = float(kmeans.inertia_) / len(data)
+        ids, next_id, retired = matched_ids(kmeans.cluster_centers_, accepted, spread)
+        self._kmeans = None  # partial_fit continues from these centroids
+        self._trained_on = accepted.trained_on + self.config.refit_every
+        return model_from_centers(
+            kmeans.cluster_centers_, version=accepted.version + 1,
+            embedding_model=self.embedding_model, trained_on=self._trained_on,
+            writer=self.writer, ids=ids, next_id=next_id, retired=accepted.retired + retired,
         )
 
     def _refine(self, data: NDArray[np.float32], accepted: CentroidModel) -> CentroidModel:
@@ -185,5 +319,6 @@ class Trainer:
         return model_from_centers(
             kmeans.cluster_centers_, version=accepted.version + 1,
             embedding_model=self.embedding_model, trained_on=self._trained_on,
-            writer=self.writer,
+            writer=self.writer, ids=accepted.row_ids(), next_id=accepted.next_id,
+            retired=accepted.retired,
         )

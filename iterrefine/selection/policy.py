@@ -1,10 +1,17 @@
 """``cluster_quota``: the paper's routing policy (IQD, stage 2's split).
 
 Implements ``consumers.route.RoutingPolicy``: an item is high when it ranks in the top
-``k_ratio`` of its diversity cluster by (judge level, difficulty). The cluster id and
-the difficulty come with the item from scoring (:mod:`iterrefine.selection.selector`);
-an item without them (scored before the policy was switched on) ranks as difficulty 0
-in the warm-up pseudo-cluster.
+``k_ratio`` of its diversity cluster by (judge level, difficulty). Two mechanisms:
+
+* :class:`ExactQuotaPolicy` — ``iterrefine run``: the run's one decision over the
+  whole input (:mod:`iterrefine.selection.barrier`), looked up by item id;
+* :class:`ClusterQuotaPolicy` — online: a running per-cluster rank
+  (:mod:`iterrefine.selection.quota`); the cluster id and the difficulty come with the
+  item from scoring, and an item without them (scored before the policy was switched
+  on) ranks as difficulty 0 in the warm-up pseudo-cluster.
+
+Both record the decision in the item's lineage (:meth:`explain`): cluster, rank, the
+bar it was measured against, and the mode.
 """
 
 from __future__ import annotations
@@ -14,8 +21,11 @@ from typing import Literal
 import msgspec
 
 from iterrefine.config import SelectionConfig
-from iterrefine.item.model import Item
+from iterrefine.errors import ValidationError
+from iterrefine.item.model import Item, Selection
 from iterrefine.observe.metrics import Metrics
+from iterrefine.selection import _records as records
+from iterrefine.selection.barrier import DecisionTable
 from iterrefine.selection.quota import ClusterQuota, QuotaDecision
 
 Quality = Literal["high", "low"]
@@ -42,8 +52,11 @@ class ClusterQuotaPolicy:
         self._last: tuple[str, QuotaDecision] | None = None
 
     def quality(self, item: Item) -> Quality:
-        cluster = item.selection.cluster if item.selection is not None else None
-        decision = self.quota.decide(cluster, rank_key(item))
+        selection = item.selection
+        cluster = selection.cluster if selection is not None else None
+        cut = None if selection is None or selection.cut_level is None else (
+            selection.cut_level, selection.cut_difficulty or 0.0)
+        decision = self.quota.decide(cluster, rank_key(item), cut)
         self._last = (item.id, decision)
         quality: Quality = "high" if decision.high else "low"
         if self._metrics is not None:
@@ -53,11 +66,56 @@ class ClusterQuotaPolicy:
             self._metrics.selection_high_share.labels(cluster=label).set(high / seen)
         return quality
 
+    def quota_rule(self) -> str:
+        """What decided the last item (``QuotaDecision.rule``)."""
+        return "" if self._last is None else self._last[1].rule
+
     def explain(self, item: Item, quality: Quality) -> Item:
-        """``item`` with the decision (and its rank) recorded in its selection lineage."""
+        """``item`` with the decision (rank, bar) recorded in its selection lineage."""
         selection = item.selection
         if selection is None:
             return item
-        rank = self._last[1].rank if self._last is not None and self._last[0] == item.id else None
-        return item.with_changes(
-            selection=msgspec.structs.replace(selection, decision=quality, rank=rank))
+        last = self._last[1] if self._last is not None and self._last[0] == item.id else None
+        seen = self.quota.sizes().get(selection.cluster, (None, 0))[0]
+        return item.with_changes(selection=msgspec.structs.replace(
+            selection, decision=quality, rank=None if last is None else last.rank,
+            bar=None if last is None else last.bar, mode="online", cluster_items=seen,
+            rule="" if last is None else last.rule))
+
+
+class ExactQuotaPolicy:
+    """The run's exact decision per item (read by every route worker before it routes)."""
+
+    name = "cluster_quota"
+
+    def __init__(self, table: DecisionTable, metrics: Metrics | None = None) -> None:
+        self.table = table
+        self._metrics = metrics
+
+    def _decision(self, item: Item) -> records.Decision:
+        decision = self.table.get(item.id)
+        if decision is None:
+            raise ValidationError(
+                f"item {item.id!r} has no exact selection decision: it was not scored by this "
+                "run's score stage (replayed into route, or scored under another mode)",
+                reason="no_selection_decision")
+        return decision
+
+    def quality(self, item: Item) -> Quality:
+        decision = self._decision(item)
+        quality: Quality = "high" if decision.position < decision.highs else "low"
+        if self._metrics is not None:
+            label = str(decision.cluster)
+            self._metrics.selection_items_total.labels(cluster=label, quality=quality).inc()
+            self._metrics.selection_high_share.labels(cluster=label).set(
+                decision.highs / decision.size)
+        return quality
+
+    def explain(self, item: Item, quality: Quality) -> Item:
+        """``item`` with its place in its cluster, the cluster's bar, size and the run's k."""
+        decision = self._decision(item)
+        previous = item.selection or Selection(cluster=None)
+        return item.with_changes(selection=msgspec.structs.replace(
+            previous, cluster=decision.cluster, decision=quality,
+            rank=decision.position / decision.size, bar=decision.highs / decision.size,
+            mode="exact", cluster_items=decision.size, k=decision.k, rule="exact"))

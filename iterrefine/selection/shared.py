@@ -241,22 +241,29 @@ class SharedCentroids(AsyncService):
 
     def assign(self, vector: Vector) -> tuple[int | None, int]:
         """(cluster id, model version) of ``vector``; ``(None, 0)`` before the first model."""
+        cluster, version, _ = self.place(vector)
+        return cluster, version
+
+    def place(self, vector: Vector) -> tuple[int | None, int, tuple[int, float] | None]:
+        """(cluster id, model version, the cluster's quota cut) of ``vector``."""
         assigner = self._assigner
         if assigner is None:
-            return None, 0
-        return assigner.assign(vector), assigner.model.version
+            return None, 0, None
+        cluster, cut = assigner.place(vector)
+        return cluster, assigner.model.version, cut
 
-    async def observe(self, vector: Vector) -> None:
-        """Train on ``vector`` if this worker is the trainer; publish a due proposal.
+    async def observe(self, vector: Vector, key: tuple[int, float] | None = None) -> None:
+        """Train on ``vector`` (with the item's rank ``key``, for the cuts) if this worker is
+        the trainer; publish a due proposal.
 
         Before the first model every worker keeps its warm-up vectors (at most
         ``warmup``), so whichever is elected can fit at once.
         """
         if not self.is_trainer:
             if self.model is None and self._trainer.buffered < self.config.warmup:
-                self._trainer.collect(vector)
+                self._trainer.collect(vector, key)
             return
-        self._trainer.collect(vector)
+        self._trainer.collect(vector, key)
         await self._maybe_propose()
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
@@ -279,7 +286,8 @@ class SharedCentroids(AsyncService):
         self._proposing = True
         try:
             # A warm-up fit takes ~a second: off the event loop, which serves items.
-            proposal = await asyncio.to_thread(self._trainer.fit, self._trainer.take(), accepted)
+            proposal = await asyncio.to_thread(self._trainer.fit,
+                                             self._trainer.take(accepted), accepted)
             self._pending = proposal
             assert self._producer is not None and self._tp is not None
             await self._producer.send_and_wait(self._tp.topic, encode_model(proposal),
