@@ -50,10 +50,21 @@ def revision_of(instruction: str, number: int) -> str:
     return f"{instruction} (Round {number}: answer in one sentence and name the source.)"
 
 
+def revised_input(text: str, number: int) -> str:
+    """What the scripted refiner makes of the input: an empty input stays empty."""
+    return f"{text}\n(Context kept for round {number}.)" if text else ""
+
+
 def explanation(number: int, order: str) -> str:
     """What the scripted judge explains in round ``number``, in the ``first`` or
     ``swapped`` order of the samples."""
     return f"Round {number}, {order} order: the other sample keeps the facts the task needs."
+
+
+def answer_to(instruction: str, input: str) -> str:
+    """What the scripted backbone answers (its request is the instruction, then the input)."""
+    asked = f"{instruction}\n\n{input}" if input else instruction
+    return f"A short answer to: {asked}"
 
 
 Verdict = str | tuple[str, ...]
@@ -74,11 +85,11 @@ class Judge:
                 "review": self.review, "align": self.align}
 
     def answer(self, request: ScriptedRequest) -> str:
-        return f"A short answer to: {request['instruction'][:60]}"
+        return f"A short answer to: {request['instruction']}"
 
     def refine(self, request: ScriptedRequest) -> str:
         return (f"instruction_new: {revision_of(request['instruction'], request.round)}\n"
-                f"input_new: {request['input']}")
+                f"input_new: {revised_input(request['input'], request.round)}")
 
     def review(self, request: ScriptedRequest) -> str | Reply:
         order = "first" if request["A"]["instruction"] == self.original else "swapped"
@@ -94,16 +105,48 @@ class Judge:
         return f"Output:\n{request['original_output']} (for: {request['revised_instruction']})"
 
 
-async def drive(kit: StageKit, item: Item) -> tuple[Output, list[str]]:
+async def drive(kit: StageKit, item: Item) -> tuple[Output, list[tuple[str, str]]]:
     """Refine the item and follow it as the stages route it, until it leaves the loop;
-    returns the last output and every topic it passed."""
+    returns the last output and every (topic, outcome) it passed."""
     topic, hops = "items.refine", []
     while True:
         out = only(await kit.handle(STAGE_OF_TOPIC[topic], item))
-        hops.append(out.topic)
+        hops.append((out.topic, out.outcome_label))
         topic, item = out.topic, out.item
         if topic not in STAGE_OF_TOPIC:
             return out, hops
+
+
+def expected_hops(case: Case) -> list[tuple[str, str]]:
+    """The (topic, outcome) path a case's ending implies, round by round."""
+    hops: list[tuple[str, str]] = []
+    for number in range(1, len(case.winners) + 1):
+        hops.append(("items.review", "review"))
+        if number < len(case.winners):
+            hops.append(("items.refine", "requeued"))
+        elif case.converged:
+            hops.append(("items.align", "align"))
+        else:
+            ending = {"refined": "items.align", "unrefined": "items.curated",
+                      "dropped": "items.rejected"}[case.status]
+            hops.append((ending, "exhausted"))
+    if case.status == "refined":
+        hops.append(("items.curated", "curated"))
+    return hops
+
+
+#: Limits unlike the defaults, so a request that does not take its task's configured
+#: limit shows.
+LIMITS = {"answer": 1500, "score": 1600, "evaluate": 1700, "refine": 3100, "review": 3200,
+          "align": 3300}
+
+
+def rounds_observed(kit: StageKit, outcome: str) -> tuple[float, float]:
+    """(items, rounds summed) of the refine-rounds histogram for ``outcome``."""
+    registry = kit.metrics.registry
+    labels = {"outcome": outcome}
+    return (registry.get_sample_value("iterrefine_refine_rounds_count", labels) or 0.0,
+            registry.get_sample_value("iterrefine_refine_rounds_sum", labels) or 0.0)
 
 
 @dataclass(frozen=True)
@@ -184,31 +227,56 @@ async def test_review_verdicts_decide_the_items_path(name: str) -> None:
     async with StageKit(judge.answers(), pipeline={
         "max_rounds": case.max_rounds, "exhausted_policy": case.policy,
         "position_swap": case.swap, "parse_retries": 1, "rescore_refined": False,
+        "max_tokens": LIMITS,
     }) as kit:
         out, hops = await drive(kit, item)
     final = out.item
     assert (out.topic, final.status, final.converged) == (case.topic, case.status,
                                                           case.converged)
+    assert hops == expected_hops(case)
     assert [r.winner for r in final.rounds] == case.winners
     assert final.round == len(case.winners)
-    original = item.original.instruction
-    revisions = [revision_of(original, n) for n in range(1, len(case.winners) + 1)]
-    assert [r.instruction for r in final.rounds] == revisions
-    assert final.instruction == (revisions[case.kept - 1] if case.kept else original)
-    assert final.input == item.original.input
+    original = item.original
+    numbers = range(1, len(case.winners) + 1)
+    revisions = [revision_of(original.instruction, n) for n in numbers]
+    inputs = [revised_input(original.input, n) for n in numbers]
+    assert [(r.instruction, r.input) for r in final.rounds] == list(
+        zip(revisions, inputs, strict=True))
+    assert (final.instruction, final.input) == (
+        (revisions[case.kept - 1], inputs[case.kept - 1]) if case.kept
+        else (original.instruction, original.input))
+    assert final.feedback is None or case.status != "refined"
+    converged_rounds = (1.0, float(final.round)) if case.converged else (0.0, 0.0)
+    assert rounds_observed(kit, "converged") == converged_rounds
+    exhausted_rounds = (0.0, 0.0) if case.converged else (1.0, float(final.round))
+    assert rounds_observed(kit, "exhausted") == exhausted_rounds
+    for request in kit.requests:
+        assert request.max_tokens == LIMITS[request.task]
     # The feedback set each round's refine request carried, and the item's record of it.
     expected = [[explanation(n, order) for n, order in sent] for sent in case.feedback]
     sent = [request.data.get("feedback_set", []) for request in kit.script.of("refine")]
     assert sent == expected
     assert [list(r.feedback_set) for r in final.rounds] == expected
-    for request in kit.script.of("refine"):
-        assert request["instruction"] == original  # every round rewrites the original
+    for request in kit.script.of("refine"):  # every round rewrites the original
+        assert (request["instruction"], request["input"]) == (original.instruction,
+                                                            original.input)
+        assert request["reference_output"] == original.output
+        assert request["backbone_answer"] == answer_to(original.instruction, original.input)
+    for request in kit.script.of("review"):
+        first = request["A"]["instruction"] == original.instruction
+        sides = (request["A"], request["B"]) if first else (request["B"], request["A"])
+        number = request.round
+        assert sides[0] == {"instruction": original.instruction, "input": original.input,
+                            "answer": answer_to(original.instruction, original.input)}
+        revised = (revisions[number - 1], inputs[number - 1])
+        assert sides[1] == {"instruction": revised[0], "input": revised[1],
+                            "answer": answer_to(*revised)}
+        assert final.rounds[number - 1].backbone_answer == answer_to(*revised)
     if case.reviews:
         assert [len(judge.reviews.get(n, [])) for n in range(1, len(case.reviews) + 1)] == (
             case.reviews)
     # The ending's bookkeeping: refined items went through align and say so.
     if case.status == "refined":
-        assert hops[-2:] == ["items.align", "items.curated"]
         assert final.output_aligned and final.output.startswith(item.original.output)
         assert final.output.endswith(f"(for: {final.instruction})")
         if case.converged:
@@ -218,6 +286,5 @@ async def test_review_verdicts_decide_the_items_path(name: str) -> None:
                                            f"{len(case.winners)} rounds; last revision "
                                            f"(round {case.kept}) aligned")
     else:
-        assert "items.align" not in hops and final.output == item.original.output
+        assert final.output == item.original.output and not final.output_aligned
         assert f"no revision won in {len(case.winners)} rounds" in final.status_reason
-    assert hops.count("items.refine") == len(case.winners) - 1
