@@ -257,6 +257,10 @@ async def test_review_verdicts_decide_the_items_path(name: str) -> None:
     sent = [request.data.get("feedback_set", []) for request in kit.script.of("refine")]
     assert sent == expected
     assert [list(r.feedback_set) for r in final.rounds] == expected
+    (graded,) = kit.script.of("evaluate")  # once, against the real reference output
+    assert graded.data == {"instruction": original.instruction, "input": original.input,
+                           "reference_output": original.output,
+                           "candidate_answer": answer_to(original.instruction, original.input)}
     for request in kit.script.of("refine"):  # every round rewrites the original
         assert (request["instruction"], request["input"]) == (original.instruction,
                                                             original.input)
