@@ -13,9 +13,7 @@ from typing import Any
 import pytest
 
 from iterrefine.config import Config, load_config
-from iterrefine.consumers.judgements import judgement_of
-from iterrefine.item.model import Evaluation, Item, Provenance, Round
-from iterrefine.tasks.parsing import parse_score
+from iterrefine.item.model import Evaluation, Item, Judgement, Provenance, Round, Scores
 from iterrefine.tasks.prompts import PROMPT_VERSION
 from iterrefine.testing import StageKit, make_item, only
 
@@ -27,6 +25,10 @@ REASONING = LOW.replace("Verdict: low", "Involves reasoning: yes\nVerdict: low")
 NO_REASONING = HIGH.replace("Verdict: high", "Involves reasoning: no\nVerdict: high")
 #: HIGH says nothing about reasoning: no "Involves reasoning" line.
 UNSAID = HIGH
+NINES = Scores(correctness=9, completeness=9, clarity=9, compliance=9, reasoning=9)
+FOURS = Scores(correctness=4, completeness=4, clarity=4, compliance=4, reasoning=4)
+SCORES_OF = {NO_REASONING: NINES, UNSAID: NINES, REASONING: FOURS}
+INVOLVES = {NO_REASONING: False, UNSAID: None, REASONING: True}
 
 
 def paper_config(**llm: Any) -> Config:
@@ -63,7 +65,10 @@ async def test_task_filter_handles_an_unsaid_answer_as_configured(
         out = only(await kit.handle("score", make_item()))
     assert (out.topic, out.item.status_reason) == (topic, reason)
     assert out.item.status == ("rejected" if reason else "pending")
-    assert out.item.judgement == judgement_of(parse_score(answer))
+    expected = Judgement(usable=True, reason="fine", scores=SCORES_OF[answer],
+                         verdict="low" if answer is REASONING else "high",
+                         justification="solid", involves_reasoning=INVOLVES[answer])
+    assert out.item.judgement == expected
 
 
 async def test_task_filter_off_keeps_every_usable_item() -> None:
@@ -77,9 +82,9 @@ async def test_rescore_keeps_every_field_of_the_judges_answer() -> None:
     """The re-score after alignment records the whole answer, the task filter's included."""
     async with StageKit({"align": "Output:\nHello there.", "score": NO_REASONING}) as kit:
         out = only(await kit.handle("align", make_item(instruction="Say hello politely.")))
-    assert out.item.final_judgement == judgement_of(parse_score(NO_REASONING))
-    assert out.item.final_judgement is not None
-    assert out.item.final_judgement.involves_reasoning is False
+    assert out.item.final_judgement == Judgement(
+        usable=True, reason="fine", scores=NINES, verdict="high", justification="solid",
+        involves_reasoning=False)
 
 
 async def test_every_stage_stamps_temperature_preset_and_prompt_version() -> None:

@@ -29,8 +29,8 @@ def finished(last_winner: str = "B", **changes: object) -> Item:
     """An item at the end of the pipeline: every field a stage writes is set."""
     item = make_item(instruction="Identify which instrument is string or woodwind: Panduri, "
                      "Zurna", output="Zurna is woodwind, Panduri is string.")
-    last = msgspec.structs.replace(lost(2, "B is clearer."), winner=last_winner,
-                                   feedback="A keeps the names.")
+    last = msgspec.structs.replace(lost(3, "B is clearer."), winner=last_winner,
+                                   feedback="B drops a name.")
     fields: dict[str, object] = dict(
         revision=3, status="refined", status_reason="some reason", output_aligned=True,
         final_judgement=JUDGEMENT, instruction=last.instruction, input=last.input,
@@ -38,7 +38,8 @@ def finished(last_winner: str = "B", **changes: object) -> Item:
         converged=last_winner in ("B", "Tie"), alignment_mode="complete",
         judgement=JUDGEMENT, quality="low", original_answer="Panduri: string.",
         evaluation=Evaluation(backbone_answer="Panduri: string.", score=7, text="ok"),
-        round=2, rounds=(lost(1, "A keeps the names."), last), feedback="A keeps the names.")
+        round=3, rounds=(lost(1, "A keeps the names."), lost(2, "B drops a name."), last),
+        feedback=None)
     return item.with_changes(**{**fields, **changes})
 
 
@@ -69,17 +70,18 @@ def test_replay_into_route_clears_refinement_and_quality() -> None:
     assert route.SPEC.reset(item, 9) == expected
 
 
-@pytest.mark.parametrize(("judgement", "reason"), [
-    (None, "not_scored"),
-    (msgspec.structs.replace(JUDGEMENT, usable=False), "unusable"),
+@pytest.mark.parametrize(("judgement", "reason", "message"), [
+    (None, "not_scored", "the item was never scored"),
+    (msgspec.structs.replace(JUDGEMENT, usable=False), "unusable",
+     "the judge found the item unusable"),
 ])
 def test_replay_into_route_refuses_unscored_and_unusable_items(
-    judgement: Judgement | None, reason: str
+    judgement: Judgement | None, reason: str, message: str
 ) -> None:
     """Route refuses what scoring never let through, saying why."""
     with pytest.raises(ValidationError) as raised:
         route.SPEC.reset(finished(judgement=judgement), 9)
-    assert raised.value.reason == reason
+    assert (raised.value.reason, str(raised.value)) == (reason, message)
 
 
 def test_replay_into_refine_starts_refinement_over() -> None:
@@ -92,11 +94,12 @@ def test_replay_into_refine_starts_refinement_over() -> None:
 def test_replay_into_review_judges_the_last_revision_again() -> None:
     """Review: the last round's verdict is cleared; its revision and feedback are kept."""
     item = finished()
-    first, last = item.rounds
+    first, second, last = item.rounds
     pending_last = msgspec.structs.replace(last, backbone_answer="", winner="none",
                                            explanation="")
-    expected = item.with_changes(**pending_original(item, 9), rounds=(first, pending_last),
-                                 round=2, feedback="A keeps the names.")
+    expected = item.with_changes(**pending_original(item, 9),
+                                 rounds=(first, second, pending_last), round=3,
+                                 feedback="B drops a name.")
     assert review.SPEC.reset(item, 9) == expected
 
 
@@ -104,7 +107,8 @@ def test_replay_into_review_refuses_an_item_without_a_revision() -> None:
     """Review: nothing to judge is a clear error (no_revision)."""
     with pytest.raises(ValidationError) as raised:
         review.SPEC.reset(finished(rounds=(), round=0), 9)
-    assert raised.value.reason == "no_revision"
+    assert (raised.value.reason, str(raised.value)) == (
+        "no_revision", "the item has no revision to review")
 
 
 @pytest.mark.parametrize("winner", ["B", "Tie"])
@@ -119,21 +123,22 @@ def test_replay_into_align_realigns_a_winning_revision(winner: str) -> None:
 
 def test_replay_into_align_realigns_a_kept_last_revision_and_says_it_never_won() -> None:
     """Align, keep_last_revision: the last readable revision, converged False, with why."""
-    failed = Round(number=3, instruction="Identify", input="", feedback=None,
+    failed = Round(number=4, instruction="Identify", input="", feedback=None,
                    revision_failed=True)
     item = finished("A", converged=False)
-    item = item.with_changes(rounds=(*item.rounds, failed), round=3)
-    kept = item.rounds[1]
+    item = item.with_changes(rounds=(*item.rounds, failed), round=4)
+    kept = item.rounds[2]
     expected = item.with_changes(**{
         **pending_original(item, 9), "instruction": kept.instruction, "input": kept.input,
         "converged": False,
-        "status_reason": "exhausted: no revision won in 3 rounds; last revision (round 2) "
+        "status_reason": "exhausted: no revision won in 4 rounds; last revision (round 3) "
                          "aligned"}, feedback=None)
     assert align.SPEC.reset(item, 9) == expected
 
 
 @pytest.mark.parametrize("changes", [
     {"converged": None},  # still refining: never exhausted
+    {"converged": False, "rounds": (), "round": 0},  # never refined at all
     {"converged": False, "status": "unrefined"},  # the original was kept, nothing aligned
     {"converged": False, "rounds": (Round(number=1, instruction="x", input="", feedback=None,
                                           revision_failed=True),)},
@@ -142,4 +147,5 @@ def test_replay_into_align_refuses_a_revision_that_never_won(changes: dict[str, 
     """Align refuses an item with no winning, or kept-and-aligned, revision (not_converged)."""
     with pytest.raises(ValidationError) as raised:
         align.SPEC.reset(finished("A", **changes), 9)
-    assert raised.value.reason == "not_converged"
+    assert (raised.value.reason, str(raised.value)) == (
+        "not_converged", "no revision of the item won its review")
