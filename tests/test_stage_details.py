@@ -7,19 +7,31 @@ a rule that a one-token change to ``consumers/`` broke without any test noticing
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import math
+
+import httpx2
 import pytest
 from structlog.testing import capture_logs
 
-from iterrefine.consumers import STAGE_NAMES, build_stages
+from iterrefine.config import LLMRoleConfig
+from iterrefine.consumers import PIPELINE, STAGE_NAMES, build_stages
 from iterrefine.consumers.refine import feedback_set
 from iterrefine.consumers.route import ThresholdPolicy
 from iterrefine.errors import ConfigError
-from iterrefine.item.model import Evaluation, Item, Judgement, Round, Scores
+from iterrefine.item.model import Evaluation, Item, Judgement, Round, Scores, Selection
+from iterrefine.llm import LLMClient
+from iterrefine.selection.difficulty import DifficultyScorer
+from iterrefine.selection.embeddings import Embedder
+from iterrefine.selection.selector import Selector
 from iterrefine.testing import Reply, StageKit, make_item, only
 
 from .scripted_answers import EVALUATION, HIGH, REVISION
 
 pytestmark = pytest.mark.unit
+
+SPECS = {spec.name: spec for spec in PIPELINE}
 
 ITEM = dict(instruction="Name the largest planet.", input="Planets: Mars, Jupiter, Venus.",
             output="Jupiter.")
@@ -257,3 +269,50 @@ async def test_an_unreadable_alignment_of_a_kept_revision_gives_both_reasons() -
     first, second = out.item.status_reason.split("; ", 1)
     assert first == "exhausted: no revision won"
     assert second.startswith("align_unparseable: original output kept (")
+
+
+class OneCluster:
+    """The shared centroid model as the selector sees it: every vector in cluster 5 of
+    model version 2 (the Kafka-backed model is tested in test_selection_shared)."""
+
+    def __init__(self) -> None:
+        self.observed = 0
+
+    def assign(self, vector: object) -> tuple[int | None, int]:
+        return 5, 2
+
+    async def observe(self, vector: object) -> None:
+        self.observed += 1
+
+
+def selection_endpoint(request: httpx2.Request) -> httpx2.Response:
+    """/v1/completions with echoed logprobs, and /v1/embeddings with one vector."""
+    if request.url.path.endswith("/embeddings"):
+        return httpx2.Response(200, json={"data": [{"embedding": [0.5, 0.25, 1.0]}]})
+    return httpx2.Response(200, json={
+        "choices": [{"logprobs": {"token_logprobs": [None, -1.0, -2.0],
+                                  "text_offset": [0, 1, 2]}}],
+        "usage": {"prompt_tokens": 3}})
+
+
+async def test_score_gathers_difficulty_and_cluster_for_the_items_it_keeps() -> None:
+    """With a selector (cluster_quota), a kept item leaves score with its difficulty and
+    cluster; a rejected one is never sent to the selection endpoints."""
+    role = LLMRoleConfig(base_url="http://selection.invalid/v1", model="small", max_retries=0)
+    centroids = OneCluster()
+    async with contextlib.AsyncExitStack() as stack:
+        http = await stack.enter_async_context(
+            httpx2.AsyncClient(transport=httpx2.MockTransport(selection_endpoint)))
+        llm = await stack.enter_async_context(LLMClient("selection", role, http_client=http))
+        selector = Selector(DifficultyScorer(llm, "instruction_ppl", "small"),
+                            Embedder(llm, "small"), centroids)
+        kit = await stack.enter_async_context(StageKit({"score": HIGH}))
+        score = SPECS["score"].handler(dataclasses.replace(kit.ctx, selector=selector))
+        (out,) = await score(make_item(**ITEM))
+        kit.script.answers["score"] = "Usable: no\nReason: off topic\nVerdict: low"
+        (rejected,) = await score(make_item(**ITEM))
+    assert out.item.selection == Selection(cluster=5, model_version=2, embedding_model="small")
+    assert out.item.difficulty is not None and out.item.difficulty.value == pytest.approx(
+        math.exp(1.5))
+    assert (rejected.topic, rejected.item.selection, centroids.observed) == (
+        "items.rejected", None, 1)
