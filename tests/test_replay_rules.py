@@ -39,7 +39,7 @@ def finished(last_winner: str = "B", **changes: object) -> Item:
         judgement=JUDGEMENT, quality="low", original_answer="Panduri: string.",
         evaluation=Evaluation(backbone_answer="Panduri: string.", score=7, text="ok"),
         round=3, rounds=(lost(1, "A keeps the names."), lost(2, "B drops a name."), last),
-        feedback=None)
+        feedback="a stale explanation")
     return item.with_changes(**{**fields, **changes})
 
 

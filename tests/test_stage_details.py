@@ -40,7 +40,7 @@ SCORES = Scores(correctness=8, completeness=7, clarity=7, compliance=7, reasonin
 
 def judged(verdict: str, scores: Scores | None = SCORES) -> Item:
     return make_item(**ITEM, judgement=Judgement(
-        usable=True, reason="", scores=scores, verdict=verdict,  # type: ignore[arg-type]
+        usable=True, reason="", scores=scores, verdict=verdict,  # type: ignore[arg-type]  # a plain str in the tests
         justification=""))
 
 
@@ -119,10 +119,12 @@ async def test_a_wrong_routing_policy_is_a_clear_config_error(name: str, message
 
 
 async def test_the_built_in_graph_builds_every_stage() -> None:
-    """build_stages gives the five stages of the paper, in order, on one context."""
+    """build_stages gives the five stages of the paper in order, or the ones named."""
     async with StageKit() as kit:
         names = [stage.name for stage in build_stages(kit.ctx)]
+        some = [stage.name for stage in build_stages(kit.ctx, ["review", "route"])]
     assert names == list(STAGE_NAMES) == ["score", "route", "refine", "review", "align"]
+    assert some == ["review", "route"]
 
 
 # ------------------------------------------------------------------ refine
@@ -262,8 +264,9 @@ async def test_an_unreadable_rescore_is_counted_and_logged() -> None:
 async def test_an_unreadable_alignment_of_a_kept_revision_gives_both_reasons() -> None:
     """Exhausted and then unreadable: the original output, not aligned, both reasons."""
     exhausted = in_review(converged=False, status_reason="exhausted: no revision won")
-    async with StageKit({"align": "", "score": HIGH}, pipeline={"parse_retries": 0}) as kit:
+    async with StageKit({"align": "", "score": HIGH}, pipeline={"parse_retries": 1}) as kit:
         out = only(await kit.handle("align", exhausted))
+        assert kit.script.count("align") == 2  # asked again once, as configured
     assert (out.item.output, out.item.output_aligned, out.item.status) == (
         ITEM["output"], False, "refined")
     first, second = out.item.status_reason.split("; ", 1)
