@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import structlog
 
+from iterrefine.consumers.judgements import judgement_of
 from iterrefine.consumers.reentry import fresh
 from iterrefine.consumers.rounds import exhausted_reason, last_readable_revision
 from iterrefine.errors import UnparseableOutput, ValidationError
 from iterrefine.graph.context import PipelineContext
 from iterrefine.graph.spec import StageSpec
-from iterrefine.item.model import Item, Judgement
+from iterrefine.item.model import Item
 from iterrefine.runtime import Handler, Output
 from iterrefine.tasks.ask import ask_aligned, ask_score
 
@@ -41,10 +42,7 @@ async def rescore(ctx: PipelineContext, item: Item) -> Item:
         return item
     if answer.scores is not None:
         ctx.metrics.quality_score.labels("align").observe(answer.scores.mean)
-    return item.with_changes(final_judgement=Judgement(
-        usable=answer.usable, reason=answer.reason, scores=answer.scores,
-        verdict=answer.verdict, justification=answer.justification,
-    ))
+    return item.with_changes(final_judgement=judgement_of(answer))
 
 
 def handler(ctx: PipelineContext) -> Handler:

@@ -74,6 +74,8 @@ def handler(ctx: PipelineContext) -> Handler:
     async def refine(item: Item) -> list[Output]:
         item = ctx.stamp(item)
         number = item.round + 1
+        sent = tuple(feedback_set(item, max_entries=ctx.config.feedback_max_entries,
+                                  max_chars=ctx.config.feedback_max_chars))
         try:
             if item.evaluation is None:
                 item = await evaluate(ctx, item)
@@ -88,19 +90,20 @@ def handler(ctx: PipelineContext) -> Handler:
                 evaluation=evaluation_text(
                     item.evaluation.score, item.evaluation.text, item.evaluation.suggestions
                 ),
-                feedback_set=feedback_set(item, max_entries=ctx.config.feedback_max_entries,
-                                          max_chars=ctx.config.feedback_max_chars),
+                feedback_set=sent,
                 parse_retries=ctx.config.parse_retries,
                 max_tokens=ctx.max_tokens("refine"),
             )
         except UnparseableOutput as exc:
+            # The feedback set was sent only if the failure was the rewrite's own answer.
             failed = Round(number=number, instruction=item.instruction, input=item.input,
                            feedback=item.feedback, winner="none", revision_failed=True,
+                           feedback_set=sent if exc.task == "refine" else (),
                            explanation=f"the {exc.task} answer could not be read: {exc}")
             lost = item.with_changes(round=number, rounds=(*item.rounds, failed))
             return [lose_round(ctx, lost, failed.explanation)]
         current = Round(number=number, instruction=revision.instruction, input=revision.input,
-                        feedback=item.feedback)
+                        feedback=item.feedback, feedback_set=sent)
         revised = item.with_changes(round=number, rounds=(*item.rounds, current))
         return [Output("items.review", revised, outcome="review")]
 

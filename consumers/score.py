@@ -4,7 +4,9 @@ The strong model judges each original item on five dimensions (correctness,
 completeness, clarity, instruction/format compliance, reasoning quality), says
 whether it is usable at all, and gives an overall high/low verdict. Unusable
 items leave the pipeline here, with the judge's reason. With the paper's task
-filter on, so do items that involve no reasoning or inference (``not_reasoning``).
+filter on, so do items that involve no reasoning or inference (``not_reasoning``);
+an answer that does not say is a setting (``task_filter_unstated``): the item is
+kept, or — as the paper's code does — rejected (``reasoning_unstated``).
 With the paper's selection (``cluster_quota`` routing), the item also gets its
 instruction difficulty and embedding here (online: its diversity cluster too, and it is
 sent to the partition of ``items.scored`` that owns its cluster's quota, so that one
@@ -15,11 +17,23 @@ re-asking is an error of this stage (dead letter ``unparseable_judge_output``).
 
 from __future__ import annotations
 
+from iterrefine.consumers.judgements import judgement_of
 from iterrefine.graph.context import PipelineContext
 from iterrefine.graph.spec import StageSpec
 from iterrefine.item.model import Item, Judgement
 from iterrefine.runtime import Handler, Output
 from iterrefine.tasks.ask import ask_score
+
+
+def task_filter_reason(ctx: PipelineContext, judgement: Judgement) -> str | None:
+    """Why the paper's task filter drops the item, or ``None`` when it stays (or is off)."""
+    if not ctx.config.task_filter:
+        return None
+    if judgement.involves_reasoning is False:
+        return "not_reasoning"
+    if judgement.involves_reasoning is None and ctx.config.task_filter_unstated == "reject":
+        return "reasoning_unstated"
+    return None
 
 
 def handler(ctx: PipelineContext) -> Handler:
@@ -32,24 +46,18 @@ def handler(ctx: PipelineContext) -> Handler:
             parse_retries=ctx.config.parse_retries,
             max_tokens=ctx.max_tokens("score"),
         )
-        judgement = Judgement(
-            usable=answer.usable,
-            reason=answer.reason,
-            scores=answer.scores,
-            verdict=answer.verdict,
-            justification=answer.justification,
-            involves_reasoning=answer.involves_reasoning,
-        )
+        judgement = judgement_of(answer)
         item = ctx.stamp(item).with_changes(judgement=judgement)
         if judgement.scores is not None:
             ctx.metrics.quality_score.labels("score").observe(judgement.scores.mean)
         if not judgement.usable:
             rejected = item.with_changes(status="rejected", status_reason=judgement.reason)
             return [Output("items.rejected", rejected)]
-        if ctx.config.task_filter and judgement.involves_reasoning is False:
+        filtered = task_filter_reason(ctx, judgement)
+        if filtered is not None:
             # The paper's whole data reduction: a QA pair without reasoning steps or
-            # inference is dropped. An answer that does not say keeps the item.
-            rejected = item.with_changes(status="rejected", status_reason="not_reasoning")
+            # inference is dropped.
+            rejected = item.with_changes(status="rejected", status_reason=filtered)
             return [Output("items.rejected", rejected, outcome="not_reasoning")]
         if ctx.selector is not None:
             item = await ctx.selector.annotate(item)

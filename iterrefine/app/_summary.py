@@ -105,7 +105,9 @@ def build_summary(
         if item.final_judgement is not None and item.final_judgement.scores is not None:
             after.append(item.final_judgement.scores.mean)
         like_for_like.add(item)
-        not_reasoning += item.status_reason == "not_reasoning"
+        # Rejected by the task filter: no reasoning, or (``task_filter_unstated = "reject"``)
+        # the judge did not say.
+        not_reasoning += item.status_reason in ("not_reasoning", "reasoning_unstated")
         if item.difficulty is not None:
             difficulties.append(item.difficulty.value)
         if item.selection is not None and item.quality is not None:

@@ -80,6 +80,8 @@ def pipeline_context(
         prompt_version=prompt_version,
         models={role: entry.model for role, entry in config.llm.items()},
         simulated=simulated,
+        temperatures={role: entry.temperature for role, entry in config.llm.items()},
+        preset=config.preset,
     )
     return PipelineContext(config.pipeline, roles, metrics, provenance,
                            selection=config.selection)

@@ -250,11 +250,16 @@ class PipelineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     #: Threshold routing: an item is high if the judge says high and its mean score ≥ this.
     high_min_mean_score: float = 7.0
     #: Score refined items again after alignment (one more strong call per refined item),
-    #: so dashboards can show whether refinement lifted quality.
+    #: so dashboards can show whether refinement lifted quality. Not in the paper: the
+    #: ``paper`` preset turns it off.
     rescore_refined: bool = True
     #: The paper's task filter: the judge also says whether the item involves reasoning
     #: or inference, and an item that does not is rejected (reason ``not_reasoning``).
     task_filter: bool = False
+    #: The task filter, when the judge's answer does not say whether the item involves
+    #: reasoning: ``keep`` the item, or ``reject`` it (reason ``reasoning_unstated``), as
+    #: the paper's code drops every answer it cannot read.
+    task_filter_unstated: Literal["keep", "reject"] = "keep"
     #: How route splits high from low: ``threshold`` (above), ``cluster_quota`` (the
     #: paper's per-cluster top ``k_ratio`` by judge level and difficulty; see
     #: ``[selection]``), or ``module:attr`` of a factory ``(PipelineContext) ->

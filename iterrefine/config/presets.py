@@ -32,6 +32,9 @@ PAPER: Final[Mapping[str, Any]] = {
     # IQD: the task filter (reasoning or logical inference required) is the paper's whole
     # data reduction; per-cluster quota selection over 132 k-means clusters, top 80% High.
     "pipeline.task_filter": True,
+    # The paper's code drops an item whose judge answer it cannot read, the filter's
+    # answer included.
+    "pipeline.task_filter_unstated": "reject",
     "pipeline.routing_policy": "cluster_quota",
     "selection.k": 132,
     "selection.k_ratio": 0.8,
@@ -52,6 +55,8 @@ PAPER: Final[Mapping[str, Any]] = {
     # OA: the paper's figure completes the output for the revised instruction (and the
     # last revision of an exhausted item may ask for more than the original covers).
     "pipeline.alignment_mode": "complete",
+    # The paper scores items once, before refinement: no second score of refined items.
+    "pipeline.rescore_refined": False,
 }
 
 PRESETS: Final[Mapping[str, Mapping[str, Any]]] = {"paper": PAPER}

@@ -51,14 +51,16 @@ class PipelineContext:
         """The configured ``max_tokens`` of ``task`` (the paper's values by default)."""
         return self.config.max_tokens.of(task)
 
-
     def stamp(self, item: Item) -> Item:
-        """Record which prompts and models touched the item (merged over its history)."""
-        models = {**item.provenance.models, **self.provenance.models}
+        """Record which prompts, models, temperatures and preset touched the item (merged
+        over its history: a role keeps its last model and temperature)."""
+        past, now = item.provenance, self.provenance
         return item.with_changes(
             provenance=Provenance(
-                prompt_version=self.provenance.prompt_version,
-                models=models,
-                simulated=item.provenance.simulated or self.provenance.simulated,
+                prompt_version=now.prompt_version,
+                models={**past.models, **now.models},
+                simulated=past.simulated or now.simulated,
+                temperatures={**past.temperatures, **now.temperatures},
+                preset=now.preset,
             )
         )

@@ -109,7 +109,12 @@ class Round(msgspec.Struct, frozen=True, kw_only=True):
     number: int
     instruction: str
     input: str
-    feedback: str | None  # what the refiner was told about the previous round's loss
+    feedback: str | None  # the reviewer's explanation of the previous round's loss
+    #: The feedback set exactly as this round's refine request sent it: every earlier
+    #: reviewer's explanation of a lost round, oldest first, as bounded by
+    #: ``feedback_max_entries`` / ``feedback_max_chars`` (empty in round 1, and when the
+    #: refine request was never sent because an earlier answer could not be read).
+    feedback_set: tuple[str, ...] = ()
     backbone_answer: str = ""
     winner: Winner = "none"
     explanation: str = ""
@@ -118,11 +123,16 @@ class Round(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Provenance(msgspec.Struct, frozen=True, kw_only=True):
-    """Which prompts and models touched the item; ``simulated`` marks simulator output."""
+    """Which prompts, models and sampling touched the item; ``simulated`` marks simulator
+    output."""
 
     prompt_version: str = ""
     models: dict[str, str] = {}
     simulated: bool = False
+    #: The sampling temperature each role's requests carried.
+    temperatures: dict[str, float] = {}
+    #: The named preset the run's settings came from (``paper``), if any.
+    preset: str | None = None
 
 
 class Source(msgspec.Struct, frozen=True, kw_only=True):

@@ -46,7 +46,9 @@ def isolated_config(llm_base_url: str | None = None, *, base: Config | None = No
     prefix = f"t{uuid.uuid4().hex[:10]}."
     llm = dict(base.llm)
     if llm_base_url is not None:  # the pipeline's two roles at the scripted server
-        llm |= {role: LLMRoleConfig(base_url=llm_base_url, model=f"sim-{role}", max_retries=2)
+        # sampling as configured: ``[llm_defaults]`` (a preset's temperature included)
+        llm |= {role: LLMRoleConfig(base_url=llm_base_url, model=f"sim-{role}", max_retries=2,
+                                    temperature=base.llm_defaults.temperature)
                 for role in ("strong", "backbone")}
     # No response cache: scripted answers differ from test to test for the same prompt.
     return msgspec.structs.replace(
