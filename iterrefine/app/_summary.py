@@ -82,6 +82,8 @@ def build_summary(
     clusters: dict[str, Counter[str]] = {}
     difficulties: list[float] = []
     not_reasoning = 0
+    # Marked by what answered: any simulated answer or item makes the whole run simulated.
+    simulated = simulated or any(s.simulated_answers for s in llm_stats.values())
     for terminal in terminals:
         counts[terminal.outcome] += 1
         item = terminal.item
@@ -91,6 +93,7 @@ def build_summary(
             continue
         # A refined item whose last revision never won (keep_last_revision) is its own
         # outcome: counting it as plain "refined" would overstate convergence.
+        simulated = simulated or item.provenance.simulated
         exhausted_refined = item.status == "refined" and item.converged is False
         outcomes["refined_unconverged" if exhausted_refined else item.status] += 1
         if item.status == "refined" and not exhausted_refined:
@@ -119,6 +122,8 @@ def build_summary(
             "cache_hits": stats.cache_hits,
             "cache_misses": stats.cache_misses,
             "cache_tokens_saved": stats.cache_tokens_saved,
+            "cache_rejected": stats.cache_rejected,
+            "hedged": stats.hedged,
             "circuit_opened": stats.circuit_opened,
         }
         for role, stats in llm_stats.items()

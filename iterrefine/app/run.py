@@ -36,7 +36,7 @@ import msgspec
 import structlog
 
 from iterrefine.app._extra_workers import ExtraWorkers
-from iterrefine.app._preflight import RunAbort, check_llm_roles, check_output_paths
+from iterrefine.app._preflight import RunAbort, check_llm_roles_or_cache, check_output_paths
 from iterrefine.app._run_broker import for_own_broker, input_bytes, run_broker
 from iterrefine.app._run_stages import StageRun, Started
 from iterrefine.app._summary import build_summary
@@ -96,6 +96,7 @@ def sim_roles(config: Config, base_url: str, sim: SimConfig) -> Config:
     With the paper's selection on, ``embedding`` and ``difficulty`` too.
     """
     concurrency = max(64, sim.capacity * 2) if sim.capacity else 512
+    identity = sim.answers_identity()
     names = ["strong", "backbone"]
     if config.pipeline.routing_policy == "cluster_quota":
         names += ["embedding", "difficulty"]
@@ -103,7 +104,8 @@ def sim_roles(config: Config, base_url: str, sim: SimConfig) -> Config:
         name: LLMRoleConfig(base_url=base_url, model=f"sim-{name}", max_concurrency=concurrency,
                             timeout_s=max(30.0, sim.latency_ms / 1000 * 20), max_retries=8,
                             structured_output="json_schema",
-                            temperature=config.llm_defaults.temperature)
+                            temperature=config.llm_defaults.temperature,
+                            endpoint_identity=identity)
         for name in names
     }
     return msgspec.structs.replace(config, llm={**roles, **config.llm})
@@ -232,8 +234,8 @@ async def _start_llm(
     # per role and openai's per-client set-up done (see wire.settle_platform).
     roles = await stack.enter_async_context(
         LLMRoles(config, metrics=metrics, on_circuit_open=run_abort))
-    preflight = asyncio.create_task(
-        _checked(check_llm_roles(roles[role] for role in roles), timeline))
+    preflight = asyncio.create_task(_checked(check_llm_roles_or_cache(
+        (roles[role] for role in roles), cached=roles.cache is not None), timeline))
     stack.callback(preflight.cancel)
     return _LLM(config, metrics, roles, preflight)
 

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from iterrefine.config import PipelineConfig, SelectionConfig
+from iterrefine.errors import IterrefineError
 from iterrefine.item.model import Item, Provenance
-from iterrefine.llm.chat import ChatClient
+from iterrefine.llm.chat import ChatClient, SimulatorAware
 from iterrefine.observe.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -50,12 +51,28 @@ class PipelineContext:
 
 
     def stamp(self, item: Item) -> Item:
-        """Record which prompts and models touched the item (merged over its history)."""
+        """Record which prompts and models touched the item (merged over its history).
+
+        Simulated when it was already, when the run was started on the simulator, or when
+        any role's answers came from one (each response says so), however it was reached.
+        """
         models = {**item.provenance.models, **self.provenance.models}
         return item.with_changes(
             provenance=Provenance(
                 prompt_version=self.provenance.prompt_version,
                 models=models,
-                simulated=item.provenance.simulated or self.provenance.simulated,
+                simulated=(item.provenance.simulated or self.provenance.simulated
+                           or self.answered_by_simulator()),
             )
         )
+
+    def answered_by_simulator(self) -> bool:
+        """Whether a role of this context has had an answer from iterrefine's simulator."""
+        for role in self.provenance.models:
+            try:
+                client = self.llm[role]
+            except (KeyError, IterrefineError):
+                continue
+            if isinstance(client, SimulatorAware) and client.answered_by_simulator:
+                return True
+        return False
