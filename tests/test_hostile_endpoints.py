@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from iterrefine.app._preflight import PreflightError, check_models_served
+from iterrefine.app._preflight import PreflightError
 from iterrefine.config import LLMRoleConfig
 from iterrefine.io.export import load_rows
 from iterrefine.llm import LLMClient
@@ -147,6 +147,8 @@ def _role(base_url: str, model: str) -> LLMRoleConfig:
 async def test_models_served_checks_the_list_then_one_token() -> None:
     """A listed name costs no call; an unlisted one is asked once: refused → PreflightError
     naming the role and model; accepted (a server answering any name) → fine."""
+    from iterrefine.app._preflight import check_models_served
+
     async with (
         SimServer(SimConfig(strict_models=True), port=0) as strict,
         SimServer(SimConfig(), port=0) as lenient,

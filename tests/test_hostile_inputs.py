@@ -10,7 +10,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from iterrefine.errors import ConfigError, ValidationError
-from iterrefine.io import _csv
 from iterrefine.io.ingest import RawRecord, inspect_record
 from iterrefine.io.inputs import InputSpec, open_input
 from iterrefine.item.records import item_from_raw
@@ -81,6 +80,8 @@ def test_a_row_past_the_csv_modules_limit_is_one_dead_letter_and_reading_goes_on
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A field the csv module refuses is that row's unreadable_row, not a traceback."""
+    from iterrefine.io import _csv
+
     monkeypatch.setattr(_csv, "FIELD_LIMIT", 1000)
     path = csv_file(tmp_path, b"a,x,," + b"y" * 5000 + b"\r\n", b"b,Name a river.,,Seine\r\n")
     records = read(path)
