@@ -33,7 +33,7 @@ from typing import Literal
 import msgspec
 import structlog
 
-from iterrefine.broker.embedded import EmbeddedBroker
+from iterrefine.broker.embedded import EmbeddedBroker, writable_dir
 from iterrefine.broker.state import ensure_broker, find_running_broker
 from iterrefine.config import BrokerConfig, Config, StaticPartitions
 from iterrefine.io.ingest import RawRecord
@@ -101,7 +101,7 @@ def start_run_broker(
     storage = choose_storage(settings, size)
     if storage == "memory" or find_running_broker(root) is not None:
         return ensure_broker(root)
-    root.mkdir(parents=True, exist_ok=True)
+    writable_dir(root, keeps="its storage and log")
     for path in remove_stale_scratch(root):
         log.info("broker.scratch_removed", path=str(path))
     log.info("broker.storage", storage=storage, input_mb=_mb(size),

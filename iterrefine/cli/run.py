@@ -94,11 +94,12 @@ def _sim_config(args: argparse.Namespace) -> SimConfig | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from iterrefine.app.prespawn import Prespawned, sweep_orphaned_workdirs
+
+    sweep_orphaned_workdirs()  # what an earlier run killed by SIGKILL left in the temp dir
     # --workers children first: they import on another core while this process does.
     prespawned = None
     if args.workers > 1 and args.input.exists():
-        from iterrefine.app.prespawn import Prespawned
-
         prespawned = Prespawned(args.workers - 1)
     try:
         return _run(args, prespawned)

@@ -325,6 +325,8 @@ class Ingestor:
                 "too_large", f"record is {record.length} bytes; only its first "
                 f"{_OVERSIZE_HEAD_BYTES} bytes are kept")
             self._count_dead_letter("too_large")
+        log.debug("record_ingested", origin=record.origin, line=record.line, item_id=item_id,
+                  topic=topic)
         if self._keep_ids:
             self.report.ids.setdefault(item_id, None)
         if self._on_id is not None:

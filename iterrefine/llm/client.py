@@ -219,6 +219,7 @@ class LLMClient(AsyncService):
                               schema_name=schema_name)
             hit = self._cache.lookup(key)
             if hit is not None:
+                log.debug("llm_cache_hit", role=self.role, key=key)
                 self._simulated_answers += hit.simulated
                 return ChatResult(
                     text=hit.text, prompt_tokens=hit.prompt_tokens,
@@ -386,6 +387,8 @@ class LLMClient(AsyncService):
             seconds = time.monotonic() - started
 
         self._tally.observe(status, seconds)
+        log.debug("llm_request", role=self.role, status=status, seconds=round(seconds, 4),
+                  structured=structured)
         if isinstance(outcome, IterrefineError):
             if not speculative:
                 self.circuit.failed(status, outcome)
