@@ -41,6 +41,7 @@ from iterrefine.llm import _dialect as dialects
 from iterrefine.llm._dialect_choice import DialectChoice
 from iterrefine.llm._endpoint_probe import model_problem, probe_completion, probe_models
 from iterrefine.llm._failures import FailureMap
+from iterrefine.llm._hedge import Hedging
 from iterrefine.llm._ratelimit import TokenBucket
 from iterrefine.llm._retries import Retries
 from iterrefine.llm._tally import Tally
@@ -105,6 +106,7 @@ class LLMClient(AsyncService):
             TokenBucket.per_minute(config.tokens_per_minute) if config.tokens_per_minute else None
         )
         self._failures = FailureMap(role, config, self._api_key)
+        self._hedging = Hedging(role, config)
         self._where = self._failures.where
         self._cache = None if cache is None else RoleCache(cache, role, metrics)
         self._identity = config.endpoint_identity or endpoint_identity(config.base_url)
@@ -176,12 +178,18 @@ class LLMClient(AsyncService):
                 source=self,
             )
 
+    def _started(self) -> openai.AsyncOpenAI:
+        if self._api is None:
+            raise RuntimeError(f"{self._where}: call start() or use 'async with' first")
+        return self._api
+
     # -- calls -----------------------------------------------------------------------
 
     def stats(self) -> LLMStats:
         stats = self._tally.stats(retries=self._retries.count, probes=self._probes,
                                   circuit_opened=self.circuit.opened, cache=self._cache)
-        return msgspec.structs.replace(stats, simulated_answers=self._simulated_answers)
+        return msgspec.structs.replace(stats, simulated_answers=self._simulated_answers,
+                                       hedged=self._hedging.sent)
 
     @property
     def answered_by_simulator(self) -> bool:
@@ -205,9 +213,7 @@ class LLMClient(AsyncService):
         Raises :class:`LLMTransientError` when retries run out and :class:`LLMError`
         for failures no retry can fix (authentication, bad request, unknown model).
         """
-        api = self._api
-        if api is None:
-            raise RuntimeError(f"{self._where}: call start() or use 'async with' first")
+        api = self._started()
         limit = max_tokens if max_tokens is not None else self.config.max_tokens
         started = time.monotonic()
         key = None
@@ -289,9 +295,7 @@ class LLMClient(AsyncService):
         return await self._dialect.decide()
 
     async def _probe_send(self, body: dict[str, Any]) -> tuple[int, str] | None:
-        if self._api is None:
-            raise RuntimeError(f"{self._where}: call start() or use 'async with' first")
-        return await dialects.post_probe(self._api, self._chat_url, encode_body(body),
+        return await dialects.post_probe(self._started(), self._chat_url, encode_body(body),
                                          options=_REQUEST_OPTIONS,
                                          timeout_s=min(self.config.timeout_s, 60.0))
 
@@ -317,9 +321,7 @@ class LLMClient(AsyncService):
         ``GET /models`` costs no tokens; a server without that route (404/405) is
         asked for a one-token completion instead.
         """
-        api = self._api
-        if api is None:
-            raise RuntimeError(f"{self._where}: call start() or use 'async with' first")
+        api = self._started()
         status, problem = await probe_models(api, self._failures)
         if status in ("404", "405"):
             status, problem = await probe_completion(api, self._failures, self._chat_url)
@@ -333,9 +335,7 @@ class LLMClient(AsyncService):
         for whatever they load): one chat call of one token with the role's model, whose
         "no such model" answer is the proof.
         """
-        api = self._api
-        if api is None:
-            raise RuntimeError(f"{self._where}: call start() or use 'async with' first")
+        api = self._started()
         return await model_problem(api, self._failures, self._chat_url, role=self.role)
 
     async def _probe_open_circuit(self) -> str | None:
@@ -370,13 +370,11 @@ class LLMClient(AsyncService):
             try:
                 # openai's own timeout is per phase (connect, each read); this bounds the
                 # whole request, so a server trickling bytes cannot hold a slot forever.
+                # A request lost by the server is sent again meanwhile (llm._hedge).
                 async with asyncio.timeout(self.config.timeout_s):
-                    response = await api.post(
-                        self._chat_url,
-                        cast_to=httpx2.Response,
-                        content=content,
-                        options=_REQUEST_OPTIONS,
-                    )
+                    response = await self._hedging.run(lambda: api.post(
+                        self._chat_url, cast_to=httpx2.Response, content=content,
+                        options=_REQUEST_OPTIONS))
             except TimeoutError:
                 status, outcome = self._failures.timeout()
             except openai.APIError as exc:
@@ -412,9 +410,7 @@ class LLMClient(AsyncService):
         :class:`LLMRetriesExhausted`), not cached. They stay out of the role's circuit:
         its recovery probe is a chat completion, which an embeddings-only server lacks.
         """
-        api = self._api
-        if api is None:
-            raise RuntimeError(f"{self._where}: call start() or use 'async with' first")
+        api = self._started()
         base = api.base_url
         url = str(base.copy_with(raw_path=base.raw_path + path.lstrip("/").encode()))
         content = encode_body({"model": self.config.model, **body})
