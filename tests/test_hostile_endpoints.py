@@ -162,3 +162,36 @@ async def test_models_served_checks_the_list_then_one_token() -> None:
             await check_models_served([listed, typo])
     assert "'backbone'" in str(caught.value) and "'gpt-typo'" in str(caught.value)
     assert "'strong'" not in str(caught.value)
+
+
+@pytest.mark.unit
+async def test_items_are_stamped_by_what_answered_them() -> None:
+    """A context not told it runs on the simulator still stamps an item simulated once a
+    role's answer carried the simulator's fingerprint; answers without it leave it real."""
+    import httpx2
+    from prometheus_client import CollectorRegistry
+
+    from iterrefine.app.pipeline import pipeline_context
+    from iterrefine.config import Config
+    from iterrefine.item.records import item_from_raw
+    from iterrefine.observe.metrics import Metrics
+
+    def real(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, json={"model": "gpt", "system_fingerprint": "fp_1",
+                                          "choices": [{"message": {"content": "hi"}}]})
+
+    item = item_from_raw(b'{"instruction": "Say hi.", "output": "hi"}')
+    messages = [{"role": "user", "content": "Say hi."}]
+    async with (
+        SimServer(SimConfig(), port=0) as sim,
+        httpx2.AsyncClient(transport=httpx2.MockTransport(real)) as http,
+        LLMClient("strong", _role("http://real.test/v1", "gpt"), http_client=http) as strong,
+        LLMClient("backbone", _role(sim.base_url, "sim-backbone")) as backbone,
+    ):
+        roles = {"strong": strong, "backbone": backbone}
+        config = Config(llm={name: client.config for name, client in roles.items()})
+        ctx = pipeline_context(config, roles, Metrics(CollectorRegistry()), simulated=False)
+        await strong.chat(messages)
+        assert ctx.stamp(item).provenance.simulated is False
+        await backbone.chat(messages)
+        assert ctx.stamp(item).provenance.simulated is True
