@@ -110,24 +110,7 @@ def build_summary(
         if item.selection is not None and item.quality is not None:
             cluster = "warmup" if item.selection.cluster is None else str(item.selection.cluster)
             clusters.setdefault(cluster, Counter())[item.quality] += 1
-    llm = {
-        role: {
-            "requests": stats.requests,
-            "errors": stats.errors,
-            "retries": stats.retries,
-            "prompt_tokens": stats.prompt_tokens,
-            "completion_tokens": stats.completion_tokens,
-            "latency_s": latency_from_samples(stats),
-            # Calls the response cache answered (each a request not paid for).
-            "cache_hits": stats.cache_hits,
-            "cache_misses": stats.cache_misses,
-            "cache_tokens_saved": stats.cache_tokens_saved,
-            "cache_rejected": stats.cache_rejected,
-            "hedged": stats.hedged,
-            "circuit_opened": stats.circuit_opened,
-        }
-        for role, stats in llm_stats.items()
-    }
+    llm = _llm_rows(llm_stats)
     return {
         "simulated": simulated,
         "wall_time_s": round(wall_time_s, 3),
@@ -144,6 +127,28 @@ def build_summary(
         "llm_answers": answers_by_task(metrics),
         "rescore_failures": _counter_total(metrics.rescore_failures_total),
         "truncated": truncated_by_task(metrics),
+    }
+
+
+def _llm_rows(llm_stats: Mapping[str, LLMStats]) -> dict[str, dict[str, Any]]:
+    """Per role: requests, errors, tokens, latency, and what the cache and hedging did."""
+    return {
+        role: {
+            "requests": stats.requests,
+            "errors": stats.errors,
+            "retries": stats.retries,
+            "prompt_tokens": stats.prompt_tokens,
+            "completion_tokens": stats.completion_tokens,
+            "latency_s": latency_from_samples(stats),
+            # Calls the response cache answered (each a request not paid for).
+            "cache_hits": stats.cache_hits,
+            "cache_misses": stats.cache_misses,
+            "cache_tokens_saved": stats.cache_tokens_saved,
+            "cache_rejected": stats.cache_rejected,
+            "hedged": stats.hedged,
+            "circuit_opened": stats.circuit_opened,
+        }
+        for role, stats in llm_stats.items()
     }
 
 

@@ -219,7 +219,12 @@ def print_summary(console: Console, summary: dict[str, Any], paths: Any) -> None
         if stats.get("cache_hits") or stats.get("cache_misses"):
             table.add_row(f"cache {role}", f"{stats['cache_hits']} hits (not paid), "
                           f"{stats['cache_misses']} misses, "
-                          f"{stats['cache_tokens_saved']} tokens saved")
+                          f"{stats['cache_tokens_saved']} tokens saved"
+                          + (f", {stats['cache_rejected']} entries refused (seal mismatch)"
+                             if stats.get("cache_rejected") else ""))
+        if stats.get("hedged"):
+            table.add_row(f"hedged {role}", f"{stats['hedged']} requests sent again (no answer "
+                          "in the usual time)")
     unreadable = {task: row.get("unreadable", 0) for task, row in
                   summary.get("llm_answers", {}).items() if row.get("unreadable")}
     if unreadable:
