@@ -76,6 +76,17 @@ def test_one_latin1_byte_dead_letters_only_its_row(tmp_path: Path) -> None:
     assert fate(second) == ("b", None)
 
 
+@pytest.mark.parametrize("end", [b"\n", b"\r\n", b"\r"], ids=["lf", "crlf", "cr"])
+def test_csv_line_endings_and_blank_rows(tmp_path: Path, end: bytes) -> None:
+    """LF, CRLF and old-Mac CR files read alike (a quoted line break stays in its field);
+    blank rows (an empty line, ",,,", spaces) are skipped, not refused."""
+    path = csv_file(tmp_path, b'a,"two' + end + b'lines",,x' + end, end, b",,," + end,
+                    b"  " + end, b"b,Say bye.,,bye" + end, header=HEADER.replace(b"\r\n", end))
+    records = read(path)
+    assert [fate(r) for r in records] == [("a", None), ("b", None)]
+    assert item_from_raw(records[0].data).original.instruction == "two" + end.decode() + "lines"
+
+
 def test_a_row_past_the_csv_modules_limit_is_one_dead_letter_and_reading_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

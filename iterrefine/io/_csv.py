@@ -12,6 +12,7 @@ on at the next line. A refused row keeps the bytes the file had, and its own ``i
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -27,31 +28,32 @@ from iterrefine.item.records import given_id_of
 FIELD_LIMIT = 16 * 1024 * 1024
 #: How much of a row too big to travel its dead letter keeps.
 _HEAD_BYTES = 64 * 1024
-_BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 _encoder = msgspec.json.Encoder()
 
 
 class _Lines:
-    """The file's lines, decoded, remembering the bytes of the row being read."""
+    """The file's lines, remembering the bytes of the row being read.
+
+    Decoded as the csv module wants them (``newline=""``: ``\r``, ``\n`` and ``\r\n``
+    end lines, quoted ones are kept), with ``surrogateescape``: a byte that is not UTF-8
+    survives parsing, is found in its row, and encodes back to exactly the file's bytes.
+    """
 
     def __init__(self, handle: BinaryIO) -> None:
-        self._handle = handle
+        self._text = io.TextIOWrapper(handle, encoding="utf-8-sig", errors="surrogateescape",
+                                      newline="")
         self.raw = bytearray()
         self.size = 0
-        self.first = True
 
     def __iter__(self) -> Iterator[str]:
-        for line in self._handle:
-            if self.first:
-                line = line.removeprefix(_BOM)
-                self.first = False
-            self.size += len(line)
+        for line in self._text:
+            data = line.encode("utf-8", "surrogateescape")
+            self.size += len(data)
             room = _HEAD_BYTES + 1 - len(self.raw)
             if room > 0:
-                self.raw += line[:room]
-            # surrogateescape: a stray byte survives parsing and is found in the row.
-            yield line.decode("utf-8", "surrogateescape")
+                self.raw += data[:room]
+            yield line
 
     def take(self) -> tuple[bytes, int]:
         """The bytes (head) and size of the row just read; starts the next row."""
@@ -95,8 +97,10 @@ def csv_records(path: Path, origin: str) -> Iterator[RawRecord]:
                 continue
             raw, size = lines.take()
             if not row:
-                number -= 1  # a blank line is no row (as csv.DictReader skips it)
+                number -= 1  # an empty line is no row (as csv.DictReader skips it)
                 continue
+            if not any(field.strip() for field in row):
+                continue  # a blank row (",,", spaces): nothing to curate or refuse
             yield _record(header, row, raw, size, number, origin)
 
 
