@@ -37,7 +37,7 @@ class SimProcess:
 
     def __init__(self, *, log_path: Path, latency_ms: float, capacity: int,
                  low_share: float, reject_share: float, lose_prob: float,
-                 tie_share: float | None = None) -> None:
+                 tie_share: float | None = None, extra: Sequence[str] = ()) -> None:
         self.port = free_port()
         self.knobs: dict[str, Any] = {
             "latency_ms": latency_ms, "capacity": capacity, "low_share": low_share,
@@ -50,6 +50,9 @@ class SimProcess:
         if tie_share is not None:
             self.knobs["tie_share"] = tie_share
             argv += ["--tie-share", str(tie_share)]
+        if extra:  # other sim-llm flags (faults, jitter), recorded as given
+            self.knobs["extra"] = list(extra)
+            argv += list(extra)
         self._log = log_path.open("ab")
         self._proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
         self._wait_healthy()

@@ -55,6 +55,8 @@ class ValidationError(IterrefineError):
     """A record is not a valid item (not JSON, wrong shape, too large, bad UTF-8, ...)."""
 
     reason = "invalid_item"
+    #: The record's own id when it has a valid one: its dead letter is filed under it.
+    item_id: str | None = None
 
 
 class BrokerError(IterrefineError):

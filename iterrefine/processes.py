@@ -64,9 +64,20 @@ def spawn(
     ``die_with_parent``: the child gets SIGTERM when this process dies, SIGKILL
     included, so an embedded broker never outlives the ``run`` that started it.
     """
+    program = Path(argv[0]).name
     if die_with_parent:
         argv = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *argv]
     out = str(log_path) if log_path is not None else os.devnull
+    if log_path is not None:
+        # Opened here first: posix_spawn names the program for any failure, and a log it
+        # cannot write is no reason to reinstall anything.
+        try:
+            os.close(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644))
+        except OSError as exc:
+            raise BrokerError(
+                f"cannot write the log file {out} of {program}: {exc.strerror or exc}; "
+                "its directory must be writable (choose another "
+                "--data-dir or fix its permissions)") from None
     file_actions = [
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
         (os.POSIX_SPAWN_OPEN, 1, out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),

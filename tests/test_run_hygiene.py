@@ -97,3 +97,49 @@ def test_rerun_after_sigkill_pays_only_for_unanswered_calls(tmp_path: Path) -> N
     assert result["killed"]["orphans_2s_after_kill"] == 0
     # The requests in flight at the kill are paid twice; the rest come from the cache.
     assert result["ratio"] <= 1.15
+
+
+@pytest.mark.slow
+def test_the_next_run_removes_what_a_killed_workers_run_left_in_the_temp_dir(
+    tmp_path: Path,
+) -> None:
+    """kill -9 of run --workers 2 leaves its children's config folder (nothing can clean
+    up a SIGKILL); the next run, whatever it does, removes it."""
+    import os
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "iterrefine.cli", "run", str(small_input(tmp_path, 120)),
+         "-o", str(tmp_path / "o.jsonl"), "--llm", "sim", "--workers", "2", "--no-progress",
+         "--data-dir", str(tmp_path / "d"), "--log-level", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    sigkill_when_it_has_children(proc)
+    left = list(temp.glob("iterrefine-workers-*"))
+    assert left and any(folder.glob("config-*.json") for folder in left)
+    again = subprocess.run([sys.executable, "-m", "iterrefine.cli", "run",
+                            str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "x.jsonl"),
+                            "--llm", "sim"], capture_output=True, text=True, timeout=60,
+                           check=False, env=env)
+    assert again.returncode == 2
+    assert list(temp.glob("iterrefine-workers-*")) == []
+
+
+@pytest.mark.unit
+def test_only_folders_of_runs_that_are_gone_are_swept(tmp_path: Path) -> None:
+    """A folder named after a live run is kept; one of a dead pid goes; others untouched."""
+    import os
+
+    from iterrefine.app.prespawn import sweep_orphaned_workdirs
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    live = tmp_path / f"iterrefine-workers-{os.getpid()}-abc"
+    dead = tmp_path / f"iterrefine-workers-{gone.pid}-def"
+    foreign = tmp_path / "iterrefine-workers-xyz"
+    for folder in (live, dead, foreign):
+        folder.mkdir()
+        (folder / "config-0.json").write_text("{}")
+    assert sweep_orphaned_workdirs(str(tmp_path)) == [dead]
+    assert live.exists() and foreign.exists() and not dead.exists()

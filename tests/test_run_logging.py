@@ -137,7 +137,8 @@ def sim_config() -> SimConfig:
 async def test_planted_api_keys_never_reach_the_output(
     broker: str, sim: SimServer, tmp_path: Path
 ) -> None:
-    """`iterrefine run --log-level debug` with keys in the environment prints neither key."""
+    """`iterrefine run --log-level debug` logs debug events, and with keys in the
+    environment prints neither key."""
     source = tmp_path / "input.jsonl"
     source.write_text("\n".join([*_records(12), *MALFORMED_LINES]) + "\n")
     config = tmp_path / "iterrefine.toml"
@@ -170,6 +171,10 @@ async def test_planted_api_keys_never_reach_the_output(
     # The run did log, in JSON lines (stderr is no TTY), including LLM retries.
     events = [json.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
     assert any(e["event"] == "llm_retry" for e in events)
+    # Debug means debug: each request, each handled item (with its unit of work), each record.
+    debug = [e for e in events if e["level"] == "debug"]
+    assert {"llm_request", "item_handled", "record_ingested"} <= {e["event"] for e in debug}
+    assert all(e.get("item_id") and e.get("stage") for e in debug if e["event"] == "item_handled")
     assert sim.requests.recent(task="score"), "the run used the simulator"
     for key in (PLANTED_SK_KEY, PLANTED_PLAIN_KEY, "PLANTED"):
         assert key not in output

@@ -268,3 +268,82 @@ def test_show_colours_diffs_without_markers_on_a_terminal(tmp_path: Path) -> Non
     console.print(render_story(story, markers=console.color_system is None))
     text = buffer.getvalue()
     assert "\x1b[" in text and "[-" not in text and "{+" not in text
+
+
+WEIRD_IDS = ["brace{1}", "{}", "slash/inside", "per%cent", "space d", "caf\u00e9", "q?x=1#f",
+             "dot..", ".."]
+
+
+def _weird_terminals() -> list[Terminal]:
+    items = []
+    for n, item_id in enumerate(WEIRD_IDS):
+        raw = {"id": item_id, "instruction": f"Question {n}?", "output": "Answer."}
+        item = item_from_raw(json.dumps(raw).encode()).with_changes(status="high")
+        items.append(Terminal(id=item.id, outcome="curated", revision=0, timestamp_ms=0,
+                              item=item, meta={}, raw=b""))
+    return items
+
+
+async def test_every_listed_id_is_reachable_and_every_page_has_the_headers(
+    tmp_path: Path,
+) -> None:
+    """Ids with { } / % ? # and spaces open from their list link; 404 and 405 pages carry
+    the CSP and nosniff headers like every other page."""
+    import re
+
+    paths, _ = write_outputs(_weird_terminals(), tmp_path / "out.jsonl")
+    async with Viewer(stories_from_export(paths.curated), source="test") as viewer, \
+            aiohttp.ClientSession() as http:
+        async with http.get(viewer.url) as response:
+            links = re.findall(r"href='(/item/[^']+)'", await response.text())
+        assert len(links) == len(WEIRD_IDS)
+        for link in links:
+            async with http.get(viewer.url.rstrip("/") + link) as response:
+                assert response.status == 200, link
+        for method, path, status in (("GET", "item/nope", 404), ("GET", "nowhere", 404),
+                                     ("POST", "", 405), ("DELETE", "item/x", 405)):
+            async with http.request(method, viewer.url + path) as response:
+                assert response.status == status, path
+                assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+                assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.unit
+def test_word_diffs_of_long_or_unrelated_texts_do_bounded_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Texts that made difflib cubic (up to 20,000 words, only single common words
+    between them) reach difflib only in parts of at most EXACT_CELLS, a bounded number
+    of cells in all, and the pieces still rebuild both texts (timings: benchmarks/
+    viewer_diff.py)."""
+    import difflib
+    import random
+
+    from iterrefine.tools import worddiff
+
+    cells: list[int] = []
+
+    limit = getattr(worddiff, "EXACT_CELLS", 10_000)
+
+    class Counting(difflib.SequenceMatcher):  # type: ignore[type-arg]
+        def __init__(self, isjunk: object = None, a: list[str] = (), b: list[str] = (),
+                     autojunk: bool = True) -> None:
+            cells.append(len(a) * len(b))
+            assert cells[-1] <= limit, f"difflib asked for {cells[-1]} cells"
+            super().__init__(isjunk, a, b, autojunk)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(worddiff.difflib, "SequenceMatcher", Counting)
+    rng = random.Random(7)
+
+    def text(prefix: str, words: int, every: int) -> str:
+        return " ".join(f"{prefix}{rng.randrange(10**9)}" + (" the" if n % every else f" U{n}")
+                        for n in range(words // 2))
+
+    for words in (1_000, 8_000, 20_000):
+        for every in (words, 25):  # no anchor at all; an anchor every 25 words
+            cells.clear()
+            before, after = text("a", words, every), text("b", words, every)
+            pieces = worddiff.word_diff(before, after)
+            assert "".join(t for op, t in pieces if op != "insert") == before
+            assert "".join(t for op, t in pieces if op != "delete") == after
+            assert sum(cells) <= 4 * words * 100  # linear in the text, not quadratic

@@ -6,7 +6,13 @@ message names the fix, and the whole set takes a few seconds at most:
 * every output file (curated, rejected, DLQ) can be written: its directory exists or
   can be made, and the path is not a directory;
 * every LLM role answers and accepts its key (:meth:`LLMClient.probe`: ``GET
-  /models``, or a one-token completion where that route does not exist).
+  /models``, or a one-token completion where that route does not exist);
+* every role's model is served (:func:`check_models_served`): a mistyped name stops
+  the run here, naming the role and the model, instead of dead-lettering every item.
+
+With the response cache on, an endpoint that is there but busy (HTTP 5xx or 429) does
+not stop the run (:func:`check_llm_roles_or_cache`): a rerun whose answers are all
+cached finishes without it, and uncached calls wait for it as any outage's do.
 
 Config keys are checked when the config is parsed (unknown keys are errors there).
 """
@@ -92,6 +98,47 @@ async def check_llm_roles(clients: Iterable[LLMClient]) -> None:
             + "\n  ".join(problems))
     log.info("preflight_ok", roles=[c.role for c in clients],
              seconds=round(time.monotonic() - started, 3))
+
+
+#: Statuses of an endpoint that is there but cannot answer now.
+_BUSY = ("429", "500", "502", "503", "504")
+
+
+async def check_llm_roles_or_cache(clients: Iterable[LLMClient], *, cached: bool) -> None:
+    """:func:`check_llm_roles`, except that with the cache on (``cached``) roles whose
+    endpoint is busy are only warned about; a dead host or a rejected key still stop."""
+    clients = list(clients)
+    try:
+        await check_llm_roles(clients)
+    except PreflightError:
+        if not cached:
+            raise
+        busy = [c for c in clients if c.last_probe is None or c.last_probe[1] is not None]
+        if not busy or any(c.last_probe is None or not c.last_probe[0].startswith(_BUSY)
+                           for c in busy):
+            raise
+        log.warning("preflight_endpoint_busy",
+                    roles={c.role: c.last_probe[0] for c in busy if c.last_probe},
+                    effect="cached answers are used; uncached calls wait for the endpoint")
+        clients = [c for c in clients if c not in busy]
+    await check_models_served(clients)
+
+
+async def check_models_served(clients: Iterable[LLMClient]) -> None:
+    """Every role's model is one its endpoint serves (:meth:`LLMClient.check_model`)."""
+    clients = list(clients)
+
+    async def one(client: LLMClient) -> str | None:
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                return await client.check_model()
+        except TimeoutError:
+            return None  # no verdict on the name: the endpoint answered its probe already
+
+    problems = [p for p in await asyncio.gather(*(one(c) for c in clients)) if p is not None]
+    if problems:
+        raise PreflightError("a model name is not served, nothing was ingested or paid "
+                             "for:\n  " + "\n  ".join(problems))
 
 
 class RunAbort:

@@ -36,7 +36,7 @@ import msgspec
 import structlog
 from aiokafka.structs import TopicPartition
 
-from iterrefine.broker.embedded import EmbeddedBroker, disk_storage_available
+from iterrefine.broker.embedded import EmbeddedBroker, disk_storage_available, writable_dir
 from iterrefine.broker.state import find_running_broker
 from iterrefine.config import BrokerConfig, Config, KafkaConfig, StaticPartitions
 from iterrefine.config.extras import install_hint, missing_extra
@@ -128,7 +128,7 @@ def start_run_broker(
                                 die_with_parent=True)
         broker.start()
         return broker.bootstrap_servers, broker
-    root.mkdir(parents=True, exist_ok=True)
+    writable_dir(root, keeps="its storage and log")
     for path in remove_stale_scratch(root):
         log.info("broker.scratch_removed", path=str(path))
     log.info("broker.storage", storage=storage, input_mb=_mb(size),

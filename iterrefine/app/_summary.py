@@ -85,6 +85,8 @@ def build_summary(
     difficulties: list[float] = []
     not_reasoning = 0
     modes: Counter[str] = Counter()
+    # Marked by what answered: any simulated answer or item makes the whole run simulated.
+    simulated = simulated or any(s.simulated_answers for s in llm_stats.values())
     for terminal in terminals:
         counts[terminal.outcome] += 1
         item = terminal.item
@@ -94,6 +96,7 @@ def build_summary(
             continue
         # A refined item whose last revision never won (keep_last_revision) is its own
         # outcome: counting it as plain "refined" would overstate convergence.
+        simulated = simulated or item.provenance.simulated
         exhausted_refined = item.status == "refined" and item.converged is False
         outcomes["refined_unconverged" if exhausted_refined else item.status] += 1
         if item.status == "refined" and not exhausted_refined:
@@ -114,6 +117,7 @@ def build_summary(
             cluster = "warmup" if item.selection.cluster is None else str(item.selection.cluster)
             clusters.setdefault(cluster, Counter())[item.quality] += 1
             modes[item.selection.mode or "unknown"] += 1
+    llm = _llm_rows(llm_stats)
     return {
         "simulated": simulated,
         "wall_time_s": round(wall_time_s, 3),
@@ -128,31 +132,11 @@ def build_summary(
                     **like_for_like.summary()},
         "dlq_reasons": dict(dlq_reasons),
         "duplicates_removed": duplicates_removed,
-        "llm": _llm_rows(llm_stats),
+        "llm": llm,
         **_selection(clusters, difficulties, not_reasoning, modes),
         "llm_answers": answers_by_task(metrics),
         "rescore_failures": _counter_total(metrics.rescore_failures_total),
         "truncated": truncated_by_task(metrics),
-    }
-
-
-def _llm_rows(llm_stats: Mapping[str, LLMStats]) -> dict[str, dict[str, Any]]:
-    """Each role's calls, tokens, latency, cache and circuit counts."""
-    return {
-        role: {
-            "requests": stats.requests,
-            "errors": stats.errors,
-            "retries": stats.retries,
-            "prompt_tokens": stats.prompt_tokens,
-            "completion_tokens": stats.completion_tokens,
-            "latency_s": latency_from_samples(stats),
-            # Calls the response cache answered (each a request not paid for).
-            "cache_hits": stats.cache_hits,
-            "cache_misses": stats.cache_misses,
-            "cache_tokens_saved": stats.cache_tokens_saved,
-            "circuit_opened": stats.circuit_opened,
-        }
-        for role, stats in llm_stats.items()
     }
 
 
@@ -196,6 +180,28 @@ class _LikeForLike:
 
 def _mean(values: list[float]) -> float | None:
     return round(sum(values) / len(values), 3) if values else None
+
+
+def _llm_rows(llm_stats: Mapping[str, LLMStats]) -> dict[str, dict[str, Any]]:
+    """Per role: requests, errors, tokens, latency, and what the cache and hedging did."""
+    return {
+        role: {
+            "requests": stats.requests,
+            "errors": stats.errors,
+            "retries": stats.retries,
+            "prompt_tokens": stats.prompt_tokens,
+            "completion_tokens": stats.completion_tokens,
+            "latency_s": latency_from_samples(stats),
+            # Calls the response cache answered (each a request not paid for).
+            "cache_hits": stats.cache_hits,
+            "cache_misses": stats.cache_misses,
+            "cache_tokens_saved": stats.cache_tokens_saved,
+            "cache_rejected": stats.cache_rejected,
+            "hedged": stats.hedged,
+            "circuit_opened": stats.circuit_opened,
+        }
+        for role, stats in llm_stats.items()
+    }
 
 
 def _selection(

@@ -7,6 +7,10 @@ partitions it serves waited for it. Started here, from the command line before t
 run's own imports, each child imports on the other core meanwhile, then waits for its
 config file (:mod:`iterrefine.app._extra_workers` writes it; the child gives up if the run
 exits first). This module imports only the standard library, to stay cheap.
+
+The children's folder (config and stats files) is named after the run's pid, so a run
+killed with SIGKILL, which cleans nothing up, leaves a folder the next ``run`` can tell
+is orphaned and removes (:func:`sweep_orphaned_workdirs`).
 """
 
 from __future__ import annotations
@@ -18,12 +22,35 @@ import sys
 import tempfile
 from pathlib import Path
 
+_PREFIX = "iterrefine-workers-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def sweep_orphaned_workdirs(tmp: str | None = None) -> list[Path]:
+    """Remove the children's folders of runs that are gone (killed without cleaning up)."""
+    removed = []
+    for folder in Path(tmp or tempfile.gettempdir()).glob(f"{_PREFIX}*-*"):
+        owner = folder.name.removeprefix(_PREFIX).split("-", 1)[0]
+        if owner.isdigit() and folder.is_dir() and not _alive(int(owner)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
 
 class Prespawned:
     """``count`` child processes waiting for ``config-N.json`` in ``workdir``."""
 
     def __init__(self, count: int) -> None:
-        self.workdir = Path(tempfile.mkdtemp(prefix="iterrefine-workers-"))
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-"))
         self.adopted = False
         self.procs = [
             subprocess.Popen(  # our own interpreter and module, no shell

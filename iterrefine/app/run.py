@@ -38,7 +38,7 @@ import structlog
 
 from iterrefine.app._extra_workers import ExtraWorkers
 from iterrefine.app._meter import RunMeter, check_cost_cap
-from iterrefine.app._preflight import RunAbort, check_llm_roles, check_output_paths
+from iterrefine.app._preflight import RunAbort, check_llm_roles_or_cache, check_output_paths
 from iterrefine.app._run_broker import (
     check_pipeline_idle,
     for_own_broker,
@@ -123,6 +123,7 @@ def sim_roles(config: Config, base_url: str, sim: SimConfig) -> Config:
     role's prices and limits stay, so a simulated run shows what it would cost.
     """
     concurrency = max(64, sim.capacity * 2) if sim.capacity else 512
+    identity = sim.answers_identity()
     names = ["strong", "backbone"]
     if config.pipeline.routing_policy == "cluster_quota":
         names += ["embedding", "difficulty"]
@@ -133,7 +134,8 @@ def sim_roles(config: Config, base_url: str, sim: SimConfig) -> Config:
         default = LLMRoleConfig(
             base_url=base_url, model=f"sim-{name}", max_concurrency=concurrency,
             timeout_s=max(30.0, sim.latency_ms / 1000 * 20), max_retries=8,
-            structured_output="json_schema", temperature=config.llm_defaults.temperature)
+            structured_output="json_schema", temperature=config.llm_defaults.temperature,
+            endpoint_identity=identity)
         own = config.llm.get(name)
         if own is None:
             return default
@@ -141,7 +143,8 @@ def sim_roles(config: Config, base_url: str, sim: SimConfig) -> Config:
             return msgspec.structs.replace(
                 default, **{field: getattr(own, field) for field in _KEPT_ON_SIM})
         return msgspec.structs.replace(own, base_url=base_url, model=default.model,
-                                       api_key_env=None)
+                                       api_key_env=None,
+                                       endpoint_identity=identity)
 
     return msgspec.structs.replace(config, llm={**config.llm, **{n: on_sim(n) for n in names}})
 
@@ -295,8 +298,8 @@ async def _start_llm(
     # per role and openai's per-client set-up done (see wire.settle_platform).
     roles = await stack.enter_async_context(
         LLMRoles(config, metrics=metrics, on_circuit_open=run_abort))
-    preflight = asyncio.create_task(
-        _checked(check_llm_roles(roles[role] for role in roles), timeline))
+    preflight = asyncio.create_task(_checked(check_llm_roles_or_cache(
+        (roles[role] for role in roles), cached=roles.cache is not None), timeline))
     stack.callback(preflight.cancel)
     return _LLM(config, metrics, roles, preflight)
 

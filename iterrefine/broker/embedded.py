@@ -29,6 +29,7 @@ import os
 import shutil
 import socket
 import struct
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -114,6 +115,22 @@ def port_taken_error(port: int) -> BrokerError:
     )
 
 
+def writable_dir(folder: Path, *, keeps: str) -> None:
+    """``folder`` exists (made if missing) and takes a new file, or a ConfigError saying
+    so: found at start, not as a traceback or a failed spawn later (read-only mounts
+    and immutable directories refuse even root, which ``os.access`` would not show)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".iterrefine-probe-", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(
+            f"the data dir {folder} cannot be written ({exc.strerror or exc}); the embedded "
+            f"broker keeps {keeps} there: choose a writable place with --data-dir, or fix "
+            "its permissions") from None
+
+
 class EmbeddedBroker:
     """A Tansu broker child process on 127.0.0.1.
 
@@ -181,7 +198,7 @@ class EmbeddedBroker:
         binary = tansu_binary()
         started = time.monotonic()
         if self.data_dir is not None:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            writable_dir(self.data_dir, keeps="its storage and log" if self.durable else "its log")
         try:
             storage = MEMORY_STORAGE
             env = dict(os.environ, NO_COLOR="1")

@@ -43,7 +43,7 @@ def read_state(data_dir: Path) -> BrokerState | None:
     path = data_dir / STATE_FILE
     try:
         return _state_decoder.decode(path.read_bytes())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no broker state here (maybe no dir)
         return None
     except (OSError, msgspec.DecodeError) as exc:
         raise BrokerError(

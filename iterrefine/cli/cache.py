@@ -32,10 +32,14 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
 def describe_cache(stats: CacheStats | None, path: Path) -> str:
     if stats is None:
         return f"LLM response cache: none yet at {path}"
+    if stats.damaged is not None:
+        return (f"LLM response cache {stats.path}: damaged ({stats.damaged}); the next run "
+                "moves it aside and starts a new one")
     return (
         f"LLM response cache {stats.path}: {stats.entries} answers, "
         f"{stats.bytes / 1e6:.1f} MB; lifetime {stats.hits} hits (calls not paid for), "
         f"{stats.misses} misses, {stats.tokens_saved} tokens saved"
+        + (f", {stats.rejected} entries refused (seal mismatch)" if stats.rejected else "")
     )
 
 

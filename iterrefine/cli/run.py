@@ -90,11 +90,12 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from iterrefine.app.prespawn import Prespawned, sweep_orphaned_workdirs
+
+    sweep_orphaned_workdirs()  # what an earlier run killed by SIGKILL left in the temp dir
     # --workers children first: they import on another core while this process does.
     prespawned = None
     if args.workers > 1 and args.input.exists():
-        from iterrefine.app.prespawn import Prespawned
-
         prespawned = Prespawned(args.workers - 1)
     try:
         return _run(args, prespawned)
@@ -244,7 +245,12 @@ def print_summary(console: Console, summary: dict[str, Any], paths: Any) -> None
         if stats.get("cache_hits") or stats.get("cache_misses"):
             table.add_row(f"cache {role}", f"{stats['cache_hits']} hits (not paid), "
                           f"{stats['cache_misses']} misses, "
-                          f"{stats['cache_tokens_saved']} tokens saved")
+                          f"{stats['cache_tokens_saved']} tokens saved"
+                          + (f", {stats['cache_rejected']} entries refused (seal mismatch)"
+                             if stats.get("cache_rejected") else ""))
+        if stats.get("hedged"):
+            table.add_row(f"hedged {role}", f"{stats['hedged']} requests sent again (no answer "
+                          "in the usual time)")
     unreadable = {task: row.get("unreadable", 0) for task, row in
                   summary.get("llm_answers", {}).items() if row.get("unreadable")}
     if unreadable:

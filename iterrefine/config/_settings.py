@@ -176,6 +176,13 @@ class LLMRoleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     #: trial's estimate for the whole input); unset = cost not shown.
     price_in_per_mtok: float | None = None
     price_out_per_mtok: float | None = None
+    #: Send a request again when it has not answered in 3x the role's recent p95 latency
+    #: (at least ``hedge_min_delay_s``); the first answer wins (iterrefine.llm._hedge).
+    hedge: bool = True
+    hedge_min_delay_s: float = 1.0
+    #: What tells this endpoint apart in the response cache's key (docs/cache.md); unset:
+    #: its ``base_url``. Give two URLs of one server the same value to share answers.
+    endpoint_identity: str | None = None
 
     def api_key(self) -> str:
         """The key from the named environment variable; servers without auth get a dummy."""

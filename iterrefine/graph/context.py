@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from iterrefine.config import PipelineConfig, SelectionConfig
+from iterrefine.errors import IterrefineError
 from iterrefine.item.model import Item, Provenance
-from iterrefine.llm.chat import ChatClient
+from iterrefine.llm.chat import ChatClient, SimulatorAware
 from iterrefine.observe.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -53,14 +54,29 @@ class PipelineContext:
 
     def stamp(self, item: Item) -> Item:
         """Record which prompts, models, temperatures and preset touched the item (merged
-        over its history: a role keeps its last model and temperature)."""
+        over its history: a role keeps its last model and temperature).
+
+        Simulated when it was already, when the run was started on the simulator, or when
+        any role's answers came from one (each response says so), however it was reached.
+        """
         past, now = item.provenance, self.provenance
         return item.with_changes(
             provenance=Provenance(
                 prompt_version=now.prompt_version,
                 models={**past.models, **now.models},
-                simulated=past.simulated or now.simulated,
+                simulated=past.simulated or now.simulated or self.answered_by_simulator(),
                 temperatures={**past.temperatures, **now.temperatures},
                 preset=now.preset,
             )
         )
+
+    def answered_by_simulator(self) -> bool:
+        """Whether a role of this context has had an answer from iterrefine's simulator."""
+        for role in self.provenance.models:
+            try:
+                client = self.llm[role]
+            except (KeyError, IterrefineError):
+                continue
+            if isinstance(client, SimulatorAware) and client.answered_by_simulator:
+                return True
+        return False

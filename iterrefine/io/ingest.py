@@ -50,6 +50,10 @@ class RawRecord:
     origin: str
     #: The full size when ``data`` holds only the head of an over-long stdin line.
     size: int | None = None
+    #: Why the reader could not turn this record into JSON faithfully (a CSV row with
+    #: extra fields, a byte that is not UTF-8, a binary column): ingest dead-letters it
+    #: with this reason; ``data`` then holds the record as the file had it.
+    problem: ValidationError | None = None
 
     @property
     def length(self) -> int:
@@ -231,14 +235,20 @@ def key_for(record: RawRecord, *, max_bytes: int) -> tuple[str, ValidationError 
 def inspect_record(
     record: RawRecord, *, max_bytes: int
 ) -> tuple[str, bytes, ValidationError | None]:
-    """(id, content fingerprint, problem): what ingest needs to key and de-duplicate."""
+    """(id, content fingerprint, problem): what ingest needs to key and de-duplicate.
+
+    A record that fails keeps its own id when it has a valid one (README "Ids").
+    """
+    if record.problem is not None:
+        problem = record.problem
+        return problem.item_id or raw_id(record.data), bytes_fingerprint(record.data), problem
     if record.size is not None and record.size > max_bytes:  # only its head was read
         return raw_id(record.data), bytes_fingerprint(record.data), ValidationError(
             f"record is {record.size} bytes, over the {max_bytes}-byte limit", reason="too_large")
     try:
         item = item_from_raw(record.data, max_bytes=max_bytes)
     except ValidationError as exc:
-        return raw_id(record.data), bytes_fingerprint(record.data), exc
+        return exc.item_id or raw_id(record.data), bytes_fingerprint(record.data), exc
     return item.id, content_fingerprint(item.original), None
 
 
@@ -280,7 +290,7 @@ class Ingestor:
         duplicate: Duplicate | None = None
         if problem is not None:
             self.report.invalid += 1
-            if item_id in self._first_wins:  # the same bad bytes again: a row of its own
+            if item_id in self._first_wins:  # its id (or bytes) taken: a row of its own
                 item_id = raw_id(where.encode() + b"\0" + record.data)
             self._first_wins.check(item_id, fingerprint, record.origin, record.line)
             self._tell(f"{where}: {problem} (sent to the DLQ)")
@@ -303,6 +313,11 @@ class Ingestor:
             topic = self._dlq_topic
             headers += _ingest_dead_letter(duplicate.reason, duplicate.message)
             self._count_dead_letter(duplicate.reason)
+        elif record.problem is not None:
+            # The reader's verdict: the bytes alone (maybe valid JSON) would not show it.
+            topic, value = self._dlq_topic, value[:_OVERSIZE_HEAD_BYTES]
+            headers += _ingest_dead_letter(record.problem.reason, str(record.problem))
+            self._count_dead_letter(record.problem.reason)
         elif record.length > WIRE_LIMIT_BYTES:
             # Too big for a Kafka message: dead-letter its head right away, with the reason.
             topic, value = self._dlq_topic, value[:_OVERSIZE_HEAD_BYTES]
@@ -310,6 +325,8 @@ class Ingestor:
                 "too_large", f"record is {record.length} bytes; only its first "
                 f"{_OVERSIZE_HEAD_BYTES} bytes are kept")
             self._count_dead_letter("too_large")
+        log.debug("record_ingested", origin=record.origin, line=record.line, item_id=item_id,
+                  topic=topic)
         if self._keep_ids:
             self.report.ids.setdefault(item_id, None)
         if self._on_id is not None:

@@ -25,9 +25,14 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import msgspec
+import structlog
 
-from iterrefine.errors import ConfigError
+from iterrefine.errors import ConfigError, IterrefineError, ValidationError
+from iterrefine.io._csv import csv_records
 from iterrefine.io.ingest import RawRecord, read_records
+from iterrefine.item.records import given_id_of
+
+log = structlog.get_logger("iterrefine.ingest")
 
 InputFormat = Literal["json", "parquet", "csv", "hf"]
 INPUT_FORMATS: tuple[str, ...] = get_args(InputFormat)
@@ -82,7 +87,8 @@ class InputSource:
     def all_records(self) -> Iterator[RawRecord]:
         """Every record of the input (dead-letter rows unwrapped to their original)."""
         primed, self._primed = self._primed, None
-        return map(unwrap_dead_letter, primed if primed is not None else self._reader.records())
+        records = primed if primed is not None else self._reader.records()
+        return map(unwrap_dead_letter, _total(records, self._reader.origin))
 
     def records(self) -> Iterator[RawRecord]:
         """The records this run takes: all, the first ``limit``, or a ``sample``."""
@@ -96,6 +102,30 @@ class InputSource:
     def count(self) -> int | None:
         """How many records the whole input holds, read cheaply (None if unknown)."""
         return self._reader.count()
+
+
+def _total(records: Iterator[RawRecord], origin: str) -> Iterator[RawRecord]:
+    """``records`` until the file fails mid-way (a damaged Parquet row group, a read
+    error): the failure becomes one dead letter saying where reading stopped, and the
+    records before it carry on, instead of a traceback that accounts for none of them."""
+    line = 0
+    while True:
+        try:
+            record = next(records)
+        except StopIteration:
+            return
+        except IterrefineError:
+            raise
+        except Exception as exc:  # the policy: whatever a reader raises ends the file here
+            log.error("input_unreadable_from_here", origin=origin, after_record=line,
+                      error=f"{type(exc).__name__}: {exc}")
+            problem = ValidationError(
+                f"{origin} could not be read past record {line} ({type(exc).__name__}: "
+                f"{exc}); the records after it were not read", reason="unreadable_input")
+            yield RawRecord(b"", line + 1, origin, problem=problem)
+            return
+        line = record.line
+        yield record
 
 
 def open_input(spec: InputSpec) -> InputSource:
@@ -174,10 +204,37 @@ def _head(path: Path, size: int = 4096) -> bytes:
         raise ConfigError(f"cannot read input {path}: {exc.strerror}") from None
 
 
+#: The columns the pipeline reads (any other is carried along and ignored).
+_READ_COLUMNS = frozenset({"id", "instruction", "input", "output", "context", "response",
+                           "category", "messages", "conversations"})
+
+
+def _binary_column(value: Any, key: str = "") -> str | None:
+    """The column (or nested key) holding bytes, if any: never text by guesswork."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return key
+    if isinstance(value, dict):
+        return next((found for k, v in value.items()
+                     if (found := _binary_column(v, f"{key}.{k}" if key else str(k)))
+                     is not None), None)
+    if isinstance(value, list | tuple):
+        return next((found for v in value if (found := _binary_column(v, key)) is not None),
+                    None)
+    return None
+
+
 def _row_record(row: dict[str, Any], number: int, origin: str) -> RawRecord:
     # A table's null means "no value": drop it, so shapes are told apart by present columns.
     present = {key: value for key, value in row.items() if value is not None}
-    return RawRecord(_encoder.encode(present), number, origin)
+    data = _encoder.encode(present)  # bytes become base64 text here: refused below
+    column = _binary_column({k: v for k, v in present.items() if k in _READ_COLUMNS})
+    if column is None:
+        return RawRecord(data, number, origin)
+    problem = ValidationError(
+        f"row {number}: column {column!r} holds binary data, not text; store it as a UTF-8 "
+        "string column (it is not decoded by guesswork)", reason="wrong_type")
+    problem.item_id = given_id_of(present)
+    return RawRecord(data, number, origin, problem=problem)
 
 
 def _missing_extra(what: str, module: str, extra: str) -> ConfigError:
@@ -233,22 +290,11 @@ class _JsonReader(_Reader):
 class _CsvReader(_Reader):
     name = "csv"
 
-    def _rows(self) -> Iterator[dict[str, Any]]:
-        delimiter = "\t" if self.path.suffix.lower() == ".tsv" else ","
-        # utf-8-sig: spreadsheets write a byte-order mark; newline="": quoted cells keep theirs.
-        with self.path.open(encoding="utf-8-sig", newline="") as handle:
-            reader = csv.DictReader(handle, delimiter=delimiter)
-            if not reader.fieldnames or not any(f.strip() for f in reader.fieldnames):
-                raise ValueError("no header row")
-            for row in reader:
-                yield {k: v for k, v in row.items() if k is not None}
-
     def records(self) -> Iterator[RawRecord]:
-        # Row numbers count the header as line 1, as a spreadsheet shows them.
-        return (_row_record(row, n, self.origin) for n, row in enumerate(self._rows(), start=2))
+        return csv_records(self.path, self.origin)
 
     def count(self) -> int:
-        return sum(1 for _ in self._rows())
+        return sum(1 for _ in csv_records(self.path, self.origin))
 
 
 class _ParquetReader(_Reader):
@@ -260,10 +306,17 @@ class _ParquetReader(_Reader):
         except ImportError:
             raise _missing_extra("Parquet", "pyarrow", "parquet") from None
         try:
-            return pq.ParquetFile(self.path)
+            file = pq.ParquetFile(self.path)
         except Exception as exc:  # pyarrow raises ArrowInvalid (a ValueError) or OSError
             raise ConfigError(f"cannot read {self.spec.source} as Parquet: {exc}; the formats "
                               f"are: {FORMATS_HELP}") from None
+        names = file.schema_arrow.names
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ConfigError(f"{self.spec.source} has more than one column named "
+                              f"{', '.join(map(repr, twice))}: which value counts would be a "
+                              "guess; rename them")
+        return file
 
     def records(self) -> Iterator[RawRecord]:
         number = 0

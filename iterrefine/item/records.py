@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -62,6 +63,17 @@ def _field(record: dict[str, Any], name: str, *, required: bool) -> str:
     return value
 
 
+def given_id_of(record: Mapping[str, Any]) -> str | None:
+    """The record's own id if it has a valid one, else None (never raises): what a
+    record the readers refuse is filed under."""
+    if "id" not in record:
+        return None
+    try:
+        return normalise_id(record["id"])
+    except ValidationError:
+        return None
+
+
 def original_from_record(record: Any) -> tuple[Original, str | None]:
     """Validate a decoded raw record (Alpaca or Dolly shape); return it and its given id."""
     if not isinstance(record, dict):
@@ -69,8 +81,31 @@ def original_from_record(record: Any) -> tuple[Original, str | None]:
             f"a record must be a JSON object, got {json_type(record)}", reason="not_object"
         )
     given_id = normalise_id(record["id"]) if "id" in record else None
-    alpaca, dolly = ("input" in record or "output" in record), (
-        "response" in record or "context" in record)
+    try:
+        return _original(record), given_id
+    except ValidationError as exc:
+        exc.item_id = given_id
+        raise
+
+
+#: Keys that make a record chat-shaped, and those of the Alpaca and Dolly shapes.
+_CHAT_KEYS = ("messages", "conversations")
+_FIELD_KEYS = ("instruction", "input", "output", "context", "response")
+
+
+def _original(record: dict[str, Any]) -> Original:
+    # null counts as absent, as everywhere (a table's empty column, a union schema).
+    chat = [key for key in _CHAT_KEYS if record.get(key) is not None]
+    fields = [key for key in _FIELD_KEYS if record.get(key) is not None]
+    if chat and (fields or len(chat) > 1):
+        raise ValidationError(
+            f"record carries {' and '.join(chat + fields[:2])}: a chat record and "
+            "instruction fields (or two chat shapes) at once; keep one shape so no field "
+            "is silently ignored",
+            reason="ambiguous_shape",
+        )
+    alpaca = "input" in fields or "output" in fields
+    dolly = "response" in fields or "context" in fields
     if alpaca and dolly:
         raise ValidationError(
             "record mixes Alpaca (input/output) and Dolly (context/response) fields; "
@@ -78,36 +113,34 @@ def original_from_record(record: Any) -> tuple[Original, str | None]:
             reason="ambiguous_shape",
         )
     if dolly:
-        original = Original(
+        return Original(
             instruction=_field(record, "instruction", required=True),
             input=_field(record, "context", required=False),
             output=_field(record, "response", required=True),
             category=_field(record, "category", required=False) or None,
             format="dolly",
         )
-    elif "output" in record or "instruction" in record:
-        original = Original(
+    if "output" in fields or "instruction" in fields:
+        return Original(
             instruction=_field(record, "instruction", required=True),
             input=_field(record, "input", required=False),
             output=_field(record, "output", required=True),
             category=_field(record, "category", required=False) or None,
             format="alpaca",
         )
-    elif is_chat_record(record):
-        fields, dialect = chat_fields(record)
-        original = Original(
-            instruction=fields["instruction"], input=fields["input"], output=fields["output"],
-            system=fields["system"] or None, format=dialect,
+    if is_chat_record(record):
+        turns, dialect = chat_fields(record)
+        return Original(
+            instruction=turns["instruction"], input=turns["input"], output=turns["output"],
+            system=turns["system"] or None, format=dialect,
         )
-    else:
-        keys = ", ".join(sorted(map(str, record))[:8]) or "none"
-        raise ValidationError(
-            "unknown record shape: expected Alpaca (instruction/input/output), Dolly "
-            "(instruction/context/response/category), OpenAI messages or ShareGPT "
-            f"conversations; keys were: {keys}",
-            reason="unknown_shape",
-        )
-    return original, given_id
+    keys = ", ".join(sorted(map(str, record))[:8]) or "none"
+    raise ValidationError(
+        "unknown record shape: expected Alpaca (instruction/input/output), Dolly "
+        "(instruction/context/response/category), OpenAI messages or ShareGPT "
+        f"conversations; keys were: {keys}",
+        reason="unknown_shape",
+    )
 
 
 def item_from_raw(
@@ -139,11 +172,13 @@ def _item_from_raw(
     data: bytes, *, max_bytes: int, source: Source | None, revision: int, max_depth: int
 ) -> Item:
     if len(data) > max_bytes:
-        raise ValidationError(
+        error = ValidationError(
             f"record is {len(data)} bytes, over the {max_bytes}-byte limit "
             "(raise limits.max_item_bytes to accept it)",
             reason="too_large",
         )
+        error.item_id = _salvaged_id(data, max_depth=max_depth)
+        raise error
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -169,6 +204,24 @@ def _item_from_raw(
     else:
         original, given_id = original_from_record(record)
     return new_item(original, item_id=given_id, source=source, revision=revision)
+
+
+#: A record over the size limit is still read for its id up to this size (one Kafka message).
+_SALVAGE_BYTES = 1024 * 1024
+
+
+def _salvaged_id(data: bytes, *, max_depth: int) -> str | None:
+    """The own id of a record refused for its size, if it is otherwise readable JSON."""
+    if len(data) > _SALVAGE_BYTES:
+        return None
+    try:
+        check_before_parsing(data, max_depth=max_depth)
+        record = _any_decoder.decode(data)
+        if not isinstance(record, dict) or duplicate_key(data, record) is not None:
+            return None
+        return given_id_of(record)
+    except Exception:  # any doubt about the bytes: no id, the row is named by its hash
+        return None
 
 
 def new_item(

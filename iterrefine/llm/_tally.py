@@ -105,6 +105,7 @@ class Tally:
             cache_hits=0 if cache is None else cache.hits,
             cache_misses=0 if cache is None else cache.misses,
             cache_tokens_saved=0 if cache is None else cache.tokens_saved,
+            cache_rejected=0 if cache is None else cache.rejected,
             probes=probes,
             circuit_opened=circuit_opened,
         )

@@ -37,6 +37,9 @@ class ChatResult(msgspec.Struct, frozen=True, kw_only=True):
     cache_key: str | None = None
     #: Answered from the response cache: no request was sent.
     cached: bool = False
+    #: The endpoint said it is iterrefine's simulator (its ``system_fingerprint``), or the
+    #: cached answer was one of its answers: the output made from it is marked simulated.
+    simulated: bool = False
 
 
 class LLMStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,9 +61,15 @@ class LLMStats(msgspec.Struct, frozen=True, kw_only=True):
     cache_misses: int = 0
     #: Prompt + completion tokens of the answers the cache gave back.
     cache_tokens_saved: int = 0
+    #: Cached answers refused because their seal did not match (tampered or corrupt).
+    cache_rejected: int = 0
     #: Endpoint probes while the role's circuit was open.
     probes: int = 0
     circuit_opened: int = 0
+    #: Answers (sent or cached) that came from iterrefine's simulator.
+    simulated_answers: int = 0
+    #: Second requests sent because the first had not answered in the role's usual time.
+    hedged: int = 0
 
 
 # The wire shape of the few fields we read; the decoder skips everything else without
@@ -86,6 +95,12 @@ class _Completion(msgspec.Struct, frozen=True, gc=False):
     choices: list[_Choice]
     model: Any = None
     usage: _Usage | None = None
+    system_fingerprint: Any = None
+
+
+#: The ``system_fingerprint`` of every answer of iterrefine's simulator (and of the scripted
+#: endpoints of :mod:`iterrefine.testing`): what marks output as simulated.
+SIMULATOR_FINGERPRINT = "iterrefine-simulator"
 
 
 encode_body = msgspec.json.Encoder().encode
@@ -175,4 +190,5 @@ def read_completion(
         model=served if isinstance(served, str) else model,
         seconds=0.0,  # set by LLMClient.chat(), which sees the whole call
         finish_reason=finish_reason if isinstance(finish_reason, str) else None,
+        simulated=completion.system_fingerprint == SIMULATOR_FINGERPRINT,
     )

@@ -1,10 +1,15 @@
 """A content-addressed cache of LLM answers: never pay twice for the same question.
 
-The key is a hash of the request body the client sends (model, messages,
-temperature, ``max_tokens``, response format and its JSON schema), so anything that
-could change the answer changes the key; the endpoint URL and API key are left out
-on purpose, so a restarted simulator on a new port or a rotated key still hits. One
-thing is taken out of the messages first: the random nonce of the data fence
+The key is a hash of what decides an answer: the endpoint's identity, the model, the
+messages, temperature, ``max_tokens`` and the task's JSON schema
+(:func:`request_key`). The identity is the endpoint's URL (``http://host:port/v1``, no
+credentials), or the role's ``endpoint_identity`` when set: ``run --llm sim`` names its
+simulator by the knobs that shape its answers, so a rerun on a new port still hits and
+a rerun with other knobs does not. The API key is left out (a rotated key asks the same
+server), and so is the structured-output dialect (an answer read in one dialect answers
+the question in any: only readable answers are stored), which lets a fully cached rerun
+finish without asking the endpoint anything, even while it is down. One thing is taken
+out of the messages first: the random nonce of the data fence
 (:mod:`iterrefine.tasks.prompts`), drawn afresh per request so that item text cannot close
 the fence. It says nothing about the question, and keeping it would make every key
 unique (:func:`without_fence_nonce`).
@@ -14,6 +19,13 @@ and :func:`iterrefine.tasks.ask.ask` calls :meth:`ResponseCache.put` (through th
 client's ``remember``) only after the task's parser accepted the text. An answer the
 parser rejected is re-asked with a different prompt (a different key) and never
 becomes a cached "good" answer; a cached answer a newer parser rejects is deleted.
+
+Every entry is **sealed** (:mod:`iterrefine.llm._seal`): an HMAC of its key and fields
+under a secret kept beside the file. An entry whose seal does not match (edited,
+planted, or damaged on disk) is never used: it is a miss, counted (``cache_rejected``,
+``iterrefine_llm_cache_total{result="rejected"}``), logged as an error and deleted. A
+file SQLite cannot read is moved aside (``<file>.corrupt-<time>``, logged as an error)
+and a new one is started, so one damaged file does not leave every later run uncached.
 
 Why SQLite (the standard library's ``sqlite3``) in WAL mode: it is the most widely
 deployed embedded store there is, needs no extra dependency, and WAL lets several
@@ -29,16 +41,20 @@ see docs/cache.md for how to share answers between hosts.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import re
 import sqlite3
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import structlog
 
+from iterrefine.llm import _seal
 from iterrefine.observe.metrics import Metrics
 
 log = structlog.get_logger("iterrefine.llm")
@@ -50,21 +66,27 @@ FILE_NAME = "llm-cache.sqlite3"
 #: How often a process adds its hits and misses to the file's totals (and at close).
 FLUSH_INTERVAL_S = 5.0
 
+# ``answers`` held unsealed rows keyed without the endpoint (before 0.x): none of its
+# keys can match any more, so it is dropped rather than migrated.
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS answers (
+CREATE TABLE IF NOT EXISTS sealed_answers (
     key TEXT PRIMARY KEY,
     model TEXT NOT NULL,
     text TEXT NOT NULL,
     prompt_tokens INTEGER NOT NULL,
     completion_tokens INTEGER NOT NULL,
     finish_reason TEXT,
-    created_at REAL NOT NULL
+    simulated INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    seal BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+DROP TABLE IF EXISTS answers;
 """
+_COUNTERS = ("hits", "misses", "tokens_saved", "rejected")
 
 
 class CachedAnswer(msgspec.Struct, frozen=True, kw_only=True):
@@ -73,6 +95,13 @@ class CachedAnswer(msgspec.Struct, frozen=True, kw_only=True):
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str | None = None
+    #: The answer came from iterrefine's simulator (output made from it is marked so).
+    simulated: bool = False
+
+    def fields(self) -> tuple[object, ...]:
+        """What the seal covers: everything handed back."""
+        return (self.model, self.text, self.prompt_tokens, self.completion_tokens,
+                self.finish_reason, self.simulated)
 
 
 class CacheStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -85,6 +114,10 @@ class CacheStats(msgspec.Struct, frozen=True, kw_only=True):
     hits: int
     misses: int
     tokens_saved: int
+    #: Entries refused because their seal did not match (tampered or damaged).
+    rejected: int = 0
+    #: Why SQLite cannot read the file (it is moved aside at the next run), else None.
+    damaged: str | None = None
 
 
 #: The opening fence line of :func:`iterrefine.tasks.prompts.data_block`. Item text is one JSON
@@ -112,15 +145,90 @@ def cache_key(body: bytes) -> str:
     return hashlib.blake2b(body, digest_size=20).hexdigest()
 
 
+def endpoint_identity(base_url: str) -> str:
+    """An endpoint as the cache tells it apart: scheme, host, port and path of its URL,
+    without credentials or query, case and trailing slash normalised."""
+    parts = urlsplit(base_url.strip())
+    host = (parts.hostname or "").lower()
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme.lower(), netloc, parts.path.rstrip("/"), "", ""))
+
+
+_key_body = msgspec.json.Encoder().encode
+
+
+def request_key(
+    *, endpoint: str, model: str, messages: list[dict[str, str]], temperature: float,
+    max_tokens: int, json_schema: dict[str, Any] | None, schema_name: str,
+) -> str:
+    """The key of a chat request: everything that decides its answer (module docstring)."""
+    return cache_key(_key_body({
+        "endpoint": endpoint, "model": model, "messages": without_fence_nonce(messages),
+        "temperature": temperature, "max_tokens": max_tokens,
+        "schema": None if json_schema is None else [schema_name, json_schema],
+    }))
+
+
 def default_path(data_dir: str | Path) -> Path:
     return Path(data_dir) / FILE_NAME
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # isolation_level=None: autocommit, each statement is its own short transaction.
+    db = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: durable across a process crash (the case resume is for);
+        # a power cut may lose the last answers, which are then simply asked again.
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        problem = db.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if problem != "ok":
+            raise sqlite3.DatabaseError(f"quick_check: {problem}")
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def quarantine(path: Path, why: str) -> Path:
+    """Move a damaged cache file (and its WAL and shared-memory files) aside."""
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+    log.error("llm_cache_quarantined", path=str(path), moved_to=str(aside), error=why,
+              effect="a new, empty cache is used; the damaged file is kept for inspection")
+    return aside
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    """The cache's connection; a file SQLite cannot read is quarantined, a new one made.
+
+    The file is moved aside only if it is still the one found damaged: another process
+    may have replaced it meanwhile, and its new file is kept.
+    """
+    try:
+        inode = path.stat().st_ino
+    except FileNotFoundError:
+        inode = None
+    try:
+        return _connect(path)
+    except sqlite3.DatabaseError as exc:
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+            raise
+        with contextlib.suppress(FileNotFoundError):
+            if inode is not None and path.stat().st_ino == inode:
+                quarantine(path, str(exc))
+        return _connect(path)
 
 
 class ResponseCache:
     """One process's handle on the cache file; share it between that process's roles.
 
     Calls are synchronous: each is a single short SQLite statement (WAL, no fsync per
-    commit), faster than handing it to a thread.
+    commit), faster than handing it to a thread. A statement that fails on a file
+    damaged while in use reads as a miss (logged), never as a failed call.
     """
 
     def __init__(self, path: str | Path, *, mode: CacheMode = "on") -> None:
@@ -129,19 +237,16 @@ class ResponseCache:
         self.path = Path(path)
         self.mode: CacheMode = mode
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: autocommit, each statement is its own short transaction.
-        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0,
-                                   check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: durable across a process crash (the case resume is for);
-        # a power cut may lose the last answers, which are then simply asked again.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._pending = {"hits": 0, "misses": 0, "tokens_saved": 0}
+        self._secret = _seal.load_secret(self.path)
+        self._db = _open(self.path)
+        self._pending = dict.fromkeys(_COUNTERS, 0)
         self._flushed_at = time.monotonic()
+        #: Entries refused by this handle (their seal did not match, or unreadable).
+        self.rejected = 0
 
     def get(self, key: str) -> CachedAnswer | None:
-        """The stored answer for ``key`` (always ``None`` in refresh mode)."""
+        """The stored answer for ``key`` (always ``None`` in refresh mode, and for an
+        entry whose seal does not match: that one is counted, logged and deleted)."""
         if time.monotonic() - self._flushed_at > FLUSH_INTERVAL_S:
             # A long-running worker's hits show in `iterrefine status` while it runs.
             try:
@@ -152,30 +257,55 @@ class ResponseCache:
         if self.mode == "refresh":
             self._pending["misses"] += 1
             return None
-        row = self._db.execute(
-            "SELECT text, model, prompt_tokens, completion_tokens, finish_reason "
-            "FROM answers WHERE key = ?", (key,),
-        ).fetchone()
+        try:
+            row = self._db.execute(
+                "SELECT text, model, prompt_tokens, completion_tokens, finish_reason, "
+                "simulated, seal FROM sealed_answers WHERE key = ?", (key,),
+            ).fetchone()
+        except sqlite3.DatabaseError as exc:
+            self._reject(key, f"unreadable: {exc}", delete=False)
+            return None
         if row is None:
             self._pending["misses"] += 1
             return None
+        # Columns of the wrong type (a planted row) change the sealed fields: no match.
         answer = CachedAnswer(text=row[0], model=row[1], prompt_tokens=row[2],
-                              completion_tokens=row[3], finish_reason=row[4])
+                              completion_tokens=row[3], finish_reason=row[4],
+                              simulated=bool(row[5]))
+        if not _seal.matches(self._secret, key, answer.fields(), row[6]):
+            self._reject(key, "its seal does not match: the entry was changed or damaged")
+            return None
         self._pending["hits"] += 1
         self._pending["tokens_saved"] += answer.prompt_tokens + answer.completion_tokens
         return answer
 
+    def _reject(self, key: str, why: str, *, delete: bool = True) -> None:
+        self.rejected += 1
+        self._pending["rejected"] += 1
+        self._pending["misses"] += 1
+        log.error("llm_cache_entry_rejected", path=str(self.path), key=key, why=why,
+                  effect="not used: the question is asked again")
+        if delete:
+            self.delete(key)
+
     def put(self, key: str, answer: CachedAnswer) -> None:
-        """Store a readable answer (the caller's parser accepted it)."""
-        self._db.execute(
-            "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (key, answer.model, answer.text, answer.prompt_tokens, answer.completion_tokens,
-             answer.finish_reason, time.time()),
-        )
+        """Store a readable answer (the caller's parser accepted it), sealed."""
+        try:
+            self._db.execute(
+                "INSERT OR REPLACE INTO sealed_answers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, answer.model, answer.text, answer.prompt_tokens,
+                 answer.completion_tokens, answer.finish_reason, int(answer.simulated),
+                 time.time(), _seal.seal(self._secret, key, answer.fields())),
+            )
+        except sqlite3.DatabaseError as exc:  # the answer is still used, only not kept
+            log.error("llm_cache_write_failed", path=str(self.path), error=str(exc))
 
     def delete(self, key: str) -> None:
         """Forget an answer that turned out unreadable (e.g. a stricter parser)."""
-        self._db.execute("DELETE FROM answers WHERE key = ?", (key,))
+        try:
+            self._db.execute("DELETE FROM sealed_answers WHERE key = ?", (key,))
+        except sqlite3.DatabaseError as exc:
+            log.error("llm_cache_write_failed", path=str(self.path), error=str(exc))
 
     def flush_counters(self) -> None:
         """Add this process's hits/misses to the file's lifetime totals."""
@@ -207,19 +337,26 @@ class RoleCache:
         self.hits = 0
         self.misses = 0
         self.tokens_saved = 0
+        self.rejected = 0
         # Children looked up once: labels() costs a lock and a tuple per call.
         self._counters = None if metrics is None else (
             metrics.llm_cache_total.labels(role=role, result="hit"),
             metrics.llm_cache_total.labels(role=role, result="miss"),
             metrics.llm_cache_tokens_saved_total.labels(role=role),
+            metrics.llm_cache_total.labels(role=role, result="rejected"),
         )
 
     def lookup(self, key: str) -> CachedAnswer | None:
+        rejected_before = self._cache.rejected
         hit = self._cache.get(key)
         if hit is None:
             self.misses += 1
+            rejected = self._cache.rejected > rejected_before
+            self.rejected += rejected
             if self._counters is not None:
                 self._counters[1].inc()
+                if rejected:
+                    self._counters[3].inc()
             return None
         saved = hit.prompt_tokens + hit.completion_tokens
         self.hits += 1
@@ -241,16 +378,23 @@ def read_stats(path: str | Path) -> CacheStats | None:
     path = Path(path)
     if not path.exists():
         return None
+    size = sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.is_file())
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
     try:
-        entries = db.execute("SELECT count(*) FROM answers").fetchone()[0]
-        counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        entries = (db.execute("SELECT count(*) FROM sealed_answers").fetchone()[0]
+                   if "sealed_answers" in tables else 0)
+        counters = (dict(db.execute("SELECT name, value FROM counters").fetchall())
+                    if "counters" in tables else {})
+    except sqlite3.DatabaseError as exc:
+        return CacheStats(path=str(path), entries=0, bytes=size, hits=0, misses=0,
+                          tokens_saved=0, damaged=str(exc))
     finally:
         db.close()
-    size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if p.is_file())
     return CacheStats(path=str(path), entries=entries, bytes=size,
                       hits=counters.get("hits", 0), misses=counters.get("misses", 0),
-                      tokens_saved=counters.get("tokens_saved", 0))
+                      tokens_saved=counters.get("tokens_saved", 0),
+                      rejected=counters.get("rejected", 0))
 
 
 def clear(path: str | Path) -> int:
@@ -258,10 +402,15 @@ def clear(path: str | Path) -> int:
     path = Path(path)
     if not path.exists():
         return 0
-    db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
     try:
-        db.executescript(_SCHEMA)
-        deleted: int = db.execute("DELETE FROM answers").rowcount
+        db = _connect(path)
+    except sqlite3.DatabaseError as exc:
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+            raise
+        quarantine(path, str(exc))  # unreadable: nothing in it can be counted
+        return 0
+    try:
+        deleted: int = db.execute("DELETE FROM sealed_answers").rowcount
         db.execute("DELETE FROM counters")
         db.execute("VACUUM")
     finally:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["AnswerRecorder", "ChatClient", "ChatReply", "TruncationHook"]
+__all__ = ["AnswerRecorder", "ChatClient", "ChatReply", "SimulatorAware", "TruncationHook"]
 
 
 #: Called with the task's name for every answer cut off at ``max_tokens`` (a metric).
@@ -42,3 +42,12 @@ class AnswerRecorder(Protocol):
     """A client that counts how its answers read (``LLMClient`` does, into metrics)."""
 
     def record_answer(self, task: str, outcome: str, *, truncated: int) -> None: ...
+
+
+@runtime_checkable
+class SimulatorAware(Protocol):
+    """A client that knows whether its answers came from iterrefine's simulator (its
+    responses say so); ``LLMClient`` does, so output is marked by what answered it."""
+
+    @property
+    def answered_by_simulator(self) -> bool: ...

@@ -39,8 +39,9 @@ from iterrefine.errors import IterrefineError
 from iterrefine.lifecycle import AsyncService
 from iterrefine.llm import _dialect as dialects
 from iterrefine.llm._dialect_choice import DialectChoice
-from iterrefine.llm._endpoint_probe import probe_completion, probe_models
+from iterrefine.llm._endpoint_probe import model_problem, probe_completion, probe_models
 from iterrefine.llm._failures import FailureMap
+from iterrefine.llm._hedge import Hedging
 from iterrefine.llm._ratelimit import TokenBucket
 from iterrefine.llm._retries import Retries
 from iterrefine.llm._tally import Tally
@@ -58,8 +59,8 @@ from iterrefine.llm.cache import (
     CachedAnswer,
     ResponseCache,
     RoleCache,
-    cache_key,
-    without_fence_nonce,
+    endpoint_identity,
+    request_key,
 )
 from iterrefine.llm.circuit import Circuit
 from iterrefine.observe.metrics import Metrics
@@ -109,8 +110,11 @@ class LLMClient(AsyncService):
             TokenBucket.per_minute(config.tokens_per_minute) if config.tokens_per_minute else None
         )
         self._failures = FailureMap(role, config, self._api_key)
+        self._hedging = Hedging(role, config)
         self._where = self._failures.where
         self._cache = None if cache is None else RoleCache(cache, role, metrics)
+        self._identity = config.endpoint_identity or endpoint_identity(config.base_url)
+        self._simulated_answers = 0
         self.circuit = Circuit(
             role, self._where, self._probe_open_circuit,
             failures_to_open=config.circuit_failures,
@@ -127,6 +131,8 @@ class LLMClient(AsyncService):
         self._chat_url = ""
         self._closed = False
         self._probes = 0
+        #: (metric status, problem) of the last :meth:`probe`, for preflight's verdict.
+        self.last_probe: tuple[str, str | None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -176,11 +182,23 @@ class LLMClient(AsyncService):
                 source=self,
             )
 
+    def _started(self) -> openai.AsyncOpenAI:
+        if self._api is None:
+            raise RuntimeError(f"{self._where}: call start() or use 'async with' first")
+        return self._api
+
     # -- calls -----------------------------------------------------------------------
 
     def stats(self) -> LLMStats:
-        return self._tally.stats(retries=self._retries.count, probes=self._probes,
-                                 circuit_opened=self.circuit.opened, cache=self._cache)
+        stats = self._tally.stats(retries=self._retries.count, probes=self._probes,
+                                  circuit_opened=self.circuit.opened, cache=self._cache)
+        return msgspec.structs.replace(stats, simulated_answers=self._simulated_answers,
+                                       hedged=self._hedging.sent)
+
+    @property
+    def answered_by_simulator(self) -> bool:
+        """Whether any answer of this role (sent or cached) came from iterrefine's simulator."""
+        return self._simulated_answers > 0
 
     def keep_usage_by_item(self) -> None:
         """Count requests and tokens per item from now on (:meth:`usage_by_item`)."""
@@ -208,29 +226,52 @@ class LLMClient(AsyncService):
         Raises :class:`LLMTransientError` when retries run out and :class:`LLMError`
         for failures no retry can fix (authentication, bad request, unknown model).
         """
-        api = self._api
-        if api is None:
-            raise RuntimeError(f"{self._where}: call start() or use 'async with' first")
+        api = self._started()
         limit = max_tokens if max_tokens is not None else self.config.max_tokens
+        started = time.monotonic()
+        key = None
+        if self._cache is not None:
+            # Before the dialect is known: a cached answer needs no probe of the endpoint.
+            key = request_key(endpoint=self._identity, model=self.config.model,
+                              messages=messages, temperature=self.config.temperature,
+                              max_tokens=limit, json_schema=json_schema,
+                              schema_name=schema_name)
+            hit = self._cache.lookup(key)
+            if hit is not None:
+                log.debug("llm_cache_hit", role=self.role, key=key)
+                self._simulated_answers += hit.simulated
+                return ChatResult(
+                    text=hit.text, prompt_tokens=hit.prompt_tokens,
+                    completion_tokens=hit.completion_tokens, model=hit.model,
+                    seconds=time.monotonic() - started, finish_reason=hit.finish_reason,
+                    attempts=0, cache_key=key, cached=True, simulated=hit.simulated,
+                )
         form: dict[str, Any] | None = None
+        result: ChatResult | None = None
         if json_schema is not None:
             guess = None if self.circuit.is_open else self._dialect.speculative()
             if guess is not None:
                 speculative = dialects.response_format(guess, schema_name, json_schema)
                 try:
-                    return await self._complete(api, messages, limit, speculative,
-                                                speculative=True)
+                    result = await self._complete(api, messages, limit, speculative,
+                                                  speculative=True)
                 except IterrefineError as exc:  # the probe decides; then sent as usual
                     log.info("llm_speculative_dialect_failed", role=self.role, dialect=guess,
                              error=str(exc))
-            form = dialects.response_format(await self.dialect(), schema_name, json_schema)
-        return await self._complete(api, messages, limit, form, speculative=False)
+            if result is None:
+                form = dialects.response_format(await self.dialect(), schema_name,
+                                                json_schema)
+        if result is None:
+            result = await self._complete(api, messages, limit, form, speculative=False)
+        self._simulated_answers += result.simulated
+        return msgspec.structs.replace(result, seconds=time.monotonic() - started,
+                                       cache_key=key)
 
     async def _complete(
         self, api: openai.AsyncOpenAI, messages: list[dict[str, str]], limit: int,
         form: dict[str, Any] | None, *, speculative: bool,
     ) -> ChatResult:
-        """One call with ``response_format`` ``form``: from the cache, or paid for.
+        """One paid call with ``response_format`` ``form``.
 
         ``speculative``: sent in a guessed dialect while the probe is out, so one attempt
         and outside the circuit (a server refusing the dialect is not down).
@@ -246,18 +287,6 @@ class LLMClient(AsyncService):
             body["response_format"] = form
         # Encoded once: retries send the same bytes.
         content = encode_body(body)
-        started = time.monotonic()
-        key = None
-        if self._cache is not None:
-            key = cache_key(encode_body({**body, "messages": without_fence_nonce(messages)}))
-            hit = self._cache.lookup(key)
-            if hit is not None:
-                return ChatResult(
-                    text=hit.text, prompt_tokens=hit.prompt_tokens,
-                    completion_tokens=hit.completion_tokens, model=hit.model,
-                    seconds=time.monotonic() - started, finish_reason=hit.finish_reason,
-                    attempts=0, cache_key=key, cached=True,
-                )
         estimate = estimate_tokens(messages, limit)
         budget, held = self._budget, 0.0
         if budget is not None:  # the run's cost cap: the worst case is held before sending
@@ -276,9 +305,7 @@ class LLMClient(AsyncService):
         finally:
             if budget is not None:
                 budget.settle(self.role, held, *used)
-        return msgspec.structs.replace(
-            result, seconds=time.monotonic() - started, attempts=attempts, cache_key=key
-        )
+        return msgspec.structs.replace(result, attempts=attempts)
 
     @property
     def structured_output(self) -> str:
@@ -290,9 +317,7 @@ class LLMClient(AsyncService):
         return await self._dialect.decide()
 
     async def _probe_send(self, body: dict[str, Any]) -> tuple[int, str] | None:
-        if self._api is None:
-            raise RuntimeError(f"{self._where}: call start() or use 'async with' first")
-        return await dialects.post_probe(self._api, self._chat_url, encode_body(body),
+        return await dialects.post_probe(self._started(), self._chat_url, encode_body(body),
                                          options=_REQUEST_OPTIONS,
                                          timeout_s=min(self.config.timeout_s, 60.0))
 
@@ -307,6 +332,7 @@ class LLMClient(AsyncService):
             self._cache.keep(reply.cache_key, CachedAnswer(
                 text=reply.text, model=reply.model, prompt_tokens=reply.prompt_tokens,
                 completion_tokens=reply.completion_tokens, finish_reason=reply.finish_reason,
+                simulated=reply.simulated,
             ))
         elif not readable and reply.cached:
             self._cache.forget(reply.cache_key)
@@ -317,13 +343,22 @@ class LLMClient(AsyncService):
         ``GET /models`` costs no tokens; a server without that route (404/405) is
         asked for a one-token completion instead.
         """
-        api = self._api
-        if api is None:
-            raise RuntimeError(f"{self._where}: call start() or use 'async with' first")
+        api = self._started()
         status, problem = await probe_models(api, self._failures)
         if status in ("404", "405"):
             status, problem = await probe_completion(api, self._failures, self._chat_url)
+        self.last_probe = (status, problem)
         return problem
+
+    async def check_model(self) -> str | None:
+        """Whether the endpoint serves this role's model: None if so, else why not.
+
+        Listed by ``GET /models``: served. Not listed (servers list aliases, or one name
+        for whatever they load): one chat call of one token with the role's model, whose
+        "no such model" answer is the proof.
+        """
+        api = self._started()
+        return await model_problem(api, self._failures, self._chat_url, role=self.role)
 
     async def _probe_open_circuit(self) -> str | None:
         """Whether the endpoint is back: a one-token completion, the call that was failing.
@@ -357,13 +392,11 @@ class LLMClient(AsyncService):
             try:
                 # openai's own timeout is per phase (connect, each read); this bounds the
                 # whole request, so a server trickling bytes cannot hold a slot forever.
+                # A request lost by the server is sent again meanwhile (llm._hedge).
                 async with asyncio.timeout(self.config.timeout_s):
-                    response = await api.post(
-                        self._chat_url,
-                        cast_to=httpx2.Response,
-                        content=content,
-                        options=_REQUEST_OPTIONS,
-                    )
+                    response = await self._hedging.run(lambda: api.post(
+                        self._chat_url, cast_to=httpx2.Response, content=content,
+                        options=_REQUEST_OPTIONS))
             except TimeoutError:
                 status, outcome = self._failures.timeout()
             except openai.APIError as exc:
@@ -374,6 +407,8 @@ class LLMClient(AsyncService):
             seconds = time.monotonic() - started
 
         self._tally.observe(status, seconds)
+        log.debug("llm_request", role=self.role, status=status, seconds=round(seconds, 4),
+                  structured=structured)
         if isinstance(outcome, IterrefineError):
             if not speculative:
                 self.circuit.failed(status, outcome)
@@ -397,9 +432,7 @@ class LLMClient(AsyncService):
         :class:`LLMRetriesExhausted`), not cached. They stay out of the role's circuit:
         its recovery probe is a chat completion, which an embeddings-only server lacks.
         """
-        api = self._api
-        if api is None:
-            raise RuntimeError(f"{self._where}: call start() or use 'async with' first")
+        api = self._started()
         base = api.base_url
         url = str(base.copy_with(raw_path=base.raw_path + path.lstrip("/").encode()))
         content = encode_body({"model": self.config.model, **body})

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import msgspec
+import structlog
 from aiokafka import ConsumerRecord
 from prometheus_client import Histogram
 
@@ -34,6 +35,8 @@ from iterrefine.runtime.stage import (
     Stage,
     default_outcome,
 )
+
+log = structlog.get_logger("iterrefine.runtime")
 
 
 class RetryInTask(msgspec.Struct, frozen=True):
@@ -174,6 +177,7 @@ class Handling:
     def _encode(self, items: list[Item], outputs: Sequence[Output]) -> list[Outgoing]:
         """``outputs`` as messages; ``items`` are what to write (the outputs' items or copies)."""
         self.handled += 1
+        log.debug("item_handled", to=[out.topic for out in outputs])  # + the unit of work
         encoded: list[Outgoing] = []
         for item, out in zip(items, outputs, strict=True):
             topic, default = self._destinations[out.topic]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import msgspec
 
 from iterrefine.errors import ConfigError
@@ -64,6 +66,9 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
     sample_interval_ms: float = 100.0
     series_size: int = 6000
     models: tuple[str, ...] = DEFAULT_SIM_MODELS
+    #: Answer 404 "model does not exist" to a chat call naming a model not in ``models``,
+    #: as OpenAI and vLLM do (by default any name is answered, like llama.cpp).
+    strict_models: bool = False
     #: The ``response_format`` types served: ``json_schema`` (OpenAI form) and
     #: ``json_object`` (llama.cpp form, schema beside the type). Another type is a 400,
     #: so a simulator can stand in for a server that knows only one of them.
@@ -112,6 +117,15 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
                               "embedding_noise not negative")
         if self.sample_interval_ms <= 0:
             raise ConfigError("sim: sample_interval_ms must be positive")
+
+    def answers_identity(self) -> str:
+        """The simulator as the response cache tells it apart: the knobs its answers
+        depend on (not its port, latency or faults, whose answers are never kept)."""
+        shaping = (self.low_share, self.reject_share, self.non_reasoning_share,
+                   self.lose_prob, self.tie_share, self.embedding_dim,
+                   self.embedding_clusters, self.embedding_noise, self.embedding_per_token)
+        digest = hashlib.blake2b(msgspec.json.encode(shaping), digest_size=8).hexdigest()
+        return f"iterrefine-simulator:{digest}"
 
     @property
     def fault_total(self) -> float:

@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import math
 import random
-import socket
 import time
 import warnings
 from typing import Any
@@ -39,73 +38,26 @@ from aiohttp import web
 
 from iterrefine.config.extras import has_extra, missing_extra
 from iterrefine.lifecycle import AsyncService
+from iterrefine.sim._http import (
+    OWNER,
+    ChatRequest,
+    bind,
+    chat_decoder,
+    completion_body,
+    completions_decoder,
+    embeddings_decoder,
+    error,
+    json_response,
+    sim_model_name,
+    text_of,
+)
 from iterrefine.sim._stats import RequestLog, SimStats
 from iterrefine.sim._vectors import completion_text, echo_logprobs, embedding_answer
 from iterrefine.sim.answers import render, render_malformed, request_schema
 from iterrefine.sim.config import SimConfig
 from iterrefine.sim.prompt import PromptError, SimPrompt, parse_prompt
 
-OWNER = "iterrefine-simulator"
-_SIM_HEADER = {"x-iterrefine-simulator": "1"}
-
-
-class _ChatMessage(msgspec.Struct):
-    role: str
-    content: str | list[dict[str, Any]] | None = None
-
-
-class _ChatRequest(msgspec.Struct):
-    messages: list[_ChatMessage]
-    model: str = "sim"
-    response_format: dict[str, Any] | None = None
-    stream: bool = False
-
-
-class _EmbeddingsRequest(msgspec.Struct):
-    input: str | list[str]
-    model: str = "sim"
-
-
-class _CompletionsRequest(msgspec.Struct):
-    prompt: str
-    model: str = "sim"
-    echo: bool = False
-    logprobs: int | None = None
-
-
-_request_decoder = msgspec.json.Decoder(_ChatRequest)
-_embeddings_decoder = msgspec.json.Decoder(_EmbeddingsRequest)
-_completions_decoder = msgspec.json.Decoder(_CompletionsRequest)
-_encoder = msgspec.json.Encoder()
-
-
-def sim_model_name(requested: str) -> str:
-    """The model name a response reports: always marked as simulated."""
-    return requested if requested.startswith("sim-") else f"sim-{requested}"
-
-
-def _text_of(message: _ChatMessage) -> str:
-    content = message.content
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    return "".join(str(part.get("text", "")) for part in content if part.get("type") == "text")
-
-
-def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=_encoder.encode(payload),
-        status=status,
-        content_type="application/json",
-        headers={**_SIM_HEADER, **(headers or {})},
-    )
-
-
-def _error(
-    status: int, message: str, kind: str, headers: dict[str, str] | None = None
-) -> web.Response:
-    return _json({"error": {"message": message, "type": kind, "code": kind}}, status, headers)
+__all__ = ["OWNER", "SimServer", "sim_model_name"]
 
 
 class SimServer(AsyncService):
@@ -145,7 +97,7 @@ class SimServer(AsyncService):
             self._slots = asyncio.Semaphore(self.config.capacity)
         runner = web.AppRunner(self._app(), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        sock = _bind(self.host, self._requested_port)
+        sock = bind(self.host, self._requested_port)
         try:
             await web.SockSite(runner, sock, backlog=1024).start()
         except BaseException:
@@ -222,7 +174,7 @@ class SimServer(AsyncService):
                 and request.headers.get("Authorization") != f"Bearer {key}"):
             self.stats.request("unauthorized")
             self.stats.finished(401)
-            return _error(401, "sim: incorrect API key provided", "invalid_api_key")
+            return error(401, "sim: incorrect API key provided", "invalid_api_key")
         response: web.StreamResponse = await handler(request)
         return response
 
@@ -233,32 +185,33 @@ class SimServer(AsyncService):
             self.stats.sample()
 
     async def _health(self, request: web.Request) -> web.Response:
-        return _json({"status": "ok", "simulator": True})
+        return json_response({"status": "ok", "simulator": True})
 
     def _model_card(self, name: str) -> dict[str, Any]:
         return {"id": name, "object": "model", "created": self._created, "owned_by": OWNER}
 
     async def _models(self, request: web.Request) -> web.Response:
-        return _json({"object": "list", "data": [self._model_card(m) for m in self.config.models]})
+        cards = [self._model_card(m) for m in self.config.models]
+        return json_response({"object": "list", "data": cards})
 
     async def _model(self, request: web.Request) -> web.Response:
-        return _json(self._model_card(sim_model_name(request.match_info["model"])))
+        return json_response(self._model_card(sim_model_name(request.match_info["model"])))
 
     async def _stats(self, request: web.Request) -> web.Response:
         series = request.query.get("series", "1") not in ("0", "false", "no")
-        return _json(self.stats.snapshot(series=series))
+        return json_response(self.stats.snapshot(series=series))
 
     async def _reset(self, request: web.Request) -> web.Response:
         self.reset()
-        return _json({"status": "reset"})
+        return json_response({"status": "reset"})
 
     async def _requests(self, request: web.Request) -> web.Response:
         limit_s = request.query.get("limit")
         if limit_s is not None and not limit_s.isdigit():
-            return _error(400, "limit must be a non-negative integer", "invalid_request_error")
+            return error(400, "limit must be a non-negative integer", "invalid_request_error")
         limit = int(limit_s) if limit_s is not None else None
         entries = self.requests.recent(limit=limit, task=request.query.get("task"))
-        return _json({"size": self.requests.size, "requests": entries})
+        return json_response({"size": self.requests.size, "requests": entries})
 
     # -- chat completions ------------------------------------------------------------
 
@@ -286,21 +239,25 @@ class SimServer(AsyncService):
 
     async def _chat_completions(self, request: web.Request) -> web.Response:
         try:
-            body = _request_decoder.decode(await request.read())
+            body = chat_decoder.decode(await request.read())
         except msgspec.MsgspecError as exc:
             self.stats.finished(400)
-            return _error(400, f"invalid request body: {exc}", "invalid_request_error")
+            return error(400, f"invalid request body: {exc}", "invalid_request_error")
         if body.stream:
             self.stats.finished(400)
-            return _error(400, "the simulator does not stream", "invalid_request_error")
-        system = next((_text_of(m) for m in body.messages if m.role == "system"), "")
-        user = next((_text_of(m) for m in reversed(body.messages) if m.role == "user"), "")
+            return error(400, "the simulator does not stream", "invalid_request_error")
+        if self.config.strict_models and body.model not in self.config.models:
+            self.stats.finished(404)
+            return error(404, f"sim: the model `{body.model}` does not exist",
+                         "model_not_found")
+        system = next((text_of(m) for m in body.messages if m.role == "system"), "")
+        user = next((text_of(m) for m in reversed(body.messages) if m.role == "user"), "")
         try:
             prompt = parse_prompt(system, user)
         except PromptError as exc:
             self.stats.request("invalid")
             self.stats.finished(400)
-            return _error(400, f"sim: {exc}", "invalid_request_error")
+            return error(400, f"sim: {exc}", "invalid_request_error")
 
         self._next_id += 1
         request_id = f"chatcmpl-sim-{self._next_id:08x}"
@@ -309,7 +266,7 @@ class SimServer(AsyncService):
         if kind != "text" and kind not in self.config.structured_dialects:
             self.stats.request("invalid")
             self.stats.finished(400)
-            return _error(400, f"sim: response_format type {kind!r} is not served here",
+            return error(400, f"sim: response_format type {kind!r} is not served here",
                           "invalid_request_error")
         structured = kind in ("json_schema", "json_object")
         entry: dict[str, Any] = {
@@ -337,7 +294,7 @@ class SimServer(AsyncService):
     async def _respond(
         self,
         request_id: str,
-        body: _ChatRequest,
+        body: ChatRequest,
         prompt: SimPrompt,
         fault: str | None,
         structured: bool,
@@ -348,9 +305,9 @@ class SimServer(AsyncService):
                 "Retry-After": str(math.ceil(wait_s)),
                 "retry-after-ms": str(int(wait_s * 1000)),
             }
-            return _error(429, "sim: simulated rate limit", "rate_limit_exceeded", headers)
+            return error(429, "sim: simulated rate limit", "rate_limit_exceeded", headers)
         if fault == "hang" and await self._hang():
-            return _error(503, "sim: server shutting down", "server_shutdown")
+            return error(503, "sim: server shutting down", "server_shutdown")
 
         stats = self.stats
         stats.enqueue()
@@ -367,7 +324,7 @@ class SimServer(AsyncService):
             if delay_s > 0.0:
                 await asyncio.sleep(delay_s)
             if fault == "500":
-                return _error(500, "sim: simulated internal error", "server_error")
+                return error(500, "sim: simulated internal error", "server_error")
             if fault == "malformed":
                 # A finished answer the parser cannot read: "length" would be a truncation,
                 # which the ask layer re-asks with more room and never hands to a parser.
@@ -382,46 +339,27 @@ class SimServer(AsyncService):
             if self._slots is not None:
                 self._slots.release()
 
-        prompt_tokens = 1 + sum(len(_text_of(m)) for m in body.messages) // 4
+        prompt_tokens = 1 + sum(len(text_of(m)) for m in body.messages) // 4
         completion_tokens = 1 + len(content) // 4
         stats.prompt_tokens += prompt_tokens
         stats.completion_tokens += completion_tokens
-        return _json(
-            {
-                "id": request_id,
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": sim_model_name(body.model),
-                "system_fingerprint": OWNER,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": content},
-                        "finish_reason": finish,
-                        "logprobs": None,
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                },
-            }
-        )
+        return json_response(completion_body(
+            request_id, body.model, content, finish, prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens))
 
     # -- selection endpoints ---------------------------------------------------------
 
     async def _embeddings(self, request: web.Request) -> web.Response:
         try:
-            body = _embeddings_decoder.decode(await request.read())
+            body = embeddings_decoder.decode(await request.read())
         except msgspec.MsgspecError as exc:
             self.stats.finished(400)
-            return _error(400, f"invalid request body: {exc}", "invalid_request_error")
+            return error(400, f"invalid request body: {exc}", "invalid_request_error")
         inputs = [body.input] if isinstance(body.input, str) else body.input
         if not has_extra("selection"):  # the vectors are numpy's
             self.stats.finished(501)
             extra = missing_extra("selection", "the simulator's embeddings")
-            return _error(501, str(extra), "not_implemented")
+            return error(501, str(extra), "not_implemented")
         self.stats.request("embeddings")
         data = [
             {"object": "embedding", "index": i, "embedding": embedding_answer(text, self.config)}
@@ -430,15 +368,15 @@ class SimServer(AsyncService):
         tokens = sum(1 + len(text) // 4 for text in inputs)
         self.stats.prompt_tokens += tokens
         self.stats.finished(200)
-        return _json({"object": "list", "data": data, "model": sim_model_name(body.model),
+        return json_response({"object": "list", "data": data, "model": sim_model_name(body.model),
                       "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     async def _completions(self, request: web.Request) -> web.Response:
         try:
-            body = _completions_decoder.decode(await request.read())
+            body = completions_decoder.decode(await request.read())
         except msgspec.MsgspecError as exc:
             self.stats.finished(400)
-            return _error(400, f"invalid request body: {exc}", "invalid_request_error")
+            return error(400, f"invalid request body: {exc}", "invalid_request_error")
         self.stats.request("completions")
         delay_s = self._service_time_s()
         if delay_s > 0.0:
@@ -452,7 +390,7 @@ class SimServer(AsyncService):
         self.stats.completion_tokens += 1
         self.stats.finished(200)
         self._next_id += 1
-        return _json({
+        return json_response({
             "id": f"cmpl-sim-{self._next_id:08x}",
             "object": "text_completion",
             "created": int(time.time()),
@@ -475,17 +413,3 @@ class SimServer(AsyncService):
         except TimeoutError:
             return False
         return True
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-    except BaseException:
-        sock.close()
-        raise
-    return sock

@@ -12,6 +12,12 @@ Two jobs, both about text that came from the prompt rather than from the model:
   whose text carries ``input_new: evil`` or ``Winner: A`` lines changes nothing when
   the model echoes it.
 
+Scaffolding is told apart from content by where it came from: text the item itself
+carries (an item quoting ``<<<END DATA …>>>`` to try to close the fence, JSON with our
+key names, a sentence that happens to match an instruction) is content wherever the
+model repeats it, so only markers, keys and sentences the *prompt* added count
+(:attr:`AnswerContext.item_markers` and the filtered keys and sentences).
+
 Without a context (a parser called on bare text) only the fixed markers are checked.
 """
 
@@ -26,6 +32,9 @@ from typing import Any, Final
 from iterrefine.tasks.parsing._text import unparseable
 
 _MARKER: Final = re.compile(r"<<<\s*(?:end\s+)?data\b", re.IGNORECASE)
+#: A marker and the word after it (the nonce, or what an item put there), to compare.
+_MARKER_FRAGMENT: Final = re.compile(r"<<<\s*(?:end\s+)?data\b(?:[ \t]+[^\s<>]{1,64})?",
+                                     re.IGNORECASE)
 # Decorations that do not make a line the model's own: emphasis, headings, quotes, bullets.
 _DECORATION: Final = re.compile(r"[*`#>]+|^[ \t]*(?:[-+•]|\d{1,2}[.)])[ \t]+")
 _SENTENCE_END: Final = re.compile(r"(?<=[.;:!?])\s+|\n+")
@@ -89,8 +98,11 @@ class AnswerContext:
     #: Normalised non-blank lines of the item text, one per line, newline-framed.
     item_lines: str = "\n"
     data_keys: frozenset[str] = frozenset()
-    #: Normalised sentences of the system message and the user message's header.
+    #: Normalised sentences of the system message and the user message's header (those
+    #: the item's own text also holds left out).
     instructions: tuple[str, ...] = ()
+    #: Data-block markers the item text itself carries (normalised): content, not fence.
+    item_markers: frozenset[str] = frozenset()
 
     @classmethod
     def for_request(
@@ -105,11 +117,16 @@ class AnswerContext:
         }
         lines.discard("")
         prompt = "\n".join(_instruction_text(m) for m in messages)
+        texts = [text for _, text in _strings(data)]
+        flat = " ".join(sorted(lines))
+        keys = frozenset(_keys(data))
+        carried = set().union(*(_quoted_keys(text, keys) for text in texts)) if texts else set()
         return cls(
             nonce=nonce,
             item_lines="\n" + "\n".join(sorted(lines)) + "\n",
-            data_keys=frozenset(_keys(data)),
-            instructions=_sentences(prompt),
+            data_keys=keys - carried,
+            instructions=tuple(s for s in _sentences(prompt) if s not in flat),
+            item_markers=frozenset(m for text in texts for m in _markers(text)),
         )
 
     def copied(self, line: str) -> bool:
@@ -126,13 +143,31 @@ class AnswerContext:
         return any(re.search(pattern, item) for item in self.item_lines.split("\n") if item)
 
 
+def _markers(text: str) -> list[str]:
+    """The data-block markers in ``text``, normalised (case, spacing) for comparison."""
+    return [" ".join(m.lower().replace("<<<", "<<< ").split()).replace("<<< ", "<<<")
+            for m in _MARKER_FRAGMENT.findall(text)]
+
+
+def _prompt_markers(text: str, context: AnswerContext | None) -> bool:
+    """Whether ``text`` holds a marker the item does not carry itself (a marker the model
+    repeats from the item, whole or without its last word, is the item's content)."""
+    if not _MARKER.search(text):
+        return False
+    if context is None or not context.item_markers:
+        return True
+    carried = context.item_markers
+    return any(marker not in carried and not any(c.startswith(marker) for c in carried)
+               for marker in _markers(text))
+
+
 def _quoted_keys(text: str, keys: frozenset[str]) -> set[str]:
     return {key for key in keys if re.search(r'"' + re.escape(key) + r'"\s*:', text)}
 
 
 def reject_scaffolding(task: str, raw: str, text: str, context: AnswerContext | None) -> None:
     """Raise :class:`UnparseableOutput` if ``text`` reproduces the prompt's scaffolding."""
-    if _MARKER.search(text):
+    if _prompt_markers(text, context):
         raise unparseable(task, "the answer reproduces the data-block markers", raw)
     if context is None:
         return

@@ -1,7 +1,14 @@
-"""The viewer's HTTP server: aiohttp on 127.0.0.1, pages rendered per request."""
+"""The viewer's HTTP server: aiohttp on 127.0.0.1, pages rendered per request.
+
+Every response carries the security headers, aiohttp's own 404 and 405 pages included
+(they are added as each response is prepared). An item page is rendered in a worker
+thread: its word diffs are bounded (:mod:`iterrefine.tools.worddiff`), and the list
+page stays answerable meanwhile.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from types import TracebackType
 
@@ -36,8 +43,11 @@ class Viewer:
 
     async def start(self) -> None:
         app = web.Application()
+        app.on_response_prepare.append(_secure)
         app.router.add_get("/", self._list)
-        app.router.add_get("/item/{id}", self._item)
+        # Any id the list links to: its default pattern ([^{}/]+) left ids with { } or /
+        # listed but unreachable.
+        app.router.add_get("/item/{id:.+}", self._item)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
@@ -60,7 +70,7 @@ class Viewer:
 
     def _html(self, text: str, status: int = 200) -> web.Response:
         return web.Response(text=text, content_type="text/html", charset="utf-8",
-                            status=status, headers=_HEADERS)
+                            status=status)
 
     async def _list(self, request: web.Request) -> web.Response:
         query = request.query
@@ -77,4 +87,9 @@ class Viewer:
         if story is None:
             return self._html("<!doctype html><p>no such item. <a href='/'>all items</a></p>",
                               status=404)
-        return self._html(item_page(story))
+        return self._html(await asyncio.to_thread(item_page, story))
+
+
+async def _secure(request: web.Request, response: web.StreamResponse) -> None:
+    """The security headers on every response, whoever made it."""
+    response.headers.update(_HEADERS)
