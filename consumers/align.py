@@ -63,6 +63,7 @@ def handler(ctx: PipelineContext) -> Handler:
                 mode=mode,
                 parse_retries=ctx.config.parse_retries,
                 max_tokens=ctx.max_tokens("align"),
+                fit_tokens=ctx.config.fit_max_tokens,
             )
             item = item.with_changes(output=aligned.output, output_aligned=True,
                                      status="refined")

@@ -92,6 +92,7 @@ def handler(ctx: PipelineContext) -> Handler:
                                           max_chars=ctx.config.feedback_max_chars),
                 parse_retries=ctx.config.parse_retries,
                 max_tokens=ctx.max_tokens("refine"),
+                fit_tokens=ctx.config.fit_max_tokens,
             )
         except UnparseableOutput as exc:
             failed = Round(number=number, instruction=item.instruction, input=item.input,

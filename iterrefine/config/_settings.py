@@ -136,6 +136,17 @@ class LLMRoleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     #: ``json_schema``/``off``.
     structured_output: StructuredOutput = "auto"
     temperature: float = 0.0
+    #: Sent as ``frequency_penalty`` (OpenAI's field; vLLM and llama.cpp take it too) on
+    #: the tasks that do not copy item text (not refine or align), where it breaks the
+    #: loops small models fall into. None: not sent.
+    frequency_penalty: float | None = None
+    #: A looping answer (a model repeating itself until ``max_tokens``,
+    #: :mod:`iterrefine.llm.loops`) is recognised ``text``: in the text returned cut at
+    #: the limit, which is then read without its repeats instead of asked again at twice
+    #: the limit; ``stream``: also while it streams in, closing the request at the loop
+    #: (and a JSON answer once its object closes), so the rest is never generated; or
+    #: ``off``. ``stream`` needs a server that streams (not ``iterrefine sim-llm``).
+    loop_guard: Literal["stream", "text", "off"] = "text"
     #: For calls that bring no limit of their own (probes, a user task without one); the
     #: pipeline's tasks use ``[pipeline.max_tokens]``.
     max_tokens: int = 1024
@@ -206,6 +217,11 @@ class PipelineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     feedback_max_entries: int = 5
     feedback_max_chars: int = 6000
     max_tokens: TaskTokenLimits = TaskTokenLimits()
+    #: Lower a content task's limit to fit the item (never above ``max_tokens``):
+    #: refine gets room for about three times the original instruction and input, align
+    #: three times the original output (six in ``complete`` mode), plus 512 tokens, so a
+    #: one-line answer is not given 4,096 tokens to loop in (:mod:`iterrefine.tasks.limits`).
+    fit_max_tokens: bool = True
     #: Output alignment: ``anchored`` rewrites the original output for the revision and
     #: adds no new facts; ``complete`` makes the output fully answer the revision, adding
     #: what it asks for and keeping the original's facts where they still apply.

@@ -43,14 +43,15 @@ from iterrefine.llm._endpoint_probe import probe_completion, probe_models
 from iterrefine.llm._failures import FailureMap
 from iterrefine.llm._ratelimit import TokenBucket
 from iterrefine.llm._retries import Retries
+from iterrefine.llm._stream import send_chat
 from iterrefine.llm._tally import Tally
 from iterrefine.llm._wire import (
     ChatResult,
     LLMStats,
     build_http_client,
+    chat_body,
     encode_body,
     estimate_tokens,
-    read_completion,
     settle_platform,
 )
 from iterrefine.llm.cache import (
@@ -60,6 +61,7 @@ from iterrefine.llm.cache import (
     cache_key,
     without_fence_nonce,
 )
+from iterrefine.llm.chat import ChatOptions
 from iterrefine.llm.circuit import Circuit
 from iterrefine.observe.metrics import Metrics
 from iterrefine.retry import Backoff
@@ -178,9 +180,10 @@ class LLMClient(AsyncService):
         return self._tally.stats(retries=self._retries.count, probes=self._probes,
                                  circuit_opened=self.circuit.opened, cache=self._cache)
 
-    def record_answer(self, task: str, outcome: str, *, truncated: int) -> None:
+    def record_answer(self, task: str, outcome: str, *, truncated: int,
+                      looped: int = 0) -> None:
         """Count how an answer of ``task`` read (the ask layer calls this)."""
-        self._tally.answer(task, outcome, truncated=truncated)
+        self._tally.answer(task, outcome, truncated=truncated, looped=looped)
 
     async def chat(
         self,
@@ -189,8 +192,12 @@ class LLMClient(AsyncService):
         json_schema: dict[str, Any] | None = None,
         schema_name: str = "answer",
         max_tokens: int | None = None,
+        options: ChatOptions | None = None,
     ) -> ChatResult:
         """One chat completion, retried on transient failures.
+
+        ``options``: the task's stop sequences and whether the role's frequency penalty
+        applies (:class:`~iterrefine.llm.chat.ChatOptions`).
 
         Raises :class:`LLMTransientError` when retries run out and :class:`LLMError`
         for failures no retry can fix (authentication, bad request, unknown model).
@@ -205,32 +212,24 @@ class LLMClient(AsyncService):
             if guess is not None:
                 speculative = dialects.response_format(guess, schema_name, json_schema)
                 try:
-                    return await self._complete(api, messages, limit, speculative,
+                    return await self._complete(api, messages, limit, speculative, options,
                                                 speculative=True)
                 except IterrefineError as exc:  # the probe decides; then sent as usual
                     log.info("llm_speculative_dialect_failed", role=self.role, dialect=guess,
                              error=str(exc))
             form = dialects.response_format(await self.dialect(), schema_name, json_schema)
-        return await self._complete(api, messages, limit, form, speculative=False)
+        return await self._complete(api, messages, limit, form, options, speculative=False)
 
     async def _complete(
         self, api: openai.AsyncOpenAI, messages: list[dict[str, str]], limit: int,
-        form: dict[str, Any] | None, *, speculative: bool,
+        form: dict[str, Any] | None, options: ChatOptions | None, *, speculative: bool,
     ) -> ChatResult:
         """One call with ``response_format`` ``form``: from the cache, or paid for.
 
         ``speculative``: sent in a guessed dialect while the probe is out, so one attempt
         and outside the circuit (a server refusing the dialect is not down).
         """
-        config = self.config
-        body: dict[str, Any] = {
-            "model": config.model,
-            "messages": messages,
-            "temperature": config.temperature,
-            "max_tokens": limit,
-        }
-        if form is not None:
-            body["response_format"] = form
+        body = chat_body(self.config, messages, limit, form, options)
         # Encoded once: retries send the same bytes.
         content = encode_body(body)
         started = time.monotonic()
@@ -246,13 +245,15 @@ class LLMClient(AsyncService):
                     attempts=0, cache_key=key, cached=True,
                 )
         estimate = estimate_tokens(messages, limit)
+        prompt_estimate = estimate - limit
         if speculative:
             result = await self._attempt(api, content, estimate, structured=True,
-                                         speculative=True)
+                                         speculative=True, prompt_estimate=prompt_estimate)
             attempts = 1
         else:
             result, attempts = await self._retries.call(
-                lambda: self._attempt(api, content, estimate, structured=form is not None),
+                lambda: self._attempt(api, content, estimate, structured=form is not None,
+                                      prompt_estimate=prompt_estimate),
                 circuit=self.circuit)
         return msgspec.structs.replace(
             result, seconds=time.monotonic() - started, attempts=attempts, cache_key=key
@@ -322,7 +323,7 @@ class LLMClient(AsyncService):
 
     async def _attempt(
         self, api: openai.AsyncOpenAI, content: bytes, estimate: int, *, structured: bool,
-        speculative: bool = False,
+        speculative: bool = False, prompt_estimate: int = 0,
     ) -> ChatResult:
         async with self._semaphore:
             if self._request_bucket is not None:
@@ -332,23 +333,10 @@ class LLMClient(AsyncService):
             self._tally.requests += 1
             started = time.monotonic()
             outcome: ChatResult | IterrefineError
-            try:
-                # openai's own timeout is per phase (connect, each read); this bounds the
-                # whole request, so a server trickling bytes cannot hold a slot forever.
-                async with asyncio.timeout(self.config.timeout_s):
-                    response = await api.post(
-                        self._chat_url,
-                        cast_to=httpx2.Response,
-                        content=content,
-                        options=_REQUEST_OPTIONS,
-                    )
-            except TimeoutError:
-                status, outcome = self._failures.timeout()
-            except openai.APIError as exc:
-                status, outcome = self._failures.translate(exc, structured=structured)
-            else:
-                status, outcome = read_completion(response.content, self._failures,
-                                                  model=self.config.model)
+            status, outcome = await send_chat(
+                api, self._chat_url, content, self._failures, self.config,
+                options=_REQUEST_OPTIONS, prompt_estimate=prompt_estimate,
+                structured=structured)
             seconds = time.monotonic() - started
 
         self._tally.observe(status, seconds)

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any
 
+from iterrefine.llm.chat import ChatOptions
+from iterrefine.tasks.limits import fit_aligned, fit_revision
 from iterrefine.tasks.parsing import (
     SCHEMAS,
     AlignedAnswer,
@@ -42,6 +44,8 @@ __all__ = ["TASKS", "TaskSpec", "builtin_template", "prompt_digest", "register_t
 
 #: Extra checks of a request's data beyond its keys (raise ValueError saying why).
 DataCheck = Callable[[Mapping[str, Any], "int | None"], None]
+#: The ``max_tokens`` a request's data needs (see :mod:`iterrefine.tasks.limits`).
+TokenFit = Callable[[Mapping[str, Any], "str | None"], int]
 
 SYSTEM_MARKER = "<!-- system -->\n"
 USER_MARKER = "<!-- user -->\n"
@@ -70,6 +74,12 @@ class TaskSpec:
     check: DataCheck | None = None
     #: Alternative instructions (name → template): same keys, same answer format.
     variants: Mapping[str, str] = field(default_factory=dict)
+    #: Generation settings of the task's requests: stop sequences, and whether the role's
+    #: frequency penalty applies (not on tasks that copy item text).
+    options: ChatOptions = field(default_factory=ChatOptions)
+    #: A limit that fits the request's data (the ``max_tokens`` the task should need),
+    #: given ``(data, variant)``; the configured limit stays the ceiling. None: no fit.
+    fit_tokens: TokenFit | None = None
     #: System and user parts of ``template`` (filled in from it).
     parts: tuple[str, str] = field(init=False, compare=False)
 
@@ -137,6 +147,9 @@ def _check_refine(data: Mapping[str, Any], round: int | None) -> None:
 # ---------------------------------------------------------------- the built-in six
 
 _ITEM = frozenset({"instruction", "input"})
+#: Refine and align copy item text (a context, the facts of an output): a penalty on
+#: repeated tokens would push the model off the text it must keep.
+_COPIES_TEXT = ChatOptions(penalize_repeats=False)
 
 for _spec in (
     TaskSpec(name="score", template=builtin_template("score"),
@@ -150,7 +163,8 @@ for _spec in (
     TaskSpec(name="refine", template=builtin_template("refine"),
              required=_ITEM | {"reference_output", "backbone_answer", "evaluation"},
              optional=frozenset({"feedback_set"}), rounds=True, check=_check_refine,
-             parse=parse_revision, answer=RevisionAnswer, schema=SCHEMAS["refine"]),
+             parse=parse_revision, answer=RevisionAnswer, schema=SCHEMAS["refine"],
+             options=_COPIES_TEXT, fit_tokens=fit_revision),
     TaskSpec(name="review", template=builtin_template("review"),
              required=frozenset({"A", "B"}), rounds=True, check=_check_review,
              parse=parse_verdict, answer=VerdictAnswer, schema=SCHEMAS["review"]),
@@ -158,7 +172,8 @@ for _spec in (
              required=frozenset({"original_instruction", "original_input", "original_output",
                                  "revised_instruction", "revised_input"}),
              parse=parse_aligned, answer=AlignedAnswer, schema=SCHEMAS["align"],
-             variants={"complete": builtin_template("align.complete")}),
+             variants={"complete": builtin_template("align.complete")},
+             options=_COPIES_TEXT, fit_tokens=fit_aligned),
 ):
     register_task(_spec)
 
