@@ -113,7 +113,8 @@ class XLlamaServer:
     n_ctx: int = 8192
     alias: str = SMOLLM2_ALIAS
     embedding: bool = False
-    nice: int = 10
+    #: Added to the niceness it inherits (run the benchmark itself under ``nice``).
+    nice: int = 0
     log_path: Path | None = None
     started_s: float | None = None
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)

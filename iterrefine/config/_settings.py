@@ -84,6 +84,11 @@ class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     #: each item crosses up to 10 hops, and latency here is end-to-end latency.
     fetch_max_wait_ms: int = 100
     commit_interval_ms: int = 1000
+    #: A stage whose input stays empty (its items wait on an LLM) stops fetching and
+    #: rests, doubling from 0.25 s up to this, until its topic gets a record; a record
+    #: produced in the same process wakes it at once (:mod:`iterrefine.kafka.idle`).
+    #: 0: never rest (fetch every ``fetch_max_wait_ms``).
+    idle_poll_max_ms: int = 2000
     #: SIGTERM: how long to let in-flight work finish before committing and exiting.
     drain_timeout_s: float = 30.0
     #: Rebalance: how long revoked partitions may finish their in-flight work.
