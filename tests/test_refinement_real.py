@@ -114,3 +114,25 @@ async def test_an_alignment_that_changes_nothing_is_not_refined() -> None:
         assert kit.script.count("score") == 0
     assert out.item.status == "unrefined"
     assert "no change" in out.item.status_reason
+
+
+@pytest.mark.unit
+def test_a_dead_letter_of_an_unreadable_answer_carries_the_raw_answer() -> None:
+    """The DLQ row of an unreadable answer has the task and the model's text itself."""
+    from aiokafka.structs import ConsumerRecord
+
+    from iterrefine.errors import UnparseableOutput
+    from iterrefine.io.export import Terminal
+    from iterrefine.runtime.dlq import dlq_headers, headers_dict
+
+    record = ConsumerRecord("t.items.raw", 0, 7, 0, 0, b"id1", b"{}", None, 2, 2, [])
+    exc = UnparseableOutput("score answer: no usable yes/no", task="score",
+                            raw="Reasoning: Yes\nVerdict: high")
+    headers = dlq_headers(record, stage="score", exc=exc, attempts=1, item=None)
+    row = Terminal(id="id1", outcome="dlq", revision=0, timestamp_ms=0, item=None,
+                   meta=headers_dict(headers), raw=b"{}").row()
+    assert row["task"] == "score"
+    assert row["raw_answer"] == "Reasoning: Yes\nVerdict: high"
+    plain = dlq_headers(record, stage="score", exc=ValueError("x"), attempts=1, item=None)
+    assert "raw_answer" not in Terminal(id="id1", outcome="dlq", revision=0, timestamp_ms=0,
+                                        item=None, meta=headers_dict(plain), raw=b"").row()

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from iterrefine.config import Config
 from iterrefine.item.model import Item, Selection
 from iterrefine.observe.metrics import Metrics
+from iterrefine.selection.alignment import check_alignment
 from iterrefine.selection.difficulty import DifficultyScorer, RawPoster
 from iterrefine.selection.embeddings import Embedder, Vector
 from iterrefine.selection.shared import SharedCentroids
@@ -75,11 +76,16 @@ async def selector_for(
     embedding_model = config.role("embedding").model
     difficulty_model = config.role("difficulty").model
     difficulty_client: RawPoster = roles["difficulty"]
+    role = config.role("difficulty")
+    # Before the first item: a server with wrong prompt logprobs is corrected or refused.
+    alignment = await check_alignment(
+        difficulty_client, where=f"{role.base_url} (model {difficulty_model})")
     async with SharedCentroids(config.kafka, bootstrap, config.selection,
                                embedding_model=embedding_model, metrics=metrics) as shared:
         yield Selector(
             DifficultyScorer(difficulty_client, config.selection.difficulty_metric,
-                             difficulty_model, max_chars=config.selection.max_prompt_chars),
+                             difficulty_model, max_chars=config.selection.max_prompt_chars,
+                             alignment=alignment),
             Embedder(roles["embedding"], embedding_model,
                      max_chars=config.selection.max_prompt_chars),
             shared,
