@@ -9,6 +9,10 @@
          operator can fix: bad flags or config, output not writable, an LLM endpoint
          down or rejecting the key at preflight, or the key rejected mid-run
     3    cut short: SIGTERM/Ctrl-C or --timeout-s came first, some items did not finish
+    6    every item ended the same way: all rejected, or all dead-lettered for processing
+         reasons (at least two items); a judge that rejects everything or answers that
+         never read are a setup problem, not a result. ``--allow-uniform-outcome`` turns
+         this off (then all rejected is 0, all dead-lettered 1)
     130  a second Ctrl-C: exited at once, without draining
 """
 
@@ -21,6 +25,7 @@ OK = 0
 DEAD_LETTERED = 1
 USAGE = 2
 CUT_SHORT = 3
+UNIFORM_OUTCOME = 6
 FORCED = 130
 
 
@@ -29,11 +34,26 @@ def processing_dead_letters(summary: Mapping[str, Any], *, invalid_input: int) -
     return max(0, int(summary["dlq"]) - invalid_input)
 
 
-def run_exit_code(summary: Mapping[str, Any], *, invalid_input: int) -> int:
+def uniform_outcome(summary: Mapping[str, Any], *, invalid_input: int) -> str | None:
+    """``rejected`` or ``dlq`` when every item (two or more) ended that way, else None."""
+    items = int(summary["items_in"]) - invalid_input
+    if items < 2 or not summary["complete"]:
+        return None
+    if summary["rejected"] == items and summary["curated"] == 0:
+        return "rejected"
+    if processing_dead_letters(summary, invalid_input=invalid_input) == items:
+        return "dlq"
+    return None
+
+
+def run_exit_code(summary: Mapping[str, Any], *, invalid_input: int,
+                  allow_uniform: bool = False) -> int:
     if summary.get("aborted"):
         return USAGE
     if not summary["complete"]:
         return CUT_SHORT
+    if not allow_uniform and uniform_outcome(summary, invalid_input=invalid_input):
+        return UNIFORM_OUTCOME
     nothing_out = summary["curated"] + summary["rejected"] == 0 and summary["items_in"] > 0
     if processing_dead_letters(summary, invalid_input=invalid_input) or nothing_out:
         return DEAD_LETTERED

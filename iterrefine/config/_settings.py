@@ -129,6 +129,9 @@ class LLMRoleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     #: Jittered exponential backoff between those attempts (Retry-After wins if longer).
     retry_base_s: float = 0.2
     retry_max_s: float = 30.0
+    #: ``run``'s start-up probe: a server that takes connections but answers nothing
+    #: within 5 s (a local single-slot server busy generating) is waited for this long.
+    preflight_wait_s: float = 120.0
     #: Outage failures in a row (connection, timeout, 5xx) that open the role's circuit.
     circuit_failures: int = 5
     #: While the circuit is open: how often to ask the endpoint whether it is back.
