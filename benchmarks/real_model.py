@@ -48,7 +48,14 @@ from typing import Any
 
 import msgspec
 from harness import EXAMPLES, free_port, loadavg, machine, now_iso, quiet_logging
-from realllm import Recorder, XLlamaServer, per_task, resolve_model, tokens_per_second
+from realllm import (
+    Recorder,
+    XLlamaServer,
+    per_task,
+    resolve_model,
+    task_of,
+    tokens_per_second,
+)
 
 from iterrefine.app.run import RunOptions, run_pipeline
 from iterrefine.config import Config, Dialect, LLMRoleConfig, PipelineConfig, TaskTokenLimits
@@ -241,7 +248,54 @@ async def run(args: argparse.Namespace, base_url: str) -> dict[str, Any]:
     }
 
 
+def pin(recording: Path, result_path: Path, out: Path) -> dict[str, Any]:
+    """A recorded run made into ``tests/data`` replay data (tests/test_real_outputs.py):
+    the run's settings, input records and outcome counts, then per exchange the request,
+    the answer and how today's parser reads it (the text the ask layer reads: without a
+    loop's repeats when it was cut)."""
+    from iterrefine.llm.loops import loop_cut
+    from iterrefine.tasks.ask import PARSERS
+
+    result = json.loads(result_path.read_text(encoding="utf-8"))
+    params = result["params"]
+    header = {"recorded": f"{params['model']} via benchmarks/real_model.py, {result['date']}",
+              "params": {k: params[k] for k in ("dialect", "max_rounds", "parse_retries",
+                                                 "high_min_mean_score", "max_tokens")},
+              "records": read_jsonl(EXAMPLES / params["input"])[: params["items"]],
+              "outcomes": result["outcomes"]["statuses"]}
+    rows = []
+    for exchange in read_jsonl(recording):
+        if exchange["path"] != "chat/completions" or exchange["status"] != 200:
+            continue
+        body = exchange["request"]
+        task = task_of(body)
+        if task == "other":
+            continue  # the structured-output probe
+        choice = (exchange["response"].get("choices") or [{}])[0]
+        text = str((choice.get("message") or {}).get("content") or "")
+        reason = choice.get("finish_reason")
+        cut = exchange["cut_by_client"] or reason == "length"
+        at = loop_cut(text) if cut else None
+        read = text if at is None else text[:at]
+        readable: bool | None = None
+        if not cut or at is not None:
+            try:
+                PARSERS[task](read, None)
+                readable = True
+            except Exception:  # UnparseableOutput: the pin records it
+                readable = False
+        rows.append({"task": task, "request": {"messages": body["messages"],
+                                               "max_tokens": body.get("max_tokens")},
+                     "text": text, "finish_reason": reason,
+                     "cut_by_client": exchange["cut_by_client"],
+                     "read_text": read, "readable": readable})
+    out.write_text("".join(json.dumps(r) + "\n" for r in [header, *rows]), encoding="utf-8")
+    return {"pinned": len(rows), "bytes": out.stat().st_size}
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
+    if args.pin:
+        return pin(*map(Path, args.pin))
     if args.serve is None:
         if args.base_url is None:
             raise SystemExit("give --serve smollm2|MODEL.gguf or --base-url")
@@ -287,6 +341,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--run-timeout-s", type=float, default=5400.0, help="give up after this long (5400)")
     add("--record", metavar="FILE", help="write every request and answer as JSON lines")
     add("--out", metavar="FILE", help="also write the result JSON here")
+    add("--pin", nargs=3, metavar=("RECORDING", "RESULT", "OUT"),
+        help="instead of running: make tests/data replay data from a --record file and "
+        "its --out result")
     return parser.parse_args(argv)
 
 
