@@ -49,7 +49,7 @@ from iterrefine.tasks.parsing import (
     VerdictAnswer,
 )
 from iterrefine.tasks.prompts import build_messages
-from iterrefine.tasks.registry import BUILTIN_TASKS, TASKS
+from iterrefine.tasks.registry import BUILTIN_TASKS, TASKS, TaskSpec
 
 __all__ = [
     "PARSERS",
@@ -188,11 +188,7 @@ async def ask(
     be read, and :class:`TruncatedOutput` when the re-ask is cut off too; errors from
     the client (transient or not) propagate unchanged.
     """
-    spec = TASKS.get(task)
-    if spec is None:
-        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    if parse_retries < 0:
-        raise ValueError(f"parse_retries must be >= 0, got {parse_retries}")
+    spec = _spec(task, parse_retries)
     parser, schema = spec.parse, spec.schema
     attempts = 1 + parse_retries
     limit = max_tokens
@@ -253,6 +249,15 @@ async def ask(
     record(client, task, "unreadable", counts)
     assert last_error is not None  # the loop ran at least once and never returned
     raise last_error
+
+
+def _spec(task: str, parse_retries: int) -> TaskSpec:
+    spec = TASKS.get(task)
+    if spec is None:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    if parse_retries < 0:
+        raise ValueError(f"parse_retries must be >= 0, got {parse_retries}")
+    return spec
 
 
 # ---------------------------------------------------------------- typed helpers
