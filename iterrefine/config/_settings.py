@@ -86,9 +86,11 @@ class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     commit_interval_ms: int = 1000
     #: A stage whose input stays empty (its items wait on an LLM) stops fetching and
     #: rests, doubling from 0.25 s up to this, until its topic gets a record; a record
-    #: produced in the same process wakes it at once (:mod:`iterrefine.kafka.idle`).
-    #: 0: never rest (fetch every ``fetch_max_wait_ms``).
-    idle_poll_max_ms: int = 2000
+    #: produced in the same process wakes it at once (:mod:`iterrefine.kafka.idle`), one
+    #: from another process is seen after the rest. Measured with every stage waiting on
+    #: a 30 s endpoint (benchmarks/idle_cpu.py): 43% of a core without resting, ~4% at
+    #: 2 s, ~2.5% at 5 s, ~2% at 10 s. 0: never rest (fetch every ``fetch_max_wait_ms``).
+    idle_poll_max_ms: int = 10_000
     #: SIGTERM: how long to let in-flight work finish before committing and exiting.
     drain_timeout_s: float = 30.0
     #: Rebalance: how long revoked partitions may finish their in-flight work.

@@ -12,8 +12,10 @@ polls: its partitions are paused (aiokafka then sends no fetch for them) and it 
 from :data:`FIRST_REST_S` doubling up to ``idle_poll_max_ms``, before polling again. A
 record produced to the topic by this process — a stage's output, ingest, a dead letter
 — rings the topic's :data:`DOORBELLS` and ends the rest at once, so hops inside one
-process keep their latency; a record from another process is seen after the rest at
-most (``idle_poll_max_ms``, 2 s by default; 0 turns resting off).
+process keep their latency (``iterrefine run --workers N`` keeps an item's partition,
+so its process, from stage to stage); a record from another process is seen after the
+rest at most (a stage's ``idle_poll_max_ms``, 10 s by default, 0 turns resting off; the
+terminal watcher rests 2 s at most, so a run ends soon after its last item).
 """
 
 from __future__ import annotations
