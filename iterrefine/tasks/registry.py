@@ -147,19 +147,27 @@ def _check_refine(data: Mapping[str, Any], round: int | None) -> None:
 # ---------------------------------------------------------------- the built-in six
 
 _ITEM = frozenset({"instruction", "input"})
+#: Stop sequences: a model that starts writing the prompt's data-block markers or tag line
+#: is echoing its prompt (the whole item, hundreds of tokens), never answering; the server
+#: stops there and the parser reads what came before.
+_ECHO_STOPS = ("<<<DATA ", "<<<END DATA ", "[iterrefine task=")
+_JUDGES = ChatOptions(stop=_ECHO_STOPS)
 #: Refine and align copy item text (a context, the facts of an output): a penalty on
 #: repeated tokens would push the model off the text it must keep.
-_COPIES_TEXT = ChatOptions(penalize_repeats=False)
+_COPIES_TEXT = ChatOptions(stop=_ECHO_STOPS, penalize_repeats=False)
+#: The backbone's request has no data block (no markers to echo), only the tag line.
+_ANSWERS = ChatOptions(stop=("[iterrefine task=",))
 
 for _spec in (
     TaskSpec(name="score", template=builtin_template("score"),
              required=_ITEM | {"output"}, parse=parse_score, answer=ScoreAnswer,
-             schema=SCHEMAS["score"]),
+             schema=SCHEMAS["score"], options=_JUDGES),
     TaskSpec(name="answer", template=builtin_template("answer"),
-             required=_ITEM, parse=clean_answer, answer=str),
+             required=_ITEM, parse=clean_answer, answer=str, options=_ANSWERS),
     TaskSpec(name="evaluate", template=builtin_template("evaluate"),
              required=_ITEM | {"reference_output", "candidate_answer"},
-             parse=parse_evaluation, answer=EvaluationAnswer, schema=SCHEMAS["evaluate"]),
+             parse=parse_evaluation, answer=EvaluationAnswer, schema=SCHEMAS["evaluate"],
+             options=_JUDGES),
     TaskSpec(name="refine", template=builtin_template("refine"),
              required=_ITEM | {"reference_output", "backbone_answer", "evaluation"},
              optional=frozenset({"feedback_set"}), rounds=True, check=_check_refine,
@@ -167,7 +175,8 @@ for _spec in (
              options=_COPIES_TEXT, fit_tokens=fit_revision),
     TaskSpec(name="review", template=builtin_template("review"),
              required=frozenset({"A", "B"}), rounds=True, check=_check_review,
-             parse=parse_verdict, answer=VerdictAnswer, schema=SCHEMAS["review"]),
+             parse=parse_verdict, answer=VerdictAnswer, schema=SCHEMAS["review"],
+             options=_JUDGES),
     TaskSpec(name="align", template=builtin_template("align"),
              required=frozenset({"original_instruction", "original_input", "original_output",
                                  "revised_instruction", "revised_input"}),
