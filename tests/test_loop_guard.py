@@ -287,3 +287,17 @@ async def test_streamed_answers_count_looped_replies_in_metrics() -> None:
     looped = metrics.registry.get_sample_value(
         "iterrefine_llm_looped_total", {"role": "backbone", "task": "answer"})
     assert looped == 1
+
+
+@pytest.mark.unit
+def test_every_builtin_task_stops_at_an_echo_of_its_prompt() -> None:
+    """Each built-in task sends stops for the tag line (and the data markers where its
+    prompt has them); only refine and align, which copy item text, go unpenalised."""
+    from iterrefine.tasks.registry import BUILTIN_TASKS, TASKS
+
+    for name in BUILTIN_TASKS:
+        options = TASKS[name].options
+        assert "[iterrefine task=" in options.stop
+        assert ("<<<DATA " in options.stop) == (name != "answer")
+        assert options.penalize_repeats == (name not in ("refine", "align"))
+        assert len(options.stop) <= 4  # OpenAI's limit
