@@ -76,3 +76,43 @@ async def test_unrung_rests_double_up_to_the_limit(broker: str) -> None:
         assert not never.due
     finally:
         await consumer.stop()
+
+
+async def test_a_stage_output_and_ingest_ring_their_topics(broker: str) -> None:
+    """What a stage produces (Delivery.send) and what ingest sends ring the doorbell of
+    their topic, so a consumer resting on it in this process wakes at once."""
+    from prometheus_client import CollectorRegistry
+
+    from iterrefine.io.ingest import Ingestor, RawRecord
+    from iterrefine.observe.metrics import Metrics
+    from iterrefine.retry import Backoff
+    from iterrefine.runtime._delivery import Delivery
+    from iterrefine.runtime._messages import Outgoing
+    from iterrefine.runtime._window import Window
+
+    config = KafkaConfig(topic_prefix=f"idle{uuid.uuid4().hex[:8]}.", partitions=1)
+    await ensure_topics(config, broker, ["items.raw", "items.scored", "items.dlq"])
+    raw, scored = f"{config.topic_prefix}items.raw", f"{config.topic_prefix}items.scored"
+    consumer = make_consumer(config, broker, group_id=None)
+    producer = make_producer(config, broker)
+    await consumer.start()
+    await producer.start()
+    bells = {topic: asyncio.Event() for topic in (raw, scored)}
+    for topic, bell in bells.items():
+        DOORBELLS.listen([topic], bell)
+    try:
+        consumer.assign([TopicPartition(raw, 0)])
+        metrics = Metrics(registry=CollectorRegistry())
+        delivery = Delivery("score", producer=producer, consumer=consumer, input_topic=raw,
+                            window=Window(8, gauge=metrics.inflight.labels("score")),
+                            backoff=Backoff(), metrics=metrics)
+        await delivery.send([Outgoing(topic=scored, key=b"k", value=b"{}", outcome="scored")], 0)
+        assert bells[scored].is_set()
+        ingestor = Ingestor(producer, raw, f"{config.topic_prefix}items.dlq")
+        await ingestor.send(RawRecord(b'{"instruction": "Q?", "output": "A."}', 1, "t"))
+        assert bells[raw].is_set()
+    finally:
+        for topic, bell in bells.items():
+            DOORBELLS.forget([topic], bell)
+        await producer.stop()
+        await consumer.stop()
