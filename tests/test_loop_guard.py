@@ -301,3 +301,36 @@ def test_every_builtin_task_stops_at_an_echo_of_its_prompt() -> None:
         assert ("<<<DATA " in options.stop) == (name != "answer")
         assert options.penalize_repeats == (name not in ("refine", "align"))
         assert len(options.stop) <= 4  # OpenAI's limit
+
+
+# SmolLM2-135M's score answer in json_object mode (recorded on xllamacpp): the grammar's
+# maxLength ends the repeated sentence in "reason", and the answer goes on, complete.
+BOUNDED_REPEATS = (
+    '{\n  "usable": true,\n  "reason": "The example is not usable when the instruction has '
+    'no real task or cannot be understood.  It is not a polygon when the instruction does '
+    'not specify a polygon.  It is not a polygon when the instruction does not specify a '
+    'polygon.  It is not a polygon when the instruction does not specify a polygon.  ",\n'
+    '  "correctness": 1,\n  "completeness": 1,\n  "clarity": 1,\n  "compliance": 1,\n'
+    '  "reasoning": 1,\n  "verdict": "high",\n  "justification": "The example is not usable '
+    'when the instruction does not specify a polygon.  It is not a polygon when the '
+    'instruction does not specify a polygon.  It is not a polygon when the instruction does '
+    'not specify a polygon.  ",\n  "involves_reasoning": true\n}')
+
+
+@pytest.mark.unit
+async def test_repeats_inside_a_bounded_json_field_are_not_cut() -> None:
+    """A structured answer repeating a sentence within a schema-bounded field streams to
+    its end and reads; the same loop running on past any bound is cut."""
+    pieces = [BOUNDED_REPEATS[i:i + 3] for i in range(0, len(BOUNDED_REPEATS), 3)]
+    generation = Generation(_sse(pieces))
+    async with streaming_client(generation, structured_output="json_object") as client:
+        reply = await client.chat([{"role": "user", "content": "Score it."}],
+                                  json_schema={"type": "object"}, max_tokens=320)
+    assert reply.text == BOUNDED_REPEATS and reply.finish_reason == "stop"
+    endless = '{"instruction_new": "' + "Describe the polygon. " * 80
+    looping = Generation(_sse([endless[i:i + 4] for i in range(0, len(endless), 4)],
+                              "length"))
+    async with streaming_client(looping, structured_output="json_object") as client:
+        cut = await client.chat([{"role": "user", "content": "Revise."}],
+                                json_schema={"type": "object"}, max_tokens=4096)
+    assert cut.finish_reason == "loop" and len(cut.text) < 200

@@ -86,7 +86,7 @@ class StreamError(ValueError):
 async def read_stream(lines: AsyncIterator[str], *, structured: bool) -> Streamed:
     """Assemble the answer from ``data:`` lines, cutting it at a loop or a closed object."""
     parts: list[str] = []
-    watch = LoopWatch()
+    watch = LoopWatch(structured=structured)
     json_end = JsonEnd() if structured else None
     chunks = 0
     finish: str | None = None

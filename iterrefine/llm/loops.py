@@ -6,7 +6,9 @@ then twice the limit for a re-ask that loops again, buys nothing. Two signs, che
 the end of the text:
 
 * **a period**: the text ends in at least :data:`MIN_REPEATS` copies of one unit (from
-  a single character up to a paragraph) spanning at least :data:`MIN_SPAN` characters;
+  a single character up to a paragraph) spanning at least :data:`MIN_SPAN` characters
+  (:data:`STRUCTURED_MIN_SPAN` in a structured answer, whose bounded fields may repeat a
+  sentence harmlessly);
 * **recycled phrases**: near-copies (a penalty makes loops vary a word): of the last
   :data:`WINDOW_WORDS` words, at least :data:`RECYCLED_SHARE` start a
   :data:`NGRAM`-word phrase the answer already used.
@@ -25,9 +27,13 @@ from typing import Final
 __all__ = ["MIN_REPEATS", "MIN_SPAN", "JsonEnd", "LoopWatch", "loop_cut"]
 
 #: A unit repeated this many times in a row at the end of the text is a loop...
-MIN_REPEATS: Final = 3
+MIN_REPEATS: Final = 4
 #: ...when the copies span at least this many characters (a ``----`` rule is not one).
-MIN_SPAN: Final = 120
+MIN_SPAN: Final = 200
+#: In a structured answer a server enforcing the schema bounds each judge's commentary
+#: (``maxLength`` up to 800 characters): SmolLM2 repeats a sentence there and then goes
+#: on with the next field. Only a loop longer than any bounded field is cut.
+STRUCTURED_MIN_SPAN: Final = 1000
 #: How much of the end of the text is searched (a loop shows itself well within it).
 TAIL_CHARS: Final = 6000
 #: Candidate periods tried per check (occurrences of the text's last characters).
@@ -36,16 +42,17 @@ _PROBE: Final = 8
 
 NGRAM: Final = 5
 WINDOW_WORDS: Final = 120
+STRUCTURED_WINDOW_WORDS: Final = 250
 RECYCLED_SHARE: Final = 0.8
 _WORD: Final = re.compile(r"\S+")
 
 
-def _periodic_cut(text: str) -> int | None:
+def _periodic_cut(text: str, min_span: int) -> int | None:
     """Where a text ending in exact copies of a unit should be cut (after the first copy)."""
     offset = max(0, len(text) - TAIL_CHARS)
     tail = text[offset:]
     n = len(tail)
-    if n < MIN_SPAN:
+    if n < min_span:
         return None
     probe = tail[-_PROBE:]
     end = n - _PROBE  # search for earlier occurrences of the probe, ending before it
@@ -65,7 +72,7 @@ def _periodic_cut(text: str) -> int | None:
             i -= 1
         start = i + 1  # the periodic stretch is tail[start:]
         span = n - start
-        if span >= max(MIN_SPAN, MIN_REPEATS * period):
+        if span >= max(min_span, MIN_REPEATS * period):
             return offset + _at_boundary(tail, start + period, period)
     return None
 
@@ -81,10 +88,10 @@ def _at_boundary(tail: str, cut: int, period: int) -> int:
     return cut if match is None else match.end()
 
 
-def _recycled_cut(text: str) -> int | None:
+def _recycled_cut(text: str, window_words: int) -> int | None:
     """Where near-copies begin, when the last words mostly recycle earlier phrases."""
     words = [(m.start(), m.group(0).lower()) for m in _WORD.finditer(text)]
-    if len(words) < WINDOW_WORDS + NGRAM:
+    if len(words) < window_words + NGRAM:
         return None
     seen: set[tuple[str, ...]] = set()
     repeated: list[bool] = []
@@ -92,11 +99,11 @@ def _recycled_cut(text: str) -> int | None:
         gram = tuple(w for _, w in words[i : i + NGRAM])
         repeated.append(gram in seen)
         seen.add(gram)
-    window = repeated[-WINDOW_WORDS:]
+    window = repeated[-window_words:]
     if sum(window) < RECYCLED_SHARE * len(window):
         return None
     # The loop starts at the first repeated phrase of the longest dense final stretch.
-    start = len(repeated) - WINDOW_WORDS
+    start = len(repeated) - window_words
     count = sum(window)
     while start > 0 and (count + repeated[start - 1]) >= RECYCLED_SHARE * (
             len(repeated) - start + 1):
@@ -107,11 +114,15 @@ def _recycled_cut(text: str) -> int | None:
     return words[start][0]
 
 
-def loop_cut(text: str) -> int | None:
-    """The index to cut ``text`` at if it ends in a loop (one copy kept), else None."""
-    cut = _periodic_cut(text)
+def loop_cut(text: str, *, structured: bool = False) -> int | None:
+    """The index to cut ``text`` at if it ends in a loop (one copy kept), else None.
+
+    ``structured``: a JSON answer from a server enforcing the schema, whose bounded
+    fields may hold a few repeats harmlessly: only longer loops count.
+    """
+    cut = _periodic_cut(text, STRUCTURED_MIN_SPAN if structured else MIN_SPAN)
     if cut is None:
-        cut = _recycled_cut(text)
+        cut = _recycled_cut(text, STRUCTURED_WINDOW_WORDS if structured else WINDOW_WORDS)
     return cut
 
 
@@ -156,9 +167,10 @@ class JsonEnd:
 class LoopWatch:
     """Checks a streaming answer for a loop every ``every`` characters."""
 
-    def __init__(self, every: int = 200) -> None:
+    def __init__(self, every: int = 200, *, structured: bool = False) -> None:
         self._every = every
-        self._next = MIN_SPAN
+        self._structured = structured
+        self._next = STRUCTURED_MIN_SPAN if structured else MIN_SPAN
         self._parts: list[str] = []
         self._length = 0
 
@@ -175,4 +187,4 @@ class LoopWatch:
         self._next = self._length + self._every
         text = self.text
         self._parts = [text]
-        return loop_cut(text)
+        return loop_cut(text, structured=self._structured)
