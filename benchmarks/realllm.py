@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -124,10 +125,8 @@ class XLlamaServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self, timeout_s: float = 120.0) -> None:
-        try:
-            import xllamacpp  # noqa: F401
-        except ImportError:
-            raise SystemExit("--serve needs xllamacpp: pip install -e '.[realmodel]'") from None
+        if importlib.util.find_spec("xllamacpp") is None:
+            raise SystemExit("--serve needs xllamacpp: pip install -e '.[realmodel]'")
         opts = {"model": str(self.model), "alias": self.alias, "n_ctx": self.n_ctx,
                 "port": self.port, "threads": self.threads, "parallel": self.parallel,
                 "embedding": self.embedding}
