@@ -8,6 +8,8 @@ facts and keywords (no new facts, no drift); ``complete`` — what the paper's f
 shows — answers the revised instruction in full, adding what it asks for while
 keeping the original's facts where they still apply. The item records the mode. If
 the rewrite cannot be read, the original output is kept and the item is marked so.
+An item whose instruction, input and output all equal the original after alignment
+was not refined: it is curated as ``unrefined``, reason "no change".
 Optionally the judge scores the refined item again, so users can see whether
 refinement lifted quality.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import structlog
 
+from iterrefine.consumers.guards import unchanged
 from iterrefine.consumers.judgements import judgement_of
 from iterrefine.consumers.reentry import fresh
 from iterrefine.consumers.rounds import exhausted_reason, last_readable_revision
@@ -27,6 +30,9 @@ from iterrefine.runtime import Handler, Output
 from iterrefine.tasks.ask import ask_aligned, ask_score
 
 log = structlog.get_logger("iterrefine.align")
+
+#: ``status_reason`` of an item that left alignment as it entered the pipeline.
+NO_CHANGE_ALIGNED = "no change: instruction, input and output equal the original"
 
 
 async def rescore(ctx: PipelineContext, item: Item) -> Item:
@@ -61,6 +67,7 @@ def handler(ctx: PipelineContext) -> Handler:
                 mode=mode,
                 parse_retries=ctx.config.parse_retries,
                 max_tokens=ctx.max_tokens("align"),
+                fit_tokens=ctx.config.fit_max_tokens,
             )
             item = item.with_changes(output=aligned.output, output_aligned=True,
                                      status="refined")
@@ -70,6 +77,13 @@ def handler(ctx: PipelineContext) -> Handler:
             reason = "; ".join(filter(None, (item.status_reason, failure)))
             item = item.with_changes(output=item.original.output, output_aligned=False,
                                      status="refined", status_reason=reason)
+        original = item.original
+        if unchanged(original.instruction, original.input, item.instruction, item.input) and \
+                unchanged(original.output, "", item.output, ""):
+            # Revision and output are the original again: nothing was refined.
+            reason = "; ".join(filter(None, (item.status_reason, NO_CHANGE_ALIGNED)))
+            return [Output("items.curated", item.with_changes(status="unrefined",
+                                                              status_reason=reason))]
         if ctx.config.rescore_refined:
             item = await rescore(ctx, item)
         return [Output("items.curated", item)]

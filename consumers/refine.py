@@ -12,11 +12,16 @@ set*: every earlier reviewer's explanation of why a revision lost, oldest first
 (bounded in size). The revision goes to review. A rewrite that cannot be read
 (the backbone's answer, the grade or the rewrite) counts as a lost round (see
 :func:`iterrefine.consumers.rounds.lose_round`); the next round evaluates again
-if needed.
+if needed. So does a revision that drops the item's context or copies its answer into
+it, refused before review (:mod:`iterrefine.consumers.guards`). A revision that changes
+nothing ends refinement: the original is curated as ``unrefined``, reason "no change".
 """
 
 from __future__ import annotations
 
+import msgspec
+
+from iterrefine.consumers.guards import revision_problem, unchanged
 from iterrefine.consumers.reentry import before_refinement
 from iterrefine.consumers.rounds import LOST_ROUND_TOPICS, lose_round
 from iterrefine.errors import UnparseableOutput
@@ -93,6 +98,7 @@ def handler(ctx: PipelineContext) -> Handler:
                 feedback_set=sent,
                 parse_retries=ctx.config.parse_retries,
                 max_tokens=ctx.max_tokens("refine"),
+                fit_tokens=ctx.config.fit_max_tokens,
             )
         except UnparseableOutput as exc:
             # The feedback set was sent only if the failure was the rewrite's own answer.
@@ -102,12 +108,41 @@ def handler(ctx: PipelineContext) -> Handler:
                            explanation=f"the {exc.task} answer could not be read: {exc}")
             lost = item.with_changes(round=number, rounds=(*item.rounds, failed))
             return [lose_round(ctx, lost, failed.explanation)]
-        current = Round(number=number, instruction=revision.instruction, input=revision.input,
-                        feedback=item.feedback, feedback_set=sent)
-        revised = item.with_changes(round=number, rounds=(*item.rounds, current))
-        return [Output("items.review", revised, outcome="review")]
+        return [checked(ctx, item, number, revision.instruction, revision.input, sent)]
 
     return refine
+
+
+#: ``status_reason`` of an item whose refiner gave back the instruction and input as they
+#: were: nothing was refined, and the item says so instead of claiming ``refined``.
+NO_CHANGE = "no change: the refiner returned the instruction and input unchanged"
+
+
+def checked(ctx: PipelineContext, item: Item, number: int, instruction: str,
+            input: str, sent: tuple[str, ...] = ()) -> Output:
+    """Where round ``number``'s revision goes: to review, or not (see consumers.guards).
+
+    ``sent``: the feedback set the refiner was given, kept on the round as lineage.
+    """
+    original = item.original
+    current = Round(number=number, instruction=instruction, input=input,
+                    feedback=item.feedback, feedback_set=sent)
+    if unchanged(original.instruction, original.input, instruction, input):
+        same = msgspec.structs.replace(current, explanation=NO_CHANGE)
+        kept = item.with_changes(
+            round=number, rounds=(*item.rounds, same), status="unrefined",
+            status_reason=NO_CHANGE, instruction=original.instruction, input=original.input,
+            output=original.output, converged=False, feedback=None)
+        return Output("items.curated", kept, outcome="unchanged")
+    problem = revision_problem(original.instruction, original.input, original.output,
+                               instruction, input)
+    if problem is not None:
+        refused = msgspec.structs.replace(current, revision_failed=True,
+                                          explanation=f"refused before review: {problem}")
+        lost = item.with_changes(round=number, rounds=(*item.rounds, refused))
+        return lose_round(ctx, lost, refused.explanation)
+    revised = item.with_changes(round=number, rounds=(*item.rounds, current))
+    return Output("items.review", revised, outcome="review")
 
 
 def reset(item: Item, revision: int) -> Item:

@@ -39,6 +39,7 @@ _FAMILIES = {
     "iterrefine_llm_seconds": "histogram",
     "iterrefine_llm_tokens_total": "counter",
     "iterrefine_llm_truncated_total": "counter",
+    "iterrefine_llm_looped_total": "counter",
     "iterrefine_dlq_total": "counter",
     "iterrefine_quality_score": "histogram",
     "iterrefine_selection_items_total": "counter",

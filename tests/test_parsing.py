@@ -239,6 +239,14 @@ def test_evaluation_score_only_in_prose() -> None:
     assert parse_evaluation("I would rate this answer 7 out of 10.").score == 7
 
 
+@pytest.mark.parametrize("text", ["Score: 7", "Score: 7\n\nEvaluation:\n\nSuggestions:\n1. x",
+                                  '{"score": 7, "evaluation": "  ", "suggestions": []}'])
+def test_an_empty_evaluation_is_unreadable(text: str) -> None:
+    """A grade without any evaluation text gives the refiner nothing: unreadable (issue 27)."""
+    with pytest.raises(UnparseableOutput, match="evaluation"):
+        parse_evaluation(text)
+
+
 def test_evaluation_without_any_score_is_unparseable() -> None:
     """No score anywhere raises UnparseableOutput carrying the task and the raw text."""
     with pytest.raises(UnparseableOutput) as caught:

@@ -148,3 +148,58 @@ async def test_key_rejected_mid_run_stops_the_run_without_dead_letters(
         result = await run
     assert result.summary["aborted"] and "api_key_env" in result.summary["aborted"]
     assert result.summary["dlq"] == 0 and not result.complete
+
+
+class _SlowModels:
+    """An OpenAI-compatible server that takes connections but answers /v1/models late,
+    like a single-slot llama.cpp server busy generating."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+
+    async def __aenter__(self) -> str:
+        from aiohttp import web
+
+        async def models(request: web.Request) -> web.Response:
+            await asyncio.sleep(self.delay_s)
+            return web.json_response({"object": "list", "data": [{"id": "m"}]})
+
+        app = web.Application()
+        app.router.add_get("/v1/models", models)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return f"http://127.0.0.1:{port}/v1"
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.cleanup()
+
+
+@pytest.mark.unit
+async def test_preflight_waits_for_a_busy_server_and_refuses_a_dead_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server slow to answer (busy) is waited for up to preflight_wait_s; one that stays
+    silent longer fails naming the setting; a closed port fails at once."""
+    from iterrefine.app import _preflight
+    from iterrefine.app._preflight import check_llm_roles
+    from iterrefine.config import LLMRoleConfig
+    from iterrefine.llm import LLMClient
+
+    monkeypatch.setattr(_preflight, "PROBE_TIMEOUT_S", 0.2)
+    async with _SlowModels(delay_s=0.8) as base_url:
+        patient = LLMRoleConfig(base_url=base_url, model="m", preflight_wait_s=5.0)
+        async with LLMClient("strong", patient) as client:
+            await check_llm_roles([client])  # waited, no error
+        hasty = LLMRoleConfig(base_url=base_url, model="m", preflight_wait_s=0.1)
+        async with LLMClient("strong", hasty) as client:
+            with pytest.raises(PreflightError, match="raise preflight_wait_s"):
+                await check_llm_roles([client])
+    closed = LLMRoleConfig(base_url=base_url, model="m", preflight_wait_s=60.0)
+    started = time.monotonic()
+    async with LLMClient("strong", closed) as client:
+        with pytest.raises(PreflightError):
+            await check_llm_roles([client])
+    assert time.monotonic() - started < 10

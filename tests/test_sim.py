@@ -59,7 +59,7 @@ DATA: dict[str, dict[str, Any]] = {
 
 FREE_TEXT = {
     "score": r"Usable: (yes|no)\nReason: .+\nCorrectness: \d+\nCompleteness: \d+\nClarity: \d+\n"
-    r"Compliance: \d+\nReasoning: \d+\nInvolves reasoning: (yes|no)\nVerdict: (high|low)\n"
+    r"Compliance: \d+\nReasoning quality: \d+\nNeeds reasoning: (yes|no)\nVerdict: (high|low)\n"
     r"Justification: .+",
     "evaluate": r"Score: \d+\n\nEvaluation: .+\n\nSuggestions:\n1\. .+\n2\. .+\n3\. .+",
     "refine": r"instruction_new: .+ \[sim-rev r1\] .+\ninput_new:( .*)?",

@@ -9,6 +9,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from iterrefine.errors import LLMTransientError, TruncatedOutput, UnparseableOutput
+from iterrefine.llm.chat import ChatOptions
 from iterrefine.tasks.ask import (
     ReviewSample,
     ask,
@@ -48,6 +49,7 @@ class ScriptedClient:
         json_schema: dict[str, Any] | None = None,
         schema_name: str = "answer",
         max_tokens: int | None = None,
+        options: ChatOptions | None = None,
     ) -> Reply:
         self.calls.append(
             {"messages": messages, "json_schema": json_schema, "schema_name": schema_name}
@@ -200,6 +202,7 @@ class LimitedClient:
         json_schema: dict[str, Any] | None = None,
         schema_name: str = "answer",
         max_tokens: int | None = None,
+        options: ChatOptions | None = None,
     ) -> CutReply:
         self.limits.append(max_tokens)
         if (max_tokens or 0) >= self.enough:

@@ -6,7 +6,9 @@ message names the fix, and the whole set takes a few seconds at most:
 * every output file (curated, rejected, DLQ) can be written: its directory exists or
   can be made, and the path is not a directory;
 * every LLM role answers and accepts its key (:meth:`LLMClient.probe`: ``GET
-  /models``, or a one-token completion where that route does not exist);
+  /models``, or a one-token completion where that route does not exist); a server whose
+  port takes connections but is too busy to answer within 5 s is waited for, up to the
+  role's ``preflight_wait_s`` (:func:`wait_while_busy`);
 * every role's model is served (:func:`check_models_served`): a mistyped name stops
   the run here, naming the role and the model, instead of dead-lettering every item.
 
@@ -26,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import structlog
 
@@ -88,8 +91,7 @@ async def check_llm_roles(clients: Iterable[LLMClient]) -> None:
             async with asyncio.timeout(PROBE_TIMEOUT_S):
                 return await client.probe()
         except TimeoutError:
-            return (f"LLM role {client.role!r} at {client.config.base_url}: no answer within "
-                    f"{PROBE_TIMEOUT_S:g} s; check base_url and that the server is running")
+            return await wait_while_busy(client)
 
     problems = [p for p in await asyncio.gather(*(one(c) for c in clients)) if p is not None]
     if problems:
@@ -139,6 +141,45 @@ async def check_models_served(clients: Iterable[LLMClient]) -> None:
     if problems:
         raise PreflightError("a model name is not served, nothing was ingested or paid "
                              "for:\n  " + "\n  ".join(problems))
+
+
+async def wait_while_busy(client: LLMClient) -> str | None:
+    """A probe got no answer in time: wait for a busy server, give up on a dead one.
+
+    A local single-slot server (llama.cpp) does not answer ``/v1/models`` while it
+    generates, though it is up. If its port takes a connection, the server is there:
+    it gets ``preflight_wait_s`` (the role's setting) to answer a fresh probe. A host
+    that takes no connection is not a busy server, and the run stops at once.
+    """
+    config = client.config
+    where = f"LLM role {client.role!r} at {config.base_url}"
+    if not await _port_open(config.base_url):
+        return (f"{where}: no answer within {PROBE_TIMEOUT_S:g} s and its port takes no "
+                "connection; check base_url and that the server is running")
+    log.warning("preflight_endpoint_busy", role=client.role, base_url=config.base_url,
+                wait_s=config.preflight_wait_s)
+    try:
+        async with asyncio.timeout(config.preflight_wait_s):
+            return await client.probe()
+    except TimeoutError:
+        return (f"{where}: the server takes connections but answered nothing within "
+                f"{PROBE_TIMEOUT_S + config.preflight_wait_s:g} s; if it is busy with a long "
+                "generation, raise preflight_wait_s for this role")
+
+
+async def _port_open(base_url: str, timeout_s: float = 3.0) -> bool:
+    """Whether ``base_url``'s host takes a TCP connection on its port."""
+    url = urlsplit(base_url)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        async with asyncio.timeout(timeout_s):
+            _, writer = await asyncio.open_connection(url.hostname or "localhost", port)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
 
 
 class RunAbort:

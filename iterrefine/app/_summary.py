@@ -45,14 +45,17 @@ def _rounded(value: float | None) -> float | None:
 
 
 def answers_by_task(metrics: Metrics) -> dict[str, dict[str, int]]:
-    """How each task's answers read (first try / after re-ask / unreadable) and truncations."""
+    """How each task's answers read (first try / after re-ask / unreadable), truncations
+    and replies cut short at a loop."""
     out: dict[str, dict[str, int]] = {}
-    for family in (metrics.llm_answers_total, metrics.llm_truncated_total):
+    for family, kind in ((metrics.llm_answers_total, ""),
+                         (metrics.llm_truncated_total, "truncated"),
+                         (metrics.llm_looped_total, "looped")):
         for metric in family.collect():
             for sample in metric.samples:
                 if not sample.name.endswith("_total"):
                     continue
-                outcome = sample.labels.get("outcome", "truncated")
+                outcome = sample.labels.get("outcome", kind)
                 row = out.setdefault(sample.labels["task"], {})
                 row[outcome] = row.get(outcome, 0) + int(sample.value)
     return dict(sorted(out.items()))

@@ -13,6 +13,10 @@
          work stopped, in-flight work finished; the items not done are not in the output
     5    the input held no records (an empty file, blank lines only, a trial of 0):
          nothing was started or written
+    6    every item ended the same way: all rejected, or all dead-lettered for processing
+         reasons (at least two items); a judge that rejects everything or answers that
+         never read are a setup problem, not a result. ``--allow-uniform-outcome`` turns
+         this off (then all rejected is 0, all dead-lettered 1)
     130  a second Ctrl-C: exited at once, without draining
 
 ``iterrefine export`` has codes of its own (README "Exit codes of iterrefine export"):
@@ -34,6 +38,7 @@ USAGE = 2
 CUT_SHORT = 3
 COST_CAP = 4
 EMPTY_INPUT = 5
+UNIFORM_OUTCOME = 6
 FORCED = 130
 #: ``iterrefine export``: the files are written, but ingested items are still missing.
 EXPORT_INCOMPLETE = 3
@@ -44,13 +49,28 @@ def processing_dead_letters(summary: Mapping[str, Any], *, invalid_input: int) -
     return max(0, int(summary["dlq"]) - invalid_input)
 
 
-def run_exit_code(summary: Mapping[str, Any], *, invalid_input: int) -> int:
+def uniform_outcome(summary: Mapping[str, Any], *, invalid_input: int) -> str | None:
+    """``rejected`` or ``dlq`` when every item (two or more) ended that way, else None."""
+    items = int(summary["items_in"]) - invalid_input
+    if items < 2 or not summary["complete"]:
+        return None
+    if summary["rejected"] == items and summary["curated"] == 0:
+        return "rejected"
+    if processing_dead_letters(summary, invalid_input=invalid_input) == items:
+        return "dlq"
+    return None
+
+
+def run_exit_code(summary: Mapping[str, Any], *, invalid_input: int,
+                  allow_uniform: bool = False) -> int:
     if summary.get("aborted"):
         return USAGE
     if summary.get("stopped_by_cost_cap"):
         return COST_CAP
     if not summary["complete"]:
         return CUT_SHORT
+    if not allow_uniform and uniform_outcome(summary, invalid_input=invalid_input):
+        return UNIFORM_OUTCOME
     nothing_out = summary["curated"] + summary["rejected"] == 0 and summary["items_in"] > 0
     if processing_dead_letters(summary, invalid_input=invalid_input) or nothing_out:
         return DEAD_LETTERED

@@ -12,11 +12,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import structlog
 from rich.console import Console
 from rich.table import Table
 
 from iterrefine.app import exit_codes
-from iterrefine.app.exit_codes import run_exit_code
+from iterrefine.app.exit_codes import run_exit_code, uniform_outcome
 from iterrefine.app.pricing import describe_cost
 from iterrefine.cli._run_summary import cost_cap_message, progress_every_s, quality_rows
 from iterrefine.cli.common import add_kafka_args, add_llm_args, config_from_args, require_llm
@@ -74,6 +75,9 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
         "the input), disk (a scratch store under --data-dir, deleted after the run: flat "
         "memory), or auto (default): disk for inputs of [broker] disk_above_mb (1 MB) and more")
     add("--no-progress", action="store_true", help="no progress bar")
+    add("--allow-uniform-outcome", action="store_true",
+        help="exit as usual when every item ended the same way (all rejected, or all "
+        "dead-lettered); by default that is reported as a problem with exit code 6")
     add("--progress-every-s", type=float, metavar="S",
         help="log a run_progress event every S seconds (items done/total, rate, ETA, calls, "
         "tokens, money); default 10 when stderr is not a terminal, else none")
@@ -162,8 +166,12 @@ def _run(args: argparse.Namespace, prespawned: Any) -> int:
         print(f"  bad input: {problem}", file=sys.stderr)
     ingest = result.ingest
     # Invalid and duplicate input records have a DLQ row each; they are not processing faults.
-    code = run_exit_code(summary, invalid_input=ingest.invalid + ingest.duplicate_ids
-                         + ingest.duplicate_records)
+    invalid = ingest.invalid + ingest.duplicate_ids + ingest.duplicate_records
+    code = run_exit_code(summary, invalid_input=invalid,
+                         allow_uniform=args.allow_uniform_outcome)
+    uniform = uniform_outcome(summary, invalid_input=invalid)
+    if uniform is not None:
+        _say_uniform(uniform, summary, result.paths, allowed=args.allow_uniform_outcome)
     if summary.get("aborted"):
         print(f"iterrefine: error: {summary['aborted']}", file=sys.stderr)
     if summary.get("stopped_by_cost_cap"):
@@ -171,6 +179,8 @@ def _run(args: argparse.Namespace, prespawned: Any) -> int:
     if not result.complete:
         print(f"iterrefine: {summary['pending']} items did not finish; "
               f"{_where_unfinished_items_are(config)}", file=sys.stderr)
+    elif code == exit_codes.UNIFORM_OUTCOME:
+        pass  # said above
     elif code == exit_codes.DEAD_LETTERED:
         print(f"iterrefine: {summary['dlq']} items were dead-lettered (see {result.paths.dlq}"
               " and the dlq reasons above); exit code 1", file=sys.stderr)
@@ -181,6 +191,22 @@ def _others(args: argparse.Namespace) -> list[Path]:
     """The files a run writes beside its curated file (README "Output")."""
     paths = output_paths(args.output)
     return [paths.rejected, paths.dlq, *([args.summary] if args.summary else [])]
+
+
+def _say_uniform(outcome: str, summary: dict[str, Any], paths: Any, *, allowed: bool) -> None:
+    """Every item ended the same way: say so loudly, with where to look."""
+    if outcome == "rejected":
+        reasons = sorted(summary.get("outcomes", {}).items())
+        what = (f"all {summary['rejected']} items were rejected (see {paths.rejected}; "
+                f"outcomes: {', '.join(f'{k} {v}' for k, v in reasons)}): check the judge "
+                "model and the task filter before trusting this")
+    else:
+        what = (f"all {summary['dlq']} items were dead-lettered (see {paths.dlq} and the dlq "
+                "reasons above): check the model's answers (raw_answer in the DLQ rows)")
+    structlog.get_logger("iterrefine.run").error("run_uniform_outcome", outcome=outcome,
+                                                  allowed=allowed)
+    tail = "" if allowed else "; exit code 6 (--allow-uniform-outcome accepts it)"
+    print(f"iterrefine: WARNING: {what}{tail}", file=sys.stderr)
 
 
 def _stop_or_force(stop: asyncio.Event) -> None:

@@ -115,6 +115,13 @@ class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     #: each item crosses up to 10 hops, and latency here is end-to-end latency.
     fetch_max_wait_ms: int = 100
     commit_interval_ms: int = 1000
+    #: A stage whose input stays empty (its items wait on an LLM) stops fetching and
+    #: rests, doubling from 0.25 s up to this, until its topic gets a record; a record
+    #: produced in the same process wakes it at once (:mod:`iterrefine.kafka.idle`), one
+    #: from another process is seen after the rest. Measured with every stage waiting on
+    #: a 30 s endpoint (benchmarks/idle_cpu.py): 43% of a core without resting, ~4% at
+    #: 2 s, ~2.5% at 5 s, ~2% at 10 s. 0: never rest (fetch every ``fetch_max_wait_ms``).
+    idle_poll_max_ms: int = 10_000
     #: SIGTERM: how long to let in-flight work finish before committing and exiting.
     drain_timeout_s: float = 30.0
     #: Rebalance: how long revoked partitions may finish their in-flight work.
@@ -157,6 +164,9 @@ class LLMRoleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     #: Jittered exponential backoff between those attempts (Retry-After wins if longer).
     retry_base_s: float = 0.2
     retry_max_s: float = 30.0
+    #: ``run``'s start-up probe: a server that takes connections but answers nothing
+    #: within 5 s (a local single-slot server busy generating) is waited for this long.
+    preflight_wait_s: float = 120.0
     #: Outage failures in a row (connection, timeout, 5xx) that open the role's circuit.
     circuit_failures: int = 5
     #: While the circuit is open: how often to ask the endpoint whether it is back.
@@ -169,6 +179,17 @@ class LLMRoleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     #: ``json_schema``/``off``.
     structured_output: StructuredOutput = "auto"
     temperature: float = 0.0
+    #: Sent as ``frequency_penalty`` (OpenAI's field; vLLM and llama.cpp take it too) on
+    #: the tasks that do not copy item text (not refine or align), where it breaks the
+    #: loops small models fall into. None: not sent.
+    frequency_penalty: float | None = None
+    #: A looping answer (a model repeating itself until ``max_tokens``,
+    #: :mod:`iterrefine.llm.loops`) is recognised ``text``: in the text returned cut at
+    #: the limit, which is then read without its repeats instead of asked again at twice
+    #: the limit; ``stream``: also while it streams in, closing the request at the loop
+    #: (and a JSON answer once its object closes), so the rest is never generated; or
+    #: ``off``. ``stream`` needs a server that streams (not ``iterrefine sim-llm``).
+    loop_guard: Literal["stream", "text", "off"] = "text"
     #: For calls that bring no limit of their own (probes, a user task without one); the
     #: pipeline's tasks use ``[pipeline.max_tokens]``.
     max_tokens: int = 1024
@@ -246,6 +267,11 @@ class PipelineConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     feedback_max_entries: int = 5
     feedback_max_chars: int = 6000
     max_tokens: TaskTokenLimits = TaskTokenLimits()
+    #: Lower a content task's limit to fit the item (never above ``max_tokens``):
+    #: refine gets room for about three times the original instruction and input, align
+    #: three times the original output (six in ``complete`` mode), plus 512 tokens, so a
+    #: one-line answer is not given 4,096 tokens to loop in (:mod:`iterrefine.tasks.limits`).
+    fit_max_tokens: bool = True
     #: Output alignment: ``anchored`` rewrites the original output for the revision and
     #: adds no new facts; ``complete`` makes the output fully answer the revision, adding
     #: what it asks for and keeping the original's facts where they still apply.

@@ -47,6 +47,8 @@ PAPER: Final[Mapping[str, Any]] = {
     "pipeline.max_tokens.refine": 4096,
     "pipeline.max_tokens.review": 4096,
     "pipeline.max_tokens.align": 4096,
+    # ...and not lowered to fit the item (the loop guard still stops a looping answer).
+    "pipeline.fit_max_tokens": False,
     # FIR: three rounds; at the cap the last revision is kept and aligned; A and B are
     # always shown in the same order (no position swap).
     "pipeline.max_rounds": 3,

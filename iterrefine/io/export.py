@@ -51,6 +51,9 @@ class Terminal:
             "origin": self.meta.get("ingest.origin", ""),
             "line": self.meta.get("ingest.line", ""),
         }
+        if "raw_answer" in self.meta:  # an unreadable model answer: the text itself
+            row["task"] = self.meta.get("task", "")
+            row["raw_answer"] = self.meta["raw_answer"]
         try:
             row["original"] = self.raw.decode("utf-8")
         except UnicodeDecodeError:

@@ -31,6 +31,7 @@ from iterrefine.io._duplicates import Duplicate, FirstWins, bytes_fingerprint, c
 from iterrefine.item.jsonguard import split_array
 from iterrefine.item.model import DEFAULT_MAX_RAW_BYTES
 from iterrefine.item.records import item_from_raw, raw_id
+from iterrefine.kafka.idle import DOORBELLS
 from iterrefine.observe.metrics import Metrics
 
 log = structlog.get_logger("iterrefine.ingest")
@@ -332,6 +333,7 @@ class Ingestor:
         if self._on_id is not None:
             self._on_id(item_id)
         future = await self._producer.send(topic, value, key=item_id.encode(), headers=headers)
+        DOORBELLS.ring(topic)
         self._pending.append(future)
         if len(self._pending) >= self._batch_size:
             await self.flush()

@@ -10,6 +10,7 @@ from aiokafka.structs import TopicPartition
 from iterrefine.config import KafkaConfig
 from iterrefine.io.export import Selection, Terminal, outcome_of_topic, terminal_of
 from iterrefine.kafka.clients import make_consumer, true_end_offsets
+from iterrefine.kafka.idle import IdleRest
 from iterrefine.kafka.topics import TopicNames
 
 
@@ -21,14 +22,16 @@ class TerminalWatcher:
     """
 
     def __init__(self, config: KafkaConfig, bootstrap_servers: str, *,
-                 fetch_max_wait_ms: int = 100) -> None:
+                 fetch_max_wait_ms: int = 100, idle_poll_max_ms: int = 2000) -> None:
         self._config = config
         self._bootstrap = bootstrap_servers
         # The last item is seen this much later at most (the stages' own setting, not
         # aiokafka's 500 ms: a run ends when this sees its last item).
         self._fetch_max_wait_ms = fetch_max_wait_ms
         self._names = TopicNames(config.topic_prefix)
+        self._idle_poll_max_ms = idle_poll_max_ms
         self._consumer: AIOKafkaConsumer | None = None
+        self._idle: IdleRest | None = None
         self.selection = Selection()
 
     async def start(self) -> None:
@@ -44,6 +47,10 @@ class TerminalWatcher:
         ends = await true_end_offsets(consumer, partitions)
         for tp, offset in ends.items():
             consumer.seek(tp, offset)
+        # Rests while nothing arrives; a stage of this process producing a terminal
+        # record wakes it (the last item is still seen at once).
+        self._idle = IdleRest(consumer, self._names.terminal(),
+                              max_rest_s=self._idle_poll_max_ms / 1000)
 
     async def stop(self) -> None:
         if self._consumer is not None:
@@ -57,8 +64,11 @@ class TerminalWatcher:
 
     async def _read(self, offer: Callable[[Terminal], bool], timeout_ms: int) -> int:
         """Hand every record that arrived to ``offer``; how many it took as new."""
-        assert self._consumer is not None, "start() first"
+        assert self._consumer is not None and self._idle is not None, "start() first"
+        if self._idle.due:
+            await self._idle.rest()
         batch = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=5000)
+        self._idle.polled(sum(map(len, batch.values())))
         new = 0
         for tp, records in batch.items():
             outcome = outcome_of_topic(self._names, tp.topic)

@@ -83,13 +83,15 @@ class Tally:
             prompt_counter.inc(prompt)
             completion_counter.inc(completion)
 
-    def answer(self, task: str, outcome: str, *, truncated: int) -> None:
-        """How an answer of ``task`` read."""
+    def answer(self, task: str, outcome: str, *, truncated: int, looped: int = 0) -> None:
+        """How an answer of ``task`` read (``looped``: replies cut short at a loop)."""
         if self._metrics is None:
             return
         self._metrics.llm_answers_total.labels(task=task, outcome=outcome).inc()
         if truncated:
             self._metrics.llm_truncated_total.labels(role=self._role, task=task).inc(truncated)
+        if looped:
+            self._metrics.llm_looped_total.labels(role=self._role, task=task).inc(looped)
 
     def stats(
         self, *, retries: int, probes: int, circuit_opened: int, cache: RoleCache | None,

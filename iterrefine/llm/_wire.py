@@ -19,6 +19,7 @@ import openai
 from iterrefine.config import LLMRoleConfig
 from iterrefine.errors import IterrefineError
 from iterrefine.llm._failures import FailureMap
+from iterrefine.llm.chat import ChatOptions
 
 
 class ChatResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -105,6 +106,28 @@ SIMULATOR_FINGERPRINT = "iterrefine-simulator"
 
 encode_body = msgspec.json.Encoder().encode
 decode_completion = msgspec.json.Decoder(_Completion).decode
+
+
+def chat_body(config: LLMRoleConfig, messages: list[dict[str, str]], limit: int,
+              form: dict[str, Any] | None, options: ChatOptions | None) -> dict[str, Any]:
+    """A chat request's body: the role's sampling settings with the task's options."""
+    body: dict[str, Any] = {
+        "model": config.model,
+        "messages": messages,
+        "temperature": config.temperature,
+        # Never 0: llama.cpp's server reads it as "no limit".
+        "max_tokens": max(1, limit),
+    }
+    if form is not None:
+        body["response_format"] = form
+    if options is not None and options.stop:
+        body["stop"] = list(options.stop)
+    if config.frequency_penalty is not None and (options is None or options.penalize_repeats):
+        body["frequency_penalty"] = config.frequency_penalty
+    if config.loop_guard == "stream":
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return body
 
 
 def estimate_tokens(messages: list[dict[str, str]], max_tokens: int) -> int:

@@ -160,13 +160,28 @@ _key_body = msgspec.json.Encoder().encode
 def request_key(
     *, endpoint: str, model: str, messages: list[dict[str, str]], temperature: float,
     max_tokens: int, json_schema: dict[str, Any] | None, schema_name: str,
+    knobs: dict[str, Any] | None = None,
 ) -> str:
-    """The key of a chat request: everything that decides its answer (module docstring)."""
+    """The key of a chat request: everything that decides its answer (module docstring).
+
+    ``knobs``: the other sampling settings sent (stop sequences, frequency penalty); absent
+    when none are, so keys of plain requests stay what they were.
+    """
     return cache_key(_key_body({
         "endpoint": endpoint, "model": model, "messages": without_fence_nonce(messages),
         "temperature": temperature, "max_tokens": max_tokens,
         "schema": None if json_schema is None else [schema_name, json_schema],
+        **({"knobs": knobs} if knobs else {}),
     }))
+
+
+#: Body fields besides the key's own that change what a model answers.
+_SAMPLING_KNOBS = ("stop", "frequency_penalty")
+
+
+def sampling_knobs(body: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a chat body named in ``_SAMPLING_KNOBS`` (for :func:`request_key`)."""
+    return {name: body[name] for name in _SAMPLING_KNOBS if name in body}
 
 
 def default_path(data_dir: str | Path) -> Path:

@@ -9,7 +9,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["AnswerRecorder", "ChatClient", "ChatReply", "SimulatorAware", "TruncationHook"]
+import msgspec
+
+__all__ = [
+    "AnswerRecorder", "ChatClient", "ChatOptions", "ChatReply", "SimulatorAware", "TruncationHook",
+]
+
+
+class ChatOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """A task's generation settings for one call (the role adds its own: temperature,
+    penalty value, loop guard)."""
+
+    #: Stop sequences sent with the request.
+    stop: tuple[str, ...] = ()
+    #: Whether the role's ``frequency_penalty`` applies: not on tasks that must copy item
+    #: text faithfully (a penalty pushes a model away from repeating the input it copies).
+    penalize_repeats: bool = True
 
 
 #: Called with the task's name for every answer cut off at ``max_tokens`` (a metric).
@@ -34,6 +49,7 @@ class ChatClient(Protocol):
         json_schema: dict[str, Any] | None = None,
         schema_name: str = "answer",
         max_tokens: int | None = None,
+        options: ChatOptions | None = None,
     ) -> ChatReply: ...
 
 
@@ -41,7 +57,8 @@ class ChatClient(Protocol):
 class AnswerRecorder(Protocol):
     """A client that counts how its answers read (``LLMClient`` does, into metrics)."""
 
-    def record_answer(self, task: str, outcome: str, *, truncated: int) -> None: ...
+    def record_answer(self, task: str, outcome: str, *, truncated: int,
+                      looped: int = 0) -> None: ...
 
 
 @runtime_checkable

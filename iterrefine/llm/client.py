@@ -44,14 +44,15 @@ from iterrefine.llm._failures import FailureMap
 from iterrefine.llm._hedge import Hedging
 from iterrefine.llm._ratelimit import TokenBucket
 from iterrefine.llm._retries import Retries
+from iterrefine.llm._stream import send_chat
 from iterrefine.llm._tally import Tally
 from iterrefine.llm._wire import (
     ChatResult,
     LLMStats,
     build_http_client,
+    chat_body,
     encode_body,
     estimate_tokens,
-    read_completion,
     settle_platform,
 )
 from iterrefine.llm.budget import Budget
@@ -61,7 +62,9 @@ from iterrefine.llm.cache import (
     RoleCache,
     endpoint_identity,
     request_key,
+    sampling_knobs,
 )
+from iterrefine.llm.chat import ChatOptions
 from iterrefine.llm.circuit import Circuit
 from iterrefine.observe.metrics import Metrics
 from iterrefine.retry import Backoff
@@ -209,9 +212,10 @@ class LLMClient(AsyncService):
         by_item = self._tally.by_item or {}
         return {key: (row[0], row[1], row[2]) for key, row in by_item.items()}
 
-    def record_answer(self, task: str, outcome: str, *, truncated: int) -> None:
+    def record_answer(self, task: str, outcome: str, *, truncated: int,
+                      looped: int = 0) -> None:
         """Count how an answer of ``task`` read (the ask layer calls this)."""
-        self._tally.answer(task, outcome, truncated=truncated)
+        self._tally.answer(task, outcome, truncated=truncated, looped=looped)
 
     async def chat(
         self,
@@ -220,8 +224,12 @@ class LLMClient(AsyncService):
         json_schema: dict[str, Any] | None = None,
         schema_name: str = "answer",
         max_tokens: int | None = None,
+        options: ChatOptions | None = None,
     ) -> ChatResult:
         """One chat completion, retried on transient failures.
+
+        ``options``: the task's stop sequences and whether the role's frequency penalty
+        applies (:class:`~iterrefine.llm.chat.ChatOptions`).
 
         Raises :class:`LLMTransientError` when retries run out and :class:`LLMError`
         for failures no retry can fix (authentication, bad request, unknown model).
@@ -235,7 +243,8 @@ class LLMClient(AsyncService):
             key = request_key(endpoint=self._identity, model=self.config.model,
                               messages=messages, temperature=self.config.temperature,
                               max_tokens=limit, json_schema=json_schema,
-                              schema_name=schema_name)
+                              schema_name=schema_name, knobs=sampling_knobs(
+                                  chat_body(self.config, messages, limit, None, options)))
             hit = self._cache.lookup(key)
             if hit is not None:
                 log.debug("llm_cache_hit", role=self.role, key=key)
@@ -253,7 +262,7 @@ class LLMClient(AsyncService):
             if guess is not None:
                 speculative = dialects.response_format(guess, schema_name, json_schema)
                 try:
-                    result = await self._complete(api, messages, limit, speculative,
+                    result = await self._complete(api, messages, limit, speculative, options,
                                                   speculative=True)
                 except IterrefineError as exc:  # the probe decides; then sent as usual
                     log.info("llm_speculative_dialect_failed", role=self.role, dialect=guess,
@@ -262,44 +271,39 @@ class LLMClient(AsyncService):
                 form = dialects.response_format(await self.dialect(), schema_name,
                                                 json_schema)
         if result is None:
-            result = await self._complete(api, messages, limit, form, speculative=False)
+            result = await self._complete(api, messages, limit, form, options,
+                                         speculative=False)
         self._simulated_answers += result.simulated
         return msgspec.structs.replace(result, seconds=time.monotonic() - started,
                                        cache_key=key)
 
     async def _complete(
         self, api: openai.AsyncOpenAI, messages: list[dict[str, str]], limit: int,
-        form: dict[str, Any] | None, *, speculative: bool,
+        form: dict[str, Any] | None, options: ChatOptions | None, *, speculative: bool,
     ) -> ChatResult:
         """One paid call with ``response_format`` ``form``.
 
         ``speculative``: sent in a guessed dialect while the probe is out, so one attempt
         and outside the circuit (a server refusing the dialect is not down).
         """
-        config = self.config
-        body: dict[str, Any] = {
-            "model": config.model,
-            "messages": messages,
-            "temperature": config.temperature,
-            "max_tokens": limit,
-        }
-        if form is not None:
-            body["response_format"] = form
+        body = chat_body(self.config, messages, limit, form, options)
         # Encoded once: retries send the same bytes.
         content = encode_body(body)
         estimate = estimate_tokens(messages, limit)
+        prompt_estimate = estimate - limit
         budget, held = self._budget, 0.0
         if budget is not None:  # the run's cost cap: the worst case is held before sending
-            held = await budget.reserve(self.role, estimate - limit, limit)
+            held = await budget.reserve(self.role, prompt_estimate, limit)
         used = (0, 0)
         try:
             if speculative:
                 result = await self._attempt(api, content, estimate, structured=True,
-                                             speculative=True)
+                                             speculative=True, prompt_estimate=prompt_estimate)
                 attempts = 1
             else:
                 result, attempts = await self._retries.call(
-                    lambda: self._attempt(api, content, estimate, structured=form is not None),
+                    lambda: self._attempt(api, content, estimate, structured=form is not None,
+                                          prompt_estimate=prompt_estimate),
                     circuit=self.circuit)
             used = (result.prompt_tokens, result.completion_tokens)
         finally:
@@ -379,7 +383,7 @@ class LLMClient(AsyncService):
 
     async def _attempt(
         self, api: openai.AsyncOpenAI, content: bytes, estimate: int, *, structured: bool,
-        speculative: bool = False,
+        speculative: bool = False, prompt_estimate: int = 0,
     ) -> ChatResult:
         async with self._semaphore:
             if self._request_bucket is not None:
@@ -389,21 +393,11 @@ class LLMClient(AsyncService):
             self._tally.requests += 1
             started = time.monotonic()
             outcome: ChatResult | IterrefineError
-            try:
-                # openai's own timeout is per phase (connect, each read); this bounds the
-                # whole request, so a server trickling bytes cannot hold a slot forever.
-                # A request lost by the server is sent again meanwhile (llm._hedge).
-                async with asyncio.timeout(self.config.timeout_s):
-                    response = await self._hedging.run(lambda: api.post(
-                        self._chat_url, cast_to=httpx2.Response, content=content,
-                        options=_REQUEST_OPTIONS))
-            except TimeoutError:
-                status, outcome = self._failures.timeout()
-            except openai.APIError as exc:
-                status, outcome = self._failures.translate(exc, structured=structured)
-            else:
-                status, outcome = read_completion(response.content, self._failures,
-                                                  model=self.config.model)
+            # A request lost by the server is sent again meanwhile (llm._hedge).
+            status, outcome = await send_chat(
+                api, self._chat_url, content, self._failures, self.config,
+                options=_REQUEST_OPTIONS, prompt_estimate=prompt_estimate,
+                structured=structured, hedging=self._hedging)
             seconds = time.monotonic() - started
 
         self._tally.observe(status, seconds)

@@ -91,6 +91,11 @@ class Metrics:
             "LLM answers cut off at max_tokens (finish_reason=length), by role and task.",
             ["role", "task"], registry=r,
         )
+        self.llm_looped_total = Counter(
+            f"{PREFIX}_llm_looped_total",
+            "LLM answers cut short at a loop (a model repeating itself), by role and task.",
+            ["role", "task"], registry=r,
+        )
         self.llm_cache_total = Counter(
             f"{PREFIX}_llm_cache_total", "LLM response cache lookups by role and result "
             "(hit: answered without a request).", ["role", "result"], registry=r,

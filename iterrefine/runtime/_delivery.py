@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 from prometheus_client import Counter
 
+from iterrefine.kafka.idle import DOORBELLS
 from iterrefine.observe.metrics import Metrics
 from iterrefine.retry import Backoff
 from iterrefine.runtime._acks import AckGroup
@@ -65,6 +66,7 @@ class Delivery:
             futures.append(await self._producer.send(
                 out.topic, out.value, key=out.key, headers=out.headers, partition=chosen,
             ))
+            DOORBELLS.ring(out.topic)  # a consumer of it resting in this process reads now
         return futures
 
     async def _learn_partitioning(self, topic: str) -> bool:

@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.structs import TopicPartition
 
 from iterrefine.config import RuntimeConfig
+from iterrefine.kafka.idle import IdleRest
 from iterrefine.runtime._commits import Commits
 from iterrefine.runtime._processing import Processing
 from iterrefine.runtime._window import Window
@@ -26,7 +27,7 @@ class Fetcher:
 
     def __init__(
         self, stage: Stage, *, consumer: AIOKafkaConsumer, runtime: RuntimeConfig,
-        window: Window, commits: Commits, processing: Processing,
+        window: Window, commits: Commits, processing: Processing, topics: tuple[str, ...] = (),
     ) -> None:
         self._hold = stage.hold
         self._consumer = consumer
@@ -42,6 +43,8 @@ class Fetcher:
         self._full_since: float | None = None
         #: A full window calls getmany this often, well inside max_poll_interval_ms.
         self._keepalive_s = runtime.max_poll_interval_ms / 1000 / 4
+        #: Rests the consumer while its topic stays empty (items waiting on an LLM).
+        self._idle = IdleRest(consumer, topics, max_rest_s=runtime.idle_poll_max_ms / 1000)
 
     async def poll_once(self) -> None:
         """Fetch and dispatch what the window has room for, or wait for room."""
@@ -55,11 +58,16 @@ class Fetcher:
         if self._paused:
             consumer.resume(*consumer.assignment())
             self._paused = False
+        if self._idle.due:
+            await self._idle.rest()
+            return
         want = min(free, self._per_poll)
         batch = await consumer.getmany(timeout_ms=self._fetch_timeout_ms, max_records=want)
         self._dispatch(batch)
         window.report()  # every poll, so it falls back to 0 when idle
-        if sum(map(len, batch.values())) >= want:
+        got = sum(map(len, batch.values()))
+        self._idle.polled(got)
+        if got >= want:
             # More may be buffered, and getmany hands it over without yielding: let the
             # records just started run (and their requests leave) before the next ones.
             await asyncio.sleep(0)

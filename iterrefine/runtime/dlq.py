@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from iterrefine.errors import IterrefineError
+from iterrefine.errors import IterrefineError, UnparseableOutput
 from iterrefine.item.model import Item
 from iterrefine.item.records import raw_id
 from iterrefine.runtime.stage import RecordLike
@@ -13,7 +13,8 @@ _MAX_MESSAGE_CHARS = 1000
 #: Set by every dead letter; an earlier dead letter's values (a replayed DLQ record) give way.
 _OWN_HEADERS = frozenset(
     f"iterrefine.{name}"
-    for name in ("stage", "reason", "error", "message", "attempts", "source", "revision")
+    for name in ("stage", "reason", "error", "message", "attempts", "source", "revision",
+                 "task", "raw_answer")
 )
 
 
@@ -49,7 +50,17 @@ def dlq_headers(
         ("iterrefine.attempts", str(attempts).encode()),
         ("iterrefine.source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
         ("iterrefine.revision", str(revision).encode()),
+        *_answer_headers(exc),
     ]
+
+
+def _answer_headers(exc: BaseException) -> list[tuple[str, bytes]]:
+    """The model's last answer, when the failure was an unreadable one: what to look at
+    (and fix the prompt or parser for) is the text itself, not only the parser's verdict."""
+    if not isinstance(exc, UnparseableOutput):
+        return []
+    return [("iterrefine.task", exc.task.encode()),
+            ("iterrefine.raw_answer", exc.raw.encode("utf-8", "replace"))]
 
 
 def headers_dict(headers: Sequence[tuple[str, bytes]]) -> dict[str, str]:

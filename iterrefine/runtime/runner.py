@@ -195,7 +195,8 @@ class StageRunner:
         processing = Processing(self.stage.name, handling=self._handling, delivery=delivery,
                                 window=self._window, seconds=self._seconds)
         return Fetcher(self.stage, consumer=consumer, runtime=self._rt, window=self._window,
-                       commits=self._commits, processing=processing)
+                       commits=self._commits, processing=processing,
+                       topics=(self._input_topic,))
 
     async def _partitions(self, consumer: AIOKafkaConsumer) -> list[int]:
         """The input topic's partition numbers (asking the broker if not yet known)."""

@@ -1,9 +1,13 @@
 """Instruction difficulty from a small model's completion logprobs (IQD stage 2).
 
-Any OpenAI-compatible ``/v1/completions`` endpoint that echoes the prompt with its
-token logprobs serves (vLLM, llama.cpp's server): ``echo=true``, ``logprobs=0`` and
-``max_tokens=1`` (not 0: llama.cpp's server reads 0 as "no limit" and generates on).
-Only the echoed prompt tokens are read; the one generated token is ignored.
+An OpenAI-compatible ``/v1/completions`` endpoint that echoes the prompt with its
+token logprobs, *correctly aligned*, serves (vLLM; ``iterrefine sim-llm`` for tests):
+``echo=true``, ``logprobs=0`` and ``max_tokens=1`` (never 0: llama.cpp's server reads 0
+as "no limit" and generates on). Only the echoed prompt tokens are read; the one
+generated token is ignored. llama-cpp-python's echo is shifted by one token and
+xllamacpp's server ignores ``echo``: the start-up check
+(:mod:`iterrefine.selection.alignment`) corrects a shifted server whose answers carry
+``top_logprobs``, and refuses any other (exit 2), so a wrong perplexity is never used.
 
 Two metrics:
 
@@ -23,6 +27,7 @@ import msgspec
 
 from iterrefine.errors import LLMError
 from iterrefine.item.model import Difficulty
+from iterrefine.selection.alignment import TOP_LOGPROBS, Alignment, corrected_values
 
 Metric = Literal["ifd", "instruction_ppl"]
 
@@ -113,17 +118,25 @@ class DifficultyScorer:
     """Scores items with one metric through one ``/v1/completions`` endpoint."""
 
     def __init__(
-        self, client: RawPoster, metric: Metric, model: str, *, max_chars: int = 8000
+        self, client: RawPoster, metric: Metric, model: str, *, max_chars: int = 8000,
+        alignment: Alignment | None = None,
     ) -> None:
         self.client = client
         self.metric = metric
         self.model = model
         self.max_chars = max_chars
+        #: The start-up check's verdict; ``shifted`` answers are corrected.
+        self.shifted = alignment is not None and alignment.verdict == "shifted"
 
     async def _echo(self, prompt: str) -> tuple[list[float | None], list[int]]:
-        body = {"prompt": prompt, "echo": True, "logprobs": 0, "max_tokens": 1,
+        body = {"prompt": prompt, "echo": True,
+                "logprobs": TOP_LOGPROBS if self.shifted else 0, "max_tokens": 1,
                 "temperature": 0.0}
-        return prompt_logprobs(await self.client.post_json("completions", body), prompt)
+        answer = await self.client.post_json("completions", body)
+        values, offsets = prompt_logprobs(answer, prompt)
+        if self.shifted:
+            values = corrected_values(answer, len(values))
+        return values, offsets
 
     async def score(self, instruction: str, input: str, output: str) -> Difficulty:
         if self.metric == "instruction_ppl":

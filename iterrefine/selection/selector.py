@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from iterrefine.config import Config
 from iterrefine.item.model import Item, Selection
 from iterrefine.observe.metrics import Metrics
+from iterrefine.selection.alignment import check_alignment
 from iterrefine.selection.barrier import SignalSink, is_exact
 from iterrefine.selection.difficulty import DifficultyScorer, RawPoster
 from iterrefine.selection.embeddings import Embedder, Vector
@@ -98,8 +99,13 @@ async def selector_for(
     embedding_model = config.role("embedding").model
     difficulty_model = config.role("difficulty").model
     difficulty_client: RawPoster = roles["difficulty"]
+    # Before the first item: a server with wrong prompt logprobs is corrected or refused.
+    alignment = await check_alignment(
+        difficulty_client,
+        where=f"{config.role('difficulty').base_url} (model {difficulty_model})")
     difficulty = DifficultyScorer(difficulty_client, selection.difficulty_metric,
-                                  difficulty_model, max_chars=selection.max_prompt_chars)
+                                  difficulty_model, max_chars=selection.max_prompt_chars,
+                                  alignment=alignment)
     embedder = Embedder(roles["embedding"], embedding_model, max_chars=selection.max_prompt_chars,
                         pooling=selection.pooling, normalize=selection.normalize)
     if is_exact(selection):

@@ -83,6 +83,14 @@ def embedding_answer(text: str, config: SimConfig) -> list[float] | list[list[fl
     return rows
 
 
+def _counts_on(tokens: list[str]) -> bool:
+    """Whether the last token continues a counting sequence (``…, 7, 8,``)."""
+    if len(tokens) < 2:
+        return False
+    last, before = (t.strip().rstrip(",") for t in tokens[-2:][::-1])
+    return last.isdigit() and before.isdigit() and int(last) == int(before) + 1
+
+
 def echo_logprobs(prompt: str) -> dict[str, Any]:
     """``choices[0].logprobs`` of an echoed prompt plus the one generated token."""
     tokens: list[str] = []
@@ -96,6 +104,8 @@ def echo_logprobs(prompt: str) -> dict[str, Any]:
         offsets.append(match.start())
         if not values:
             values.append(None)
+        elif _counts_on(tokens):
+            values.append(-0.05)  # a counting sequence is near-certain, as for a real model
         else:
             value = -(0.3 + 4.0 * unit("lp", word))
             values.append(round(value / 2 if word in seen else value, 6))

@@ -155,10 +155,14 @@ _LOW_JUSTIFICATIONS = (
 )
 
 
+#: The score prompt's labels that are not the dimension's name capitalised.
+_SCORE_LABEL = {"reasoning": "Reasoning quality"}
+
+
 def _score_text(a: dict[str, Any]) -> str:
     lines = [f"Usable: {'yes' if a['usable'] else 'no'}", f"Reason: {a['reason']}"]
-    lines += [f"{dim.capitalize()}: {a[dim]}" for dim in _DIMENSIONS]
-    lines.append(f"Involves reasoning: {'yes' if a['involves_reasoning'] else 'no'}")
+    lines += [f"{_SCORE_LABEL.get(dim, dim.capitalize())}: {a[dim]}" for dim in _DIMENSIONS]
+    lines.append(f"Needs reasoning: {'yes' if a['involves_reasoning'] else 'no'}")
     lines += [f"Verdict: {a['verdict']}", f"Justification: {a['justification']}"]
     return "\n".join(lines)
 

@@ -11,19 +11,35 @@ An answer cut off at ``max_tokens`` (``finish_reason == "length"``) is never par
 a parser could read a half-written text as complete. It is asked again once with
 twice the limit; cut off again, it raises :class:`TruncatedOutput` (an
 :class:`UnparseableOutput`), so each stage's policy for unreadable answers applies.
+
+Except when it was cut off because the model looped (:mod:`iterrefine.llm.loops`:
+repeating itself until the limit): twice the limit would buy twice the loop. Such an
+answer — recognised in the returned text, or cut short while streaming (the client's
+``finish_reason == "loop"``) — is read without its repeats, and if that does not
+parse it is asked again like any unreadable answer, at the same limit.
+
+Each task brings its generation settings (:class:`~iterrefine.llm.chat.ChatOptions`)
+and, with ``fit_tokens``, a limit fitted to the request's data
+(:mod:`iterrefine.tasks.limits`) under the configured one.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Sequence
-from typing import Any, Final, Literal, Protocol, overload, runtime_checkable
+from typing import Any, Final, Literal, overload
 
 import msgspec
 import structlog
 
 from iterrefine.errors import TruncatedOutput, UnparseableOutput
 from iterrefine.llm.chat import AnswerRecorder, ChatClient, ChatReply, TruncationHook
+from iterrefine.tasks._replies import (
+    Counts,
+    record,
+    remember,
+    without_loop,
+)
 from iterrefine.tasks.parsing import (
     AlignedAnswer,
     AnswerContext,
@@ -33,7 +49,7 @@ from iterrefine.tasks.parsing import (
     VerdictAnswer,
 )
 from iterrefine.tasks.prompts import build_messages
-from iterrefine.tasks.registry import BUILTIN_TASKS, TASKS
+from iterrefine.tasks.registry import BUILTIN_TASKS, TASKS, TaskSpec
 
 __all__ = [
     "PARSERS",
@@ -58,22 +74,6 @@ log = structlog.get_logger(__name__)
 _REASK_TOKENS_WITHOUT_LIMIT: Final = 8192
 
 
-def _finish_reason(reply: ChatReply) -> str | None:
-    # Replies of simple test doubles may not carry the attribute; LLMClient's always do.
-    reason = getattr(reply, "finish_reason", None)
-    return reason if isinstance(reason, str) else None
-
-
-@runtime_checkable
-class RemembersAnswers(Protocol):
-    """A client with a response cache (``LLMClient``): it keeps an answer once it is read."""
-
-    def remember(self, reply: object, *, readable: bool) -> None: ...
-
-
-#: How an answer was read: on the first call, after re-asking, or not at all.
-AnswerOutcome = Literal["first_try", "after_reask", "unreadable"]
-
 #: The parser that reads each built-in task's answer (the registry's, as a table); the
 #: context (the request's nonce, item text and instructions) keeps prompt scaffolding
 #: and item text out of the fields.
@@ -92,6 +92,7 @@ async def ask(
     parse_retries: int = 2,
     max_tokens: int | None = None,
     on_truncated: TruncationHook | None = None,
+    fit_tokens: bool = False,
 ) -> ScoreAnswer: ...
 @overload
 async def ask(
@@ -103,6 +104,7 @@ async def ask(
     parse_retries: int = 2,
     max_tokens: int | None = None,
     on_truncated: TruncationHook | None = None,
+    fit_tokens: bool = False,
 ) -> str: ...
 @overload
 async def ask(
@@ -114,6 +116,7 @@ async def ask(
     parse_retries: int = 2,
     max_tokens: int | None = None,
     on_truncated: TruncationHook | None = None,
+    fit_tokens: bool = False,
 ) -> EvaluationAnswer: ...
 @overload
 async def ask(
@@ -125,6 +128,7 @@ async def ask(
     parse_retries: int = 2,
     max_tokens: int | None = None,
     on_truncated: TruncationHook | None = None,
+    fit_tokens: bool = False,
 ) -> RevisionAnswer: ...
 @overload
 async def ask(
@@ -136,6 +140,7 @@ async def ask(
     parse_retries: int = 2,
     max_tokens: int | None = None,
     on_truncated: TruncationHook | None = None,
+    fit_tokens: bool = False,
 ) -> VerdictAnswer: ...
 @overload
 async def ask(
@@ -148,6 +153,7 @@ async def ask(
     max_tokens: int | None = None,
     on_truncated: TruncationHook | None = None,
     variant: str | None = None,
+    fit_tokens: bool = False,
 ) -> AlignedAnswer: ...
 @overload
 async def ask(
@@ -160,6 +166,7 @@ async def ask(
     max_tokens: int | None = None,
     on_truncated: TruncationHook | None = None,
     variant: str | None = None,
+    fit_tokens: bool = False,
 ) -> object: ...
 async def ask(
     client: ChatClient,
@@ -171,26 +178,25 @@ async def ask(
     max_tokens: int | None = None,
     on_truncated: TruncationHook | None = None,
     variant: str | None = None,
+    fit_tokens: bool = False,
 ) -> object:
     """Ask ``client`` to do ``task`` on ``data`` and return the parsed answer.
 
     Makes ``1 + parse_retries`` calls at most, plus one re-ask with twice ``max_tokens``
-    after the first answer cut off at the limit. Raises the last
-    :class:`UnparseableOutput` when none of the answers can be read, and
-    :class:`TruncatedOutput` when the re-ask is cut off too; errors from the client
-    (transient or not) propagate unchanged.
+    after the first answer cut off at the limit (not for a loop: see the module
+    docstring). Raises the last :class:`UnparseableOutput` when none of the answers can
+    be read, and :class:`TruncatedOutput` when the re-ask is cut off too; errors from
+    the client (transient or not) propagate unchanged.
     """
-    spec = TASKS.get(task)
-    if spec is None:
-        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    if parse_retries < 0:
-        raise ValueError(f"parse_retries must be >= 0, got {parse_retries}")
+    spec = _spec(task, parse_retries)
     parser, schema = spec.parse, spec.schema
     attempts = 1 + parse_retries
     limit = max_tokens
+    if fit_tokens and limit is not None and spec.fit_tokens is not None:
+        limit = min(limit, spec.fit_tokens(data, variant))
     raised_limit = False
     last_error: UnparseableOutput | None = None
-    truncated = 0
+    counts = Counts()
     attempt = 0
     while attempt < attempts:
         # A fresh nonce per request: an answer repeating it is an echo of this prompt.
@@ -202,16 +208,18 @@ async def ask(
             json_schema=schema,
             schema_name=f"iterrefine_{task}",
             max_tokens=limit,
+            options=spec.options,
         )
-        if _finish_reason(reply) == "length":
-            truncated += 1
-            _remember(client, reply, readable=False)  # a half-written answer is never kept
+        text = without_loop(reply, task, limit, counts)
+        if text is None:  # cut off at the limit, and not by a loop
+            counts.truncated += 1
+            remember(client, reply, readable=False)  # a half-written answer is never kept
             if on_truncated is not None:
                 on_truncated(task)
             log.warning("llm_answer_truncated", task=task, max_tokens=limit,
                         reask=not raised_limit)
             if raised_limit:
-                _record(client, task, "unreadable", truncated)
+                record(client, task, "unreadable", counts)
                 raise TruncatedOutput(
                     f"the {task} answer was cut off at max_tokens={limit} twice",
                     task=task, raw=reply.text,
@@ -222,9 +230,9 @@ async def ask(
             continue
         attempt += 1
         try:
-            answer = parser(reply.text, AnswerContext.for_request(messages, data, nonce))
+            answer = parser(text, AnswerContext.for_request(messages, data, nonce))
         except UnparseableOutput as exc:
-            _remember(client, reply, readable=False)
+            remember(client, reply, readable=False)
             last_error = exc
             log.warning(
                 "llm_answer_unparseable",
@@ -234,24 +242,22 @@ async def ask(
                 error=str(exc),
             )
         else:
-            _remember(client, reply, readable=True)
-            first_try = attempt == 1 and not truncated
-            _record(client, task, "first_try" if first_try else "after_reask", truncated)
+            remember(client, reply, readable=True)
+            first_try = attempt == 1 and not counts.truncated
+            record(client, task, "first_try" if first_try else "after_reask", counts)
             return answer
-    _record(client, task, "unreadable", truncated)
+    record(client, task, "unreadable", counts)
     assert last_error is not None  # the loop ran at least once and never returned
     raise last_error
 
 
-def _record(client: ChatClient, task: str, outcome: AnswerOutcome, truncated: int) -> None:
-    if isinstance(client, AnswerRecorder):
-        client.record_answer(task, outcome, truncated=truncated)
-
-
-def _remember(client: ChatClient, reply: ChatReply, *, readable: bool) -> None:
-    """Tell a caching client whether its answer could be read: only readable ones are kept."""
-    if isinstance(client, RemembersAnswers):
-        client.remember(reply, readable=readable)
+def _spec(task: str, parse_retries: int) -> TaskSpec:
+    spec = TASKS.get(task)
+    if spec is None:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    if parse_retries < 0:
+        raise ValueError(f"parse_retries must be >= 0, got {parse_retries}")
+    return spec
 
 
 # ---------------------------------------------------------------- typed helpers
@@ -274,6 +280,7 @@ async def ask_score(
     parse_retries: int = 2,
     max_tokens: int | None = None,
     on_truncated: TruncationHook | None = None,
+    fit_tokens: bool = False,
 ) -> ScoreAnswer:
     """IQD: the judge's usability, dimension scores and high/low verdict for an item."""
     data = {"instruction": instruction, "input": input, "output": output}
@@ -289,6 +296,7 @@ async def ask_answer(
     parse_retries: int = 2,
     max_tokens: int | None = None,
     on_truncated: TruncationHook | None = None,
+    fit_tokens: bool = False,
 ) -> str:
     """The backbone's answer to an instruction (and input)."""
     data = {"instruction": instruction, "input": input}
@@ -306,6 +314,7 @@ async def ask_evaluation(
     parse_retries: int = 2,
     max_tokens: int | None = None,
     on_truncated: TruncationHook | None = None,
+    fit_tokens: bool = False,
 ) -> EvaluationAnswer:
     """FIR evaluate: grade the backbone's answer against the reference output."""
     data = {
@@ -331,6 +340,7 @@ async def ask_revision(
     parse_retries: int = 2,
     max_tokens: int | None = None,
     on_truncated: TruncationHook | None = None,
+    fit_tokens: bool = False,
 ) -> RevisionAnswer:
     """FIR refine: rewrite instruction/input from the backbone's answer and its evaluation
     (and, from round 2, every earlier reviewer's explanation of a loss, oldest first).
@@ -359,6 +369,7 @@ async def ask_verdict(
     parse_retries: int = 2,
     max_tokens: int | None = None,
     on_truncated: TruncationHook | None = None,
+    fit_tokens: bool = False,
 ) -> VerdictAnswer:
     """FIR review: the pairwise judge's winner between sample A and sample B.
 
@@ -381,6 +392,7 @@ async def ask_aligned(
     parse_retries: int = 2,
     max_tokens: int | None = None,
     on_truncated: TruncationHook | None = None,
+    fit_tokens: bool = False,
 ) -> AlignedAnswer:
     """OA: the reference output rewritten to answer the revised instruction/input.
 

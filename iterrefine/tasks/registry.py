@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any
 
+from iterrefine.llm.chat import ChatOptions
+from iterrefine.tasks.limits import fit_aligned, fit_revision
 from iterrefine.tasks.parsing import (
     SCHEMAS,
     AlignedAnswer,
@@ -42,6 +44,8 @@ __all__ = ["TASKS", "TaskSpec", "builtin_template", "prompt_digest", "register_t
 
 #: Extra checks of a request's data beyond its keys (raise ValueError saying why).
 DataCheck = Callable[[Mapping[str, Any], "int | None"], None]
+#: The ``max_tokens`` a request's data needs (see :mod:`iterrefine.tasks.limits`).
+TokenFit = Callable[[Mapping[str, Any], "str | None"], int]
 
 SYSTEM_MARKER = "<!-- system -->\n"
 USER_MARKER = "<!-- user -->\n"
@@ -70,6 +74,12 @@ class TaskSpec:
     check: DataCheck | None = None
     #: Alternative instructions (name → template): same keys, same answer format.
     variants: Mapping[str, str] = field(default_factory=dict)
+    #: Generation settings of the task's requests: stop sequences, and whether the role's
+    #: frequency penalty applies (not on tasks that copy item text).
+    options: ChatOptions = field(default_factory=ChatOptions)
+    #: A limit that fits the request's data (the ``max_tokens`` the task should need),
+    #: given ``(data, variant)``; the configured limit stays the ceiling. None: no fit.
+    fit_tokens: TokenFit | None = None
     #: System and user parts of ``template`` (filled in from it).
     parts: tuple[str, str] = field(init=False, compare=False)
 
@@ -137,28 +147,42 @@ def _check_refine(data: Mapping[str, Any], round: int | None) -> None:
 # ---------------------------------------------------------------- the built-in six
 
 _ITEM = frozenset({"instruction", "input"})
+#: Stop sequences: a model that starts writing the prompt's data-block markers or tag line
+#: is echoing its prompt (the whole item, hundreds of tokens), never answering; the server
+#: stops there and the parser reads what came before.
+_ECHO_STOPS = ("<<<DATA ", "<<<END DATA ", "[iterrefine task=")
+_JUDGES = ChatOptions(stop=_ECHO_STOPS)
+#: Refine and align copy item text (a context, the facts of an output): a penalty on
+#: repeated tokens would push the model off the text it must keep.
+_COPIES_TEXT = ChatOptions(stop=_ECHO_STOPS, penalize_repeats=False)
+#: The backbone's request has no data block (no markers to echo), only the tag line.
+_ANSWERS = ChatOptions(stop=("[iterrefine task=",))
 
 for _spec in (
     TaskSpec(name="score", template=builtin_template("score"),
              required=_ITEM | {"output"}, parse=parse_score, answer=ScoreAnswer,
-             schema=SCHEMAS["score"]),
+             schema=SCHEMAS["score"], options=_JUDGES),
     TaskSpec(name="answer", template=builtin_template("answer"),
-             required=_ITEM, parse=clean_answer, answer=str),
+             required=_ITEM, parse=clean_answer, answer=str, options=_ANSWERS),
     TaskSpec(name="evaluate", template=builtin_template("evaluate"),
              required=_ITEM | {"reference_output", "candidate_answer"},
-             parse=parse_evaluation, answer=EvaluationAnswer, schema=SCHEMAS["evaluate"]),
+             parse=parse_evaluation, answer=EvaluationAnswer, schema=SCHEMAS["evaluate"],
+             options=_JUDGES),
     TaskSpec(name="refine", template=builtin_template("refine"),
              required=_ITEM | {"reference_output", "backbone_answer", "evaluation"},
              optional=frozenset({"feedback_set"}), rounds=True, check=_check_refine,
-             parse=parse_revision, answer=RevisionAnswer, schema=SCHEMAS["refine"]),
+             parse=parse_revision, answer=RevisionAnswer, schema=SCHEMAS["refine"],
+             options=_COPIES_TEXT, fit_tokens=fit_revision),
     TaskSpec(name="review", template=builtin_template("review"),
              required=frozenset({"A", "B"}), rounds=True, check=_check_review,
-             parse=parse_verdict, answer=VerdictAnswer, schema=SCHEMAS["review"]),
+             parse=parse_verdict, answer=VerdictAnswer, schema=SCHEMAS["review"],
+             options=_JUDGES),
     TaskSpec(name="align", template=builtin_template("align"),
              required=frozenset({"original_instruction", "original_input", "original_output",
                                  "revised_instruction", "revised_input"}),
              parse=parse_aligned, answer=AlignedAnswer, schema=SCHEMAS["align"],
-             variants={"complete": builtin_template("align.complete")}),
+             variants={"complete": builtin_template("align.complete")},
+             options=_COPIES_TEXT, fit_tokens=fit_aligned),
 ):
     register_task(_spec)
 

@@ -73,7 +73,8 @@ _SCORE_LABELS: Final = (
         value_needs_no_separator=True,
     ),
     Label("reasoning", (r"reasoning(?:\s+quality)?",), value_needs_no_separator=True),
-    Label("involves_reasoning", (r"involves\s+reasoning\??", r"reasoning\s+task\??")),
+    Label("involves_reasoning", (r"needs\s+reasoning\??", r"involves\s+reasoning\??",
+                                 r"reasoning\s+task\??")),
     Label("verdict", (r"(?:overall\s+)?verdict", r"overall\s+quality", r"quality")),
     Label("justification", (r"justification", r"rationale")),
     _stop(r"winner", r"explanation", r"evaluation", r"suggestions", r"instruction", r"input",
@@ -217,7 +218,7 @@ def _evaluation_from_json(raw: str, obj: dict[str, Any]) -> EvaluationAnswer:
     score = scale_value(obj.get("score"))
     evaluation = json_text(first_key(obj, "evaluation", "explanation", "feedback"))
     suggestions = _suggestions(obj.get("suggestions", []))
-    if score is None or evaluation is None or suggestions is None:
+    if score is None or evaluation is None or suggestions is None or not evaluation.strip():
         raise unparseable(
             "evaluate", "JSON without a readable score, evaluation and suggestions", raw
         )
@@ -241,7 +242,9 @@ def parse_evaluation(text: str, context: AnswerContext | None = None) -> Evaluat
         try:
             return _evaluation_from_json(text, obj)
         except UnparseableOutput:
-            pass
+            if "evaluation" in obj and not (json_text(obj["evaluation"]) or "").strip():
+                raise  # the answer's own JSON, with its evaluation left empty
+
     sections = split_sections(body, _EVALUATION_LABELS, _EVALUATION_PATTERN, copied=copied)
     readable = (s for s in sections.all("score") if scale_value(s.head) is not None)
     score_section = next(readable, None)
@@ -261,10 +264,13 @@ def parse_evaluation(text: str, context: AnswerContext | None = None) -> Evaluat
         # ``Score: 9/10 - clear and correct`` or the grade's reasons under the score line.
         rest = scale_value_rest(score_section.head)
         evaluation = "\n".join(part for part in (rest, score_section.body) if part)
-    else:
-        evaluation = ""
+    else:  # the grade given in prose: that prose is the evaluation
+        evaluation = _own_text(body, copied)
     listed = sections.first("suggestions")
     suggestions = list_items(listed.text) if listed is not None else ()
+    if not evaluation.strip():
+        # A bare grade gives the refiner nothing to work from: not an evaluation.
+        raise unparseable("evaluate", "a score without an evaluation", text)
     return EvaluationAnswer(score=score, evaluation=evaluation.strip(), suggestions=suggestions)
 
 

@@ -1,0 +1,190 @@
+"""Recognising a degenerate answer: a small model repeating itself until ``max_tokens``.
+
+SmolLM2-135M and Qwen2.5-0.5B, asked for a one-line answer, often write it and then
+repeat a sentence, a list item or a run of newlines until the limit. Paying that limit,
+then twice the limit for a re-ask that loops again, buys nothing. Two signs, checked on
+the end of the text:
+
+* **a period**: the text ends in at least :data:`MIN_REPEATS` copies of one unit (from
+  a single character up to a paragraph) spanning at least :data:`MIN_SPAN` characters
+  (:data:`STRUCTURED_MIN_SPAN` in a structured answer, whose bounded fields may repeat a
+  sentence harmlessly);
+* **recycled phrases**: near-copies (a penalty makes loops vary a word): of the last
+  :data:`WINDOW_WORDS` words, at least :data:`RECYCLED_SHARE` start a
+  :data:`NGRAM`-word phrase the answer already used.
+
+:func:`loop_cut` returns where to cut so that one copy stays, or None. It is used on a
+returned text cut at the limit (:func:`iterrefine.tasks.ask.ask`) and, with
+:class:`LoopWatch`, while an answer streams in (``loop_guard = "stream"``), which also
+ends a JSON answer once its object closes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+__all__ = ["MIN_REPEATS", "MIN_SPAN", "JsonEnd", "LoopWatch", "loop_cut"]
+
+#: A unit repeated this many times in a row at the end of the text is a loop...
+MIN_REPEATS: Final = 4
+#: ...when the copies span at least this many characters (a ``----`` rule is not one).
+MIN_SPAN: Final = 200
+#: In a structured answer a server enforcing the schema bounds each judge's commentary
+#: (``maxLength`` up to 800 characters): SmolLM2 repeats a sentence there and then goes
+#: on with the next field. Only a loop longer than any bounded field is cut.
+STRUCTURED_MIN_SPAN: Final = 1000
+#: How much of the end of the text is searched (a loop shows itself well within it).
+TAIL_CHARS: Final = 6000
+#: Candidate periods tried per check (occurrences of the text's last characters).
+MAX_CANDIDATES: Final = 64
+_PROBE: Final = 8
+
+NGRAM: Final = 5
+WINDOW_WORDS: Final = 120
+STRUCTURED_WINDOW_WORDS: Final = 250
+RECYCLED_SHARE: Final = 0.8
+_WORD: Final = re.compile(r"\S+")
+
+
+def _periodic_cut(text: str, min_span: int) -> int | None:
+    """Where a text ending in exact copies of a unit should be cut (after the first copy)."""
+    offset = max(0, len(text) - TAIL_CHARS)
+    tail = text[offset:]
+    n = len(tail)
+    if n < min_span:
+        return None
+    probe = tail[-_PROBE:]
+    end = n - _PROBE  # search for earlier occurrences of the probe, ending before it
+    for _ in range(MAX_CANDIDATES):
+        found = tail.rfind(probe, 0, end + _PROBE - 1)
+        if found < 0:
+            break
+        end = found
+        period = n - _PROBE - found
+        if period <= 0:
+            continue
+        if period * MIN_REPEATS > n:
+            break  # longer units cannot repeat often enough in the tail
+        # How far back does ``tail[i] == tail[i + period]`` hold?
+        i = n - 1 - period
+        while i >= 0 and tail[i] == tail[i + period]:
+            i -= 1
+        start = i + 1  # the periodic stretch is tail[start:]
+        span = n - start
+        if span >= max(min_span, MIN_REPEATS * period):
+            return offset + _at_boundary(tail, start + period, period)
+    return None
+
+
+_BOUNDARY: Final = re.compile(r"\n|[.!?](?=\s)")
+
+
+def _at_boundary(tail: str, cut: int, period: int) -> int:
+    """``cut`` moved on to the end of the line or sentence it falls in, within the second
+    copy: the periodic stretch may start mid-sentence (the end of the sentence before the
+    loop often matches the end of each copy), and the kept copy should end whole."""
+    match = _BOUNDARY.search(tail, cut, cut + period)
+    return cut if match is None else match.end()
+
+
+def _recycled_cut(text: str, window_words: int) -> int | None:
+    """Where near-copies begin, when the last words mostly recycle earlier phrases."""
+    words = [(m.start(), m.group(0).lower()) for m in _WORD.finditer(text)]
+    if len(words) < window_words + NGRAM:
+        return None
+    seen: set[tuple[str, ...]] = set()
+    repeated: list[bool] = []
+    for i in range(len(words) - NGRAM + 1):
+        gram = tuple(w for _, w in words[i : i + NGRAM])
+        repeated.append(gram in seen)
+        seen.add(gram)
+    window = repeated[-window_words:]
+    if sum(window) < RECYCLED_SHARE * len(window):
+        return None
+    # The loop starts at the first repeated phrase of the longest dense final stretch.
+    start = len(repeated) - window_words
+    count = sum(window)
+    while start > 0 and (count + repeated[start - 1]) >= RECYCLED_SHARE * (
+            len(repeated) - start + 1):
+        start -= 1
+        count += repeated[start]
+    while not repeated[start]:
+        start += 1
+    return words[start][0]
+
+
+def loop_cut(text: str, *, structured: bool = False) -> int | None:
+    """The index to cut ``text`` at if it ends in a loop (one copy kept), else None.
+
+    ``structured``: a JSON answer from a server enforcing the schema, whose bounded
+    fields may hold a few repeats harmlessly: only longer loops count.
+    """
+    cut = _periodic_cut(text, STRUCTURED_MIN_SPAN if structured else MIN_SPAN)
+    if cut is None:
+        cut = _recycled_cut(text, STRUCTURED_WINDOW_WORDS if structured else WINDOW_WORDS)
+    return cut
+
+
+class JsonEnd:
+    """Follows streamed text and says when the first top-level JSON object has closed."""
+
+    def __init__(self) -> None:
+        self._depth = 0
+        self._in_string = False
+        self._escaped = False
+        self._opened = False
+        #: Characters read up to and including the closing brace, once closed.
+        self.closed_at: int | None = None
+        self._read = 0
+
+    def feed(self, piece: str) -> bool:
+        """Read ``piece``; True once the object has closed."""
+        if self.closed_at is not None:
+            return True
+        for index, char in enumerate(piece):
+            if self._in_string:
+                if self._escaped:
+                    self._escaped = False
+                elif char == "\\":
+                    self._escaped = True
+                elif char == '"':
+                    self._in_string = False
+            elif char == '"' and self._opened:
+                self._in_string = True
+            elif char == "{":
+                self._depth += 1
+                self._opened = True
+            elif char == "}" and self._depth:
+                self._depth -= 1
+                if self._depth == 0:
+                    self.closed_at = self._read + index + 1
+                    return True
+        self._read += len(piece)
+        return False
+
+
+class LoopWatch:
+    """Checks a streaming answer for a loop every ``every`` characters."""
+
+    def __init__(self, every: int = 200, *, structured: bool = False) -> None:
+        self._every = every
+        self._structured = structured
+        self._next = STRUCTURED_MIN_SPAN if structured else MIN_SPAN
+        self._parts: list[str] = []
+        self._length = 0
+
+    @property
+    def text(self) -> str:
+        return "".join(self._parts)
+
+    def feed(self, piece: str) -> int | None:
+        """Add ``piece``; the cut index once the text so far ends in a loop."""
+        self._parts.append(piece)
+        self._length += len(piece)
+        if self._length < self._next:
+            return None
+        self._next = self._length + self._every
+        text = self.text
+        self._parts = [text]
+        return loop_cut(text, structured=self._structured)
