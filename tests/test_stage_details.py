@@ -248,7 +248,8 @@ async def test_align_asks_with_both_versions_and_rescores_the_result() -> None:
 
 async def test_an_unreadable_rescore_is_counted_and_logged() -> None:
     """The re-score unreadable after its re-asks: counted, logged with the item, no score."""
-    item = in_review(converged=True)
+    # As review hands it over: the winning revision is the item's instruction.
+    item = in_review(converged=True, instruction=in_review().rounds[-1].instruction)
     with capture_logs() as logs:
         async with StageKit({"align": "Output:\nJupiter.", "score": "I like it."},
                             pipeline={"parse_retries": 1}) as kit:
@@ -263,7 +264,8 @@ async def test_an_unreadable_rescore_is_counted_and_logged() -> None:
 
 async def test_an_unreadable_alignment_of_a_kept_revision_gives_both_reasons() -> None:
     """Exhausted and then unreadable: the original output, not aligned, both reasons."""
-    exhausted = in_review(converged=False, status_reason="exhausted: no revision won")
+    exhausted = in_review(converged=False, status_reason="exhausted: no revision won",
+                          instruction=in_review().rounds[-1].instruction)
     async with StageKit({"align": "", "score": HIGH}, pipeline={"parse_retries": 1}) as kit:
         out = only(await kit.handle("align", exhausted))
         assert kit.script.count("align") == 2  # asked again once, as configured
@@ -281,10 +283,10 @@ class OneCluster:
     def __init__(self) -> None:
         self.observed = 0
 
-    def assign(self, vector: object) -> tuple[int | None, int]:
-        return 5, 2
+    def place(self, vector: object) -> tuple[int | None, int, tuple[int, float] | None]:
+        return 5, 2, None
 
-    async def observe(self, vector: object) -> None:
+    async def observe(self, vector: object, key: tuple[int, float] | None = None) -> None:
         self.observed += 1
 
 
@@ -314,7 +316,11 @@ async def test_score_gathers_difficulty_and_cluster_for_the_items_it_keeps() -> 
         (out,) = await score(make_item(**ITEM))
         kit.script.answers["score"] = "Usable: no\nReason: off topic\nVerdict: low"
         (rejected,) = await score(make_item(**ITEM))
-    assert out.item.selection == Selection(cluster=5, model_version=2, embedding_model="small")
+    # One pooled vector from the endpoint: its pooling is the server's, recorded so.
+    assert out.item.selection == Selection(cluster=5, model_version=2, embedding_model="small",
+                                           mode="online", pooling="server",
+                                           normalization="none")
+    assert out.partition_by == 5  # the cluster's items go to one route worker
     assert out.item.difficulty is not None and out.item.difficulty.value == pytest.approx(
         math.exp(1.5))
     assert (rejected.topic, rejected.item.selection, centroids.observed) == (
