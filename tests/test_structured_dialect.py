@@ -17,7 +17,7 @@ from iterrefine.app._summary import answers_by_task
 from iterrefine.config import LLMRoleConfig, load_config
 from iterrefine.errors import UnparseableOutput
 from iterrefine.llm import LLMClient
-from iterrefine.llm._dialect import without_length_bounds
+from iterrefine.llm._dialect import PROBE_MAX_TOKENS, enforced, without_length_bounds
 from iterrefine.observe.metrics import Metrics
 from iterrefine.sim import SimConfig, SimServer
 from iterrefine.tasks.ask import ask, ask_revision
@@ -107,7 +107,7 @@ async def test_auto_probe_picks_json_object_on_a_llama_cpp_server() -> None:
         assert await llm.dialect() == "json_object" == llm.structured_output
     probes = [b for b in bodies if is_probe(b)]
     assert [p["response_format"]["type"] for p in probes] == ["json_schema", "json_object"]
-    assert all(p["max_tokens"] == 16 for p in probes)  # cheap
+    assert all(p["max_tokens"] == PROBE_MAX_TOKENS == 32 for p in probes)  # cheap
     tasks = [b["response_format"]["type"] for b in bodies if not is_probe(b)]
     # The first call went out in json_schema while the probe ran (refused: a 500, unpaid),
     # then in the probed dialect; probed once, not per call.
@@ -160,6 +160,25 @@ async def test_unreachable_probe_decides_nothing_and_probes_again(
         state["up"] = True
         assert await llm.dialect() == "json_object"
     assert sum(is_probe(b) for b in bodies) == 3
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ('{"probe": "ok"}', True),
+        # SmolLM2-135M under llama.cpp's grammar (xllamacpp), recorded: whitespace-padded
+        # and cut at the probe's old 16-token limit before the closing brace.
+        ('{\n    "probe"\n\n:\n\n"ok"', True),
+        ('{\n  "probe": "ok"\n\n}', True),
+        ("Hello! How can I help?", False),
+        ('{"probe": "no"}', False),
+        ('{"probe"', False),
+        ("", False),
+    ],
+)
+def test_a_padded_or_cut_probe_answer_still_shows_enforcement(answer: str,
+                                                               expected: bool) -> None:
+    assert enforced(answer) is expected
 
 
 def test_boolean_structured_output_still_loads(tmp_path: Any) -> None:
