@@ -117,15 +117,36 @@ async def test_auto_probe_picks_json_object_on_a_llama_cpp_server() -> None:
 async def test_calls_do_not_wait_for_the_probe_on_an_enforcing_server() -> None:
     """auto: calls made while the probe is out go at once in json_schema, one request each."""
     def openai_like(body: dict[str, Any]) -> httpx2.Response:
-        return reply('{"probe": "ok"}' if is_probe(body) else SCORE_JSON)
+        if not is_probe(body):
+            return reply(SCORE_JSON)
+        # JSON mode without a schema answers JSON, not the probe's.
+        form = body["response_format"]["type"]
+        return reply('{"probe": "ok"}' if form == "json_schema" else '{"greeting": "Hello!"}')
 
     async with client(openai_like, structured_output="auto") as (llm, bodies):
         answers = await asyncio.gather(*(ask(llm, "score", SCORE_DATA) for _ in range(3)))
         assert await llm.dialect() == "json_schema"
     assert all(a.verdict == "high" for a in answers)
     tasks = [b for b in bodies if not is_probe(b)]
-    assert len(tasks) == 3 and sum(is_probe(b) for b in bodies) == 1
+    assert len(tasks) == 3 and sum(is_probe(b) for b in bodies) == 2
     assert all(b["response_format"]["type"] == "json_schema" for b in tasks)
+
+
+async def test_auto_probe_prefers_json_object_where_both_forms_are_enforced() -> None:
+    """llama.cpp's own server (xllamacpp) enforces both forms; json_object keeps the
+    schema's maxLength bounds, so it wins. Its answers as recorded with SmolLM2-135M."""
+    def xllamacpp(body: dict[str, Any]) -> httpx2.Response:
+        if is_probe(body):
+            return reply('{\n    "probe"\n\n:\n\n"ok"', finish_reason="length")
+        return reply(SCORE_JSON)
+
+    async with client(xllamacpp, structured_output="auto") as (llm, bodies):
+        await ask(llm, "score", SCORE_DATA)
+        assert await llm.dialect() == "json_object"
+        await ask(llm, "score", SCORE_DATA)
+    probes = [b["response_format"]["type"] for b in bodies if is_probe(b)]
+    assert probes == ["json_schema", "json_object"]
+    assert bodies[-1]["response_format"] == {"type": "json_object", "schema": SCHEMAS["score"]}
 
 
 async def test_auto_probe_falls_back_to_off_when_nothing_is_enforced() -> None:
@@ -200,12 +221,12 @@ async def test_simulator_serves_both_dialects_and_the_probe_finds_them(
     dialects: tuple[str, ...]
 ) -> None:
     """The simulator accepts json_schema and json_object (or only the latter, like llama.cpp);
-    the probe finds the first it serves and the answers parse."""
+    the probe takes json_object where it is served and the answers parse."""
     async with SimServer(SimConfig(structured_dialects=dialects), port=0) as sim:
         config = LLMRoleConfig(base_url=sim.base_url, model="sim-strong", structured_output="auto")
         async with LLMClient("strong", config) as llm:
             answer = await ask(llm, "score", SCORE_DATA)
-            assert await llm.dialect() == dialects[0]
+            assert await llm.dialect() == "json_object"
     assert answer.verdict in ("high", "low")
 
 

@@ -10,8 +10,9 @@ Servers disagree on how a JSON schema is asked for:
 A role's ``structured_output`` names its dialect, or ``auto``. For ``auto``,
 :func:`probe_dialect` sends at most two tiny requests (32 tokens) — "Say hello." with a
 schema that only allows ``{"probe": "ok"}`` — first in the OpenAI form, then in the
-llama.cpp form, and keeps the first whose answer *is* that JSON: a server that accepts
-the field but does not enforce it answers "Hello!" and is not taken for one that does.
+llama.cpp form; a form counts where the answer *is* that JSON (a server that accepts
+the field but does not enforce it answers "Hello!" and is not taken for one that does),
+and the llama.cpp form wins where both count (it keeps the schema's length bounds).
 No usable answer to either means ``off``. A probe that cannot reach the server decides
 nothing (``None``): the next structured call probes again.
 """
@@ -31,7 +32,7 @@ from iterrefine.config import Dialect, StructuredOutput
 
 log = structlog.get_logger("iterrefine.llm")
 
-#: The dialects tried by the probe, in order.
+#: The dialects tried by the probe, in order; the last one enforced is taken.
 PROBE_ORDER: Final[tuple[Dialect, ...]] = ("json_schema", "json_object")
 PROBE_SCHEMA: Final[dict[str, Any]] = {
     "type": "object",
@@ -132,20 +133,27 @@ _INCONCLUSIVE: Final = frozenset({401, 403, 404, 408, 429, 502, 503, 504})
 
 
 async def probe_dialect(send: ProbeSend, *, role: str, model: str) -> Dialect | None:
-    """The first dialect the endpoint enforces, ``off`` if none, None if it cannot tell."""
+    """``json_object`` where the endpoint enforces it, else ``json_schema`` where it does,
+    ``off`` if neither, None if it cannot tell.
+
+    Both forms are probed: a server that enforces both (llama.cpp's own server) gets
+    ``json_object``, whose schema keeps the ``maxLength`` bounds the ``json_schema`` form
+    drops for OpenAI's strict mode — without them SmolLM2-135M ran the score answer's
+    ``reason`` on until the loop guard cut it, on every item. A server whose
+    ``json_object`` mode ignores the schema (OpenAI's has none) keeps ``json_schema``.
+    """
+    found: Dialect | None = None
     for dialect in PROBE_ORDER:
         reply = await send(probe_body(model, dialect))
-        if reply is None:
+        status = None if reply is None else reply[0]
+        if status is None or status in _INCONCLUSIVE:
             log.warning("llm_structured_output_probe_failed", role=role, dialect=dialect,
-                        error="unreachable")
-            return None
-        status, answer = reply
-        if status in _INCONCLUSIVE:
-            log.warning("llm_structured_output_probe_failed", role=role, dialect=dialect,
-                        status=status)
-            return None
-        if status == 200 and enforced(answer):
-            log.info("llm_structured_output", role=role, dialect=dialect, source="probe")
-            return dialect
-    log.info("llm_structured_output", role=role, dialect="off", source="probe")
-    return "off"
+                        **({"error": "unreachable"} if status is None else {"status": status}))
+            if found is None:
+                return None
+            break  # what was found enforced stays so
+        if status == 200 and reply is not None and enforced(reply[1]):
+            found = dialect
+    chosen: Dialect = found or "off"
+    log.info("llm_structured_output", role=role, dialect=chosen, source="probe")
+    return chosen
