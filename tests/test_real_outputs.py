@@ -36,6 +36,13 @@ RECORDINGS = sorted(DATA.glob("real_smollm2_*.jsonl"))
 _REASK = "could not be read"
 
 
+@pytest.mark.unit
+def test_a_real_recording_is_pinned() -> None:
+    """The tests below parametrize over the recordings: without one they would collect
+    nothing and pass vacuously, so a missing recording fails here instead."""
+    assert RECORDINGS, f"no real_smollm2_*.jsonl recording in {DATA.name}/"
+
+
 def _load(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     lines = path.read_text(encoding="utf-8").splitlines()
     return json.loads(lines[0]), [json.loads(line) for line in lines[1:]]
