@@ -160,8 +160,7 @@ def _load_equivalent(path: Path) -> list[dict[str, Any]]:
 
 
 def _matches(entry: dict[str, Any], row: dict[str, Any]) -> bool:
-    return (entry["file"] == row["file"] and entry["function"] == row["function"]
-            and entry["removed"] == row["removed"] and entry["added"] == row["added"])
+    return all(entry[key] == row[key] for key in ("file", "function", "removed", "added"))
 
 
 def run(targets: list[str], tests: list[str], ref: str | None, children: int,

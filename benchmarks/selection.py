@@ -42,6 +42,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -214,8 +215,9 @@ def run_scenario(s: scenarios.Scenario, config: SelectionConfig, min_size: int,
     floor = table["global"]["agreement"]
 
     def meets(row: dict[str, Any]) -> bool:
-        return (row["agreement"] >= floor + TARGET_GAIN and row["inversions_own_clusters"] == 0
-                and row["worst_share_deviation_exact_clusters"] <= TARGET_DEVIATION)
+        return bool(row["agreement"] >= floor + TARGET_GAIN
+                    and row["inversions_own_clusters"] == 0
+                    and row["worst_share_deviation_exact_clusters"] <= TARGET_DEVIATION)
 
     cluster_dependent = eta >= 0.1 and n > config.warmup
     return {
@@ -292,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     n = args.items or (5_000 if args.quick else 20_000)
     config = SelectionConfig(k=132, warmup=min(500, n // 4), refit_every=min(2000, n // 4),
                              refit_window=min(4000, n // 2))
-    builders = {
+    builders: dict[str, Callable[[], scenarios.Scenario]] = {
         "today": lambda: scenarios.today(n, 132, 64, 0.5),
         "level_by_cluster": lambda: scenarios.planted_topics("level_by_cluster", n, 132, 64,
                                                              0.5),

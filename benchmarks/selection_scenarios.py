@@ -16,6 +16,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -110,7 +111,7 @@ def planted_topics(name: str, n: int, planted: int, dim: int, noise: float, *,
     return Scenario(name, vectors, levels, difficulties, topics.tolist(), about)
 
 
-def _wordllama():  # type: ignore[no-untyped-def]  # wordllama ships no type hints
+def _wordllama() -> Any:  # wordllama ships no type hints
     """wordllama's model from the files inside its wheel, offline (it would download them
     otherwise: its loader looks for the tokenizer under another folder name)."""
     import wordllama

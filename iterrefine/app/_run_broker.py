@@ -205,14 +205,23 @@ async def check_pipeline_idle(
     config: Config, bootstrap: str, stage_inputs: Mapping[str, str],
 ) -> None:
     """Refuse a shared cluster whose pipeline (this topic prefix) is busy, so that the run's
-    stages take only the run's own records: a stage group with members (workers there
-    would take this run's items, and the run theirs), or records a stage group has not
-    committed (the run's stages would process that backlog first)."""
+    stages take only the run's own records: records a stage group has not committed (the
+    run's stages would process that backlog first).
+
+    Members of a stage group only warn: they may be running workers (which would share
+    this run's items), but Tansu and noida-db keep the members of a finished run listed
+    long after it left, and refusing on them made every rerun on the same prefix (a fixed
+    DLQ file, a resume) impossible there."""
     kafka = config.kafka
     names = TopicNames(kafka.topic_prefix)
     groups = {stage: f"{kafka.topic_prefix}{stage}" for stage in stage_inputs}
-    problems = [f"group {groups[stage]} has {n} member{'s' * (n != 1)} (running workers)"
-                for stage, n in (await _members(kafka, bootstrap, groups)).items() if n]
+    members = {groups[stage]: n for stage, n in
+               (await _members(kafka, bootstrap, groups)).items() if n}
+    if members:
+        log.warning("pipeline_groups_have_members", members=members, note=(
+            "running workers of this prefix would share this run's items; members of a "
+            "finished run may still be listed"))
+    problems: list[str] = []
     reader = make_consumer(kafka, bootstrap, group_id=None)
     await reader.start()
     try:

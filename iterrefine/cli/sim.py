@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from iterrefine.observe.logging import configure_logging
-from iterrefine.sim import SimConfig, SimServer
+from iterrefine.sim import SimConfig
 
 log = structlog.get_logger()
 
@@ -159,6 +159,9 @@ async def _serve(config: SimConfig, host: str, port: int) -> None:
             loop.add_signal_handler(sig, stop.set)
     if host not in _LOOPBACK:
         log.warning("sim_llm.exposed", host=host, note="the simulator has no authentication")
+    # Imported here: the server pulls in aiohttp.web, which `run` on a real endpoint never needs.
+    from iterrefine.sim import SimServer
+
     async with SimServer(config, host=host, port=port) as sim:
         log.info(
             "sim_llm.listening",
