@@ -58,6 +58,7 @@ pytestmark = pytest.mark.skipif(
 # second, scrapes it several times while it works.
 FAULTY_SIM = SimConfig(latency_ms=150, jitter_ms=50, capacity=64, low_share=0.7, lose_prob=0.5,
                        fault_429=0.05, fault_malformed=0.03, fault_truncated=0.02,
+                       fault_looped=0.02,
                        retry_after_s=0.05, seed=11)
 MALFORMED_LINES = ["{not json", json.dumps([1, 2]), json.dumps({"prompt": "x"})]
 

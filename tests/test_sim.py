@@ -309,6 +309,30 @@ async def test_malformed_answer_lacks_the_format(structured: bool) -> None:
         assert await ask(c, "align", DATA["align"]) == ""
 
 
+@pytest.mark.parametrize("structured", [False, True])
+async def test_a_looping_answer_is_the_answer_then_blank_lines_to_the_limit(
+    structured: bool,
+) -> None:
+    """fault_looped: the answer, then a loop cut at max_tokens; the loop guard keeps the
+    answer (as a clean server gives it), so a looping reply costs no re-ask and no item."""
+    async with (
+        SimServer(SimConfig(fault_looped=1.0), port=0) as looping,
+        SimServer(SimConfig(), port=0) as clean,
+        openai.AsyncOpenAI(base_url=looping.base_url, api_key="s", max_retries=0) as c,
+        openai.AsyncOpenAI(base_url=clean.base_url, api_key="s", max_retries=0) as ref,
+    ):
+        raw = await c.chat.completions.create(
+            model="sim", messages=[{"role": "user", "content": "Say hi."}])
+        assert raw.choices[0].finish_reason == "length"
+        assert raw.choices[0].message.content is not None
+        assert raw.choices[0].message.content.endswith("\n" * 300)
+        for task in ("score", "evaluate", "refine", "review", "align"):
+            looped = await ask(c, task, DATA[task], structured=structured, round_no=1)
+            expected = await ask(ref, task, DATA[task], structured=structured, round_no=1)
+            assert looped.strip() == expected.strip(), task
+        assert looping.stats.total == 6  # one request per task: no re-ask
+
+
 async def test_naive_judge_obeys_injection_only_outside_the_fence(
     client: openai.AsyncOpenAI,
 ) -> None:

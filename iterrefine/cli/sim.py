@@ -102,6 +102,8 @@ def register(subparsers: Any) -> None:  # argparse's _SubParsersAction is privat
     add("--fault-malformed", type=float, default=0.0, help="rate of unparseable answers")
     add("--fault-truncated", type=float, default=0.0,
         help="rate of answers cut at max_tokens (finish_reason length)")
+    add("--fault-looped", type=float, default=0.0,
+        help="rate of answers that loop (blank lines) until max_tokens")
     add("--hang-s", type=float, default=defaults.hang_s, help="how long a hang lasts")
     add("--retry-after-s", type=float, default=defaults.retry_after_s, help="Retry-After on 429")
     add("--seed", type=int, default=defaults.seed, help="seed of latency jitter and faults")
@@ -136,6 +138,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         fault_hang=args.fault_hang,
         fault_malformed=args.fault_malformed,
         fault_truncated=args.fault_truncated,
+        fault_looped=args.fault_looped,
         hang_s=args.hang_s,
         retry_after_s=args.retry_after_s,
         seed=args.seed,

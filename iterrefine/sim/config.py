@@ -54,6 +54,9 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
     #: A reply cut at max_tokens (``finish_reason=length``), as real models give when the
     #: limit is too low: the ask layer re-asks it with more room.
     fault_truncated: float = 0.0
+    #: A reply that loops until max_tokens (the answer, then a run of blank lines, as
+    #: small models write): the loop guard keeps the answer and counts the loop.
+    fault_looped: float = 0.0
     #: How long a hanging request sleeps before it is served (past any client timeout).
     hang_s: float = 120.0
     #: Value of ``Retry-After`` on simulated 429s.
@@ -88,6 +91,7 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
             "fault_hang": self.fault_hang,
             "fault_malformed": self.fault_malformed,
             "fault_truncated": self.fault_truncated,
+            "fault_looped": self.fault_looped,
         }
         for name, value in shares.items():
             if not 0.0 <= value <= 1.0:
@@ -130,4 +134,4 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def fault_total(self) -> float:
         return (self.fault_429 + self.fault_500 + self.fault_hang + self.fault_malformed
-                + self.fault_truncated)
+                + self.fault_truncated + self.fault_looped)

@@ -57,7 +57,11 @@ from iterrefine.sim.answers import render, render_malformed, request_schema
 from iterrefine.sim.config import SimConfig
 from iterrefine.sim.prompt import PromptError, SimPrompt, parse_prompt
 
-__all__ = ["OWNER", "SimServer", "sim_model_name"]
+__all__ = ["LOOP_TAIL", "OWNER", "SimServer", "sim_model_name"]
+
+#: What a looping reply (``fault_looped``) writes after its answer until the limit: a run
+#: of blank lines, the commonest loop of SmolLM2 asked for a short answer.
+LOOP_TAIL = "\n" * 400
 
 
 class SimServer(AsyncService):
@@ -226,6 +230,7 @@ class SimServer(AsyncService):
             ("hang", cfg.fault_hang),
             ("malformed", cfg.fault_malformed),
             ("truncated", cfg.fault_truncated),
+            ("looped", cfg.fault_looped),
         ):
             if u < rate:
                 return kind
@@ -334,6 +339,8 @@ class SimServer(AsyncService):
             else:
                 content, finish = render(prompt, self.config, structured=structured,
                                          schema=request_schema(body.response_format)), "stop"
+                if fault == "looped":
+                    content, finish = content + LOOP_TAIL, "length"
         finally:
             stats.stop_serving()
             if self._slots is not None:
