@@ -190,3 +190,24 @@ def test_the_layer_test_sees_lazy_and_type_checking_imports() -> None:
             isinstance(inner, ast.ImportFrom) for inner in ast.walk(node))
         for node in ast.walk(ast.parse(MODULES[m].read_text())))]
     assert lazy, "expected at least one function-local import to check"
+
+
+#: A room a newcomer reads in one sitting: the limits the layer move set.
+MAX_FILE_LINES = 450
+MAX_FUNCTION_LINES = 80
+
+
+def test_no_room_too_big_to_read() -> None:
+    """No module over 450 lines and no function over 80 (benchmarks/structure.py counts
+    the same way): a feature that grows a room past them splits it by responsibility."""
+    too_big: list[str] = []
+    for name, path in MODULES.items():
+        text = path.read_text()
+        if len(text.splitlines()) > MAX_FILE_LINES:
+            too_big.append(f"{name}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    too_big.append(f"{name}:{node.name}: {length} lines")
+    assert not too_big, too_big

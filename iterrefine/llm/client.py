@@ -104,14 +104,9 @@ class LLMClient(AsyncService):
         self._retries = Retries(role, config, backoff or Backoff(
             base_s=config.retry_base_s, max_s=config.retry_max_s))
         self._semaphore = asyncio.Semaphore(max(1, config.max_concurrency))
-        self._request_bucket = (
-            TokenBucket.per_minute(config.requests_per_minute)
-            if config.requests_per_minute
-            else None
-        )
-        self._token_bucket = (
-            TokenBucket.per_minute(config.tokens_per_minute) if config.tokens_per_minute else None
-        )
+        rpm, tpm = config.requests_per_minute, config.tokens_per_minute
+        self._request_bucket = TokenBucket.per_minute(rpm) if rpm else None
+        self._token_bucket = TokenBucket.per_minute(tpm) if tpm else None
         self._failures = FailureMap(role, config, self._api_key)
         self._hedging = Hedging(role, config)
         self._where = self._failures.where
@@ -178,12 +173,8 @@ class LLMClient(AsyncService):
     def __del__(self) -> None:
         # getattr: __init__ may have raised (missing key) before these were set.
         if getattr(self, "_api", None) is not None and not getattr(self, "_closed", True):
-            warnings.warn(
-                f"Unclosed LLMClient for role {self.role!r}; use 'async with' or await aclose()",
-                ResourceWarning,
-                stacklevel=1,
-                source=self,
-            )
+            warnings.warn(f"Unclosed LLMClient for role {self.role!r}; use 'async with' or "
+                          "await aclose()", ResourceWarning, stacklevel=1, source=self)
 
     def _started(self) -> openai.AsyncOpenAI:
         if self._api is None:

@@ -234,13 +234,8 @@ async def ask(
         except UnparseableOutput as exc:
             remember(client, reply, readable=False)
             last_error = exc
-            log.warning(
-                "llm_answer_unparseable",
-                task=task,
-                attempt=attempt,
-                attempts=attempts,
-                error=str(exc),
-            )
+            log.warning("llm_answer_unparseable", task=task, attempt=attempt,
+                        attempts=attempts, error=str(exc))
         else:
             remember(client, reply, readable=True)
             first_try = attempt == 1 and not counts.truncated
