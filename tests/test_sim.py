@@ -9,7 +9,7 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import openai
@@ -309,28 +309,42 @@ async def test_malformed_answer_lacks_the_format(structured: bool) -> None:
         assert await ask(c, "align", DATA["align"]) == ""
 
 
-@pytest.mark.parametrize("structured", [False, True])
-async def test_a_looping_answer_is_the_answer_then_blank_lines_to_the_limit(
-    structured: bool,
+@pytest.mark.parametrize("dialect", ["off", "json_schema"])
+async def test_a_looping_answer_is_kept_whole_counted_and_not_reasked(
+    dialect: Literal["off", "json_schema"],
 ) -> None:
-    """fault_looped: the answer, then a loop cut at max_tokens; the loop guard keeps the
-    answer (as a clean server gives it), so a looping reply costs no re-ask and no item."""
+    """fault_looped: the answer, then blank lines to max_tokens (``length``). Read through
+    the real client and ask, the loop guard keeps the answer a clean server gives, counts
+    the loop, and re-asks nothing (a truncation would cost a second request)."""
+    from iterrefine.config import LLMRoleConfig
+    from iterrefine.llm import LLMClient
+    from iterrefine.observe.metrics import Metrics
+    from iterrefine.tasks.ask import ask as ask_task
+
+    metrics = Metrics()
     async with (
         SimServer(SimConfig(fault_looped=1.0), port=0) as looping,
         SimServer(SimConfig(), port=0) as clean,
-        openai.AsyncOpenAI(base_url=looping.base_url, api_key="s", max_retries=0) as c,
-        openai.AsyncOpenAI(base_url=clean.base_url, api_key="s", max_retries=0) as ref,
+        LLMClient("strong", LLMRoleConfig(base_url=looping.base_url, model="sim-strong",
+                                          structured_output=dialect, max_retries=0),
+                  metrics=metrics) as looped_llm,
+        LLMClient("strong", LLMRoleConfig(base_url=clean.base_url, model="sim-strong",
+                                          structured_output=dialect, max_retries=0)) as ref,
+        openai.AsyncOpenAI(base_url=looping.base_url, api_key="s", max_retries=0) as raw,
     ):
-        raw = await c.chat.completions.create(
+        reply = await raw.chat.completions.create(
             model="sim", messages=[{"role": "user", "content": "Say hi."}])
-        assert raw.choices[0].finish_reason == "length"
-        assert raw.choices[0].message.content is not None
-        assert raw.choices[0].message.content.endswith("\n" * 300)
-        for task in ("score", "evaluate", "refine", "review", "align"):
-            looped = await ask(c, task, DATA[task], structured=structured, round_no=1)
-            expected = await ask(ref, task, DATA[task], structured=structured, round_no=1)
-            assert looped.strip() == expected.strip(), task
-        assert looping.stats.total == 6  # one request per task: no re-ask
+        assert reply.choices[0].finish_reason == "length"
+        assert (reply.choices[0].message.content or "").endswith("\n" * 300)
+        looping.stats.reset()
+        for task in ("score", "answer"):
+            data = {**ITEM, "input": ""} if task == "score" else DATA["answer"]
+            got = await ask_task(looped_llm, task, data, max_tokens=2000)
+            assert got == await ask_task(ref, task, data, max_tokens=2000), task
+        assert looping.stats.total == 2  # one request per task: no re-ask at twice the limit
+    for task in ("score", "answer"):
+        assert metrics.registry.get_sample_value(
+            "iterrefine_llm_looped_total", {"role": "strong", "task": task}) == 1
 
 
 async def test_naive_judge_obeys_injection_only_outside_the_fence(
