@@ -45,7 +45,12 @@ STAGES = PIPELINE.names  # the deployment runs every stage of the graph
 METRICS_PORT = 9100
 #: The oldest Kubernetes the manifests claim to support, and the newest schemas shipped.
 K8S_VERSIONS = ("1.27", kubernetes_validate.utils.latest_version())
-CORE_KINDS = {"Namespace", "ConfigMap", "Secret", "Deployment", "PodDisruptionBudget"}
+#: Each stage runs as a StatefulSet (stable pod names for static group membership) with
+#: the headless Service its serviceName names.
+CORE_KINDS = {"Namespace", "ConfigMap", "Secret", "StatefulSet", "Service",
+              "PodDisruptionBudget"}
+#: A group.instance.id as Kafka accepts it (the legal characters and length of a topic name).
+KAFKA_INSTANCE_ID = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 
 
 # ---------------------------------------------------------------- loading helpers
@@ -99,11 +104,30 @@ def _k8s_objects() -> tuple[tuple[Path, dict[str, Any]], ...]:
                  if path.name != "kustomization.yaml" for doc in _yaml_docs(path))
 
 
-def _k8s(kind: str, name: str) -> dict[str, Any]:
-    for _, obj in _k8s_objects():
+def _k8s_with_file(kind: str, name: str) -> tuple[Path, dict[str, Any]]:
+    for path, obj in _k8s_objects():
         if obj["kind"] == kind and obj["metadata"]["name"] == name:
-            return obj
+            return path, obj
     raise AssertionError(f"no {kind} {name} in deploy/k8s")
+
+
+def _k8s(kind: str, name: str) -> dict[str, Any]:
+    return _k8s_with_file(kind, name)[1]
+
+
+def _workload(stage: str) -> dict[str, Any]:
+    """The stage's worker StatefulSet."""
+    return _k8s("StatefulSet", f"iterrefine-{stage}")
+
+
+def _kubelet_expand(arg: str, env: dict[str, str]) -> str:
+    """``$(VAR)`` in a container's args as the kubelet expands it: defined names only, ``$$``
+    escapes a ``$``, anything else stays as written."""
+    def one(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return env.get(match.group(1), match.group(0))
+    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)", one, arg)
 
 
 @cache
@@ -117,7 +141,7 @@ def _secret_keys() -> set[str]:
 
 
 def _container(stage: str) -> dict[str, Any]:
-    containers = _k8s("Deployment", f"iterrefine-{stage}")["spec"]["template"]["spec"]["containers"]
+    containers = _workload(stage)["spec"]["template"]["spec"]["containers"]
     assert len(containers) == 1
     container: dict[str, Any] = containers[0]
     return container
@@ -426,7 +450,7 @@ def test_kustomization_lists_every_manifest_but_the_secret_template() -> None:
 @pytest.mark.unit
 @pytest.mark.parametrize("k8s_version", K8S_VERSIONS)
 def test_core_objects_validate_against_the_kubernetes_schemas(k8s_version: str) -> None:
-    """Namespace, ConfigMap, Secret, Deployments and PDBs pass strict schema validation."""
+    """Namespace, ConfigMap, Secret, StatefulSets, Services and PDBs pass strict validation."""
     seen = set()
     for path, obj in _k8s_objects():
         if obj["kind"] in CORE_KINDS:
@@ -556,16 +580,16 @@ def test_k8s_config_loads_and_grace_outlasts_the_drain() -> None:
     config = _k8s_config()
     assert config.runtime.drain_timeout_s >= max(_llm_timeouts(config))
     for stage in STAGES:
-        pod = _k8s("Deployment", f"iterrefine-{stage}")["spec"]["template"]["spec"]
+        pod = _workload(stage)["spec"]["template"]["spec"]
         assert pod["terminationGracePeriodSeconds"] >= config.runtime.drain_timeout_s + 20
 
 
 @pytest.mark.unit
 @pytest.mark.parametrize("stage", STAGES)
-def test_k8s_deployment_runs_the_stage_worker_with_probes_on_the_metrics_port(stage: str) -> None:
+def test_k8s_statefulset_runs_the_stage_worker_with_probes_on_the_metrics_port(stage: str) -> None:
     """Args parse with the real CLI; probes, port, annotations and config mount agree."""
-    deployment = _k8s("Deployment", f"iterrefine-{stage}")
-    pod = deployment["spec"]["template"]
+    workload = _workload(stage)
+    pod = workload["spec"]["template"]
     container = _container(stage)
     assert "command" not in container  # keep the image's ENTRYPOINT ["iterrefine"]
     args = _parse_cli(container["args"])
@@ -580,7 +604,7 @@ def test_k8s_deployment_runs_the_stage_worker_with_probes_on_the_metrics_port(st
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == str(METRICS_PORT)
     assert annotations["prometheus.io/path"] == "/metrics"
-    selector = deployment["spec"]["selector"]["matchLabels"]
+    selector = workload["spec"]["selector"]["matchLabels"]
     assert selector.items() <= pod["metadata"]["labels"].items()
     assert selector["app.kubernetes.io/component"] == stage
     config_path = PurePosixPath(args.config)
@@ -591,10 +615,63 @@ def test_k8s_deployment_runs_the_stage_worker_with_probes_on_the_metrics_port(st
 
 
 @pytest.mark.unit
+def test_k8s_workers_are_static_members_named_by_their_pod() -> None:
+    """Every worker is a StatefulSet whose pods join their group as static members under their
+    own pod name (downward API metadata.name, expanded into --group-instance-id): the same
+    after a restart, unique per ordinal, so a restarted pod gets its partitions back. Its
+    headless Service is applied with it, KEDA scales the StatefulSet, and the session
+    timeout outlasts a pod restart."""
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    workers = {obj["metadata"]["name"] for _, obj in _k8s_objects() if obj["kind"] == "StatefulSet"}
+    assert workers == {f"iterrefine-{stage}" for stage in STAGES}
+    assert not [obj for _, obj in _k8s_objects() if obj["kind"] == "Deployment"]
+    config = _k8s_config()
+    # A restart (recreate, image start, imports, join) must fit in the session, or the
+    # instance id buys nothing; heartbeats at most a third of it, as Kafka advises.
+    assert config.runtime.session_timeout_ms >= 30_000
+    assert 3 * config.runtime.heartbeat_interval_ms <= config.runtime.session_timeout_ms
+    assert config.kafka.group_instance_id is None  # one ConfigMap for all pods: no shared id
+    for stage in STAGES:
+        name = f"iterrefine-{stage}"
+        path, workload = _k8s_with_file("StatefulSet", name)
+        spec = workload["spec"]
+        assert path.name in kustomization["resources"], stage
+        assert spec["podManagementPolicy"] == "Parallel", stage
+        assert spec["updateStrategy"] == {"type": "RollingUpdate"}, stage  # no partition held back
+
+        # The headless Service the StatefulSet names, applied by the kustomization.
+        service_path, service = _k8s_with_file("Service", spec["serviceName"])
+        assert service_path.name in kustomization["resources"], stage
+        assert service["spec"]["clusterIP"] == "None", stage
+        assert service["spec"]["selector"] == spec["selector"]["matchLabels"], stage
+
+        # KEDA scales this StatefulSet (it assumes a Deployment when kind is left out).
+        scaled = _k8s("ScaledObject", name)["spec"]
+        assert scaled["scaleTargetRef"] == {"apiVersion": workload["apiVersion"],
+                                            "kind": "StatefulSet", "name": name}, stage
+
+        # Each pod's --group-instance-id is its own name, from the downward API.
+        container = _container(stage)
+        fields = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]
+                  if "fieldRef" in e.get("valueFrom", {})}
+        assert "metadata.name" in fields.values(), stage
+        ids = set()
+        for ordinal in range(scaled["maxReplicaCount"]):
+            pod_name = f"{name}-{ordinal}"  # how a StatefulSet names its pods
+            env = {var: pod_name if field == "metadata.name" else f"<{field}>"
+                   for var, field in fields.items()}
+            args = _parse_cli([_kubelet_expand(arg, env) for arg in container["args"]])
+            assert args.group_instance_id == pod_name, (stage, container["args"])
+            assert KAFKA_INSTANCE_ID.fullmatch(args.group_instance_id), args.group_instance_id
+            ids.add(args.group_instance_id)
+        assert len(ids) == scaled["maxReplicaCount"], stage
+
+
+@pytest.mark.unit
 @pytest.mark.parametrize("stage", STAGES)
 def test_k8s_pods_are_non_root_with_a_read_only_root(stage: str) -> None:
     """Pods run as the image's non-root uid, without privilege escalation or capabilities."""
-    pod = _k8s("Deployment", f"iterrefine-{stage}")["spec"]["template"]["spec"]
+    pod = _workload(stage)["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == _dockerfile_uid()
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -615,7 +692,11 @@ def test_k8s_env_provides_every_secret_the_config_names(stage: str) -> None:
     assert needed == {"LLM_API_KEY", "KAFKA_SASL_PASSWORD"}
     env = {e["name"]: e for e in _container(stage)["env"]}
     assert needed <= set(env)
-    for entry in env.values():
+    for name, entry in env.items():
+        assert "value" not in entry, name  # no literal values: secrets or the pod's own fields
+        if "fieldRef" in entry["valueFrom"]:
+            assert name not in needed, name
+            continue
         ref = entry["valueFrom"]["secretKeyRef"]
         assert ref["name"] == "iterrefine-secrets"
         assert ref["key"] in _secret_keys()
@@ -643,7 +724,7 @@ def test_keda_scales_each_stage_on_its_own_consumer_group_lag(stage: str) -> Non
     scaled = _k8s("ScaledObject", f"iterrefine-{stage}")
     spec = scaled["spec"]
     assert spec["scaleTargetRef"]["name"] == f"iterrefine-{stage}"
-    assert _k8s("Deployment", spec["scaleTargetRef"]["name"])
+    assert _k8s(spec["scaleTargetRef"]["kind"], spec["scaleTargetRef"]["name"])
     assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= config.kafka.partitions
     (trigger,) = spec["triggers"]
     meta = trigger["metadata"]
@@ -673,10 +754,9 @@ def test_keda_wiring_is_the_documented_stage_topology() -> None:
 @pytest.mark.unit
 @pytest.mark.parametrize("stage", STAGES)
 def test_pdb_covers_the_stage_pods(stage: str) -> None:
-    """Each stage has a PodDisruptionBudget selecting exactly its Deployment's pods."""
+    """Each stage has a PodDisruptionBudget selecting exactly its StatefulSet's pods."""
     pdb = _k8s("PodDisruptionBudget", f"iterrefine-{stage}")
-    deployment = _k8s("Deployment", f"iterrefine-{stage}")
-    assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
+    assert pdb["spec"]["selector"] == _workload(stage)["spec"]["selector"]
     assert pdb["spec"]["maxUnavailable"] == 1
 
 
