@@ -311,9 +311,17 @@ def test_compose_image_tags_follow_the_project_version() -> None:
         assert _container(stage)["image"] == f"iterrefine:{tag}"
 
 
+def _stop_budget_s(config: Config) -> float:
+    """What a SIGTERMed worker may take: the drain, then (a commit refused because the group
+    moved on) up to max(10 s, 2 session timeouts) to rejoin and commit again, then 20 s."""
+    rejoin_s = max(10.0, 2 * config.runtime.session_timeout_ms / 1000)
+    return config.runtime.drain_timeout_s + rejoin_s + 20
+
+
 @pytest.mark.unit
 def test_compose_configs_load_and_grace_outlasts_the_drain() -> None:
-    """The mounted configs load; SIGTERM grace > drain deadline ≥ the longest LLM timeout."""
+    """The mounted configs load; SIGTERM grace > drain deadline ≥ the longest LLM timeout,
+    plus the wait to rejoin and commit again when the group refused a commit."""
     config = _compose_config()
     assert config.kafka.bootstrap_servers == "kafka:9092"
     sim = load_config(DEPLOY / "config" / "iterrefine.sim.toml")
@@ -322,7 +330,7 @@ def test_compose_configs_load_and_grace_outlasts_the_drain() -> None:
     for stage in STAGES:
         grace = _services()[stage]["stop_grace_period"]
         assert grace.endswith("s")
-        assert int(grace[:-1]) >= config.runtime.drain_timeout_s + 20
+        assert int(grace[:-1]) >= _stop_budget_s(config)
         assert _services()[stage].get("stop_signal", "SIGTERM") == "SIGTERM"
 
 
@@ -576,12 +584,13 @@ def test_keda_objects_validate_against_schemas_from_the_keda_docs() -> None:
 
 @pytest.mark.unit
 def test_k8s_config_loads_and_grace_outlasts_the_drain() -> None:
-    """The ConfigMap's TOML loads; terminationGracePeriodSeconds > drain ≥ longest LLM timeout."""
+    """The ConfigMap's TOML loads; terminationGracePeriodSeconds > drain ≥ longest LLM
+    timeout, plus the rejoin-and-commit wait (static members' long session timeout)."""
     config = _k8s_config()
     assert config.runtime.drain_timeout_s >= max(_llm_timeouts(config))
     for stage in STAGES:
         pod = _workload(stage)["spec"]["template"]["spec"]
-        assert pod["terminationGracePeriodSeconds"] >= config.runtime.drain_timeout_s + 20
+        assert pod["terminationGracePeriodSeconds"] >= _stop_budget_s(config)
 
 
 @pytest.mark.unit
