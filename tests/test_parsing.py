@@ -293,6 +293,22 @@ def test_revision_explanation_after_input_is_dropped() -> None:
     assert parse_revision(text).input == "data"
 
 
+def test_revision_json_field_ends_at_the_evaluation_labels_as_a_labelled_one_does() -> None:
+    """SmolLM2-135M's json_object refine answer (recorded, xllamacpp): the evaluation's
+    ``Score:`` / ``Evaluation:`` / ``Suggestions:`` lines inside ``input_new`` are not
+    input; before, they were curated into the item's input and output."""
+    text = ('{\n  "instruction_new": "Identify which instrument is string or woodwind: '
+            'Panduri, Zurna",\n  "input_new": "The instrument Panduri is a stringed '
+            'instrument, while the instrument Zurna is a woodwind instrument.\\nScore: 1'
+            '\\n\\nEvaluation: 1.0\\n\\nSuggestions:\\n1. 1.0\\n2. 2.0\\n"\n}')
+    assert parse_revision(text) == RevisionAnswer(
+        instruction="Identify which instrument is string or woodwind: Panduri, Zurna",
+        input="The instrument Panduri is a stringed instrument, while the instrument Zurna "
+              "is a woodwind instrument.")
+    kept = '{"instruction_new": "Do X.", "input_new": "line one\\nline two\\n"}'
+    assert parse_revision(kept).input == "line one\nline two"
+
+
 def test_revision_in_code_fence() -> None:
     """A revision wrapped in a code fence, with prose outside it, reads from the fence."""
     text = "Revision below.\n```\ninstruction_new: Do X.\ninput_new:\n```\nDone."

@@ -172,6 +172,17 @@ def _empty_placeholder(value: str) -> bool:
     return "\n" not in value and value.strip("*_ ()[]<>.").lower() in _EMPTY_INPUT
 
 
+def _json_field(value: str | None, copied: Copied) -> str | None:
+    """A JSON revision field up to the first label line that ends a labelled field too:
+    SmolLM2-135M wrote ``"input_new": "… woodwind instrument.\\nScore: 1\\n\\nEvaluation:
+    1.0\\n\\nSuggestions:\\n1. 1.0 …"`` (recorded), which must not become the item's input."""
+    if value is None:
+        return None
+    lines = value.split("\n")
+    end = _field_end(lines, _REVISION_STOP, copied)
+    return value if end == len(lines) else "\n".join(lines[:end]).rstrip()
+
+
 def parse_revision(text: str, context: AnswerContext | None = None) -> RevisionAnswer:
     """Read a revision (``instruction_new: …`` / ``input_new: …``, or JSON).
 
@@ -187,8 +198,8 @@ def parse_revision(text: str, context: AnswerContext | None = None) -> RevisionA
     copied = copied_check(context)
     obj = find_json_object(body, _JSON_INSTRUCTION_KEYS, copied=copied)
     if obj is not None:
-        instruction = json_text(first_key(obj, *_JSON_INSTRUCTION_KEYS))
-        input_ = json_text(first_key(obj, *_JSON_INPUT_KEYS))
+        instruction = _json_field(json_text(first_key(obj, *_JSON_INSTRUCTION_KEYS)), copied)
+        input_ = _json_field(json_text(first_key(obj, *_JSON_INPUT_KEYS)), copied)
         if instruction and input_ is not None:
             input_ = "" if _empty_placeholder(input_) else input_
             return RevisionAnswer(instruction=_META_PREFIX.sub("", instruction), input=input_)
