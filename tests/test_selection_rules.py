@@ -329,3 +329,16 @@ def test_exact_clusters_finds_k_clusters_with_the_papers_seed() -> None:
     labels = exact_clusters(vectors, 3).tolist()
     assert len(set(labels)) == 3
     assert labels[0] == labels[1] and labels[2] == labels[3] and labels[4] == labels[5]
+
+
+def test_exact_clusters_is_kmeans_with_the_papers_seed_0() -> None:
+    """The paper ran KMeans(random_state=0): the labels are that run's (another seed
+    numbers and splits these 40 points differently)."""
+    from sklearn.cluster import KMeans
+
+    rng = np.random.default_rng(0)
+    vectors = (rng.random((40, 4)) * 3 + 100).astype(np.float32)
+    paper = KMeans(n_clusters=4, random_state=0, n_init="auto").fit_predict(vectors)
+    other = KMeans(n_clusters=4, random_state=1, n_init="auto").fit_predict(vectors)
+    assert paper.tolist() != other.tolist()
+    assert exact_clusters(vectors, 4).tolist() == paper.tolist()
