@@ -342,3 +342,15 @@ def test_exact_clusters_is_kmeans_with_the_papers_seed_0() -> None:
     other = KMeans(n_clusters=4, random_state=1, n_init="auto").fit_predict(vectors)
     assert paper.tolist() != other.tolist()
     assert exact_clusters(vectors, 4).tolist() == paper.tolist()
+
+
+def test_exact_clusters_does_not_write_to_the_callers_vectors_unless_asked() -> None:
+    """By default KMeans works on a copy (copy_x): a read-only matrix (e.g. a memory map
+    opened read-only) clusters; centring it in place would fail on it."""
+    rng = np.random.default_rng(0)
+    vectors = (rng.random((40, 4)) * 3 + 100).astype(np.float32)
+    frozen = vectors.copy()
+    frozen.setflags(write=False)
+    assert exact_clusters(frozen, 4).tolist() == exact_clusters(vectors, 4).tolist()
+    assert exact_clusters(frozen, 4, in_place=False).tolist() == exact_clusters(
+        vectors, 4).tolist()
