@@ -173,7 +173,11 @@ def run(targets: list[str], tests: list[str], ref: str | None, children: int,
     try:
         _copy_checkout(scratch, ref)
         _configure(scratch, targets, tests)
-        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        # One OpenMP thread: mutmut forks a child per mutant after its parent ran the
+        # tests, and scikit-learn's KMeans in a child forked from a process whose OpenMP
+        # pool is up hangs, so every exact_clusters mutant was a timeout whatever the
+        # tests said (with one thread they fail or survive on their merits).
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
         mutmut = subprocess.run(
             [sys.executable, "-m", "mutmut", "run", "--max-children", str(children)],
             cwd=scratch, env=env, capture_output=True, text=True)
