@@ -52,6 +52,8 @@ PYTEST_ARGS = [
     "--deselect", "tests/test_layers.py::test_no_room_too_big_to_read",
 ]
 EQUIVALENT = Path(__file__).resolve().parent / "mutation_equivalent.json"
+#: Thread pools of the numeric libraries held to one thread (see :func:`run`).
+_ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 # Run inside the scratch copy, where mutmut's configuration is: every mutant's status, and
 # the diff of each one that was not killed.
@@ -173,7 +175,11 @@ def run(targets: list[str], tests: list[str], ref: str | None, children: int,
     try:
         _copy_checkout(scratch, ref)
         _configure(scratch, targets, tests)
-        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        # One BLAS thread: mutmut forks each mutant's run from a process whose numpy
+        # already started its thread pool, and a forked child's numpy call (the
+        # selection tests' k-means) then spins until mutmut's CPU limit: a "timeout"
+        # that says nothing about the mutant.
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **_ONE_THREAD}
         mutmut = subprocess.run(
             [sys.executable, "-m", "mutmut", "run", "--max-children", str(children)],
             cwd=scratch, env=env, capture_output=True, text=True)
