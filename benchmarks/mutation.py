@@ -52,6 +52,8 @@ PYTEST_ARGS = [
     "--deselect", "tests/test_layers.py::test_no_room_too_big_to_read",
 ]
 EQUIVALENT = Path(__file__).resolve().parent / "mutation_equivalent.json"
+#: Thread pools of the numeric libraries held to one thread (see :func:`run`).
+_ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 # Run inside the scratch copy, where mutmut's configuration is: every mutant's status, and
 # the diff of each one that was not killed.
@@ -173,11 +175,11 @@ def run(targets: list[str], tests: list[str], ref: str | None, children: int,
     try:
         _copy_checkout(scratch, ref)
         _configure(scratch, targets, tests)
-        # One OpenMP thread: mutmut forks a child per mutant after its parent ran the
-        # tests, and scikit-learn's KMeans in a child forked from a process whose OpenMP
-        # pool is up hangs, so every exact_clusters mutant was a timeout whatever the
-        # tests said (with one thread they fail or survive on their merits).
-        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
+        # One OpenMP/BLAS thread: mutmut forks a child per mutant from a process whose
+        # numpy and scikit-learn thread pools are already up, and a forked child's k-means
+        # then hangs until mutmut's CPU limit: a "timeout" whatever the tests said (with
+        # one thread every mutant fails or survives on its merits).
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **_ONE_THREAD}
         mutmut = subprocess.run(
             [sys.executable, "-m", "mutmut", "run", "--max-children", str(children)],
             cwd=scratch, env=env, capture_output=True, text=True)

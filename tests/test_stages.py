@@ -305,18 +305,20 @@ def truncated_count(kit: StageKit, role: str, task: str) -> float:
 
 
 async def test_stages_ask_with_the_papers_token_limits(make_kit: MakeKit) -> None:
-    """Each task's request carries its configured max_tokens (paper values by default)."""
+    """Each task's request carries its configured max_tokens (paper values by default),
+    as the paper sends them: not fitted to the item (fit_max_tokens off, as in its preset)."""
     kit = await make_kit({"answer": "Hello.", "evaluate": EVALUATION,
-                                  "refine": REVISION})
+                                  "refine": REVISION}, fit_max_tokens=False)
     await kit.handle("refine", an_item(quality="low"))
     limits = {r.task: r.max_tokens for r in kit.requests}
     assert limits == {"answer": 2000, "evaluate": 2048, "refine": 4096}
 
 
 async def test_truncated_align_is_reasked_with_a_higher_limit(make_kit: MakeKit) -> None:
-    """finish_reason=length once: re-asked with twice the limit; the complete answer is used."""
+    """finish_reason=length once: re-asked with twice the limit; the complete answer is used
+    (the configured limit, not fitted to the item: fit_max_tokens off)."""
     kit = await make_kit({"align": cut_off_below(8192, "Output:\nHello, nice to meet you!"),
-                                  "score": HIGH})
+                                  "score": HIGH}, fit_max_tokens=False)
     out = only(await kit.handle("align", in_review(1)))
     assert out.item.output == "Hello, nice to meet you!" and out.item.output_aligned
     assert [r.max_tokens for r in kit.script.of("align")] == [4096, 8192]

@@ -352,7 +352,7 @@ async def ask_revision(
     if feedback_set:
         data["feedback_set"] = list(feedback_set)
     return await ask(client, "refine", data, round=round, parse_retries=parse_retries,
-                     max_tokens=max_tokens, on_truncated=on_truncated)
+                     max_tokens=max_tokens, on_truncated=on_truncated, fit_tokens=fit_tokens)
 
 
 async def ask_verdict(
@@ -402,5 +402,5 @@ async def ask_aligned(
         "revised_input": revised_input,
     }
     return await ask(client, "align", data, parse_retries=parse_retries,
-                     max_tokens=max_tokens, on_truncated=on_truncated,
+                     max_tokens=max_tokens, on_truncated=on_truncated, fit_tokens=fit_tokens,
                      variant=None if mode == "anchored" else mode)
