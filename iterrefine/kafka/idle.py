@@ -15,7 +15,8 @@ record produced to the topic by this process — a stage's output, ingest, a dea
 process keep their latency (``iterrefine run --workers N`` keeps an item's partition,
 so its process, from stage to stage); a record from another process is seen after the
 rest at most (a stage's ``idle_poll_max_ms``, 10 s by default, 0 turns resting off; the
-terminal watcher rests 2 s at most, so a run ends soon after its last item).
+terminal watcher of a run whose last item may come from another process rests 2 s at
+most, so the run ends soon after it).
 """
 
 from __future__ import annotations
