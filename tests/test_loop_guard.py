@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from iterrefine.config import LLMRoleConfig
 from iterrefine.llm import LLMClient
 from iterrefine.llm.chat import ChatOptions
-from iterrefine.llm.loops import JsonEnd, LoopWatch, loop_cut
+from iterrefine.llm.loops import JsonEnd, LoopWatch, close_json, loop_cut
 from iterrefine.observe.metrics import Metrics
 from iterrefine.retry import Backoff
 from iterrefine.tasks.ask import ask
@@ -102,6 +102,61 @@ def test_json_end_sees_the_object_close_past_braces_in_strings() -> None:
     assert not watch.feed('```json\n{"a": "x}{\\"", "b": {"c": 1}')
     assert watch.feed("}\n```\nmore")
     assert watch.closed_at == len('```json\n{"a": "x}{\\"", "b": {"c": 1}}')
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("cut", "closed"), [
+    ('{"a": "one copy. one', '{"a": "one copy. one"}'),
+    ('```json\n{"a": {"b": ["x", "y', '```json\n{"a": {"b": ["x", "y"]}}'),
+    ('{"a": "x",\n  ', '{"a": "x"}'),
+    ('{"a": "ends in an escape \\', '{"a": "ends in an escape "}'),
+    ('{"a": "a } and a ] inside', '{"a": "a } and a ] inside"}'),
+])
+def test_a_json_answer_cut_at_a_loop_is_closed(cut: str, closed: str) -> None:
+    """The open string, arrays and objects are closed; the result is JSON."""
+    assert close_json(cut) == closed
+    json.loads(closed.removeprefix("```json\n"))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("text", ["Plain prose {not json", '{"a": 1} and more "text', ""])
+def test_only_an_open_json_object_is_closed(text: str) -> None:
+    assert close_json(text) is None
+
+
+# What SmolLM2-135M wrote for a refine request in json_object mode (recorded on
+# xllamacpp, cut at max_tokens=320): the input's last sentence, again and again.
+_VIRGIN = ("Virgin Australia, the trading name of Virgin Australia Airlines Pty Ltd, is an "
+           "Australian-based airline. It commenced services on 31 August 2000 as Virgin Blue, "
+           "with two aircraft on a single route.")
+_SERVES = " The airline has since grown to directly serve 32 cities in Australia."
+LOOPING_REVISION = ('{\n    "instruction_new": "When did Virgin Australia start operating?",\n'
+                    '    "input_new": "' + _VIRGIN + _SERVES * 14 + " The airline has sin")
+REFINE_DATA = {"instruction": "When did Virgin Australia start operating?",
+               "input": _VIRGIN + _SERVES, "reference_output": "On 31 August 2000.",
+               "backbone_answer": "2000.", "evaluation": "Score: 6"}
+
+
+@pytest.mark.unit
+async def test_a_revision_looping_inside_its_json_is_read_with_one_copy() -> None:
+    """The loop is cut after one copy and the object closed: the revision reads, with the
+    item's input exactly as it was, on the first call (it was re-asked twice, then
+    dead-lettered or left unrefined, in 35 of 40 recorded refine answers)."""
+    client = LoopingClient(LOOPING_REVISION)
+    answer = await ask(client, "refine", REFINE_DATA, round=1, max_tokens=320)
+    assert client.limits == [320]
+    assert answer.instruction == "When did Virgin Australia start operating?"
+    assert answer.input == REFINE_DATA["input"]
+
+
+@pytest.mark.unit
+async def test_a_free_text_answer_is_never_closed_as_json() -> None:
+    """Only tasks answering with a JSON object are closed: an answer that happens to
+    open a brace keeps its text as the model wrote it."""
+    code = "{\n  " + "x = compute(x)\n  " * 40
+    answer = await ask(LoopingClient(code), "answer", {"instruction": "Code?", "input": ""},
+                       max_tokens=320)
+    assert answer.rstrip().endswith("x = compute(x)")
 
 
 # ---------------------------------------------------------------- token limits

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-__all__ = ["MIN_REPEATS", "MIN_SPAN", "JsonEnd", "LoopWatch", "loop_cut"]
+__all__ = ["MIN_REPEATS", "MIN_SPAN", "JsonEnd", "LoopWatch", "close_json", "loop_cut"]
 
 #: A unit repeated this many times in a row at the end of the text is a loop...
 MIN_REPEATS: Final = 4
@@ -126,14 +126,41 @@ def loop_cut(text: str, *, structured: bool = False) -> int | None:
     return cut
 
 
+class _JsonScan:
+    """Where a JSON text stands after each character: inside a string, and which
+    objects and arrays are open (their closing characters, innermost last)."""
+
+    def __init__(self) -> None:
+        self.open: list[str] = []
+        self.in_string = False
+        self.escaped = False
+        self.opened = False
+
+    def step(self, char: str) -> bool:
+        """Read one character; True when it closed the outermost object or array."""
+        if self.in_string:
+            if self.escaped:
+                self.escaped = False
+            elif char == "\\":
+                self.escaped = True
+            elif char == '"':
+                self.in_string = False
+        elif char == '"' and self.opened:
+            self.in_string = True
+        elif char in "{[" and (self.opened or char == "{"):
+            self.open.append("}" if char == "{" else "]")
+            self.opened = True
+        elif char in "}]" and self.open and char == self.open[-1]:
+            self.open.pop()
+            return not self.open
+        return False
+
+
 class JsonEnd:
     """Follows streamed text and says when the first top-level JSON object has closed."""
 
     def __init__(self) -> None:
-        self._depth = 0
-        self._in_string = False
-        self._escaped = False
-        self._opened = False
+        self._scan = _JsonScan()
         #: Characters read up to and including the closing brace, once closed.
         self.closed_at: int | None = None
         self._read = 0
@@ -143,25 +170,40 @@ class JsonEnd:
         if self.closed_at is not None:
             return True
         for index, char in enumerate(piece):
-            if self._in_string:
-                if self._escaped:
-                    self._escaped = False
-                elif char == "\\":
-                    self._escaped = True
-                elif char == '"':
-                    self._in_string = False
-            elif char == '"' and self._opened:
-                self._in_string = True
-            elif char == "{":
-                self._depth += 1
-                self._opened = True
-            elif char == "}" and self._depth:
-                self._depth -= 1
-                if self._depth == 0:
-                    self.closed_at = self._read + index + 1
-                    return True
+            if self._scan.step(char):
+                self.closed_at = self._read + index + 1
+                return True
         self._read += len(piece)
         return False
+
+
+_OPEN_OBJECT: Final = re.compile(r"\s*(?:```[a-zA-Z]*\s*)?\{")
+
+
+def close_json(text: str) -> str | None:
+    """A JSON answer cut short at a loop, completed: the open string, arrays and objects
+    closed, so the fields written before the loop (and one copy of the looping one) can
+    be read. None when ``text`` does not open with an object, or the object had closed.
+
+    SmolLM2-135M in ``json_object`` mode loops inside a field (``"input_new": "… Sydney.
+    … Sydney. …"``): cut after one copy, the answer ends mid-string, and a parser would
+    refuse what is a complete revision without its repeats. Whatever the cut leaves
+    unreadable (a dangling key) stays unreadable: the caller's parser decides.
+    """
+    start = _OPEN_OBJECT.match(text)
+    if start is None:
+        return None
+    scan = _JsonScan()
+    for char in text[start.end() - 1 :]:
+        if scan.step(char):
+            return None
+    closed = text[:-1] if scan.escaped else text
+    if scan.in_string:
+        closed += '"'
+    closed = closed.rstrip()
+    if closed.endswith(","):
+        closed = closed[:-1]
+    return closed + "".join(reversed(scan.open))
 
 
 class LoopWatch:

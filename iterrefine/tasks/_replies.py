@@ -8,7 +8,7 @@ from typing import Literal, Protocol, runtime_checkable
 import structlog
 
 from iterrefine.llm.chat import AnswerRecorder, ChatClient, ChatReply
-from iterrefine.llm.loops import loop_cut
+from iterrefine.llm.loops import close_json, loop_cut
 
 log = structlog.get_logger("iterrefine.tasks.ask")
 
@@ -38,9 +38,15 @@ class Counts:
         self.looped = 0
 
 
-def without_loop(reply: ChatReply, task: str, limit: int | None, counts: Counts) -> str | None:
+def without_loop(
+    reply: ChatReply, task: str, limit: int | None, counts: Counts, *, json_answer: bool = False,
+) -> str | None:
     """The text to read: whole, or without a loop's repeats; None when the answer was cut
-    at the limit for another reason (a long answer, worth a re-ask with room)."""
+    at the limit for another reason (a long answer, worth a re-ask with room).
+
+    ``json_answer``: the task answers with a JSON object, so one cut inside a field is
+    closed (:func:`~iterrefine.llm.loops.close_json`) for the parser to read.
+    """
     reason = _finish_reason(reply)
     text = reply.text
     if reason == "length":
@@ -51,8 +57,10 @@ def without_loop(reply: ChatReply, task: str, limit: int | None, counts: Counts)
     elif reason != "loop":
         return text
     counts.looped += 1
-    log.warning("llm_answer_looped", task=task, max_tokens=limit, kept_chars=len(text))
-    return text
+    closed = close_json(text) if json_answer else None
+    log.warning("llm_answer_looped", task=task, max_tokens=limit, kept_chars=len(text),
+                json_closed=closed is not None)
+    return text if closed is None else closed
 
 
 def record(client: ChatClient, task: str, outcome: AnswerOutcome, counts: Counts) -> None:

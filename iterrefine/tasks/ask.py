@@ -15,8 +15,9 @@ twice the limit; cut off again, it raises :class:`TruncatedOutput` (an
 Except when it was cut off because the model looped (:mod:`iterrefine.llm.loops`:
 repeating itself until the limit): twice the limit would buy twice the loop. Such an
 answer — recognised in the returned text, or cut short while streaming (the client's
-``finish_reason == "loop"``) — is read without its repeats, and if that does not
-parse it is asked again like any unreadable answer, at the same limit.
+``finish_reason == "loop"``) — is read without its repeats (a JSON answer cut inside a
+field is closed after the kept copy), and if that does not parse it is asked again like
+any unreadable answer, at the same limit.
 
 Each task brings its generation settings (:class:`~iterrefine.llm.chat.ChatOptions`)
 and, with ``fit_tokens``, a limit fitted to the request's data
@@ -210,7 +211,7 @@ async def ask(
             max_tokens=limit,
             options=spec.options,
         )
-        text = without_loop(reply, task, limit, counts)
+        text = without_loop(reply, task, limit, counts, json_answer=schema is not None)
         if text is None:  # cut off at the limit, and not by a loop
             counts.truncated += 1
             remember(client, reply, readable=False)  # a half-written answer is never kept
