@@ -389,3 +389,21 @@ async def test_repeats_inside_a_bounded_json_field_are_not_cut() -> None:
         cut = await client.chat([{"role": "user", "content": "Revise."}],
                                 json_schema={"type": "object"}, max_tokens=4096)
     assert cut.finish_reason == "loop" and len(cut.text) < 200
+
+
+@pytest.mark.unit
+async def test_a_json_object_field_loop_is_cut_as_soon_as_free_text() -> None:
+    """Only an enforced schema bounds a field (``maxLength``): under ``json_object`` a
+    field loops like free text, so the stream is cut at the free-text threshold, well
+    before the longer one that a ``json_schema`` answer gets."""
+    looping = LOOPING_REVISION + _SERVES * 30
+    pieces = [looping[i:i + 4] for i in range(0, len(looping), 4)]
+    sent = {}
+    for form in ("json_object", "json_schema"):
+        generation = Generation(_sse(pieces, finish="length"))
+        async with streaming_client(generation, structured_output=form) as client:
+            reply = await client.chat([{"role": "user", "content": "Revise."}],
+                                      json_schema={"type": "object"}, max_tokens=2000)
+        assert reply.finish_reason == "loop", form
+        sent[form] = generation.sent
+    assert sent["json_object"] * 2 < sent["json_schema"], sent

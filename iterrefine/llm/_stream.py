@@ -12,6 +12,10 @@ and vLLM cancel a request whose client went away):
   grammar may go on with whitespace or prose), so after :data:`AFTER_OBJECT_CHUNKS`
   more chunks the answer is the text up to the closing brace.
 
+A loop counts sooner in a ``json_object`` answer than in a ``json_schema`` one: only a
+schema the server enforces bounds each field (``maxLength``), where a few repeats are
+harmless; under ``json_object`` a field loops until the limit like free text.
+
 A cut answer has no usage from the server: its completion tokens are the content
 chunks received (one token each on llama.cpp and vLLM), its prompt tokens the
 client's estimate.
@@ -84,11 +88,16 @@ class StreamError(ValueError):
     """An event that is not a chat-completion chunk."""
 
 
-async def read_stream(lines: AsyncIterator[str], *, structured: bool) -> Streamed:
+def form_kind(form: dict[str, Any] | None) -> str | None:
+    """The ``response_format`` type of a request (``json_schema``, ``json_object``), if any."""
+    return None if form is None else str(form.get("type"))
+
+
+async def read_stream(lines: AsyncIterator[str], *, structured: str | None) -> Streamed:
     """Assemble the answer from ``data:`` lines, cutting it at a loop or a closed object."""
     parts: list[str] = []
-    watch = LoopWatch(structured=structured)
-    json_end = JsonEnd() if structured else None
+    watch = LoopWatch(structured=structured == "json_schema")
+    json_end = JsonEnd() if structured is not None else None
     chunks = 0
     finish: str | None = None
     usage: _Usage | None = None
@@ -141,7 +150,7 @@ def _count(value: object) -> int:
 async def send_chat(
     api: openai.AsyncOpenAI, url: str, content: bytes, failures: FailureMap,
     config: LLMRoleConfig, *, options: openai.RequestOptions, prompt_estimate: int,
-    structured: bool, hedging: Hedging | None = None,
+    structured: str | None, hedging: Hedging | None = None,
 ) -> tuple[str, ChatResult | IterrefineError]:
     """POST one encoded request: its metric status and the answer (read whole, or streamed
     when the role's loop guard is ``stream``) or the error saying why not.
@@ -175,11 +184,11 @@ async def send_chat(
     except TimeoutError:
         return failures.timeout()
     except openai.APIError as exc:
-        return failures.translate(exc, structured=structured)
+        return failures.translate(exc, structured=structured is not None)
     except (httpx2.HTTPError, aiohttp.ClientError) as exc:
         request = raw.request if raw is not None else httpx2.Request("POST", url)
         return failures.translate(openai.APIConnectionError(message=str(exc), request=request),
-                                  structured=structured)
+                                  structured=structured is not None)
     except StreamError as exc:
         return failures.invalid_response(str(exc))
     if streamed.cut:

@@ -44,7 +44,7 @@ from iterrefine.llm._failures import FailureMap
 from iterrefine.llm._hedge import Hedging
 from iterrefine.llm._ratelimit import TokenBucket
 from iterrefine.llm._retries import Retries
-from iterrefine.llm._stream import send_chat
+from iterrefine.llm._stream import form_kind, send_chat
 from iterrefine.llm._tally import Tally
 from iterrefine.llm._wire import (
     ChatResult,
@@ -288,12 +288,12 @@ class LLMClient(AsyncService):
         used = (0, 0)
         try:
             if speculative:
-                result = await self._attempt(api, content, estimate, structured=True,
+                result = await self._attempt(api, content, estimate, structured=form_kind(form),
                                              speculative=True, prompt_estimate=prompt_estimate)
                 attempts = 1
             else:
                 result, attempts = await self._retries.call(
-                    lambda: self._attempt(api, content, estimate, structured=form is not None,
+                    lambda: self._attempt(api, content, estimate, structured=form_kind(form),
                                           prompt_estimate=prompt_estimate),
                     circuit=self.circuit)
             used = (result.prompt_tokens, result.completion_tokens)
@@ -373,7 +373,7 @@ class LLMClient(AsyncService):
         return problem
 
     async def _attempt(
-        self, api: openai.AsyncOpenAI, content: bytes, estimate: int, *, structured: bool,
+        self, api: openai.AsyncOpenAI, content: bytes, estimate: int, *, structured: str | None,
         speculative: bool = False, prompt_estimate: int = 0,
     ) -> ChatResult:
         async with self._semaphore:
