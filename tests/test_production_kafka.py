@@ -69,11 +69,9 @@ async def test_run_with_workers_on_a_cluster_commits_everything_and_reruns(
     assert code == 0, err[-3000:]
     items = await pipeline_completeness(config.kafka, kafka, PIPELINE.inputs().values())
     assert (items.ingested, items.finished, items.duplicates) == (30, 30, 0)
+    # This process commits what it finished before the children leave: committed after,
+    # its partitions stayed uncommitted in every stage on noida-db (its rejoin never ends).
     behind = {stage: b for stage, (b, _) in (await _all_committed(config, kafka)).items()}
-    if any(behind.values()) and not on_tansu:
-        pytest.xfail(f"noida-db: records left uncommitted {behind} although every process "
-                     "committed before any left (2 of 7 noida runs while developing this; "
-                     "not explained yet)")
     assert behind == dict.fromkeys(behind, 0), behind
     if on_tansu:
         # Tansu keeps members of a multi-process run's groups: a later run there never

@@ -136,7 +136,7 @@ class StageRun:
         finally:
             if ingesting is not None and not ingesting.done():
                 ingesting.cancel()
-            own_stats, child_stats = await self._stop_stages(stages)
+            own_stats, child_stats = await self._stop_stages(stages, runners)
             self._timeline.mark("stages_stopped")
         return report, add_stats(own_stats, child_stats)
 
@@ -189,7 +189,7 @@ class StageRun:
             deadline is not None and time.monotonic() > deadline)
 
     async def _stop_stages(
-        self, stages: asyncio.Task[dict[str, LLMStats]],
+        self, stages: asyncio.Task[dict[str, LLMStats]], runners: list[StageRunner],
     ) -> tuple[dict[str, LLMStats], dict[str, LLMStats]]:
         """Stop the extra worker processes and this process's stages: their LLM counters.
 
@@ -197,8 +197,12 @@ class StageRun:
         groups the children first drain and commit while every process is still a member,
         so no commit meets a group that has moved on (noida-db starts a new generation
         the moment a member leaves and refuses the old one's commits: 3 of 4 runs left
-        5-19 records uncommitted). Then the children leave, while this process keeps
-        polling and so rejoins at once; then this one drains, commits and leaves. With
+        5-19 records uncommitted), and so does this process with what it has finished
+        (at the end of a run: everything). Then the children leave, while this process
+        keeps polling; then this one drains, commits what finished since, and leaves.
+        Its own finished offsets were first left to that last commit, which needs a
+        rejoin after the children left: noida-db never completes it, and 2 of 3 runs
+        there left this process's partitions uncommitted in every stage. With
         this process stopping first, the children were mid-rejoin when told to stop, and
         the embedded Tansu then kept them as members for good: every later JoinGroup of
         these groups hung.
@@ -210,6 +214,7 @@ class StageRun:
             child_stats = await children
             return await stages, child_stats
         await extras.drain(self._started.config.runtime.drain_timeout_s + 10)
+        await asyncio.gather(*(runner.commit_finished() for runner in runners))
         child_stats = await extras.stop()
         self._pipeline_stop.set()
         # Drains in-flight work and commits; re-raises a stage crash.

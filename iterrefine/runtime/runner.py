@@ -227,6 +227,11 @@ class StageRunner:
         log.info("stage_stopped", stage=self.stage.name, handled=self.handled,
                  dead_lettered=self.dead_lettered)
 
+    async def commit_finished(self) -> bool:
+        """Commit what is finished now, without stopping: a process that stops after others
+        commits first, while the group is still the one it joined."""
+        return await self._commits.commit(self._consumer)
+
     async def _commit_after_rejoin(self) -> None:
         """The group refused our last commit (another member left meanwhile): stay until
         this member has joined the next generation, which commits what was refused
