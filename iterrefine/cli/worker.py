@@ -87,6 +87,15 @@ async def _serve(config: Config, bootstrap: str, stages: list[str], graph: Stage
 
             server = await stack.enter_async_context(SimServer(sim, port=0))
             config = sim_roles(config, server.base_url, sim)
+        # After SIGTERM every stage commits, then all stay in their groups a moment
+        # (runtime.leave_delay_s), so that workers stopped together commit before any
+        # leaves: noida-db refuses the commits of the generation a member left.
+        leave = asyncio.Event()
+
+        def leave_soon() -> None:
+            asyncio.get_running_loop().call_later(config.runtime.leave_delay_s, leave.set)
+
         await serve_pipeline(config, bootstrap, stages=stages, graph=graph,
                              metrics_port=config.metrics_port,
-                             simulated=True if sim is not None else None)
+                             simulated=True if sim is not None else None,
+                             leave=leave, on_drained=leave_soon)

@@ -126,6 +126,11 @@ class RuntimeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     drain_timeout_s: float = 30.0
     #: Rebalance: how long revoked partitions may finish their in-flight work.
     revoke_drain_timeout_s: float = 10.0
+    #: SIGTERM of a ``worker``: how long its stages stay in their groups once all have
+    #: committed. Workers stopped together (a rollout, ``docker compose down``) then all
+    #: commit before any leaves: noida-db refuses a commit the moment another member has left,
+    #: and the rejoin to commit again never completes there (docs/broker-notes.md).
+    leave_delay_s: float = 2.0
     retry_max_attempts: int = 6
     retry_base_s: float = 0.2
     retry_max_s: float = 30.0
