@@ -125,7 +125,7 @@ async def test_a_stage_output_and_ingest_ring_their_topics(broker: str) -> None:
 def test_a_run_alone_lets_its_watcher_rest_as_long_as_its_stages() -> None:
     """Alone on its own broker every terminal record is produced in the run's process and
     rings the watcher awake, so it rests like the stages (measured by
-    benchmarks/idle_cpu.py: 2.9% of a core before, 1.5% after); when another process may
+    benchmarks/idle_cpu.py: 2.9% of a core before, 1.1% after); when another process may
     produce the last item the watcher keeps polling every 2 s, and resting off stays off."""
     config = Config()
     stages_ms = config.runtime.idle_poll_max_ms
