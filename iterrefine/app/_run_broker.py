@@ -43,7 +43,13 @@ from iterrefine.config.extras import install_hint, missing_extra
 from iterrefine.errors import ConfigError
 from iterrefine.io.ingest import RawRecord
 from iterrefine.io.inputs import InputSpec
-from iterrefine.kafka.clients import make_admin, make_consumer, true_end_offsets
+from iterrefine.kafka.clients import (
+    TANSU_CLUSTER_ID_PREFIX,
+    cluster_id,
+    make_admin,
+    make_consumer,
+    true_end_offsets,
+)
 from iterrefine.kafka.topics import TopicNames
 from iterrefine.processes import pid_alive
 
@@ -195,6 +201,25 @@ def for_own_broker(config: Config, workers: int, *, on_disk: bool = False) -> Co
     kafka = msgspec.structs.replace(config.kafka, retry_backoff_ms=min(
         config.kafka.retry_backoff_ms, OWN_BROKER_RETRY_BACKOFF_MS))
     return msgspec.structs.replace(config, runtime=runtime, kafka=kafka)
+
+
+async def for_shared_cluster(config: Config, bootstrap: str, workers: int) -> Config:
+    """``config`` for a cluster given with ``--bootstrap``: consumer groups, except for
+    several processes on a Tansu broker, which take static partition shares as on a broker
+    of the run's own. A second ``run --workers 3`` on the same prefix of a shared Tansu
+    never finished forming its groups (2 of 3 reruns gave up after 120 s, the groups
+    listed empty in between; docs/broker-notes.md); one process joins them fine. Like a
+    group, a share starts from the group's committed offsets; running workers of the
+    prefix would take the same records (``check_pipeline_idle`` names them)."""
+    if workers < 2:
+        return config
+    found = await cluster_id(config.kafka, bootstrap)
+    if found is None or not found.startswith(TANSU_CLUSTER_ID_PREFIX):
+        return config
+    log.info("static_partition_shares", cluster_id=found, processes=workers,
+             reason="consumer groups of a multi-process run do not re-form on Tansu")
+    return msgspec.structs.replace(config, runtime=msgspec.structs.replace(
+        config.runtime, static_partitions=StaticPartitions(index=0, count=workers)))
 
 
 def _mb(size: int | None) -> float | None:

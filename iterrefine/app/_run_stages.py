@@ -47,8 +47,7 @@ class Started:
     #: The run's config: the simulator's roles and the own broker's settings applied.
     config: Config
     bootstrap: str
-    #: The broker is this run's own: stage processes take static partition shares
-    #: (no consumer groups to settle or to disturb).
+    #: The broker is this run's own (nobody else can be in its groups).
     owned: bool
     graph: StageGraph
     metrics: Metrics
@@ -59,6 +58,12 @@ class Started:
     simulated: bool
     #: The exact selection's decider (``routing_policy = "cluster_quota"``, not online).
     exact: ExactSelection | None = None
+
+    @property
+    def static_shares(self) -> bool:
+        """Stage processes take fixed partition shares (on the run's own broker, or on a
+        shared Tansu): no consumer groups to settle or to disturb."""
+        return self.config.runtime.static_partitions is not None
 
 
 class StageRun:
@@ -105,7 +110,7 @@ class StageRun:
         # With consumer groups, ingest once this process has its share too: a rebalance
         # mid-run would hold every stage up while the groups re-form. With static shares,
         # ingest now: the records are in Kafka when the stages first fetch.
-        settle_first = bool(started.extras.count) and not started.owned
+        settle_first = bool(started.extras.count) and not started.static_shares
         ingesting = None if settle_first else self._start_ingest()
         runners: list[StageRunner] = []
         stages: asyncio.Task[dict[str, LLMStats]] = asyncio.create_task(serve_pipeline(
@@ -208,7 +213,7 @@ class StageRun:
         these groups hung.
         """
         extras = self._started.extras
-        if self._started.owned:
+        if self._started.static_shares:
             children = asyncio.create_task(extras.stop())
             self._pipeline_stop.set()
             child_stats = await children

@@ -42,6 +42,7 @@ from iterrefine.app._preflight import RunAbort, check_llm_roles_or_cache, check_
 from iterrefine.app._run_broker import (
     check_pipeline_idle,
     for_own_broker,
+    for_shared_cluster,
     input_bytes,
     run_broker,
 )
@@ -356,8 +357,9 @@ async def _start_kafka(
     bootstrap, own_broker = await stack.enter_async_context(
         run_broker(llm.config, input_bytes(source.spec, source.first)))
     timeline.mark("broker")
-    config = llm.config if own_broker is None else for_own_broker(
-        llm.config, options.workers, on_disk=own_broker.durable)
+    config = await for_shared_cluster(llm.config, bootstrap, options.workers) \
+        if own_broker is None else for_own_broker(llm.config, options.workers,
+                                                  on_disk=own_broker.durable)
     config = resolve_mode(config)  # before the children get it: they take part too
     owned = own_broker is not None
     await ensure_topics(config.kafka, bootstrap, pipeline_topics(config, graph))
@@ -376,7 +378,7 @@ async def _start_kafka(
         idle_poll_max_ms=watcher_rest_ms(config, alone=owned and not extras.count))
     await watcher.start()
     stack.push_async_callback(watcher.stop)
-    if extras.count and not owned:
+    if extras.count and config.runtime.static_partitions is None:
         await extras.wait_ready()  # the groups settle once, when this process joins last
     elif extras.count:
         # Static shares need no settling: a late child starts from the committed
