@@ -55,7 +55,8 @@ def _raw_shapes(completions: str, embeddings: str) -> dict[str, Any]:
             "tokens": len(logprobs.get("tokens") or []),
             "usage": answer.get("usage"),
             "first_logprobs": (logprobs.get("token_logprobs") or [])[:4],
-            "model": answer.get("model"),
+            # The server names its model by file path: keep the file name only.
+            "model": Path(str(answer.get("model"))).name,
         }
     answer = _post(f"{embeddings}/embeddings", {"input": prompt, "model": "x"})
     vector = answer["data"][0]["embedding"]
