@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -15,7 +16,7 @@ from structlog.testing import capture_logs
 from iterrefine.config import LLMRoleConfig
 from iterrefine.llm import LLMClient
 from iterrefine.llm.chat import ChatOptions
-from iterrefine.llm.loops import JsonEnd, LoopWatch, close_json, loop_cut
+from iterrefine.llm.loops import MIN_SPAN, JsonEnd, LoopWatch, close_json, loop_cut
 from iterrefine.observe.metrics import Metrics
 from iterrefine.retry import Backoff
 from iterrefine.tasks.ask import ask
@@ -81,6 +82,48 @@ def test_ordinary_long_text_is_not_a_loop() -> None:
     prose = " ".join(f"Sentence {n} talks about topic{n % 17} and detail{n}." for n in range(90))
     for text in (listing, code, table, prose, "short"):
         assert loop_cut(text) is None, text[:60]
+
+
+# What SmolLM2-135M answered to "Who was Kyle Van Zyl playing against when he scored 36
+# of his team's 61 points?" (recorded on xllamacpp, cut at max_tokens=320): after its
+# opening it counts on, year by year, until the limit.
+COUNTING_ANSWER = (
+    "Kyle Van Zyl, a former England international, played a key role in the 2012 "
+    "Under-21 World Cup and the 2013 Under-21 World Cup, playing for the England Under-21 "
+    "team. He was a key player for the England Under-21 team in the 2013 Under-21 World "
+    "Cup, scoring 71 points in eight appearances.\n\n"
+    + "".join(
+        f"In {year}, he played for the England Under-21 team in the {year} Under-21 World "
+        f"Cup, scoring {goals} goals in {goals} matches. He also played for the England "
+        f"Under-21 team in the {year + 1} Under-21 World Cup, scoring {goals + 1} goals in "
+        f"{goals + 1} matches.\n\n" for year, goals in ((2014, 11), (2016, 12), (2018, 14)))
+)[:935]
+
+
+@pytest.mark.unit
+def test_a_loop_that_counts_is_cut_after_its_first_copy() -> None:
+    """Copies of a passage that differ only in their numbers are a loop: the answer is
+    kept up to the end of the first copy (without the count, the re-ask at twice the
+    limit counted on and was never read)."""
+    assert COUNTING_ANSWER.endswith("scoring 1")
+    cut = loop_cut(COUNTING_ANSWER)
+    assert cut is not None
+    assert COUNTING_ANSWER[:cut].endswith(
+        "In 2014, he played for the England Under-21 team in the 2014 Under-21 World Cup, "
+        "scoring 11 goals in 11 matches. He also played for the England Under-21 team in "
+        "the 2015 Under-21 World Cup, scoring 12 goals in 12 matches.")
+
+
+@pytest.mark.unit
+def test_no_human_text_of_the_sample_is_a_loop() -> None:
+    """Real writing (every long field of the Dolly sample: contexts, answers, lists of
+    dates and numbers) is never taken for a loop, counting included."""
+    sample = Path(__file__).parent.parent / "examples" / "dolly_sample.jsonl"
+    texts = [value for line in sample.read_text(encoding="utf-8").splitlines()
+             for value in json.loads(line).values()
+             if isinstance(value, str) and len(value) >= MIN_SPAN]
+    assert len(texts) >= 50
+    assert [text[:60] for text in texts if loop_cut(text) is not None] == []
 
 
 @pytest.mark.unit

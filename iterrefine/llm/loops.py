@@ -9,6 +9,7 @@ the end of the text:
   a single character up to a paragraph) spanning at least :data:`MIN_SPAN` characters
   (:data:`STRUCTURED_MIN_SPAN` in a structured answer, whose bounded fields may repeat a
   sentence harmlessly);
+* **counting**: copies of a long passage that differ only in their numbers;
 * **recycled phrases**: near-copies (a penalty makes loops vary a word): of the last
   :data:`WINDOW_WORDS` words, at least :data:`RECYCLED_SHARE` start a
   :data:`NGRAM`-word phrase the answer already used.
@@ -34,6 +35,11 @@ MIN_SPAN: Final = 200
 #: (``maxLength`` up to 800 characters): SmolLM2 repeats a sentence there and then goes
 #: on with the next field. Only a loop longer than any bounded field is cut.
 STRUCTURED_MIN_SPAN: Final = 1000
+#: A loop that counts (copies that differ only in their numbers) is recognised when a
+#: passage at least this long (numbers masked) ends the text in this many copies: a
+#: 135M model's counting paragraphs are ~200 characters, so fewer copies fit the limit.
+COUNTING_MIN_PERIOD: Final = 100
+COUNTING_REPEATS: Final = 2.5
 #: How much of the end of the text is searched (a loop shows itself well within it).
 TAIL_CHARS: Final = 6000
 #: Candidate periods tried per check (occurrences of the text's last characters).
@@ -47,8 +53,10 @@ RECYCLED_SHARE: Final = 0.8
 _WORD: Final = re.compile(r"\S+")
 
 
-def _periodic_cut(text: str, min_span: int) -> int | None:
-    """Where a text ending in exact copies of a unit should be cut (after the first copy)."""
+def _periodic_cut(text: str, min_span: int, *, repeats: float = MIN_REPEATS,
+                  min_period: int = 1) -> int | None:
+    """Where a text ending in ``repeats`` exact copies of a unit of at least
+    ``min_period`` characters should be cut (after the first copy)."""
     offset = max(0, len(text) - TAIL_CHARS)
     tail = text[offset:]
     n = len(tail)
@@ -64,7 +72,7 @@ def _periodic_cut(text: str, min_span: int) -> int | None:
         period = n - _PROBE - found
         if period <= 0:
             continue
-        if period * MIN_REPEATS > n:
+        if period * repeats > n:
             break  # longer units cannot repeat often enough in the tail
         # How far back does ``tail[i] == tail[i + period]`` hold?
         i = n - 1 - period
@@ -72,7 +80,9 @@ def _periodic_cut(text: str, min_span: int) -> int | None:
             i -= 1
         start = i + 1  # the periodic stretch is tail[start:]
         span = n - start
-        if span >= max(min_span, MIN_REPEATS * period):
+        if span >= max(min_span, repeats * period):
+            if period < min_period:
+                return None  # a short shape repeated (shorter periods are found first)
             return offset + _at_boundary(tail, start + period, period)
     return None
 
@@ -120,10 +130,39 @@ def loop_cut(text: str, *, structured: bool = False) -> int | None:
     ``structured``: a JSON answer from a server enforcing the schema, whose bounded
     fields may hold a few repeats harmlessly: only longer loops count.
     """
-    cut = _periodic_cut(text, STRUCTURED_MIN_SPAN if structured else MIN_SPAN)
+    min_span = STRUCTURED_MIN_SPAN if structured else MIN_SPAN
+    cut = _periodic_cut(text, min_span)
     if cut is None:
         cut = _recycled_cut(text, STRUCTURED_WINDOW_WORDS if structured else WINDOW_WORDS)
+    if cut is None:
+        cut = _counting_cut(text, min_span)
     return cut
+
+
+_NUMBER: Final = re.compile(r"\d+")
+
+
+def _counting_cut(text: str, min_span: int) -> int | None:
+    """Where a loop that counts begins: copies of a passage of at least
+    :data:`COUNTING_MIN_PERIOD` characters that differ only in their numbers.
+
+    SmolLM2 writes "In 2018, he played … scoring 14 goals in 14 matches. In 2019, …
+    15 goals in 15 matches." until the limit. Numbers are masked (each run of digits
+    becomes ``#``) and the masked text searched for a period. Only long passages count:
+    a table, a counted list or lines of code repeat a short shape with new numbers, and
+    that is an answer, not a loop."""
+    masked: list[str] = []
+    where: list[int] = []  # index in ``text`` of each index of the masked text
+    last = 0
+    for number in _NUMBER.finditer(text):
+        masked += (text[last : number.start()], "#")
+        where += range(last, number.start() + 1)
+        last = number.end()
+    masked.append(text[last:])
+    where += range(last, len(text) + 1)
+    cut = _periodic_cut("".join(masked), min_span, repeats=COUNTING_REPEATS,
+                        min_period=COUNTING_MIN_PERIOD)
+    return None if cut is None else where[cut]
 
 
 class _JsonScan:
