@@ -16,7 +16,7 @@ of a factory taking the pipeline context.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from iterrefine.consumers.reentry import before_refinement
 from iterrefine.errors import ConfigError, ValidationError
@@ -30,6 +30,17 @@ Quality = Literal["high", "low"]
 
 class RoutingPolicy(Protocol):
     def quality(self, item: Item) -> Quality: ...
+
+
+@runtime_checkable
+class RankingPolicy(Protocol):
+    """A policy that decides by the items before (the online quota's running ranks)."""
+
+    def quality(self, item: Item) -> Quality: ...
+
+    def reset_state(self) -> None: ...
+
+    def replay(self, item: Item) -> None: ...
 
 
 class ThresholdPolicy:
@@ -85,23 +96,45 @@ def policy_for(ctx: PipelineContext) -> RoutingPolicy:
     return policy
 
 
-def handler(ctx: PipelineContext, policy: RoutingPolicy | None = None) -> InlineHandler:
-    chosen = policy or policy_for(ctx)
-    # A policy that can say why (its rank) records that in the item's lineage.
-    explain = getattr(chosen, "explain", None)
+class Route:
+    """Routes an item by the policy's quality; a policy that can say why (its rank)
+    records that in the item's lineage. A plain call, not a coroutine: routing never
+    waits, so the runtime runs it inline, a fetched batch at a time
+    (see iterrefine.runtime.stage)."""
 
-    # A plain function, not a coroutine: routing never waits, so the runtime runs it
-    # inline, a fetched batch at a time (see iterrefine.runtime.stage).
-    def route(item: Item) -> list[Output]:
-        quality = chosen.quality(item)
-        if explain is not None:
-            item = explain(item, quality)
+    def __init__(self, policy: RoutingPolicy) -> None:
+        self.policy = policy
+        self._explain = getattr(policy, "explain", None)
+
+    def __call__(self, item: Item) -> list[Output]:
+        quality = self.policy.quality(item)
+        if self._explain is not None:
+            item = self._explain(item, quality)
         if quality == "high":
             kept = item.with_changes(quality="high", status="high")
             return [Output("items.curated", kept)]
         return [Output("items.refine", item.with_changes(quality="low"))]
 
-    return route
+
+class RankingRoute(Route):
+    """Routing by running ranks: the runtime rebuilds them from the history of the
+    partitions Kafka hands this worker (:class:`iterrefine.runtime.StatefulHandler`), so
+    a restarted worker, or one taking over a cluster, ranks as its owner did."""
+
+    def __init__(self, policy: RankingPolicy) -> None:
+        super().__init__(policy)
+        self._ranking = policy
+
+    def reset_state(self) -> None:
+        self._ranking.reset_state()
+
+    def replay(self, item: Item) -> None:
+        self._ranking.replay(item)
+
+
+def handler(ctx: PipelineContext, policy: RoutingPolicy | None = None) -> InlineHandler:
+    chosen = policy or policy_for(ctx)
+    return RankingRoute(chosen) if isinstance(chosen, RankingPolicy) else Route(chosen)
 
 
 def reset(item: Item, revision: int) -> Item:

@@ -127,3 +127,40 @@ async def test_an_output_with_partition_by_lands_on_its_owners_partition(broker:
     found = await read_to_end(config.kafka, broker, [names["items.scored"]])
     assert len(found) == len(items)
     assert all(r.partition == clusters[r.key.decode()] % PARTITIONS for r in found)
+
+
+async def _route_once(config: Config, broker: str, n: int) -> None:
+    """One route worker, its policy fresh as a new process's, until it routed ``n``."""
+    share = msgspec.structs.replace(config, runtime=msgspec.structs.replace(
+        config.runtime, static_partitions=StaticPartitions(index=0, count=1)))
+    ctx = pipeline_context(share, {}, Metrics(), simulated=True)
+    runner = StageRunner(route.SPEC.build(ctx), config=share, bootstrap_servers=broker)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    await wait_until(lambda: runner.handled >= n, timeout_s=60)
+    stop.set()
+    await task
+
+
+@pytest.mark.slow
+async def test_a_route_worker_that_takes_over_ranks_as_the_one_before(broker: str) -> None:
+    """A route worker restarted halfway (or handed the partitions of one that stopped)
+    rebuilds every cluster's running rank from the partitions' history up to the
+    committed offsets before it routes: the second half gets the labels one
+    uninterrupted worker gives. Starting from empty ranks, the same items got
+    different labels."""
+    items = _scored(600)
+    whole = _config()
+    await _put_in_order(whole, broker, items)
+    expected = await _labels(whole, broker, 1, len(items))
+
+    halves = _config()
+    await _put_in_order(halves, broker, items[:300])
+    await _route_once(halves, broker, 300)
+    await _put_in_order(halves, broker, items[300:])
+    await _route_once(halves, broker, 300)
+    names = TopicNames(halves.kafka.topic_prefix)
+    found = await read_to_end(halves.kafka, broker, [names["items.curated"],
+                                                     names["items.refine"]])
+    assert len(found) == len(items)
+    assert {r.key.decode(): r.topic.rsplit(".", 1)[-1] for r in found} == expected

@@ -8,6 +8,7 @@ from iterrefine.runtime.stage import (
     Limits,
     Output,
     Stage,
+    StatefulHandler,
     decode_envelope,
     decode_raw_record,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "PartitionTracker",
     "Stage",
     "StageRunner",
+    "StatefulHandler",
     "decode_envelope",
     "decode_raw_record",
 ]

@@ -43,6 +43,7 @@ from iterrefine.runtime._failures import DeadLetters
 from iterrefine.runtime._fetch import Fetcher
 from iterrefine.runtime._handling import Handling
 from iterrefine.runtime._processing import Processing
+from iterrefine.runtime._restore import replay_history
 from iterrefine.runtime._window import Window
 from iterrefine.runtime.stage import Limits, Stage
 
@@ -106,8 +107,9 @@ class StageRunner:
         self._window = Window(rt.max_in_flight, gauge=metrics.inflight.labels(stage.name))
         self._commits = Commits(stage.name, metrics=metrics)
         self._dead_letters = DeadLetters(stage.name, topic=topics["items.dlq"], metrics=metrics)
+        self._limits = Limits(rt.max_item_bytes, rt.max_envelope_bytes)
         self._handling = Handling(
-            stage, topics=topics, limits=Limits(rt.max_item_bytes, rt.max_envelope_bytes),
+            stage, topics=topics, limits=self._limits,
             backoff=self._backoff, retry_max_attempts=rt.retry_max_attempts,
             dead_letters=self._dead_letters, seconds=self._seconds,
         )
@@ -262,6 +264,11 @@ class StageRunner:
 
     async def _on_assigned(self, assigned: list[TopicPartition]) -> None:
         await self._commits.assign(self._consumer, assigned)
+        stateful = self.stage.stateful
+        if stateful is not None:
+            # Before any new record: the state the partitions' previous owners had.
+            await replay_history(self.stage, stateful, self._config.kafka, self._bootstrap,
+                                 self._commits.committed_offsets(), self._limits)
         log.info("partitions_assigned", stage=self.stage.name,
                  partitions=sorted(tp.partition for tp in assigned))
         self.ready.set()

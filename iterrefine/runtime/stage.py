@@ -16,7 +16,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from iterrefine.errors import ConfigError, StageContractError
 from iterrefine.item.model import (
@@ -114,6 +114,24 @@ def decoder_for(topic: str) -> Decoder:
     return decode_raw_record if topic == INGEST_TOPIC else decode_envelope
 
 
+@runtime_checkable
+class StatefulHandler(Protocol):
+    """An inline handler whose decisions depend on the items it handled before (the online
+    selection's per-cluster ranks). Kafka moves partitions between workers, and a worker
+    restarts: before it takes a partition's new records, the runner rebuilds the state
+    from every assigned partition's records up to their committed offsets (:meth:`replay`
+    after :meth:`reset_state`), so a new owner decides as the old one would have."""
+
+    def __call__(self, item: Item) -> Sequence[Output]: ...
+
+    def reset_state(self) -> None:
+        """Forget every item handled so far."""
+
+    def replay(self, item: Item) -> None:
+        """Take ``item`` (handled before, by this worker or another) into the state,
+        producing nothing."""
+
+
 @dataclass(frozen=True)
 class Stage:
     """A stage ready to run: where it reads, what it may write, and its handler.
@@ -152,6 +170,12 @@ class Stage:
         """The decoder in use (set from the input topic when none was given)."""
         assert self.decode is not None  # filled in by __post_init__
         return self.decode
+
+    @property
+    def stateful(self) -> StatefulHandler | None:
+        """The handler, when its state is rebuilt on assignment (:class:`StatefulHandler`)."""
+        handler = self.handler
+        return handler if self.inline and isinstance(handler, StatefulHandler) else None
 
     @property
     def inline(self) -> bool:

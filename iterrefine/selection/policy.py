@@ -46,17 +46,30 @@ class ClusterQuotaPolicy:
 
     def __init__(self, config: SelectionConfig, metrics: Metrics | None = None) -> None:
         self.config = config
-        self.quota = ClusterQuota(config.k_ratio, config.rank_window,
-                                  config.quota_correction_items)
         self._metrics = metrics
+        self.reset_state()
+
+    def reset_state(self) -> None:
+        """Forget every rank: a route worker given partitions replays their history
+        (:class:`iterrefine.runtime.StatefulHandler`)."""
+        self.quota = ClusterQuota(self.config.k_ratio, self.config.rank_window,
+                                  self.config.quota_correction_items)
         self._last: tuple[str, QuotaDecision] | None = None
 
-    def quality(self, item: Item) -> Quality:
+    def replay(self, item: Item) -> None:
+        """Rank ``item`` (routed before, by this worker or the partition's previous owner)
+        into its cluster again, as when it was routed; nothing is counted in metrics."""
+        self._decide(item)
+
+    def _decide(self, item: Item) -> tuple[int | None, QuotaDecision]:
         selection = item.selection
         cluster = selection.cluster if selection is not None else None
         cut = None if selection is None or selection.cut_level is None else (
             selection.cut_level, selection.cut_difficulty or 0.0)
-        decision = self.quota.decide(cluster, rank_key(item), cut)
+        return cluster, self.quota.decide(cluster, rank_key(item), cut)
+
+    def quality(self, item: Item) -> Quality:
+        cluster, decision = self._decide(item)
         self._last = (item.id, decision)
         quality: Quality = "high" if decision.high else "low"
         if self._metrics is not None:
