@@ -143,24 +143,24 @@ async def _route_once(config: Config, broker: str, n: int) -> None:
 
 
 @pytest.mark.slow
-async def test_a_route_worker_that_takes_over_ranks_as_the_one_before(broker: str) -> None:
+async def test_a_route_worker_that_takes_over_ranks_as_the_one_before(kafka: str) -> None:
     """A route worker restarted halfway (or handed the partitions of one that stopped)
     rebuilds every cluster's running rank from the partitions' history up to the
     committed offsets before it routes: the second half gets the labels one
-    uninterrupted worker gives. Starting from empty ranks, the same items got
-    different labels."""
+    uninterrupted worker gives, on both brokers. Starting from empty ranks, the same
+    items got different labels."""
     items = _scored(600)
     whole = _config()
-    await _put_in_order(whole, broker, items)
-    expected = await _labels(whole, broker, 1, len(items))
+    await _put_in_order(whole, kafka, items)
+    expected = await _labels(whole, kafka, 1, len(items))
 
     halves = _config()
-    await _put_in_order(halves, broker, items[:300])
-    await _route_once(halves, broker, 300)
-    await _put_in_order(halves, broker, items[300:])
-    await _route_once(halves, broker, 300)
+    await _put_in_order(halves, kafka, items[:300])
+    await _route_once(halves, kafka, 300)
+    await _put_in_order(halves, kafka, items[300:])
+    await _route_once(halves, kafka, 300)
     names = TopicNames(halves.kafka.topic_prefix)
-    found = await read_to_end(halves.kafka, broker, [names["items.curated"],
+    found = await read_to_end(halves.kafka, kafka, [names["items.curated"],
                                                      names["items.refine"]])
     assert len(found) == len(items)
     assert {r.key.decode(): r.topic.rsplit(".", 1)[-1] for r in found} == expected
