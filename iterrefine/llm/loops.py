@@ -151,10 +151,12 @@ def _counting_cut(text: str, min_span: int) -> int | None:
     becomes ``#``) and the masked text searched for a period. Only long passages count:
     a table, a counted list or lines of code repeat a short shape with new numbers, and
     that is an answer, not a loop."""
+    # Only the tail is searched (as by _periodic_cut): mask no more than that.
+    offset = max(0, len(text) - TAIL_CHARS)
     masked: list[str] = []
-    where: list[int] = []  # index in ``text`` of each index of the masked text
-    last = 0
-    for number in _NUMBER.finditer(text):
+    where: list[int] = []  # index in ``text`` of each index of the masked tail
+    last = offset
+    for number in _NUMBER.finditer(text, offset):
         masked += (text[last : number.start()], "#")
         where += range(last, number.start() + 1)
         last = number.end()

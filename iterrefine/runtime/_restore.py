@@ -74,9 +74,9 @@ async def _replay_partition(
     while await consumer.position(tp) < end:
         batch = await consumer.getmany(tp, timeout_ms=1000, max_records=_BATCH)
         records = batch.get(tp, [])
-        if not records and await consumer.position(tp) < end:
-            # The log starts past ``end`` (retention removed it) or the broker is slow:
-            # an empty answer at the log's end means nothing more to replay.
+        if not records:
+            # A slow broker answers empty; so does one whose log ends before ``end``
+            # (nothing more to replay there).
             if await _at_log_end(consumer, tp):
                 break
             continue
