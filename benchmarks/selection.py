@@ -103,7 +103,8 @@ def online(s: scenarios.Scenario, config: SelectionConfig, *,
         item = item.with_changes(selection=Selection(
             cluster=cluster, model_version=version, mode="online",
             cut_level=None if cut is None else cut[0],
-            cut_difficulty=None if cut is None else cut[1]))
+            cut_difficulty=None if cut is None else cut[1],
+            stream_high_share=None if assigner is None else assigner.model.high_share))
         labels.append(policy.quality(item) == "high")
         rules.append(policy.quota_rule())
         clusters.append(cluster)

@@ -26,6 +26,7 @@ from iterrefine.selection import (
     perplexity,
     pooled_vector,
 )
+from iterrefine.selection.centroids import Placement
 from iterrefine.selection.difficulty import prompt_logprobs
 from iterrefine.sim import SimConfig, SimServer
 from iterrefine.sim._vectors import embedding, planted_cluster
@@ -247,9 +248,10 @@ class _Model:
         self.assigner = assigner
         self.observed: list[tuple[int, float] | None] = []
 
-    def place(self, vector: np.ndarray) -> tuple[int | None, int, tuple[int, float] | None]:
+    def place(self, vector: np.ndarray) -> Placement:
         cluster, cut = self.assigner.place(vector)
-        return cluster, self.assigner.model.version, cut
+        return Placement(cluster, self.assigner.model.version, cut,
+                         self.assigner.model.high_share)
 
     async def observe(self, vector: np.ndarray, key: tuple[int, float] | None = None) -> None:
         self.observed.append(key)

@@ -22,6 +22,7 @@ from iterrefine.consumers.route import ThresholdPolicy
 from iterrefine.errors import ConfigError
 from iterrefine.item.model import Evaluation, Item, Judgement, Round, Scores, Selection
 from iterrefine.llm import LLMClient
+from iterrefine.selection.centroids import Placement
 from iterrefine.selection.difficulty import DifficultyScorer
 from iterrefine.selection.embeddings import Embedder
 from iterrefine.selection.selector import Selector
@@ -283,8 +284,8 @@ class OneCluster:
     def __init__(self) -> None:
         self.observed = 0
 
-    def place(self, vector: object) -> tuple[int | None, int, tuple[int, float] | None]:
-        return 5, 2, None
+    def place(self, vector: object) -> Placement:
+        return Placement(5, 2, None, 0.75)
 
     async def observe(self, vector: object, key: tuple[int, float] | None = None) -> None:
         self.observed += 1
@@ -319,7 +320,7 @@ async def test_score_gathers_difficulty_and_cluster_for_the_items_it_keeps() -> 
     # One pooled vector from the endpoint: its pooling is the server's, recorded so.
     assert out.item.selection == Selection(cluster=5, model_version=2, embedding_model="small",
                                            mode="online", pooling="server",
-                                           normalization="none")
+                                           normalization="none", stream_high_share=0.75)
     assert out.partition_by == 5  # the cluster's items go to one route worker
     assert out.item.difficulty is not None and out.item.difficulty.value == pytest.approx(
         math.exp(1.5))

@@ -53,6 +53,10 @@ class Selection(msgspec.Struct, frozen=True, kw_only=True):
     #: overrules (``bar`` 1 or 0 then). ``None``: no cut (too few recent items).
     cut_level: int | None = None
     cut_difficulty: float | None = None
+    #: Online: the share of judge-high items among the trainer's recent items (the model
+    #: version's). A cluster with few items routed borrows it as evidence of where its
+    #: cut falls (``iterrefine.selection.quota``). ``None``: warm-up, or not online.
+    stream_high_share: float | None = None
     #: What decided (``mode`` exact: ``exact``, high iff ``rank < bar``; online: ``rank``,
     #: ``cut``, ``count``, ``lexicographic`` or ``evidence``, see
     #: ``iterrefine.selection.quota.QuotaDecision``).

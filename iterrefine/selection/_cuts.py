@@ -16,6 +16,8 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
+from iterrefine.selection.quota import HIGHEST
+
 MIN_ITEMS: Final = 5
 #: Cut level of a cluster without one; of a cluster where nothing is kept, above all.
 NO_CUT: Final = 0
@@ -27,6 +29,12 @@ def nearest_rows(centres: NDArray[np.floating], data: NDArray[np.floating]) -> N
     norms = (centres**2).sum(axis=1)
     rows: NDArray[np.int_] = np.argmin(norms[None, :] - 2.0 * (data @ centres.T), axis=1)
     return rows
+
+
+def high_share(keys: Sequence[tuple[int, float] | None]) -> float | None:
+    """Share of judge-high items among the ``keys`` known (None: none known)."""
+    levels = [key[0] for key in keys if key is not None]
+    return sum(level == HIGHEST for level in levels) / len(levels) if levels else None
 
 
 def cuts(

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import warnings
 from collections import deque
-from typing import Final
+from typing import Final, NamedTuple
 
 import msgspec
 import numpy as np
@@ -32,7 +32,7 @@ from numpy.typing import NDArray
 
 from iterrefine.config import SelectionConfig
 from iterrefine.errors import IterrefineError
-from iterrefine.selection._cuts import NO_CUT, cuts, nearest_rows
+from iterrefine.selection._cuts import NO_CUT, cuts, high_share, nearest_rows
 from iterrefine.selection.embeddings import Vector
 
 #: Warm-up fits take the best of this many k-means++ starts.
@@ -65,6 +65,11 @@ class CentroidModel(msgspec.Struct, frozen=True, kw_only=True):
     #: level 0 = no cut (too few recent items).
     cut_levels: list[int] = []
     cut_difficulties: list[float] = []
+    #: Share of judge-high items among the trainer's recent items (None: none known). A
+    #: cluster the route has seen little of borrows it as evidence of where its cut falls
+    #: (:class:`iterrefine.selection.quota.ClusterQuota`); it travels with the model so
+    #: that every route worker borrows the same.
+    high_share: float | None = None
 
     def matrix(self) -> NDArray[np.float64]:
         array = np.frombuffer(self.centroids, dtype="<f4").reshape(self.k, self.dim)
@@ -88,6 +93,17 @@ def decode_model(data: bytes) -> CentroidModel:
         raise ValueError(f"centroid model v{model.version}: {len(model.centroids)} bytes "
                          f"for k={model.k}, dim={model.dim}")
     return model
+
+
+class Placement(NamedTuple):
+    """Where the shared model puts a vector (all None/0 before the first model)."""
+
+    cluster: int | None
+    version: int
+    #: The cluster's quota cut on the trainer's recent items, if it has one.
+    cut: tuple[int, float] | None
+    #: ``CentroidModel.high_share`` of the version that placed it.
+    high_share: float | None
 
 
 class Assigner:
@@ -265,8 +281,10 @@ class Trainer:
         rows = nearest_rows(centres, data)
         self._centres = centres
         self._spread = float(((data - centres[rows]) ** 2).sum(axis=1).mean())
-        found = cuts(centres, data, [key for _, key in recent], self.config.k_ratio)
-        return msgspec.structs.replace(model, cut_levels=found[0], cut_difficulties=found[1])
+        keys = [key for _, key in recent]
+        found = cuts(centres, data, keys, self.config.k_ratio)
+        return msgspec.structs.replace(model, cut_levels=found[0], cut_difficulties=found[1],
+                                       high_share=high_share(keys))
 
     def _fit_warmup(self, data: NDArray[np.float32]) -> CentroidModel:
         from sklearn.cluster import MiniBatchKMeans  # imported on first use: ~0.5 s

@@ -66,7 +66,8 @@ class ClusterQuotaPolicy:
         cluster = selection.cluster if selection is not None else None
         cut = None if selection is None or selection.cut_level is None else (
             selection.cut_level, selection.cut_difficulty or 0.0)
-        return cluster, self.quota.decide(cluster, rank_key(item), cut)
+        prior = None if selection is None else selection.stream_high_share
+        return cluster, self.quota.decide(cluster, rank_key(item), cut, prior)
 
     def quality(self, item: Item) -> Quality:
         cluster, decision = self._decide(item)

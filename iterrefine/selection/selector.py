@@ -27,6 +27,7 @@ from iterrefine.item.model import Item, Selection
 from iterrefine.observe.metrics import Metrics
 from iterrefine.selection.alignment import check_alignment
 from iterrefine.selection.barrier import SignalSink, is_exact
+from iterrefine.selection.centroids import Placement
 from iterrefine.selection.difficulty import DifficultyScorer, RawPoster
 from iterrefine.selection.embeddings import Embedder, Vector
 from iterrefine.selection.policy import rank_key
@@ -36,7 +37,7 @@ from iterrefine.selection.shared import SharedCentroids
 class Centroids(Protocol):
     """What the selector needs of the shared model (``SharedCentroids`` implements it)."""
 
-    def place(self, vector: Vector) -> tuple[int | None, int, tuple[int, float] | None]: ...
+    def place(self, vector: Vector) -> Placement: ...
 
     async def observe(self, vector: Vector, key: tuple[int, float] | None = None) -> None: ...
 
@@ -67,18 +68,21 @@ class Selector:
         if self._histogram is not None:
             self._histogram.observe(difficulty.value)
         item = item.with_changes(difficulty=difficulty)
-        cluster, version, cut = None, 0, None
+        placed = Placement(None, 0, None, None)
         key = rank_key(item)
         if self.sink is not None:
             await self.sink.send(item.id, key[0], difficulty.value, embedding.vector)
         elif self.centroids is not None:
-            cluster, version, cut = self.centroids.place(embedding.vector)
+            placed = self.centroids.place(embedding.vector)
             await self.centroids.observe(embedding.vector, key)
+        cut = placed.cut
         selection = Selection(
-            cluster=cluster, model_version=version, embedding_model=self.embedder.model,
+            cluster=placed.cluster, model_version=placed.version,
+            embedding_model=self.embedder.model,
             mode="exact" if self.sink is not None else "online",
             cut_level=None if cut is None else cut[0],
             cut_difficulty=None if cut is None else cut[1],
+            stream_high_share=placed.high_share,
             pooling=embedding.pooling, normalization=embedding.normalization)
         return item.with_changes(selection=selection)
 

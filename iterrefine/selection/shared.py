@@ -45,6 +45,7 @@ from iterrefine.observe.metrics import Metrics
 from iterrefine.selection.centroids import (
     Assigner,
     CentroidModel,
+    Placement,
     Trainer,
     decode_model,
     encode_model,
@@ -241,16 +242,16 @@ class SharedCentroids(AsyncService):
 
     def assign(self, vector: Vector) -> tuple[int | None, int]:
         """(cluster id, model version) of ``vector``; ``(None, 0)`` before the first model."""
-        cluster, version, _ = self.place(vector)
-        return cluster, version
+        placed = self.place(vector)
+        return placed.cluster, placed.version
 
-    def place(self, vector: Vector) -> tuple[int | None, int, tuple[int, float] | None]:
-        """(cluster id, model version, the cluster's quota cut) of ``vector``."""
+    def place(self, vector: Vector) -> Placement:
+        """Where the accepted model puts ``vector`` (cluster, version, cut, high share)."""
         assigner = self._assigner
         if assigner is None:
-            return None, 0, None
+            return Placement(None, 0, None, None)
         cluster, cut = assigner.place(vector)
-        return cluster, assigner.model.version, cut
+        return Placement(cluster, assigner.model.version, cut, assigner.model.high_share)
 
     async def observe(self, vector: Vector, key: tuple[int, float] | None = None) -> None:
         """Train on ``vector`` (with the item's rank ``key``, for the cuts) if this worker is
