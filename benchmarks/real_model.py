@@ -164,6 +164,7 @@ def answers_table(summary: dict[str, Any], proxied: dict[str, dict[str, Any]]) -
             "cut_at_limit": wire.get("cut_at_limit", 0),
             "cut_by_loop_guard": wire.get("cut_by_loop_guard", 0),
             "tokens_wasted": wire.get("tokens_wasted", 0),
+            "tokens_at_limit": wire.get("tokens_at_limit", 0),
             "completion_tokens": wire.get("completion_tokens", 0),
         }
     return table
@@ -230,7 +231,8 @@ async def run(args: argparse.Namespace, base_url: str) -> dict[str, Any]:
         "tasks": tasks,
         "totals": {key: sum(row[key] for row in tasks.values())
                    for key in ("requests", "cut_at_limit", "cut_by_loop_guard",
-                               "tokens_wasted", "completion_tokens", "never")},
+                               "tokens_wasted", "tokens_at_limit", "completion_tokens",
+                               "never")},
         "outcomes": {
             "curated": summary["curated"], "rejected": summary["rejected"],
             "dlq": summary["dlq"], "statuses": summary["outcomes"],

@@ -351,20 +351,22 @@ class Recorder:
 
 def per_task(exchanges: list[Exchange]) -> dict[str, dict[str, Any]]:
     """Per task: requests, answers cut at the limit (or by the loop guard), tokens spent on
-    those, and tokens in all."""
+    those (``tokens_wasted``; ``tokens_at_limit``: on those that reached the limit), and
+    tokens in all."""
     table: dict[str, dict[str, Any]] = {}
     for exchange in exchanges:
         if exchange.path != "chat/completions" or exchange.status != 200:
             continue
         row = table.setdefault(exchange.task, {
             "requests": 0, "cut_at_limit": 0, "cut_by_loop_guard": 0,
-            "tokens_wasted": 0, "completion_tokens": 0})
+            "tokens_wasted": 0, "tokens_at_limit": 0, "completion_tokens": 0})
         row["requests"] += 1
         tokens = exchange.completion_tokens
         row["completion_tokens"] += tokens
         if exchange.finish_reason == "length":
             row["cut_at_limit"] += 1
             row["tokens_wasted"] += tokens
+            row["tokens_at_limit"] += tokens
         elif exchange.cut_by_client:
             row["cut_by_loop_guard"] += 1
             row["tokens_wasted"] += tokens
