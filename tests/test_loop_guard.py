@@ -19,7 +19,7 @@ from iterrefine.llm.chat import ChatOptions
 from iterrefine.llm.loops import MIN_SPAN, JsonEnd, LoopWatch, close_json, loop_cut
 from iterrefine.observe.metrics import Metrics
 from iterrefine.retry import Backoff
-from iterrefine.tasks.ask import ask
+from iterrefine.tasks.ask import LOOP_REASK_PENALTY, ask
 from iterrefine.tasks.limits import fit_aligned, fit_revision
 
 # What SmolLM2-135M wrote for a score request in json_schema mode (recorded on xllamacpp,
@@ -280,13 +280,25 @@ async def test_a_looping_answer_is_read_without_its_repeats_and_not_reasked() ->
 
 
 @pytest.mark.unit
-async def test_an_unreadable_loop_is_reasked_at_the_same_limit() -> None:
+async def test_an_unreadable_loop_is_reasked_at_the_same_limit_with_a_penalty() -> None:
     """A loop inside JSON cannot be read: asked again like any unreadable answer, at the
-    same limit (today's rule would have paid twice the limit for the same loop)."""
+    same limit (today's rule would have paid twice the limit for the same loop), and with
+    a frequency penalty: at temperature 0 the same request loops the same way."""
     client = LoopingClient(LOOPING_REASON.replace("usable", "winner"), then=VERDICT)
     answer = await ask(client, "review", REVIEW_DATA, round=1, max_tokens=320)
     assert answer.winner == "B"
     assert client.limits == [320, 320]
+    first, second = client.options
+    assert first is not None and first.frequency_penalty is None
+    assert second is not None and second.frequency_penalty == LOOP_REASK_PENALTY
+
+
+@pytest.mark.unit
+async def test_an_answer_unreadable_without_a_loop_is_reasked_as_it_was() -> None:
+    """Only a loop brings the penalty: a plain unreadable answer is asked again unchanged."""
+    client = LoopingClient("I think B is better.", then=VERDICT, reason="stop")
+    await ask(client, "review", REVIEW_DATA, round=1, max_tokens=320)
+    assert [o is not None and o.frequency_penalty for o in client.options] == [None, None]
 
 
 @pytest.mark.unit
@@ -384,6 +396,23 @@ async def test_streaming_reads_a_whole_answer_with_the_servers_usage() -> None:
     assert (reply.text, reply.finish_reason) == ("Paris is the capital.", "stop")
     assert (reply.prompt_tokens, reply.completion_tokens) == (40, 3)
     assert "frequency_penalty" not in generation.bodies[0]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("role", "call", "penalize", "sent"), [
+    (None, 0.5, True, 0.5), (0.7, 0.5, True, 0.7), (0.2, 0.5, True, 0.5),
+    (None, 0.5, False, None), (0.4, None, True, 0.4),
+])
+async def test_a_calls_penalty_is_sent_above_the_roles_where_the_task_allows(
+        role: float | None, call: float | None, penalize: bool, sent: float | None) -> None:
+    """A re-ask after a loop asks for a penalty: the higher of it and the role's is sent,
+    and none on a task that copies item text."""
+    generation = Generation(_sse(["B"]))
+    async with streaming_client(generation, frequency_penalty=role) as client:
+        await client.chat([{"role": "user", "content": "Which?"}], max_tokens=50,
+                          options=ChatOptions(frequency_penalty=call,
+                                              penalize_repeats=penalize))
+    assert generation.bodies[0].get("frequency_penalty") == sent
 
 
 @pytest.mark.unit

@@ -122,8 +122,11 @@ def chat_body(config: LLMRoleConfig, messages: list[dict[str, str]], limit: int,
         body["response_format"] = form
     if options is not None and options.stop:
         body["stop"] = list(options.stop)
-    if config.frequency_penalty is not None and (options is None or options.penalize_repeats):
-        body["frequency_penalty"] = config.frequency_penalty
+    penalty = config.frequency_penalty
+    if options is not None and options.frequency_penalty is not None:
+        penalty = max(penalty or 0.0, options.frequency_penalty)
+    if penalty is not None and (options is None or options.penalize_repeats):
+        body["frequency_penalty"] = penalty
     if config.loop_guard == "stream":
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}

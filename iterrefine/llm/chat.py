@@ -25,6 +25,10 @@ class ChatOptions(msgspec.Struct, frozen=True, kw_only=True):
     #: Whether the role's ``frequency_penalty`` applies: not on tasks that must copy item
     #: text faithfully (a penalty pushes a model away from repeating the input it copies).
     penalize_repeats: bool = True
+    #: A penalty for this call, above the role's (a re-ask after an answer that looped:
+    #: at temperature 0 the same request loops the same way); only where
+    #: ``penalize_repeats``.
+    frequency_penalty: float | None = None
 
 
 #: Called with the task's name for every answer cut off at ``max_tokens`` (a metric).

@@ -17,7 +17,10 @@ repeating itself until the limit): twice the limit would buy twice the loop. Suc
 answer — recognised in the returned text, or cut short while streaming (the client's
 ``finish_reason == "loop"``) — is read without its repeats (a JSON answer cut inside a
 field is closed after the kept copy), and if that does not parse it is asked again like
-any unreadable answer, at the same limit.
+any unreadable answer, at the same limit — with a frequency penalty of at least
+:data:`LOOP_REASK_PENALTY` where the task allows one: at temperature 0 the same request
+loops the same way (SmolLM2-135M wrote ``"reason": "1.1.1.1…"`` three times running, and
+the two items were dead-lettered).
 
 Each task brings its generation settings (:class:`~iterrefine.llm.chat.ChatOptions`)
 and, with ``fit_tokens``, a limit fitted to the request's data
@@ -73,6 +76,9 @@ log = structlog.get_logger(__name__)
 
 #: The limit of a re-ask after a cut-off answer when the first request named none.
 _REASK_TOKENS_WITHOUT_LIMIT: Final = 8192
+#: The frequency penalty of a re-ask after an answer that looped and could not be read
+#: (the role's, when higher; never on tasks that copy item text).
+LOOP_REASK_PENALTY: Final = 0.5
 
 
 #: The parser that reads each built-in task's answer (the registry's, as a table); the
@@ -190,7 +196,7 @@ async def ask(
     the client (transient or not) propagate unchanged.
     """
     spec = _spec(task, parse_retries)
-    parser, schema = spec.parse, spec.schema
+    parser, schema, options = spec.parse, spec.schema, spec.options
     attempts = 1 + parse_retries
     limit = max_tokens
     if fit_tokens and limit is not None and spec.fit_tokens is not None:
@@ -209,8 +215,9 @@ async def ask(
             json_schema=schema,
             schema_name=f"iterrefine_{task}",
             max_tokens=limit,
-            options=spec.options,
+            options=options,
         )
+        looped = counts.looped
         text = without_loop(reply, task, limit, counts, json_answer=schema is not None)
         if text is None:  # cut off at the limit, and not by a loop
             counts.truncated += 1
@@ -235,6 +242,9 @@ async def ask(
         except UnparseableOutput as exc:
             remember(client, reply, readable=False)
             last_error = exc
+            if counts.looped > looped:  # the same request would loop the same way
+                options = msgspec.structs.replace(options,
+                                                  frequency_penalty=LOOP_REASK_PENALTY)
             log.warning("llm_answer_unparseable", task=task, attempt=attempt,
                         attempts=attempts, error=str(exc))
         else:
