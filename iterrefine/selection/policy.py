@@ -75,7 +75,9 @@ class ClusterQuotaPolicy:
         if self._metrics is not None:
             label = "warmup" if cluster is None else str(cluster)
             self._metrics.selection_items_total.labels(cluster=label, quality=quality).inc()
-            seen, high = self.quota.sizes()[cluster]
+            size = self.quota.size(cluster)
+            assert size is not None  # _decide has just counted the item in its cluster
+            seen, high = size
             self._metrics.selection_high_share.labels(cluster=label).set(high / seen)
         return quality
 
@@ -89,7 +91,8 @@ class ClusterQuotaPolicy:
         if selection is None:
             return item
         last = self._last[1] if self._last is not None and self._last[0] == item.id else None
-        seen = self.quota.sizes().get(selection.cluster, (None, 0))[0]
+        size = self.quota.size(selection.cluster)
+        seen = None if size is None else size[0]
         return item.with_changes(selection=msgspec.structs.replace(
             selection, decision=quality, rank=None if last is None else last.rank,
             bar=None if last is None else last.bar, mode="online", cluster_items=seen,

@@ -152,3 +152,9 @@ class ClusterQuota:
     def sizes(self) -> dict[int | None, tuple[int, int]]:
         """(items seen, of which high) per cluster."""
         return {c: (s.seen, s.high) for c, s in self._clusters.items()}
+
+    def size(self, cluster: int | None) -> tuple[int, int] | None:
+        """(items seen, of which high) of one cluster, None if it was never seen: the
+        per-item lookup (``sizes`` copies every cluster, hundreds after a few refits)."""
+        state = self._clusters.get(cluster)
+        return None if state is None else (state.seen, state.high)
