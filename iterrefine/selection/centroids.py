@@ -100,6 +100,9 @@ class Assigner:
         self._ids = model.row_ids()
 
     def assign(self, vector: Vector) -> int:
+        return self._ids[self._row(vector)]
+
+    def _row(self, vector: Vector) -> int:
         if vector.shape != (self.model.dim,):
             raise IterrefineError(
                 f"embedding has {vector.shape[-1]} dimensions, the centroid model "
@@ -107,17 +110,14 @@ class Assigner:
                 "start a new model topic (another topic_prefix) for the new model",
                 reason="embedding_dim_mismatch",
             )
-        return self._ids[self._row(vector)]
-
-    def _row(self, vector: Vector) -> int:
         x = vector.astype(np.float64)
         distances = self._norms - 2.0 * (self._centroids @ x)
         return int(np.argmin(distances))
 
     def place(self, vector: Vector) -> tuple[int, tuple[int, float] | None]:
         """(cluster id, its quota cut or None) of ``vector``."""
-        cluster = self.assign(vector)
-        row = self._row(vector)
+        row = self._row(vector)  # once: the cluster id and the cut are both the row's
+        cluster = self._ids[row]
         levels = self.model.cut_levels
         if not levels or levels[row] == NO_CUT:
             return cluster, None
@@ -265,7 +265,7 @@ class Trainer:
         rows = nearest_rows(centres, data)
         self._centres = centres
         self._spread = float(((data - centres[rows]) ** 2).sum(axis=1).mean())
-        found = cuts(centres, data, [key for _, key in recent], self.config.k_ratio)
+        found = cuts(centres, data, [key for _, key in recent], self.config.k_ratio, rows)
         return msgspec.structs.replace(model, cut_levels=found[0], cut_difficulties=found[1])
 
     def _fit_warmup(self, data: NDArray[np.float32]) -> CentroidModel:
@@ -274,6 +274,7 @@ class Trainer:
         kmeans = MiniBatchKMeans(
             n_clusters=self.config.k, random_state=self.config.random_state,
             batch_size=self.config.batch_size, n_init=_WARMUP_INITS,
+            compute_labels=False,  # only the centres are used: skip labelling the data again
         )
         kmeans.fit(data)
         kmeans.set_params(reassignment_ratio=0.0)
@@ -309,6 +310,7 @@ class Trainer:
                 n_clusters=accepted.k, init=accepted.matrix(), n_init=1,
                 random_state=self.config.random_state, reassignment_ratio=0.0,
                 batch_size=self.config.batch_size,
+                compute_labels=False,  # only the centres are used: skip labelling each batch
             )
         with warnings.catch_warnings():
             # A batch smaller than k leaves some centroids without points: expected here.
