@@ -92,8 +92,9 @@ class ClusterQuota:
         if state is None:
             state = self._clusters[cluster] = _Cluster()
         ordered = state.ordered
-        above = len(ordered) - bisect.bisect_right(ordered, key)
-        ties = bisect.bisect_right(ordered, key) - bisect.bisect_left(ordered, key)
+        right = bisect.bisect_right(ordered, key)
+        above = len(ordered) - right
+        ties = right - bisect.bisect_left(ordered, key)
         rank = (above + ties / 2) / len(ordered) if ordered else 0.0
         # Deficit of highs against the quota so far, counting this item: lower the bar
         # by it (as a share of the window), raise it by a surplus.
