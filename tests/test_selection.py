@@ -179,6 +179,26 @@ def test_trainer_versions_and_assigners_agree_on_ids() -> None:
     assert len({(p, c) for p, c in zip(planted, ids, strict=True)}) == 4
 
 
+def test_trainer_novelty_test_says_what_the_direct_squared_distance_says() -> None:
+    """The fast novelty test equals min(((centres - x) ** 2).sum(1)) > bar, also at the bar."""
+    from iterrefine.selection.centroids import _NOVEL_SPREADS, _Centres
+
+    rng = np.random.default_rng(4)
+    centres = _Centres.of(rng.normal(size=(32, 48)) * 3.0)
+    trainer = Trainer(SelectionConfig(k=4, warmup=40), embedding_model="m", writer="w")
+    for scale in (0.01, 0.5, 1.0, 4.0, 50.0):
+        for _ in range(50):
+            vector = (centres.matrix[rng.integers(32)]
+                      + rng.normal(size=48) * scale).astype(np.float32)
+            x = vector.astype(np.float64)
+            nearest = float(np.min(((centres.matrix - x) ** 2).sum(axis=1)))
+            # Bars far off, and exactly at the distance or one float below it.
+            for bar in (nearest * 0.5, nearest * 2.0, nearest, np.nextafter(nearest, 0.0)):
+                trainer._spread = bar / _NOVEL_SPREADS
+                assert trainer._is_novel(centres, vector) is (
+                    nearest > _NOVEL_SPREADS * trainer._spread)
+
+
 NO_REASONING = HIGH.replace("Verdict: high", "Involves reasoning: no\nVerdict: high")
 
 

@@ -40,15 +40,22 @@ def high_share(keys: Sequence[tuple[int, float] | None]) -> float | None:
 def cuts(
     centres: NDArray[np.floating], data: NDArray[np.floating],
     keys: Sequence[tuple[int, float] | None], k_ratio: float,
+    rows_of_data: NDArray[np.int_] | None = None,
 ) -> tuple[list[int], list[float]]:
-    """(cut level, cut difficulty) per centre row, from the recent ``data`` and ``keys``."""
+    """(cut level, cut difficulty) per centre row, from the recent ``data`` and ``keys``;
+    ``rows_of_data``: ``nearest_rows(centres, data)`` (float64) if the caller has it."""
     levels = [NO_CUT] * len(centres)
     difficulties = [0.0] * len(centres)
     known = [i for i, key in enumerate(keys) if key is not None]
     if not known:
         return levels, difficulties
-    rows = nearest_rows(np.asarray(centres, dtype=np.float64),
-                        np.asarray(data[known], dtype=np.float64))
+    if rows_of_data is not None and len(known) == len(data):
+        # Every key is known: the same product the caller made (a subset is computed
+        # afresh, so the rows stay exactly what it always gave).
+        rows = rows_of_data
+    else:
+        rows = nearest_rows(np.asarray(centres, dtype=np.float64),
+                            np.asarray(data[known], dtype=np.float64))
     members: dict[int, list[tuple[int, float]]] = {}
     for index, row in zip(known, rows.tolist(), strict=True):
         key = keys[index]

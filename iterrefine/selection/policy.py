@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Literal
 
 import msgspec
+from prometheus_client import Counter, Gauge
 
 from iterrefine.config import SelectionConfig
 from iterrefine.errors import ValidationError
@@ -39,6 +40,10 @@ def rank_key(item: Item) -> tuple[int, float]:
     return level, difficulty
 
 
+def _label(cluster: int | None) -> str:
+    return "warmup" if cluster is None else str(cluster)
+
+
 class ClusterQuotaPolicy:
     """Per-cluster running top-``k_ratio`` by (judge level, difficulty)."""
 
@@ -47,6 +52,8 @@ class ClusterQuotaPolicy:
     def __init__(self, config: SelectionConfig, metrics: Metrics | None = None) -> None:
         self.config = config
         self._metrics = metrics
+        self._items_series: dict[tuple[int | None, Quality], Counter] = {}
+        self._share_series: dict[int | None, Gauge] = {}
         self.reset_state()
 
     def reset_state(self) -> None:
@@ -74,11 +81,30 @@ class ClusterQuotaPolicy:
         self._last = (item.id, decision)
         quality: Quality = "high" if decision.high else "low"
         if self._metrics is not None:
-            label = "warmup" if cluster is None else str(cluster)
-            self._metrics.selection_items_total.labels(cluster=label, quality=quality).inc()
-            seen, high = self.quota.sizes()[cluster]
-            self._metrics.selection_high_share.labels(cluster=label).set(high / seen)
+            self._counted(self._metrics, cluster, quality).inc()
+            size = self.quota.size(cluster)
+            assert size is not None  # _decide has just counted the item in its cluster
+            seen, high = size
+            self._share(self._metrics, cluster).set(high / seen)
         return quality
+
+    # The labelled series are looked up once each, and only when first used (a series
+    # exists from its first sample, as with labels() per item): labels() validates and
+    # hashes its labels on every call.
+
+    def _counted(self, metrics: Metrics, cluster: int | None, quality: Quality) -> Counter:
+        series = self._items_series.get((cluster, quality))
+        if series is None:
+            series = self._items_series[cluster, quality] = (
+                metrics.selection_items_total.labels(cluster=_label(cluster), quality=quality))
+        return series
+
+    def _share(self, metrics: Metrics, cluster: int | None) -> Gauge:
+        series = self._share_series.get(cluster)
+        if series is None:
+            series = self._share_series[cluster] = (
+                metrics.selection_high_share.labels(cluster=_label(cluster)))
+        return series
 
     def quota_rule(self) -> str:
         """What decided the last item (``QuotaDecision.rule``)."""
@@ -90,7 +116,8 @@ class ClusterQuotaPolicy:
         if selection is None:
             return item
         last = self._last[1] if self._last is not None and self._last[0] == item.id else None
-        seen = self.quota.sizes().get(selection.cluster, (None, 0))[0]
+        size = self.quota.size(selection.cluster)
+        seen = None if size is None else size[0]
         return item.with_changes(selection=msgspec.structs.replace(
             selection, decision=quality, rank=None if last is None else last.rank,
             bar=None if last is None else last.bar, mode="online", cluster_items=seen,

@@ -101,8 +101,9 @@ class ClusterQuota:
         if state is None:
             state = self._clusters[cluster] = _Cluster()
         ordered = state.ordered
-        above = len(ordered) - bisect.bisect_right(ordered, key)
-        ties = bisect.bisect_right(ordered, key) - bisect.bisect_left(ordered, key)
+        right = bisect.bisect_right(ordered, key)
+        above = len(ordered) - right
+        ties = right - bisect.bisect_left(ordered, key)
         rank = (above + ties / 2) / len(ordered) if ordered else 0.0
         # Deficit of highs against the quota so far, counting this item: lower the bar
         # by it (as a share of the window), raise it by a surplus.
@@ -172,3 +173,9 @@ class ClusterQuota:
     def sizes(self) -> dict[int | None, tuple[int, int]]:
         """(items seen, of which high) per cluster."""
         return {c: (s.seen, s.high) for c, s in self._clusters.items()}
+
+    def size(self, cluster: int | None) -> tuple[int, int] | None:
+        """(items seen, of which high) of one cluster, None if it was never seen: the
+        per-item lookup (``sizes`` copies every cluster, hundreds after a few refits)."""
+        state = self._clusters.get(cluster)
+        return None if state is None else (state.seen, state.high)
