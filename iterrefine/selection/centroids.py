@@ -287,14 +287,24 @@ class Trainer:
         return data
 
     def fit(self, data: NDArray[np.float32], accepted: CentroidModel | None) -> CentroidModel:
-        """The version after ``accepted`` fitted on ``data`` (CPU-bound: run it off-loop)."""
-        if accepted is None:
-            model = self._fit_warmup(data)
-        elif self._refit_next:
-            model = self._refit(data, accepted)
-        else:
-            model = self._refine(data, accepted)
-        return self._with_cuts(model)
+        """The version after ``accepted`` fitted on ``data`` (CPU-bound: run it off-loop).
+
+        On one thread: these fits are small (a few thousand vectors), and scikit-learn's
+        OpenMP threads, one per core, spin against the stage's own work and every other
+        process on the host. With two other busy processes on 2 cores the online path
+        (benchmarks/selection.py --quick) ran 1.8-5.1k items/s with them and 6.1-9.2k on
+        one thread; on an idle host the same within 15 %.
+        """
+        from threadpoolctl import threadpool_limits  # scikit-learn's own dependency
+
+        with threadpool_limits(limits=1):
+            if accepted is None:
+                model = self._fit_warmup(data)
+            elif self._refit_next:
+                model = self._refit(data, accepted)
+            else:
+                model = self._refine(data, accepted)
+            return self._with_cuts(model)
 
     def propose(self, accepted: CentroidModel | None) -> CentroidModel | None:
         """The next version after ``accepted`` when enough vectors are collected."""
