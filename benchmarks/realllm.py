@@ -95,7 +95,11 @@ p.cpuparams.n_threads = p.cpuparams_batch.n_threads = opts["threads"]
 p.n_parallel = opts["parallel"]
 if opts["embedding"]:
     p.embedding = True
-    p.pooling_type = x.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN
+    p.pooling_type = getattr(x.llama_pooling_type,
+                             "LLAMA_POOLING_TYPE_" + opts["pooling"].upper())
+    # An embedding is computed in one micro-batch: it must hold the whole input
+    # (llama.cpp answers HTTP 500 "input is too large" otherwise).
+    p.n_batch = p.n_ubatch = opts["n_ctx"]
 server = x.Server(p)
 print("listening", server.listening_address, flush=True)
 while True:
@@ -114,6 +118,9 @@ class XLlamaServer:
     n_ctx: int = 8192
     alias: str = SMOLLM2_ALIAS
     embedding: bool = False
+    #: With ``embedding``: ``mean`` (one vector, llama.cpp L2-normalises it) or ``none``
+    #: (one vector per token, from the native ``/embeddings`` only).
+    pooling: str = "mean"
     #: Added to the niceness it inherits (run the benchmark itself under ``nice``).
     nice: int = 0
     log_path: Path | None = None
@@ -129,7 +136,7 @@ class XLlamaServer:
             raise SystemExit("--serve needs xllamacpp: pip install -e '.[realmodel]'")
         opts = {"model": str(self.model), "alias": self.alias, "n_ctx": self.n_ctx,
                 "port": self.port, "threads": self.threads, "parallel": self.parallel,
-                "embedding": self.embedding}
+                "embedding": self.embedding, "pooling": self.pooling}
         log = (self.log_path.open("wb") if self.log_path is not None
                else subprocess.DEVNULL)
         began = time.perf_counter()

@@ -265,6 +265,9 @@ def test_embeddings_are_pooled_and_normalised_here_and_say_how() -> None:
         "last", "l2")
     served = embedding_of(b'{"data": [{"embedding": [3.0, 4.0]}]}', "mean", "none")
     assert served.pooling == "server" and served.vector.tolist() == [3.0, 4.0]
+    assert served.normalization == "server"  # whatever the server did (llama.cpp: L2)
+    again = embedding_of(b'{"data": [{"embedding": [3.0, 4.0]}]}', "mean", "l2")
+    assert again.normalization == "l2" and np.allclose(again.vector, [0.6, 0.8])
     with pytest.raises(LLMError, match="zero vector"):
         embedding_of(b'{"data": [{"embedding": [0.0, 0.0]}]}', "mean", "l2")
 

@@ -56,7 +56,7 @@ async def test_online_selection_in_a_run_ranks_by_the_shared_model_with_lineage(
         assert selection["decision"] == item["quality"] and selection["mode"] == "online"
         assert selection["rule"] in {"rank", "cut", "count", "lexicographic", "evidence"}
         assert selection["embedding_model"] == "sim-embedding"
-        assert selection["pooling"] == "server" and selection["normalization"] == "none"
+        assert selection["pooling"] == "server" and selection["normalization"] == "server"
         assert "vector" not in selection
     clustered = [item for item in routed if item["selection"]["cluster"] is not None]
     assert clustered, "the centroid model should exist before the run ends"

@@ -320,7 +320,7 @@ async def test_score_gathers_difficulty_and_cluster_for_the_items_it_keeps() -> 
     # One pooled vector from the endpoint: its pooling is the server's, recorded so.
     assert out.item.selection == Selection(cluster=5, model_version=2, embedding_model="small",
                                            mode="online", pooling="server",
-                                           normalization="none", stream_high_share=0.75)
+                                           normalization="server", stream_high_share=0.75)
     assert out.partition_by == 5  # the cluster's items go to one route worker
     assert out.item.difficulty is not None and out.item.difficulty.value == pytest.approx(
         math.exp(1.5))

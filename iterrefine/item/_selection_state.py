@@ -68,6 +68,7 @@ class Selection(msgspec.Struct, frozen=True, kw_only=True):
     #: Exact: the k the run used (lower than the configured k on a small input).
     k: int | None = None
     #: How the vector was pooled (``mean`` / ``last`` over token vectors here, or
-    #: ``server`` when the endpoint answered one vector) and normalised (``none``/``l2``).
+    #: ``server`` when the endpoint answered one vector) and normalised (``none``/``l2``
+    #: here, or ``server``: a server-pooled vector left as the server normalised it).
     pooling: str = ""
     normalization: str = ""

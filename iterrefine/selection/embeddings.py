@@ -89,12 +89,15 @@ def embedding_of(body: bytes, pooling: str = "mean", normalize: str = "none") ->
         how, tokens = pooling, int(array.shape[0])
     else:
         vector, how, tokens = array, "server", 1
+    # A vector pooled by the server is normalised as the server chose (llama.cpp: L2),
+    # unless normalised again here: say so rather than "none".
+    normalized = normalize if normalize == "l2" or how != "server" else "server"
     if normalize == "l2":
         norm = float(np.linalg.norm(vector))
         if norm == 0.0:
             raise LLMError("embedding: a zero vector cannot be normalised")
         vector = vector / norm
-    return Embedding(vector.astype(np.float32, copy=False), how, normalize, tokens)
+    return Embedding(vector.astype(np.float32, copy=False), how, normalized, tokens)
 
 
 def pooled_vector(body: bytes) -> Vector:
