@@ -15,6 +15,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from iterrefine.config import KafkaConfig, SelectionConfig
+from iterrefine.consumers import route
+from iterrefine.consumers.route import ThresholdPolicy
 from iterrefine.errors import ValidationError
 from iterrefine.item.model import Difficulty, Judgement, Selection
 from iterrefine.observe.metrics import Metrics
@@ -269,6 +271,48 @@ def test_the_policy_ranks_by_the_items_cluster_and_passes_its_cut() -> None:
     assert policy.quota.sizes() == {3: (1, 0), 4: (1, 0)}
 
 
+def test_the_policy_passes_the_streams_share_to_the_quota() -> None:
+    """The share recorded on the item (``selection.stream_high_share``) is the evidence
+    the quota borrows. Four judge-high items are kept; a fifth ranked below them (rank 1,
+    bar 0.6) is refined when the stream is 90 % judge-high (the cut falls inside
+    judge-high: (4 + 36) / 44 − 0.07 > 0.8), and kept without the stream's share, since
+    four items alone are no evidence (1 − 1/4 is not above 0.8)."""
+    for share, quality, rule in ((0.9, "low", "rank"), (None, "high", "evidence")):
+        policy = _policy()
+        for i, difficulty in enumerate((1.0, 2.0, 3.0, 4.0, 0.0)):
+            quality_now = policy.quality(_judged(2, difficulty, instruction=f"Item {i}",
+                                                 selection=Selection(
+                                                     cluster=7, stream_high_share=share)))
+        assert (quality_now, policy.quota_rule()) == (quality, rule)
+
+
+def test_a_ranking_route_replays_and_resets_its_policys_ranks() -> None:
+    """What the runtime calls on a route worker handed partitions
+    (``runtime.StatefulHandler``): a fresh route that replays the history ranks the next
+    items as the route that routed it; after a reset it ranks as a fresh one. A stateless
+    policy gets a plain route."""
+    # Eight hard items, then eight easier ones: ranked below that history, the easier
+    # ones are refined until the running count asks for highs; a fresh route keeps more.
+    items = [_judged(1, float(20 - i if i < 8 else i), instruction=f"Item {i}",
+                     selection=Selection(cluster=5)) for i in range(16)]
+    no_context: Any = None  # the policy is given: the context is not read
+
+    def routed(handler: Any, batch: list[Any]) -> list[str]:
+        return [handler(item)[0].topic for item in batch]
+
+    live, taken_over = (route.handler(no_context, _policy()) for _ in range(2))
+    assert isinstance(taken_over, route.RankingRoute)
+    expected = routed(live, items)[8:]
+    for item in items[:8]:
+        taken_over.replay(item)
+    assert routed(taken_over, items[8:]) == expected
+    fresh = routed(route.handler(no_context, _policy()), items[8:])
+    assert fresh != expected  # the history matters, so the replay is seen
+    taken_over.reset_state()
+    assert routed(taken_over, items[8:]) == fresh
+    assert type(route.handler(no_context, ThresholdPolicy(11.0))) is route.Route
+
+
 def test_quota_rule_is_empty_before_the_first_item_and_then_the_last_rule() -> None:
     policy = _policy()
     assert policy.quota_rule() == ""
@@ -307,11 +351,13 @@ def _sample(registry: CollectorRegistry, name: str, **labels: str) -> float | No
 
 
 def test_the_online_policy_counts_items_and_the_high_share_per_cluster() -> None:
+    """Each cluster's share goes to its own series (the warm-up's is made first, so a
+    cluster written to another cluster's series would show)."""
     registry = CollectorRegistry()
     policy = _policy(Metrics(registry))
+    policy.quality(_judged(2, 1.0))
     policy.quality(_judged(2, 1.0, selection=Selection(cluster=3)))
     policy.quality(_judged(1, 1.0, selection=Selection(cluster=3)))
-    policy.quality(_judged(2, 1.0))
     assert _sample(registry, "selection_items_total", cluster="3", quality="high") == 1.0
     assert _sample(registry, "selection_items_total", cluster="3", quality="low") == 1.0
     assert _sample(registry, "selection_items_total", cluster="warmup", quality="high") == 1.0
