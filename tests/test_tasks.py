@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,11 +15,13 @@ from iterrefine.tasks.ask import (
     ReviewSample,
     ask,
     ask_aligned,
+    ask_answer,
     ask_evaluation,
     ask_revision,
     ask_score,
     ask_verdict,
 )
+from iterrefine.tasks.limits import fit_aligned
 from iterrefine.tasks.parsing import SCHEMAS, RevisionAnswer, VerdictAnswer
 
 pytestmark = pytest.mark.unit
@@ -122,9 +125,9 @@ async def test_client_errors_propagate_without_reasking() -> None:
 async def test_unknown_task_and_negative_retries_are_rejected() -> None:
     """An unknown task or a negative parse_retries is a programming error (ValueError)."""
     client = ScriptedClient(GOOD_VERDICT)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^unknown task 'nope'; expected one of score, "):
         await ask(client, "nope", {})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^parse_retries must be >= 0, got -1$"):
         await ask(client, "review", REVIEW_DATA, round=1, parse_retries=-1)
     assert client.calls == []
 
@@ -233,3 +236,131 @@ async def test_cut_off_without_a_limit_is_reasked_with_a_generous_one() -> None:
     client = LimitedClient(GOOD_VERDICT, enough=8192)
     await ask(client, "review", REVIEW_DATA, round=1)
     assert client.limits == [None, 8192]
+
+
+# --- the ask layer's own rules, each pinned (benchmarks/mutation.py --target
+# iterrefine/tasks/ask.py found them unguarded by any pure test) ---------------------------
+
+
+@dataclass
+class Finished:
+    text: str
+    finish_reason: str
+
+
+class BookkeepingClient:
+    """A ChatClient with a response cache and outcome counters, as ``LLMClient`` has: it
+    answers ``answers`` in turn (a callable gets the request's messages) and records
+    what ask tells it to keep, how each task's answer read, and each call's limit."""
+
+    def __init__(self, *answers: Any) -> None:
+        self.answers = list(answers)
+        self.messages: list[list[dict[str, str]]] = []
+        self.limits: list[int | None] = []
+        self.kept: list[bool] = []
+        self.outcomes: list[tuple[str, str, int]] = []
+
+    async def chat(self, messages: list[dict[str, str]], *,
+                   json_schema: dict[str, Any] | None = None, schema_name: str = "answer",
+                   max_tokens: int | None = None, options: ChatOptions | None = None) -> Any:
+        self.messages.append(messages)
+        self.limits.append(max_tokens)
+        answer = self.answers[len(self.messages) - 1]
+        return answer(messages) if callable(answer) else answer
+
+    def remember(self, reply: object, *, readable: bool) -> None:
+        self.kept.append(readable)
+
+    def record_answer(self, task: str, outcome: str, *, truncated: int,
+                      looped: int = 0) -> None:
+        self.outcomes.append((task, outcome, truncated))
+
+
+def _echo_nonce(messages: list[dict[str, str]]) -> Finished:
+    nonce = re.search(r"<<<DATA ([0-9a-f]{8})>>>", messages[-1]["content"])
+    assert nonce is not None
+    return Finished(f"Winner: B\nExplanation: as block {nonce.group(1)} says.", "stop")
+
+
+async def test_an_answer_reproducing_its_requests_nonce_is_refused() -> None:
+    """The parser knows the nonce the prompt fenced the data with: an answer repeating
+    it is an echo of the prompt, refused and asked again (with a fresh nonce)."""
+    client = BookkeepingClient(_echo_nonce, Finished(GOOD_VERDICT, "stop"))
+    answer = await ask(client, "review", REVIEW_DATA, round=1)
+    assert answer.winner == "B" and len(client.messages) == 2
+    first, second = (re.findall(r"<<<DATA ([0-9a-f]{8})>>>", m[-1]["content"])
+                     for m in client.messages)
+    assert first and second and first != second
+    assert client.kept == [False, True]
+
+
+async def test_a_cut_off_answer_is_never_kept_and_counts_against_the_first_try() -> None:
+    """Cut at the limit (no loop): not kept in the cache, re-asked at twice the limit; the
+    answer then read counts as read after a re-ask, with one truncation."""
+    client = BookkeepingClient(Finished("Winner: B\nExplanation: because", "length"),
+                               Finished(GOOD_VERDICT, "stop"))
+    await ask(client, "review", REVIEW_DATA, round=1, max_tokens=100)
+    assert client.limits == [100, 200]
+    assert client.kept == [False, True]
+    assert client.outcomes == [("review", "after_reask", 1)]
+
+
+async def test_cut_off_twice_and_unreadable_answers_are_counted_unreadable() -> None:
+    cut = Finished("Winner: B\nExplanation: because", "length")
+    client = BookkeepingClient(cut, cut)
+    with pytest.raises(TruncatedOutput):
+        await ask(client, "review", REVIEW_DATA, round=1, max_tokens=100)
+    assert client.outcomes == [("review", "unreadable", 2)] and client.kept == [False, False]
+    prose = Finished("I like both.", "stop")
+    client = BookkeepingClient(prose, prose, prose)
+    with pytest.raises(UnparseableOutput):
+        await ask(client, "review", REVIEW_DATA, round=1)
+    assert client.outcomes == [("review", "unreadable", 0)]
+
+
+async def test_limits_are_fitted_only_when_asked_and_by_the_variant() -> None:
+    """``fit_tokens`` is off unless asked (the paper preset's limits stay as configured);
+    a fitted align limit follows its variant (``complete`` gets more room)."""
+    data = {"original_instruction": "Q?", "original_input": "", "original_output": "x" * 300,
+            "revised_instruction": "Q, exactly?", "revised_input": ""}
+    answer = Finished('{"output": "x"}', "stop")
+    plain, anchored, complete = (BookkeepingClient(answer) for _ in range(3))
+    await ask(plain, "align", data, max_tokens=8192)
+    await ask(anchored, "align", data, max_tokens=8192, fit_tokens=True)
+    await ask(complete, "align", data, max_tokens=8192, fit_tokens=True, variant="complete")
+    assert plain.limits == [8192]
+    assert anchored.limits == [fit_aligned(data)]
+    assert complete.limits == [fit_aligned(data, "complete")] != anchored.limits
+
+
+_SAMPLE = ReviewSample(instruction="Sort these.", input="3 1 2", answer="1 2 3")
+_HELPERS: dict[str, tuple[Any, dict[str, Any]]] = {
+    "score": (ask_score, {"instruction": "Q?", "input": "", "output": "A."}),
+    "answer": (ask_answer, {"instruction": "Q?", "input": ""}),
+    "evaluate": (ask_evaluation, {"instruction": "Q?", "input": "", "reference_output": "A.",
+                                  "candidate_answer": "B."}),
+    "refine": (ask_revision, {"round": 1, "instruction": "Q?", "input": "",
+                              "reference_output": "A.", "backbone_answer": "B.",
+                              "evaluation": "Score: 4"}),
+    "review": (ask_verdict, {"round": 1, "a": _SAMPLE, "b": _SAMPLE}),
+    "align": (ask_aligned, {"original_instruction": "Q?", "original_input": "",
+                            "original_output": "A.", "revised_instruction": "Q, exactly?",
+                            "revised_input": ""}),
+}
+
+
+@pytest.mark.parametrize("task", list(_HELPERS))
+async def test_each_typed_helper_keeps_asks_defaults_and_reports_cut_offs(task: str) -> None:
+    """Every helper: two re-asks by default, the configured limit unfitted by default,
+    and an answer cut at the limit reported to the caller's hook with the task's name."""
+    helper, kwargs = _HELPERS[task]
+    empty = Finished("", "stop")
+    client = BookkeepingClient(empty, empty, empty, empty)
+    with pytest.raises(UnparseableOutput):
+        await helper(client, max_tokens=8192, **kwargs)
+    assert client.limits == [8192] * 3
+    cut: list[str] = []
+    client = BookkeepingClient(Finished("Well,", "length"), Finished("Well,", "length"))
+    with pytest.raises(TruncatedOutput):
+        await helper(client, max_tokens=50, on_truncated=cut.append, **kwargs)
+    assert cut == [task, task]
