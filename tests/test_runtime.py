@@ -174,11 +174,15 @@ async def test_sigkill_mid_stream_then_restart_loses_nothing(broker: str) -> Non
     topics = TopicNames(config.kafka.topic_prefix)
     await produce(config, broker, topics["items.raw"], [alpaca(i) for i in range(n)],
                   keys=[f"item-{i}".encode() for i in range(n)])
-    worker = start_worker(broker, config.kafka.topic_prefix, 0.05)
+    # 16 in flight: ~640 items/s, so the kill lands mid-stream. With 256 the worker could
+    # finish all 4,000 before the count was read; the restarted one then got SIGTERM
+    # while still importing, before its handler was installed (exit -15, seen in CI).
+    worker = start_worker(broker, config.kafka.topic_prefix, 0.05, in_flight=16)
     # Let it get going, with work in flight, then kill it without any chance to clean up.
     await wait_until(lambda: _count(config, broker, ">", n // 4), timeout_s=60, interval_s=0.2)
     worker.send_signal(signal.SIGKILL)
     worker.wait()
+    assert not await _count(config, broker, ">=", n)  # the restart has work to do
     worker = start_worker(broker, config.kafka.topic_prefix, 0.05)
     try:
         await wait_until(lambda: _count(config, broker, ">=", n), timeout_s=120, interval_s=0.5)
