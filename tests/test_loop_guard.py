@@ -4,6 +4,7 @@ the streaming guard that closes a request at a loop (httpx2.MockTransport, real 
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from iterrefine.config import LLMRoleConfig
-from iterrefine.llm import LLMClient
+from iterrefine.llm import LLMClient, loops
 from iterrefine.llm.chat import ChatOptions
 from iterrefine.llm.loops import MIN_SPAN, JsonEnd, LoopWatch, close_json, loop_cut
 from iterrefine.observe.metrics import Metrics
@@ -504,3 +505,42 @@ async def test_a_json_object_field_loop_is_cut_as_soon_as_free_text() -> None:
         assert reply.finish_reason == "loop", form
         sent[form] = generation.sent
     assert sent["json_object"] * 2 < sent["json_schema"], sent
+
+
+# ---------------------------------------------------------------- rules pinned by mutation
+# (benchmarks/mutation.py --target iterrefine/llm/loops.py found them unguarded)
+
+_VARIANTS = ("many", "several", "some")
+
+
+def _near_copies(copies: int, seed: int = 7) -> str:
+    """A sentence repeated with one word varied at random: no exact period and no
+    numbers, so only the recycled-phrase rule sees the loop (a penalty makes loops so)."""
+    rng = random.Random(seed)
+    return " ".join(f"The airline flies to {rng.choice(_VARIANTS)} cities across the whole "
+                    "country every single day." for _ in range(copies))
+
+
+@pytest.mark.unit
+def test_near_copies_are_a_loop_by_their_recycled_phrases() -> None:
+    text = _near_copies(16)  # 192 words
+    assert loops._periodic_cut(text, MIN_SPAN) is None
+    assert loops._counting_cut(text, MIN_SPAN) is None
+    cut = loop_cut(text)
+    assert cut is not None and cut < 150  # within the second copy
+    # A structured answer's fields may repeat: it needs 250 recycled words, not 120.
+    assert loop_cut(text, structured=True) is None
+    assert loop_cut(_near_copies(24), structured=True) is not None
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("text", "closed"), [
+    ('See [1] and [2]. {"a": "x"} and after', '{"a": "x"}'),  # brackets before it: prose
+    ('} stray {"a": {"b": [1]}}\nmore', '{"a": {"b": [1]}}'),  # a stray closer before it
+    ('{"": "v", "q": "a \\" } inside"} tail', '{"": "v", "q": "a \\" } inside"}'),
+])
+def test_json_end_finds_the_first_objects_own_closing_brace(text: str, closed: str) -> None:
+    watch = JsonEnd()
+    assert watch.feed(text)
+    assert watch.closed_at is not None
+    assert text[: watch.closed_at].endswith(closed)
