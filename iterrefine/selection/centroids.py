@@ -111,6 +111,10 @@ class Placement(NamedTuple):
     high_share: float | None
 
 
+#: Where a vector is before any model exists (online warm-up) or without one (exact mode).
+UNPLACED: Final = Placement(None, 0, None, None)
+
+
 class Assigner:
     """Nearest-centroid assignment under one model version (precomputed norms)."""
 

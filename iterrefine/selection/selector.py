@@ -27,7 +27,7 @@ from iterrefine.item.model import Item, Selection
 from iterrefine.observe.metrics import Metrics
 from iterrefine.selection.alignment import check_alignment
 from iterrefine.selection.barrier import SignalSink, is_exact
-from iterrefine.selection.centroids import Placement
+from iterrefine.selection.centroids import UNPLACED, Placement
 from iterrefine.selection.difficulty import DifficultyScorer, RawPoster
 from iterrefine.selection.embeddings import Embedder, Vector
 from iterrefine.selection.policy import rank_key
@@ -68,7 +68,7 @@ class Selector:
         if self._histogram is not None:
             self._histogram.observe(difficulty.value)
         item = item.with_changes(difficulty=difficulty)
-        placed = Placement(None, 0, None, None)
+        placed = UNPLACED
         key = rank_key(item)
         if self.sink is not None:
             await self.sink.send(item.id, key[0], difficulty.value, embedding.vector)

@@ -43,6 +43,7 @@ from iterrefine.kafka.topics import MODEL_TOPIC as MODEL_TOPIC  # re-exported by
 from iterrefine.lifecycle import AsyncService
 from iterrefine.observe.metrics import Metrics
 from iterrefine.selection.centroids import (
+    UNPLACED,
     Assigner,
     CentroidModel,
     Placement,
@@ -249,7 +250,7 @@ class SharedCentroids(AsyncService):
         """Where the accepted model puts ``vector`` (cluster, version, cut, high share)."""
         assigner = self._assigner
         if assigner is None:
-            return Placement(None, 0, None, None)
+            return UNPLACED
         cluster, cut = assigner.place(vector)
         return Placement(cluster, assigner.model.version, cut, assigner.model.high_share)
 
